@@ -1,0 +1,25 @@
+//! The portres domain core: what a port reservation *is*, independent of how
+//! it is stored, transported or enforced.
+//!
+//! This crate owns protocols, port blocks, port sets (and the kernel's text
+//! form of them), tokens, reservations, the reservation table with its
+//! invariant (no two reservations of one protocol overlap), the first-fit
+//! allocator, who-may-do-what, and the stable error codes. It does no I/O:
+//! randomness, time, the kernel and the disk are all supplied by callers.
+#![deny(missing_docs)]
+
+mod block;
+mod error;
+mod policy;
+mod portset;
+mod protocol;
+mod table;
+mod token;
+
+pub use block::Block;
+pub use error::{Error, ErrorCode};
+pub use policy::{Caller, Owner};
+pub use portset::PortSet;
+pub use protocol::Protocol;
+pub use table::{Holder, Kind, Reservation, SessionId, Table};
+pub use token::Token;

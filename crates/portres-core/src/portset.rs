@@ -1,0 +1,275 @@
+//! Sets of ports as sorted, merged ranges, and their text form — the form
+//! the kernel uses for `net.ipv4.ip_local_reserved_ports` ("1,5-7,9").
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::{Block, Error, ErrorCode};
+
+/// A set of ports 1..=65535 (port 0 is never a member), stored as sorted,
+/// disjoint, non-adjacent inclusive ranges: the canonical form the kernel
+/// prints, so `render(parse(x))` is the kernel's own rendering of `x`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortSet {
+    ranges: Vec<(u16, u16)>,
+}
+
+impl PortSet {
+    /// The empty set.
+    pub fn new() -> PortSet {
+        PortSet::default()
+    }
+
+    /// Whether the set has no ports.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// The canonical ranges, sorted and merged.
+    pub fn ranges(&self) -> &[(u16, u16)] {
+        &self.ranges
+    }
+
+    /// How many ports are in the set.
+    pub fn len(&self) -> usize {
+        self.ranges.iter().map(|&(a, b)| (b - a) as usize + 1).sum()
+    }
+
+    /// Whether `port` is in the set.
+    pub fn contains(&self, port: u16) -> bool {
+        let i = self.ranges.partition_point(|&(_, b)| b < port);
+        self.ranges.get(i).is_some_and(|&(a, _)| a <= port)
+    }
+
+    /// Whether any port of `block` is in the set.
+    pub fn intersects(&self, block: Block) -> bool {
+        let i = self.ranges.partition_point(|&(_, b)| b < block.start());
+        self.ranges.get(i).is_some_and(|&(a, _)| a <= block.last())
+    }
+
+    /// Adds every port of `first..=last` (port 0 is dropped).
+    pub fn insert_range(&mut self, first: u16, last: u16) {
+        let first = first.max(1);
+        if first > last {
+            return;
+        }
+        // Find every range that overlaps or touches [first, last] and merge.
+        let lo = self
+            .ranges
+            .partition_point(|&(_, b)| (b as u32) + 1 < first as u32);
+        let hi = self
+            .ranges
+            .partition_point(|&(a, _)| (a as u32) <= last as u32 + 1);
+        let (mut a, mut b) = (first, last);
+        if lo < hi {
+            a = a.min(self.ranges[lo].0);
+            b = b.max(self.ranges[hi - 1].1);
+        }
+        self.ranges.splice(lo..hi, [(a, b)]);
+    }
+
+    /// Adds every port of `block`.
+    pub fn insert_block(&mut self, block: Block) {
+        self.insert_range(block.start(), block.last());
+    }
+
+    /// Adds every port of `other`.
+    pub fn extend(&mut self, other: &PortSet) {
+        for &(a, b) in &other.ranges {
+            self.insert_range(a, b);
+        }
+    }
+
+    /// The union of two sets.
+    pub fn union(&self, other: &PortSet) -> PortSet {
+        let mut out = self.clone();
+        out.extend(other);
+        out
+    }
+
+    /// The canonical text form, split into pieces of at most `max_bytes`
+    /// bytes each, cut only between entries, with no separators at the cut.
+    /// Writing the first piece replaces the kernel's value and later pieces
+    /// add to it (the sysctl keeps at most 4092 bytes per write()).
+    /// An empty set gives one empty piece. `max_bytes` must be at least 11
+    /// (the longest entry, "65534-65535").
+    pub fn render_chunks(&self, max_bytes: usize) -> Vec<String> {
+        assert!(max_bytes >= 11, "chunk size too small for one entry");
+        let mut chunks = vec![String::new()];
+        for &(a, b) in &self.ranges {
+            let entry = render_range(a, b);
+            let cur = chunks.last_mut().expect("chunks is never empty");
+            let sep = usize::from(!cur.is_empty());
+            if cur.len() + sep + entry.len() > max_bytes {
+                chunks.push(entry);
+            } else {
+                if sep == 1 {
+                    cur.push(',');
+                }
+                cur.push_str(&entry);
+            }
+        }
+        chunks
+    }
+}
+
+fn render_range(a: u16, b: u16) -> String {
+    if a == b {
+        a.to_string()
+    } else {
+        format!("{a}-{b}")
+    }
+}
+
+impl fmt::Display for PortSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, &(a, b)) in self.ranges.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if a == b {
+                write!(f, "{a}")?;
+            } else {
+                write!(f, "{a}-{b}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FromIterator<Block> for PortSet {
+    fn from_iter<I: IntoIterator<Item = Block>>(iter: I) -> PortSet {
+        let mut set = PortSet::new();
+        for block in iter {
+            set.insert_block(block);
+        }
+        set
+    }
+}
+
+impl FromStr for PortSet {
+    type Err = Error;
+
+    /// Parses the kernel's form: entries `P` or `A-B` separated by commas,
+    /// surrounding whitespace and a trailing newline allowed, unsorted and
+    /// overlapping entries merged. Port 0 is not accepted.
+    fn from_str(text: &str) -> Result<PortSet, Error> {
+        let bad = |why: String| Error::new(ErrorCode::InvalidParameter, why);
+        let mut set = PortSet::new();
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(set);
+        }
+        for entry in text.split(',') {
+            let entry = entry.trim();
+            let port = |s: &str| -> Result<u16, Error> {
+                match s.trim().parse::<u16>() {
+                    Ok(p) if p != 0 => Ok(p),
+                    _ => Err(bad(format!("{s:?} is not a port between 1 and 65535"))),
+                }
+            };
+            let (a, b) = match entry.split_once('-') {
+                Some((a, b)) => (port(a)?, port(b)?),
+                None => {
+                    let p = port(entry)?;
+                    (p, p)
+                }
+            };
+            if a > b {
+                return Err(bad(format!("range {entry:?} runs backwards")));
+            }
+            set.insert_range(a, b);
+        }
+        Ok(set)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn naive(ports: &[bool]) -> PortSet {
+        let mut set = PortSet::new();
+        for (p, &on) in ports.iter().enumerate() {
+            if on && p > 0 {
+                set.insert_range(p as u16, p as u16);
+            }
+        }
+        set
+    }
+
+    #[test]
+    fn kernel_canonical_examples() {
+        let set: PortSet = "9, 5-7,1,6-8\n".parse().unwrap();
+        assert_eq!(set.to_string(), "1,5-9");
+        assert_eq!("".parse::<PortSet>().unwrap().to_string(), "");
+        assert_eq!("\n".parse::<PortSet>().unwrap(), PortSet::new());
+        assert!("0".parse::<PortSet>().is_err());
+        assert!("5-3".parse::<PortSet>().is_err());
+        assert!("65536".parse::<PortSet>().is_err());
+        assert!("1,,2".parse::<PortSet>().is_err());
+        assert!("x".parse::<PortSet>().is_err());
+    }
+
+    #[test]
+    fn chunks_cut_between_entries() {
+        let mut set = PortSet::new();
+        for p in (1000..30000u16).step_by(2) {
+            set.insert_range(p, p);
+        }
+        let chunks = set.render_chunks(4092);
+        assert!(chunks.len() > 1);
+        for c in &chunks {
+            assert!(c.len() <= 4092);
+            assert!(!c.starts_with(',') && !c.ends_with(','));
+        }
+        let joined: PortSet = chunks.join(",").parse().unwrap();
+        assert_eq!(joined, set);
+        assert_eq!(PortSet::new().render_chunks(4092), vec![String::new()]);
+    }
+
+    proptest! {
+        #[test]
+        fn render_parse_round_trips(ranges in prop::collection::vec((1u16..=65535, 0u16..200), 0..60)) {
+            let mut set = PortSet::new();
+            for (a, len) in ranges {
+                set.insert_range(a, a.saturating_add(len));
+            }
+            let text = set.to_string();
+            let back: PortSet = text.parse().unwrap();
+            prop_assert_eq!(&back, &set);
+            prop_assert_eq!(back.to_string(), text);
+            // Canonical: sorted, disjoint, non-adjacent.
+            for w in set.ranges().windows(2) {
+                prop_assert!(w[0].1 as u32 + 1 < w[1].0 as u32);
+            }
+        }
+
+        #[test]
+        fn matches_a_bitmap_model(ops in prop::collection::vec((1u16..2000, 0u16..40), 0..80)) {
+            let mut bits = vec![false; 2100];
+            let mut set = PortSet::new();
+            for (a, len) in ops {
+                let b = a + len;
+                for p in a..=b { bits[p as usize] = true; }
+                set.insert_range(a, b);
+            }
+            prop_assert_eq!(&set, &naive(&bits));
+            for p in 1..2100u16 {
+                prop_assert_eq!(set.contains(p), bits[p as usize]);
+            }
+            prop_assert_eq!(set.len(), bits.iter().filter(|&&x| x).count());
+        }
+
+        #[test]
+        fn shuffled_entries_parse_to_the_same_set(ranges in prop::collection::vec((1u16..60000, 0u16..100), 1..30)) {
+            let entries: Vec<String> = ranges.iter().map(|&(a, l)| if l == 0 { a.to_string() } else { format!("{}-{}", a, a + l) }).collect();
+            let forward: PortSet = entries.join(",").parse().unwrap();
+            let mut rev = entries.clone();
+            rev.reverse();
+            let backward: PortSet = rev.join(" , ").parse().unwrap();
+            prop_assert_eq!(forward, backward);
+        }
+    }
+}

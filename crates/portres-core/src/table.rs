@@ -1,0 +1,497 @@
+//! The reservation table: every live reservation, indexed by token, by
+//! block and by session, with the one invariant everything else leans on —
+//! no two reservations of one protocol overlap — and the first-fit
+//! allocator for wildcard requests.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::{Block, Caller, Error, ErrorCode, Owner, PortSet, Protocol, Token};
+
+/// Identifies one client connection (session) for the daemon's lifetime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+/// Runtime reservations die with their session; persistent ones are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Lives as long as the session that acquired it.
+    Runtime,
+    /// Created by an administrator, stored durably, restored at start.
+    Persistent,
+}
+
+impl Kind {
+    /// "runtime" or "persistent".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Runtime => "runtime",
+            Kind::Persistent => "persistent",
+        }
+    }
+}
+
+/// The session holding a runtime reservation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// The session it lives on.
+    pub session: SessionId,
+    /// The session's uid (from SO_PEERCRED).
+    pub uid: u32,
+    /// The session's pid at connect time (from SO_PEERCRED).
+    pub pid: i32,
+}
+
+/// One reservation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    /// Its token.
+    pub token: Token,
+    /// Its protocol.
+    pub protocol: Protocol,
+    /// Its ports.
+    pub block: Block,
+    /// Runtime or persistent.
+    pub kind: Kind,
+    /// For runtime reservations, the holding session.
+    pub holder: Option<Holder>,
+    /// For persistent reservations, an optional delegated owner.
+    pub owner: Option<Owner>,
+    /// Free text chosen by whoever made it.
+    pub label: Option<String>,
+    /// Offset into the block where the next bind starts looking, so a port
+    /// just closed (perhaps still in TIME_WAIT) is not the first one retried.
+    pub next_offset: u16,
+}
+
+impl Reservation {
+    /// A fresh runtime reservation held by `holder`.
+    pub fn runtime(token: Token, protocol: Protocol, block: Block, holder: Holder) -> Reservation {
+        Reservation {
+            token,
+            protocol,
+            block,
+            kind: Kind::Runtime,
+            holder: Some(holder),
+            owner: None,
+            label: None,
+            next_offset: 0,
+        }
+    }
+
+    /// A persistent reservation.
+    pub fn persistent(
+        token: Token,
+        protocol: Protocol,
+        block: Block,
+        owner: Option<Owner>,
+        label: Option<String>,
+    ) -> Reservation {
+        Reservation {
+            token,
+            protocol,
+            block,
+            kind: Kind::Persistent,
+            holder: None,
+            owner,
+            label,
+            next_offset: 0,
+        }
+    }
+
+    /// Whether `caller`, speaking for the sessions in `sessions` (its own and
+    /// any whose capability it presented), may bind into this reservation,
+    /// release it (runtime) or see its token.
+    pub fn usable_by(&self, caller: &Caller, sessions: &[SessionId]) -> bool {
+        match self.kind {
+            Kind::Runtime => self.holder.is_some_and(|h| sessions.contains(&h.session)),
+            Kind::Persistent => caller.admin || self.owner.is_some_and(|o| caller.is_owner(o)),
+        }
+    }
+
+    /// The ports of the block in the order a bind should try them: starting
+    /// at the rotation cursor, wrapping around once.
+    pub fn bind_order(&self) -> impl Iterator<Item = u16> + '_ {
+        let count = self.block.count() as u32;
+        let start = self.block.start() as u32;
+        let first = self.next_offset as u32 % count;
+        (0..count).map(move |i| (start + (first + i) % count) as u16)
+    }
+
+    /// Records that `port` was just bound, so the next bind starts after it.
+    pub fn advance_past(&mut self, port: u16) {
+        if self.block.contains(port) {
+            let off = (port - self.block.start()) as u32 + 1;
+            self.next_offset = (off % self.block.count() as u32) as u16;
+        }
+    }
+}
+
+/// Every live reservation.
+#[derive(Debug, Default)]
+pub struct Table {
+    by_token: HashMap<Token, Reservation>,
+    by_start: [BTreeMap<u16, Token>; 2],
+    by_session: HashMap<SessionId, BTreeSet<Token>>,
+    runtime_ports_by_uid: HashMap<u32, u32>,
+}
+
+fn idx(protocol: Protocol) -> usize {
+    match protocol {
+        Protocol::Tcp => 0,
+        Protocol::Udp => 1,
+    }
+}
+
+impl Table {
+    /// An empty table.
+    pub fn new() -> Table {
+        Table::default()
+    }
+
+    /// How many reservations there are.
+    pub fn len(&self) -> usize {
+        self.by_token.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.by_token.is_empty()
+    }
+
+    /// The reservation of `protocol` that overlaps `block`, if any.
+    pub fn overlapping(&self, protocol: Protocol, block: Block) -> Option<&Reservation> {
+        let map = &self.by_start[idx(protocol)];
+        // Only the reservation starting at or before block.last() with the
+        // greatest start can overlap from the left; any starting inside the
+        // block overlaps too, and the greatest such start is found the same way.
+        let (_, token) = map.range(..=block.last()).next_back()?;
+        let res = &self.by_token[token];
+        res.block.overlaps(block).then_some(res)
+    }
+
+    /// Refuses with `sharing_violation` if `block` overlaps a reservation.
+    pub fn check_free(&self, protocol: Protocol, block: Block) -> Result<(), Error> {
+        match self.overlapping(protocol, block) {
+            None => Ok(()),
+            Some(other) => Err(Error::new(
+                ErrorCode::SharingViolation,
+                format!(
+                    "{protocol} {block} overlaps the {} reservation {protocol} {}",
+                    other.kind.as_str(),
+                    other.block
+                ),
+            )),
+        }
+    }
+
+    /// Whether `token` is taken.
+    pub fn contains_token(&self, token: Token) -> bool {
+        self.by_token.contains_key(&token)
+    }
+
+    /// Adds a reservation. Refuses overlaps (`sharing_violation`) and
+    /// duplicate tokens (`internal`: the caller draws tokens at random and
+    /// must draw again).
+    pub fn insert(&mut self, res: Reservation) -> Result<(), Error> {
+        self.check_free(res.protocol, res.block)?;
+        if self.by_token.contains_key(&res.token) {
+            return Err(Error::new(ErrorCode::Internal, "token collision"));
+        }
+        self.by_start[idx(res.protocol)].insert(res.block.start(), res.token);
+        if let Some(h) = res.holder {
+            self.by_session
+                .entry(h.session)
+                .or_default()
+                .insert(res.token);
+            *self.runtime_ports_by_uid.entry(h.uid).or_default() += res.block.count() as u32;
+        }
+        self.by_token.insert(res.token, res);
+        Ok(())
+    }
+
+    /// Removes and returns the reservation with `token`.
+    pub fn remove(&mut self, token: Token) -> Option<Reservation> {
+        let res = self.by_token.remove(&token)?;
+        self.by_start[idx(res.protocol)].remove(&res.block.start());
+        if let Some(h) = res.holder {
+            if let Some(set) = self.by_session.get_mut(&h.session) {
+                set.remove(&token);
+                if set.is_empty() {
+                    self.by_session.remove(&h.session);
+                }
+            }
+            if let Some(n) = self.runtime_ports_by_uid.get_mut(&h.uid) {
+                *n -= res.block.count() as u32;
+                if *n == 0 {
+                    self.runtime_ports_by_uid.remove(&h.uid);
+                }
+            }
+        }
+        Some(res)
+    }
+
+    /// Removes every reservation held by `session`; returns them.
+    pub fn remove_session(&mut self, session: SessionId) -> Vec<Reservation> {
+        let tokens = self.by_session.remove(&session).unwrap_or_default();
+        tokens.into_iter().filter_map(|t| self.remove(t)).collect()
+    }
+
+    /// The reservation with `token`.
+    pub fn get(&self, token: Token) -> Option<&Reservation> {
+        self.by_token.get(&token)
+    }
+
+    /// The reservation with `token`, mutably (for the bind cursor).
+    pub fn get_mut(&mut self, token: Token) -> Option<&mut Reservation> {
+        self.by_token.get_mut(&token)
+    }
+
+    /// The reservation of exactly `block`, if any.
+    pub fn by_block(&self, protocol: Protocol, block: Block) -> Option<&Reservation> {
+        let token = self.by_start[idx(protocol)].get(&block.start())?;
+        let res = &self.by_token[token];
+        (res.block == block).then_some(res)
+    }
+
+    /// Every reservation, TCP then UDP, by start port.
+    pub fn iter(&self) -> impl Iterator<Item = &Reservation> {
+        self.by_start
+            .iter()
+            .flat_map(|m| m.values())
+            .map(|t| &self.by_token[t])
+    }
+
+    /// How many runtime ports `uid` holds, across all its sessions.
+    pub fn runtime_ports_of(&self, uid: u32) -> u32 {
+        self.runtime_ports_by_uid.get(&uid).copied().unwrap_or(0)
+    }
+
+    /// How many sessions hold at least one reservation.
+    pub fn session_count(&self) -> usize {
+        self.by_session.len()
+    }
+
+    /// Every reserved port, both protocols, optionally only persistent ones.
+    /// The kernel's reserved-ports sysctl is shared by TCP and UDP, so this
+    /// is what it must contain (plus the admin's baseline).
+    pub fn reserved_ports(&self, persistent_only: bool) -> PortSet {
+        self.by_token
+            .values()
+            .filter(|r| !persistent_only || r.kind == Kind::Persistent)
+            .map(|r| r.block)
+            .collect()
+    }
+
+    /// First fit: the lowest block of `count` ports inside `range` (inclusive
+    /// bounds, e.g. the kernel's ip_local_port_range) that overlaps no
+    /// reservation of `protocol`, no port of `avoid`, and no port for which
+    /// `in_use` answers true. `in_use` is asked only about ports that pass
+    /// the other checks, lowest first.
+    pub fn find_free_block(
+        &self,
+        protocol: Protocol,
+        count: u16,
+        range: (u16, u16),
+        avoid: &PortSet,
+        mut in_use: impl FnMut(u16) -> bool,
+    ) -> Option<Block> {
+        if count == 0 {
+            return None;
+        }
+        let (lo, hi) = (range.0.max(1) as u32, range.1 as u32);
+        let mut start = lo;
+        'candidates: while start + count as u32 - 1 <= hi {
+            let block = Block::from_range(start as u16, (start + count as u32 - 1) as u16);
+            if let Some(res) = self.overlapping(protocol, block) {
+                start = res.block.last() as u32 + 1;
+                continue;
+            }
+            if avoid.intersects(block) {
+                // Jump past the last avoided port inside the candidate.
+                let last_avoided = block.ports().rev().find(|&p| avoid.contains(p));
+                start = last_avoided.map_or(start + 1, |p| p as u32 + 1);
+                continue;
+            }
+            for port in block.ports() {
+                if in_use(port) {
+                    start = port as u32 + 1;
+                    continue 'candidates;
+                }
+            }
+            return Some(block);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn tok(n: u64) -> Token {
+        Token::new(n).unwrap()
+    }
+
+    fn holder(session: u64, uid: u32) -> Holder {
+        Holder {
+            session: SessionId(session),
+            uid,
+            pid: 1,
+        }
+    }
+
+    #[test]
+    fn overlap_refused_but_other_protocol_and_touching_allowed() {
+        let mut t = Table::new();
+        let b = Block::new(5000, 10).unwrap();
+        t.insert(Reservation::runtime(
+            tok(1),
+            Protocol::Tcp,
+            b,
+            holder(1, 1000),
+        ))
+        .unwrap();
+        let err = t
+            .insert(Reservation::runtime(
+                tok(2),
+                Protocol::Tcp,
+                Block::new(5009, 1).unwrap(),
+                holder(1, 1000),
+            ))
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::SharingViolation);
+        t.insert(Reservation::runtime(
+            tok(3),
+            Protocol::Udp,
+            b,
+            holder(1, 1000),
+        ))
+        .unwrap();
+        t.insert(Reservation::runtime(
+            tok(4),
+            Protocol::Tcp,
+            Block::new(5010, 1).unwrap(),
+            holder(2, 1000),
+        ))
+        .unwrap();
+        assert_eq!(t.runtime_ports_of(1000), 21);
+        assert_eq!(t.reserved_ports(false).to_string(), "5000-5010");
+        let gone = t.remove_session(SessionId(1));
+        assert_eq!(gone.len(), 2);
+        assert_eq!(t.runtime_ports_of(1000), 1);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn bind_order_rotates() {
+        let mut r = Reservation::runtime(
+            tok(1),
+            Protocol::Tcp,
+            Block::new(100, 3).unwrap(),
+            holder(1, 0),
+        );
+        assert_eq!(r.bind_order().collect::<Vec<_>>(), vec![100, 101, 102]);
+        r.advance_past(100);
+        assert_eq!(r.bind_order().collect::<Vec<_>>(), vec![101, 102, 100]);
+        r.advance_past(102);
+        assert_eq!(r.bind_order().collect::<Vec<_>>(), vec![100, 101, 102]);
+    }
+
+    #[test]
+    fn allocator_skips_reserved_avoided_and_busy_ports() {
+        let mut t = Table::new();
+        t.insert(Reservation::runtime(
+            tok(1),
+            Protocol::Tcp,
+            Block::new(100, 5).unwrap(),
+            holder(1, 0),
+        ))
+        .unwrap();
+        let avoid: PortSet = "106".parse().unwrap();
+        let busy = [108u16];
+        let got = t.find_free_block(Protocol::Tcp, 3, (100, 200), &avoid, |p| busy.contains(&p));
+        assert_eq!(got, Some(Block::new(109, 3).unwrap()));
+        assert_eq!(
+            t.find_free_block(Protocol::Tcp, 3, (100, 104), &avoid, |_| false),
+            None
+        );
+        assert_eq!(
+            t.find_free_block(Protocol::Udp, 3, (100, 200), &avoid, |_| false),
+            Some(Block::new(100, 3).unwrap())
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn no_two_reservations_of_one_protocol_ever_overlap(
+            ops in prop::collection::vec((any::<bool>(), 1u32..300, 1u32..20, any::<bool>(), 0usize..50), 1..200)
+        ) {
+            let mut t = Table::new();
+            let mut next = 1u64;
+            let mut live: Vec<Token> = Vec::new();
+            for (tcp, start, count, remove, pick) in ops {
+                if remove && !live.is_empty() {
+                    let token = live.remove(pick % live.len());
+                    prop_assert!(t.remove(token).is_some());
+                    continue;
+                }
+                let protocol = if tcp { Protocol::Tcp } else { Protocol::Udp };
+                let block = Block::new(start, count).unwrap();
+                let expect_ok = t.iter().all(|r| r.protocol != protocol || !r.block.overlaps(block));
+                let res = Reservation::runtime(tok(next), protocol, block, holder(next % 3, 7));
+                let got = t.insert(res);
+                prop_assert_eq!(got.is_ok(), expect_ok);
+                if got.is_ok() { live.push(tok(next)); }
+                next += 1;
+                let all: Vec<_> = t.iter().cloned().collect();
+                for (i, a) in all.iter().enumerate() {
+                    for b in &all[i + 1..] {
+                        prop_assert!(a.protocol != b.protocol || !a.block.overlaps(b.block));
+                    }
+                }
+                let held: u32 = all.iter().map(|r| r.block.count() as u32).sum();
+                prop_assert_eq!(t.runtime_ports_of(7), held);
+            }
+        }
+
+        #[test]
+        fn allocator_returns_only_free_blocks_inside_the_range(
+            existing in prop::collection::vec((1u32..400, 1u32..30), 0..20),
+            avoid_ports in prop::collection::vec(1u16..400, 0..10),
+            busy in prop::collection::vec(1u16..400, 0..10),
+            count in 1u16..40,
+            lo in 1u16..200,
+            span in 0u16..300,
+        ) {
+            let mut t = Table::new();
+            for (i, (s, c)) in existing.into_iter().enumerate() {
+                let _ = t.insert(Reservation::runtime(tok(i as u64 + 1), Protocol::Tcp, Block::new(s, c).unwrap(), holder(1, 1)));
+            }
+            let mut avoid = PortSet::new();
+            for p in &avoid_ports { avoid.insert_range(*p, *p); }
+            let hi = lo.saturating_add(span);
+            let is_free = |b: Block| t.overlapping(Protocol::Tcp, b).is_none()
+                && !avoid.intersects(b)
+                && b.ports().all(|p| !busy.contains(&p));
+            match t.find_free_block(Protocol::Tcp, count, (lo, hi), &avoid, |p| busy.contains(&p)) {
+                Some(b) => {
+                    prop_assert_eq!(b.count(), count);
+                    prop_assert!(b.start() >= lo && b.last() <= hi);
+                    prop_assert!(is_free(b));
+                    // First fit: no free block starts lower.
+                    for s in lo..b.start() {
+                        let cand = Block::new(s as u32, count as u32).unwrap();
+                        prop_assert!(!is_free(cand));
+                    }
+                }
+                None => {
+                    for s in lo as u32..=hi as u32 {
+                        if s + count as u32 - 1 > hi as u32 { break; }
+                        prop_assert!(!is_free(Block::new(s, count as u32).unwrap()));
+                    }
+                }
+            }
+        }
+    }
+}
