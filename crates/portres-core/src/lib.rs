@@ -13,6 +13,7 @@ mod error;
 mod policy;
 mod portset;
 mod protocol;
+mod serde_impls;
 mod table;
 mod token;
 

@@ -1,0 +1,552 @@
+//! The messages of wire interface version 1: one request type per method,
+//! their replies, and the envelope (varlink's `method`/`parameters`/`error`).
+//!
+//! Unknown parameters are ignored so that later versions may add optional
+//! ones; a missing required parameter or a value of the wrong type is
+//! `invalid_parameter`.
+
+use std::net::IpAddr;
+
+use portres_core::{Error, ErrorCode, Kind, Owner, Protocol, Token};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `io.portres.Acquire`: a runtime reservation of `count` ports of
+/// `protocol` starting at `start` (0 = any free block in the kernel's
+/// dynamic range). Lives as long as the connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcquireParams {
+    /// tcp or udp.
+    pub protocol: Protocol,
+    /// First port, or 0 for any.
+    #[serde(default)]
+    pub start: u32,
+    /// How many ports (default 1).
+    #[serde(default = "one")]
+    pub count: u32,
+    /// Free text shown in `list`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `io.portres.Release`: ends a runtime reservation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseParams {
+    /// The reservation's token.
+    pub token: Token,
+}
+
+/// `io.portres.Bind`: binds the socket passed with this request (exactly one
+/// descriptor, SCM_RIGHTS) to `address` and a free port of the reservation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindParams {
+    /// The reservation's token.
+    pub token: Token,
+    /// The local address to bind ("0.0.0.0", "::", "127.0.0.1", ...); its
+    /// family must match the socket's.
+    pub address: IpAddr,
+}
+
+/// `io.portres.Create`: a persistent reservation (admin only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateParams {
+    /// tcp or udp.
+    pub protocol: Protocol,
+    /// First port (not 0).
+    pub start: u32,
+    /// How many ports (not 0).
+    pub count: u32,
+    /// A user or group that may look it up and bind into it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<OwnerInfo>,
+    /// Free text shown in `list`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+/// `io.portres.Delete` and `io.portres.Lookup`: a persistent reservation by
+/// its exact block.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockParams {
+    /// tcp or udp.
+    pub protocol: Protocol,
+    /// First port.
+    pub start: u32,
+    /// How many ports.
+    pub count: u32,
+}
+
+/// `io.portres.List`: every reservation, optionally of one protocol.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListParams {
+    /// Only this protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+}
+
+/// A reservation's owner on the wire: `{"kind":"user","id":1000}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerInfo {
+    /// "user" or "group".
+    pub kind: OwnerKind,
+    /// The uid or gid.
+    pub id: u32,
+}
+
+/// Whether an owner is a user or a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OwnerKind {
+    /// A uid.
+    User,
+    /// A gid.
+    Group,
+}
+
+impl From<Owner> for OwnerInfo {
+    fn from(o: Owner) -> OwnerInfo {
+        match o {
+            Owner::User(id) => OwnerInfo {
+                kind: OwnerKind::User,
+                id,
+            },
+            Owner::Group(id) => OwnerInfo {
+                kind: OwnerKind::Group,
+                id,
+            },
+        }
+    }
+}
+
+impl From<OwnerInfo> for Owner {
+    fn from(o: OwnerInfo) -> Owner {
+        match o.kind {
+            OwnerKind::User => Owner::User(o.id),
+            OwnerKind::Group => Owner::Group(o.id),
+        }
+    }
+}
+
+/// The session holding a runtime reservation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HolderInfo {
+    /// Its uid.
+    pub uid: u32,
+    /// Its pid when it connected.
+    pub pid: i32,
+}
+
+/// A reservation as the daemon describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationInfo {
+    /// tcp or udp.
+    pub protocol: Protocol,
+    /// First port.
+    pub start: u16,
+    /// How many ports.
+    pub count: u16,
+    /// "runtime" or "persistent".
+    pub kind: Kind,
+    /// Present only when the asker may use the reservation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Token>,
+    /// Persistent reservations: the delegated owner, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<OwnerInfo>,
+    /// Runtime reservations: the holding session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<HolderInfo>,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// `List` only: the ports of the block some socket holds right now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_use: Option<Vec<u16>>,
+}
+
+/// Reply of Acquire, Create and Lookup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationReply {
+    /// The reservation.
+    pub reservation: ReservationInfo,
+}
+
+/// Reply of Bind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindReply {
+    /// The port the socket is now bound to.
+    pub port: u16,
+}
+
+/// Reply of List.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListReply {
+    /// Every reservation, TCP then UDP, by start port.
+    pub reservations: Vec<ReservationInfo>,
+}
+
+/// Reply of Status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// The daemon's version.
+    pub version: String,
+    /// `WIRE_VERSION` of the daemon.
+    pub wire_version: u32,
+    /// "system" (run as root) or "user".
+    pub mode: String,
+    /// Whether ip_local_reserved_ports is kept in sync.
+    pub kernel_sync: bool,
+    /// The admin's baseline of ip_local_reserved_ports (kernel text form).
+    pub baseline: String,
+    /// What portres keeps in ip_local_reserved_ports now (kernel text form).
+    pub reserved_ports: String,
+    /// The kernel's dynamic port range, where wildcard acquires look.
+    pub dynamic_range: [u16; 2],
+    /// Live runtime reservations.
+    pub runtime: usize,
+    /// Persistent reservations.
+    pub persistent: usize,
+    /// Open client connections.
+    pub sessions: usize,
+    /// Per-user runtime quota in ports (root exempt).
+    pub quota: u32,
+    /// Whether the asker counts as an administrator.
+    pub you_are_admin: bool,
+    /// The asker's uid as the daemon sees it.
+    pub your_uid: u32,
+    /// The database path.
+    pub store: String,
+}
+
+/// Reply of Attach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachReply {
+    /// How many runtime reservations the attached session holds now.
+    pub reservations: usize,
+}
+
+/// A reply with no parameters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Empty {}
+
+/// `org.varlink.service.GetInfo` reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VarlinkInfo {
+    /// "portres".
+    pub vendor: String,
+    /// "portresd".
+    pub product: String,
+    /// Daemon version.
+    pub version: String,
+    /// Project URL.
+    pub url: String,
+    /// Interfaces served.
+    pub interfaces: Vec<String>,
+}
+
+/// One request, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// io.portres.Acquire
+    Acquire(AcquireParams),
+    /// io.portres.Release
+    Release(ReleaseParams),
+    /// io.portres.Bind (+1 descriptor)
+    Bind(BindParams),
+    /// io.portres.Create
+    Create(CreateParams),
+    /// io.portres.Delete
+    Delete(BlockParams),
+    /// io.portres.Lookup
+    Lookup(BlockParams),
+    /// io.portres.List
+    List(ListParams),
+    /// io.portres.Status
+    Status,
+    /// io.portres.GetCapability: reply carries one descriptor, the session's
+    /// capability.
+    GetCapability,
+    /// io.portres.Attach (+1 descriptor: a session capability): this
+    /// connection may from now on bind into and release that session's
+    /// runtime reservations.
+    Attach,
+    /// org.varlink.service.GetInfo
+    GetInfo,
+    /// org.varlink.service.GetInterfaceDescription
+    GetInterfaceDescription {
+        /// The interface asked about.
+        interface: String,
+    },
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    method: String,
+    #[serde(default)]
+    parameters: Option<Value>,
+    #[serde(default)]
+    oneway: bool,
+    #[serde(default)]
+    more: bool,
+}
+
+#[derive(Serialize)]
+struct OutCall<'a, T> {
+    method: &'a str,
+    parameters: &'a T,
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::new(ErrorCode::InvalidParameter, msg)
+}
+
+fn params<T: DeserializeOwned>(method: &str, v: Option<Value>) -> Result<T, Error> {
+    let v = v.unwrap_or_else(|| Value::Object(Default::default()));
+    serde_json::from_value(v).map_err(|e| invalid(format!("{method}: {e}")))
+}
+
+impl Request {
+    /// The varlink method name.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Request::Acquire(_) => "io.portres.Acquire",
+            Request::Release(_) => "io.portres.Release",
+            Request::Bind(_) => "io.portres.Bind",
+            Request::Create(_) => "io.portres.Create",
+            Request::Delete(_) => "io.portres.Delete",
+            Request::Lookup(_) => "io.portres.Lookup",
+            Request::List(_) => "io.portres.List",
+            Request::Status => "io.portres.Status",
+            Request::GetCapability => "io.portres.GetCapability",
+            Request::Attach => "io.portres.Attach",
+            Request::GetInfo => "org.varlink.service.GetInfo",
+            Request::GetInterfaceDescription { .. } => {
+                "org.varlink.service.GetInterfaceDescription"
+            }
+        }
+    }
+
+    /// How many descriptors must accompany this request.
+    pub fn fds_expected(&self) -> usize {
+        match self {
+            Request::Bind(_) | Request::Attach => 1,
+            _ => 0,
+        }
+    }
+
+    /// Decodes one frame. `Ok((request, oneway))`.
+    pub fn decode(frame: &[u8]) -> Result<(Request, bool), Error> {
+        let env: Envelope = serde_json::from_slice(frame)
+            .map_err(|e| invalid(format!("malformed request: {e}")))?;
+        if env.more {
+            return Err(invalid(
+                "\"more\" (streaming replies) is not supported by any io.portres method",
+            ));
+        }
+        let m = env.method.as_str();
+        let p = env.parameters;
+        let req = match m {
+            "io.portres.Acquire" => Request::Acquire(params(m, p)?),
+            "io.portres.Release" => Request::Release(params(m, p)?),
+            "io.portres.Bind" => Request::Bind(params(m, p)?),
+            "io.portres.Create" => Request::Create(params(m, p)?),
+            "io.portres.Delete" => Request::Delete(params(m, p)?),
+            "io.portres.Lookup" => Request::Lookup(params(m, p)?),
+            "io.portres.List" => Request::List(params(m, p)?),
+            "io.portres.Status" => Request::Status,
+            "io.portres.GetCapability" => Request::GetCapability,
+            "io.portres.Attach" => Request::Attach,
+            "org.varlink.service.GetInfo" => Request::GetInfo,
+            "org.varlink.service.GetInterfaceDescription" => {
+                #[derive(Deserialize)]
+                struct P {
+                    interface: String,
+                }
+                let p: P = params(m, p)?;
+                Request::GetInterfaceDescription {
+                    interface: p.interface,
+                }
+            }
+            other => {
+                return Err(invalid(format!("unknown method {other:?}")));
+            }
+        };
+        Ok((req, env.oneway))
+    }
+
+    /// Encodes the request as one frame (JSON + NUL).
+    pub fn encode(&self) -> Vec<u8> {
+        fn call<T: Serialize>(method: &str, p: &T) -> Vec<u8> {
+            let mut v = serde_json::to_vec(&OutCall {
+                method,
+                parameters: p,
+            })
+            .expect("request types always serialize");
+            v.push(0);
+            v
+        }
+        let m = self.method();
+        match self {
+            Request::Acquire(p) => call(m, p),
+            Request::Release(p) => call(m, p),
+            Request::Bind(p) => call(m, p),
+            Request::Create(p) => call(m, p),
+            Request::Delete(p) | Request::Lookup(p) => call(m, p),
+            Request::List(p) => call(m, p),
+            Request::Status | Request::GetCapability | Request::Attach | Request::GetInfo => {
+                call(m, &Empty {})
+            }
+            Request::GetInterfaceDescription { interface } => {
+                call(m, &serde_json::json!({ "interface": interface }))
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct OkReply<'a, T> {
+    parameters: &'a T,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ErrorParams {
+    code: String,
+    message: String,
+}
+
+#[derive(Serialize)]
+struct ErrReply<'a> {
+    error: &'a str,
+    parameters: ErrorParams,
+}
+
+/// Encodes a successful reply as one frame.
+pub fn encode_reply<T: Serialize>(parameters: &T) -> Vec<u8> {
+    let mut v = serde_json::to_vec(&OkReply { parameters }).expect("replies always serialize");
+    v.push(0);
+    v
+}
+
+/// Encodes an error reply as one frame.
+pub fn encode_error(err: &Error) -> Vec<u8> {
+    let mut v = serde_json::to_vec(&ErrReply {
+        error: err.code.varlink_name(),
+        parameters: ErrorParams {
+            code: err.code.as_str().to_string(),
+            message: err.message.clone(),
+        },
+    })
+    .expect("errors always serialize");
+    v.push(0);
+    v
+}
+
+#[derive(Deserialize)]
+struct ReplyEnvelope {
+    #[serde(default)]
+    parameters: Option<Value>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// Decodes a reply frame into `T`, or the daemon's error.
+pub fn decode_reply<T: DeserializeOwned>(frame: &[u8]) -> Result<T, Error> {
+    let env: ReplyEnvelope = serde_json::from_slice(frame)
+        .map_err(|e| Error::new(ErrorCode::Internal, format!("malformed reply: {e}")))?;
+    let params = env
+        .parameters
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    if let Some(name) = env.error {
+        let (code, message) = match serde_json::from_value::<ErrorParams>(params) {
+            Ok(p) => (
+                p.code
+                    .parse()
+                    .or_else(|_| name.parse())
+                    .unwrap_or(ErrorCode::Internal),
+                p.message,
+            ),
+            Err(_) => (
+                name.parse().unwrap_or(ErrorCode::Internal),
+                format!("daemon error {name}"),
+            ),
+        };
+        return Err(Error::new(code, message));
+    }
+    serde_json::from_value(params)
+        .map_err(|e| Error::new(ErrorCode::Internal, format!("unexpected reply: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        let reqs = vec![
+            Request::Acquire(AcquireParams {
+                protocol: Protocol::Udp,
+                start: 0,
+                count: 3,
+                label: Some("x".into()),
+            }),
+            Request::Bind(BindParams {
+                token: Token::new(u64::MAX).unwrap(),
+                address: "::1".parse().unwrap(),
+            }),
+            Request::Create(CreateParams {
+                protocol: Protocol::Tcp,
+                start: 80,
+                count: 1,
+                owner: Some(OwnerInfo {
+                    kind: OwnerKind::Group,
+                    id: 5,
+                }),
+                label: None,
+            }),
+            Request::List(ListParams::default()),
+            Request::Status,
+            Request::Attach,
+        ];
+        for r in reqs {
+            let frame = r.encode();
+            assert_eq!(frame.last(), Some(&0));
+            let (back, oneway) = Request::decode(&frame[..frame.len() - 1]).unwrap();
+            assert_eq!(back, r);
+            assert!(!oneway);
+        }
+    }
+
+    #[test]
+    fn bad_requests_are_invalid_parameter() {
+        for bad in [
+            &b"not json"[..],
+            b"{}",
+            b"{\"method\":\"io.portres.Nope\"}",
+            b"{\"method\":\"io.portres.Acquire\",\"parameters\":{\"protocol\":\"sctp\"}}",
+            b"{\"method\":\"io.portres.Acquire\",\"parameters\":{\"protocol\":\"tcp\",\"count\":-1}}",
+            b"{\"method\":\"io.portres.Release\",\"parameters\":{\"token\":\"0\"}}",
+            b"{\"method\":\"io.portres.List\",\"more\":true}",
+        ] {
+            let err = Request::decode(bad).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidParameter, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn errors_round_trip() {
+        let e = Error::new(ErrorCode::SharingViolation, "busy");
+        let frame = encode_error(&e);
+        let got = decode_reply::<Empty>(&frame[..frame.len() - 1]).unwrap_err();
+        assert_eq!(got, e);
+        let token_json = serde_json::to_string(&ReleaseParams {
+            token: Token::new(18446744073709551615).unwrap(),
+        })
+        .unwrap();
+        assert_eq!(token_json, "{\"token\":\"18446744073709551615\"}");
+    }
+}
