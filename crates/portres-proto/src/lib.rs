@@ -17,6 +17,7 @@
 pub mod fdpass;
 pub mod frame;
 pub mod message;
+pub mod paths;
 
 pub use frame::{FrameBuffer, FrameError};
 pub use message::*;

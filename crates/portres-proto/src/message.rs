@@ -221,6 +221,8 @@ pub struct StatusReply {
     pub your_uid: u32,
     /// The database path.
     pub store: String,
+    /// Seconds since the daemon started.
+    pub uptime_seconds: u64,
 }
 
 /// Reply of Attach.

@@ -1,0 +1,160 @@
+//! `portresd`: the portres daemon's command line. Parses flags into a
+//! `Config`, sets up logging to stderr, and runs the daemon until SIGTERM or
+//! SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use portres_daemon::{Config, Daemon, KernelSync};
+
+/// The portres daemon: port reservations for Linux, in the model of the
+/// Windows port reservation API.
+///
+/// Runs in the foreground and logs to stderr. As root it serves the whole
+/// machine (system mode: /run/portres/portres.sock, /var/lib/portres/) and
+/// keeps net.ipv4.ip_local_reserved_ports equal to the admin's baseline plus
+/// every reserved block; as an ordinary user it serves that user (user mode:
+/// $XDG_RUNTIME_DIR/portres/portres.sock, $XDG_STATE_HOME/portres/).
+/// It is ready when the socket accepts connections. SIGTERM or SIGINT stop
+/// it cleanly: runtime reservations end, the kernel keeps the baseline plus
+/// persistent blocks, the socket file is removed.
+#[derive(Parser, Debug)]
+#[command(name = "portresd", version, max_term_width = 100)]
+struct Args {
+    /// Unix socket to listen on [env: PORTRES_SOCKET; default by mode, see above]
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    /// Directory for the database portres.db [env: PORTRES_STATE_DIR; default by mode]
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// Keep net.ipv4.ip_local_reserved_ports in sync: auto = when writable
+    /// (root, or a network namespace you own), on = refuse to start
+    /// otherwise, off = never touch it
+    #[arg(long, value_enum, default_value_t = SyncArg::Auto, value_name = "MODE")]
+    kernel_sync: SyncArg,
+
+    /// Members of this group (name or gid) may create and delete persistent
+    /// reservations, besides root
+    #[arg(long, value_name = "GROUP")]
+    admin_group: Option<String>,
+
+    /// Most runtime ports one user may hold at once, over all sessions (root is exempt)
+    #[arg(long, value_name = "PORTS", default_value_t = Config::DEFAULT_QUOTA)]
+    quota: u32,
+
+    /// Most client connections at once
+    #[arg(long, value_name = "N", default_value_t = Config::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+
+    /// Most client connections one (non-root) user may hold at once
+    #[arg(long, value_name = "N", default_value_t = Config::DEFAULT_MAX_CONNECTIONS_PER_UID)]
+    max_connections_per_user: usize,
+
+    /// Log more (-v: debug, -vv: trace); RUST_LOG overrides
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SyncArg {
+    Auto,
+    On,
+    Off,
+}
+
+fn resolve_group(name: &str) -> Result<u32, String> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group")
+        .map_err(|e| format!("cannot read /etc/group to resolve --admin-group {name}: {e}"))?;
+    groups
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let n = f.next()?;
+            let _ = f.next();
+            let gid = f.next()?.parse::<u32>().ok()?;
+            (n == name).then_some(gid)
+        })
+        .next()
+        .ok_or_else(|| format!("--admin-group: no group named {name:?} in /etc/group"))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let level = match args.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_target(false)
+        .init();
+
+    let mut config = Config::for_current_user();
+    if let Some(s) = args.socket {
+        config.socket = s;
+    }
+    if let Some(d) = args.state_dir {
+        config.state_dir = d;
+    }
+    config.kernel_sync = match args.kernel_sync {
+        SyncArg::Auto => KernelSync::Auto,
+        SyncArg::On => KernelSync::On,
+        SyncArg::Off => KernelSync::Off,
+    };
+    config.quota = args.quota;
+    config.max_connections = args.max_connections.max(1);
+    config.max_connections_per_uid = args.max_connections_per_user.max(1);
+    if let Some(g) = args.admin_group {
+        match resolve_group(&g) {
+            Ok(gid) => config.admin_gid = Some(gid),
+            Err(e) => {
+                eprintln!("portresd: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+
+    let daemon = match Daemon::start(config) {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => log::info!("SIGTERM: stopping"),
+                _ = int.recv() => log::info!("SIGINT: stopping"),
+            }
+        };
+        daemon.run(shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}

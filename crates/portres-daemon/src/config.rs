@@ -1,0 +1,83 @@
+//! The daemon's configuration: paths, kernel sync mode, admin group, quota
+//! and connection limits, with the defaults of system and user mode.
+
+use std::path::PathBuf;
+
+/// Whether to keep `net.ipv4.ip_local_reserved_ports` in sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelSync {
+    /// On if the sysctl is writable, else off with a logged warning.
+    Auto,
+    /// On; refuse to start if the sysctl is not writable.
+    On,
+    /// Off: reservations arbitrate between portres users only.
+    Off,
+}
+
+/// System mode (root) or user mode (anyone else).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Run as root: serves every user of the machine.
+    System,
+    /// Run as an ordinary user: that user is its administrator.
+    User,
+}
+
+impl Mode {
+    /// "system" or "user".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::System => "system",
+            Mode::User => "user",
+        }
+    }
+}
+
+/// Everything the daemon needs to start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The Unix socket to listen on.
+    pub socket: PathBuf,
+    /// Where the database lives.
+    pub state_dir: PathBuf,
+    /// Kernel sync mode.
+    pub kernel_sync: KernelSync,
+    /// Members of this group (gid) are administrators besides root.
+    pub admin_gid: Option<u32>,
+    /// Per-user cap on runtime ports held at once (root exempt).
+    pub quota: u32,
+    /// Most client connections at once.
+    pub max_connections: usize,
+    /// Most client connections one non-root uid may hold at once.
+    pub max_connections_per_uid: usize,
+    /// System or user mode (decides who is admin and socket permissions).
+    pub mode: Mode,
+    /// The uid the daemon runs as.
+    pub daemon_uid: u32,
+}
+
+impl Config {
+    /// Default per-user runtime quota, in ports.
+    pub const DEFAULT_QUOTA: u32 = 4096;
+    /// Default connection limit.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 16384;
+    /// Default per-uid connection limit.
+    pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 4096;
+
+    /// The defaults for whoever runs this process: system mode for root,
+    /// user mode otherwise; paths from `portres_proto::paths`.
+    pub fn for_current_user() -> Config {
+        let uid = rustix::process::geteuid().as_raw();
+        Config {
+            socket: portres_proto::paths::daemon_socket(),
+            state_dir: portres_proto::paths::daemon_state_dir(),
+            kernel_sync: KernelSync::Auto,
+            admin_gid: None,
+            quota: Config::DEFAULT_QUOTA,
+            max_connections: Config::DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_uid: Config::DEFAULT_MAX_CONNECTIONS_PER_UID,
+            mode: if uid == 0 { Mode::System } else { Mode::User },
+            daemon_uid: uid,
+        }
+    }
+}

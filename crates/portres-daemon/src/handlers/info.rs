@@ -1,0 +1,105 @@
+//! Read-only requests: List (with live socket usage), Status, and the
+//! varlink service interface (GetInfo, GetInterfaceDescription).
+
+use std::collections::HashMap;
+
+use portres_core::{Error, ErrorCode, Protocol, SessionId};
+use portres_proto::{ListParams, ReservationInfo, StatusReply, VarlinkInfo};
+
+use crate::state::State;
+
+/// The varlink IDL of io.portres, served by GetInterfaceDescription.
+pub const INTERFACE_DESCRIPTION: &str = include_str!("../../../../docs/io.portres.varlink");
+
+impl State {
+    /// List, without `in_use` (filled later, outside the lock).
+    pub fn list(&self, session: SessionId, p: ListParams) -> Result<Vec<ReservationInfo>, Error> {
+        Ok(self
+            .table
+            .iter()
+            .filter(|r| p.protocol.is_none_or(|proto| r.protocol == proto))
+            .map(|r| self.describe(r, session))
+            .collect())
+    }
+
+    /// Status: configuration and counts.
+    pub fn status(&self, session: SessionId) -> Result<StatusReply, Error> {
+        let caller = &self.session(session)?.caller;
+        let (runtime, persistent) = self.counts();
+        let range = portres_kernel::sysctl::local_port_range().unwrap_or((0, 0));
+        Ok(StatusReply {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            wire_version: portres_proto::WIRE_VERSION,
+            mode: self.config.mode.as_str().to_string(),
+            kernel_sync: self.kernel.is_some(),
+            baseline: self.baseline.to_string(),
+            reserved_ports: if self.kernel.is_some() {
+                self.desired_kernel_value(false).to_string()
+            } else {
+                String::new()
+            },
+            dynamic_range: [range.0, range.1],
+            runtime,
+            persistent,
+            sessions: self.sessions.len(),
+            quota: self.config.quota,
+            you_are_admin: caller.admin,
+            your_uid: caller.uid,
+            store: self.store.path().display().to_string(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+        })
+    }
+}
+
+/// Fills `in_use` of each reservation from one socket-table dump per
+/// protocol present. Runs without the state lock.
+pub fn fill_in_use(list: &mut [ReservationInfo]) -> Result<(), Error> {
+    for protocol in Protocol::ALL {
+        if !list.iter().any(|r| r.protocol == protocol) {
+            continue;
+        }
+        let sockets = portres_kernel::diag::bound_sockets(protocol).map_err(|e| {
+            Error::new(ErrorCode::Internal, format!("reading the {protocol} socket table: {e}"))
+        })?;
+        let mut ports: Vec<u16> = sockets.iter().map(|s| s.port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        let mut cache: HashMap<(u16, u16), Vec<u16>> = HashMap::new();
+        for r in list.iter_mut().filter(|r| r.protocol == protocol) {
+            let last = r.start as u32 + r.count as u32 - 1;
+            let used = cache.entry((r.start, r.count)).or_insert_with(|| {
+                let lo = ports.partition_point(|&p| p < r.start);
+                ports[lo..]
+                    .iter()
+                    .take_while(|&&p| (p as u32) <= last)
+                    .copied()
+                    .collect()
+            });
+            r.in_use = Some(used.clone());
+        }
+    }
+    for r in list.iter_mut() {
+        r.in_use.get_or_insert_with(Vec::new);
+    }
+    Ok(())
+}
+
+pub(crate) fn varlink_info() -> VarlinkInfo {
+    VarlinkInfo {
+        vendor: "portres".into(),
+        product: "portresd".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        url: "https://example.invalid/portres".into(),
+        interfaces: vec!["org.varlink.service".into(), "io.portres".into()],
+    }
+}
+
+pub(crate) fn interface_description(interface: &str) -> Result<serde_json::Value, Error> {
+    match interface {
+        "io.portres" => Ok(serde_json::json!({ "description": INTERFACE_DESCRIPTION })),
+        other => Err(Error::new(
+            ErrorCode::InvalidParameter,
+            format!("interface {other:?} is not served here"),
+        )),
+    }
+}

@@ -1,0 +1,116 @@
+//! Persistent reservations: Create, Delete and Lookup (the seeds'
+//! Create/Delete/LookupPersistent{Tcp,Udp}PortReservation). A change is
+//! acknowledged only after the store has it on disk.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use portres_core::{Block, Error, ErrorCode, Kind, Reservation, SessionId};
+use portres_proto::{BlockParams, CreateParams, Empty, ReservationReply};
+use portres_store::StoredReservation;
+
+use crate::state::{State, check_label, random_token};
+
+impl State {
+    fn require_admin(&self, session: SessionId, what: &str) -> Result<u32, Error> {
+        let caller = &self.session(session)?.caller;
+        if caller.admin {
+            Ok(caller.uid)
+        } else {
+            Err(Error::new(
+                ErrorCode::AccessDenied,
+                format!("{what} persistent reservations is for administrators (root or the admin group); uid {} is not one", caller.uid),
+            ))
+        }
+    }
+
+    /// Create: admin only; durable before it is answered.
+    pub fn create(&mut self, session: SessionId, p: CreateParams) -> Result<ReservationReply, Error> {
+        let uid = self.require_admin(session, "creating")?;
+        let block = Block::new(p.start, p.count)?;
+        check_label(&p.label)?;
+        self.table.check_free(p.protocol, block)?;
+        self.check_not_in_use(p.protocol, block)?;
+        let owner = p.owner.map(Into::into);
+        let row = StoredReservation {
+            protocol: p.protocol,
+            block,
+            owner,
+            label: p.label.clone(),
+            created_by: uid,
+            created_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+        };
+        let mut token = random_token()?;
+        while self.table.contains_token(token) {
+            token = random_token()?;
+        }
+        self.store.insert(&row).map_err(Error::from)?;
+        let res = Reservation::persistent(token, p.protocol, block, owner, p.label);
+        if let Err(e) = self.table.insert(res) {
+            // Cannot happen (checked under the same lock), but never leave
+            // the store and the table disagreeing.
+            let _ = self.store.delete(p.protocol, block);
+            return Err(e);
+        }
+        if let Err(e) = self.sync_kernel() {
+            self.table.remove(token);
+            if let Err(undo) = self.store.delete(p.protocol, block) {
+                log::error!("could not undo create of {} {block} after a sysctl failure: {undo}", p.protocol);
+            }
+            return Err(Error::new(
+                ErrorCode::Internal,
+                format!("could not update ip_local_reserved_ports: {e}"),
+            ));
+        }
+        log::info!("uid {uid} created persistent {} {block}", p.protocol);
+        let res = self.table.get(token).expect("just inserted");
+        Ok(ReservationReply {
+            reservation: self.describe(res, session),
+        })
+    }
+
+    fn persistent_by_block(&self, p: &BlockParams) -> Result<&Reservation, Error> {
+        let block = Block::new(p.start, p.count)?;
+        self.table
+            .by_block(p.protocol, block)
+            .filter(|r| r.kind == Kind::Persistent)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::NotFound,
+                    format!("no persistent {} reservation of exactly {block}", p.protocol),
+                )
+            })
+    }
+
+    /// Delete: admin only; by the exact block; durable before it is answered.
+    pub fn delete(&mut self, session: SessionId, p: BlockParams) -> Result<Empty, Error> {
+        let uid = self.require_admin(session, "deleting")?;
+        let res = self.persistent_by_block(&p)?;
+        let (token, block) = (res.token, res.block);
+        self.store.delete(p.protocol, block).map_err(Error::from)?;
+        self.table.remove(token);
+        self.sync_kernel_logged();
+        log::info!("uid {uid} deleted persistent {} {block}", p.protocol);
+        Ok(Empty {})
+    }
+
+    /// Lookup: admin or the reservation's owner; by the exact block.
+    pub fn lookup(&mut self, session: SessionId, p: BlockParams) -> Result<ReservationReply, Error> {
+        let block = Block::new(p.start, p.count)?;
+        let s = self.session(session)?;
+        let res = self.persistent_by_block(&p)?;
+        if !res.usable_by(&s.caller, &s.speaks_for) {
+            return Err(Error::new(
+                ErrorCode::AccessDenied,
+                format!(
+                    "only an administrator or the owner may look up persistent {} {block}",
+                    p.protocol
+                ),
+            ));
+        }
+        Ok(ReservationReply {
+            reservation: self.describe(res, session),
+        })
+    }
+}

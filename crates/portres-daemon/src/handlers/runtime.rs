@@ -1,0 +1,185 @@
+//! Runtime reservations: Acquire (SIO_ACQUIRE_PORT_RESERVATION), Release
+//! (SIO_RELEASE_PORT_RESERVATION) and Bind (SIO_ASSOCIATE_PORT_RESERVATION
+//! followed by bind to port 0) — Bind also serves persistent reservations.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use portres_core::{Block, Error, ErrorCode, Holder, Kind, Reservation, SessionId};
+use portres_proto::{AcquireParams, BindParams, BindReply, Empty, ReleaseParams, ReservationReply};
+
+use crate::state::{State, check_label, random_token};
+
+impl State {
+    /// Acquire: a block at `start`, or the first free block of `count` in the
+    /// dynamic range when `start` is 0; held by this session.
+    pub fn acquire(&mut self, session: SessionId, p: AcquireParams) -> Result<ReservationReply, Error> {
+        check_label(&p.label)?;
+        let caller = self.session(session)?.caller.clone();
+        if p.count == 0 || p.count > 65535 {
+            return Err(Error::new(
+                ErrorCode::InvalidParameter,
+                format!("count must be between 1 and 65535, not {}", p.count),
+            ));
+        }
+        if caller.quota_applies() {
+            let held = self.table.runtime_ports_of(caller.uid);
+            if held as u64 + p.count as u64 > self.config.quota as u64 {
+                return Err(Error::new(
+                    ErrorCode::QuotaExceeded,
+                    format!(
+                        "uid {} holds {held} runtime port(s); {} more would pass the quota of {}",
+                        caller.uid, p.count, self.config.quota
+                    ),
+                ));
+            }
+        }
+        let block = if p.start == 0 {
+            let range = portres_kernel::sysctl::local_port_range().map_err(|e| {
+                Error::new(ErrorCode::Internal, format!("reading ip_local_port_range: {e}"))
+            })?;
+            let mut probe_error = None;
+            let found = self.table.find_free_block(
+                p.protocol,
+                p.count as u16,
+                range,
+                &self.baseline,
+                |port| match (self.in_use)(p.protocol, port) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        probe_error.get_or_insert(e);
+                        true
+                    }
+                },
+            );
+            match (found, probe_error) {
+                (Some(b), _) => b,
+                (None, Some(e)) => {
+                    return Err(Error::new(
+                        ErrorCode::Internal,
+                        format!("could not check which ports are in use: {e}"),
+                    ));
+                }
+                (None, None) => {
+                    return Err(Error::new(
+                        ErrorCode::NoFreeBlock,
+                        format!(
+                            "no free block of {} {} port(s) in the dynamic range {}-{}",
+                            p.count, p.protocol, range.0, range.1
+                        ),
+                    ));
+                }
+            }
+        } else {
+            let block = Block::new(p.start, p.count)?;
+            if !caller.admin {
+                let unprivileged = portres_kernel::sysctl::unprivileged_port_start().unwrap_or(1024);
+                if (block.start() as u32) < unprivileged {
+                    return Err(Error::new(
+                        ErrorCode::AccessDenied,
+                        format!(
+                            "ports below {unprivileged} are privileged: only an administrator may reserve them at runtime (an administrator can create a persistent reservation owned by you)"
+                        ),
+                    ));
+                }
+            }
+            self.table.check_free(p.protocol, block)?;
+            self.check_not_in_use(p.protocol, block)?;
+            block
+        };
+        let mut token = random_token()?;
+        while self.table.contains_token(token) {
+            token = random_token()?;
+        }
+        let mut res = Reservation::runtime(
+            token,
+            p.protocol,
+            block,
+            Holder {
+                session,
+                uid: caller.uid,
+                pid: caller.pid,
+            },
+        );
+        res.label = p.label;
+        self.table.insert(res)?;
+        if let Err(e) = self.sync_kernel() {
+            self.table.remove(token);
+            return Err(Error::new(
+                ErrorCode::Internal,
+                format!("could not update ip_local_reserved_ports: {e}"),
+            ));
+        }
+        let res = self.table.get(token).expect("just inserted");
+        Ok(ReservationReply {
+            reservation: self.describe(res, session),
+        })
+    }
+
+    /// Release: ends a runtime reservation this session (or one whose
+    /// capability it presented) holds.
+    pub fn release(&mut self, session: SessionId, p: ReleaseParams) -> Result<Empty, Error> {
+        let s = self.session(session)?;
+        let res = self.table.get(p.token).ok_or_else(|| {
+            Error::new(ErrorCode::NotFound, "no reservation has this token")
+        })?;
+        if res.kind == Kind::Persistent {
+            return Err(Error::new(
+                ErrorCode::InvalidParameter,
+                "this is a persistent reservation: delete it by its block (admin only)",
+            ));
+        }
+        if !res.usable_by(&s.caller, &s.speaks_for) {
+            return Err(Error::new(
+                ErrorCode::AccessDenied,
+                "this runtime reservation belongs to another session",
+            ));
+        }
+        self.table.remove(p.token);
+        self.sync_kernel_logged();
+        Ok(Empty {})
+    }
+
+    /// Bind: binds the passed socket to `address` and a free port of the
+    /// reservation, trying ports from the rotation cursor on.
+    pub fn bind(&mut self, session: SessionId, p: BindParams, fd: OwnedFd) -> Result<BindReply, Error> {
+        let info = portres_kernel::sock::inspect(fd.as_fd())?;
+        let cookie = portres_kernel::sock::netns_cookie(fd.as_fd()).map_err(|e| {
+            Error::new(ErrorCode::Internal, format!("reading SO_NETNS_COOKIE: {e}"))
+        })?;
+        if cookie != self.netns_cookie {
+            return Err(Error::new(
+                ErrorCode::WrongNamespace,
+                "the socket belongs to another network namespace than the daemon's",
+            ));
+        }
+        let s = self.session(session)?;
+        let res = self.table.get(p.token).ok_or_else(|| {
+            Error::new(ErrorCode::NotFound, "no reservation has this token")
+        })?;
+        if !res.usable_by(&s.caller, &s.speaks_for) {
+            return Err(Error::new(
+                ErrorCode::AccessDenied,
+                match res.kind {
+                    Kind::Runtime => "this runtime reservation belongs to another session",
+                    Kind::Persistent => {
+                        "only an administrator or the reservation's owner may bind into it"
+                    }
+                },
+            ));
+        }
+        if info.protocol != res.protocol {
+            return Err(Error::new(
+                ErrorCode::InvalidParameter,
+                format!(
+                    "the socket is {} but the reservation is {}",
+                    info.protocol, res.protocol
+                ),
+            ));
+        }
+        let port = portres_kernel::sock::bind_into(fd.as_fd(), p.address, res.bind_order())?;
+        if let Some(res) = self.table.get_mut(p.token) {
+            res.advance_past(port);
+        }
+        Ok(BindReply { port })
+    }
+}

@@ -1,0 +1,325 @@
+//! The state owner: the one place that decides. It holds the reservation
+//! table, the sessions, the durable store and the kernel's reserved-ports
+//! sysctl, and keeps them consistent: a request either changes all of them
+//! (store first for persistent changes, sysctl before the answer) or none.
+//!
+//! The transport (`server`) decodes requests and calls in here under one
+//! lock; handlers live in `handlers/`, one file per request family.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::time::Instant;
+
+use portres_core::{
+    Caller, Error, ErrorCode, Kind, PortSet, Protocol, Reservation, SessionId, Table, Token,
+};
+use portres_kernel::capability::FileId;
+use portres_kernel::sysctl::ReservedPorts;
+use portres_proto::{HolderInfo, OwnerInfo, ReservationInfo};
+use portres_store::Store;
+
+use crate::config::{Config, Mode};
+
+/// Answers "is this port held by some socket right now?".
+pub type InUseProbe = Box<dyn Fn(Protocol, u16) -> io::Result<bool> + Send>;
+
+/// Longest label accepted, in bytes.
+pub const MAX_LABEL_BYTES: usize = 256;
+
+/// One client connection.
+#[derive(Debug)]
+pub struct Session {
+    /// Who is on the other end, per the kernel.
+    pub caller: Caller,
+    /// The capability handed out for this session, if asked for.
+    pub capability: Option<(OwnedFd, FileId)>,
+    /// This session's id followed by every session whose capability this
+    /// connection presented (their runtime reservations are usable here).
+    pub speaks_for: Vec<SessionId>,
+}
+
+/// The daemon's whole state. Not thread-safe by itself: the server keeps it
+/// behind one mutex.
+pub struct State {
+    pub(crate) config: Config,
+    pub(crate) table: Table,
+    pub(crate) store: Store,
+    /// `None` when kernel sync is off.
+    pub(crate) kernel: Option<Box<dyn ReservedPorts>>,
+    pub(crate) baseline: PortSet,
+    pub(crate) last_written: Option<PortSet>,
+    pub(crate) sessions: HashMap<SessionId, Session>,
+    pub(crate) capabilities: HashMap<FileId, SessionId>,
+    next_session: u64,
+    pub(crate) netns_cookie: u64,
+    pub(crate) in_use: InUseProbe,
+    pub(crate) started: Instant,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("reservations", &self.table.len())
+            .field("sessions", &self.sessions.len())
+            .field("kernel_sync", &self.kernel.is_some())
+            .finish()
+    }
+}
+
+/// A random, non-zero token from the OS random source.
+pub(crate) fn random_token() -> Result<Token, Error> {
+    loop {
+        let raw = getrandom::u64().map_err(|e| {
+            Error::new(ErrorCode::Internal, format!("OS random source failed: {e}"))
+        })?;
+        if let Some(t) = Token::new(raw) {
+            return Ok(t);
+        }
+    }
+}
+
+impl State {
+    /// Builds the state from an opened store, restoring persistent
+    /// reservations with fresh tokens, and brings the kernel's value to
+    /// baseline + persistent blocks (dropping any runtime blocks a crashed
+    /// predecessor left behind).
+    pub fn new(
+        config: Config,
+        store: Store,
+        kernel: Option<Box<dyn ReservedPorts>>,
+        in_use: InUseProbe,
+        netns_cookie: u64,
+    ) -> Result<State, Error> {
+        let mut state = State {
+            config,
+            table: Table::new(),
+            store,
+            kernel,
+            baseline: PortSet::new(),
+            last_written: None,
+            sessions: HashMap::new(),
+            capabilities: HashMap::new(),
+            next_session: 1,
+            netns_cookie,
+            in_use,
+            started: Instant::now(),
+        };
+        if let Some(kernel) = state.kernel.as_ref() {
+            state.baseline = match state.store.baseline().map_err(Error::from)? {
+                Some(b) => b,
+                None => {
+                    // First start on this store: what the admin had is the
+                    // baseline we must preserve forever after.
+                    let current = kernel.read().map_err(|e| {
+                        Error::new(
+                            ErrorCode::Internal,
+                            format!("reading ip_local_reserved_ports: {e}"),
+                        )
+                    })?;
+                    state.store.set_baseline(&current).map_err(Error::from)?;
+                    log::info!("recorded baseline ip_local_reserved_ports: {current:?}", current = current.to_string());
+                    current
+                }
+            };
+        }
+        for row in state.store.load().map_err(Error::from)? {
+            let res = Reservation::persistent(
+                random_token()?,
+                row.protocol,
+                row.block,
+                row.owner,
+                row.label,
+            );
+            state.table.insert(res).map_err(|e| {
+                Error::new(
+                    ErrorCode::Internal,
+                    format!("the store holds overlapping reservations: {}", e.message),
+                )
+            })?;
+        }
+        state.sync_kernel().map_err(|e| {
+            Error::new(
+                ErrorCode::Internal,
+                format!("writing ip_local_reserved_ports: {e}"),
+            )
+        })?;
+        Ok(state)
+    }
+
+    /// Registers a new connection.
+    pub fn open_session(&mut self, caller: Caller) -> SessionId {
+        let id = SessionId(self.next_session);
+        self.next_session += 1;
+        self.sessions.insert(
+            id,
+            Session {
+                caller,
+                capability: None,
+                speaks_for: vec![id],
+            },
+        );
+        id
+    }
+
+    /// Ends a connection: its runtime reservations go, and the kernel is
+    /// told before this returns.
+    pub fn close_session(&mut self, id: SessionId) {
+        if let Some(session) = self.sessions.remove(&id)
+            && let Some((_, file_id)) = session.capability
+        {
+            self.capabilities.remove(&file_id);
+        }
+        let gone = self.table.remove_session(id);
+        if !gone.is_empty() {
+            log::debug!("session {} closed, released {} reservation(s)", id.0, gone.len());
+            self.sync_kernel_logged();
+        }
+    }
+
+    /// Number of open sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether `caller` is an administrator under this configuration.
+    pub fn is_admin(config: &Config, uid: u32, gid: u32, groups: &[u32]) -> bool {
+        uid == 0
+            || (config.mode == Mode::User && uid == config.daemon_uid)
+            || config
+                .admin_gid
+                .is_some_and(|g| gid == g || groups.contains(&g))
+    }
+
+    pub(crate) fn session(&self, id: SessionId) -> Result<&Session, Error> {
+        self.sessions
+            .get(&id)
+            .ok_or_else(|| Error::new(ErrorCode::Internal, "unknown session"))
+    }
+
+    /// What the kernel's reserved-ports value must be now.
+    pub(crate) fn desired_kernel_value(&self, persistent_only: bool) -> PortSet {
+        self.baseline
+            .union(&self.table.reserved_ports(persistent_only))
+    }
+
+    /// Writes the sysctl if its value must change. Called before answering
+    /// any request that changed the table.
+    pub(crate) fn sync_kernel(&mut self) -> io::Result<()> {
+        let desired = self.desired_kernel_value(false);
+        self.write_kernel(desired)
+    }
+
+    fn write_kernel(&mut self, desired: PortSet) -> io::Result<()> {
+        let Some(kernel) = self.kernel.as_mut() else {
+            return Ok(());
+        };
+        if self.last_written.as_ref() == Some(&desired) {
+            return Ok(());
+        }
+        // Forget what we wrote until the write succeeds, so a failed write
+        // is retried by the next change rather than skipped as "unchanged".
+        self.last_written = None;
+        kernel.write(&desired)?;
+        self.last_written = Some(desired);
+        Ok(())
+    }
+
+    pub(crate) fn sync_kernel_logged(&mut self) {
+        if let Err(e) = self.sync_kernel() {
+            log::error!("could not update ip_local_reserved_ports: {e}");
+        }
+    }
+
+    /// At clean shutdown: the kernel keeps the baseline plus persistent
+    /// blocks (runtime reservations end with the daemon).
+    pub fn shutdown(&mut self) {
+        let ids: Vec<_> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.table.remove_session(id);
+        }
+        self.sessions.clear();
+        let desired = self.desired_kernel_value(true);
+        if let Err(e) = self.write_kernel(desired) {
+            log::error!("could not restore ip_local_reserved_ports at shutdown: {e}");
+        }
+    }
+
+    /// The wire form of a reservation, with the token only if `viewer` may
+    /// use it.
+    pub(crate) fn describe(&self, res: &Reservation, viewer: SessionId) -> ReservationInfo {
+        let show_token = self
+            .sessions
+            .get(&viewer)
+            .is_some_and(|s| res.usable_by(&s.caller, &s.speaks_for));
+        ReservationInfo {
+            protocol: res.protocol,
+            start: res.block.start(),
+            count: res.block.count(),
+            kind: res.kind,
+            token: show_token.then_some(res.token),
+            owner: res.owner.map(OwnerInfo::from),
+            holder: res.holder.map(|h| HolderInfo {
+                uid: h.uid,
+                pid: h.pid,
+            }),
+            label: res.label.clone(),
+            in_use: None,
+        }
+    }
+
+    /// Checks that no port of the block is in use right now.
+    pub(crate) fn check_not_in_use(
+        &self,
+        protocol: Protocol,
+        block: portres_core::Block,
+    ) -> Result<(), Error> {
+        for port in block.ports() {
+            match (self.in_use)(protocol, port) {
+                Ok(false) => {}
+                Ok(true) => {
+                    return Err(Error::new(
+                        ErrorCode::SharingViolation,
+                        format!("{protocol} port {port} is in use"),
+                    ));
+                }
+                Err(e) => {
+                    return Err(Error::new(
+                        ErrorCode::Internal,
+                        format!("could not check whether {protocol} port {port} is in use: {e}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of reservations of each kind.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let persistent = self
+            .table
+            .iter()
+            .filter(|r| r.kind == Kind::Persistent)
+            .count();
+        (self.table.len() - persistent, persistent)
+    }
+}
+
+/// Validates a label.
+pub(crate) fn check_label(label: &Option<String>) -> Result<(), Error> {
+    if let Some(l) = label {
+        if l.len() > MAX_LABEL_BYTES {
+            return Err(Error::new(
+                ErrorCode::InvalidParameter,
+                format!("label is {} bytes; at most {MAX_LABEL_BYTES} allowed", l.len()),
+            ));
+        }
+        if l.chars().any(|c| c.is_control()) {
+            return Err(Error::new(
+                ErrorCode::InvalidParameter,
+                "label must not contain control characters",
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,444 @@
+//! [`Store`]: the open database and its operations (open with checks and
+//! migrations, load, insert, delete, kernel baseline), and
+//! [`StoredReservation`], the row it keeps per persistent reservation.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use portres_core::{Block, Owner, PortSet, Protocol};
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, ffi, params};
+
+use crate::error::Cause;
+use crate::schema::{self, BASELINE_KEY, MigrateError};
+use crate::{StoreError, files};
+
+/// One persistent reservation as the store keeps it. Tokens are not stored:
+/// the daemon draws a fresh one for each reservation when it loads them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredReservation {
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// The reserved ports. `(protocol, block.start())` identifies the row.
+    pub block: Block,
+    /// The user or group that may bind it without being admin, if any.
+    pub owner: Option<Owner>,
+    /// Free text from the admin, if any.
+    pub label: Option<String>,
+    /// Uid of the admin who created it.
+    pub created_by: u32,
+    /// When it was created, in unix seconds, as supplied by the caller.
+    pub created_at: i64,
+}
+
+/// The open store: one SQLite connection to `<state_dir>/portres.db`.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const SELECT_ALL: &str = "SELECT rowid, protocol, start, count, owner_kind, owner_id, label, \
+     created_by, created_at FROM persistent ORDER BY protocol, start";
+const INSERT: &str = "INSERT INTO persistent \
+     (protocol, start, count, owner_kind, owner_id, label, created_by, created_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+const DELETE: &str = "DELETE FROM persistent WHERE protocol = ?1 AND start = ?2 AND count = ?3";
+const GET_META: &str = "SELECT value FROM meta WHERE key = ?1";
+const SET_META: &str = "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+     ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
+/// How long a statement waits for a lock held by another connection.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Store {
+    /// The database file's name inside the state directory.
+    pub const FILE_NAME: &'static str = "portres.db";
+
+    /// Opens or creates `<state_dir>/portres.db`.
+    ///
+    /// Creates `state_dir` (mode 0700) if it is missing, and the database
+    /// file with mode 0600 (its `-wal` and `-shm` get 0600 too; existing
+    /// files are set to 0600). Sets `journal_mode=WAL`, `synchronous=FULL`
+    /// and a 5 s busy timeout, runs `PRAGMA quick_check` and fails if the file
+    /// is damaged, then migrates the schema to [`schema::SCHEMA_VERSION`]
+    /// (refusing a file written by a newer schema).
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        files::ensure_state_dir(state_dir)?;
+        let path = state_dir.join(Self::FILE_NAME);
+        files::prepare_db_file(&path)?;
+
+        let opening = "opening the database";
+        let sql_err = |action: &str, e| StoreError::sqlite(&path, action, e);
+        // No SQLITE_OPEN_CREATE: prepare_db_file made the file with the
+        // right mode; if it vanished since, failing is better than a 0644 one.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_EXRESCODE;
+        let mut conn =
+            Connection::open_with_flags(&path, flags).map_err(|e| sql_err(opening, e))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| sql_err(opening, e))?;
+
+        // The first statement that reads the file: a file that is not SQLite
+        // fails here with "file is not a database".
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(|e| sql_err("setting journal_mode=WAL", e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::invalid(
+                &path,
+                "setting journal_mode=WAL",
+                format!("SQLite kept journal mode {mode:?}"),
+            ));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| sql_err("setting synchronous=FULL", e))?;
+        let sync: i64 = conn
+            .pragma_query_value(None, "synchronous", |row| row.get(0))
+            .map_err(|e| sql_err("setting synchronous=FULL", e))?;
+        if sync != 2 {
+            return Err(StoreError::invalid(
+                &path,
+                "setting synchronous=FULL",
+                format!("SQLite kept synchronous={sync}"),
+            ));
+        }
+
+        quick_check(&conn, &path)?;
+
+        match schema::migrate(&mut conn) {
+            Ok(()) => {}
+            Err(MigrateError::Sqlite(e)) => return Err(sql_err("migrating the schema", e)),
+            Err(MigrateError::Version(why)) => {
+                return Err(StoreError::invalid(
+                    &path,
+                    "checking the schema version",
+                    why,
+                ));
+            }
+        }
+        // Compile every statement now: a file whose tables do not have the
+        // expected columns fails at startup rather than on the first request.
+        for sql in [SELECT_ALL, INSERT, DELETE, GET_META, SET_META] {
+            conn.prepare_cached(sql)
+                .map_err(|e| sql_err("checking the schema", e))?;
+        }
+        // SQLite created -wal and -shm with the database file's mode; make sure.
+        files::tighten_modes(&path)?;
+        Ok(Store { conn, path })
+    }
+
+    /// The path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every persistent reservation, ordered by protocol (TCP first) then
+    /// start port. A row that is not a valid reservation is an error naming
+    /// the row (it is never skipped: the daemon must not silently forget a
+    /// reservation).
+    pub fn load(&self) -> Result<Vec<StoredReservation>, StoreError> {
+        load_rows(&self.conn, &self.path)
+    }
+
+    /// Inserts one row in its own transaction: durable when this returns
+    /// `Ok`. A row with the same (protocol, start) must not exist; if one
+    /// does, the error says so ([`StoreError::is_duplicate`]) and nothing
+    /// changes. Overlaps with other rows are the caller's to check.
+    pub fn insert(&mut self, r: &StoredReservation) -> Result<(), StoreError> {
+        let action = format!("recording {} {}", r.protocol, r.block);
+        let (owner_kind, owner_id) = match r.owner {
+            None => (None, None),
+            Some(Owner::User(uid)) => (Some("user"), Some(i64::from(uid))),
+            Some(Owner::Group(gid)) => (Some("group"), Some(i64::from(gid))),
+        };
+        let result = self.conn.prepare_cached(INSERT).and_then(|mut stmt| {
+            stmt.execute(params![
+                r.protocol.as_str(),
+                i64::from(r.block.start()),
+                i64::from(r.block.count()),
+                owner_kind,
+                owner_id,
+                r.label.as_deref(),
+                i64::from(r.created_by),
+                r.created_at,
+            ])
+        });
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.sqlite_extended_error_code() == Some(ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => {
+                Err(StoreError::new(&self.path, action, Cause::Duplicate(e)))
+            }
+            Err(e) => Err(StoreError::sqlite(&self.path, action, e)),
+        }
+    }
+
+    /// Deletes the row of exactly (`protocol`, `block`): `Ok(true)` if a row
+    /// was deleted, `Ok(false)` if none matched (a row with the same start
+    /// but another count is not deleted). Durable when it returns.
+    pub fn delete(&mut self, protocol: Protocol, block: Block) -> Result<bool, StoreError> {
+        let changed = self
+            .conn
+            .prepare_cached(DELETE)
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    protocol.as_str(),
+                    i64::from(block.start()),
+                    i64::from(block.count()),
+                ])
+            })
+            .map_err(|e| {
+                StoreError::sqlite(&self.path, format!("deleting {protocol} {block}"), e)
+            })?;
+        Ok(changed > 0)
+    }
+
+    /// The admin's baseline value of `net.ipv4.ip_local_reserved_ports`,
+    /// recorded the first time the daemon started, if it has been recorded.
+    pub fn baseline(&self) -> Result<Option<PortSet>, StoreError> {
+        let reading = "reading the kernel baseline";
+        let value: Option<rusqlite::types::Value> = self
+            .conn
+            .prepare_cached(GET_META)
+            .and_then(|mut stmt| stmt.query_row([BASELINE_KEY], |row| row.get(0)).optional())
+            .map_err(|e| StoreError::sqlite(&self.path, reading, e))?;
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        let bad = |why: String| {
+            StoreError::invalid(
+                &self.path,
+                reading,
+                format!("meta key {BASELINE_KEY:?} holds {why}"),
+            )
+        };
+        match value {
+            rusqlite::types::Value::Text(text) => text
+                .parse::<PortSet>()
+                .map(Some)
+                .map_err(|e| bad(format!("{text:?}, which is not a port list: {}", e.message))),
+            other => Err(bad(format!("{other:?}, which is not text"))),
+        }
+    }
+
+    /// Records the baseline (inserting or replacing it), in the kernel's
+    /// text form. Durable when it returns.
+    pub fn set_baseline(&mut self, ports: &PortSet) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(SET_META)
+            .and_then(|mut stmt| stmt.execute(params![BASELINE_KEY, ports.to_string()]))
+            .map(drop)
+            .map_err(|e| StoreError::sqlite(&self.path, "recording the kernel baseline", e))
+    }
+}
+
+/// Reads and validates every row of `persistent` (see [`Store::load`]).
+fn load_rows(conn: &Connection, path: &Path) -> Result<Vec<StoredReservation>, StoreError> {
+    let loading = "loading the persistent reservations";
+    let sql_err = |e| StoreError::sqlite(path, loading, e);
+    let mut stmt = conn.prepare_cached(SELECT_ALL).map_err(sql_err)?;
+    let mut rows = stmt.query([]).map_err(sql_err)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(sql_err)? {
+        let mut values = [ValueRef::Null; 9];
+        for (i, v) in values.iter_mut().enumerate() {
+            *v = row.get_ref(i).map_err(sql_err)?;
+        }
+        let [rowid, fields @ ..] = values;
+        match parse_row(&fields) {
+            Ok(r) => out.push(r),
+            Err(why) => {
+                return Err(StoreError::invalid(
+                    path,
+                    loading,
+                    format!(
+                        "row {} of table persistent (protocol {}, start {}, count {}) \
+                         is not a valid reservation: {why}",
+                        describe(rowid),
+                        describe(fields[0]),
+                        describe(fields[1]),
+                        describe(fields[2]),
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runs `PRAGMA quick_check` and fails unless it answers exactly "ok".
+fn quick_check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let checking = "checking the database's integrity";
+    let mut problems = Vec::new();
+    conn.pragma_query(None, "quick_check", |row| {
+        let line = describe_text(row.get_ref(0)?);
+        if line != "ok" {
+            problems.push(line);
+        }
+        Ok(())
+    })
+    .map_err(|e| StoreError::sqlite(path, checking, e))?;
+    if problems.is_empty() {
+        return Ok(());
+    }
+    const SHOWN: usize = 5;
+    let more = problems.len().saturating_sub(SHOWN);
+    let mut why = format!(
+        "PRAGMA quick_check found the file damaged: {}",
+        problems[..problems.len().min(SHOWN)].join("; ")
+    );
+    if more > 0 {
+        why.push_str(&format!("; and {more} more"));
+    }
+    // quick_check says which table breaks a CHECK constraint, not which
+    // row: name the first row that is not a valid reservation, if readable.
+    if let Some(row) = load_rows(conn, path)
+        .err()
+        .as_ref()
+        .and_then(|e| e.invalid_reason())
+    {
+        why.push_str(&format!("; {row}"));
+    }
+    why.push_str(" (restore it from a backup, or move it aside to start with an empty store)");
+    Err(StoreError::invalid(path, checking, why))
+}
+
+/// A stored value as it would read in SQL, for error messages.
+fn describe(v: ValueRef<'_>) -> String {
+    match v {
+        ValueRef::Null => "NULL".to_string(),
+        ValueRef::Integer(i) => i.to_string(),
+        ValueRef::Real(f) => f.to_string(),
+        ValueRef::Text(t) => format!("'{}'", String::from_utf8_lossy(t)),
+        ValueRef::Blob(b) => format!("a blob of {} bytes", b.len()),
+    }
+}
+
+/// A text value as is (anything else described).
+fn describe_text(v: ValueRef<'_>) -> String {
+    match v {
+        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+        other => describe(other),
+    }
+}
+
+/// An INTEGER column that must fit a `u32`.
+fn u32_column(v: ValueRef<'_>, column: &str) -> Result<u32, String> {
+    match v {
+        ValueRef::Integer(i) => u32::try_from(i)
+            .map_err(|_| format!("{column} {i} is out of range (0 to {})", u32::MAX)),
+        other => Err(format!("{column} is {}, not an integer", describe(other))),
+    }
+}
+
+/// Validates one row's columns (protocol .. created_at, without the rowid).
+fn parse_row(v: &[ValueRef<'_>; 8]) -> Result<StoredReservation, String> {
+    let [
+        protocol,
+        start,
+        count,
+        owner_kind,
+        owner_id,
+        label,
+        created_by,
+        created_at,
+    ] = *v;
+    let protocol = match protocol {
+        ValueRef::Text(b"tcp") => Protocol::Tcp,
+        ValueRef::Text(b"udp") => Protocol::Udp,
+        other => {
+            return Err(format!(
+                "protocol {} is not 'tcp' or 'udp'",
+                describe(other)
+            ));
+        }
+    };
+    let block = Block::new(u32_column(start, "start")?, u32_column(count, "count")?)
+        .map_err(|e| e.message)?;
+    let owner = match (owner_kind, owner_id) {
+        (ValueRef::Null, ValueRef::Null) => None,
+        (ValueRef::Text(b"user"), id @ ValueRef::Integer(_)) => {
+            Some(Owner::User(u32_column(id, "owner_id")?))
+        }
+        (ValueRef::Text(b"group"), id @ ValueRef::Integer(_)) => {
+            Some(Owner::Group(u32_column(id, "owner_id")?))
+        }
+        (kind, id) => {
+            return Err(format!(
+                "owner_kind {} with owner_id {} is not an owner (expected both NULL, or \
+                 'user' or 'group' with an id)",
+                describe(kind),
+                describe(id)
+            ));
+        }
+    };
+    let label = match label {
+        ValueRef::Null => None,
+        ValueRef::Text(t) => Some(
+            std::str::from_utf8(t)
+                .map_err(|e| format!("label is not valid UTF-8: {e}"))?
+                .to_string(),
+        ),
+        other => return Err(format!("label is {}, not text", describe(other))),
+    };
+    let created_by = u32_column(created_by, "created_by")?;
+    let created_at = match created_at {
+        ValueRef::Integer(i) => i,
+        other => return Err(format!("created_at is {}, not an integer", describe(other))),
+    };
+    Ok(StoredReservation {
+        protocol,
+        block,
+        owner,
+        label,
+        created_by,
+        created_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_can_move_to_another_thread() {
+        fn send<T: Send + 'static>() {}
+        send::<Store>();
+    }
+
+    #[test]
+    fn parse_row_rejects_each_bad_column_without_panicking() {
+        let good = [
+            ValueRef::Text(b"tcp"),
+            ValueRef::Integer(5000),
+            ValueRef::Integer(10),
+            ValueRef::Text(b"group"),
+            ValueRef::Integer(100),
+            ValueRef::Text(b"web"),
+            ValueRef::Integer(0),
+            ValueRef::Integer(1_700_000_000),
+        ];
+        let r = parse_row(&good).unwrap();
+        assert_eq!(r.block, Block::new(5000, 10).unwrap());
+        assert_eq!(r.owner, Some(Owner::Group(100)));
+        let cases: [(usize, ValueRef<'static>, &str); 10] = [
+            (0, ValueRef::Text(b"sctp"), "protocol 'sctp'"),
+            (0, ValueRef::Null, "protocol NULL"),
+            (1, ValueRef::Integer(0), "start port 0"),
+            (1, ValueRef::Integer(-1), "start -1 is out of range"),
+            (2, ValueRef::Integer(70000), "past 65535"),
+            (2, ValueRef::Real(1.5), "count is 1.5"),
+            (3, ValueRef::Null, "owner_kind NULL with owner_id 100"),
+            (4, ValueRef::Integer(1 << 40), "owner_id 1099511627776"),
+            (5, ValueRef::Text(b"\xff"), "UTF-8"),
+            (7, ValueRef::Blob(b"x"), "created_at is a blob"),
+        ];
+        for (i, value, expect) in cases {
+            let mut row = good;
+            row[i] = value;
+            let why = parse_row(&row).unwrap_err();
+            assert!(why.contains(expect), "{why:?} lacks {expect:?}");
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! The connection to the daemon and every call it offers.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{IpAddr, TcpListener, UdpSocket};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use portres_core::{Error, ErrorCode, Owner, Protocol, Token};
+use portres_proto::fdpass::{recv_with_fds, send_with_fds};
+use portres_proto::{
+    AcquireParams, AttachReply, BindParams, BindReply, BlockParams, CreateParams, Empty,
+    FrameBuffer, ListParams, ListReply, MAX_REPLY_BYTES, ReleaseParams, Request,
+    ReservationInfo, ReservationReply, StatusReply, decode_reply,
+};
+use serde::de::DeserializeOwned;
+use socket2::{Domain, Socket, Type};
+
+use crate::Reservation;
+
+fn unavailable(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorCode::DaemonUnavailable,
+        format!("cannot reach portresd at {}: {e}", path.display()),
+    )
+}
+
+struct Conn {
+    stream: UnixStream,
+    frames: FrameBuffer,
+    fds: VecDeque<OwnedFd>,
+    path: PathBuf,
+}
+
+impl Conn {
+    fn call<T: DeserializeOwned>(
+        &mut self,
+        req: &Request,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<(T, Option<OwnedFd>), Error> {
+        let bytes = req.encode();
+        let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+        send_with_fds(self.stream.as_fd(), &bytes, &fds).map_err(|e| unavailable(&self.path, e))?;
+        self.fds.clear();
+        loop {
+            match self.frames.next_frame() {
+                Ok(Some(frame)) => {
+                    let v = decode_reply::<T>(frame)?;
+                    return Ok((v, self.fds.pop_front()));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(unavailable(&self.path, e)),
+            }
+            let spare_len = 64 * 1024;
+            let spare = self.frames.spare(spare_len);
+            let got = recv_with_fds(&self.stream, spare, &mut self.fds);
+            let got = match got {
+                Ok(g) => {
+                    self.frames.commit(g.bytes, spare_len);
+                    g
+                }
+                Err(e) => {
+                    self.frames.commit(0, spare_len);
+                    return Err(unavailable(&self.path, e));
+                }
+            };
+            if got.bytes == 0 {
+                return Err(unavailable(&self.path, "the daemon closed the connection"));
+            }
+        }
+    }
+}
+
+/// Options of a persistent reservation.
+#[derive(Clone, Debug, Default)]
+pub struct CreateOptions {
+    /// A user or group that may look it up and bind into it without being
+    /// an administrator.
+    pub owner: Option<Owner>,
+    /// Free text shown in `list`.
+    pub label: Option<String>,
+}
+
+/// A connection (session) to portresd. Cheap to clone; clones share the
+/// connection, and calls from several threads are serialised on it.
+#[derive(Clone)]
+pub struct Client {
+    conn: Arc<Mutex<Conn>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        f.debug_struct("Client").field("socket", &conn.path).finish()
+    }
+}
+
+impl Client {
+    /// Connects to the default daemon (`PORTRES_SOCKET`, else the user's
+    /// own daemon, else the system daemon) and, if `PORTRES_SESSION_FD` is
+    /// set, presents that inherited session capability.
+    pub fn connect() -> Result<Client, Error> {
+        let mut last = None;
+        for path in portres_proto::paths::client_sockets() {
+            match Client::connect_to(&path) {
+                Ok(c) => {
+                    c.attach_inherited()?;
+                    return Ok(c);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            Error::new(ErrorCode::DaemonUnavailable, "no daemon socket to try")
+        }))
+    }
+
+    /// Connects to the daemon at `path`. Does not look at the environment.
+    pub fn connect_to(path: impl AsRef<Path>) -> Result<Client, Error> {
+        let path = path.as_ref();
+        let stream = UnixStream::connect(path).map_err(|e| unavailable(path, e))?;
+        Ok(Client {
+            conn: Arc::new(Mutex::new(Conn {
+                stream,
+                frames: FrameBuffer::new(MAX_REPLY_BYTES),
+                fds: VecDeque::new(),
+                path: path.to_path_buf(),
+            })),
+        })
+    }
+
+    fn call<T: DeserializeOwned>(&self, req: Request) -> Result<T, Error> {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        conn.call(&req, None).map(|(v, _)| v)
+    }
+
+    fn call_with_fd<T: DeserializeOwned>(
+        &self,
+        req: Request,
+        fd: BorrowedFd<'_>,
+    ) -> Result<T, Error> {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        conn.call(&req, Some(fd)).map(|(v, _)| v)
+    }
+
+    /// The socket this client is connected to.
+    pub fn socket_path(&self) -> PathBuf {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).path.clone()
+    }
+
+    /// Presents the capability named by `PORTRES_SESSION_FD`, if set.
+    /// Returns whether one was presented.
+    pub fn attach_inherited(&self) -> Result<bool, Error> {
+        let Some(raw) = std::env::var_os(portres_proto::paths::SESSION_FD_ENV) else {
+            return Ok(false);
+        };
+        let fd: RawFd = raw.to_str().and_then(|s| s.trim().parse().ok()).ok_or_else(|| {
+            Error::new(
+                ErrorCode::InvalidParameter,
+                format!("{} is not a descriptor number: {raw:?}", portres_proto::paths::SESSION_FD_ENV),
+            )
+        })?;
+        // Only use the number if it is an open descriptor of ours.
+        if fd < 0 || rustix::io::fcntl_getfd(unsafe_borrow(fd)).is_err() {
+            return Err(Error::new(
+                ErrorCode::InvalidParameter,
+                format!("{}={fd} is not an open descriptor in this process", portres_proto::paths::SESSION_FD_ENV),
+            ));
+        }
+        self.attach(unsafe_borrow(fd))?;
+        Ok(true)
+    }
+
+    /// Presents a session capability: this connection may then bind into
+    /// and release that session's runtime reservations. Returns how many it
+    /// holds.
+    pub fn attach(&self, capability: BorrowedFd<'_>) -> Result<usize, Error> {
+        let r: AttachReply = self.call_with_fd(Request::Attach, capability)?;
+        Ok(r.reservations)
+    }
+
+    /// A descriptor standing for this session, to hand to child processes
+    /// (clear its close-on-exec flag first). Whoever holds it may `attach`.
+    pub fn capability(&self) -> Result<OwnedFd, Error> {
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, fd) = conn.call::<Empty>(&Request::GetCapability, None)?;
+        fd.ok_or_else(|| Error::new(ErrorCode::Internal, "the daemon sent no capability"))
+    }
+
+    /// Acquires a runtime reservation of `count` ports starting at `start`
+    /// (0: any free block in the kernel's dynamic range). Dropping the
+    /// returned handle releases it.
+    pub fn acquire(&self, protocol: Protocol, start: u16, count: u16) -> Result<Reservation, Error> {
+        self.acquire_labeled(protocol, start, count, None)
+    }
+
+    /// `acquire` with a label shown in `list`.
+    pub fn acquire_labeled(
+        &self,
+        protocol: Protocol,
+        start: u16,
+        count: u16,
+        label: Option<String>,
+    ) -> Result<Reservation, Error> {
+        let r: ReservationReply = self.call(Request::Acquire(AcquireParams {
+            protocol,
+            start: start as u32,
+            count: count as u32,
+            label,
+        }))?;
+        Reservation::new(self.clone(), r.reservation)
+    }
+
+    /// Releases a runtime reservation by token (held by this session or one
+    /// whose capability this connection presented).
+    pub fn release(&self, token: Token) -> Result<(), Error> {
+        let _: Empty = self.call(Request::Release(ReleaseParams { token }))?;
+        Ok(())
+    }
+
+    /// Has the daemon bind `socket` (unbound TCP or UDP, IPv4 or IPv6) to
+    /// `address` and a free port of the reservation `token`; returns the
+    /// port.
+    pub fn bind_fd(&self, token: Token, socket: BorrowedFd<'_>, address: IpAddr) -> Result<u16, Error> {
+        let r: BindReply = self.call_with_fd(Request::Bind(BindParams { token, address }), socket)?;
+        Ok(r.port)
+    }
+
+    /// `bind_fd` for a `socket2::Socket`.
+    pub fn bind_socket(&self, token: Token, socket: &Socket, address: IpAddr) -> Result<u16, Error> {
+        self.bind_fd(token, socket.as_fd(), address)
+    }
+
+    /// A TCP listener on `address` and a port of the reservation (with
+    /// SO_REUSEADDR, as std's `TcpListener::bind` sets it).
+    pub fn bind_tcp(&self, token: Token, address: IpAddr) -> Result<TcpListener, Error> {
+        let sock = new_socket(address, Type::STREAM)?;
+        sock.set_reuse_address(true).map_err(io_err)?;
+        self.bind_socket(token, &sock, address)?;
+        sock.listen(1024).map_err(io_err)?;
+        Ok(sock.into())
+    }
+
+    /// A UDP socket bound to `address` and a port of the reservation.
+    pub fn bind_udp(&self, token: Token, address: IpAddr) -> Result<UdpSocket, Error> {
+        let sock = new_socket(address, Type::DGRAM)?;
+        self.bind_socket(token, &sock, address)?;
+        Ok(sock.into())
+    }
+
+    /// Creates a persistent reservation (administrators only).
+    pub fn create(
+        &self,
+        protocol: Protocol,
+        start: u16,
+        count: u16,
+        options: CreateOptions,
+    ) -> Result<ReservationInfo, Error> {
+        let r: ReservationReply = self.call(Request::Create(CreateParams {
+            protocol,
+            start: start as u32,
+            count: count as u32,
+            owner: options.owner.map(Into::into),
+            label: options.label,
+        }))?;
+        Ok(r.reservation)
+    }
+
+    /// Deletes the persistent reservation of exactly this block
+    /// (administrators only).
+    pub fn delete(&self, protocol: Protocol, start: u16, count: u16) -> Result<(), Error> {
+        let _: Empty = self.call(Request::Delete(BlockParams {
+            protocol,
+            start: start as u32,
+            count: count as u32,
+        }))?;
+        Ok(())
+    }
+
+    /// Looks up the persistent reservation of exactly this block
+    /// (administrators and its owner), token included.
+    pub fn lookup(&self, protocol: Protocol, start: u16, count: u16) -> Result<ReservationInfo, Error> {
+        let r: ReservationReply = self.call(Request::Lookup(BlockParams {
+            protocol,
+            start: start as u32,
+            count: count as u32,
+        }))?;
+        Ok(r.reservation)
+    }
+
+    /// Every reservation (optionally of one protocol), with the ports in use.
+    pub fn list(&self, protocol: Option<Protocol>) -> Result<Vec<ReservationInfo>, Error> {
+        let r: ListReply = self.call(Request::List(ListParams { protocol }))?;
+        Ok(r.reservations)
+    }
+
+    /// The daemon's configuration and counts.
+    pub fn status(&self) -> Result<StatusReply, Error> {
+        self.call(Request::Status)
+    }
+
+    /// Sends a raw request and returns the raw reply parameters (for tools
+    /// that speak the wire interface directly).
+    pub fn raw_call(&self, req: Request) -> Result<serde_json::Value, Error> {
+        self.call(req)
+    }
+}
+
+fn io_err(e: io::Error) -> Error {
+    Error::new(ErrorCode::Internal, format!("socket: {e}"))
+}
+
+fn new_socket(address: IpAddr, ty: Type) -> Result<Socket, Error> {
+    let domain = if address.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let proto = if ty == Type::STREAM {
+        socket2::Protocol::TCP
+    } else {
+        socket2::Protocol::UDP
+    };
+    Socket::new(domain, ty.cloexec(), Some(proto)).map_err(io_err)
+}
+
+/// Borrows a descriptor number taken from the environment. The caller has
+/// checked that it is open; it stays open for the duration of the borrow
+/// because nothing in this library closes it.
+fn unsafe_borrow<'a>(fd: RawFd) -> BorrowedFd<'a> {
+    // SAFETY: `fd` is non-negative and was checked to be open with F_GETFD
+    // (or is about to be, and a closed number only makes the syscall fail
+    // with EBADF); we never close it, so it outlives the borrow.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
