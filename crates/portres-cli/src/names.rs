@@ -16,12 +16,16 @@ fn lookup(file: &str, pred: impl Fn(&str, u32) -> bool) -> Option<(String, u32)>
 
 /// uid of a user name or number.
 pub fn uid_of(name: &str) -> Option<u32> {
-    name.parse().ok().or_else(|| lookup("/etc/passwd", |n, _| n == name).map(|x| x.1))
+    name.parse()
+        .ok()
+        .or_else(|| lookup("/etc/passwd", |n, _| n == name).map(|x| x.1))
 }
 
 /// gid of a group name or number.
 pub fn gid_of(name: &str) -> Option<u32> {
-    name.parse().ok().or_else(|| lookup("/etc/group", |n, _| n == name).map(|x| x.1))
+    name.parse()
+        .ok()
+        .or_else(|| lookup("/etc/group", |n, _| n == name).map(|x| x.1))
 }
 
 /// A user's name, or the number.

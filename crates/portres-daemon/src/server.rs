@@ -62,7 +62,9 @@ pub struct Daemon {
 
 impl fmt::Debug for Daemon {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Daemon").field("socket", &self.socket).finish()
+        f.debug_struct("Daemon")
+            .field("socket", &self.socket)
+            .finish()
     }
 }
 
@@ -81,7 +83,10 @@ impl Daemon {
     pub fn start(config: Config) -> Result<Daemon, StartError> {
         raise_fd_limit();
         let store = portres_store::Store::open(&config.state_dir).map_err(|e| {
-            StartError(format!("cannot open the store in {}: {e}", config.state_dir.display()))
+            StartError(format!(
+                "cannot open the store in {}: {e}",
+                config.state_dir.display()
+            ))
         })?;
         let kernel = decide_kernel_sync(config.kernel_sync)?;
         let cookie = portres_kernel::sock::current_netns_cookie()
@@ -162,7 +167,9 @@ fn decide_kernel_sync(
     let sysctl = ProcReservedPorts::new();
     match mode {
         KernelSync::Off => {
-            log::info!("kernel sync off (--kernel-sync off): ip_local_reserved_ports is left alone");
+            log::info!(
+                "kernel sync off (--kernel-sync off): ip_local_reserved_ports is left alone"
+            );
             Ok(None)
         }
         KernelSync::On => match sysctl.check_writable() {
@@ -240,7 +247,10 @@ fn accept(shared: &Arc<Shared>, stream: UnixStream) {
     if over_total || over_uid {
         release_slot(shared, creds.uid);
         let why = if over_total {
-            format!("connection limit reached ({} connections)", shared.config.max_connections)
+            format!(
+                "connection limit reached ({} connections)",
+                shared.config.max_connections
+            )
         } else {
             format!(
                 "per-user connection limit reached (uid {} holds {} connections)",
@@ -248,13 +258,23 @@ fn accept(shared: &Arc<Shared>, stream: UnixStream) {
             )
         };
         {
-            let mut last = shared.last_limit_log.lock().unwrap_or_else(|e| e.into_inner());
+            let mut last = shared
+                .last_limit_log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if last.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-                log::warn!("{why}: refusing a connection from uid {} pid {}", creds.uid, creds.pid);
+                log::warn!(
+                    "{why}: refusing a connection from uid {} pid {}",
+                    creds.uid,
+                    creds.pid
+                );
                 *last = Some(Instant::now());
             }
         }
-        let _ = stream.try_write(&encode_error(&Error::new(ErrorCode::DaemonUnavailable, why)));
+        let _ = stream.try_write(&encode_error(&Error::new(
+            ErrorCode::DaemonUnavailable,
+            why,
+        )));
         return;
     }
     let caller = Caller {
@@ -308,7 +328,11 @@ async fn serve(shared: &Shared, stream: &UnixStream, session: SessionId) -> io::
             let (request, oneway, mut fds) = match frames.next_frame() {
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = write_frame(stream, &encode_error(&Error::new(ErrorCode::InvalidParameter, e.to_string()))).await;
+                    let _ = write_frame(
+                        stream,
+                        &encode_error(&Error::new(ErrorCode::InvalidParameter, e.to_string())),
+                    )
+                    .await;
                     return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
                 }
                 Ok(Some(frame)) => {
@@ -333,7 +357,10 @@ async fn serve(shared: &Shared, stream: &UnixStream, session: SessionId) -> io::
                         fds.truncate(expected);
                         let e = Error::new(
                             ErrorCode::InvalidParameter,
-                            format!("{} takes {expected} descriptor(s); {extra} more were sent", req.method()),
+                            format!(
+                                "{} takes {expected} descriptor(s); {extra} more were sent",
+                                req.method()
+                            ),
                         );
                         write_frame(stream, &encode_error(&e)).await?;
                         continue;
@@ -350,13 +377,16 @@ async fn serve(shared: &Shared, stream: &UnixStream, session: SessionId) -> io::
                 Outcome::Reply(bytes) => write_frame(stream, &bytes).await?,
                 Outcome::ReplyWithFd(bytes, fd) => write_frame_with_fd(stream, &bytes, fd).await?,
                 Outcome::List(mut list) => {
-                    let filled = tokio::task::spawn_blocking(move || {
-                        fill_in_use(&mut list).map(|()| list)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(Error::new(ErrorCode::Internal, e.to_string())));
+                    let filled =
+                        tokio::task::spawn_blocking(move || fill_in_use(&mut list).map(|()| list))
+                            .await
+                            .unwrap_or_else(|e| {
+                                Err(Error::new(ErrorCode::Internal, e.to_string()))
+                            });
                     let bytes = match filled {
-                        Ok(list) => portres_proto::encode_reply(&portres_proto::ListReply { reservations: list }),
+                        Ok(list) => portres_proto::encode_reply(&portres_proto::ListReply {
+                            reservations: list,
+                        }),
                         Err(e) => encode_error(&e),
                     };
                     write_frame(stream, &bytes).await?;
@@ -368,7 +398,9 @@ async fn serve(shared: &Shared, stream: &UnixStream, session: SessionId) -> io::
             stream.readable().await?;
             let spare_len = 16 * 1024;
             let spare = frames.spare(spare_len);
-            match stream.try_io(Interest::READABLE, || recv_with_fds(stream, spare, &mut chunk_fds)) {
+            match stream.try_io(Interest::READABLE, || {
+                recv_with_fds(stream, spare, &mut chunk_fds)
+            }) {
                 Ok(got) => {
                     frames.commit(got.bytes, spare_len);
                     break got;
@@ -390,7 +422,9 @@ async fn serve(shared: &Shared, stream: &UnixStream, session: SessionId) -> io::
         if got.fds_truncated || pending.len() > MAX_PENDING_FDS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("more than {MAX_FDS_PER_MESSAGE} descriptors per message or {MAX_PENDING_FDS} pending"),
+                format!(
+                    "more than {MAX_FDS_PER_MESSAGE} descriptors per message or {MAX_PENDING_FDS} pending"
+                ),
             ));
         }
     }
@@ -421,4 +455,3 @@ async fn write_frame_with_fd(stream: &UnixStream, bytes: &[u8], fd: OwnedFd) -> 
         }
     }
 }
-

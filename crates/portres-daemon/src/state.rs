@@ -118,7 +118,10 @@ impl State {
                         )
                     })?;
                     state.store.set_baseline(&current).map_err(Error::from)?;
-                    log::info!("recorded baseline ip_local_reserved_ports: {current:?}", current = current.to_string());
+                    log::info!(
+                        "recorded baseline ip_local_reserved_ports: {current:?}",
+                        current = current.to_string()
+                    );
                     current
                 }
             };
@@ -172,7 +175,11 @@ impl State {
         }
         let gone = self.table.remove_session(id);
         if !gone.is_empty() {
-            log::debug!("session {} closed, released {} reservation(s)", id.0, gone.len());
+            log::debug!(
+                "session {} closed, released {} reservation(s)",
+                id.0,
+                gone.len()
+            );
             self.sync_kernel_logged();
         }
     }
@@ -311,7 +318,10 @@ pub(crate) fn check_label(label: &Option<String>) -> Result<(), Error> {
         if l.len() > MAX_LABEL_BYTES {
             return Err(Error::new(
                 ErrorCode::InvalidParameter,
-                format!("label is {} bytes; at most {MAX_LABEL_BYTES} allowed", l.len()),
+                format!(
+                    "label is {} bytes; at most {MAX_LABEL_BYTES} allowed",
+                    l.len()
+                ),
             ));
         }
         if l.chars().any(|c| c.is_control()) {

@@ -27,7 +27,10 @@ pub const CAPABILITY_NAME: &str = "portres-session";
 /// connection. Unforgeable: only holders of a descriptor to the same open
 /// file can present it.
 pub fn new_capability() -> io::Result<OwnedFd> {
-    Ok(rustix::fs::memfd_create(CAPABILITY_NAME, MemfdFlags::CLOEXEC)?)
+    Ok(rustix::fs::memfd_create(
+        CAPABILITY_NAME,
+        MemfdFlags::CLOEXEC,
+    )?)
 }
 
 /// The identity of a file: equal for every descriptor of the same file.

@@ -15,6 +15,13 @@
 //! bound but neither listening nor connected, reported with state 7
 //! (TCP_CLOSE). Older kernels ignore that request bit and such sockets are
 //! then invisible here.
+//!
+//! Cost (kernel 6.18, 2 cores, release build): a TCP dump walks the
+//! kernel's global connection and bind tables once per address family, so
+//! [`bound_sockets`] for TCP takes ~2.5 ms even in an empty namespace
+//! (~9 ms with 10k listeners); UDP ~25 µs. The source-port filter of
+//! [`sockets_on_port`] saves only the copying (~3.8 ms with 10k
+//! listeners). Prefer [`crate::probe`] on hot paths.
 
 use std::io;
 
@@ -22,13 +29,13 @@ use netlink_packet_core::{
     DecodeError, NLM_F_DUMP, NLM_F_REQUEST, NetlinkDeserializable, NetlinkHeader, NetlinkMessage,
     NetlinkPayload, Parseable,
 };
+use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_packet_sock_diag::constants::{
     AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, SOCK_DIAG_BY_FAMILY,
 };
 use netlink_packet_sock_diag::inet::{
     ExtensionFlags, InetRequest, InetResponseHeader, SocketId, StateFlags,
 };
-use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use netlink_sys::{Socket, SocketAddr};
 use portres_core::Protocol;

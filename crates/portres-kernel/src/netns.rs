@@ -61,7 +61,10 @@ fn loopback_up() -> io::Result<()> {
     let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &raw mut req) };
     if rc != 0 {
         let err = io::Error::last_os_error();
-        return Err(io::Error::new(err.kind(), format!("SIOCGIFFLAGS lo: {err}")));
+        return Err(io::Error::new(
+            err.kind(),
+            format!("SIOCGIFFLAGS lo: {err}"),
+        ));
     }
     // SAFETY: SIOCGIFFLAGS succeeded, so the union holds the flags field.
     let flags = unsafe { req.ifr_ifru.ifru_flags };
@@ -71,7 +74,10 @@ fn loopback_up() -> io::Result<()> {
     let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &raw const req) };
     if rc != 0 {
         let err = io::Error::last_os_error();
-        return Err(io::Error::new(err.kind(), format!("SIOCSIFFLAGS lo: {err}")));
+        return Err(io::Error::new(
+            err.kind(),
+            format!("SIOCSIFFLAGS lo: {err}"),
+        ));
     }
     Ok(())
 }

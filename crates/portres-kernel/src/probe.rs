@@ -66,9 +66,7 @@ pub fn port_in_use(protocol: Protocol, port: u16) -> io::Result<bool> {
     match result {
         Ok(()) => Ok(false),
         Err(Errno::ADDRINUSE) => Ok(true),
-        Err(Errno::ACCESS | Errno::PERM) => {
-            Ok(!diag::sockets_on_port(protocol, port)?.is_empty())
-        }
+        Err(Errno::ACCESS | Errno::PERM) => Ok(!diag::sockets_on_port(protocol, port)?.is_empty()),
         Err(e) => Err(io::Error::from(e)),
     }
 }

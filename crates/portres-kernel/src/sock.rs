@@ -175,7 +175,10 @@ pub fn bind_into(
             let (sock, want) = if domain == AddressFamily::INET {
                 ("an IPv4", "IPv4")
             } else {
-                ("an IPv6", "IPv6 (use ::ffff:a.b.c.d for IPv4 on a dual-stack socket)")
+                (
+                    "an IPv6",
+                    "IPv6 (use ::ffff:a.b.c.d for IPv4 on a dual-stack socket)",
+                )
             };
             return Err(Error::new(
                 ErrorCode::InvalidParameter,

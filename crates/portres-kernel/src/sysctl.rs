@@ -297,7 +297,11 @@ mod tests {
         let pieces = pieces(&set);
         assert!(pieces.len() > 1);
         assert!(pieces.iter().all(|p| !p.is_empty() && p.len() <= MAX_WRITE));
-        assert!(pieces.iter().all(|p| !p.starts_with(',') && !p.ends_with(',')));
+        assert!(
+            pieces
+                .iter()
+                .all(|p| !p.starts_with(',') && !p.ends_with(','))
+        );
         assert_eq!(pieces.join(","), set.to_string());
     }
 

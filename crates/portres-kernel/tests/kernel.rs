@@ -6,9 +6,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{
-    IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket,
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -152,7 +150,11 @@ fn bind_zero_never_lands_in_a_reserved_port() {
     let mut sockets = Vec::new();
     for i in 0..1000 {
         let socket = tcp_socket(i % 2 == 1);
-        let addr = if i % 2 == 1 { loopback6(0) } else { loopback4(0) };
+        let addr = if i % 2 == 1 {
+            loopback6(0)
+        } else {
+            loopback4(0)
+        };
         socket.bind(&addr.into()).expect("bind port 0");
         let port = port_of(&socket);
         assert!(
@@ -170,10 +172,11 @@ fn bind_zero_never_lands_in_a_reserved_port() {
 }
 
 #[test]
-fn local_port_range_reads_the_default() {
-    netns_or_skip!("local_port_range_reads_the_default");
+fn port_sysctls_read_the_defaults() {
+    netns_or_skip!("port_sysctls_read_the_defaults");
     // A new namespace starts with the kernel's default range.
     assert_eq!(sysctl::local_port_range().expect("range"), (32768, 60999));
+    assert_eq!(sysctl::unprivileged_port_start().expect("start"), 1024);
 }
 
 // ----------------------------------------------------------------- probe
@@ -296,6 +299,63 @@ fn probe_reports_a_free_port_as_free() {
     assert!(!port_in_use(Protocol::Udp, 65535).expect("probe"));
 }
 
+/// Drops CAP_NET_BIND_SERVICE from the calling thread's effective set, so
+/// binds below 1024 fail with EACCES as for an unprivileged daemon.
+/// Capabilities are per thread in the kernel: capset(2) called directly
+/// (not through a libc wrapper that syncs all threads) leaves the rest of
+/// the test process alone.
+fn drop_net_bind_service() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_NET_BIND_SERVICE: u32 = 10;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget writes two `Data` structs (version 3) into `data` and
+    // may update `header.version`; both are live and writable.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) };
+    assert_eq!(rc, 0, "capget: {}", std::io::Error::last_os_error());
+    data[0].effective &= !(1 << CAP_NET_BIND_SERVICE);
+    // SAFETY: capset reads the header and two `Data` structs, all live.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) };
+    assert_eq!(rc, 0, "capset: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn probe_falls_back_to_diag_for_privileged_ports_without_privilege() {
+    netns_or_skip!("probe_falls_back_to_diag_for_privileged_ports_without_privilege");
+    let _listener = TcpListener::bind(loopback4(80)).expect("listen on 80");
+    let _udp = UdpSocket::bind(loopback6(53)).expect("bind 53");
+    drop_net_bind_service();
+    assert!(
+        TcpListener::bind(loopback4(81)).is_err(),
+        "binding port 81 still works: capability not dropped"
+    );
+    assert!(port_in_use(Protocol::Tcp, 80).expect("probe"));
+    assert!(!port_in_use(Protocol::Tcp, 81).expect("probe"));
+    assert!(port_in_use(Protocol::Udp, 53).expect("probe"));
+    assert!(!port_in_use(Protocol::Udp, 80).expect("probe"));
+
+    let socket = tcp_socket(false);
+    let err = sock::bind_into(socket.as_fd(), IpAddr::V4(Ipv4Addr::LOCALHOST), 81..=82)
+        .expect_err("privileged");
+    assert_eq!(err.code, ErrorCode::AccessDenied);
+    assert!(err.message.contains("EACCES"), "{}", err.message);
+}
+
 // ------------------------------------------------------------------ diag
 
 fn find(sockets: &[BoundSocket], port: u16) -> Vec<BoundSocket> {
@@ -377,7 +437,10 @@ fn diag_sees_a_bound_but_not_listening_tcp_socket() {
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].state, diag::TCP_CLOSE);
     assert_eq!(found[0].uid, uid());
-    assert_eq!(find(&diag::bound_sockets(Protocol::Tcp).expect("dump"), port), found);
+    assert_eq!(
+        find(&diag::bound_sockets(Protocol::Tcp).expect("dump"), port),
+        found
+    );
 }
 
 #[test]
@@ -394,7 +457,11 @@ fn diag_reads_dumps_spanning_many_datagrams() {
     let mut sockets = Vec::new();
     for i in 0..2000 {
         let socket = udp_socket(i % 2 == 0);
-        let addr = if i % 2 == 0 { loopback6(0) } else { loopback4(0) };
+        let addr = if i % 2 == 0 {
+            loopback6(0)
+        } else {
+            loopback4(0)
+        };
         socket.bind(&addr.into()).expect("bind");
         sockets.push(socket);
     }
@@ -494,7 +561,9 @@ fn inspect_refuses_other_kinds_of_socket() {
             assert_eq!(err.code, ErrorCode::NotSupported);
             assert!(err.message.contains("SOCK_RAW"), "{}", err.message);
         }
-        Err(e) => eprintln!("raw socket part of inspect_refuses_other_kinds_of_socket skipped: {e}"),
+        Err(e) => {
+            eprintln!("raw socket part of inspect_refuses_other_kinds_of_socket skipped: {e}")
+        }
     }
     // A TCP-type socket that is not TCP: MPTCP, when the kernel has it.
     if let Ok(mptcp) = Socket::new(Domain::IPV4, Type::STREAM, Some(socket2::Protocol::MPTCP)) {
@@ -577,8 +646,12 @@ fn bind_into_skips_occupied_ports() {
 
     // IPv6 and UDP, with a holder of a different protocol not in the way.
     let udp = udp_socket(true);
-    let port = sock::bind_into(udp.as_fd(), IpAddr::V6(Ipv6Addr::UNSPECIFIED), 40000..=40009)
-        .expect("bind UDP into block");
+    let port = sock::bind_into(
+        udp.as_fd(),
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        40000..=40009,
+    )
+    .expect("bind UDP into block");
     assert_eq!(port, 40000);
 }
 
@@ -639,8 +712,12 @@ fn bind_into_an_already_bound_socket_is_already_bound() {
     netns_or_skip!("bind_into_an_already_bound_socket_is_already_bound");
     let socket = tcp_socket(false);
     socket.bind(&loopback4(0).into()).expect("bind");
-    let err = sock::bind_into(socket.as_fd(), IpAddr::V4(Ipv4Addr::LOCALHOST), 43000..=43001)
-        .expect_err("bound");
+    let err = sock::bind_into(
+        socket.as_fd(),
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        43000..=43001,
+    )
+    .expect_err("bound");
     assert_eq!(err.code, ErrorCode::AlreadyBound);
 }
 

@@ -23,7 +23,9 @@ pub const SYSTEM_SOCKET: &str = "/run/portres/portres.sock";
 pub const SYSTEM_STATE_DIR: &str = "/var/lib/portres";
 
 fn nonempty_env(name: &str) -> Option<PathBuf> {
-    env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from)
+    env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 fn euid() -> u32 {

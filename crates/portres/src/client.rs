@@ -12,8 +12,8 @@ use portres_core::{Error, ErrorCode, Owner, Protocol, Token};
 use portres_proto::fdpass::{recv_with_fds, send_with_fds};
 use portres_proto::{
     AcquireParams, AttachReply, BindParams, BindReply, BlockParams, CreateParams, Empty,
-    FrameBuffer, ListParams, ListReply, MAX_REPLY_BYTES, ReleaseParams, Request,
-    ReservationInfo, ReservationReply, StatusReply, decode_reply,
+    FrameBuffer, ListParams, ListReply, MAX_REPLY_BYTES, ReleaseParams, Request, ReservationInfo,
+    ReservationReply, StatusReply, decode_reply,
 };
 use serde::de::DeserializeOwned;
 use socket2::{Domain, Socket, Type};
@@ -93,7 +93,9 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        f.debug_struct("Client").field("socket", &conn.path).finish()
+        f.debug_struct("Client")
+            .field("socket", &conn.path)
+            .finish()
     }
 }
 
@@ -112,9 +114,8 @@ impl Client {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| {
-            Error::new(ErrorCode::DaemonUnavailable, "no daemon socket to try")
-        }))
+        Err(last
+            .unwrap_or_else(|| Error::new(ErrorCode::DaemonUnavailable, "no daemon socket to try")))
     }
 
     /// Connects to the daemon at `path`. Does not look at the environment.
@@ -147,7 +148,11 @@ impl Client {
 
     /// The socket this client is connected to.
     pub fn socket_path(&self) -> PathBuf {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner()).path.clone()
+        self.conn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .path
+            .clone()
     }
 
     /// Presents the capability named by `PORTRES_SESSION_FD`, if set.
@@ -156,17 +161,26 @@ impl Client {
         let Some(raw) = std::env::var_os(portres_proto::paths::SESSION_FD_ENV) else {
             return Ok(false);
         };
-        let fd: RawFd = raw.to_str().and_then(|s| s.trim().parse().ok()).ok_or_else(|| {
-            Error::new(
-                ErrorCode::InvalidParameter,
-                format!("{} is not a descriptor number: {raw:?}", portres_proto::paths::SESSION_FD_ENV),
-            )
-        })?;
+        let fd: RawFd = raw
+            .to_str()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::InvalidParameter,
+                    format!(
+                        "{} is not a descriptor number: {raw:?}",
+                        portres_proto::paths::SESSION_FD_ENV
+                    ),
+                )
+            })?;
         // Only use the number if it is an open descriptor of ours.
         if fd < 0 || rustix::io::fcntl_getfd(unsafe_borrow(fd)).is_err() {
             return Err(Error::new(
                 ErrorCode::InvalidParameter,
-                format!("{}={fd} is not an open descriptor in this process", portres_proto::paths::SESSION_FD_ENV),
+                format!(
+                    "{}={fd} is not an open descriptor in this process",
+                    portres_proto::paths::SESSION_FD_ENV
+                ),
             ));
         }
         self.attach(unsafe_borrow(fd))?;
@@ -192,7 +206,12 @@ impl Client {
     /// Acquires a runtime reservation of `count` ports starting at `start`
     /// (0: any free block in the kernel's dynamic range). Dropping the
     /// returned handle releases it.
-    pub fn acquire(&self, protocol: Protocol, start: u16, count: u16) -> Result<Reservation, Error> {
+    pub fn acquire(
+        &self,
+        protocol: Protocol,
+        start: u16,
+        count: u16,
+    ) -> Result<Reservation, Error> {
         self.acquire_labeled(protocol, start, count, None)
     }
 
@@ -223,13 +242,24 @@ impl Client {
     /// Has the daemon bind `socket` (unbound TCP or UDP, IPv4 or IPv6) to
     /// `address` and a free port of the reservation `token`; returns the
     /// port.
-    pub fn bind_fd(&self, token: Token, socket: BorrowedFd<'_>, address: IpAddr) -> Result<u16, Error> {
-        let r: BindReply = self.call_with_fd(Request::Bind(BindParams { token, address }), socket)?;
+    pub fn bind_fd(
+        &self,
+        token: Token,
+        socket: BorrowedFd<'_>,
+        address: IpAddr,
+    ) -> Result<u16, Error> {
+        let r: BindReply =
+            self.call_with_fd(Request::Bind(BindParams { token, address }), socket)?;
         Ok(r.port)
     }
 
     /// `bind_fd` for a `socket2::Socket`.
-    pub fn bind_socket(&self, token: Token, socket: &Socket, address: IpAddr) -> Result<u16, Error> {
+    pub fn bind_socket(
+        &self,
+        token: Token,
+        socket: &Socket,
+        address: IpAddr,
+    ) -> Result<u16, Error> {
         self.bind_fd(token, socket.as_fd(), address)
     }
 
@@ -281,7 +311,12 @@ impl Client {
 
     /// Looks up the persistent reservation of exactly this block
     /// (administrators and its owner), token included.
-    pub fn lookup(&self, protocol: Protocol, start: u16, count: u16) -> Result<ReservationInfo, Error> {
+    pub fn lookup(
+        &self,
+        protocol: Protocol,
+        start: u16,
+        count: u16,
+    ) -> Result<ReservationInfo, Error> {
         let r: ReservationReply = self.call(Request::Lookup(BlockParams {
             protocol,
             start: start as u32,
@@ -313,7 +348,11 @@ fn io_err(e: io::Error) -> Error {
 }
 
 fn new_socket(address: IpAddr, ty: Type) -> Result<Socket, Error> {
-    let domain = if address.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let domain = if address.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
     let proto = if ty == Type::STREAM {
         socket2::Protocol::TCP
     } else {
@@ -331,4 +370,3 @@ fn unsafe_borrow<'a>(fd: RawFd) -> BorrowedFd<'a> {
     // with EBADF); we never close it, so it outlives the borrow.
     unsafe { BorrowedFd::borrow_raw(fd) }
 }
-

@@ -38,7 +38,10 @@ pub fn run(client: &Client, cli: &Cli, a: &ExecArgs, _json: bool) -> Result<Outc
         .env("PORTRES_START", res.start().to_string())
         .env("PORTRES_COUNT", res.count().to_string())
         .env("PORTRES_TOKEN", res.token().to_string())
-        .env(portres_proto::paths::SESSION_FD_ENV, capability.as_raw_fd().to_string())
+        .env(
+            portres_proto::paths::SESSION_FD_ENV,
+            capability.as_raw_fd().to_string(),
+        )
         .env(portres_proto::paths::SOCKET_ENV, client.socket_path());
     let _ = cli;
     let mut child = match command.spawn() {
@@ -46,7 +49,11 @@ pub fn run(client: &Client, cli: &Cli, a: &ExecArgs, _json: bool) -> Result<Outc
         Err(e) => {
             eprintln!("portres: cannot run {}: {e}", program.to_string_lossy());
             drop(res);
-            return Ok(Outcome::Exit(if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 }));
+            return Ok(Outcome::Exit(if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            }));
         }
     };
     // The child has its copy; ours must not leak into anything else.
@@ -63,7 +70,9 @@ pub fn run(client: &Client, cli: &Cli, a: &ExecArgs, _json: bool) -> Result<Outc
             }
         }
     });
-    let status = child.wait().map_err(|e| internal("waiting for the command", e))?;
+    let status = child
+        .wait()
+        .map_err(|e| internal("waiting for the command", e))?;
     handle.close();
     let _ = forwarder.join();
     // The command (or a worker holding the capability) may have released it.

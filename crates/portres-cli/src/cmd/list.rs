@@ -30,14 +30,26 @@ pub fn run(client: &Client, a: &ListArgs, json: bool) -> Result<Outcome, Error> 
                 if in_use.is_empty() {
                     "-".to_string()
                 } else {
-                    in_use.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+                    in_use
+                        .iter()
+                        .map(u16::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
                 },
                 r.token.map_or_else(|| "-".to_string(), |t| t.to_string()),
                 r.label.clone().unwrap_or_default(),
             ]
         })
         .collect();
-    let header = ["PROTO", "PORTS", "KIND", "HOLDER/OWNER", "IN USE", "TOKEN", "LABEL"];
+    let header = [
+        "PROTO",
+        "PORTS",
+        "KIND",
+        "HOLDER/OWNER",
+        "IN USE",
+        "TOKEN",
+        "LABEL",
+    ];
     let mut widths = header.map(str::len);
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {

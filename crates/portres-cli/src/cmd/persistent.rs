@@ -7,16 +7,27 @@ use crate::cmd::{number, protocol};
 use crate::{Outcome, names, output};
 
 fn block(b: &BlockArgs) -> Result<(portres::Protocol, u32, u32), Error> {
-    Ok((protocol(&b.protocol)?, number("start", b.start)?, number("count", b.count)?))
+    Ok((
+        protocol(&b.protocol)?,
+        number("start", b.start)?,
+        number("count", b.count)?,
+    ))
 }
 
 fn owner(spec: &str) -> Result<Owner, Error> {
     let unknown = |what: &str| {
-        Error::new(ErrorCode::InvalidParameter, format!("--owner: no {what} {spec:?}"))
+        Error::new(
+            ErrorCode::InvalidParameter,
+            format!("--owner: no {what} {spec:?}"),
+        )
     };
     match spec.strip_prefix('@') {
-        Some(group) => names::gid_of(group).map(Owner::Group).ok_or_else(|| unknown("group")),
-        None => names::uid_of(spec).map(Owner::User).ok_or_else(|| unknown("user")),
+        Some(group) => names::gid_of(group)
+            .map(Owner::Group)
+            .ok_or_else(|| unknown("group")),
+        None => names::uid_of(spec)
+            .map(Owner::User)
+            .ok_or_else(|| unknown("user")),
     }
 }
 
@@ -46,13 +57,15 @@ fn raw_create(
 ) -> Result<portres::ReservationInfo, Error> {
     if start > 65535 || count > 65535 {
         // Let the daemon judge (and word) it; the typed API takes u16.
-        let v = client.raw_call(portres_proto::Request::Create(portres_proto::CreateParams {
-            protocol,
-            start,
-            count,
-            owner: options.owner.map(Into::into),
-            label: options.label,
-        }))?;
+        let v = client.raw_call(portres_proto::Request::Create(
+            portres_proto::CreateParams {
+                protocol,
+                start,
+                count,
+                owner: options.owner.map(Into::into),
+                label: options.label,
+            },
+        ))?;
         return serde_json::from_value::<portres_proto::ReservationReply>(v)
             .map(|r| r.reservation)
             .map_err(|e| Error::new(ErrorCode::Internal, e.to_string()));

@@ -59,7 +59,10 @@ pub fn fill_in_use(list: &mut [ReservationInfo]) -> Result<(), Error> {
             continue;
         }
         let sockets = portres_kernel::diag::bound_sockets(protocol).map_err(|e| {
-            Error::new(ErrorCode::Internal, format!("reading the {protocol} socket table: {e}"))
+            Error::new(
+                ErrorCode::Internal,
+                format!("reading the {protocol} socket table: {e}"),
+            )
         })?;
         let mut ports: Vec<u16> = sockets.iter().map(|s| s.port).collect();
         ports.sort_unstable();

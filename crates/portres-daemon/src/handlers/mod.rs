@@ -37,7 +37,12 @@ fn reply<T: serde::Serialize>(r: Result<T, Error>) -> Outcome {
 
 /// Handles one request from `session`. `fd` is the descriptor that came
 /// with it, if the method takes one.
-pub fn dispatch(state: &mut State, session: SessionId, req: Request, fd: Option<OwnedFd>) -> Outcome {
+pub fn dispatch(
+    state: &mut State,
+    session: SessionId,
+    req: Request,
+    fd: Option<OwnedFd>,
+) -> Outcome {
     let need_fd = req.fds_expected() > 0;
     if need_fd && fd.is_none() {
         let code = if matches!(req, Request::Bind(_)) {
@@ -47,7 +52,10 @@ pub fn dispatch(state: &mut State, session: SessionId, req: Request, fd: Option<
         };
         return Outcome::Reply(encode_error(&Error::new(
             code,
-            format!("{} needs one descriptor passed with the request (SCM_RIGHTS)", req.method()),
+            format!(
+                "{} needs one descriptor passed with the request (SCM_RIGHTS)",
+                req.method()
+            ),
         )));
     }
     match req {

@@ -18,13 +18,20 @@ impl State {
         } else {
             Err(Error::new(
                 ErrorCode::AccessDenied,
-                format!("{what} persistent reservations is for administrators (root or the admin group); uid {} is not one", caller.uid),
+                format!(
+                    "{what} persistent reservations is for administrators (root or the admin group); uid {} is not one",
+                    caller.uid
+                ),
             ))
         }
     }
 
     /// Create: admin only; durable before it is answered.
-    pub fn create(&mut self, session: SessionId, p: CreateParams) -> Result<ReservationReply, Error> {
+    pub fn create(
+        &mut self,
+        session: SessionId,
+        p: CreateParams,
+    ) -> Result<ReservationReply, Error> {
         let uid = self.require_admin(session, "creating")?;
         let block = Block::new(p.start, p.count)?;
         check_label(&p.label)?;
@@ -56,7 +63,10 @@ impl State {
         if let Err(e) = self.sync_kernel() {
             self.table.remove(token);
             if let Err(undo) = self.store.delete(p.protocol, block) {
-                log::error!("could not undo create of {} {block} after a sysctl failure: {undo}", p.protocol);
+                log::error!(
+                    "could not undo create of {} {block} after a sysctl failure: {undo}",
+                    p.protocol
+                );
             }
             return Err(Error::new(
                 ErrorCode::Internal,
@@ -78,7 +88,10 @@ impl State {
             .ok_or_else(|| {
                 Error::new(
                     ErrorCode::NotFound,
-                    format!("no persistent {} reservation of exactly {block}", p.protocol),
+                    format!(
+                        "no persistent {} reservation of exactly {block}",
+                        p.protocol
+                    ),
                 )
             })
     }
@@ -96,7 +109,11 @@ impl State {
     }
 
     /// Lookup: admin or the reservation's owner; by the exact block.
-    pub fn lookup(&mut self, session: SessionId, p: BlockParams) -> Result<ReservationReply, Error> {
+    pub fn lookup(
+        &mut self,
+        session: SessionId,
+        p: BlockParams,
+    ) -> Result<ReservationReply, Error> {
         let block = Block::new(p.start, p.count)?;
         let s = self.session(session)?;
         let res = self.persistent_by_block(&p)?;

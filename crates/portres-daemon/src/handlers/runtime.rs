@@ -12,7 +12,11 @@ use crate::state::{State, check_label, random_token};
 impl State {
     /// Acquire: a block at `start`, or the first free block of `count` in the
     /// dynamic range when `start` is 0; held by this session.
-    pub fn acquire(&mut self, session: SessionId, p: AcquireParams) -> Result<ReservationReply, Error> {
+    pub fn acquire(
+        &mut self,
+        session: SessionId,
+        p: AcquireParams,
+    ) -> Result<ReservationReply, Error> {
         check_label(&p.label)?;
         let caller = self.session(session)?.caller.clone();
         if p.count == 0 || p.count > 65535 {
@@ -35,7 +39,10 @@ impl State {
         }
         let block = if p.start == 0 {
             let range = portres_kernel::sysctl::local_port_range().map_err(|e| {
-                Error::new(ErrorCode::Internal, format!("reading ip_local_port_range: {e}"))
+                Error::new(
+                    ErrorCode::Internal,
+                    format!("reading ip_local_port_range: {e}"),
+                )
             })?;
             let mut probe_error = None;
             let found = self.table.find_free_block(
@@ -72,7 +79,8 @@ impl State {
         } else {
             let block = Block::new(p.start, p.count)?;
             if !caller.admin {
-                let unprivileged = portres_kernel::sysctl::unprivileged_port_start().unwrap_or(1024);
+                let unprivileged =
+                    portres_kernel::sysctl::unprivileged_port_start().unwrap_or(1024);
                 if (block.start() as u32) < unprivileged {
                     return Err(Error::new(
                         ErrorCode::AccessDenied,
@@ -119,9 +127,10 @@ impl State {
     /// capability it presented) holds.
     pub fn release(&mut self, session: SessionId, p: ReleaseParams) -> Result<Empty, Error> {
         let s = self.session(session)?;
-        let res = self.table.get(p.token).ok_or_else(|| {
-            Error::new(ErrorCode::NotFound, "no reservation has this token")
-        })?;
+        let res = self
+            .table
+            .get(p.token)
+            .ok_or_else(|| Error::new(ErrorCode::NotFound, "no reservation has this token"))?;
         if res.kind == Kind::Persistent {
             return Err(Error::new(
                 ErrorCode::InvalidParameter,
@@ -141,7 +150,12 @@ impl State {
 
     /// Bind: binds the passed socket to `address` and a free port of the
     /// reservation, trying ports from the rotation cursor on.
-    pub fn bind(&mut self, session: SessionId, p: BindParams, fd: OwnedFd) -> Result<BindReply, Error> {
+    pub fn bind(
+        &mut self,
+        session: SessionId,
+        p: BindParams,
+        fd: OwnedFd,
+    ) -> Result<BindReply, Error> {
         let info = portres_kernel::sock::inspect(fd.as_fd())?;
         let cookie = portres_kernel::sock::netns_cookie(fd.as_fd()).map_err(|e| {
             Error::new(ErrorCode::Internal, format!("reading SO_NETNS_COOKIE: {e}"))
@@ -153,9 +167,10 @@ impl State {
             ));
         }
         let s = self.session(session)?;
-        let res = self.table.get(p.token).ok_or_else(|| {
-            Error::new(ErrorCode::NotFound, "no reservation has this token")
-        })?;
+        let res = self
+            .table
+            .get(p.token)
+            .ok_or_else(|| Error::new(ErrorCode::NotFound, "no reservation has this token"))?;
         if !res.usable_by(&s.caller, &s.speaks_for) {
             return Err(Error::new(
                 ErrorCode::AccessDenied,

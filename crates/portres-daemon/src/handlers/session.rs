@@ -15,7 +15,10 @@ impl State {
     /// first use.
     pub fn get_capability(&mut self, session: SessionId) -> Result<OwnedFd, Error> {
         let internal = |e: std::io::Error| {
-            Error::new(ErrorCode::Internal, format!("creating the session capability: {e}"))
+            Error::new(
+                ErrorCode::Internal,
+                format!("creating the session capability: {e}"),
+            )
         };
         let s = self
             .sessions
@@ -34,7 +37,10 @@ impl State {
     /// Presents a capability: this connection now speaks for its session.
     pub fn attach(&mut self, session: SessionId, fd: OwnedFd) -> Result<AttachReply, Error> {
         let id = portres_kernel::capability::file_id(fd.as_fd()).map_err(|e| {
-            Error::new(ErrorCode::InvalidParameter, format!("not a capability: {e}"))
+            Error::new(
+                ErrorCode::InvalidParameter,
+                format!("not a capability: {e}"),
+            )
         })?;
         let Some(&owner) = self.capabilities.get(&id) else {
             return Err(Error::new(

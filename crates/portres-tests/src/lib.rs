@@ -1,0 +1,306 @@
+//! Shared fixtures for portres' integration tests: a private network
+//! namespace per test (so the real kernel can be used without touching this
+//! machine's settings), the daemon in-process or as a process, paths to the
+//! built binaries, and running commands as another user with `setpriv`.
+//!
+//! Tests that need root call `netns(name)`: without root they print a
+//! SKIPPED line saying why — unless `PORTRES_REQUIRE_PRIVILEGED_TESTS=1`
+//! (set by `.ci/run`), in which case they fail, so CI never passes a test
+//! that did not run.
+#![deny(missing_docs)]
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use portres::Client;
+use portres_core::PortSet;
+use portres_daemon::{Config, Daemon, KernelSync};
+use portres_kernel::sysctl::{ProcReservedPorts, ReservedPorts};
+
+/// Proof that the calling thread is in a private network namespace.
+#[derive(Debug)]
+pub struct Netns(());
+
+/// Moves this test's thread into a fresh network namespace with loopback
+/// up. `None` (after printing why) when that needs privileges we lack.
+pub fn netns(test: &str) -> Option<Netns> {
+    match portres_kernel::netns::enter_private_netns() {
+        Ok(()) => Some(Netns(())),
+        Err(e) => {
+            if std::env::var_os("PORTRES_REQUIRE_PRIVILEGED_TESTS").is_some_and(|v| v == "1") {
+                panic!(
+                    "{test}: cannot enter a private network namespace ({e}) and PORTRES_REQUIRE_PRIVILEGED_TESTS=1"
+                );
+            }
+            eprintln!("SKIPPED {test}: needs root for a private network namespace: {e}");
+            None
+        }
+    }
+}
+
+/// The kernel's reserved ports in this thread's namespace.
+pub fn kernel_reserved() -> PortSet {
+    ProcReservedPorts::new()
+        .read()
+        .expect("read ip_local_reserved_ports")
+}
+
+/// Sets the kernel's reserved ports in this thread's namespace.
+pub fn set_kernel_reserved(text: &str) {
+    let set: PortSet = text.parse().expect("valid port set");
+    ProcReservedPorts::new()
+        .write(&set)
+        .expect("write ip_local_reserved_ports");
+}
+
+/// Sets ip_local_port_range in this thread's namespace.
+pub fn set_local_port_range(lo: u16, hi: u16) {
+    std::fs::write(
+        "/proc/sys/net/ipv4/ip_local_port_range",
+        format!("{lo} {hi}"),
+    )
+    .expect("write ip_local_port_range");
+}
+
+/// A built binary of the workspace (`portres`, `portresd`), found next to
+/// the test executable's target directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace --bins` before the tests (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// A temporary directory others may traverse (the socket lives here and
+/// tests run clients as other users).
+pub fn open_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("portres-test")
+        .tempdir()
+        .expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+/// The daemon running inside this test process, on its own thread (which
+/// inherits the test thread's network namespace).
+#[derive(Debug)]
+pub struct InProcessDaemon {
+    /// Its socket.
+    pub socket: PathBuf,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl InProcessDaemon {
+    /// Starts a daemon with kernel sync on and default limits, tweaked by
+    /// `tweak`.
+    pub fn start(tweak: impl FnOnce(&mut Config)) -> InProcessDaemon {
+        let dir = open_tempdir();
+        let mut d = InProcessDaemon::start_in(dir.path(), tweak);
+        d._dir = Some(dir);
+        d
+    }
+
+    /// Starts a daemon whose socket and state live in `dir` (kept by the
+    /// caller, e.g. to restart on the same store).
+    pub fn start_in(dir: &Path, tweak: impl FnOnce(&mut Config)) -> InProcessDaemon {
+        let mut config = Config::for_current_user();
+        config.socket = dir.join("portres.sock");
+        config.state_dir = dir.join("state");
+        config.kernel_sync = KernelSync::On;
+        tweak(&mut config);
+        let socket = config.socket.clone();
+        let state_dir = config.state_dir.clone();
+        let daemon = Daemon::start(config).expect("daemon starts");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(daemon.run(async {
+                let _ = rx.await;
+            }))
+            .expect("daemon runs");
+        });
+        InProcessDaemon {
+            socket,
+            state_dir,
+            stop: Some(tx),
+            thread: Some(thread),
+            _dir: None,
+        }
+    }
+
+    /// A new client session.
+    pub fn client(&self) -> Client {
+        Client::connect_to(&self.socket).expect("connect")
+    }
+
+    /// Stops it cleanly and waits.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for InProcessDaemon {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+/// `portresd` as a child process (for crash tests and the CLI).
+#[derive(Debug)]
+pub struct ProcessDaemon {
+    /// The child.
+    pub child: Child,
+    /// Its socket.
+    pub socket: PathBuf,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+}
+
+impl ProcessDaemon {
+    /// Starts `portresd --socket DIR/portres.sock --state-dir DIR/state
+    /// --kernel-sync on EXTRA…` and waits until the socket accepts.
+    pub fn start(dir: &Path, extra: &[&str]) -> ProcessDaemon {
+        let socket = dir.join("portres.sock");
+        let state_dir = dir.join("state");
+        let mut cmd = Command::new(bin("portresd"));
+        cmd.arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .arg("--kernel-sync")
+            .arg("on")
+            .args(extra)
+            .env_remove("PORTRES_SOCKET")
+            .env_remove("PORTRES_SESSION_FD")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn portresd");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("portresd exited at start ({status}): {err}");
+            }
+            assert!(Instant::now() < deadline, "portresd did not become ready");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        ProcessDaemon {
+            child,
+            socket,
+            state_dir,
+        }
+    }
+
+    /// A new client session.
+    pub fn client(&self) -> Client {
+        Client::connect_to(&self.socket).expect("connect")
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait: a clean stop. Returns its stderr.
+    pub fn terminate(mut self) -> String {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("pid");
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let _ = self.child.wait();
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        err
+    }
+}
+
+impl Drop for ProcessDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `portres` CLI pointed at `socket`.
+pub fn cli(socket: &Path) -> Command {
+    let mut cmd = Command::new(bin("portres"));
+    cmd.arg("--socket")
+        .arg(socket)
+        .env_remove("PORTRES_SOCKET")
+        .env_remove("PORTRES_SESSION_FD")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// `cmd` run as `uid`/`gid` with exactly `groups` as supplementary groups,
+/// via setpriv (root only).
+pub fn as_user(cmd: &Command, uid: u32, gid: u32, groups: &[u32]) -> Command {
+    let mut out = Command::new("setpriv");
+    out.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"));
+    if groups.is_empty() {
+        out.arg("--clear-groups");
+    } else {
+        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+        out.arg(format!("--groups={}", list.join(",")));
+    }
+    out.arg("--").arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => out.env(k, v),
+            None => out.env_remove(k),
+        };
+    }
+    out.stdin(Stdio::null());
+    // Keep the child out of our process group's terminal signals.
+    out.process_group(0);
+    out
+}
+
+/// Runs and returns the output, with stdout/stderr as strings.
+pub fn run(mut cmd: Command) -> (Output, String, String) {
+    let out = cmd.output().expect("run command");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stdout, stderr)
+}
+
+/// The `portres-testkit` helper binary of this package.
+pub fn testkit() -> PathBuf {
+    bin("portres-testkit")
+}
