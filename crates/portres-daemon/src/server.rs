@@ -194,15 +194,16 @@ fn decide_kernel_sync(
 
 fn bind_socket(path: &Path, mode: Mode) -> Result<std::os::unix::net::UnixListener, StartError> {
     let err = |what: &str, e: io::Error| StartError(format!("{what} {}: {e}", path.display()));
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(|e| err("cannot create the directory of", e))?;
-            // System mode: anyone may reach the socket (permissions are
-            // judged per request from peer credentials). User mode: only us.
-            let perm = if mode == Mode::System { 0o755 } else { 0o700 };
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(perm))
-                .map_err(|e| err("cannot set permissions on the directory of", e))?;
-        }
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        std::fs::create_dir_all(dir).map_err(|e| err("cannot create the directory of", e))?;
+        // System mode: anyone may reach the socket (permissions are judged
+        // per request from peer credentials). User mode: only us.
+        let perm = if mode == Mode::System { 0o755 } else { 0o700 };
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(perm))
+            .map_err(|e| err("cannot set permissions on the directory of", e))?;
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {

@@ -85,7 +85,7 @@ fn specific_start_and_sharing_violations() {
     // A port held by a real socket (v4-only listener, v6 UDP, TIME_WAIT-free cases).
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let err = c.acquire(Protocol::Tcp, port as u16, 1).unwrap_err();
+    let err = c.acquire(Protocol::Tcp, port, 1).unwrap_err();
     assert_eq!(err.code, ErrorCode::SharingViolation, "{err}");
     let udp = UdpSocket::bind("[::1]:0").unwrap();
     let uport = udp.local_addr().unwrap().port();

@@ -163,7 +163,7 @@ fn kernel_sync_on_without_permission_refuses_to_start_and_auto_falls_back() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not writable"));
     // auto: starts (user mode), logs that kernel sync is off. Stop it at once.
-    let mut child = daemon("auto").stderr(Stdio::piped()).spawn().unwrap();
+    let child = daemon("auto").stderr(Stdio::piped()).spawn().unwrap();
     let sock = state.join("auto.sock");
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
