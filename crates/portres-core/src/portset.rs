@@ -47,6 +47,17 @@ impl PortSet {
         self.ranges.get(i).is_some_and(|&(a, _)| a <= block.last())
     }
 
+    /// Whether every port of `other` is also in `self`.
+    pub fn covers(&self, other: &PortSet) -> bool {
+        other.ranges.iter().all(|&(a, b)| {
+            let i = self.ranges.partition_point(|&(_, hi)| hi < a);
+            // Ranges are merged, so one range must hold all of a..=b.
+            self.ranges
+                .get(i)
+                .is_some_and(|&(lo, hi)| lo <= a && b <= hi)
+        })
+    }
+
     /// Adds every port of `first..=last` (port 0 is dropped).
     pub fn insert_range(&mut self, first: u16, last: u16) {
         let first = first.max(1);
@@ -260,6 +271,16 @@ mod tests {
                 prop_assert_eq!(set.contains(p), bits[p as usize]);
             }
             prop_assert_eq!(set.len(), bits.iter().filter(|&&x| x).count());
+            let mut sub = PortSet::new();
+            for p in (1..2100u16).step_by(7) {
+                if bits[p as usize] { sub.insert_range(p, p); }
+            }
+            prop_assert!(set.covers(&sub));
+            prop_assert!(set.covers(&PortSet::new()));
+            if let Some(free) = (1..2100u16).find(|&p| !bits[p as usize]) {
+                sub.insert_range(free, free);
+                prop_assert!(!set.covers(&sub));
+            }
         }
 
         #[test]

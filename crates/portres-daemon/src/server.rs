@@ -36,8 +36,13 @@ impl fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+/// How long a release may leave its ports reserved in the kernel before the
+/// smaller value is written (one write covers every release meanwhile).
+pub const KERNEL_SHRINK_DELAY: Duration = Duration::from_millis(5);
+
 struct Shared {
     state: Mutex<State>,
+    shrink_pending: Arc<tokio::sync::Notify>,
     config: Config,
     connections: AtomicUsize,
     per_uid: Mutex<HashMap<u32, usize>>,
@@ -91,7 +96,7 @@ impl Daemon {
         let kernel = decide_kernel_sync(config.kernel_sync)?;
         let cookie = portres_kernel::sock::current_netns_cookie()
             .map_err(|e| StartError(format!("cannot read our network namespace cookie: {e}")))?;
-        let state = State::new(
+        let mut state = State::new(
             config.clone(),
             store,
             kernel,
@@ -99,6 +104,9 @@ impl Daemon {
             cookie,
         )
         .map_err(|e| StartError(e.message))?;
+        let shrink_pending = Arc::new(tokio::sync::Notify::new());
+        let notify = shrink_pending.clone();
+        state.set_on_shrink_pending(Box::new(move || notify.notify_one()));
         let listener = bind_socket(&config.socket, config.mode)?;
         let (_, persistent) = state.counts();
         log::info!(
@@ -113,6 +121,7 @@ impl Daemon {
         Ok(Daemon {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
+                shrink_pending,
                 config: config.clone(),
                 connections: AtomicUsize::new(0),
                 per_uid: Mutex::new(HashMap::new()),
@@ -135,6 +144,14 @@ impl Daemon {
         self.listener.set_nonblocking(true)?;
         let listener = tokio::net::UnixListener::from_std(self.listener)?;
         let shared = self.shared.clone();
+        let flusher = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                flusher.shrink_pending.notified().await;
+                tokio::time::sleep(KERNEL_SHRINK_DELAY).await;
+                flusher.state().flush_kernel();
+            }
+        });
         let accept_loop = async {
             loop {
                 match listener.accept().await {

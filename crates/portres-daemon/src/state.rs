@@ -55,6 +55,14 @@ pub struct State {
     pub(crate) netns_cookie: u64,
     pub(crate) in_use: InUseProbe,
     pub(crate) started: Instant,
+    /// The kernel holds ports we no longer reserve; `flush_kernel` will
+    /// write the smaller value (see `release_in_kernel`).
+    kernel_shrink_pending: bool,
+    /// Called when a deferred shrink is pending, so the server schedules a
+    /// `flush_kernel` soon.
+    on_shrink_pending: Option<Box<dyn Fn() + Send>>,
+    /// ip_local_port_range and when it was read.
+    range_cache: Option<(Instant, (u16, u16))>,
 }
 
 impl std::fmt::Debug for State {
@@ -104,6 +112,9 @@ impl State {
             netns_cookie,
             in_use,
             started: Instant::now(),
+            kernel_shrink_pending: false,
+            on_shrink_pending: None,
+            range_cache: None,
         };
         if let Some(kernel) = state.kernel.as_ref() {
             state.baseline = match state.store.baseline().map_err(Error::from)? {
@@ -180,7 +191,7 @@ impl State {
                 id.0,
                 gone.len()
             );
-            self.sync_kernel_logged();
+            self.release_in_kernel();
         }
     }
 
@@ -210,11 +221,67 @@ impl State {
             .union(&self.table.reserved_ports(persistent_only))
     }
 
-    /// Writes the sysctl if its value must change. Called before answering
-    /// any request that changed the table.
+    /// Sets the hook called when a deferred shrink of the kernel's value
+    /// becomes pending; the server uses it to schedule `flush_kernel`.
+    pub fn set_on_shrink_pending(&mut self, hook: Box<dyn Fn() + Send>) {
+        self.on_shrink_pending = Some(hook);
+    }
+
+    /// Writes the sysctl if its value differs from what it must be.
     pub(crate) fn sync_kernel(&mut self) -> io::Result<()> {
         let desired = self.desired_kernel_value(false);
+        self.kernel_shrink_pending = false;
         self.write_kernel(desired)
+    }
+
+    /// Before answering a request that reserved more ports: make sure the
+    /// kernel reserves every one of them. If it already does (typically a
+    /// block released a moment ago and acquired again, whose shrink is still
+    /// pending) nothing is written — that is what keeps steady-state
+    /// acquire/release cycles free of sysctl writes.
+    pub(crate) fn cover_in_kernel(&mut self) -> io::Result<()> {
+        if self.kernel.is_none() {
+            return Ok(());
+        }
+        let desired = self.desired_kernel_value(false);
+        if self
+            .last_written
+            .as_ref()
+            .is_some_and(|w| w.covers(&desired))
+        {
+            if self.last_written.as_ref() != Some(&desired) {
+                self.mark_shrink_pending();
+            }
+            return Ok(());
+        }
+        self.kernel_shrink_pending = false;
+        self.write_kernel(desired)
+    }
+
+    /// After ports stopped being reserved: the kernel may keep them reserved
+    /// a little longer (harmless: its ephemeral pool is briefly smaller), and
+    /// the smaller value is written by `flush_kernel`, soon, once for every
+    /// release that happened meanwhile.
+    pub(crate) fn release_in_kernel(&mut self) {
+        if self.kernel.is_some() {
+            self.mark_shrink_pending();
+        }
+    }
+
+    fn mark_shrink_pending(&mut self) {
+        if !self.kernel_shrink_pending {
+            self.kernel_shrink_pending = true;
+            if let Some(hook) = &self.on_shrink_pending {
+                hook();
+            }
+        }
+    }
+
+    /// Writes a pending shrink, if any.
+    pub fn flush_kernel(&mut self) {
+        if self.kernel_shrink_pending {
+            self.sync_kernel_logged();
+        }
     }
 
     fn write_kernel(&mut self, desired: PortSet) -> io::Result<()> {
@@ -236,6 +303,19 @@ impl State {
         if let Err(e) = self.sync_kernel() {
             log::error!("could not update ip_local_reserved_ports: {e}");
         }
+    }
+
+    /// The kernel's dynamic port range, re-read at most once a second (it
+    /// costs a file read; admins change it rarely).
+    pub(crate) fn dynamic_range(&mut self) -> io::Result<(u16, u16)> {
+        if let Some((at, range)) = self.range_cache
+            && at.elapsed() < std::time::Duration::from_secs(1)
+        {
+            return Ok(range);
+        }
+        let range = portres_kernel::sysctl::local_port_range()?;
+        self.range_cache = Some((Instant::now(), range));
+        Ok(range)
     }
 
     /// At clean shutdown: the kernel keeps the baseline plus persistent

@@ -49,6 +49,33 @@ pub fn kernel_reserved() -> PortSet {
         .expect("read ip_local_reserved_ports")
 }
 
+/// Polls `cond` every 200 µs for up to 5 s; whether it became true. For
+/// effects the daemon applies shortly after answering (a released block
+/// leaves the kernel's list within `KERNEL_SHRINK_DELAY`).
+pub fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Asserts that the kernel's reserved ports become exactly `expected`.
+#[track_caller]
+pub fn assert_kernel_settles_to(expected: &str) {
+    let ok = eventually(|| kernel_reserved().to_string() == expected);
+    assert!(
+        ok,
+        "ip_local_reserved_ports is {:?}, expected {expected:?}",
+        kernel_reserved().to_string()
+    );
+}
+
 /// Sets the kernel's reserved ports in this thread's namespace.
 pub fn set_kernel_reserved(text: &str) {
     let set: PortSet = text.parse().expect("valid port set");

@@ -60,7 +60,7 @@ impl State {
             let _ = self.store.delete(p.protocol, block);
             return Err(e);
         }
-        if let Err(e) = self.sync_kernel() {
+        if let Err(e) = self.cover_in_kernel() {
             self.table.remove(token);
             if let Err(undo) = self.store.delete(p.protocol, block) {
                 log::error!(
@@ -103,7 +103,7 @@ impl State {
         let (token, block) = (res.token, res.block);
         self.store.delete(p.protocol, block).map_err(Error::from)?;
         self.table.remove(token);
-        self.sync_kernel_logged();
+        self.release_in_kernel();
         log::info!("uid {uid} deleted persistent {} {block}", p.protocol);
         Ok(Empty {})
     }

@@ -38,7 +38,7 @@ impl State {
             }
         }
         let block = if p.start == 0 {
-            let range = portres_kernel::sysctl::local_port_range().map_err(|e| {
+            let range = self.dynamic_range().map_err(|e| {
                 Error::new(
                     ErrorCode::Internal,
                     format!("reading ip_local_port_range: {e}"),
@@ -110,7 +110,7 @@ impl State {
         );
         res.label = p.label;
         self.table.insert(res)?;
-        if let Err(e) = self.sync_kernel() {
+        if let Err(e) = self.cover_in_kernel() {
             self.table.remove(token);
             return Err(Error::new(
                 ErrorCode::Internal,
@@ -144,7 +144,7 @@ impl State {
             ));
         }
         self.table.remove(p.token);
-        self.sync_kernel_logged();
+        self.release_in_kernel();
         Ok(Empty {})
     }
 
