@@ -1,0 +1,491 @@
+//! The Winsock functions: `WSAStartup`, `WSACleanup`, `WSAGetLastError`,
+//! `WSASetLastError`, `closesocket`, and `WSAIoctl` with the three port
+//! reservation control codes.
+
+use std::ffi::{c_char, c_int};
+use std::ptr;
+
+use portres_client::{Error, ErrorCode, Protocol, Token};
+
+use crate::errors::{errno_for, get_errno, guard, set_errno, socket_error_on_panic, wsa_code};
+use crate::sock::{self, SockId};
+use crate::state::{self, Session, end_sessions, new_session_client, ops, state, with_default};
+use crate::types::*;
+
+/// Marks an errno value < `WSABASEERR` that `WSASetLastError` stored
+/// verbatim, so `WSAGetLastError` returns it unchanged.
+const VERBATIM: c_int = 0x4000_0000;
+
+fn errno_of(e: Error) -> c_int {
+    errno_for(e.code)
+}
+
+/// Initialises Winsock use by the program. Negotiates the version (the
+/// lower of `wVersionRequested` and 2.2; below 1.0 fails with
+/// `WSAVERNOTSUPPORTED`) and fills `*lpWSAData`. Returns 0, or the error
+/// code itself (`WSAEFAULT` for a NULL `lpWSAData`); it does not set the
+/// last error. Does not contact the daemon (that happens on first use).
+///
+/// # Safety
+/// `lpWSAData` is NULL or points to a writable `WSADATA`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn WSAStartup(wVersionRequested: WORD, lpWSAData: LPWSADATA) -> c_int {
+    guard(
+        || WSASYSCALLFAILURE,
+        || {
+            if lpWSAData.is_null() {
+                return WSAEFAULT;
+            }
+            let [major, minor] = wVersionRequested.to_le_bytes();
+            let (major, minor) = if (major, minor) > (2, 2) {
+                (2, 2)
+            } else {
+                (major, minor)
+            };
+            let mut data = WSADATA {
+                wVersion: WORD::from_le_bytes([major, minor]),
+                wHighVersion: WORD::from_le_bytes([2, 2]),
+                iMaxSockets: 0,
+                iMaxUdpDg: 0,
+                lpVendorInfo: ptr::null_mut(),
+                szDescription: [0; 257],
+                szSystemStatus: [0; 129],
+            };
+            copy_c_str(
+                &mut data.szDescription,
+                concat!(
+                    "portres ",
+                    env!("CARGO_PKG_VERSION"),
+                    ": the Windows port reservation API on Linux"
+                ),
+            );
+            copy_c_str(&mut data.szSystemStatus, "Running");
+            // SAFETY: non-NULL (checked) and, by the caller's contract,
+            // points to a writable WSADATA; unaligned writes are allowed.
+            unsafe { ptr::write_unaligned(lpWSAData, data) };
+            if (major, minor) < (1, 0) {
+                return WSAVERNOTSUPPORTED;
+            }
+            state().startups += 1;
+            0
+        },
+    )
+}
+
+fn copy_c_str(dst: &mut [c_char], s: &str) {
+    let room = dst.len() - 1;
+    for (d, b) in dst.iter_mut().zip(s.bytes().take(room)) {
+        *d = b as c_char;
+    }
+}
+
+/// Ends a `WSAStartup`. The call matching the first `WSAStartup` ends every
+/// runtime reservation the program acquired (as Windows does by closing
+/// every socket) and forgets every association; the sockets themselves stay
+/// open. Without a matching `WSAStartup`: `SOCKET_ERROR`,
+/// `WSANOTINITIALISED`.
+#[unsafe(no_mangle)]
+pub extern "C" fn WSACleanup() -> c_int {
+    guard(socket_error_on_panic, || {
+        let _ops = ops();
+        let ended = {
+            let mut st = state();
+            if st.startups == 0 {
+                drop(st);
+                set_errno(WSANOTINITIALISED);
+                return SOCKET_ERROR;
+            }
+            st.startups -= 1;
+            if st.startups == 0 {
+                st.take_all()
+            } else {
+                Vec::new()
+            }
+        };
+        end_sessions(ended);
+        0
+    })
+}
+
+/// The calling thread's last error as a Winsock code. It is kept in
+/// `errno`, so it also reports failures of libc's socket functions
+/// (`socket`, `bind`, `getsockname`, ...): Linux errno values are translated
+/// to their `WSAE*` counterparts (`EINVAL` → `WSAEINVAL`, `EBADF` and
+/// `ENOTSOCK` → `WSAENOTSOCK`, ...); values set with `WSASetLastError` are
+/// returned as set; errno values without a counterpart give
+/// `WSASYSCALLFAILURE`.
+#[unsafe(no_mangle)]
+pub extern "C" fn WSAGetLastError() -> c_int {
+    guard(
+        || WSASYSCALLFAILURE,
+        || {
+            let e = get_errno();
+            if e > 0 && e & VERBATIM != 0 {
+                e & !VERBATIM
+            } else if e < 0 {
+                e
+            } else {
+                wsa_code(e)
+            }
+        },
+    )
+}
+
+/// Sets the calling thread's last error (its `errno`).
+#[unsafe(no_mangle)]
+pub extern "C" fn WSASetLastError(iError: c_int) {
+    guard(
+        || (),
+        || {
+            if iError > 0 && iError < WSABASEERR {
+                set_errno(iError | VERBATIM);
+            } else {
+                set_errno(iError);
+            }
+        },
+    )
+}
+
+/// Closes socket `s`. Runtime reservations acquired on `s` end first
+/// (released by the time this returns), and any association of `s` is
+/// forgotten. Not a socket (or not open): `SOCKET_ERROR`, `WSAENOTSOCK`,
+/// and nothing is closed.
+///
+/// Use it, not `close()`, for sockets passed to `WSAIoctl`: after a plain
+/// `close()` the reservations acquired on the socket are only released the
+/// next time libportres notices (its next `WSAIoctl` or `closesocket` call)
+/// or at process exit.
+#[unsafe(no_mangle)]
+pub extern "C" fn closesocket(s: SOCKET) -> c_int {
+    guard(socket_error_on_panic, || {
+        if let Err(e) = sock::socket(s) {
+            set_errno(e);
+            return SOCKET_ERROR;
+        }
+        {
+            let _ops = ops();
+            let ended = {
+                let mut st = state();
+                st.dissociate(s);
+                st.sessions.remove(&s)
+            };
+            end_sessions(ended.into_iter().collect());
+        }
+        // SAFETY: close takes no pointer; `s` is the caller's descriptor,
+        // which the caller asked us to close.
+        if unsafe { libc::close(s) } < 0 {
+            return SOCKET_ERROR; // errno set by close
+        }
+        0
+    })
+}
+
+/// Performs a control operation on socket `s`: the port reservation codes
+/// `SIO_ACQUIRE_PORT_RESERVATION`, `SIO_RELEASE_PORT_RESERVATION` and
+/// `SIO_ASSOCIATE_PORT_RESERVATION`, as Windows documents them.
+///
+/// Returns 0, or `SOCKET_ERROR` with the error for `WSAGetLastError`:
+/// - `WSAENOTSOCK`: `s` is not an open socket;
+/// - `WSAEOPNOTSUPP`: another control code; `s` is not a TCP or UDP socket
+///   over IPv4/IPv6; a completion routine was given;
+/// - `WSAEFAULT`: `lpcbBytesReturned` is NULL (without `lpOverlapped`),
+///   `lpvInBuffer` is NULL, or (acquire) `lpvOutBuffer` is NULL;
+/// - `WSAEINVAL`: `cbInBuffer` smaller than the input structure; (acquire)
+///   `cbOutBuffer` smaller than `INET_PORT_RESERVATION_INSTANCE`;
+///   (associate, release) `cbOutBuffer` not 0; a count of 0 or a block past
+///   65535; token 0 or unknown to this process; (associate) `s` is already
+///   bound, or the token is of the other protocol;
+/// - `WSAEADDRINUSE`: (acquire) the block overlaps a reservation or a port
+///   in use, or no free block of that size exists;
+/// - `WSAEACCES`: a runtime block below the unprivileged port start without
+///   being an administrator; a reservation of another process; (associate)
+///   a token this user may not use;
+/// - `WSAENOBUFS`: the per-user runtime quota would be exceeded;
+/// - `WSAENETDOWN`: the portres daemon cannot be reached.
+///
+/// On failure `*lpcbBytesReturned` is 0. On success it is the number of
+/// bytes of the structure used: 16 (`INET_PORT_RESERVATION_INSTANCE`
+/// written) for acquire, 8 (the token read) for release and associate —
+/// never 0.
+///
+/// A runtime reservation lives as long as socket `s`: until
+/// `SIO_RELEASE_PORT_RESERVATION`, `closesocket(s)`, the final
+/// `WSACleanup`, or process exit. Its StartPort is in network byte order.
+///
+/// Overlapped I/O: every call completes before returning. `lpOverlapped`
+/// is ignored (as for a socket without the overlapped attribute: no event
+/// is signalled and the structure is not touched); a completion routine
+/// cannot be honoured and fails with `WSAEOPNOTSUPP`.
+///
+/// # Safety
+/// As on Windows: `lpvInBuffer` points to `cbInBuffer` readable bytes,
+/// `lpvOutBuffer` to `cbOutBuffer` writable bytes, `lpcbBytesReturned` to a
+/// writable `DWORD` (each may be NULL, which is reported as above).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn WSAIoctl(
+    s: SOCKET,
+    dwIoControlCode: DWORD,
+    lpvInBuffer: LPVOID,
+    cbInBuffer: DWORD,
+    lpvOutBuffer: LPVOID,
+    cbOutBuffer: DWORD,
+    lpcbBytesReturned: LPDWORD,
+    lpOverlapped: LPWSAOVERLAPPED,
+    lpCompletionRoutine: LPWSAOVERLAPPED_COMPLETION_ROUTINE,
+) -> c_int {
+    let report = |n: DWORD| {
+        if !lpcbBytesReturned.is_null() {
+            // SAFETY: non-NULL and, by the caller's contract, a writable
+            // DWORD; unaligned writes are allowed.
+            unsafe { ptr::write_unaligned(lpcbBytesReturned, n) };
+        }
+    };
+    let on_panic = || {
+        report(0);
+        socket_error_on_panic()
+    };
+    guard(on_panic, || {
+        report(0);
+        let input: Option<[u8; 8]> = (!lpvInBuffer.is_null()).then(|| {
+            let mut buf = [0u8; 8];
+            let n = (cbInBuffer as usize).min(buf.len());
+            // SAFETY: non-NULL and, by the caller's contract, cbInBuffer
+            // readable bytes; we read at most that many.
+            unsafe { ptr::copy_nonoverlapping(lpvInBuffer as *const u8, buf.as_mut_ptr(), n) };
+            buf
+        });
+        let call = Ioctl {
+            s,
+            code: dwIoControlCode,
+            input,
+            cb_in: cbInBuffer,
+            has_out: !lpvOutBuffer.is_null(),
+            cb_out: cbOutBuffer,
+            has_count: !lpcbBytesReturned.is_null(),
+            overlapped: !lpOverlapped.is_null(),
+            completion: lpCompletionRoutine.is_some(),
+        };
+        match call.run() {
+            Ok((n, out)) => {
+                if let Some(out) = out {
+                    // SAFETY: `run` returns output only after checking that
+                    // lpvOutBuffer is non-NULL and cbOutBuffer is at least
+                    // the structure's size; unaligned writes are allowed.
+                    unsafe {
+                        ptr::write_unaligned(
+                            lpvOutBuffer as *mut INET_PORT_RESERVATION_INSTANCE,
+                            out,
+                        )
+                    };
+                }
+                report(n);
+                0
+            }
+            Err(e) => {
+                set_errno(e);
+                SOCKET_ERROR
+            }
+        }
+    })
+}
+
+/// One `WSAIoctl` call, its pointers already read or checked.
+struct Ioctl {
+    s: SOCKET,
+    code: DWORD,
+    /// The first (up to) 8 bytes of the input buffer, if not NULL.
+    input: Option<[u8; 8]>,
+    cb_in: DWORD,
+    has_out: bool,
+    cb_out: DWORD,
+    has_count: bool,
+    overlapped: bool,
+    completion: bool,
+}
+
+const INSTANCE_SIZE: DWORD = std::mem::size_of::<INET_PORT_RESERVATION_INSTANCE>() as DWORD;
+const RANGE_SIZE: DWORD = std::mem::size_of::<INET_PORT_RANGE>() as DWORD;
+const TOKEN_SIZE: DWORD = std::mem::size_of::<INET_PORT_RESERVATION_TOKEN>() as DWORD;
+
+type Output = (DWORD, Option<INET_PORT_RESERVATION_INSTANCE>);
+
+impl Ioctl {
+    fn run(&self) -> Result<Output, c_int> {
+        let (fd, id) = sock::socket(self.s)?;
+        let need_in = match self.code {
+            SIO_ACQUIRE_PORT_RESERVATION => RANGE_SIZE,
+            SIO_RELEASE_PORT_RESERVATION | SIO_ASSOCIATE_PORT_RESERVATION => TOKEN_SIZE,
+            _ => return Err(libc::EOPNOTSUPP),
+        };
+        if self.completion {
+            return Err(libc::EOPNOTSUPP);
+        }
+        let protocol = sock::protocol(fd)?;
+        if !self.has_count && !self.overlapped {
+            return Err(libc::EFAULT);
+        }
+        let Some(input) = self.input else {
+            return Err(libc::EFAULT);
+        };
+        if self.cb_in < need_in {
+            return Err(libc::EINVAL);
+        }
+        if self.code == SIO_ACQUIRE_PORT_RESERVATION {
+            if self.cb_out < INSTANCE_SIZE {
+                return Err(libc::EINVAL);
+            }
+            if !self.has_out {
+                return Err(libc::EFAULT);
+            }
+        } else if self.cb_out != 0 {
+            return Err(libc::EINVAL);
+        }
+        state::sweep();
+        match self.code {
+            SIO_ACQUIRE_PORT_RESERVATION => {
+                let start = u16::from_be_bytes([input[0], input[1]]);
+                let count = u16::from_ne_bytes([input[2], input[3]]);
+                let out = acquire(self.s, id, protocol, start, count)?;
+                Ok((INSTANCE_SIZE, Some(out)))
+            }
+            SIO_RELEASE_PORT_RESERVATION => {
+                release(token(input)?)?;
+                Ok((TOKEN_SIZE, None))
+            }
+            _ => {
+                if sock::is_bound(fd) {
+                    return Err(libc::EINVAL);
+                }
+                associate(self.s, id, protocol, token(input)?)?;
+                Ok((TOKEN_SIZE, None))
+            }
+        }
+    }
+}
+
+fn token(input: [u8; 8]) -> Result<Token, c_int> {
+    Token::new(u64::from_ne_bytes(input)).ok_or(libc::EINVAL)
+}
+
+fn acquire(
+    s: SOCKET,
+    id: SockId,
+    protocol: Protocol,
+    start: u16,
+    count: u16,
+) -> Result<INET_PORT_RESERVATION_INSTANCE, c_int> {
+    if count == 0 || u32::from(start) + u32::from(count) - 1 > 65535 {
+        return Err(libc::EINVAL);
+    }
+    let _ops = ops();
+    let existing = state()
+        .sessions
+        .get(&s)
+        .filter(|x| x.id == id)
+        .map(|x| x.client.clone());
+    let attempt = |client: &portres_client::Client| client.acquire(protocol, start, count);
+    let (client, res) = match existing {
+        Some(c) => match attempt(&c) {
+            // The daemon went away (and its reservations with it): this
+            // socket's session is over; start a new one.
+            Err(e) if e.code == ErrorCode::DaemonUnavailable => {
+                let dead = state().sessions.remove(&s);
+                drop(dead);
+                let c = new_session_client().map_err(errno_of)?;
+                let r = attempt(&c);
+                (c, r)
+            }
+            r => (c, r),
+        },
+        None => {
+            let c = new_session_client().map_err(errno_of)?;
+            let r = attempt(&c);
+            (c, r)
+        }
+    };
+    let res = res.map_err(errno_of)?;
+    let (start, count) = (res.start(), res.count());
+    let token = res.keep();
+    let replaced = {
+        let mut st = state();
+        let fresh = || Session {
+            id,
+            client: client.clone(),
+            held: Vec::new(),
+        };
+        let session = st.sessions.entry(s).or_insert_with(fresh);
+        // An entry for an earlier socket under this number (closed with
+        // close() since the sweep) must not adopt the new reservation.
+        let replaced = (session.id != id).then(|| std::mem::replace(session, fresh()));
+        session.held.push((token, protocol));
+        replaced
+    };
+    end_sessions(replaced.into_iter().collect());
+    Ok(INET_PORT_RESERVATION_INSTANCE {
+        Reservation: INET_PORT_RANGE {
+            StartPort: start.to_be(),
+            NumberOfPorts: count,
+        },
+        Token: INET_PORT_RESERVATION_TOKEN { Token: token.get() },
+    })
+}
+
+fn release(token: Token) -> Result<(), c_int> {
+    let _ops = ops();
+    let holder = state()
+        .holder_of(token)
+        .map(|(fd, s)| (fd, s.client.clone()));
+    let Some((fd, client)) = holder else {
+        // Not acquired by this process: perhaps one of a session whose
+        // capability we hold (portres exec).
+        return with_default(|c| c.release(token)).map_err(errno_of);
+    };
+    let result = client.release(token);
+    match &result {
+        Ok(()) => {}
+        // Gone already (the daemon restarted): forget it too.
+        Err(e) if e.code == ErrorCode::NotFound || e.code == ErrorCode::DaemonUnavailable => {}
+        Err(e) => return Err(errno_for(e.code)),
+    }
+    let ended = {
+        let mut st = state();
+        let empty = st.sessions.get_mut(&fd).is_some_and(|s| {
+            s.held.retain(|(t, _)| *t != token);
+            s.held.is_empty()
+        });
+        if empty { st.sessions.remove(&fd) } else { None }
+    };
+    end_sessions(ended.into_iter().collect());
+    result.map_err(errno_of)
+}
+
+fn associate(s: SOCKET, id: SockId, protocol: Protocol, token: Token) -> Result<(), c_int> {
+    let local = state()
+        .holder_of(token)
+        .and_then(|(_, sess)| sess.held.iter().find(|(t, _)| *t == token).map(|(_, p)| *p));
+    let found = match local {
+        Some(p) => p,
+        None => {
+            // Not ours: the daemon shows a reservation's token only to those
+            // who may use it (an administrator or the owner for persistent
+            // ones, the session or holders of its capability for runtime).
+            let all = with_default(|c| c.list(None)).map_err(errno_of)?;
+            match all.into_iter().find(|r| r.token == Some(token)) {
+                Some(r) => r.protocol,
+                None => {
+                    // Either no such reservation or not ours to use; the
+                    // daemon does not tell a non-administrator which.
+                    let admin = with_default(|c| c.status())
+                        .map_err(errno_of)?
+                        .you_are_admin;
+                    return Err(if admin { libc::EINVAL } else { libc::EACCES });
+                }
+            }
+        }
+    };
+    if found != protocol {
+        return Err(libc::EINVAL);
+    }
+    state().associate(s, id, token);
+    Ok(())
+}
