@@ -1,131 +1,305 @@
-//! Quick probe (to be grown into the full benchmark).
-use std::net::{IpAddr, Ipv4Addr};
-use std::time::{Duration, Instant};
+//! `portres-bench`: one run, one table. Measures the floors (kernel bind(0),
+//! Unix round trips with and without a passed descriptor), portres
+//! operations against a real `portresd`, and Google's portserver, all on
+//! this machine in this run, and prints them with the ratios the targets
+//! are stated in. Runs in a private network namespace (root, or under
+//! `unshare -rn`) so kernel sync never touches the machine's settings.
+//! Prints figures; never fails on a slow machine.
 
-use portres::{Client, Protocol};
+mod floors;
+mod portres;
+mod portserver;
+mod stats;
+
+use std::time::Duration;
+
+use stats::{Samples, fmt_dur, fmt_rate};
+
+struct Row {
+    name: String,
+    rate: Option<f64>,
+    p50: Option<Duration>,
+    p99: Option<Duration>,
+    note: String,
+}
+
+fn row(name: &str, s: &Samples, note: String) -> Row {
+    Row {
+        name: name.into(),
+        rate: Some(s.rate()),
+        p50: Some(s.q(0.5)),
+        p99: Some(s.q(0.99)),
+        note,
+    }
+}
+
+fn text_row(name: &str, note: String) -> Row {
+    Row {
+        name: name.into(),
+        rate: None,
+        p50: None,
+        p99: None,
+        note,
+    }
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "MET" } else { "MISSED" }
+}
 
 fn main() {
-    if let Some(sock) = std::env::args().nth(1) {
-        let c = Client::connect_to(&sock).unwrap();
-        let start = Instant::now();
-        let mut n = 0;
-        while start.elapsed() < Duration::from_millis(2500) {
-            let r = c.acquire(Protocol::Tcp, 0, 1).unwrap();
-            let l = r.bind_tcp(IpAddr::V4(Ipv4Addr::LOCALHOST)).unwrap();
-            r.release().unwrap();
-            drop(l);
-            n += 1;
-        }
-        println!("{n} ops in 2.5s");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let skip_portserver = args.iter().any(|a| a == "--no-portserver");
+    let dur = if quick {
+        Duration::from_millis(700)
+    } else {
+        Duration::from_secs(3)
+    };
+    let (sessions, per_session) = if quick { (100, 10) } else { (1000, 10) };
+    let persistent_n = if quick { 1000 } else { 10_000 };
+
+    // Install portserver while this thread can still reach PyPI (the
+    // private namespace has loopback only).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ps_venv = if skip_portserver {
+        Err("skipped (--no-portserver)".to_string())
+    } else {
+        eprintln!(
+            "installing portpicker {} from PyPI into a private venv...",
+            portserver::VERSION
+        );
+        portserver::install(&dir.path().join("ps"))
+    };
+    if let Err(e) = portres_kernel::netns::enter_private_netns() {
+        eprintln!(
+            "portres-bench needs a private network namespace (run as root, or under `unshare -rn`): {e}"
+        );
+        std::process::exit(2);
+    }
+    raise_fd_limit();
+    if let Ok(only) = std::env::var("PORTRES_BENCH_ONLY") {
+        // For profiling one scenario: `PORTRES_BENCH_ONLY=abr1|abr8 perf record ...`.
+        let d = portres::Daemon::start(&dir.path().join("only"));
+        let clients = if only == "abr8" { 8 } else { 1 };
+        let s = portres::run_clients(
+            &d,
+            clients,
+            Duration::from_secs(5),
+            portres::acquire_bind_release,
+        );
+        println!(
+            "{only}: {} p50 {} p99 {}",
+            fmt_rate(s.rate()),
+            fmt_dur(s.q(0.5)),
+            fmt_dur(s.q(0.99))
+        );
         return;
     }
-    portres_kernel::netns::enter_private_netns().expect("netns (run as root)");
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("s.sock");
-    let exe = std::env::current_exe().unwrap();
-    let portresd = exe.parent().unwrap().join("portresd");
-    let mut child = std::process::Command::new(portresd)
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--kernel-sync")
-        .arg("on")
-        .spawn()
-        .unwrap();
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    {
-        let c = Client::connect_to(&sock).unwrap();
-        let time = |name: &str, f: &mut dyn FnMut()| {
-            let n = 3000;
-            let mut v = Vec::new();
-            let t0 = Instant::now();
-            for _ in 0..n {
-                let t = Instant::now();
-                f();
-                v.push(t.elapsed());
-            }
-            v.sort();
-            println!(
-                "{name}: mean {:?} p50 {:?} p99 {:?}",
-                t0.elapsed() / n,
-                v[v.len() / 2],
-                v[v.len() * 99 / 100]
-            );
-        };
-        {
-            use std::io::{Read, Write};
-            let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 16];
-                loop {
-                    if b.read_exact(&mut buf).is_err() {
-                        break;
-                    }
-                    b.write_all(&buf).unwrap();
-                }
-            });
-            let mut buf = [0u8; 16];
-            time("raw unix rtt", &mut || {
-                a.write_all(&buf.clone()).unwrap();
-                a.read_exact(&mut buf).unwrap();
-            });
+    let mut rows = Vec::new();
+    eprintln!("measuring floors...");
+    let bind0 = floors::kernel_bind0(dur);
+    rows.push(row(
+        "floor: kernel socket+bind(0)+close",
+        &bind0,
+        String::new(),
+    ));
+    let rtt1 = floors::unix_rtt(1, false, dur);
+    rows.push(row(
+        "floor: Unix round trip, 16 B, 1 client",
+        &rtt1,
+        String::new(),
+    ));
+    let rtt8 = floors::unix_rtt(8, false, dur);
+    rows.push(row(
+        "floor: Unix round trip, 16 B, 8 clients",
+        &rtt8,
+        String::new(),
+    ));
+    let fd1 = floors::unix_rtt(1, true, dur);
+    rows.push(row(
+        "floor: Unix round trip + 1 fd, 1 client",
+        &fd1,
+        String::new(),
+    ));
+    let fd8 = floors::unix_rtt(8, true, dur);
+    rows.push(row(
+        "floor: Unix round trip + 1 fd, 8 clients",
+        &fd8,
+        String::new(),
+    ));
+
+    eprintln!("measuring portres...");
+    let d = portres::Daemon::start(&dir.path().join("a"));
+    let abr1 = portres::run_clients(&d, 1, dur, portres::acquire_bind_release);
+    let abr8 = portres::run_clients(&d, 8, dur, portres::acquire_bind_release);
+    let ar1 = portres::run_clients(&d, 1, dur, portres::acquire_release);
+    let ar8 = portres::run_clients(&d, 8, dur, portres::acquire_release);
+    let bind = portres::bind_held(&d, dur);
+    let cd = portres::create_delete(&d, dur);
+    d.stop();
+
+    eprintln!("measuring portserver {}...", portserver::VERSION);
+    let ps = ps_venv.and_then(|venv| {
+        portserver::PortServer::start(&venv, &dir.path().join("ps")).map(|server| {
+            let one = server.measure(1, dur);
+            let eight = server.measure(8, dur);
+            (one, eight)
+        })
+    });
+
+    eprintln!(
+        "measuring scale ({} sessions x {} reservations, {} persistent)...",
+        sessions, per_session, persistent_n
+    );
+    let d = portres::Daemon::start(&dir.path().join("b"));
+    let many = portres::many(&d, sessions, per_session);
+    d.stop();
+    let d = portres::Daemon::start(&dir.path().join("c"));
+    let fill = portres::fill_persistent(&d, persistent_n);
+    d.stop();
+    let d = portres::Daemon::start(&dir.path().join("c"));
+    let ready = d.start_to_ready;
+    d.stop();
+
+    let fd_floor3 = 3.0 * fd8.rate().recip();
+    let _ = fd_floor3;
+    rows.push(row(
+        "portres acquire+bind+release, 1 client",
+        &abr1,
+        format!(
+            "p50 = {:.1}x one RTT with fd (target <= 4x: {})",
+            ratio(abr1.q(0.5), fd1.q(0.5)),
+            verdict(abr1.q(0.5) <= fd1.q(0.5) * 4)
+        ),
+    ));
+    let ps_note = |s: &Samples, ps8: Option<f64>| match ps8 {
+        Some(r) => format!("{:.1}x portserver", s.rate() / r),
+        None => String::new(),
+    };
+    let ps8 = ps.as_ref().ok().map(|(_, e)| e.rate());
+    let ps1 = ps.as_ref().ok().map(|(o, _)| o.rate());
+    rows.push(row(
+        "portres acquire+bind+release, 8 clients",
+        &abr8,
+        format!(
+            "{} (target >= 10x: {}), p99 target <= 500 µs: {}; floor for 3 RTT = {:.1}x portserver",
+            ps_note(&abr8, ps8),
+            ps8.map_or("n/a", |r| verdict(abr8.rate() >= 10.0 * r)),
+            verdict(abr8.q(0.99) <= Duration::from_micros(500)),
+            ps8.map_or(0.0, |r| fd8.rate() / 3.0 / r)
+        ),
+    ));
+    rows.push(row(
+        "portres acquire+release, 1 client",
+        &ar1,
+        ps_note(&ar1, ps1),
+    ));
+    rows.push(row(
+        "portres acquire+release, 8 clients",
+        &ar8,
+        ps_note(&ar8, ps8),
+    ));
+    rows.push(row(
+        "portres bind into a held block, 1 client",
+        &bind,
+        String::new(),
+    ));
+    rows.push(row(
+        "portres create+delete persistent (durable)",
+        &cd,
+        "two fsyncs per op".into(),
+    ));
+    rows.push(row(
+        &format!(
+            "portres list ({} reservations, {} sockets)",
+            many.reservations, many.sockets
+        ),
+        &many.list,
+        format!(
+            "target p50 <= 20 ms: {}",
+            verdict(many.list.q(0.5) <= Duration::from_millis(20))
+        ),
+    ));
+    rows.push(text_row(
+        &format!(
+            "portresd RSS ({} runtime reservations, {} sessions)",
+            many.reservations, sessions
+        ),
+        format!(
+            "{:.1} MiB (target <= 64 MiB: {}); set up in {}",
+            many.rss as f64 / 1048576.0,
+            verdict(many.rss <= 64 << 20),
+            fmt_dur(many.setup)
+        ),
+    ));
+    rows.push(text_row(
+        &format!("portresd start-to-ready ({persistent_n} persistent)"),
+        format!(
+            "{} (target <= 250 ms: {}); created in {}",
+            fmt_dur(ready),
+            verdict(ready <= Duration::from_millis(250)),
+            fmt_dur(fill)
+        ),
+    ));
+    match &ps {
+        Ok((one, eight)) => {
+            rows.push(row(
+                &format!("portserver {} request, 1 client", portserver::VERSION),
+                one,
+                String::new(),
+            ));
+            rows.push(row(
+                &format!("portserver {} request, 8 clients", portserver::VERSION),
+                eight,
+                String::new(),
+            ));
         }
-        time("status", &mut || {
-            c.status().unwrap();
-        });
-        time("acquire+release", &mut || {
-            c.acquire(Protocol::Tcp, 0, 1).unwrap().release().unwrap();
-        });
-        time("acquire40000+release", &mut || {
-            c.acquire(Protocol::Tcp, 40000, 1)
-                .unwrap()
-                .release()
-                .unwrap();
-        });
-        let r = c.acquire(Protocol::Tcp, 0, 16).unwrap();
-        time("bind", &mut || {
-            r.bind_tcp(IpAddr::V4(Ipv4Addr::LOCALHOST)).unwrap();
-        });
-        time("socket+bind0", &mut || {
-            std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        });
+        Err(e) => rows.push(text_row("portserver", format!("not measured: {e}"))),
     }
-    for clients in [1usize, 8] {
-        let dur = Duration::from_secs(2);
-        let handles: Vec<_> = (0..clients)
-            .map(|_| {
-                let sock = sock.clone();
-                std::thread::spawn(move || {
-                    let c = Client::connect_to(&sock).unwrap();
-                    let mut lat = Vec::new();
-                    let start = Instant::now();
-                    while start.elapsed() < dur {
-                        let t = Instant::now();
-                        let r = c.acquire(Protocol::Tcp, 0, 1).unwrap();
-                        let l = r.bind_tcp(IpAddr::V4(Ipv4Addr::LOCALHOST)).unwrap();
-                        r.release().unwrap();
-                        drop(l);
-                        lat.push(t.elapsed());
-                    }
-                    lat
-                })
-            })
-            .collect();
-        let mut all: Vec<Duration> = handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect();
-        all.sort();
-        let n = all.len();
+    print_table(&rows, quick);
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64().max(1e-12)
+}
+
+fn print_table(rows: &[Row], quick: bool) {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "portres benchmark: kernel {}, {cpus} CPUs{}",
+        kernel.trim(),
+        if quick {
+            ", QUICK run (smaller, shorter)"
+        } else {
+            ""
+        }
+    );
+    let w = rows
+        .iter()
+        .map(|r| r.name.chars().count())
+        .max()
+        .unwrap_or(10);
+    println!(
+        "{:<w$}  {:>10}  {:>10}  {:>10}  notes",
+        "scenario", "ops/s", "p50", "p99"
+    );
+    for r in rows {
         println!(
-            "clients={clients} ops/s={:.0} p50={:?} p99={:?}",
-            n as f64 / dur.as_secs_f64(),
-            all[n / 2],
-            all[n * 99 / 100]
+            "{:<w$}  {:>10}  {:>10}  {:>10}  {}",
+            r.name,
+            r.rate.map_or("-".into(), fmt_rate),
+            r.p50.map_or("-".into(), fmt_dur),
+            r.p99.map_or("-".into(), fmt_dur),
+            r.note
         );
     }
-    let _ = child.kill();
+}
+
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    lim.current = lim.maximum;
+    let _ = setrlimit(Resource::Nofile, lim);
 }

@@ -130,7 +130,9 @@ impl Reservation {
 #[derive(Debug, Default)]
 pub struct Table {
     by_token: HashMap<Token, Reservation>,
-    by_start: [BTreeMap<u16, Token>; 2],
+    /// Per protocol: start port -> (last port, token). The last port is kept
+    /// here so the allocator can walk blocks in order without hash lookups.
+    by_start: [BTreeMap<u16, (u16, Token)>; 2],
     by_session: HashMap<SessionId, BTreeSet<Token>>,
     runtime_ports_by_uid: HashMap<u32, u32>,
 }
@@ -164,9 +166,8 @@ impl Table {
         // Only the reservation starting at or before block.last() with the
         // greatest start can overlap from the left; any starting inside the
         // block overlaps too, and the greatest such start is found the same way.
-        let (_, token) = map.range(..=block.last()).next_back()?;
-        let res = &self.by_token[token];
-        res.block.overlaps(block).then_some(res)
+        let (_, &(last, token)) = map.range(..=block.last()).next_back()?;
+        (last >= block.start()).then(|| &self.by_token[&token])
     }
 
     /// Refuses with `sharing_violation` if `block` overlaps a reservation.
@@ -197,7 +198,7 @@ impl Table {
         if self.by_token.contains_key(&res.token) {
             return Err(Error::new(ErrorCode::Internal, "token collision"));
         }
-        self.by_start[idx(res.protocol)].insert(res.block.start(), res.token);
+        self.by_start[idx(res.protocol)].insert(res.block.start(), (res.block.last(), res.token));
         if let Some(h) = res.holder {
             self.by_session
                 .entry(h.session)
@@ -248,9 +249,8 @@ impl Table {
 
     /// The reservation of exactly `block`, if any.
     pub fn by_block(&self, protocol: Protocol, block: Block) -> Option<&Reservation> {
-        let token = self.by_start[idx(protocol)].get(&block.start())?;
-        let res = &self.by_token[token];
-        (res.block == block).then_some(res)
+        let &(last, token) = self.by_start[idx(protocol)].get(&block.start())?;
+        (last == block.last()).then(|| &self.by_token[&token])
     }
 
     /// Every reservation, TCP then UDP, by start port.
@@ -258,7 +258,7 @@ impl Table {
         self.by_start
             .iter()
             .flat_map(|m| m.values())
-            .map(|t| &self.by_token[t])
+            .map(|(_, t)| &self.by_token[t])
     }
 
     /// How many runtime ports `uid` holds, across all its sessions.
@@ -299,13 +299,29 @@ impl Table {
             return None;
         }
         let (lo, hi) = (range.0.max(1) as u32, range.1 as u32);
+        let map = &self.by_start[idx(protocol)];
+        // Walk the reservations in port order alongside the candidate: each
+        // is looked at once, so a search past k reservations costs O(k)
+        // cheap steps, not k tree lookups.
+        let first = map
+            .range(..=lo.min(65535) as u16)
+            .next_back()
+            .map_or(lo as u16, |(&s, _)| s);
+        let mut reserved = map
+            .range(first..)
+            .map(|(&s, &(l, _))| (s as u32, l as u32))
+            .peekable();
         let mut start = lo;
         'candidates: while start + count as u32 - 1 <= hi {
-            let block = Block::from_range(start as u16, (start + count as u32 - 1) as u16);
-            if let Some(res) = self.overlapping(protocol, block) {
-                start = res.block.last() as u32 + 1;
+            let end = start + count as u32 - 1;
+            while reserved.next_if(|&(_, l)| l < start).is_some() {}
+            if let Some(&(s, l)) = reserved.peek()
+                && s <= end
+            {
+                start = l + 1;
                 continue;
             }
+            let block = Block::from_range(start as u16, end as u16);
             if avoid.intersects(block) {
                 // Jump past the last avoided port inside the candidate.
                 let last_avoided = block.ports().rev().find(|&p| avoid.contains(p));

@@ -80,6 +80,24 @@ pub fn recv_with_fds(
     buf: &mut [u8],
     fds: &mut VecDeque<OwnedFd>,
 ) -> io::Result<Received> {
+    recv_with_fds_flags(sock, buf, fds, RecvFlags::empty())
+}
+
+/// `recv_with_fds` that never blocks: `WouldBlock` when nothing is there.
+pub fn try_recv_with_fds(
+    sock: impl AsFd,
+    buf: &mut [u8],
+    fds: &mut VecDeque<OwnedFd>,
+) -> io::Result<Received> {
+    recv_with_fds_flags(sock, buf, fds, RecvFlags::DONTWAIT)
+}
+
+fn recv_with_fds_flags(
+    sock: impl AsFd,
+    buf: &mut [u8],
+    fds: &mut VecDeque<OwnedFd>,
+    flags: RecvFlags,
+) -> io::Result<Received> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let msg = loop {
@@ -87,7 +105,7 @@ pub fn recv_with_fds(
             &sock,
             &mut [IoSliceMut::new(buf)],
             &mut control,
-            RecvFlags::CMSG_CLOEXEC,
+            RecvFlags::CMSG_CLOEXEC | flags,
         ) {
             Ok(m) => break m,
             Err(rustix::io::Errno::INTR) => continue,

@@ -449,22 +449,22 @@ pub fn encode_error(err: &Error) -> Vec<u8> {
 }
 
 #[derive(Deserialize)]
-struct ReplyEnvelope {
-    #[serde(default)]
-    parameters: Option<Value>,
+struct ReplyEnvelope<'a> {
+    /// Kept raw so a large reply (a `List`) is parsed once, straight into
+    /// its type.
+    #[serde(default, borrow)]
+    parameters: Option<&'a serde_json::value::RawValue>,
     #[serde(default)]
     error: Option<String>,
 }
 
 /// Decodes a reply frame into `T`, or the daemon's error.
 pub fn decode_reply<T: DeserializeOwned>(frame: &[u8]) -> Result<T, Error> {
-    let env: ReplyEnvelope = serde_json::from_slice(frame)
+    let env: ReplyEnvelope<'_> = serde_json::from_slice(frame)
         .map_err(|e| Error::new(ErrorCode::Internal, format!("malformed reply: {e}")))?;
-    let params = env
-        .parameters
-        .unwrap_or_else(|| Value::Object(Default::default()));
+    let params = env.parameters.map_or("{}", |p| p.get());
     if let Some(name) = env.error {
-        let (code, message) = match serde_json::from_value::<ErrorParams>(params) {
+        let (code, message) = match serde_json::from_str::<ErrorParams>(params) {
             Ok(p) => (
                 p.code
                     .parse()
@@ -479,7 +479,7 @@ pub fn decode_reply<T: DeserializeOwned>(frame: &[u8]) -> Result<T, Error> {
         };
         return Err(Error::new(code, message));
     }
-    serde_json::from_value(params)
+    serde_json::from_str(params)
         .map_err(|e| Error::new(ErrorCode::Internal, format!("unexpected reply: {e}")))
 }
 

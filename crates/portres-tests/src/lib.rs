@@ -127,7 +127,7 @@ pub struct InProcessDaemon {
     pub socket: PathBuf,
     /// Its state directory.
     pub state_dir: PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Option<portres_daemon::StopHandle>,
     thread: Option<std::thread::JoinHandle<()>>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -153,18 +153,8 @@ impl InProcessDaemon {
         let socket = config.socket.clone();
         let state_dir = config.state_dir.clone();
         let daemon = Daemon::start(config).expect("daemon starts");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(daemon.run(async {
-                let _ = rx.await;
-            }))
-            .expect("daemon runs");
-        });
+        let tx = daemon.stop_handle();
+        let thread = std::thread::spawn(move || daemon.run().expect("daemon runs"));
         InProcessDaemon {
             socket,
             state_dir,
@@ -185,8 +175,8 @@ impl InProcessDaemon {
     }
 
     fn stop_inner(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+        if let Some(stop) = self.stop.take() {
+            stop.stop();
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -7,9 +7,10 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use portres_core::{Error, ErrorCode, Owner, Protocol, Token};
-use portres_proto::fdpass::{recv_with_fds, send_with_fds};
+use portres_proto::fdpass::{recv_with_fds, send_with_fds, try_recv_with_fds};
 use portres_proto::{
     AcquireParams, AttachReply, BindParams, BindReply, BlockParams, CreateParams, Empty,
     FrameBuffer, ListParams, ListReply, MAX_REPLY_BYTES, ReleaseParams, Request, ReservationInfo,
@@ -35,6 +36,24 @@ struct Conn {
 }
 
 impl Conn {
+    /// An error reply already sent by a daemon that then closed the
+    /// connection, if there is one.
+    fn parting_words(&mut self) -> Option<Error> {
+        loop {
+            if let Ok(Some(frame)) = self.frames.next_frame() {
+                return decode_reply::<Empty>(frame).err();
+            }
+            let spare = self.frames.spare(4096);
+            match try_recv_with_fds(&self.stream, spare, &mut self.fds) {
+                Ok(got) if got.bytes > 0 => self.frames.commit(got.bytes, 4096),
+                _ => {
+                    self.frames.commit(0, 4096);
+                    return None;
+                }
+            }
+        }
+    }
+
     fn call<T: DeserializeOwned>(
         &mut self,
         req: &Request,
@@ -42,7 +61,13 @@ impl Conn {
     ) -> Result<(T, Option<OwnedFd>), Error> {
         let bytes = req.encode();
         let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
-        send_with_fds(self.stream.as_fd(), &bytes, &fds).map_err(|e| unavailable(&self.path, e))?;
+        if let Err(e) = send_with_fds(self.stream.as_fd(), &bytes, &fds) {
+            // The daemon may have refused the connection (e.g. a connection
+            // limit) and closed it; its reason is waiting to be read.
+            return Err(self
+                .parting_words()
+                .unwrap_or_else(|| unavailable(&self.path, e)));
+        }
         self.fds.clear();
         loop {
             match self.frames.next_frame() {
@@ -53,9 +78,9 @@ impl Conn {
                 Ok(None) => {}
                 Err(e) => return Err(unavailable(&self.path, e)),
             }
-            let spare_len = 64 * 1024;
+            let spare_len = 16 * 1024;
             let spare = self.frames.spare(spare_len);
-            let got = recv_with_fds(&self.stream, spare, &mut self.fds);
+            let got = recv_spinning(&self.stream, spare, &mut self.fds);
             let got = match got {
                 Ok(g) => {
                     self.frames.commit(g.bytes, spare_len);
@@ -71,6 +96,46 @@ impl Conn {
             }
         }
     }
+}
+
+/// How long a call polls for its reply before sleeping in the kernel. A
+/// reply usually comes within a few microseconds; sleeping costs a wakeup,
+/// which on virtual machines (an inter-processor interrupt to a halted
+/// vCPU) can cost tens of microseconds. Polling briefly avoids that; the
+/// bound keeps a slow reply from burning CPU. `PORTRES_SPIN_US` overrides.
+const DEFAULT_SPIN: Duration = Duration::from_micros(50);
+
+fn spin_budget() -> Duration {
+    static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *SPIN.get_or_init(|| {
+        std::env::var("PORTRES_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(DEFAULT_SPIN, Duration::from_micros)
+    })
+}
+
+fn recv_spinning(
+    stream: &UnixStream,
+    buf: &mut [u8],
+    fds: &mut VecDeque<OwnedFd>,
+) -> io::Result<portres_proto::fdpass::Received> {
+    let budget = spin_budget();
+    if !budget.is_zero() {
+        let start = Instant::now();
+        loop {
+            match try_recv_with_fds(stream, buf, fds) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if start.elapsed() >= budget {
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+                other => return other,
+            }
+        }
+    }
+    recv_with_fds(stream, buf, fds)
 }
 
 /// Options of a persistent reservation.

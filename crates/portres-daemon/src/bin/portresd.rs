@@ -127,28 +127,29 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
+    let stop = daemon.stop_handle();
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]) {
+        Ok(s) => s,
         Err(e) => {
-            log::error!("cannot start the async runtime: {e}");
+            log::error!("cannot handle signals: {e}");
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let shutdown = async move {
-            tokio::select! {
-                _ = term.recv() => log::info!("SIGTERM: stopping"),
-                _ = int.recv() => log::info!("SIGINT: stopping"),
-            }
-        };
-        daemon.run(shutdown).await
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            let name = if sig == signal_hook::consts::SIGTERM {
+                "SIGTERM"
+            } else {
+                "SIGINT"
+            };
+            log::info!("{name}: stopping");
+            stop.stop();
+        }
     });
+    let result = daemon.run();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

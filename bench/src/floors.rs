@@ -1,0 +1,82 @@
+//! The floors, measured in the same run: what the kernel itself costs for a
+//! bind(0), and a bare Unix-socket round trip with and without one
+//! descriptor passed — no daemon logic at all.
+
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use crate::stats::Samples;
+
+/// socket + bind(127.0.0.1:0) + close, one thread.
+pub fn kernel_bind0(dur: Duration) -> Samples {
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < dur {
+        let t = Instant::now();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind(0)");
+        drop(l);
+        lat.push(t.elapsed());
+    }
+    Samples::merge(vec![lat], start.elapsed())
+}
+
+/// `clients` threads, each with its own echo peer thread, doing 16-byte
+/// round trips; with `pass_fd` each request carries one socket descriptor
+/// (received and closed by the peer), like a Bind request.
+pub fn unix_rtt(clients: usize, pass_fd: bool, dur: Duration) -> Samples {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let (mut a, b) = UnixStream::pair().expect("socketpair");
+            std::thread::spawn(move || echo(b, pass_fd));
+            std::thread::spawn(move || {
+                let mut lat = Vec::new();
+                let mut buf = [7u8; 16];
+                // The passed descriptor: an unbound socket, as Bind sends.
+                let passed = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+                let begin = Instant::now();
+                while begin.elapsed() < dur {
+                    let t = Instant::now();
+                    if pass_fd {
+                        portres_proto::fdpass::send_with_fds(a.as_fd(), &buf, &[passed.as_fd()])
+                            .expect("send");
+                    } else {
+                        a.write_all(&buf).expect("write");
+                    }
+                    a.read_exact(&mut buf).expect("read");
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let parts = handles
+        .into_iter()
+        .map(|h| h.join().expect("client"))
+        .collect();
+    Samples::merge(parts, start.elapsed())
+}
+
+fn echo(mut b: UnixStream, pass_fd: bool) {
+    let mut buf = [0u8; 16];
+    let mut fds = std::collections::VecDeque::new();
+    loop {
+        if pass_fd {
+            let mut got = 0;
+            while got < 16 {
+                match portres_proto::fdpass::recv_with_fds(&b, &mut buf[got..], &mut fds) {
+                    Ok(r) if r.bytes > 0 => got += r.bytes,
+                    _ => return,
+                }
+            }
+            fds.clear();
+        } else if b.read_exact(&mut buf).is_err() {
+            return;
+        }
+        if b.write_all(&buf).is_err() {
+            return;
+        }
+    }
+}
