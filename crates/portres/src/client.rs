@@ -7,10 +7,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use portres_core::{Error, ErrorCode, Owner, Protocol, Token};
-use portres_proto::fdpass::{recv_with_fds, send_with_fds, try_recv_with_fds};
+use portres_proto::fdpass::{send_with_fds, try_recv_with_fds};
 use portres_proto::{
     AcquireParams, AttachReply, BindParams, BindReply, BlockParams, CreateParams, Empty,
     FrameBuffer, ListParams, ListReply, MAX_REPLY_BYTES, ReleaseParams, Request, ReservationInfo,
@@ -80,7 +79,7 @@ impl Conn {
             }
             let spare_len = 16 * 1024;
             let spare = self.frames.spare(spare_len);
-            let got = recv_spinning(&self.stream, spare, &mut self.fds);
+            let got = recv_when_readable(&self.stream, spare, &mut self.fds);
             let got = match got {
                 Ok(g) => {
                     self.frames.commit(g.bytes, spare_len);
@@ -98,44 +97,31 @@ impl Conn {
     }
 }
 
-/// How long a call polls for its reply before sleeping in the kernel. A
-/// reply usually comes within a few microseconds; sleeping costs a wakeup,
-/// which on virtual machines (an inter-processor interrupt to a halted
-/// vCPU) can cost tens of microseconds. Polling briefly avoids that; the
-/// bound keeps a slow reply from burning CPU. `PORTRES_SPIN_US` overrides.
-const DEFAULT_SPIN: Duration = Duration::from_micros(50);
-
-fn spin_budget() -> Duration {
-    static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *SPIN.get_or_init(|| {
-        std::env::var("PORTRES_SPIN_US")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map_or(DEFAULT_SPIN, Duration::from_micros)
-    })
-}
-
-fn recv_spinning(
+/// Waits for the reply with poll(POLLIN), then reads without blocking.
+///
+/// Why not a blocking recv: a reader blocked in recvmsg() sleeps on the
+/// socket's one wait queue and is woken by *every* wakeup on it — including
+/// the "write space" wakeup the kernel sends when the daemon consumes our
+/// request. poll()'s waiter is filtered by event mask, so only the reply
+/// wakes us. On a 2-vCPU VM each spurious wakeup is an inter-processor
+/// interrupt; avoiding it measurably raised throughput (bench/README.md).
+fn recv_when_readable(
     stream: &UnixStream,
     buf: &mut [u8],
     fds: &mut VecDeque<OwnedFd>,
 ) -> io::Result<portres_proto::fdpass::Received> {
-    let budget = spin_budget();
-    if !budget.is_zero() {
-        let start = Instant::now();
-        loop {
-            match try_recv_with_fds(stream, buf, fds) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if start.elapsed() >= budget {
-                        break;
-                    }
-                    std::hint::spin_loop();
-                }
-                other => return other,
-            }
+    use rustix::event::{PollFd, PollFlags, poll};
+    loop {
+        let mut pfd = [PollFd::new(stream, PollFlags::IN)];
+        match poll(&mut pfd, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        match try_recv_with_fds(stream, buf, fds) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => return other,
         }
     }
-    recv_with_fds(stream, buf, fds)
 }
 
 /// Options of a persistent reservation.
