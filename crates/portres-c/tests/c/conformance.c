@@ -1,0 +1,676 @@
+/*
+ * crates/portres-c/tests/c/conformance.c: the C conformance test of
+ * libportres. Drives the C interface the way a Windows program would and
+ * checks every documented outcome: each Winsock error code (WSAEINVAL,
+ * WSAEACCES, WSAEFAULT, WSAENOTSOCK, WSAEOPNOTSUPP, WSAEADDRINUSE, ...),
+ * each ERROR_* code of the persistent functions, byte counts, layouts,
+ * the per-thread last error, bind() into an associated reservation, and
+ * reservation lifetimes (closesocket, plain close, WSACleanup).
+ * Run by crates/portres-tests/tests/c_api.rs under AddressSanitizer and
+ * LeakSanitizer, against a real daemon in a private network namespace:
+ *
+ *   conformance admin                      as root (a daemon administrator)
+ *   conformance user START TOKEN FOREIGN OWNED
+ *       as an unprivileged user: START and TOKEN name a persistent TCP
+ *       reservation of one port created by root, FOREIGN is the token of a
+ *       runtime reservation of another session, OWNED is the (privileged)
+ *       port of a persistent TCP reservation delegated to this user; the
+ *       daemon's quota is 8 ports
+ *   conformance nodaemon                   with PORTRES_SOCKET naming no daemon
+ *
+ * Prints one line per failed check and "conformance: N passed, M failed";
+ * exits 0 only if nothing failed.
+ */
+#include <portres/winsock.h>
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int passed;
+static int failed;
+
+#define CHECK(cond, ...)                                                  \
+    do {                                                                  \
+        if (cond) {                                                       \
+            passed++;                                                     \
+        } else {                                                          \
+            failed++;                                                     \
+            printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);        \
+            printf(__VA_ARGS__);                                          \
+            printf("\n");                                                 \
+        }                                                                 \
+    } while (0)
+
+/* Layouts and values Windows code depends on. */
+_Static_assert(sizeof(INET_PORT_RANGE) == 4, "INET_PORT_RANGE");
+_Static_assert(sizeof(INET_PORT_RESERVATION) == 4, "INET_PORT_RESERVATION");
+_Static_assert(sizeof(INET_PORT_RESERVATION_TOKEN) == 8, "token");
+_Static_assert(sizeof(INET_PORT_RESERVATION_INSTANCE) == 16, "instance");
+_Static_assert(offsetof(INET_PORT_RESERVATION_INSTANCE, Token) == 8, "Token offset");
+_Static_assert(offsetof(INET_PORT_RANGE, NumberOfPorts) == 2, "NumberOfPorts offset");
+_Static_assert(sizeof(USHORT) == 2 && sizeof(WORD) == 2, "16-bit");
+_Static_assert(sizeof(ULONG) == 4 && sizeof(DWORD) == 4, "32-bit");
+_Static_assert(sizeof(ULONG64) == 8, "64-bit");
+_Static_assert(SIO_ACQUIRE_PORT_RESERVATION == 0x98000064u, "SIO_ACQUIRE");
+_Static_assert(SIO_RELEASE_PORT_RESERVATION == 0x98000065u, "SIO_RELEASE");
+_Static_assert(SIO_ASSOCIATE_PORT_RESERVATION == 0x98000066u, "SIO_ASSOCIATE");
+_Static_assert(NO_ERROR == 0 && ERROR_ACCESS_DENIED == 5 && ERROR_SHARING_VIOLATION == 32,
+               "ERROR_*");
+_Static_assert(ERROR_INVALID_PARAMETER == 87 && ERROR_NOT_FOUND == 1168, "ERROR_*");
+_Static_assert(WSAEINVAL == 10022 && WSAEACCES == 10013 && WSAEFAULT == 10014, "WSAE*");
+_Static_assert(WSAENOTSOCK == 10038 && WSAEOPNOTSUPP == 10045 && WSAEADDRINUSE == 10048,
+               "WSAE*");
+_Static_assert(INVALID_SOCKET == -1 && SOCKET_ERROR == -1, "failure values");
+_Static_assert(MAKEWORD(2, 2) == 0x0202 && MAKEWORD(1, 2) == 0x0201, "MAKEWORD");
+
+/* ---- helpers ---- */
+
+/* WSAIoctl without overlapped I/O: 0, or the WSA error (-1 if the return
+ * value was neither 0 nor SOCKET_ERROR). Checks the byte count: 0 after a
+ * failure, `ok_bytes` after a success. */
+static int ioctl_(SOCKET s, DWORD code, void *in, DWORD cbin, void *out, DWORD cbout,
+                  DWORD ok_bytes, int line)
+{
+    DWORD n = 0xdeadbeef;
+    int r = WSAIoctl(s, code, in, cbin, out, cbout, &n, NULL, NULL);
+    int e = r == 0 ? 0 : (r == SOCKET_ERROR ? WSAGetLastError() : -1);
+    if (e == 0)
+        CHECK(n == ok_bytes, "line %d: bytes returned %u, want %u", line, n, ok_bytes);
+    else
+        CHECK(n == 0, "line %d: bytes returned %u after a failure, want 0", line, n);
+    return e;
+}
+
+#define IOCTL(s, code, in, cbin, out, cbout, ok) ioctl_(s, code, in, cbin, out, cbout, ok, __LINE__)
+
+static int acquire(SOCKET s, int start, int count, INET_PORT_RESERVATION_INSTANCE *res)
+{
+    INET_PORT_RANGE range = { htons((USHORT) start), (USHORT) count };
+    memset(res, 0, sizeof *res);
+    return IOCTL(s, SIO_ACQUIRE_PORT_RESERVATION, &range, sizeof range, res, sizeof *res, 16);
+}
+
+static int associate(SOCKET s, ULONG64 token)
+{
+    return IOCTL(s, SIO_ASSOCIATE_PORT_RESERVATION, &token, sizeof token, NULL, 0, 8);
+}
+
+static int release(SOCKET s, ULONG64 token)
+{
+    return IOCTL(s, SIO_RELEASE_PORT_RESERVATION, &token, sizeof token, NULL, 0, 8);
+}
+
+static int start_of(const INET_PORT_RESERVATION_INSTANCE *res)
+{
+    return ntohs(res->Reservation.StartPort);
+}
+
+static int in_block(int port, const INET_PORT_RESERVATION_INSTANCE *res)
+{
+    return port >= start_of(res) && port < start_of(res) + res->Reservation.NumberOfPorts;
+}
+
+/* bind to 0.0.0.0 or [::] (or 127.0.0.1:port): 0 or the WSA error. */
+static int bind4(SOCKET s, int port)
+{
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = port ? htonl(INADDR_LOOPBACK) : INADDR_ANY;
+    a.sin_port = htons((USHORT) port);
+    return bind(s, (SOCKADDR *) &a, sizeof a) == SOCKET_ERROR ? WSAGetLastError() : 0;
+}
+
+static int bind6(SOCKET s)
+{
+    struct sockaddr_in6 a;
+    memset(&a, 0, sizeof a);
+    a.sin6_family = AF_INET6;
+    a.sin6_addr = in6addr_any;
+    return bind(s, (SOCKADDR *) &a, sizeof a) == SOCKET_ERROR ? WSAGetLastError() : 0;
+}
+
+static int port_of(SOCKET s)
+{
+    struct sockaddr_storage a;
+    int len = sizeof a;
+    if (getsockname(s, (SOCKADDR *) &a, &len) == SOCKET_ERROR)
+        return -1;
+    if (a.ss_family == AF_INET)
+        return ntohs(((struct sockaddr_in *) &a)->sin_port);
+    return ntohs(((struct sockaddr_in6 *) &a)->sin6_port);
+}
+
+static SOCKET sock_(int family, int type, int proto)
+{
+    SOCKET s = socket(family, type, proto);
+    if (s == INVALID_SOCKET) {
+        printf("socket(%d, %d, %d) failed: %d\n", family, type, proto, WSAGetLastError());
+        exit(2);
+    }
+    return s;
+}
+
+static SOCKET tcp4(void) { return sock_(AF_INET, SOCK_STREAM, IPPROTO_TCP); }
+static SOCKET udp4(void) { return sock_(AF_INET, SOCK_DGRAM, IPPROTO_UDP); }
+static SOCKET tcp6(void) { return sock_(AF_INET6, SOCK_STREAM, 0); }
+
+static void close_(SOCKET s)
+{
+    CHECK(closesocket(s) == 0, "closesocket(%d): %d", s, WSAGetLastError());
+}
+
+/* ---- WSAStartup, WSACleanup, the last error ---- */
+
+static void test_startup(void)
+{
+    WSADATA d;
+    CHECK(WSACleanup() == SOCKET_ERROR && WSAGetLastError() == WSANOTINITIALISED,
+          "WSACleanup before WSAStartup");
+    CHECK(WSAStartup(MAKEWORD(2, 2), NULL) == WSAEFAULT, "WSAStartup(NULL)");
+    CHECK(WSAStartup(MAKEWORD(0, 9), &d) == WSAVERNOTSUPPORTED, "WSAStartup(0.9)");
+    memset(&d, 0, sizeof d);
+    CHECK(WSAStartup(MAKEWORD(1, 1), &d) == 0, "WSAStartup(1.1)");
+    CHECK(d.wVersion == MAKEWORD(1, 1) && d.wHighVersion == MAKEWORD(2, 2),
+          "versions %#x %#x", d.wVersion, d.wHighVersion);
+    CHECK(LOBYTE(d.wHighVersion) == 2 && HIBYTE(d.wHighVersion) == 2, "LOBYTE/HIBYTE");
+    CHECK(strncmp(d.szDescription, "portres", 7) == 0, "description %s", d.szDescription);
+    CHECK(WSACleanup() == 0, "WSACleanup");
+    CHECK(WSAStartup(MAKEWORD(3, 0), &d) == 0 && d.wVersion == MAKEWORD(2, 2),
+          "WSAStartup(3.0) gives 2.2: %#x", d.wVersion);
+    CHECK(WSACleanup() == 0, "WSACleanup");
+}
+
+static void *other_thread(void *arg)
+{
+    int *seen = arg;
+    WSASetLastError(WSAEACCES);
+    seen[0] = WSAGetLastError();
+    /* A failing libc call is reported too, translated. */
+    seen[1] = socket(-5, SOCK_STREAM, 0) == INVALID_SOCKET ? WSAGetLastError() : 0;
+    return NULL;
+}
+
+static void test_last_error(void)
+{
+    pthread_t t;
+    int seen[2] = { 0, 0 };
+    WSASetLastError(WSAEINVAL);
+    CHECK(pthread_create(&t, NULL, other_thread, seen) == 0, "pthread_create");
+    pthread_join(t, NULL);
+    CHECK(seen[0] == WSAEACCES, "other thread's error %d", seen[0]);
+    CHECK(seen[1] == WSAEAFNOSUPPORT, "socket(-5) gives %d", seen[1]);
+    CHECK(WSAGetLastError() == WSAEINVAL, "this thread's error is its own: %d",
+          WSAGetLastError());
+    WSASetLastError(5);
+    CHECK(WSAGetLastError() == 5, "WSASetLastError(5) round trip: %d", WSAGetLastError());
+    WSASetLastError(0);
+    CHECK(WSAGetLastError() == 0, "cleared");
+    /* libc's bind on something that is not a socket. */
+    CHECK(bind4(-1, 0) == WSAENOTSOCK, "bind(-1)");
+}
+
+/* ---- SIO_ACQUIRE_PORT_RESERVATION ---- */
+
+static int completion_called;
+
+static void CALLBACK completion(DWORD error, DWORD transferred, LPWSAOVERLAPPED ov, DWORD flags)
+{
+    (void) error; (void) transferred; (void) ov; (void) flags;
+    completion_called = 1;
+}
+
+static void test_acquire(void)
+{
+    INET_PORT_RESERVATION_INSTANCE res, other;
+    INET_PORT_RANGE range;
+    SOCKET s = tcp4();
+    SOCKET u = udp4();
+    DWORD n;
+    int e;
+
+    /* Wildcard and specific blocks. */
+    e = acquire(s, 0, 4, &res);
+    CHECK(e == 0, "wildcard acquire: %d", e);
+    CHECK(res.Reservation.NumberOfPorts == 4 && start_of(&res) >= 1024 && res.Token.Token != 0,
+          "wildcard block %d+%d token %llu", start_of(&res), res.Reservation.NumberOfPorts,
+          res.Token.Token);
+    e = acquire(s, 20000, 3, &other);
+    CHECK(e == 0 && other.Reservation.StartPort == htons(20000)
+              && other.Reservation.NumberOfPorts == 3,
+          "specific acquire: %d, %d+%d", e, start_of(&other), other.Reservation.NumberOfPorts);
+    CHECK(other.Token.Token != res.Token.Token, "distinct tokens");
+
+    /* The block is taken: overlapping acquires fail with WSAEADDRINUSE. */
+    CHECK(acquire(u, 20000, 3, &other) == 0, "the same block for UDP is another block");
+    CHECK(acquire(s, 20002, 2, &other) == WSAEADDRINUSE, "overlap");
+    {
+        SOCKET l = tcp4();
+        int port;
+        CHECK(bind4(l, 20050) == 0, "plain bind to 20050");
+        port = port_of(l);
+        CHECK(port == 20050, "plain bind port %d", port);
+        CHECK(acquire(s, 20050, 1, &other) == WSAEADDRINUSE, "a port in use");
+        close_(l);
+    }
+
+    /* Parameters. */
+    CHECK(acquire(s, 20100, 0, &other) == WSAEINVAL, "count 0");
+    CHECK(acquire(s, 65535, 2, &other) == WSAEINVAL, "past 65535");
+
+    /* Buffers. */
+    range.StartPort = 0;
+    range.NumberOfPorts = 1;
+    CHECK(IOCTL(s, SIO_ACQUIRE_PORT_RESERVATION, &range, sizeof range, &other,
+                sizeof other - 1, 16) == WSAEINVAL,
+          "output buffer too small");
+    CHECK(IOCTL(s, SIO_ACQUIRE_PORT_RESERVATION, &range, sizeof range, NULL,
+                sizeof other, 16) == WSAEFAULT,
+          "NULL output buffer");
+    CHECK(IOCTL(s, SIO_ACQUIRE_PORT_RESERVATION, NULL, sizeof range, &other,
+                sizeof other, 16) == WSAEFAULT,
+          "NULL input buffer");
+    CHECK(IOCTL(s, SIO_ACQUIRE_PORT_RESERVATION, &range, sizeof range - 1, &other,
+                sizeof other, 16) == WSAEINVAL,
+          "input buffer too small");
+    CHECK(WSAIoctl(s, SIO_ACQUIRE_PORT_RESERVATION, &range, sizeof range, &other, sizeof other,
+                   NULL, NULL, NULL) == SOCKET_ERROR && WSAGetLastError() == WSAEFAULT,
+          "NULL lpcbBytesReturned");
+
+    /* Control codes and sockets. */
+    CHECK(IOCTL(s, 0x98000067u, &range, sizeof range, &other, sizeof other, 16) == WSAEOPNOTSUPP,
+          "unknown control code");
+    {
+        SOCKET unx = sock_(AF_UNIX, SOCK_STREAM, 0);
+        SOCKET raw = sock_(AF_INET, SOCK_RAW, IPPROTO_UDP);
+        int file = open("/dev/null", O_RDONLY);
+        CHECK(acquire(unx, 0, 1, &other) == WSAEOPNOTSUPP, "Unix socket");
+        CHECK(acquire(raw, 0, 1, &other) == WSAEOPNOTSUPP, "raw socket");
+        CHECK(acquire(file, 0, 1, &other) == WSAENOTSOCK, "a file");
+        CHECK(acquire(INVALID_SOCKET, 0, 1, &other) == WSAENOTSOCK, "INVALID_SOCKET");
+        CHECK(acquire(987654, 0, 1, &other) == WSAENOTSOCK, "a closed descriptor");
+        CHECK(closesocket(file) == SOCKET_ERROR && WSAGetLastError() == WSAENOTSOCK,
+              "closesocket(a file)");
+        CHECK(fcntl(file, F_GETFD) != -1, "closesocket left the file open");
+        close(file);
+        CHECK(closesocket(INVALID_SOCKET) == SOCKET_ERROR && WSAGetLastError() == WSAENOTSOCK,
+              "closesocket(INVALID_SOCKET)");
+        close_(unx);
+        close_(raw);
+    }
+
+    /* Overlapped: completes synchronously; the structure is left alone; a
+     * completion routine is not supported. */
+    {
+        WSAOVERLAPPED ov, pattern;
+        memset(&ov, 0xab, sizeof ov);
+        memcpy(&pattern, &ov, sizeof ov);
+        n = 0;
+        CHECK(WSAIoctl(s, SIO_ACQUIRE_PORT_RESERVATION, &range, sizeof range, &other,
+                       sizeof other, &n, &ov, NULL) == 0 && n == 16,
+              "overlapped acquire: %d, %u", WSAGetLastError(), n);
+        CHECK(memcmp(&ov, &pattern, sizeof ov) == 0, "WSAOVERLAPPED untouched");
+        CHECK(release(s, other.Token.Token) == 0, "release");
+        n = 7;
+        CHECK(WSAIoctl(s, SIO_ACQUIRE_PORT_RESERVATION, &range, sizeof range, &other,
+                       sizeof other, &n, &ov, completion) == SOCKET_ERROR
+                  && WSAGetLastError() == WSAEOPNOTSUPP && n == 0,
+              "completion routine: %d", WSAGetLastError());
+        CHECK(!completion_called, "the completion routine is never called");
+    }
+
+    close_(s);
+    close_(u);
+}
+
+/* ---- SIO_ASSOCIATE_PORT_RESERVATION and bind ---- */
+
+static void test_associate_and_bind(void)
+{
+    INET_PORT_RESERVATION_INSTANCE tcp, one, udp;
+    SOCKET owner = tcp4();
+    SOCKET uowner = udp4();
+    SOCKET a, b, c;
+    int port, e;
+
+    CHECK(acquire(owner, 0, 3, &tcp) == 0, "acquire tcp");
+    CHECK(acquire(uowner, 0, 2, &udp) == 0, "acquire udp");
+
+    /* IPv4 and IPv6 sockets bind into the block. */
+    a = tcp4();
+    CHECK(associate(a, tcp.Token.Token) == 0, "associate");
+    CHECK((e = bind4(a, 0)) == 0, "bind: %d", e);
+    port = port_of(a);
+    CHECK(in_block(port, &tcp), "port %d in %d+3", port, start_of(&tcp));
+    b = tcp6();
+    CHECK(associate(b, tcp.Token.Token) == 0, "associate v6");
+    CHECK((e = bind6(b)) == 0, "bind v6: %d", e);
+    CHECK(in_block(port_of(b), &tcp), "v6 port %d", port_of(b));
+    {
+        SOCKET ub = udp4();
+        CHECK(associate(ub, udp.Token.Token) == 0, "associate udp");
+        CHECK(bind4(ub, 0) == 0 && in_block(port_of(ub), &udp), "udp port %d", port_of(ub));
+        close_(ub);
+    }
+
+    /* Other sockets are untouched by the interposed bind. */
+    c = tcp4();
+    CHECK(bind4(c, 0) == 0, "plain bind");
+    port = port_of(c);
+    CHECK(port > 0 && !in_block(port, &tcp) && !in_block(port, &udp), "plain port %d", port);
+    close_(c);
+
+    /* Errors. */
+    c = tcp4();
+    CHECK(associate(c, udp.Token.Token) == WSAEINVAL, "a UDP token on a TCP socket");
+    CHECK(associate(c, 0) == WSAEINVAL, "token 0");
+    CHECK(associate(c, 12345) == WSAEINVAL, "an unknown token");
+    CHECK(IOCTL(c, SIO_ASSOCIATE_PORT_RESERVATION, &tcp.Token, sizeof tcp.Token, &one,
+                sizeof one, 8) == WSAEINVAL,
+          "an output buffer");
+    CHECK(IOCTL(c, SIO_ASSOCIATE_PORT_RESERVATION, &tcp.Token, 4, NULL, 0, 8) == WSAEINVAL,
+          "a short input buffer");
+    CHECK(IOCTL(c, SIO_ASSOCIATE_PORT_RESERVATION, NULL, 8, NULL, 0, 8) == WSAEFAULT,
+          "a NULL input buffer");
+    CHECK(associate(a, tcp.Token.Token) == WSAEINVAL, "an already bound socket");
+    {
+        SOCKET unx = sock_(AF_UNIX, SOCK_DGRAM, 0);
+        CHECK(associate(unx, tcp.Token.Token) == WSAEOPNOTSUPP, "a Unix socket");
+        CHECK(associate(-1, tcp.Token.Token) == WSAENOTSOCK, "not a socket");
+        close_(unx);
+    }
+
+    /* A specific port on an associated socket is an ordinary bind. */
+    CHECK(associate(c, tcp.Token.Token) == 0, "associate");
+    CHECK(bind4(c, 20150) == 0 && port_of(c) == 20150, "specific port: %d", port_of(c));
+    close_(c);
+
+    /* The block exhausted: bind fails with WSAEADDRINUSE, the association
+     * stays, and a freed port is taken again. */
+    close_(a);
+    close_(b);
+    CHECK(acquire(owner, 0, 1, &one) == 0, "acquire 1 port");
+    a = tcp4();
+    b = tcp4();
+    CHECK(associate(a, one.Token.Token) == 0 && associate(b, one.Token.Token) == 0, "associate");
+    CHECK(bind4(a, 0) == 0 && port_of(a) == start_of(&one), "the one port");
+    CHECK((e = bind4(b, 0)) == WSAEADDRINUSE, "exhausted: %d", e);
+    close_(a);
+    CHECK((e = bind4(b, 0)) == 0 && port_of(b) == start_of(&one), "freed again: %d", e);
+    close_(b);
+
+    /* A released reservation cannot be bound into. */
+    c = tcp4();
+    CHECK(associate(c, one.Token.Token) == 0, "associate");
+    CHECK(release(owner, one.Token.Token) == 0, "release");
+    CHECK((e = bind4(c, 0)) == WSAEADDRNOTAVAIL, "released: %d", e);
+    close_(c);
+
+    /* The reference page's literal sequence: associate and bind the
+     * acquiring socket itself, then release through it. */
+    {
+        SOCKET sock = tcp4();
+        INET_PORT_RESERVATION_INSTANCE r;
+        CHECK(acquire(sock, 0, 2, &r) == 0, "acquire");
+        CHECK(associate(sock, r.Token.Token) == 0, "associate the acquiring socket");
+        CHECK(bind4(sock, 0) == 0 && in_block(port_of(sock), &r), "port %d", port_of(sock));
+        CHECK(release(sock, r.Token.Token) == 0, "release");
+        close_(sock);
+    }
+
+    close_(owner);
+    close_(uowner);
+}
+
+/* ---- SIO_RELEASE_PORT_RESERVATION ---- */
+
+static void test_release(void)
+{
+    INET_PORT_RESERVATION_INSTANCE r;
+    SOCKET s = tcp4();
+    SOCKET t = tcp4();
+    CHECK(acquire(s, 20200, 2, &r) == 0, "acquire");
+    CHECK(IOCTL(s, SIO_RELEASE_PORT_RESERVATION, &r.Token, 4, NULL, 0, 8) == WSAEINVAL,
+          "short input");
+    CHECK(IOCTL(s, SIO_RELEASE_PORT_RESERVATION, NULL, 8, NULL, 0, 8) == WSAEFAULT,
+          "NULL input");
+    CHECK(IOCTL(s, SIO_RELEASE_PORT_RESERVATION, &r.Token, 8, &r, sizeof r, 8) == WSAEINVAL,
+          "an output buffer");
+    CHECK(release(s, 0) == WSAEINVAL, "token 0");
+    CHECK(release(s, r.Token.Token) == 0, "release");
+    CHECK(release(s, r.Token.Token) == WSAEINVAL, "released twice");
+    CHECK(acquire(t, 20200, 2, &r) == 0, "the block is free again");
+    /* Released through another socket of the process. */
+    CHECK(release(s, r.Token.Token) == 0, "release via another socket");
+    close_(s);
+    close_(t);
+}
+
+/* ---- lifetimes ---- */
+
+static void test_lifetimes(void)
+{
+    INET_PORT_RESERVATION_INSTANCE r, w;
+    WSADATA d;
+    SOCKET a, b, c;
+    int fd, port;
+
+    /* closesocket ends the socket's reservations before returning. */
+    a = tcp4();
+    CHECK(acquire(a, 21000, 2, &r) == 0, "acquire");
+    b = tcp4();
+    CHECK(acquire(b, 21000, 2, &r) == WSAEADDRINUSE, "held");
+    close_(a);
+    CHECK(acquire(b, 21000, 2, &r) == 0, "free once closesocket returned");
+    close_(b);
+
+    /* Plain close(): the association is not inherited by the next socket
+     * that gets the same descriptor number, and the reservation ends at the
+     * next WSAIoctl. */
+    a = tcp4();
+    CHECK(acquire(a, 0, 2, &w) == 0, "acquire");
+    b = tcp4();
+    CHECK(associate(b, w.Token.Token) == 0, "associate");
+    fd = b;
+    close(b);
+    c = tcp4();
+    CHECK(c == fd, "descriptor %d reused (%d)", fd, c);
+    CHECK(bind4(c, 0) == 0, "bind");
+    port = port_of(c);
+    CHECK(port > 0 && !in_block(port, &w), "a new socket on an old number binds normally: %d",
+          port);
+    close_(c);
+    CHECK(acquire(a, 21100, 1, &r) == 0, "acquire");
+    close(a);
+    b = tcp4();
+    CHECK(acquire(b, 21100, 1, &r) == 0, "the closed socket's reservation ended");
+    close_(b);
+
+    /* The final WSACleanup ends every runtime reservation. */
+    a = tcp4();
+    CHECK(acquire(a, 21200, 1, &r) == 0, "acquire");
+    CHECK(WSACleanup() == 0, "WSACleanup");
+    CHECK(WSAStartup(MAKEWORD(2, 2), &d) == 0, "WSAStartup");
+    b = tcp4();
+    CHECK(acquire(b, 21200, 1, &r) == 0, "free after WSACleanup");
+    close_(a);
+    close_(b);
+}
+
+/* ---- persistent reservations, as an administrator ---- */
+
+static void test_persistent_admin(void)
+{
+    ULONG64 token = 0, found = 0, utoken = 0;
+    INET_PORT_RESERVATION_INSTANCE r;
+    SOCKET s, l;
+    ULONG st;
+
+    st = CreatePersistentTcpPortReservation(htons(22000), 5, &token);
+    CHECK(st == NO_ERROR && token != 0, "create: %u", st);
+    st = CreatePersistentTcpPortReservation(htons(22004), 2, &found);
+    CHECK(st == ERROR_SHARING_VIOLATION, "overlap: %u", st);
+    l = tcp4();
+    CHECK(bind4(l, 22100) == 0, "plain bind");
+    st = CreatePersistentTcpPortReservation(htons(22100), 1, &found);
+    CHECK(st == ERROR_SHARING_VIOLATION, "a port in use: %u", st);
+    close_(l);
+    CHECK(CreatePersistentTcpPortReservation(0, 5, &found) == ERROR_INVALID_PARAMETER, "start 0");
+    CHECK(CreatePersistentTcpPortReservation(htons(22200), 0, &found) == ERROR_INVALID_PARAMETER,
+          "count 0");
+    CHECK(CreatePersistentTcpPortReservation(htons(65535), 2, &found) == ERROR_INVALID_PARAMETER,
+          "past 65535");
+    CHECK(CreatePersistentTcpPortReservation(htons(22200), 1, NULL) == ERROR_INVALID_PARAMETER,
+          "NULL token");
+
+    st = LookupPersistentTcpPortReservation(htons(22000), 5, &found);
+    CHECK(st == NO_ERROR && found == token, "lookup: %u", st);
+    CHECK(LookupPersistentTcpPortReservation(htons(22000), 4, &found) == ERROR_NOT_FOUND,
+          "lookup of another block");
+    CHECK(LookupPersistentTcpPortReservation(htons(22000), 5, NULL) == ERROR_INVALID_PARAMETER,
+          "lookup NULL");
+    CHECK(LookupPersistentUdpPortReservation(htons(22000), 5, &found) == ERROR_NOT_FOUND,
+          "no UDP reservation");
+
+    /* The UDP twins. */
+    st = CreatePersistentUdpPortReservation(htons(22000), 5, &utoken);
+    CHECK(st == NO_ERROR && utoken != 0 && utoken != token, "create udp: %u", st);
+    CHECK(LookupPersistentUdpPortReservation(htons(22000), 5, &found) == NO_ERROR
+              && found == utoken,
+          "lookup udp");
+
+    /* A runtime acquire cannot overlap it. */
+    s = tcp4();
+    CHECK(acquire(s, 22003, 1, &r) == WSAEADDRINUSE, "runtime over persistent");
+    close_(s);
+
+    /* Bind into it. */
+    s = tcp4();
+    CHECK(associate(s, utoken) == WSAEINVAL, "the UDP token on a TCP socket");
+    CHECK(associate(s, token) == 0, "associate persistent");
+    CHECK(bind4(s, 0) == 0, "bind persistent");
+    CHECK(port_of(s) >= 22000 && port_of(s) < 22005, "port %d", port_of(s));
+    close_(s);
+    s = udp4();
+    CHECK(associate(s, utoken) == 0 && bind4(s, 0) == 0
+              && port_of(s) >= 22000 && port_of(s) < 22005,
+          "udp port %d", port_of(s));
+    close_(s);
+
+    CHECK(DeletePersistentUdpPortReservation(htons(22000), 5) == NO_ERROR, "delete udp");
+    CHECK(DeletePersistentTcpPortReservation(htons(22000), 4) == ERROR_NOT_FOUND,
+          "delete another block");
+    CHECK(DeletePersistentTcpPortReservation(htons(22000), 5) == NO_ERROR, "delete");
+    CHECK(DeletePersistentTcpPortReservation(htons(22000), 5) == ERROR_NOT_FOUND, "deleted");
+    CHECK(LookupPersistentTcpPortReservation(htons(22000), 5, &found) == ERROR_NOT_FOUND,
+          "lookup deleted");
+    CHECK(DeletePersistentTcpPortReservation(0, 1) == ERROR_INVALID_PARAMETER, "delete start 0");
+    CHECK(DeletePersistentUdpPortReservation(htons(1), 0) == ERROR_INVALID_PARAMETER,
+          "delete count 0");
+}
+
+/* ---- as an unprivileged user ---- */
+
+static void test_user(int start, ULONG64 persistent, ULONG64 foreign, int owned)
+{
+    INET_PORT_RESERVATION_INSTANCE r;
+    ULONG64 token = 0;
+    SOCKET s, a;
+    int e;
+
+    CHECK(CreatePersistentTcpPortReservation(htons(24000), 1, &token) == ERROR_ACCESS_DENIED,
+          "create");
+    CHECK(CreatePersistentUdpPortReservation(htons(24000), 1, &token) == ERROR_ACCESS_DENIED,
+          "create udp");
+    CHECK(LookupPersistentTcpPortReservation(htons((USHORT) start), 1, &token)
+              == ERROR_ACCESS_DENIED,
+          "lookup");
+    CHECK(DeletePersistentTcpPortReservation(htons((USHORT) start), 1) == ERROR_ACCESS_DENIED,
+          "delete");
+
+    s = tcp4();
+    CHECK((e = associate(s, persistent)) == WSAEACCES, "associate persistent: %d", e);
+    CHECK((e = associate(s, foreign)) == WSAEACCES, "associate foreign: %d", e);
+    CHECK((e = release(s, foreign)) == WSAEACCES, "release foreign: %d", e);
+    CHECK((e = acquire(s, 100, 1, &r)) == WSAEACCES, "a privileged block: %d", e);
+    CHECK((e = acquire(s, 0, 9, &r)) == WSAENOBUFS, "over the quota: %d", e);
+
+    /* What a user may do works. */
+    CHECK((e = acquire(s, 0, 2, &r)) == 0, "acquire: %d", e);
+    a = tcp4();
+    CHECK(associate(a, r.Token.Token) == 0 && bind4(a, 0) == 0 && in_block(port_of(a), &r),
+          "bind as a user: %d", port_of(a));
+    close_(a);
+    close_(s);
+
+    /* A persistent reservation delegated to this user: looked up and bound
+     * into without privileges, even below port 1024. */
+    CHECK(LookupPersistentTcpPortReservation(htons((USHORT) owned), 1, &token) == NO_ERROR
+              && token != 0,
+          "lookup of an owned reservation");
+    a = tcp4();
+    CHECK(bind4(a, owned) == WSAEACCES, "no plain bind to port %d", owned);
+    close_(a);
+    a = tcp4();
+    CHECK(associate(a, token) == 0, "associate an owned reservation");
+    CHECK((e = bind4(a, 0)) == 0 && port_of(a) == owned, "bind to %d: %d, port %d", owned, e,
+          port_of(a));
+    close_(a);
+}
+
+/* ---- without a daemon ---- */
+
+static void test_nodaemon(void)
+{
+    INET_PORT_RESERVATION_INSTANCE r;
+    ULONG64 token = 0;
+    SOCKET s = tcp4();
+    int e;
+    CHECK((e = acquire(s, 0, 1, &r)) == WSAENETDOWN, "acquire: %d", e);
+    CHECK((e = associate(s, 1234)) == WSAENETDOWN, "associate: %d", e);
+    CHECK((e = release(s, 1234)) == WSAENETDOWN, "release: %d", e);
+    CHECK(CreatePersistentTcpPortReservation(htons(5000), 1, &token) == ERROR_SERVICE_NOT_ACTIVE,
+          "create");
+    CHECK(LookupPersistentUdpPortReservation(htons(5000), 1, &token) == ERROR_SERVICE_NOT_ACTIVE,
+          "lookup");
+    CHECK(DeletePersistentTcpPortReservation(htons(5000), 1) == ERROR_SERVICE_NOT_ACTIVE,
+          "delete");
+    CHECK(bind4(s, 0) == 0 && port_of(s) > 0, "bind still works");
+    close_(s);
+}
+
+int main(int argc, char **argv)
+{
+    WSADATA d;
+    const char *mode = argc > 1 ? argv[1] : "";
+
+    if (strcmp(mode, "admin") == 0) {
+        test_startup();
+        test_last_error();
+        CHECK(WSAStartup(MAKEWORD(2, 2), &d) == 0, "WSAStartup");
+        test_acquire();
+        test_associate_and_bind();
+        test_release();
+        test_lifetimes();
+        test_persistent_admin();
+        CHECK(WSACleanup() == 0, "WSACleanup");
+    } else if (strcmp(mode, "user") == 0 && argc == 6) {
+        CHECK(WSAStartup(MAKEWORD(2, 2), &d) == 0, "WSAStartup");
+        test_user(atoi(argv[2]), strtoull(argv[3], NULL, 10), strtoull(argv[4], NULL, 10),
+                  atoi(argv[5]));
+        CHECK(WSACleanup() == 0, "WSACleanup");
+    } else if (strcmp(mode, "nodaemon") == 0) {
+        CHECK(WSAStartup(MAKEWORD(2, 2), &d) == 0, "WSAStartup");
+        test_nodaemon();
+        CHECK(WSACleanup() == 0, "WSACleanup");
+    } else {
+        printf("usage: %s admin | user START TOKEN FOREIGN OWNED | nodaemon\n", argv[0]);
+        return 2;
+    }
+    printf("conformance: %d passed, %d failed\n", passed, failed);
+    return failed == 0 ? 0 : 1;
+}
