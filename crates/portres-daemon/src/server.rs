@@ -217,6 +217,25 @@ fn decide_kernel_sync(
     }
 }
 
+/// Refuses a socket directory someone else could tamper with: in user mode
+/// (often under /tmp) it must be ours and writable by nobody else.
+fn check_socket_dir(dir: &Path, mode: Mode) -> Result<(), StartError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| StartError(format!("cannot inspect {}: {e}", dir.display())))?;
+    let me = rustix::process::geteuid().as_raw();
+    let writable_by_others = meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0;
+    if mode == Mode::User && (meta.uid() != me || writable_by_others) {
+        return Err(StartError(format!(
+            "refusing to put the socket in {}: it is owned by uid {} with mode {:o}; it must be owned by uid {me} and not writable by others",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
 fn bind_socket(path: &Path, mode: Mode) -> Result<UnixListener, StartError> {
     let err = |what: &str, e: io::Error| StartError(format!("{what} {}: {e}", path.display()));
     if let Some(dir) = path
@@ -229,6 +248,9 @@ fn bind_socket(path: &Path, mode: Mode) -> Result<UnixListener, StartError> {
         let perm = if mode == Mode::System { 0o755 } else { 0o700 };
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(perm))
             .map_err(|e| err("cannot set permissions on the directory of", e))?;
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        check_socket_dir(dir, mode)?;
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {

@@ -4,7 +4,8 @@
 //! System mode (root): `/run/portres/portres.sock`, `/var/lib/portres/`.
 //! User mode: `$XDG_RUNTIME_DIR/portres/portres.sock` (fallback
 //! `/tmp/portres-$UID/portres.sock`) and `$XDG_STATE_HOME/portres/`
-//! (fallback `$HOME/.local/state/portres/`, then `/tmp/portres-$UID/state`).
+//! (fallback `$HOME/.local/state/portres/` if `$HOME` exists, then
+//! `/tmp/portres-$UID/state`).
 //! `PORTRES_SOCKET` and `PORTRES_STATE_DIR` override them.
 
 use std::env;
@@ -45,7 +46,9 @@ pub fn user_state_dir() -> PathBuf {
     if let Some(dir) = nonempty_env("XDG_STATE_HOME") {
         return dir.join("portres");
     }
-    if let Some(home) = nonempty_env("HOME") {
+    // Service accounts often have a HOME that does not exist
+    // (/nonexistent): fall through to /tmp then.
+    if let Some(home) = nonempty_env("HOME").filter(|h| h.is_dir()) {
         return home.join(".local").join("state").join("portres");
     }
     PathBuf::from(format!("/tmp/portres-{}", euid())).join("state")

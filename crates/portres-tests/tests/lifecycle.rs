@@ -184,3 +184,140 @@ fn kernel_sync_on_without_permission_refuses_to_start_and_auto_falls_back() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("kernel sync off"), "{err}");
 }
+
+/// `portresd` with no flags as an ordinary user on a "fresh machine": user
+/// mode, default paths (a service account without XDG dirs or a real HOME
+/// falls back to /tmp/portres-$UID), and the CLI finds it without flags.
+#[test]
+fn user_mode_defaults_work_without_any_flags() {
+    let Some(_ns) = netns("user_mode_defaults_work_without_any_flags") else {
+        return;
+    };
+    let _ = std::fs::remove_dir_all("/tmp/portres-65534");
+    let mut daemon = Command::new(portres_tests::bin("portresd"));
+    daemon
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", "/nonexistent");
+    let mut child = portres_tests::as_user(&daemon, 65534, 65534, &[])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sock = std::path::Path::new("/tmp/portres-65534/portres.sock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(sock).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "portresd exited ({status}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "user-mode portresd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut status = Command::new(portres_tests::bin("portres"));
+    status
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", "/nonexistent")
+        .args(["--json", "status"]);
+    let (out, stdout, stderr) =
+        portres_tests::run(portres_tests::as_user(&status, 65534, 65534, &[]));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("\"mode\":\"user\""), "{stdout}");
+    assert!(
+        stdout.contains("/tmp/portres-65534/state/portres.db"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("\"you_are_admin\":true"),
+        "the user owns its daemon: {stdout}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata("/tmp/portres-65534")
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700);
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    );
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(!sock.exists());
+    let _ = std::fs::remove_dir_all("/tmp/portres-65534");
+}
+
+/// A user-mode socket directory that someone else controls is refused.
+#[test]
+fn user_mode_refuses_a_socket_directory_owned_by_someone_else() {
+    let Some(_ns) = netns("user_mode_refuses_a_socket_directory_owned_by_someone_else") else {
+        return;
+    };
+    let dir = open_tempdir(); // root-owned, 0755
+    let mut daemon = Command::new(portres_tests::bin("portresd"));
+    daemon
+        .arg("--socket")
+        .arg(dir.path().join("sub-owned-by-root/portres.sock"));
+    std::fs::create_dir(dir.path().join("sub-owned-by-root")).unwrap();
+    daemon
+        .arg("--state-dir")
+        .arg("/tmp/portres-test-nobody-state");
+    let (out, _, stderr) = portres_tests::run(portres_tests::as_user(&daemon, 65534, 65534, &[]));
+    assert!(!out.status.success());
+    assert!(stderr.contains("refusing to put the socket"), "{stderr}");
+    let _ = std::fs::remove_dir_all("/tmp/portres-test-nobody-state");
+}
+
+/// System mode with no flags: /run/portres/portres.sock and
+/// /var/lib/portres, checked inside a private mount namespace (tmpfs over
+/// /run and /var/lib) so the machine's own directories are untouched.
+#[test]
+fn system_mode_defaults_work_without_any_flags() {
+    let Some(_ns) = netns("system_mode_defaults_work_without_any_flags") else {
+        return;
+    };
+    let script = format!(
+        r#"set -e
+mount -t tmpfs tmpfs /run
+mkdir -p /var/lib && mount -t tmpfs tmpfs /var/lib
+{portresd} 2>/tmp/portresd-sysmode.log &
+pid=$!
+for i in $(seq 1 2000); do [ -S /run/portres/portres.sock ] && break; sleep 0.005; done
+{portres} --json status
+stat -c '%a %U' /run/portres /run/portres/portres.sock /var/lib/portres /var/lib/portres/portres.db
+kill -TERM $pid; wait $pid
+test ! -e /run/portres/portres.sock && echo socket-removed
+"#,
+        portresd = portres_tests::bin("portresd").display(),
+        portres = portres_tests::bin("portres").display(),
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env_remove("PORTRES_SOCKET")
+        .env_remove("PORTRES_STATE_DIR")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"mode\":\"system\""), "{stdout}");
+    assert!(stdout.contains("\"kernel_sync\":true"), "{stdout}");
+    assert!(stdout.contains("/var/lib/portres/portres.db"), "{stdout}");
+    // Socket reachable by everyone (permissions are judged per request),
+    // state private to root.
+    assert!(
+        stdout.contains("755 root\n666 root\n700 root\n600 root\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("socket-removed"), "{stdout}");
+}
