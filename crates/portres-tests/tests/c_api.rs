@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use portres::{CreateOptions, Owner, Protocol};
-use portres_tests::{InProcessDaemon, as_user, netns, open_tempdir, run};
+use portres_tests::{InProcessDaemon, as_user, cli, netns, open_tempdir, run};
 
 const NOBODY: u32 = 65534;
 const NOGROUP: u32 = 65534;
@@ -332,6 +332,26 @@ fn conformance_without_a_daemon_under_sanitizers() {
     let (out, stdout, stderr) = run(program(&bin, &missing, &["nodaemon"]));
     check("conformance nodaemon", &out, &stdout, &stderr);
     assert_all_passed("conformance nodaemon", &stdout);
+}
+
+#[test]
+fn conformance_under_portres_exec_binds_into_the_exec_reservation() {
+    let Some(_ns) = netns("conformance_under_portres_exec_binds_into_the_exec_reservation") else {
+        return;
+    };
+    let d = InProcessDaemon::start(|_| {});
+    let dir = open_tempdir();
+    let bin = conformance(Link::Shared, true, dir.path());
+    let mut exec = cli(&d.socket);
+    exec.args(["exec", "tcp", "--count", "3", "--"])
+        .arg(&bin)
+        .arg("exec")
+        .env("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1")
+        .env("UBSAN_OPTIONS", "halt_on_error=1:print_stacktrace=1");
+    let (out, stdout, stderr) = run(exec);
+    check("portres exec -- conformance exec", &out, &stdout, &stderr);
+    assert_all_passed("conformance exec", &stdout);
+    assert_no_reservations(&d);
 }
 
 #[test]

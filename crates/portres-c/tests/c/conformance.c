@@ -17,6 +17,8 @@
  *       port of a persistent TCP reservation delegated to this user; the
  *       daemon's quota is 8 ports
  *   conformance nodaemon                   with PORTRES_SOCKET naming no daemon
+ *   conformance exec                       under `portres exec tcp --count N`:
+ *       binds into the reservation portres exec holds (PORTRES_TOKEN)
  *
  * Prints one line per failed check and "conformance: N passed, M failed";
  * exits 0 only if nothing failed.
@@ -643,6 +645,29 @@ static void test_nodaemon(void)
     close_(s);
 }
 
+/* ---- under portres exec ---- */
+
+static void test_exec(void)
+{
+    const char *token = getenv("PORTRES_TOKEN");
+    const char *start = getenv("PORTRES_START");
+    const char *count = getenv("PORTRES_COUNT");
+    SOCKET s;
+    int port, e;
+    CHECK(token && start && count, "portres exec's variables");
+    if (!token || !start || !count)
+        return;
+    /* The reservation is held by portres exec's session; its capability,
+     * inherited through PORTRES_SESSION_FD, lets this process use it. */
+    s = tcp4();
+    CHECK((e = associate(s, strtoull(token, NULL, 10))) == 0, "associate: %d", e);
+    CHECK((e = bind4(s, 0)) == 0, "bind: %d", e);
+    port = port_of(s);
+    CHECK(port >= atoi(start) && port < atoi(start) + atoi(count), "port %d in %s+%s", port,
+          start, count);
+    close_(s);
+}
+
 int main(int argc, char **argv)
 {
     WSADATA d;
@@ -667,8 +692,12 @@ int main(int argc, char **argv)
         CHECK(WSAStartup(MAKEWORD(2, 2), &d) == 0, "WSAStartup");
         test_nodaemon();
         CHECK(WSACleanup() == 0, "WSACleanup");
+    } else if (strcmp(mode, "exec") == 0) {
+        CHECK(WSAStartup(MAKEWORD(2, 2), &d) == 0, "WSAStartup");
+        test_exec();
+        CHECK(WSACleanup() == 0, "WSACleanup");
     } else {
-        printf("usage: %s admin | user START TOKEN FOREIGN OWNED | nodaemon\n", argv[0]);
+        printf("usage: %s admin | user START TOKEN FOREIGN OWNED | nodaemon | exec\n", argv[0]);
         return 2;
     }
     printf("conformance: %d passed, %d failed\n", passed, failed);
