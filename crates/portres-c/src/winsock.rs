@@ -193,13 +193,15 @@ pub extern "C" fn closesocket(s: SOCKET) -> c_int {
 /// - `WSAEINVAL`: `cbInBuffer` smaller than the input structure; (acquire)
 ///   `cbOutBuffer` smaller than `INET_PORT_RESERVATION_INSTANCE`;
 ///   (associate, release) `cbOutBuffer` not 0; a count of 0 or a block past
-///   65535; token 0 or unknown to this process; (associate) `s` is already
-///   bound, or the token is of the other protocol;
+///   65535; token 0, released or unknown (associate: as an administrator);
+///   (associate) `s` is already bound, or the token is of the other
+///   protocol; (release) a persistent reservation's token;
 /// - `WSAEADDRINUSE`: (acquire) the block overlaps a reservation or a port
 ///   in use, or no free block of that size exists;
 /// - `WSAEACCES`: a runtime block below the unprivileged port start without
-///   being an administrator; a reservation of another process; (associate)
-///   a token this user may not use;
+///   being an administrator; (release) a reservation of another process;
+///   (associate, not an administrator) a token this user may not use or
+///   that does not exist: the daemon does not tell which;
 /// - `WSAENOBUFS`: the per-user runtime quota would be exceeded;
 /// - `WSAENETDOWN`: the portres daemon cannot be reached.
 ///

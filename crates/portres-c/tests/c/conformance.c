@@ -553,6 +553,7 @@ static void test_persistent_admin(void)
     /* Bind into it. */
     s = tcp4();
     CHECK(associate(s, utoken) == WSAEINVAL, "the UDP token on a TCP socket");
+    CHECK(release(s, token) == WSAEINVAL, "releasing a persistent reservation");
     CHECK(associate(s, token) == 0, "associate persistent");
     CHECK(bind4(s, 0) == 0, "bind persistent");
     CHECK(port_of(s) >= 22000 && port_of(s) < 22005, "port %d", port_of(s));
