@@ -171,6 +171,8 @@ pub extern "C" fn closesocket(s: SOCKET) -> c_int {
             };
             end_sessions(ended.into_iter().collect());
         }
+        // Sockets closed with close() since: end their sessions too.
+        state::sweep();
         // SAFETY: close takes no pointer; `s` is the caller's descriptor,
         // which the caller asked us to close.
         if unsafe { libc::close(s) } < 0 {
