@@ -695,7 +695,8 @@ int closesocket(SOCKET s);
  * - `WSAEINVAL`: `cbInBuffer` smaller than the input structure; (acquire)
  *   `cbOutBuffer` smaller than `INET_PORT_RESERVATION_INSTANCE`;
  *   (associate, release) `cbOutBuffer` not 0; a count of 0 or a block past
- *   65535; token 0, released or unknown (associate: as an administrator);
+ *   65535; token 0, released (also: ended with a stopped daemon) or
+ *   unknown (associate: as an administrator);
  *   (associate) `s` is already bound, or the token is of the other
  *   protocol; (release) a persistent reservation's token;
  * - `WSAEADDRINUSE`: (acquire) the block overlaps a reservation or a port

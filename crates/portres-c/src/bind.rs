@@ -118,7 +118,8 @@ unsafe fn target(addr: *const libc::sockaddr, len: libc::socklen_t) -> Result<Ta
 /// reservation (read it back with `getsockname`); the association is then
 /// used up. Errors (errno; `WSAGetLastError` gives the Winsock code):
 /// every port of the block bound → `EADDRINUSE` (`WSAEADDRINUSE`); the
-/// reservation no longer exists → `EADDRNOTAVAIL`; not allowed →
+/// reservation no longer exists (released, or its daemon stopped) →
+/// `EADDRNOTAVAIL`; not allowed →
 /// `EACCES`; the daemon cannot be reached → `ENETDOWN`; a scoped IPv6
 /// address → `EINVAL`. On failure the association stays.
 ///
@@ -172,9 +173,20 @@ pub unsafe extern "C" fn bind(
             // connection (persistent reservations; portres exec's).
             let holder = state()
                 .holder_of(assoc.token)
-                .map(|(_, s)| s.client.clone());
+                .map(|(fd, s)| (fd, s.client.clone()));
             let result = match holder {
-                Some(c) => c.bind_fd(assoc.token, borrowed, ip),
+                Some((holder_fd, c)) => {
+                    let r = c.bind_fd(assoc.token, borrowed, ip);
+                    if matches!(&r, Err(e) if e.code == ErrorCode::DaemonUnavailable) {
+                        // That session died with its daemon, and with it
+                        // the reservation.
+                        let dead = state().sessions.remove(&holder_fd);
+                        state::end_sessions(dead.into_iter().collect());
+                        set_errno(libc::EADDRNOTAVAIL);
+                        return -1;
+                    }
+                    r
+                }
                 None => with_default(|c| c.bind_fd(assoc.token, borrowed, ip)),
             };
             match result {

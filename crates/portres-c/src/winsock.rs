@@ -195,7 +195,8 @@ pub extern "C" fn closesocket(s: SOCKET) -> c_int {
 /// - `WSAEINVAL`: `cbInBuffer` smaller than the input structure; (acquire)
 ///   `cbOutBuffer` smaller than `INET_PORT_RESERVATION_INSTANCE`;
 ///   (associate, release) `cbOutBuffer` not 0; a count of 0 or a block past
-///   65535; token 0, released or unknown (associate: as an administrator);
+///   65535; token 0, released (also: ended with a stopped daemon) or
+///   unknown (associate: as an administrator);
 ///   (associate) `s` is already bound, or the token is of the other
 ///   protocol; (release) a persistent reservation's token;
 /// - `WSAEADDRINUSE`: (acquire) the block overlaps a reservation or a port
@@ -445,22 +446,33 @@ fn release(token: Token) -> Result<(), c_int> {
         return with_default(|c| c.release(token)).map_err(errno_of);
     };
     let result = client.release(token);
-    match &result {
-        Ok(()) => {}
-        // Gone already (the daemon restarted): forget it too.
-        Err(e) if e.code == ErrorCode::NotFound || e.code == ErrorCode::DaemonUnavailable => {}
-        Err(e) => return Err(errno_for(e.code)),
-    }
+    let failure = result.as_ref().err().map(|e| e.code);
     let ended = {
         let mut st = state();
-        let empty = st.sessions.get_mut(&fd).is_some_and(|s| {
-            s.held.retain(|(t, _)| *t != token);
-            s.held.is_empty()
-        });
-        if empty { st.sessions.remove(&fd) } else { None }
+        match failure {
+            // The session's connection is dead (the daemon stopped or
+            // restarted): so are all its reservations.
+            Some(ErrorCode::DaemonUnavailable) => st.sessions.remove(&fd),
+            // Released now, or gone already: forget it.
+            None | Some(ErrorCode::NotFound) => {
+                let empty = st.sessions.get_mut(&fd).is_some_and(|s| {
+                    s.held.retain(|(t, _)| *t != token);
+                    s.held.is_empty()
+                });
+                if empty { st.sessions.remove(&fd) } else { None }
+            }
+            Some(_) => None,
+        }
     };
     end_sessions(ended.into_iter().collect());
-    result.map_err(errno_of)
+    match result {
+        Ok(()) => Ok(()),
+        // The reservation no longer exists.
+        Err(e) if e.code == ErrorCode::DaemonUnavailable || e.code == ErrorCode::NotFound => {
+            Err(libc::EINVAL)
+        }
+        Err(e) => Err(errno_of(e)),
+    }
 }
 
 fn associate(s: SOCKET, id: SockId, protocol: Protocol, token: Token) -> Result<(), c_int> {

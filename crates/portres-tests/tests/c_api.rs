@@ -8,11 +8,12 @@
 //! against the library of this build profile, which `cargo build
 //! --workspace` (the test command's first step) produces.
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use portres::{CreateOptions, Owner, Protocol};
-use portres_tests::{InProcessDaemon, as_user, cli, netns, open_tempdir, run};
+use portres_tests::{InProcessDaemon, ProcessDaemon, as_user, cli, netns, open_tempdir, run};
 
 const NOBODY: u32 = 65534;
 const NOGROUP: u32 = 65534;
@@ -352,6 +353,37 @@ fn conformance_under_portres_exec_binds_into_the_exec_reservation() {
     check("portres exec -- conformance exec", &out, &stdout, &stderr);
     assert_all_passed("conformance exec", &stdout);
     assert_no_reservations(&d);
+}
+
+#[test]
+fn conformance_reconnects_after_a_daemon_restart() {
+    let Some(_ns) = netns("conformance_reconnects_after_a_daemon_restart") else {
+        return;
+    };
+    let dir = open_tempdir();
+    let daemon = ProcessDaemon::start(dir.path(), &[]);
+    let socket = daemon.socket.clone();
+    let bin = conformance(Link::Shared, true, dir.path());
+    let mut child = program(&bin, &socket, &["restart"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn conformance restart");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "before the restart: {line}");
+    daemon.terminate();
+    let daemon = ProcessDaemon::start(dir.path(), &[]);
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check("conformance restart", &out, &rest, &stderr);
+    assert_all_passed("conformance restart", &rest);
+    assert!(daemon.client().list(None).unwrap().is_empty());
 }
 
 #[test]

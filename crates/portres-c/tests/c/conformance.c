@@ -19,6 +19,8 @@
  *   conformance nodaemon                   with PORTRES_SOCKET naming no daemon
  *   conformance exec                       under `portres exec tcp --count N`:
  *       binds into the reservation portres exec holds (PORTRES_TOKEN)
+ *   conformance restart                    as root: prints "ready" and waits for
+ *       a line on standard input while the daemon is restarted
  *
  * Prints one line per failed check and "conformance: N passed, M failed";
  * exits 0 only if nothing failed.
@@ -669,6 +671,41 @@ static void test_exec(void)
     close_(s);
 }
 
+/* ---- across a daemon restart ---- */
+
+static void test_restart(void)
+{
+    INET_PORT_RESERVATION_INSTANCE r;
+    ULONG64 token = 0, found = 0, old;
+    char line[16];
+    SOCKET s = tcp4(), a;
+    int e;
+
+    CHECK(CreatePersistentTcpPortReservation(htons(25000), 2, &token) == NO_ERROR, "create");
+    CHECK(acquire(s, 0, 1, &r) == 0, "acquire");
+    printf("ready\n");
+    fflush(stdout);
+    if (!fgets(line, sizeof line, stdin)) {
+        CHECK(0, "no go-ahead on standard input");
+        return;
+    }
+    /* A new daemon: the persistent reservation is back (its token may have
+     * changed), the runtime one ended with the old daemon. Both the shared
+     * connection and the socket's session reconnect by themselves. */
+    e = (int) LookupPersistentTcpPortReservation(htons(25000), 2, &found);
+    CHECK(e == NO_ERROR && found != 0, "lookup after the restart: %d", e);
+    old = r.Token.Token;
+    CHECK((e = acquire(s, 0, 1, &r)) == 0, "acquire on the same socket: %d", e);
+    CHECK((e = release(s, old)) == WSAEINVAL, "the old runtime token is gone: %d", e);
+    a = tcp4();
+    CHECK(associate(a, found) == 0 && bind4(a, 0) == 0
+              && port_of(a) >= 25000 && port_of(a) < 25002,
+          "bind into the persistent block: %d", port_of(a));
+    close_(a);
+    close_(s);
+    CHECK(DeletePersistentTcpPortReservation(htons(25000), 2) == NO_ERROR, "delete");
+}
+
 int main(int argc, char **argv)
 {
     WSADATA d;
@@ -693,12 +730,17 @@ int main(int argc, char **argv)
         CHECK(WSAStartup(MAKEWORD(2, 2), &d) == 0, "WSAStartup");
         test_nodaemon();
         CHECK(WSACleanup() == 0, "WSACleanup");
+    } else if (strcmp(mode, "restart") == 0) {
+        CHECK(WSAStartup(MAKEWORD(2, 2), &d) == 0, "WSAStartup");
+        test_restart();
+        CHECK(WSACleanup() == 0, "WSACleanup");
     } else if (strcmp(mode, "exec") == 0) {
         CHECK(WSAStartup(MAKEWORD(2, 2), &d) == 0, "WSAStartup");
         test_exec();
         CHECK(WSACleanup() == 0, "WSACleanup");
     } else {
-        printf("usage: %s admin | user START TOKEN FOREIGN OWNED | nodaemon | exec\n", argv[0]);
+        printf("usage: %s admin | user START TOKEN FOREIGN OWNED | nodaemon | exec | restart\n",
+               argv[0]);
         return 2;
     }
     printf("conformance: %d passed, %d failed\n", passed, failed);
