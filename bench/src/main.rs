@@ -64,6 +64,8 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ps_venv = if skip_portserver {
         Err("skipped (--no-portserver)".to_string())
+    } else if let Some(venv) = std::env::var_os("PORTRES_BENCH_PORTSERVER_VENV") {
+        Ok(std::path::PathBuf::from(venv))
     } else {
         eprintln!(
             "installing portpicker {} from PyPI into a private venv...",
@@ -81,6 +83,29 @@ fn main() {
     if let Ok(only) = std::env::var("PORTRES_BENCH_ONLY") {
         // For profiling one scenario: `PORTRES_BENCH_ONLY=abr1|abr8 perf record ...`.
         let d = portres::Daemon::start(&dir.path().join("only"));
+        if only == "list" {
+            let m = portres::many(&d, 1000, 10);
+            println!(
+                "list: p50 {} p99 {} (setup {})",
+                fmt_dur(m.list.q(0.5)),
+                fmt_dur(m.list.q(0.99)),
+                fmt_dur(m.setup)
+            );
+            let t = std::time::Instant::now();
+            for _ in 0..10 {
+                portres_kernel::diag::bound_sockets(portres_core::Protocol::Tcp).expect("diag");
+            }
+            println!(
+                "  of which sock_diag TCP dump: {}",
+                fmt_dur(t.elapsed() / 10)
+            );
+            let t = std::time::Instant::now();
+            for _ in 0..10 {
+                portres_kernel::diag::bound_sockets(portres_core::Protocol::Udp).expect("diag");
+            }
+            println!("  sock_diag UDP dump: {}", fmt_dur(t.elapsed() / 10));
+            return;
+        }
         let clients = if only == "abr8" { 8 } else { 1 };
         let s = portres::run_clients(
             &d,

@@ -47,6 +47,31 @@ impl PortSet {
         self.ranges.get(i).is_some_and(|&(a, _)| a <= block.last())
     }
 
+    /// Builds a set from ranges in any order, overlapping or not, in
+    /// O(n log n) (sort, then one merging pass) — unlike inserting one by
+    /// one, which moves the tail of the vector each time.
+    pub fn from_ranges(mut ranges: Vec<(u16, u16)>) -> PortSet {
+        ranges.retain(|&(a, b)| b >= a.max(1));
+        ranges.sort_unstable();
+        let mut merged: Vec<(u16, u16)> = Vec::with_capacity(ranges.len());
+        for (a, b) in ranges {
+            let a = a.max(1);
+            match merged.last_mut() {
+                Some(last) if (last.1 as u32) + 1 >= a as u32 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        PortSet { ranges: merged }
+    }
+
+    /// Whether every port of `block` is in the set.
+    pub fn covers_block(&self, block: Block) -> bool {
+        let i = self.ranges.partition_point(|&(_, hi)| hi < block.start());
+        self.ranges
+            .get(i)
+            .is_some_and(|&(lo, hi)| lo <= block.start() && block.last() <= hi)
+    }
+
     /// Whether every port of `other` is also in `self`.
     pub fn covers(&self, other: &PortSet) -> bool {
         other.ranges.iter().all(|&(a, b)| {
@@ -150,11 +175,7 @@ impl fmt::Display for PortSet {
 
 impl FromIterator<Block> for PortSet {
     fn from_iter<I: IntoIterator<Item = Block>>(iter: I) -> PortSet {
-        let mut set = PortSet::new();
-        for block in iter {
-            set.insert_block(block);
-        }
-        set
+        PortSet::from_ranges(iter.into_iter().map(|b| (b.start(), b.last())).collect())
     }
 }
 
@@ -277,6 +298,8 @@ mod tests {
             }
             prop_assert!(set.covers(&sub));
             prop_assert!(set.covers(&PortSet::new()));
+            let rebuilt = PortSet::from_ranges(set.ranges().iter().rev().copied().collect());
+            prop_assert_eq!(&rebuilt, &set);
             if let Some(free) = (1..2100u16).find(|&p| !bits[p as usize]) {
                 sub.insert_range(free, free);
                 prop_assert!(!set.covers(&sub));

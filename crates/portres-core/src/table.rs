@@ -135,6 +135,11 @@ pub struct Table {
     by_start: [BTreeMap<u16, (u16, Token)>; 2],
     by_session: HashMap<SessionId, BTreeSet<Token>>,
     runtime_ports_by_uid: HashMap<u32, u32>,
+    /// Per protocol: (range start, port) such that every port from the range
+    /// start up to (not including) `port` is reserved — where first-fit
+    /// searches may begin. Reservations packed from the bottom of the
+    /// dynamic range would otherwise make every search walk all of them.
+    scan_hint: [(u32, u32); 2],
 }
 
 fn idx(protocol: Protocol) -> usize {
@@ -228,6 +233,8 @@ impl Table {
                 }
             }
         }
+        let hint = &mut self.scan_hint[idx(res.protocol)];
+        hint.1 = hint.1.min(res.block.start() as u32);
         Some(res)
     }
 
@@ -275,11 +282,15 @@ impl Table {
     /// The kernel's reserved-ports sysctl is shared by TCP and UDP, so this
     /// is what it must contain (plus the admin's baseline).
     pub fn reserved_ports(&self, persistent_only: bool) -> PortSet {
-        self.by_token
-            .values()
-            .filter(|r| !persistent_only || r.kind == Kind::Persistent)
-            .map(|r| r.block)
-            .collect()
+        let mut ranges = Vec::with_capacity(self.by_token.len());
+        for map in &self.by_start {
+            for (&start, &(last, token)) in map {
+                if !persistent_only || self.by_token[&token].kind == Kind::Persistent {
+                    ranges.push((start, last));
+                }
+            }
+        }
+        PortSet::from_ranges(ranges)
     }
 
     /// First fit: the lowest block of `count` ports inside `range` (inclusive
@@ -288,7 +299,7 @@ impl Table {
     /// `in_use` answers true. `in_use` is asked only about ports that pass
     /// the other checks, lowest first.
     pub fn find_free_block(
-        &self,
+        &mut self,
         protocol: Protocol,
         count: u16,
         range: (u16, u16),
@@ -300,27 +311,41 @@ impl Table {
         }
         let (lo, hi) = (range.0.max(1) as u32, range.1 as u32);
         let map = &self.by_start[idx(protocol)];
+        let hint = &mut self.scan_hint[idx(protocol)];
+        if hint.0 != lo {
+            *hint = (lo, lo);
+        }
+        // Every port in lo..hint.1 is reserved: no candidate can start there.
+        let mut start = hint.1.max(lo);
         // Walk the reservations in port order alongside the candidate: each
         // is looked at once, so a search past k reservations costs O(k)
         // cheap steps, not k tree lookups.
         let first = map
-            .range(..=lo.min(65535) as u16)
+            .range(..=start.min(65535) as u16)
             .next_back()
-            .map_or(lo as u16, |(&s, _)| s);
+            .map_or(start as u16, |(&s, _)| s);
         let mut reserved = map
             .range(first..)
             .map(|(&s, &(l, _))| (s as u32, l as u32))
             .peekable();
-        let mut start = lo;
+        // Whether every port from lo to `start` is reserved so far.
+        let mut packed = true;
         'candidates: while start + count as u32 - 1 <= hi {
             let end = start + count as u32 - 1;
             while reserved.next_if(|&(_, l)| l < start).is_some() {}
             if let Some(&(s, l)) = reserved.peek()
                 && s <= end
             {
+                if s > start {
+                    packed = false;
+                }
                 start = l + 1;
+                if packed {
+                    hint.1 = start;
+                }
                 continue;
             }
+            packed = false;
             let block = Block::from_range(start as u16, end as u16);
             if avoid.intersects(block) {
                 // Jump past the last avoided port inside the candidate.
@@ -439,75 +464,106 @@ mod tests {
     }
 
     proptest! {
-        #[test]
-        fn no_two_reservations_of_one_protocol_ever_overlap(
-            ops in prop::collection::vec((any::<bool>(), 1u32..300, 1u32..20, any::<bool>(), 0usize..50), 1..200)
-        ) {
-            let mut t = Table::new();
-            let mut next = 1u64;
-            let mut live: Vec<Token> = Vec::new();
-            for (tcp, start, count, remove, pick) in ops {
-                if remove && !live.is_empty() {
-                    let token = live.remove(pick % live.len());
-                    prop_assert!(t.remove(token).is_some());
-                    continue;
-                }
-                let protocol = if tcp { Protocol::Tcp } else { Protocol::Udp };
-                let block = Block::new(start, count).unwrap();
-                let expect_ok = t.iter().all(|r| r.protocol != protocol || !r.block.overlaps(block));
-                let res = Reservation::runtime(tok(next), protocol, block, holder(next % 3, 7));
-                let got = t.insert(res);
-                prop_assert_eq!(got.is_ok(), expect_ok);
-                if got.is_ok() { live.push(tok(next)); }
-                next += 1;
-                let all: Vec<_> = t.iter().cloned().collect();
-                for (i, a) in all.iter().enumerate() {
-                    for b in &all[i + 1..] {
-                        prop_assert!(a.protocol != b.protocol || !a.block.overlaps(b.block));
+            #[test]
+            fn no_two_reservations_of_one_protocol_ever_overlap(
+                ops in prop::collection::vec((any::<bool>(), 1u32..300, 1u32..20, any::<bool>(), 0usize..50), 1..200)
+            ) {
+                let mut t = Table::new();
+                let mut next = 1u64;
+                let mut live: Vec<Token> = Vec::new();
+                for (tcp, start, count, remove, pick) in ops {
+                    if remove && !live.is_empty() {
+                        let token = live.remove(pick % live.len());
+                        prop_assert!(t.remove(token).is_some());
+                        continue;
                     }
+                    let protocol = if tcp { Protocol::Tcp } else { Protocol::Udp };
+                    let block = Block::new(start, count).unwrap();
+                    let expect_ok = t.iter().all(|r| r.protocol != protocol || !r.block.overlaps(block));
+                    let res = Reservation::runtime(tok(next), protocol, block, holder(next % 3, 7));
+                    let got = t.insert(res);
+                    prop_assert_eq!(got.is_ok(), expect_ok);
+                    if got.is_ok() { live.push(tok(next)); }
+                    next += 1;
+                    let all: Vec<_> = t.iter().cloned().collect();
+                    for (i, a) in all.iter().enumerate() {
+                        for b in &all[i + 1..] {
+                            prop_assert!(a.protocol != b.protocol || !a.block.overlaps(b.block));
+                        }
+                    }
+                    let held: u32 = all.iter().map(|r| r.block.count() as u32).sum();
+                    prop_assert_eq!(t.runtime_ports_of(7), held);
                 }
-                let held: u32 = all.iter().map(|r| r.block.count() as u32).sum();
-                prop_assert_eq!(t.runtime_ports_of(7), held);
             }
-        }
 
-        #[test]
-        fn allocator_returns_only_free_blocks_inside_the_range(
-            existing in prop::collection::vec((1u32..400, 1u32..30), 0..20),
-            avoid_ports in prop::collection::vec(1u16..400, 0..10),
-            busy in prop::collection::vec(1u16..400, 0..10),
-            count in 1u16..40,
-            lo in 1u16..200,
-            span in 0u16..300,
-        ) {
-            let mut t = Table::new();
-            for (i, (s, c)) in existing.into_iter().enumerate() {
-                let _ = t.insert(Reservation::runtime(tok(i as u64 + 1), Protocol::Tcp, Block::new(s, c).unwrap(), holder(1, 1)));
-            }
-            let mut avoid = PortSet::new();
-            for p in &avoid_ports { avoid.insert_range(*p, *p); }
-            let hi = lo.saturating_add(span);
-            let is_free = |b: Block| t.overlapping(Protocol::Tcp, b).is_none()
-                && !avoid.intersects(b)
-                && b.ports().all(|p| !busy.contains(&p));
-            match t.find_free_block(Protocol::Tcp, count, (lo, hi), &avoid, |p| busy.contains(&p)) {
-                Some(b) => {
-                    prop_assert_eq!(b.count(), count);
-                    prop_assert!(b.start() >= lo && b.last() <= hi);
-                    prop_assert!(is_free(b));
-                    // First fit: no free block starts lower.
-                    for s in lo..b.start() {
-                        let cand = Block::new(s as u32, count as u32).unwrap();
-                        prop_assert!(!is_free(cand));
+            #[test]
+            fn allocator_returns_only_free_blocks_inside_the_range(
+                existing in prop::collection::vec((1u32..400, 1u32..30), 0..20),
+                avoid_ports in prop::collection::vec(1u16..400, 0..10),
+                busy in prop::collection::vec(1u16..400, 0..10),
+                count in 1u16..40,
+                lo in 1u16..200,
+                span in 0u16..300,
+            ) {
+                let mut t = Table::new();
+                for (i, (s, c)) in existing.into_iter().enumerate() {
+                    let _ = t.insert(Reservation::runtime(tok(i as u64 + 1), Protocol::Tcp, Block::new(s, c).unwrap(), holder(1, 1)));
+                }
+                let mut avoid = PortSet::new();
+                for p in &avoid_ports { avoid.insert_range(*p, *p); }
+                let hi = lo.saturating_add(span);
+                let found = t.find_free_block(Protocol::Tcp, count, (lo, hi), &avoid, |p| busy.contains(&p));
+                let is_free = |b: Block| t.overlapping(Protocol::Tcp, b).is_none()
+                    && !avoid.intersects(b)
+                    && b.ports().all(|p| !busy.contains(&p));
+                match found {
+                    Some(b) => {
+                        prop_assert_eq!(b.count(), count);
+                        prop_assert!(b.start() >= lo && b.last() <= hi);
+                        prop_assert!(is_free(b));
+                        // First fit: no free block starts lower.
+                        for s in lo..b.start() {
+                            let cand = Block::new(s as u32, count as u32).unwrap();
+                            prop_assert!(!is_free(cand));
+                        }
+                    }
+                    None => {
+                        for s in lo as u32..=hi as u32 {
+                            if s + count as u32 - 1 > hi as u32 { break; }
+                            prop_assert!(!is_free(Block::new(s, count as u32).unwrap()));
+                        }
                     }
                 }
-                None => {
-                    for s in lo as u32..=hi as u32 {
-                        if s + count as u32 - 1 > hi as u32 { break; }
-                        prop_assert!(!is_free(Block::new(s, count as u32).unwrap()));
+            }
+
+            #[test]
+            fn the_scan_hint_never_changes_what_first_fit_finds(
+                ops in prop::collection::vec((any::<bool>(), 1u16..6, 0usize..64), 1..150)
+            ) {
+                let mut t = Table::new();
+                let mut live: Vec<Token> = Vec::new();
+                let mut next = 1u64;
+                let range = (1000u16, 1200u16);
+                for (acquire, count, pick) in ops {
+                    if acquire || live.is_empty() {
+                        // The same search on a table built from scratch (no hint).
+                        let mut fresh = Table::new();
+                        for r in t.iter() {
+                            fresh.insert(r.clone()).unwrap();
+                        }
+                        let want = fresh.find_free_block(Protocol::Tcp, count, range, &PortSet::new(), |_| false);
+                        let got = t.find_free_block(Protocol::Tcp, count, range, &PortSet::new(), |_| false);
+                        prop_assert_eq!(got, want);
+                        if let Some(b) = got {
+                            t.insert(Reservation::runtime(tok(next), Protocol::Tcp, b, holder(1, 1))).unwrap();
+                            live.push(tok(next));
+                            next += 1;
+                        }
+                    } else {
+                        let token = live.remove(pick % live.len());
+                        t.remove(token).unwrap();
                     }
                 }
             }
-        }
     }
 }

@@ -234,28 +234,28 @@ impl State {
         self.write_kernel(desired)
     }
 
-    /// Before answering a request that reserved more ports: make sure the
-    /// kernel reserves every one of them. If it already does (typically a
-    /// block released a moment ago and acquired again, whose shrink is still
-    /// pending) nothing is written — that is what keeps steady-state
-    /// acquire/release cycles free of sysctl writes.
-    pub(crate) fn cover_in_kernel(&mut self) -> io::Result<()> {
+    /// Before answering a request that reserved `block`: make sure the
+    /// kernel reserves it. If it already does (typically a block released a
+    /// moment ago and acquired again, whose shrink is still pending) nothing
+    /// is written — that is what keeps steady-state acquire/release cycles
+    /// free of sysctl writes. Otherwise the kernel gets what it had plus the
+    /// block (pending shrinks stay pending: reserving more is always safe),
+    /// so the cost does not grow with the number of reservations.
+    pub(crate) fn cover_in_kernel(&mut self, block: portres_core::Block) -> io::Result<()> {
         if self.kernel.is_none() {
             return Ok(());
         }
-        let desired = self.desired_kernel_value(false);
-        if self
-            .last_written
-            .as_ref()
-            .is_some_and(|w| w.covers(&desired))
-        {
-            if self.last_written.as_ref() != Some(&desired) {
-                self.mark_shrink_pending();
+        let grown = match &self.last_written {
+            Some(written) if written.covers_block(block) => return Ok(()),
+            Some(written) => {
+                let mut grown = written.clone();
+                grown.insert_block(block);
+                grown
             }
-            return Ok(());
-        }
-        self.kernel_shrink_pending = false;
-        self.write_kernel(desired)
+            // After a failed write we do not know what the kernel holds.
+            None => self.desired_kernel_value(false),
+        };
+        self.write_kernel(grown)
     }
 
     /// After ports stopped being reserved: the kernel may keep them reserved

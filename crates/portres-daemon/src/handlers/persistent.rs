@@ -60,7 +60,7 @@ impl State {
             let _ = self.store.delete(p.protocol, block);
             return Err(e);
         }
-        if let Err(e) = self.cover_in_kernel() {
+        if let Err(e) = self.cover_in_kernel(block) {
             self.table.remove(token);
             if let Err(undo) = self.store.delete(p.protocol, block) {
                 log::error!(

@@ -110,7 +110,7 @@ impl State {
         );
         res.label = p.label;
         self.table.insert(res)?;
-        if let Err(e) = self.cover_in_kernel() {
+        if let Err(e) = self.cover_in_kernel(block) {
             self.table.remove(token);
             return Err(Error::new(
                 ErrorCode::Internal,
