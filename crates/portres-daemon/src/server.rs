@@ -274,6 +274,9 @@ fn bind_socket(path: &Path, mode: Mode) -> Result<UnixListener, StartError> {
     Ok(listener)
 }
 
+/// A finished `List` reply: (connection token, encoded frame).
+type ListResult = (u64, Vec<u8>);
+
 /// A reply waiting to be sent, possibly with a descriptor attached to its
 /// first byte.
 struct Unsent {
@@ -323,7 +326,7 @@ struct Server {
     next_token: u64,
     per_uid: HashMap<u32, usize>,
     last_limit_log: Option<Instant>,
-    list_results: (mpsc::Sender<(u64, Vec<u8>)>, mpsc::Receiver<(u64, Vec<u8>)>),
+    list_results: (mpsc::Sender<ListResult>, mpsc::Receiver<ListResult>),
 }
 
 impl Server {
