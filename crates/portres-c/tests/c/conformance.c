@@ -32,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static int passed;
@@ -505,6 +506,63 @@ static void test_lifetimes(void)
     close_(b);
 }
 
+/* ---- threads and fork ---- */
+
+static void *worker(void *arg)
+{
+    int *bad = arg;
+    for (int i = 0; i < 20; i++) {
+        INET_PORT_RESERVATION_INSTANCE r;
+        SOCKET s = tcp4(), a = tcp4();
+        if (acquire(s, 0, 2, &r) != 0 || associate(a, r.Token.Token) != 0 || bind4(a, 0) != 0
+            || !in_block(port_of(a), &r))
+            (*bad)++;
+        if (closesocket(a) != 0 || closesocket(s) != 0)
+            (*bad)++;
+    }
+    return NULL;
+}
+
+static void test_threads_and_fork(void)
+{
+    pthread_t t[4];
+    int bad[4] = { 0, 0, 0, 0 };
+    INET_PORT_RESERVATION_INSTANCE r, other;
+    SOCKET s, o;
+    pid_t child;
+    int status = -1;
+
+    for (int i = 0; i < 4; i++)
+        CHECK(pthread_create(&t[i], NULL, worker, &bad[i]) == 0, "pthread_create");
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        CHECK(bad[i] == 0, "thread %d: %d failures", i, bad[i]);
+    }
+
+    /* A forked child does not own the parent's reservations: its
+     * closesocket closes its copy of the socket and nothing else. */
+    s = tcp4();
+    CHECK(acquire(s, 21400, 1, &r) == 0, "acquire");
+    fflush(stdout);
+    child = fork();
+    if (child == 0) {
+        int ok = closesocket(s) == 0;
+        SOCKET c = tcp4();
+        ok = ok && acquire(c, 21400, 1, &other) == WSAEADDRINUSE;
+        ok = ok && acquire(c, 21401, 1, &other) == 0;
+        ok = ok && closesocket(c) == 0;
+        _exit(ok ? 0 : 1);
+    }
+    CHECK(child > 0 && waitpid(child, &status, 0) == child && WIFEXITED(status)
+              && WEXITSTATUS(status) == 0,
+          "child: status %d", status);
+    o = tcp4();
+    CHECK(acquire(o, 21400, 1, &other) == WSAEADDRINUSE, "still held by the parent");
+    CHECK(acquire(o, 21401, 1, &other) == 0, "the child's own reservation ended");
+    close_(s);
+    close_(o);
+}
+
 /* ---- persistent reservations, as an administrator ---- */
 
 static void test_persistent_admin(void)
@@ -719,6 +777,7 @@ int main(int argc, char **argv)
         test_associate_and_bind();
         test_release();
         test_lifetimes();
+        test_threads_and_fork();
         test_persistent_admin();
         CHECK(WSACleanup() == 0, "WSACleanup");
     } else if (strcmp(mode, "user") == 0 && argc == 6) {
