@@ -106,6 +106,14 @@ fn main() {
             println!("  sock_diag UDP dump: {}", fmt_dur(t.elapsed() / 10));
             return;
         }
+        if only.starts_with("status") {
+            let clients = if only == "status8" { 8 } else { 1 };
+            let s = portres::run_clients(&d, clients, Duration::from_secs(3), |c| {
+                c.status().expect("status");
+            });
+            println!("{only}: {} p50 {} p99 {}", fmt_rate(s.rate()), fmt_dur(s.q(0.5)), fmt_dur(s.q(0.99)));
+            return;
+        }
         let clients = if only == "abr8" { 8 } else { 1 };
         let s = portres::run_clients(
             &d,
