@@ -102,7 +102,7 @@ pub fn bin(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} is not built: run `cargo build --workspace --bins` before the tests (the README's test command does)",
+        "{} is not built: run `cargo build --workspace` before the tests (the README's test command does)",
         path.display()
     );
     path
