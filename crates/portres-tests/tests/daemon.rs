@@ -422,23 +422,44 @@ fn a_thousand_kernel_bind0_calls_never_land_in_a_reserved_block() {
     let runtime = c.acquire(Protocol::Tcp, 40000, 1500).unwrap();
     c.create(Protocol::Udp, 41500, 1000, CreateOptions::default())
         .unwrap();
-    let reserved = 40000..=42499;
-    // Keep every socket open so each bind(0) takes a distinct port: 1000 of
-    // the 1500 unreserved ports.
-    let mut keep = Vec::new();
-    for i in 0..1000 {
-        let (port, sock): (u16, Box<dyn std::any::Any>) = if i % 2 == 0 {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            (l.local_addr().unwrap().port(), Box::new(l))
-        } else {
-            let u = UdpSocket::bind("[::1]:0").unwrap();
-            (u.local_addr().unwrap().port(), Box::new(u))
-        };
+    // A process that knows nothing of portres binds port 0 a thousand
+    // times (TCP v4 and UDP v6 alternately), keeping every socket open so
+    // each bind takes a distinct port: 1000 of the 1500 unreserved ones.
+    let script = r#"
+import socket
+keep = []
+for i in range(1000):
+    if i % 2 == 0:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM); s.bind(("127.0.0.1", 0)); s.listen()
+    else:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.bind(("::1", 0))
+    keep.append(s)
+    print(s.getsockname()[1])
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ports: Vec<u16> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(ports.len(), 1000);
+    for (i, port) in ports.iter().enumerate() {
         assert!(
-            !reserved.contains(&port),
+            !(40000..=42499).contains(port),
             "bind(0) #{i} got reserved port {port}"
         );
-        keep.push(sock);
+        assert!(
+            (42500..=43999).contains(port),
+            "bind(0) #{i} got {port}, outside the dynamic range"
+        );
     }
     drop(runtime);
 }
