@@ -59,6 +59,70 @@ pub fn unix_rtt(clients: usize, pass_fd: bool, dur: Duration) -> Samples {
     Samples::merge(parts, start.elapsed())
 }
 
+/// Serves echo connections on `socket` forever, one thread per connection
+/// (the body of `portres-bench --echo-server SOCKET`, a separate process).
+pub fn echo_server(socket: &std::path::Path) -> ! {
+    let listener = std::os::unix::net::UnixListener::bind(socket).expect("bind echo socket");
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let mut mode = [0u8; 1];
+        // The readiness check connects and hangs up without a mode byte.
+        if stream.read_exact(&mut mode).is_ok() {
+            std::thread::spawn(move || echo(stream, mode[0] == 1));
+        }
+    }
+    std::process::exit(0)
+}
+
+/// Like `unix_rtt`, but the echo peer is another process (as portresd is
+/// for portres clients): the scheduler cannot treat the two ends as one
+/// program, and a round trip usually crosses CPUs.
+pub fn unix_rtt_process(clients: usize, pass_fd: bool, dur: Duration) -> Samples {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("echo.sock");
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut child = std::process::Command::new(exe)
+        .arg("--echo-server")
+        .arg(&socket)
+        .spawn()
+        .expect("spawn echo server");
+    while UnixStream::connect(&socket).is_err() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let start = Instant::now();
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let mut a = UnixStream::connect(&socket).expect("connect echo");
+            a.write_all(&[u8::from(pass_fd)]).expect("mode");
+            std::thread::spawn(move || {
+                let passed = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+                let mut lat = Vec::new();
+                let mut buf = [7u8; 16];
+                let begin = Instant::now();
+                while begin.elapsed() < dur {
+                    let t = Instant::now();
+                    if pass_fd {
+                        portres_proto::fdpass::send_with_fds(a.as_fd(), &buf, &[passed.as_fd()])
+                            .expect("send");
+                    } else {
+                        a.write_all(&buf).expect("write");
+                    }
+                    a.read_exact(&mut buf).expect("read");
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let parts = handles
+        .into_iter()
+        .map(|h| h.join().expect("client"))
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    Samples::merge(parts, start.elapsed())
+}
+
 fn echo(mut b: UnixStream, pass_fd: bool) {
     let mut buf = [0u8; 16];
     let mut fds = std::collections::VecDeque::new();

@@ -49,6 +49,9 @@ fn verdict(ok: bool) -> &'static str {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--echo-server") {
+        floors::echo_server(std::path::Path::new(&args[1]));
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let skip_portserver = args.iter().any(|a| a == "--no-portserver");
     let dur = if quick {
@@ -111,7 +114,12 @@ fn main() {
             let s = portres::run_clients(&d, clients, Duration::from_secs(3), |c| {
                 c.status().expect("status");
             });
-            println!("{only}: {} p50 {} p99 {}", fmt_rate(s.rate()), fmt_dur(s.q(0.5)), fmt_dur(s.q(0.99)));
+            println!(
+                "{only}: {} p50 {} p99 {}",
+                fmt_rate(s.rate()),
+                fmt_dur(s.q(0.5)),
+                fmt_dur(s.q(0.99))
+            );
             return;
         }
         let clients = if only == "abr8" { 8 } else { 1 };
@@ -161,6 +169,18 @@ fn main() {
         &fd8,
         String::new(),
     ));
+    let pfd1 = floors::unix_rtt_process(1, true, dur);
+    rows.push(row(
+        "floor: ... + 1 fd, peer in another process, 1 client",
+        &pfd1,
+        String::new(),
+    ));
+    let pfd8 = floors::unix_rtt_process(8, true, dur);
+    rows.push(row(
+        "floor: ... + 1 fd, peer in another process, 8 clients",
+        &pfd8,
+        String::new(),
+    ));
 
     eprintln!("measuring portres...");
     let d = portres::Daemon::start(&dir.path().join("a"));
@@ -201,9 +221,10 @@ fn main() {
         "portres acquire+bind+release, 1 client",
         &abr1,
         format!(
-            "p50 = {:.1}x one RTT with fd (target <= 4x: {})",
+            "p50 = {:.1}x one RTT with fd (target <= 4x: {}); {:.1}x the RTT with fd to another process",
             ratio(abr1.q(0.5), fd1.q(0.5)),
-            verdict(abr1.q(0.5) <= fd1.q(0.5) * 4)
+            verdict(abr1.q(0.5) <= fd1.q(0.5) * 4),
+            ratio(abr1.q(0.5), pfd1.q(0.5))
         ),
     ));
     let ps_note = |s: &Samples, ps8: Option<f64>| match ps8 {
