@@ -11,14 +11,11 @@ use crate::stats::Samples;
 
 /// socket + bind(127.0.0.1:0) + close, one thread.
 pub fn kernel_bind0(dur: Duration) -> Samples {
-    let mut lat = Vec::new();
     let start = Instant::now();
-    while start.elapsed() < dur {
-        let t = Instant::now();
+    let lat = crate::stats::timed(dur, || {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind(0)");
         drop(l);
-        lat.push(t.elapsed());
-    }
+    });
     Samples::merge(vec![lat], start.elapsed())
 }
 
@@ -31,25 +28,7 @@ pub fn unix_rtt(clients: usize, pass_fd: bool, dur: Duration) -> Samples {
         .map(|_| {
             let (mut a, b) = UnixStream::pair().expect("socketpair");
             std::thread::spawn(move || echo(b, pass_fd));
-            std::thread::spawn(move || {
-                let mut lat = Vec::new();
-                let mut buf = [7u8; 16];
-                // The passed descriptor: an unbound socket, as Bind sends.
-                let passed = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
-                let begin = Instant::now();
-                while begin.elapsed() < dur {
-                    let t = Instant::now();
-                    if pass_fd {
-                        portres_proto::fdpass::send_with_fds(a.as_fd(), &buf, &[passed.as_fd()])
-                            .expect("send");
-                    } else {
-                        a.write_all(&buf).expect("write");
-                    }
-                    a.read_exact(&mut buf).expect("read");
-                    lat.push(t.elapsed());
-                }
-                lat
-            })
+            std::thread::spawn(move || round_trips(&mut a, pass_fd, dur))
         })
         .collect();
     let parts = handles
@@ -57,6 +36,21 @@ pub fn unix_rtt(clients: usize, pass_fd: bool, dur: Duration) -> Samples {
         .map(|h| h.join().expect("client"))
         .collect();
     Samples::merge(parts, start.elapsed())
+}
+
+/// 16-byte round trips on `a` for `dur` (with one descriptor passed per
+/// request when `pass_fd`: an unbound socket, as Bind sends); latencies.
+fn round_trips(a: &mut UnixStream, pass_fd: bool, dur: Duration) -> Vec<Duration> {
+    let passed = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let mut buf = [7u8; 16];
+    crate::stats::timed(dur, || {
+        if pass_fd {
+            portres_proto::fdpass::send_with_fds(a.as_fd(), &buf, &[passed.as_fd()]).expect("send");
+        } else {
+            a.write_all(&buf).expect("write");
+        }
+        a.read_exact(&mut buf).expect("read");
+    })
 }
 
 /// Serves echo connections on `socket` forever, one thread per connection
@@ -94,24 +88,7 @@ pub fn unix_rtt_process(clients: usize, pass_fd: bool, dur: Duration) -> Samples
         .map(|_| {
             let mut a = UnixStream::connect(&socket).expect("connect echo");
             a.write_all(&[u8::from(pass_fd)]).expect("mode");
-            std::thread::spawn(move || {
-                let passed = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
-                let mut lat = Vec::new();
-                let mut buf = [7u8; 16];
-                let begin = Instant::now();
-                while begin.elapsed() < dur {
-                    let t = Instant::now();
-                    if pass_fd {
-                        portres_proto::fdpass::send_with_fds(a.as_fd(), &buf, &[passed.as_fd()])
-                            .expect("send");
-                    } else {
-                        a.write_all(&buf).expect("write");
-                    }
-                    a.read_exact(&mut buf).expect("read");
-                    lat.push(t.elapsed());
-                }
-                lat
-            })
+            std::thread::spawn(move || round_trips(&mut a, pass_fd, dur))
         })
         .collect();
     let parts = handles

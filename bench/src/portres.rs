@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use portres::{Client, CreateOptions, Protocol};
 
-use crate::stats::Samples;
+use crate::stats::{Samples, timed};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -113,14 +113,7 @@ pub fn run_clients(
                 // Warm up the connection, then start together.
                 op(&c);
                 barrier.wait();
-                let mut lat = Vec::with_capacity(100_000);
-                let begin = Instant::now();
-                while begin.elapsed() < dur {
-                    let t = Instant::now();
-                    op(&c);
-                    lat.push(t.elapsed());
-                }
-                lat
+                timed(dur, || op(&c))
             })
         })
         .collect();
@@ -165,28 +158,20 @@ pub fn bind_held(d: &Daemon, dur: Duration) -> Samples {
 pub fn create_delete(d: &Daemon, dur: Duration) -> Samples {
     let c = d.client();
     let mut port = 20000u16;
-    let mut lat = Vec::new();
     let start = Instant::now();
-    while start.elapsed() < dur {
+    let lat = timed(dur, || {
         port = if port >= 29999 { 20000 } else { port + 1 };
-        let t = Instant::now();
         c.create(Protocol::Udp, port, 1, CreateOptions::default())
             .expect("create");
         c.delete(Protocol::Udp, port, 1).expect("delete");
-        lat.push(t.elapsed());
-    }
+    });
     Samples::merge(vec![lat], start.elapsed())
 }
 
 fn run_clients_single(c: Client, dur: Duration, op: impl Fn(&Client)) -> Samples {
     op(&c);
-    let mut lat = Vec::new();
     let start = Instant::now();
-    while start.elapsed() < dur {
-        let t = Instant::now();
-        op(&c);
-        lat.push(t.elapsed());
-    }
+    let lat = timed(dur, || op(&c));
     Samples::merge(vec![lat], start.elapsed())
 }
 

@@ -89,15 +89,10 @@ impl PortServer {
             .map(|_| {
                 let socket = self.socket.clone();
                 std::thread::spawn(move || {
-                    let mut lat = Vec::new();
-                    let begin = Instant::now();
-                    while begin.elapsed() < dur {
-                        let t = Instant::now();
+                    crate::stats::timed(dur, || {
                         let port = PortServer::request(&socket, pid);
                         assert!(port != 0, "portserver ran out of ports");
-                        lat.push(t.elapsed());
-                    }
-                    lat
+                    })
                 })
             })
             .collect();

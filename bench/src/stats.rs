@@ -34,6 +34,18 @@ impl Samples {
     }
 }
 
+/// Runs `op` back to back for `dur`; the latency of each run.
+pub fn timed(dur: Duration, mut op: impl FnMut()) -> Vec<Duration> {
+    let mut lat = Vec::with_capacity(100_000);
+    let begin = std::time::Instant::now();
+    while begin.elapsed() < dur {
+        let t = std::time::Instant::now();
+        op();
+        lat.push(t.elapsed());
+    }
+    lat
+}
+
 /// "12.3 µs" style.
 pub fn fmt_dur(d: Duration) -> String {
     let us = d.as_secs_f64() * 1e6;
