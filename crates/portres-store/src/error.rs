@@ -126,6 +126,9 @@ fn sqlite_hint(e: &rusqlite::Error) -> Option<&'static str> {
         ffi::ErrorCode::DatabaseCorrupt | ffi::ErrorCode::NotADatabase => Some(
             "the file is damaged or is not a portres store; restore it from a backup, or move it aside to start with an empty store",
         ),
+        ffi::ErrorCode::SystemIoFailure => Some(
+            "the file system failed the operation: it may have turned read-only after an error, or the disk is failing; see the kernel log",
+        ),
         ffi::ErrorCode::DatabaseBusy | ffi::ErrorCode::DatabaseLocked => {
             Some("another process holds the database locked; is a second portresd running?")
         }

@@ -1,8 +1,8 @@
 //! The store's files on disk, apart from what SQLite writes into them: the
 //! state directory (created 0700), the database file (created 0600 before
 //! SQLite opens it, so its `-wal` and `-shm`, which SQLite creates with the
-//! database file's mode, are 0600 too), and directory fsyncs that make a new
-//! file's name durable.
+//! database file's mode, are 0600 too), directory fsyncs that make a new
+//! file's name durable, and telling a read-only file system.
 
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io;
@@ -105,6 +105,12 @@ pub(crate) fn tighten_modes(db: &Path) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// Whether `dir` is on a file system mounted read-only (statvfs ST_RDONLY:
+/// the mount or the whole file system). False if it cannot be told.
+pub(crate) fn on_read_only_fs(dir: &Path) -> bool {
+    rustix::fs::statvfs(dir).is_ok_and(|s| s.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY))
 }
 
 /// Flushes a directory, so that names created in it survive a crash.

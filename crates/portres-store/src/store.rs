@@ -36,6 +36,9 @@ pub struct StoredReservation {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The connection can only read (the file system was read-only at open);
+    /// writes first try to reopen it read-write.
+    read_only: bool,
 }
 
 const SELECT_ALL: &str = "SELECT rowid, protocol, start, count, owner_kind, owner_id, label, \
@@ -63,7 +66,33 @@ impl Store {
     /// and a 5 s busy timeout, runs `PRAGMA quick_check` and fails if the file
     /// is damaged, then migrates the schema to [`schema::SCHEMA_VERSION`]
     /// (refusing a file written by a newer schema).
+    ///
+    /// On a file system mounted read-only (say, one that came up read-only
+    /// after a reboot) an existing store is opened read-only instead, so
+    /// the daemon can still restore its persistent reservations and serve
+    /// runtime ones: [`Store::is_read_only`] says so, reads work, and every
+    /// change fails with "attempt to write a readonly database" — after
+    /// first trying to reopen read-write, so changes work again as soon as
+    /// the file system is writable.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        match Self::open_writable(state_dir) {
+            Err(e) if files::on_read_only_fs(state_dir) => {
+                // Report the read-write failure if reading fails too: it
+                // says what is wrong with the file system.
+                Self::open_read_only(state_dir).map_err(|_| e)
+            }
+            other => other,
+        }
+    }
+
+    /// Whether the store can only read: the file system was read-only when
+    /// it was (re)opened. Changes first try to reopen it read-write.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// `open` on a writable file system (see there).
+    fn open_writable(state_dir: &Path) -> Result<Store, StoreError> {
         files::ensure_state_dir(state_dir)?;
         let path = state_dir.join(Self::FILE_NAME);
         files::prepare_db_file(&path)?;
@@ -126,7 +155,102 @@ impl Store {
         }
         // SQLite created -wal and -shm with the database file's mode; make sure.
         files::tighten_modes(&path)?;
-        Ok(Store { conn, path })
+        // SQLite opens a file it cannot write read-only without saying so
+        // (a read-only mount where the -wal and -shm already exist).
+        let read_only = conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false);
+        Ok(Store {
+            conn,
+            path,
+            read_only,
+        })
+    }
+
+    /// Opens an existing store read-only, on a read-only file system where
+    /// SQLite cannot create the `-wal`/`-shm` files a WAL database needs.
+    /// With a `-wal` file present (the last daemon did not stop cleanly)
+    /// SQLite reads it with the `-shm` in place; without one, every commit
+    /// is in the main file and the file is opened `immutable` (no WAL, no
+    /// locks: nothing can change it on a read-only mount). Checks integrity
+    /// and the schema version as `open` does, but migrates nothing.
+    fn open_read_only(state_dir: &Path) -> Result<Store, StoreError> {
+        let path = state_dir.join(Self::FILE_NAME);
+        let opening = "opening the database read-only (its file system is read-only)";
+        let sql_err = |action: &str, e| StoreError::sqlite(&path, action, e);
+        let meta = std::fs::metadata(&path).map_err(|e| StoreError::io(&path, opening, e))?;
+        if !meta.is_file() {
+            return Err(StoreError::io(
+                &path,
+                opening,
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "it is not a regular file"),
+            ));
+        }
+        let [wal, _] = files::companions(&path);
+        let mode = if wal.exists() {
+            "mode=ro"
+        } else {
+            "immutable=1"
+        };
+        let uri = format!("file:{}?{mode}", uri_path(&path));
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_EXRESCODE
+            | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(&uri, flags).map_err(|e| sql_err(opening, e))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| sql_err(opening, e))?;
+        quick_check(&conn, &path)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(|e| sql_err("checking the schema version", e))?;
+        if version != schema::SCHEMA_VERSION {
+            return Err(StoreError::invalid(
+                &path,
+                "checking the schema version",
+                format!(
+                    "the store has schema version {version}, this portres needs {} and cannot \
+                     migrate a store on a read-only file system",
+                    schema::SCHEMA_VERSION
+                ),
+            ));
+        }
+        for sql in [SELECT_ALL, INSERT, DELETE, GET_META, SET_META] {
+            conn.prepare_cached(sql)
+                .map_err(|e| sql_err("checking the schema", e))?;
+        }
+        Ok(Store {
+            conn,
+            path,
+            read_only: true,
+        })
+    }
+
+    /// Before a change: a store opened read-only tries to become writable
+    /// again (its file system may have been remounted read-write). If it
+    /// cannot, the change runs on the read-only connection and fails with
+    /// SQLite's "attempt to write a readonly database".
+    fn reopen_if_read_only(&mut self) {
+        if !self.read_only {
+            return;
+        }
+        let Some(dir) = self.path.parent() else {
+            return;
+        };
+        if files::on_read_only_fs(dir) {
+            return;
+        }
+        // Close the read-only connection first: after a crash its shared
+        // hold on the -shm keeps a writer from recovering the -wal.
+        let Ok(placeholder) = Connection::open_in_memory() else {
+            return;
+        };
+        drop(std::mem::replace(&mut self.conn, placeholder));
+        let dir = dir.to_path_buf();
+        // If the file vanished or broke meanwhile, the in-memory placeholder
+        // stays (its missing tables make every call fail) and the next
+        // change tries again.
+        if let Ok(store) = Self::open(&dir).or_else(|_| Self::open_read_only(&dir)) {
+            *self = store;
+        }
     }
 
     /// The path of the database file.
@@ -147,6 +271,7 @@ impl Store {
     /// does, the error says so ([`StoreError::is_duplicate`]) and nothing
     /// changes. Overlaps with other rows are the caller's to check.
     pub fn insert(&mut self, r: &StoredReservation) -> Result<(), StoreError> {
+        self.reopen_if_read_only();
         let action = format!("recording {} {}", r.protocol, r.block);
         let (owner_kind, owner_id) = match r.owner {
             None => (None, None),
@@ -178,6 +303,7 @@ impl Store {
     /// was deleted, `Ok(false)` if none matched (a row with the same start
     /// but another count is not deleted). Durable when it returns.
     pub fn delete(&mut self, protocol: Protocol, block: Block) -> Result<bool, StoreError> {
+        self.reopen_if_read_only();
         let changed = self
             .conn
             .prepare_cached(DELETE)
@@ -225,12 +351,28 @@ impl Store {
     /// Records the baseline (inserting or replacing it), in the kernel's
     /// text form. Durable when it returns.
     pub fn set_baseline(&mut self, ports: &PortSet) -> Result<(), StoreError> {
+        self.reopen_if_read_only();
         self.conn
             .prepare_cached(SET_META)
             .and_then(|mut stmt| stmt.execute(params![BASELINE_KEY, ports.to_string()]))
             .map(drop)
             .map_err(|e| StoreError::sqlite(&self.path, "recording the kernel baseline", e))
     }
+}
+
+/// `path` for an SQLite `file:` URI: every byte but unreserved ones and
+/// `/` percent-encoded (so `?`, `#` and `%` in a path mean themselves).
+fn uri_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Reads and validates every row of `persistent` (see [`Store::load`]).

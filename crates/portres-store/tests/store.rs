@@ -383,11 +383,16 @@ fn sh(args: &[&str]) -> bool {
 }
 
 /// Runs inside a private mount namespace (as root): a full file system
-/// (a tiny tmpfs) and a read-only one (a read-only bind mount).
+/// (a tiny tmpfs) and a read-only one (`ro`, a bind mount of `src` that is
+/// made read-only and writable again; a store left open on `src` plays a
+/// crashed daemon, since a mount with files open for writing cannot be made
+/// read-only).
 fn full_and_read_only_fs_child(base: &Path) {
     let full = base.join("full");
+    let src = base.join("src");
     let ro = base.join("ro");
     fs::create_dir_all(&full).unwrap();
+    fs::create_dir_all(&src).unwrap();
     fs::create_dir_all(&ro).unwrap();
     let (f, r) = (full.to_str().unwrap(), ro.to_str().unwrap());
     if !sh(&[
@@ -398,7 +403,7 @@ fn full_and_read_only_fs_child(base: &Path) {
         "size=256k,mode=0700",
         "tmpfs",
         f,
-    ]) || !sh(&["mount", "--bind", r, r])
+    ]) || !sh(&["mount", "--bind", src.to_str().unwrap(), r])
     {
         println!("{CHILD_SKIP}: cannot mount");
         return;
@@ -435,24 +440,64 @@ fn full_and_read_only_fs_child(base: &Path) {
     assert!(sh(&["mount", "-o", "remount,size=4m", f]));
     assert_eq!(Store::open(&full).unwrap().load().unwrap(), acked);
 
-    // Read-only: opening (or, if SQLite manages to open it read-only,
-    // writing) fails cleanly and names the file.
+    // Read-only at open, after a clean close (no -wal left) and after a
+    // crash (-wal and -shm left): the store opens read-only, reads every
+    // row, refuses changes naming the file, and becomes writable again by
+    // itself once the file system is.
     let mut store = Store::open(&ro).unwrap();
     store.insert(&res(Protocol::Udp, 53, 1)).unwrap();
+    store.set_baseline(&"999".parse().unwrap()).unwrap();
+    let mut rows = vec![res(Protocol::Udp, 53, 1)];
     drop(store);
-    assert!(sh(&["mount", "-o", "remount,ro,bind", r]));
-    match Store::open(&ro) {
-        Err(e) => {
-            let text = e.to_string();
-            assert!(text.contains(&ro.display().to_string()), "{text}");
-            println!("read-only open: {text}");
+    for crashed in [false, true] {
+        let how = if crashed {
+            "after a crash"
+        } else {
+            "after a clean close"
+        };
+        if crashed {
+            let mut store = Store::open(&src).unwrap();
+            store.insert(&res(Protocol::Tcp, 80, 1)).unwrap();
+            rows.insert(0, res(Protocol::Tcp, 80, 1));
+            // Never closed: the -wal (holding the insert) and -shm stay.
+            std::mem::forget(store);
+            assert!(ro.join("portres.db-wal").exists());
+        } else {
+            assert!(!ro.join("portres.db-wal").exists());
         }
-        Ok(mut store) => {
-            let e = store.insert(&res(Protocol::Udp, 54, 1)).unwrap_err();
-            let text = e.to_string();
-            assert!(text.contains("readonly"), "{text}");
-            println!("read-only insert: {text}");
-        }
+        assert!(sh(&["mount", "-o", "remount,ro,bind", r]));
+        let mut store = Store::open(&ro).unwrap_or_else(|e| panic!("{how}: {e}"));
+        assert!(store.is_read_only(), "{how}");
+        assert_eq!(store.load().unwrap(), rows, "{how}");
+        assert_eq!(store.baseline().unwrap().unwrap().to_string(), "999");
+        let e = store.insert(&res(Protocol::Udp, 54, 1)).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("attempt to write a readonly database"),
+            "{text}"
+        );
+        assert!(text.contains(&ro.display().to_string()), "{text}");
+        assert!(
+            store
+                .delete(Protocol::Udp, Block::new(53, 1).unwrap())
+                .is_err()
+        );
+        assert_eq!(
+            store.load().unwrap(),
+            rows,
+            "{how}: a refused change changed rows"
+        );
+        println!("read-only {how}: {text}");
+        assert!(sh(&["mount", "-o", "remount,rw,bind", r]));
+        store.insert(&res(Protocol::Udp, 54, 1)).unwrap();
+        assert!(!store.is_read_only(), "{how}: still read-only");
+        assert!(
+            store
+                .delete(Protocol::Udp, Block::new(54, 1).unwrap())
+                .unwrap()
+        );
+        drop(store);
+        assert_eq!(Store::open(&ro).unwrap().load().unwrap(), rows, "{how}");
     }
     println!("{CHILD_OK}");
 }
