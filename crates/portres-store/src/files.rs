@@ -1,12 +1,13 @@
 //! The store's files on disk, apart from what SQLite writes into them: the
-//! state directory (created 0700), the database file (created 0600 before
+//! state directory (created 0700; an existing one must be ours and not
+//! writable by group or others), the database file (created 0600 before
 //! SQLite opens it, so its `-wal` and `-shm`, which SQLite creates with the
 //! database file's mode, are 0600 too), directory fsyncs that make a new
 //! file's name durable, and telling a read-only file system.
 
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::StoreError;
@@ -26,10 +27,11 @@ pub(crate) fn companions(db: &Path) -> [PathBuf; 2] {
 }
 
 /// Makes sure `dir` is a directory, creating it (and missing parents) with
-/// mode 0700 if it does not exist. An existing directory is left as it is.
+/// mode 0700 if it does not exist. An existing directory is used as it is
+/// if only we control it (see [`check_private_dir`]).
 pub(crate) fn ensure_state_dir(dir: &Path) -> Result<(), StoreError> {
     match fs::metadata(dir) {
-        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(meta) if meta.is_dir() => return check_private_dir(dir, &meta),
         Ok(_) => {
             return Err(StoreError::io(
                 dir,
@@ -83,23 +85,94 @@ pub(crate) fn prepare_db_file(db: &Path) -> Result<(), StoreError> {
     tighten_modes(db)
 }
 
-/// Gives `db` and its companions that exist mode 0600.
+/// Refuses an existing state directory that someone else could change
+/// files in: one owned by another user than ours, or writable by its group
+/// or by others (sticky or not — in a sticky directory another user can
+/// still create `portres.db` or its `-wal` before us). Whoever can write
+/// there can replace the database, or plant a symbolic link where we would
+/// write.
+pub(crate) fn check_private_dir(dir: &Path, meta: &fs::Metadata) -> Result<(), StoreError> {
+    let us = rustix::process::geteuid().as_raw();
+    let using = "using the state directory";
+    if meta.uid() != us {
+        return Err(StoreError::io(
+            dir,
+            using,
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "it is owned by uid {}, not by the daemon's uid {us}, so that user could \
+                     replace the database (chown it to uid {us}, or choose another directory)",
+                    meta.uid()
+                ),
+            ),
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(StoreError::io(
+            dir,
+            using,
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "it is writable by {} (mode {mode:04o}), who could replace the database \
+                     (chmod 0700 it, or choose another directory)",
+                    if mode & 0o002 != 0 {
+                        "everyone"
+                    } else {
+                        "its group"
+                    }
+                ),
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Gives `db` and its companions that exist mode 0600, refusing any that is
+/// not a regular file of ours (a symbolic link, say).
 pub(crate) fn tighten_modes(db: &Path) -> Result<(), StoreError> {
+    check_files(db, true)
+}
+
+/// Refuses `db` or a companion that is not a regular file of ours; with
+/// `fix_modes`, gives each mode 0600.
+pub(crate) fn check_files(db: &Path, fix_modes: bool) -> Result<(), StoreError> {
     let [wal, shm] = companions(db);
+    let us = rustix::process::geteuid().as_raw();
     for path in [db.to_path_buf(), wal, shm] {
-        let meta = match fs::metadata(&path) {
+        let meta = match fs::symlink_metadata(&path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound && path != db => continue,
             Err(e) => return Err(StoreError::io(&path, "checking the file's mode", e)),
         };
         if !meta.is_file() {
+            let what = if meta.file_type().is_symlink() {
+                "it is a symbolic link, not a regular file"
+            } else {
+                "it is not a regular file"
+            };
             return Err(StoreError::io(
                 &path,
                 "checking the file",
-                io::Error::new(io::ErrorKind::InvalidInput, "it is not a regular file"),
+                io::Error::new(io::ErrorKind::InvalidInput, what),
             ));
         }
-        if meta.permissions().mode() & 0o7777 != FILE_MODE {
+        if meta.uid() != us {
+            return Err(StoreError::io(
+                &path,
+                "checking the file",
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "it is owned by uid {}, not by the daemon's uid {us}",
+                        meta.uid()
+                    ),
+                ),
+            ));
+        }
+        if fix_modes && meta.permissions().mode() & 0o7777 != FILE_MODE {
             fs::set_permissions(&path, Permissions::from_mode(FILE_MODE))
                 .map_err(|e| StoreError::io(&path, "setting the file's mode to 0600", e))?;
         }

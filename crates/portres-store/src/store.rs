@@ -176,14 +176,9 @@ impl Store {
         let path = state_dir.join(Self::FILE_NAME);
         let opening = "opening the database read-only (its file system is read-only)";
         let sql_err = |action: &str, e| StoreError::sqlite(&path, action, e);
-        let meta = std::fs::metadata(&path).map_err(|e| StoreError::io(&path, opening, e))?;
-        if !meta.is_file() {
-            return Err(StoreError::io(
-                &path,
-                opening,
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, "it is not a regular file"),
-            ));
-        }
+        // The same checks as a writable open, minus fixing modes.
+        files::ensure_state_dir(state_dir)?;
+        files::check_files(&path, false)?;
         let [wal, _] = files::companions(&path);
         let mode = if wal.exists() {
             "mode=ro"

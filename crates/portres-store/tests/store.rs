@@ -663,3 +663,60 @@ proptest! {
         prop_assert_eq!(store.load().unwrap(), model.values().cloned().collect::<Vec<_>>());
     }
 }
+
+#[test]
+fn state_directories_others_can_write_to_and_planted_links_are_refused() {
+    let (_tmp, dir) = state_dir();
+    drop(Store::open(&dir).unwrap());
+    for (mode, who) in [
+        (0o777, "everyone"),
+        (0o1777, "everyone"),
+        (0o770, "its group"),
+    ] {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
+        let text = Store::open(&dir).unwrap_err().to_string();
+        assert!(
+            text.contains(&format!("writable by {who} (mode {mode:04o})")),
+            "{text}"
+        );
+        assert!(text.contains(&dir.display().to_string()), "{text}");
+    }
+    // Readable by others is fine (systemd's StateDirectory= default is 0755).
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    drop(Store::open(&dir).unwrap());
+    // A symbolic link where the database or its -wal goes is refused.
+    let elsewhere = dir.join("elsewhere");
+    fs::write(&elsewhere, b"").unwrap();
+    for name in ["portres.db-wal", "portres.db-shm"] {
+        let link = dir.join(name);
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        let text = Store::open(&dir).unwrap_err().to_string();
+        assert!(text.contains("symbolic link"), "{name}: {text}");
+        fs::remove_file(&link).unwrap();
+    }
+    fs::rename(dir.join("portres.db"), dir.join("moved.db")).unwrap();
+    std::os::unix::fs::symlink(dir.join("moved.db"), dir.join("portres.db")).unwrap();
+    let text = Store::open(&dir).unwrap_err().to_string();
+    assert!(text.contains("symbolic link"), "{text}");
+    assert_eq!(
+        mode(&elsewhere) & 0o777,
+        0o644,
+        "the link target's mode was changed"
+    );
+    if running_as_root() {
+        // Owned by another user: refused, directory and file alike.
+        fs::remove_file(dir.join("portres.db")).unwrap();
+        fs::rename(dir.join("moved.db"), dir.join("portres.db")).unwrap();
+        let nobody = Some(65534);
+        std::os::unix::fs::chown(dir.join("portres.db"), nobody, None).unwrap();
+        let text = Store::open(&dir).unwrap_err().to_string();
+        assert!(text.contains("owned by uid 65534"), "{text}");
+        std::os::unix::fs::chown(dir.join("portres.db"), Some(0), None).unwrap();
+        std::os::unix::fs::chown(&dir, nobody, None).unwrap();
+        let text = Store::open(&dir).unwrap_err().to_string();
+        assert!(
+            text.contains("owned by uid 65534, not by the daemon's uid 0"),
+            "{text}"
+        );
+    }
+}
