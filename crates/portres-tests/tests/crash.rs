@@ -1,7 +1,8 @@
 //! Crash safety: clients create and delete persistent reservations and
 //! acquire runtime ones while `portresd` is killed with SIGKILL at random
-//! moments (mid-request, mid-fsync, mid-startup), restarted, and checked
-//! after every restart against what the clients were told:
+//! moments (mid-request, mid-fsync, mid-startup, and — SIGTERM then
+//! SIGKILL — mid-clean-stop), restarted, and checked after every restart
+//! against what the clients were told:
 //!
 //! - every acknowledged create is present (same block, label and owner);
 //! - every acknowledged delete is absent;
@@ -69,6 +70,7 @@ enum Slot {
 struct Counts {
     kills: u64,
     startup_kills: u64,
+    shutdown_kills: u64,
     acked_creates: u64,
     acked_deletes: u64,
     acked_refusals: u64,
@@ -430,7 +432,13 @@ fn crash_loop(test: &str, kills: u64) {
                 s.spawn(move || runtime_round(client, &mut r, counts));
             }
             std::thread::sleep(lifetime);
-            d.kill9();
+            if rng.chance(10) {
+                // Sometimes in the middle of a clean stop.
+                d.term_then_kill(Duration::from_micros(rng.below(3000)));
+                counts.lock().unwrap().shutdown_kills += 1;
+            } else {
+                d.kill9();
+            }
             counts.lock().unwrap().kills += 1;
         });
     }
@@ -447,12 +455,13 @@ fn crash_loop(test: &str, kills: u64) {
         .count();
     let acked = c.acked_creates + c.acked_deletes + c.acked_refusals + c.acked_lookups;
     eprintln!(
-        "{test}: {} kills ({} during startup) in {:.1?}; acknowledged operations checked: {acked} \
+        "{test}: {} kills ({} during startup, {} during a clean stop) in {:.1?}; acknowledged operations checked: {acked} \
          ({} creates, {} deletes, {} refused overlapping creates, {} lookups); {} unanswered \
          creates/deletes resolved all-or-nothing ({} had taken effect, {} had not); {} runtime reservations acquired and gone after \
          restart; {} slot checks; {present} persistent reservations at the end; violations: {}",
         c.kills,
         c.startup_kills,
+        c.shutdown_kills,
         started.elapsed(),
         c.acked_creates,
         c.acked_deletes,

@@ -150,6 +150,16 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, then SIGKILL `after` later if it is still there (a crash
+    /// in the middle of a clean stop).
+    pub fn term_then_kill(mut self, after: Duration) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("pid");
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        std::thread::sleep(after);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM and wait for the exit.
     pub fn terminate(mut self) {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("pid");
