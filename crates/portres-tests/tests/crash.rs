@@ -13,7 +13,7 @@
 //!
 //! The CI test kills a handful of times; the long run
 //! (`scripts/reliability`, or `PORTRES_CRASH_KILLS=N cargo test --release
-//! -p portres-tests --test crash -- --ignored --nocapture`) kills 500 times.
+//! -p portres-tests --test crash -- --ignored --nocapture`) kills 1000 times.
 
 mod support;
 
@@ -494,10 +494,10 @@ fn acknowledged_persistent_changes_survive_sigkill_at_random_moments() {
 }
 
 #[test]
-#[ignore = "long run (500 kills, ~20 s): scripts/reliability"]
-fn long_run_acknowledged_persistent_changes_survive_500_sigkills() {
+#[ignore = "long run (1000 kills, ~30 s in release): scripts/reliability"]
+fn long_run_acknowledged_persistent_changes_survive_1000_sigkills() {
     crash_loop(
-        "long_run_acknowledged_persistent_changes_survive_500_sigkills",
-        knob("PORTRES_CRASH_KILLS", 500),
+        "long_run_acknowledged_persistent_changes_survive_1000_sigkills",
+        knob("PORTRES_CRASH_KILLS", 1000),
     );
 }
