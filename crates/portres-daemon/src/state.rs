@@ -55,6 +55,7 @@ pub struct State {
     pub(crate) netns_cookie: u64,
     pub(crate) in_use: InUseProbe,
     pub(crate) started: Instant,
+    tokens: TokenPool,
     /// The kernel holds ports we no longer reserve; `flush_kernel` will
     /// write the smaller value (see `release_in_kernel`).
     kernel_shrink_pending: bool,
@@ -75,15 +76,29 @@ impl std::fmt::Debug for State {
     }
 }
 
-/// A random, non-zero token from the OS random source.
-pub(crate) fn random_token() -> Result<Token, Error> {
-    loop {
-        let raw = getrandom::u64().map_err(|e| {
-            Error::new(ErrorCode::Internal, format!("OS random source failed: {e}"))
-        })?;
-        if let Some(t) = Token::new(raw) {
-            return Ok(t);
+/// Tokens drawn from the OS random source, 64 per getrandom() call (one
+/// system call per 64 reservations instead of one each). Nothing about a
+/// token is derived from another: each is eight fresh random bytes.
+#[derive(Default)]
+pub(crate) struct TokenPool {
+    buf: Vec<u64>,
+}
+
+impl TokenPool {
+    const BATCH: usize = 64;
+
+    fn next(&mut self) -> Result<u64, Error> {
+        if self.buf.is_empty() {
+            let mut bytes = [0u8; Self::BATCH * 8];
+            getrandom::fill(&mut bytes).map_err(|e| {
+                Error::new(ErrorCode::Internal, format!("OS random source failed: {e}"))
+            })?;
+            self.buf = bytes
+                .chunks_exact(8)
+                .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
+                .collect();
         }
+        Ok(self.buf.pop().expect("refilled above"))
     }
 }
 
@@ -112,6 +127,7 @@ impl State {
             netns_cookie,
             in_use,
             started: Instant::now(),
+            tokens: TokenPool::default(),
             kernel_shrink_pending: false,
             on_shrink_pending: None,
             range_cache: None,
@@ -139,7 +155,7 @@ impl State {
         }
         for row in state.store.load().map_err(Error::from)? {
             let res = Reservation::persistent(
-                random_token()?,
+                state.new_token()?,
                 row.protocol,
                 row.block,
                 row.owner,
@@ -159,6 +175,17 @@ impl State {
             )
         })?;
         Ok(state)
+    }
+
+    /// A fresh random token no live reservation has.
+    pub(crate) fn new_token(&mut self) -> Result<Token, Error> {
+        loop {
+            if let Some(t) = Token::new(self.tokens.next()?)
+                && !self.table.contains_token(t)
+            {
+                return Ok(t);
+            }
+        }
     }
 
     /// Registers a new connection.

@@ -8,7 +8,7 @@ use portres_core::{Block, Error, ErrorCode, Kind, Reservation, SessionId};
 use portres_proto::{BlockParams, CreateParams, Empty, ReservationReply};
 use portres_store::StoredReservation;
 
-use crate::state::{State, check_label, random_token};
+use crate::state::{State, check_label};
 
 impl State {
     fn require_admin(&self, session: SessionId, what: &str) -> Result<u32, Error> {
@@ -48,10 +48,7 @@ impl State {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64),
         };
-        let mut token = random_token()?;
-        while self.table.contains_token(token) {
-            token = random_token()?;
-        }
+        let token = self.new_token()?;
         self.store.insert(&row).map_err(Error::from)?;
         let res = Reservation::persistent(token, p.protocol, block, owner, p.label);
         if let Err(e) = self.table.insert(res) {

@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use portres_core::{Block, Error, ErrorCode, Holder, Kind, Reservation, SessionId};
 use portres_proto::{AcquireParams, BindParams, BindReply, Empty, ReleaseParams, ReservationReply};
 
-use crate::state::{State, check_label, random_token};
+use crate::state::{State, check_label};
 
 impl State {
     /// Acquire: a block at `start`, or the first free block of `count` in the
@@ -94,10 +94,7 @@ impl State {
             self.check_not_in_use(p.protocol, block)?;
             block
         };
-        let mut token = random_token()?;
-        while self.table.contains_token(token) {
-            token = random_token()?;
-        }
+        let token = self.new_token()?;
         let mut res = Reservation::runtime(
             token,
             p.protocol,
