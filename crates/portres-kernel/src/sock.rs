@@ -79,29 +79,21 @@ pub fn current_netns_cookie() -> io::Result<u64> {
 /// (getsockname gives a port, or an address with IP_BIND_ADDRESS_NO_PORT)
 /// => ErrorCode::AlreadyBound.
 pub fn inspect(fd: BorrowedFd<'_>) -> Result<SocketInfo, Error> {
-    let stat = rustix::fs::fstat(fd).map_err(|e| {
-        Error::new(
-            ErrorCode::NotASocket,
-            format!("cannot examine the descriptor: {}", errno_text(e)),
-        )
-    })?;
-    let file_type = FileType::from_raw_mode(stat.st_mode);
-    if file_type != FileType::Socket {
-        return Err(Error::new(
-            ErrorCode::NotASocket,
-            format!(
-                "the descriptor is {}, not a socket",
-                file_type_name(file_type)
-            ),
-        ));
-    }
     let internal = |what: &str, e: Errno| {
         Error::new(
             ErrorCode::Internal,
             format!("cannot read the socket's {what}: {}", errno_text(e)),
         )
     };
-    let domain = sockopt::socket_domain(fd).map_err(|e| internal("domain", e))?;
+    // getsockname answers "is it a socket" (ENOTSOCK), "which family" and
+    // "is it bound" in one call — this runs for every Bind request, so the
+    // fstat that names what a non-socket is happens only on that path.
+    let local = match rustix::net::getsockname(fd) {
+        Ok(any) => any,
+        Err(Errno::NOTSOCK) => return Err(not_a_socket(fd)),
+        Err(e) => return Err(internal("local address", e)),
+    };
+    let domain = local.address_family();
     let ipv6 = match domain {
         AddressFamily::INET => false,
         AddressFamily::INET6 => true,
@@ -132,7 +124,8 @@ pub fn inspect(fd: BorrowedFd<'_>) -> Result<SocketInfo, Error> {
             ));
         }
     };
-    let local = local_address(fd).map_err(|e| internal("local address", e))?;
+    let local =
+        SocketAddr::try_from(local).map_err(|_| internal("local address", Errno::AFNOSUPPORT))?;
     if local.port() != 0 || !local.ip().is_unspecified() {
         return Err(Error::new(
             ErrorCode::AlreadyBound,
@@ -143,6 +136,23 @@ pub fn inspect(fd: BorrowedFd<'_>) -> Result<SocketInfo, Error> {
         ));
     }
     Ok(SocketInfo { protocol, ipv6 })
+}
+
+/// Why a descriptor is not a socket, in words (fstat names what it is).
+fn not_a_socket(fd: BorrowedFd<'_>) -> Error {
+    match rustix::fs::fstat(fd) {
+        Ok(stat) => Error::new(
+            ErrorCode::NotASocket,
+            format!(
+                "the descriptor is {}, not a socket",
+                file_type_name(FileType::from_raw_mode(stat.st_mode))
+            ),
+        ),
+        Err(e) => Error::new(
+            ErrorCode::NotASocket,
+            format!("cannot examine the descriptor: {}", errno_text(e)),
+        ),
+    }
 }
 
 /// Binds the socket to (addr, port) for each port from `ports` in turn
@@ -169,6 +179,31 @@ pub fn bind_into(
             format!("cannot read the socket's address family: {}", errno_text(e)),
         )
     })?;
+    bind_in_domain(fd, domain, addr, ports)
+}
+
+/// `bind_into` for a socket `inspect` has already described (saves asking
+/// the kernel for its family again).
+pub fn bind_inspected(
+    fd: BorrowedFd<'_>,
+    info: &SocketInfo,
+    addr: IpAddr,
+    ports: impl Iterator<Item = u16>,
+) -> Result<u16, Error> {
+    let domain = if info.ipv6 {
+        AddressFamily::INET6
+    } else {
+        AddressFamily::INET
+    };
+    bind_in_domain(fd, domain, addr, ports)
+}
+
+fn bind_in_domain(
+    fd: BorrowedFd<'_>,
+    domain: AddressFamily,
+    addr: IpAddr,
+    ports: impl Iterator<Item = u16>,
+) -> Result<u16, Error> {
     match (domain, addr) {
         (AddressFamily::INET, IpAddr::V4(_)) | (AddressFamily::INET6, IpAddr::V6(_)) => {}
         (AddressFamily::INET | AddressFamily::INET6, _) => {

@@ -197,7 +197,8 @@ impl State {
                 ),
             ));
         }
-        let port = portres_kernel::sock::bind_into(fd.as_fd(), p.address, res.bind_order())?;
+        let port =
+            portres_kernel::sock::bind_inspected(fd.as_fd(), &info, p.address, res.bind_order())?;
         if let Some(res) = self.table.get_mut(p.token) {
             res.advance_past(port);
         }
