@@ -90,7 +90,9 @@ pub fn inspect(fd: BorrowedFd<'_>) -> Result<SocketInfo, Error> {
     // fstat that names what a non-socket is happens only on that path.
     let local = match rustix::net::getsockname(fd) {
         Ok(any) => any,
-        Err(Errno::NOTSOCK) => return Err(not_a_socket(fd)),
+        // EBADF on a descriptor we hold: an O_PATH reference, which fstat()s
+        // like the socket file it names but is no socket to socket calls.
+        Err(Errno::NOTSOCK | Errno::BADF) => return Err(not_a_socket(fd)),
         Err(e) => return Err(internal("local address", e)),
     };
     let domain = local.address_family();
@@ -140,6 +142,12 @@ pub fn inspect(fd: BorrowedFd<'_>) -> Result<SocketInfo, Error> {
 
 /// Why a descriptor is not a socket, in words (fstat names what it is).
 fn not_a_socket(fd: BorrowedFd<'_>) -> Error {
+    if rustix::fs::fcntl_getfl(fd).is_ok_and(|f| f.contains(rustix::fs::OFlags::PATH)) {
+        return Error::new(
+            ErrorCode::NotASocket,
+            "the descriptor is an O_PATH reference to a file, not a socket",
+        );
+    }
     match rustix::fs::fstat(fd) {
         Ok(stat) => Error::new(
             ErrorCode::NotASocket,

@@ -153,15 +153,6 @@ impl State {
         p: BindParams,
         fd: OwnedFd,
     ) -> Result<BindReply, Error> {
-        // An O_PATH descriptor of a socket file fstat()s as a socket but is
-        // no socket to any socket call (EBADF): refuse it by name here
-        // rather than as an "internal" failure of the first getsockopt.
-        if rustix::fs::fcntl_getfl(fd.as_fd()).is_ok_and(|f| f.contains(rustix::fs::OFlags::PATH)) {
-            return Err(Error::new(
-                ErrorCode::NotASocket,
-                "the descriptor is an O_PATH reference to a file, not a socket",
-            ));
-        }
         let info = portres_kernel::sock::inspect(fd.as_fd())?;
         let cookie = portres_kernel::sock::netns_cookie(fd.as_fd()).map_err(|e| {
             Error::new(ErrorCode::Internal, format!("reading SO_NETNS_COOKIE: {e}"))
