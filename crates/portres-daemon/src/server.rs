@@ -44,6 +44,16 @@ const MAX_PENDING_FDS: usize = 16;
 /// (a client that sends without reading cannot make us buffer without bound).
 const MAX_UNSENT_BYTES: usize = 1 << 20;
 
+/// Most bytes of partly received requests one non-root user's connections
+/// may make the daemon hold, beyond a small allowance per connection. A
+/// connection that would pass it is refused and closed, so thousands of
+/// connections each holding a never-finished large request cannot pin the
+/// daemon's memory.
+const PER_UID_BUFFER_BUDGET: usize = 8 << 20;
+
+/// Buffer memory per connection not counted against the budget.
+const BUFFER_ALLOWANCE: usize = 8 * 1024;
+
 /// Bytes read per receive call.
 const READ_CHUNK: usize = 4096;
 
@@ -142,11 +152,16 @@ impl Daemon {
         let listener = bind_socket(&config.socket, config.mode)?;
         let (_, persistent) = state.counts();
         log::info!(
-            "portresd {} ({} mode) listening on {}; store {}; kernel sync {}; {} persistent reservation(s) restored",
+            "portresd {} ({} mode) listening on {}; store {}{}; kernel sync {}; {} persistent reservation(s) restored",
             env!("CARGO_PKG_VERSION"),
             config.mode.as_str(),
             config.socket.display(),
             state.store.path().display(),
+            if state.store.is_read_only() {
+                " (READ-ONLY: persistent changes fail until it is writable)"
+            } else {
+                ""
+            },
             if state.kernel.is_some() { "on" } else { "off" },
             persistent,
         );
@@ -309,6 +324,8 @@ struct Conn {
     want_write: bool,
     /// Peer finished sending; close once replies are out.
     read_closed: bool,
+    /// Buffer bytes charged to this connection's user.
+    charged: usize,
 }
 
 struct Server {
@@ -325,7 +342,11 @@ struct Server {
     conns: HashMap<u64, Conn>,
     next_token: u64,
     per_uid: HashMap<u32, usize>,
-    last_limit_log: Option<Instant>,
+    /// When each kind of refusal was last logged (at most once a second per
+    /// kind, so a flood cannot fill the log, yet no kind hides another).
+    last_limit_log: HashMap<&'static str, Instant>,
+    /// Per non-root uid: buffer bytes charged against PER_UID_BUFFER_BUDGET.
+    buffered_by_uid: HashMap<u32, usize>,
     list_results: (mpsc::Sender<ListResult>, mpsc::Receiver<ListResult>),
 }
 
@@ -365,7 +386,8 @@ impl Server {
             conns: HashMap::new(),
             next_token: FIRST_CONN_TOKEN,
             per_uid: HashMap::new(),
-            last_limit_log: None,
+            last_limit_log: HashMap::new(),
+            buffered_by_uid: HashMap::new(),
             list_results: mpsc::channel(),
         })
     }
@@ -434,13 +456,14 @@ impl Server {
         }
     }
 
-    fn refuse(&mut self, stream: &UnixStream, uid: u32, pid: i32, why: String) {
+    fn refuse(&mut self, kind: &'static str, stream: &UnixStream, uid: u32, pid: i32, why: String) {
         if self
             .last_limit_log
+            .get(kind)
             .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
         {
             log::warn!("{why}: refusing a connection from uid {uid} pid {pid}");
-            self.last_limit_log = Some(Instant::now());
+            self.last_limit_log.insert(kind, Instant::now());
         }
         let _ = rustix::net::send(
             stream,
@@ -463,14 +486,14 @@ impl Server {
                 "connection limit reached ({} connections)",
                 self.config.max_connections
             );
-            return self.refuse(&stream, creds.uid, creds.pid, why);
+            return self.refuse("total", &stream, creds.uid, creds.pid, why);
         }
         if creds.uid != 0 && per_uid >= self.config.max_connections_per_uid {
             let why = format!(
                 "per-user connection limit reached (uid {} holds {} connections)",
                 creds.uid, self.config.max_connections_per_uid
             );
-            return self.refuse(&stream, creds.uid, creds.pid, why);
+            return self.refuse("per-user", &stream, creds.uid, creds.pid, why);
         }
         if let Err(e) = stream.set_nonblocking(true) {
             log::warn!("dropping a connection: {e}");
@@ -512,6 +535,7 @@ impl Server {
                 list_in_flight: false,
                 want_write: false,
                 read_closed: false,
+                charged: 0,
             },
         );
     }
@@ -522,6 +546,7 @@ impl Server {
         };
         let _ = epoll::delete(&self.epoll, &conn.stream);
         log::debug!("session {} ended: {why}", conn.session.0);
+        self.uncharge(conn.uid, conn.charged);
         self.state.close_session(conn.session);
         if let Some(n) = self.per_uid.get_mut(&conn.uid) {
             *n -= 1;
@@ -547,7 +572,56 @@ impl Server {
         if let Err(why) = self.process(token) {
             return self.close(token, &why);
         }
+        if let Err(why) = self.charge_buffers(token) {
+            return self.close(token, &why);
+        }
         self.after_io(token);
+    }
+
+    fn uncharge(&mut self, uid: u32, bytes: usize) {
+        if let Some(n) = self.buffered_by_uid.get_mut(&uid) {
+            *n = n.saturating_sub(bytes);
+            if *n == 0 {
+                self.buffered_by_uid.remove(&uid);
+            }
+        }
+    }
+
+    /// Charges a connection's buffer growth to its user; refuses (and the
+    /// caller closes) a non-root connection that would pass the budget.
+    fn charge_buffers(&mut self, token: u64) -> Result<(), String> {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return Ok(());
+        };
+        let now = conn.frames.memory().saturating_sub(BUFFER_ALLOWANCE);
+        let (uid, before) = (conn.uid, conn.charged);
+        conn.charged = now;
+        let total = self.buffered_by_uid.entry(uid).or_default();
+        *total = (*total + now).saturating_sub(before);
+        if uid != 0 && *total > PER_UID_BUFFER_BUDGET {
+            let why = format!(
+                "uid {uid}'s connections hold more than {} MiB of unfinished requests",
+                PER_UID_BUFFER_BUDGET >> 20
+            );
+            if self
+                .last_limit_log
+                .get("buffers")
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
+            {
+                log::warn!("{why}: closing one of them");
+                self.last_limit_log.insert("buffers", Instant::now());
+            }
+            let _ = rustix::net::send(
+                &conn.stream,
+                &encode_error(&Error::new(ErrorCode::DaemonUnavailable, why.clone())),
+                rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
+            );
+            return Err(why);
+        }
+        if *total == 0 {
+            self.buffered_by_uid.remove(&uid);
+        }
+        Ok(())
     }
 
     /// One receive (level-triggered epoll brings us back if more is there).

@@ -58,6 +58,11 @@ impl FrameBuffer {
             self.buf.clear();
             self.consumed = 0;
             self.scanned = 0;
+            // Give back what one large message grew: thousands of idle
+            // connections must not each keep its high-water mark.
+            if self.buf.capacity() > 16 * 1024 {
+                self.buf.shrink_to(8 * 1024);
+            }
         } else if self.consumed > self.buf.capacity() / 2 {
             self.buf.drain(..self.consumed);
             self.scanned -= self.consumed;
@@ -105,6 +110,11 @@ impl FrameBuffer {
                 Ok(None)
             }
         }
+    }
+
+    /// Bytes of memory the buffer holds (its capacity).
+    pub fn memory(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Whether a partial message is waiting for more bytes.

@@ -223,6 +223,11 @@ pub struct StatusReply {
     pub store: String,
     /// Seconds since the daemon started.
     pub uptime_seconds: u64,
+    /// The database could only be opened read-only (a read-only or failed
+    /// file system): persistent changes fail with `store_unavailable` until
+    /// it is writable again. Absent from daemons before this field existed.
+    #[serde(default)]
+    pub store_read_only: bool,
 }
 
 /// Reply of Attach.

@@ -9,7 +9,6 @@
 //! that did not run.
 #![deny(missing_docs)]
 
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -218,7 +217,12 @@ impl ProcessDaemon {
             .env_remove("PORTRES_SOCKET")
             .env_remove("PORTRES_SESSION_FD")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            // A file, not a pipe: nobody reads a pipe while the daemon runs,
+            // and a full one would block its logging.
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join("portresd.log")).expect("log file"),
+            ));
+        let log = dir.join("portresd.log");
         let mut child = cmd.spawn().expect("spawn portresd");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -226,10 +230,7 @@ impl ProcessDaemon {
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
+                let err = std::fs::read_to_string(&log).unwrap_or_default();
                 panic!("portresd exited at start ({status}): {err}");
             }
             assert!(Instant::now() < deadline, "portresd did not become ready");
@@ -258,11 +259,7 @@ impl ProcessDaemon {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("pid");
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         let _ = self.child.wait();
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        err
+        std::fs::read_to_string(self.state_dir.with_file_name("portresd.log")).unwrap_or_default()
     }
 }
 

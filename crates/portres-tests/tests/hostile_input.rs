@@ -953,7 +953,6 @@ fn a_flood_of_silent_connections_hits_the_limits_with_a_log_line_and_others_are_
 }
 
 #[test]
-#[ignore = "BUG: the connection-limit log line is rate-limited across reasons and users: a total-limit refusal within 1 s of a per-user one is never logged -- for server.rs"]
 fn each_kind_of_connection_limit_gets_its_log_line() {
     let Some(_ns) = netns("each_kind_of_connection_limit_gets_its_log_line") else {
         return;
@@ -984,7 +983,6 @@ fn each_kind_of_connection_limit_gets_its_log_line() {
 }
 
 #[test]
-#[ignore = "BUG: an unprivileged user can pin hundreds of MiB of daemon memory with partial requests (4096 connections x 64 KiB, no deadline) -- for server.rs"]
 fn one_unprivileged_user_cannot_pin_unbounded_daemon_memory_with_partial_requests() {
     let Some(_ns) =
         netns("one_unprivileged_user_cannot_pin_unbounded_daemon_memory_with_partial_requests")

@@ -45,7 +45,15 @@ pub fn run(client: &Client, json: bool) -> Result<Outcome, Error> {
         );
         println!("sessions:        {}", s.sessions);
         println!("quota:           {} runtime ports per user", s.quota);
-        println!("store:           {}", s.store);
+        println!(
+            "store:           {}{}",
+            s.store,
+            if s.store_read_only {
+                " (read-only: persistent changes fail)"
+            } else {
+                ""
+            }
+        );
         println!(
             "you:             uid {}{}",
             s.your_uid,

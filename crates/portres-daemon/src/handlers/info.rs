@@ -47,6 +47,7 @@ impl State {
             your_uid: caller.uid,
             store: self.store.path().display().to_string(),
             uptime_seconds: self.started.elapsed().as_secs(),
+            store_read_only: self.store.is_read_only(),
         })
     }
 }
