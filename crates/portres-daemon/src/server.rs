@@ -457,19 +457,10 @@ impl Server {
     }
 
     fn refuse(&mut self, kind: &'static str, stream: &UnixStream, uid: u32, pid: i32, why: String) {
-        if self
-            .last_limit_log
-            .get(kind)
-            .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
-        {
-            log::warn!("{why}: refusing a connection from uid {uid} pid {pid}");
-            self.last_limit_log.insert(kind, Instant::now());
-        }
-        let _ = rustix::net::send(
-            stream,
-            &encode_error(&Error::new(ErrorCode::DaemonUnavailable, why)),
-            rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
-        );
+        log_limited(&mut self.last_limit_log, kind, || {
+            format!("{why}: refusing a connection from uid {uid} pid {pid}")
+        });
+        send_parting_error(stream, ErrorCode::DaemonUnavailable, why);
     }
 
     fn accept(&mut self, stream: UnixStream) {
@@ -603,19 +594,10 @@ impl Server {
                 "uid {uid}'s connections hold more than {} MiB of unfinished requests",
                 PER_UID_BUFFER_BUDGET >> 20
             );
-            if self
-                .last_limit_log
-                .get("buffers")
-                .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
-            {
-                log::warn!("{why}: closing one of them");
-                self.last_limit_log.insert("buffers", Instant::now());
-            }
-            let _ = rustix::net::send(
-                &conn.stream,
-                &encode_error(&Error::new(ErrorCode::DaemonUnavailable, why.clone())),
-                rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
-            );
+            log_limited(&mut self.last_limit_log, "buffers", || {
+                format!("{why}: closing one of them")
+            });
+            send_parting_error(&conn.stream, ErrorCode::DaemonUnavailable, why.clone());
             return Err(why);
         }
         if *total == 0 {
@@ -675,13 +657,7 @@ impl Server {
             let (request, oneway, mut fds) = match conn.frames.next_frame() {
                 Ok(None) => return Ok(()),
                 Err(e) => {
-                    let reply =
-                        encode_error(&Error::new(ErrorCode::InvalidParameter, e.to_string()));
-                    let _ = rustix::net::send(
-                        &conn.stream,
-                        &reply,
-                        rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
-                    );
+                    send_parting_error(&conn.stream, ErrorCode::InvalidParameter, e.to_string());
                     return Err(e.to_string());
                 }
                 Ok(Some(frame)) => {
@@ -863,6 +839,32 @@ impl Conn {
         }
         Ok(())
     }
+}
+
+/// Logs `msg` at most once a second per `kind` of refusal, so a flood
+/// cannot fill the log and no kind hides another.
+fn log_limited(
+    last: &mut HashMap<&'static str, Instant>,
+    kind: &'static str,
+    msg: impl FnOnce() -> String,
+) {
+    if last
+        .get(kind)
+        .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
+    {
+        log::warn!("{}", msg());
+        last.insert(kind, Instant::now());
+    }
+}
+
+/// Best-effort error reply to a connection about to be closed (never
+/// blocks: a peer that does not read just misses it).
+fn send_parting_error(stream: &UnixStream, code: ErrorCode, message: String) {
+    let _ = rustix::net::send(
+        stream,
+        &encode_error(&Error::new(code, message)),
+        rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
+    );
 }
 
 /// One non-blocking sendmsg carrying `fd`; returns bytes sent.
