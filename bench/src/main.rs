@@ -53,7 +53,9 @@ fn main() {
         floors::echo_server(std::path::Path::new(&args[1]));
     }
     let quick = args.iter().any(|a| a == "--quick");
-    let skip_portserver = args.iter().any(|a| a == "--no-portserver");
+    // A single scenario (for profiling) never needs portserver.
+    let skip_portserver = args.iter().any(|a| a == "--no-portserver")
+        || std::env::var_os("PORTRES_BENCH_ONLY").is_some();
     let dur = if quick {
         Duration::from_millis(700)
     } else {

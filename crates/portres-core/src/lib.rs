@@ -22,5 +22,5 @@ pub use error::{Error, ErrorCode};
 pub use policy::{Caller, Owner};
 pub use portset::PortSet;
 pub use protocol::Protocol;
-pub use table::{Holder, Kind, Reservation, SessionId, Table};
+pub use table::{BindOrder, Holder, Kind, Reservation, SessionId, Table};
 pub use token::Token;

@@ -63,6 +63,29 @@ pub struct Reservation {
     pub next_offset: u16,
 }
 
+/// The ports of a block from a rotation cursor on, wrapping around once
+/// (see `Reservation::bind_order`).
+#[derive(Clone, Copy, Debug)]
+pub struct BindOrder {
+    start: u32,
+    count: u32,
+    first: u32,
+    i: u32,
+}
+
+impl Iterator for BindOrder {
+    type Item = u16;
+
+    fn next(&mut self) -> Option<u16> {
+        if self.i >= self.count {
+            return None;
+        }
+        let port = self.start + (self.first + self.i) % self.count;
+        self.i += 1;
+        Some(port as u16)
+    }
+}
+
 impl Reservation {
     /// A fresh runtime reservation held by `holder`.
     pub fn runtime(token: Token, protocol: Protocol, block: Block, holder: Holder) -> Reservation {
@@ -109,12 +132,16 @@ impl Reservation {
     }
 
     /// The ports of the block in the order a bind should try them: starting
-    /// at the rotation cursor, wrapping around once.
-    pub fn bind_order(&self) -> impl Iterator<Item = u16> + '_ {
+    /// at the rotation cursor, wrapping around once. Owned, so the caller
+    /// can bind after letting go of the table.
+    pub fn bind_order(&self) -> BindOrder {
         let count = self.block.count() as u32;
-        let start = self.block.start() as u32;
-        let first = self.next_offset as u32 % count;
-        (0..count).map(move |i| (start + (first + i) % count) as u16)
+        BindOrder {
+            start: self.block.start() as u32,
+            count,
+            first: self.next_offset as u32 % count,
+            i: 0,
+        }
     }
 
     /// Records that `port` was just bound, so the next bind starts after it.

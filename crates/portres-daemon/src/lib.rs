@@ -5,9 +5,10 @@
 //! in-process on a temporary socket; the `portresd` binary is a thin
 //! command-line wrapper.
 //!
-//! Layers: `server` (transport: one epoll loop — accept, read frames and
-//! descriptors, write replies, connection limits) → `handlers` (one per
-//! request family) → `state` (the state owner: table, sessions, store,
+//! Layers: `server` (the front: accept, connection limits, the deferred
+//! kernel write, stop) and `worker` (epoll loops reading frames and
+//! descriptors and writing replies) → `handlers` (one per request family)
+//! → `state` (the state owner behind one mutex: table, sessions, store,
 //! sysctl).
 #![deny(missing_docs)]
 
@@ -15,6 +16,7 @@ pub mod config;
 pub mod handlers;
 pub mod server;
 pub mod state;
+mod worker;
 
 pub use config::{Config, KernelSync, Mode};
 pub use server::{Daemon, StartError, StopHandle};

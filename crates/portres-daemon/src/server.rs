@@ -1,66 +1,43 @@
-//! The transport: the listening socket and one single-threaded epoll loop
-//! serving every connection — framing, descriptor bookkeeping, connection
-//! limits, the deferred kernel write and clean shutdown. It decodes requests
-//! and hands them to the state owner; it decides nothing itself.
+//! The transport's front: the listening socket, connection limits, handing
+//! each connection to a worker (`worker.rs`), the deferred kernel write and
+//! clean shutdown. It decides nothing about reservations itself.
 //!
-//! Why a hand-written loop rather than an async runtime: every request is
-//! microseconds of work on one shared state, so one thread serves them
-//! best; the loop registers a connection for EPOLLIN only (EPOLLOUT just
-//! while a reply is stuck), so a client reading its reply never wakes the
-//! daemon, and nothing but the request itself costs a wakeup. Measured
+//! Threads: this loop (accept, timers, stop) and `Config::workers` worker
+//! loops, each an epoll loop over its own connections; a connection stays
+//! with the worker that was least busy when it connected. The state is one
+//! mutex (`state::lock`), held for microseconds per request. Why several
+//! workers rather than one loop: a reply wakes the client's thread, and a
+//! wakeup on another CPU costs an inter-processor interrupt (several µs in
+//! a VM) on the daemon's one thread; a worker per busy client lets the
+//! kernel keep each client and its worker on one CPU. Why hand-written
+//! loops rather than an async runtime: see ARCHITECTURE.md. Measured
 //! figures are in bench/README.md.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use portres_core::{Caller, Error, ErrorCode, SessionId};
-use portres_proto::fdpass::try_recv_with_fds;
-use portres_proto::{
-    FrameBuffer, ListReply, MAX_FDS_PER_MESSAGE, MAX_REQUEST_BYTES, Request, encode_error,
-    encode_reply,
-};
+use portres_core::{Caller, Error, ErrorCode};
+use portres_proto::encode_error;
 use rustix::event::epoll;
 
 use crate::config::{Config, KernelSync, Mode};
-use crate::handlers::{Outcome, dispatch, fill_in_use};
-use crate::state::State;
+use crate::state::{State, lock};
+use crate::worker::{NewConn, WorkerHandle};
 
 /// How long a release may leave its ports reserved in the kernel before the
 /// smaller value is written (one write covers every release meanwhile).
 pub const KERNEL_SHRINK_DELAY: Duration = Duration::from_millis(5);
 
-/// Most descriptors queued on one connection before it is dropped.
-const MAX_PENDING_FDS: usize = 16;
-
-/// Stop reading requests from a connection whose unsent replies pass this
-/// (a client that sends without reading cannot make us buffer without bound).
-const MAX_UNSENT_BYTES: usize = 1 << 20;
-
-/// Most bytes of partly received requests one non-root user's connections
-/// may make the daemon hold, beyond a small allowance per connection. A
-/// connection that would pass it is refused and closed, so thousands of
-/// connections each holding a never-finished large request cannot pin the
-/// daemon's memory.
-const PER_UID_BUFFER_BUDGET: usize = 8 << 20;
-
-/// Buffer memory per connection not counted against the budget.
-const BUFFER_ALLOWANCE: usize = 8 * 1024;
-
-/// Bytes read per receive call.
-const READ_CHUNK: usize = 4096;
-
 const TOKEN_LISTENER: u64 = 0;
-const TOKEN_STOP: u64 = 1;
-const TOKEN_WAKE: u64 = 2;
-const FIRST_CONN_TOKEN: u64 = 16;
+pub(crate) const TOKEN_STOP: u64 = 1;
+const TOKEN_SHRINK: u64 = 2;
 
 /// Why the daemon could not start.
 #[derive(Debug)]
@@ -95,7 +72,8 @@ pub struct Daemon {
     listener: UnixListener,
     socket: PathBuf,
     stop_fd: Arc<OwnedFd>,
-    shrink_pending: Arc<AtomicBool>,
+    /// Readable when a release left the kernel a shrink to do.
+    shrink_fd: Arc<OwnedFd>,
 }
 
 impl fmt::Debug for Daemon {
@@ -141,13 +119,15 @@ impl Daemon {
             config.clone(),
             store,
             kernel,
-            Box::new(portres_kernel::probe::port_in_use),
+            Arc::new(portres_kernel::probe::port_in_use),
             cookie,
         )
         .map_err(|e| StartError(e.message))?;
-        let shrink_pending = Arc::new(AtomicBool::new(false));
-        let flag = shrink_pending.clone();
-        state.set_on_shrink_pending(Box::new(move || flag.store(true, Ordering::Relaxed)));
+        let shrink_fd = Arc::new(eventfd().map_err(|e| StartError(format!("eventfd: {e}")))?);
+        let hook_fd = shrink_fd.clone();
+        state.set_on_shrink_pending(Box::new(move || {
+            let _ = rustix::io::write(&*hook_fd, &1u64.to_ne_bytes());
+        }));
         let stop_fd = Arc::new(eventfd().map_err(|e| StartError(format!("eventfd: {e}")))?);
         let listener = bind_socket(&config.socket, config.mode)?;
         let (_, persistent) = state.counts();
@@ -171,7 +151,7 @@ impl Daemon {
             config,
             listener,
             stop_fd,
-            shrink_pending,
+            shrink_fd,
         })
     }
 
@@ -191,10 +171,16 @@ impl Daemon {
     /// cleanly: runtime reservations end, the kernel keeps baseline +
     /// persistent blocks, the socket file is removed.
     pub fn run(self) -> io::Result<()> {
-        let mut server = Server::new(self)?;
-        let result = server.run();
-        let _ = std::fs::remove_file(&server.socket);
-        server.state.shutdown();
+        let socket = self.socket.clone();
+        let (result, shared) = match Front::new(self) {
+            Ok(mut front) => {
+                let result = front.run();
+                (result, front.stop_workers())
+            }
+            Err((e, shared)) => (Err(e), shared),
+        };
+        let _ = std::fs::remove_file(&socket);
+        lock(&shared.state).shutdown();
         log::info!("portresd stopped");
         result
     }
@@ -289,111 +275,131 @@ fn bind_socket(path: &Path, mode: Mode) -> Result<UnixListener, StartError> {
     Ok(listener)
 }
 
-/// A finished `List` reply: (connection token, encoded frame).
-type ListResult = (u64, Vec<u8>);
-
-/// A reply waiting to be sent, possibly with a descriptor attached to its
-/// first byte.
-struct Unsent {
-    bytes: Vec<u8>,
-    sent: usize,
-    fd: Option<OwnedFd>,
+/// What every thread of the daemon shares.
+pub(crate) struct Shared {
+    pub(crate) state: Mutex<State>,
+    pub(crate) config: Config,
+    pub(crate) limits: Mutex<Limits>,
 }
 
-/// One client connection.
-struct Conn {
-    stream: UnixStream,
-    session: SessionId,
-    uid: u32,
-    frames: FrameBuffer,
-    /// Bytes received so far (stream offset of the next byte).
-    received: u64,
-    /// Stream offset just past the last frame taken.
-    frame_end: u64,
-    /// Descriptors received, each tagged with the stream offset of the
-    /// first byte that came with it: the kernel delivers SCM_RIGHTS with the
-    /// bytes of the sendmsg() that carried them, so the frame containing
-    /// that byte is the request they belong to.
-    pending_fds: VecDeque<(u64, OwnedFd)>,
-    unsent: VecDeque<Unsent>,
-    unsent_bytes: usize,
-    /// A `List` is being completed off-thread; later requests wait for it so
-    /// replies stay in order.
-    list_in_flight: bool,
-    /// EPOLLOUT is registered.
-    want_write: bool,
-    /// Peer finished sending; close once replies are out.
-    read_closed: bool,
-    /// Buffer bytes charged to this connection's user.
-    charged: usize,
+impl Shared {
+    pub(crate) fn limits(&self) -> MutexGuard<'_, Limits> {
+        self.limits.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
-struct Server {
-    state: State,
-    config: Config,
-    listener: UnixListener,
-    socket: PathBuf,
-    /// Registered with epoll; kept open for as long as we wait on it.
-    _stop_fd: Arc<OwnedFd>,
-    shrink_pending: Arc<AtomicBool>,
-    shrink_deadline: Option<Instant>,
-    epoll: OwnedFd,
-    wake_fd: Arc<OwnedFd>,
-    conns: HashMap<u64, Conn>,
-    next_token: u64,
-    per_uid: HashMap<u32, usize>,
+/// Connection and buffer accounting, shared by the front (which admits
+/// connections) and the workers (which end them).
+#[derive(Default)]
+pub(crate) struct Limits {
+    /// Open connections.
+    pub(crate) total: usize,
+    /// Open connections per uid.
+    pub(crate) per_uid: HashMap<u32, usize>,
+    /// Per non-root uid: buffer bytes charged against
+    /// `worker::PER_UID_BUFFER_BUDGET`.
+    pub(crate) buffered_by_uid: HashMap<u32, usize>,
     /// When each kind of refusal was last logged (at most once a second per
     /// kind, so a flood cannot fill the log, yet no kind hides another).
-    last_limit_log: HashMap<&'static str, Instant>,
-    /// Per non-root uid: buffer bytes charged against PER_UID_BUFFER_BUDGET.
-    buffered_by_uid: HashMap<u32, usize>,
-    list_results: (mpsc::Sender<ListResult>, mpsc::Receiver<ListResult>),
+    pub(crate) last_log: HashMap<&'static str, Instant>,
 }
 
-impl Server {
-    fn new(d: Daemon) -> io::Result<Server> {
-        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-        d.listener.set_nonblocking(true)?;
-        let wake_fd = Arc::new(eventfd()?);
-        epoll::add(
-            &epoll,
-            &d.listener,
-            epoll::EventData::new_u64(TOKEN_LISTENER),
-            epoll::EventFlags::IN,
-        )?;
-        epoll::add(
-            &epoll,
-            &*d.stop_fd,
-            epoll::EventData::new_u64(TOKEN_STOP),
-            epoll::EventFlags::IN,
-        )?;
-        epoll::add(
-            &epoll,
-            &*wake_fd,
-            epoll::EventData::new_u64(TOKEN_WAKE),
-            epoll::EventFlags::IN,
-        )?;
-        Ok(Server {
-            state: d.state,
+impl Limits {
+    /// A connection of `uid` ended, holding `charged` buffer bytes.
+    pub(crate) fn connection_closed(&mut self, uid: u32, charged: usize) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(n) = self.per_uid.get_mut(&uid) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_uid.remove(&uid);
+            }
+        }
+        self.uncharge(uid, charged);
+    }
+
+    pub(crate) fn uncharge(&mut self, uid: u32, bytes: usize) {
+        if let Some(n) = self.buffered_by_uid.get_mut(&uid) {
+            *n = n.saturating_sub(bytes);
+            if *n == 0 {
+                self.buffered_by_uid.remove(&uid);
+            }
+        }
+    }
+}
+
+/// The accepting loop and its workers.
+struct Front {
+    shared: Arc<Shared>,
+    listener: UnixListener,
+    epoll: OwnedFd,
+    stop_fd: Arc<OwnedFd>,
+    shrink_fd: Arc<OwnedFd>,
+    shrink_deadline: Option<Instant>,
+    workers: Vec<WorkerHandle>,
+}
+
+impl Front {
+    /// Sets up the loop and starts the workers. On failure the state comes
+    /// back, so the caller can still shut it down cleanly.
+    fn new(d: Daemon) -> Result<Front, (io::Error, Arc<Shared>)> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(d.state),
             config: d.config,
-            listener: d.listener,
-            socket: d.socket,
-            _stop_fd: d.stop_fd,
-            shrink_pending: d.shrink_pending,
-            shrink_deadline: None,
-            epoll,
-            wake_fd,
-            conns: HashMap::new(),
-            next_token: FIRST_CONN_TOKEN,
-            per_uid: HashMap::new(),
-            last_limit_log: HashMap::new(),
-            buffered_by_uid: HashMap::new(),
-            list_results: mpsc::channel(),
-        })
+            limits: Mutex::new(Limits::default()),
+        });
+        let setup = || -> io::Result<(OwnedFd, Vec<WorkerHandle>)> {
+            let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+            d.listener.set_nonblocking(true)?;
+            for (fd, token) in [
+                (d.listener.as_fd(), TOKEN_LISTENER),
+                (d.stop_fd.as_fd(), TOKEN_STOP),
+                (d.shrink_fd.as_fd(), TOKEN_SHRINK),
+            ] {
+                epoll::add(
+                    &epoll,
+                    fd,
+                    epoll::EventData::new_u64(token),
+                    epoll::EventFlags::IN,
+                )?;
+            }
+            let mut workers = Vec::with_capacity(shared.config.workers);
+            let cpus = if shared.config.pin_workers {
+                crate::worker::cpus_to_pin()
+            } else {
+                Vec::new()
+            };
+            for i in 0..shared.config.workers.max(1) {
+                let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
+                match WorkerHandle::spawn(i, cpu, shared.clone(), d.stop_fd.clone()) {
+                    Ok(w) => workers.push(w),
+                    Err(e) => {
+                        // Whatever started must stop before we give up.
+                        let _ = rustix::io::write(&*d.stop_fd, &1u64.to_ne_bytes());
+                        for w in workers {
+                            w.join();
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            Ok((epoll, workers))
+        };
+        match setup() {
+            Ok((epoll, workers)) => Ok(Front {
+                shared,
+                listener: d.listener,
+                epoll,
+                stop_fd: d.stop_fd,
+                shrink_fd: d.shrink_fd,
+                shrink_deadline: None,
+                workers,
+            }),
+            Err(e) => Err((e, shared)),
+        }
     }
 
     fn run(&mut self) -> io::Result<()> {
-        let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
+        let mut events: Vec<epoll::Event> = Vec::with_capacity(16);
         loop {
             let timeout = self.shrink_deadline.map(|d| {
                 let left = d.saturating_duration_since(Instant::now());
@@ -413,31 +419,34 @@ impl Server {
                 Err(e) => return Err(e.into()),
             }
             for ev in &events {
-                let token = ev.data.u64();
-                let flags = ev.flags;
-                match token {
+                match ev.data.u64() {
                     TOKEN_STOP => return Ok(()),
                     TOKEN_LISTENER => self.accept_all(),
-                    TOKEN_WAKE => self.finish_lists(),
-                    _ => self.serve(token, flags),
+                    TOKEN_SHRINK => {
+                        let mut buf = [0u8; 8];
+                        let _ = rustix::io::read(&*self.shrink_fd, &mut buf);
+                        if self.shrink_deadline.is_none() {
+                            self.shrink_deadline = Some(Instant::now() + KERNEL_SHRINK_DELAY);
+                        }
+                    }
+                    _ => {}
                 }
             }
-            self.schedule_kernel_shrink();
+            if self.shrink_deadline.is_some_and(|d| Instant::now() >= d) {
+                self.shrink_deadline = None;
+                lock(&self.shared.state).flush_kernel();
+            }
         }
     }
 
-    /// Turns a pending shrink into a deadline; writes it when due.
-    fn schedule_kernel_shrink(&mut self) {
-        if self.shrink_pending.swap(false, Ordering::Relaxed) && self.shrink_deadline.is_none() {
-            self.shrink_deadline = Some(Instant::now() + KERNEL_SHRINK_DELAY);
+    /// Makes every worker stop and waits for them; gives back the shared
+    /// part for the final shutdown.
+    fn stop_workers(self) -> Arc<Shared> {
+        let _ = rustix::io::write(&*self.stop_fd, &1u64.to_ne_bytes());
+        for w in self.workers {
+            w.join();
         }
-        if self.shrink_deadline.is_some_and(|d| Instant::now() >= d) {
-            self.shrink_deadline = None;
-            self.state.flush_kernel();
-            // flush_kernel clears the pending mark it set; a release racing
-            // in between would have set the flag again.
-            self.shrink_pending.store(false, Ordering::Relaxed);
-        }
+        self.shared
     }
 
     fn accept_all(&mut self) {
@@ -456,8 +465,8 @@ impl Server {
         }
     }
 
-    fn refuse(&mut self, kind: &'static str, stream: &UnixStream, uid: u32, pid: i32, why: String) {
-        log_limited(&mut self.last_limit_log, kind, || {
+    fn refuse(&self, kind: &'static str, stream: &UnixStream, uid: u32, pid: i32, why: String) {
+        log_limited(&mut self.shared.limits().last_log, kind, || {
             format!("{why}: refusing a connection from uid {uid} pid {pid}")
         });
         send_parting_error(stream, ErrorCode::DaemonUnavailable, why);
@@ -471,379 +480,59 @@ impl Server {
                 return;
             }
         };
-        let per_uid = self.per_uid.get(&creds.uid).copied().unwrap_or(0);
-        if self.conns.len() >= self.config.max_connections {
-            let why = format!(
-                "connection limit reached ({} connections)",
-                self.config.max_connections
-            );
-            return self.refuse("total", &stream, creds.uid, creds.pid, why);
-        }
-        if creds.uid != 0 && per_uid >= self.config.max_connections_per_uid {
-            let why = format!(
-                "per-user connection limit reached (uid {} holds {} connections)",
-                creds.uid, self.config.max_connections_per_uid
-            );
-            return self.refuse("per-user", &stream, creds.uid, creds.pid, why);
+        let config = &self.shared.config;
+        {
+            let mut limits = self.shared.limits();
+            let per_uid = limits.per_uid.get(&creds.uid).copied().unwrap_or(0);
+            if limits.total >= config.max_connections {
+                drop(limits);
+                let why = format!(
+                    "connection limit reached ({} connections)",
+                    config.max_connections
+                );
+                return self.refuse("total", &stream, creds.uid, creds.pid, why);
+            }
+            if creds.uid != 0 && per_uid >= config.max_connections_per_uid {
+                drop(limits);
+                let why = format!(
+                    "per-user connection limit reached (uid {} holds {} connections)",
+                    creds.uid, config.max_connections_per_uid
+                );
+                return self.refuse("per-user", &stream, creds.uid, creds.pid, why);
+            }
+            limits.total += 1;
+            *limits.per_uid.entry(creds.uid).or_default() += 1;
         }
         if let Err(e) = stream.set_nonblocking(true) {
             log::warn!("dropping a connection: {e}");
-            return;
-        }
-        let token = self.next_token;
-        self.next_token += 1;
-        if let Err(e) = epoll::add(
-            &self.epoll,
-            &stream,
-            epoll::EventData::new_u64(token),
-            epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
-        ) {
-            log::warn!("dropping a connection: epoll: {e}");
+            self.shared.limits().connection_closed(creds.uid, 0);
             return;
         }
         let caller = Caller {
-            admin: State::is_admin(&self.config, creds.uid, creds.gid, &creds.groups),
+            admin: State::is_admin(config, creds.uid, creds.gid, &creds.groups),
             uid: creds.uid,
             gid: creds.gid,
             groups: creds.groups,
             pid: creds.pid,
         };
         let uid = caller.uid;
-        let session = self.state.open_session(caller);
-        *self.per_uid.entry(uid).or_default() += 1;
-        self.conns.insert(
-            token,
-            Conn {
-                stream,
-                session,
-                uid,
-                frames: FrameBuffer::new(MAX_REQUEST_BYTES),
-                received: 0,
-                frame_end: 0,
-                pending_fds: VecDeque::new(),
-                unsent: VecDeque::new(),
-                unsent_bytes: 0,
-                list_in_flight: false,
-                want_write: false,
-                read_closed: false,
-                charged: 0,
-            },
-        );
-    }
-
-    fn close(&mut self, token: u64, why: &str) {
-        let Some(conn) = self.conns.remove(&token) else {
-            return;
-        };
-        let _ = epoll::delete(&self.epoll, &conn.stream);
-        log::debug!("session {} ended: {why}", conn.session.0);
-        self.uncharge(conn.uid, conn.charged);
-        self.state.close_session(conn.session);
-        if let Some(n) = self.per_uid.get_mut(&conn.uid) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_uid.remove(&conn.uid);
-            }
-        }
-    }
-
-    fn serve(&mut self, token: u64, flags: epoll::EventFlags) {
-        if flags.contains(epoll::EventFlags::OUT) && !self.flush(token) {
-            return;
-        }
-        if flags.intersects(
-            epoll::EventFlags::IN
-                | epoll::EventFlags::HUP
-                | epoll::EventFlags::RDHUP
-                | epoll::EventFlags::ERR,
-        ) && let Err(why) = self.read(token)
-        {
-            return self.close(token, &why);
-        }
-        if let Err(why) = self.process(token) {
-            return self.close(token, &why);
-        }
-        if let Err(why) = self.charge_buffers(token) {
-            return self.close(token, &why);
-        }
-        self.after_io(token);
-    }
-
-    fn uncharge(&mut self, uid: u32, bytes: usize) {
-        if let Some(n) = self.buffered_by_uid.get_mut(&uid) {
-            *n = n.saturating_sub(bytes);
-            if *n == 0 {
-                self.buffered_by_uid.remove(&uid);
-            }
-        }
-    }
-
-    /// Charges a connection's buffer growth to its user; refuses (and the
-    /// caller closes) a non-root connection that would pass the budget.
-    fn charge_buffers(&mut self, token: u64) -> Result<(), String> {
-        let Some(conn) = self.conns.get_mut(&token) else {
-            return Ok(());
-        };
-        let now = conn.frames.memory().saturating_sub(BUFFER_ALLOWANCE);
-        let (uid, before) = (conn.uid, conn.charged);
-        conn.charged = now;
-        let total = self.buffered_by_uid.entry(uid).or_default();
-        *total = (*total + now).saturating_sub(before);
-        if uid != 0 && *total > PER_UID_BUFFER_BUDGET {
-            let why = format!(
-                "uid {uid}'s connections hold more than {} MiB of unfinished requests",
-                PER_UID_BUFFER_BUDGET >> 20
-            );
-            log_limited(&mut self.last_limit_log, "buffers", || {
-                format!("{why}: closing one of them")
-            });
-            send_parting_error(&conn.stream, ErrorCode::DaemonUnavailable, why.clone());
-            return Err(why);
-        }
-        if *total == 0 {
-            self.buffered_by_uid.remove(&uid);
-        }
-        Ok(())
-    }
-
-    /// One receive (level-triggered epoll brings us back if more is there).
-    fn read(&mut self, token: u64) -> Result<(), String> {
-        let Some(conn) = self.conns.get_mut(&token) else {
-            return Ok(());
-        };
-        if conn.read_closed {
-            return Ok(());
-        }
-        let mut fds = VecDeque::new();
-        let spare = conn.frames.spare(READ_CHUNK);
-        let got = match try_recv_with_fds(&conn.stream, spare, &mut fds) {
-            Ok(got) => {
-                conn.frames.commit(got.bytes, READ_CHUNK);
-                got
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                conn.frames.commit(0, READ_CHUNK);
-                return Ok(());
-            }
-            Err(e) => return Err(e.to_string()),
-        };
-        if got.bytes == 0 {
-            conn.read_closed = true;
-            return Ok(());
-        }
-        for fd in fds {
-            conn.pending_fds.push_back((conn.received, fd));
-        }
-        conn.received += got.bytes as u64;
-        if got.fds_truncated || conn.pending_fds.len() > MAX_PENDING_FDS {
-            return Err(format!(
-                "more than {MAX_FDS_PER_MESSAGE} descriptors per message or {MAX_PENDING_FDS} pending"
-            ));
-        }
-        Ok(())
-    }
-
-    /// Answers every whole request buffered, in order, unless a `List` is in
-    /// flight or too many replies are unsent.
-    fn process(&mut self, token: u64) -> Result<(), String> {
-        loop {
-            let Some(conn) = self.conns.get_mut(&token) else {
-                return Ok(());
-            };
-            if conn.list_in_flight || conn.unsent_bytes > MAX_UNSENT_BYTES {
-                return Ok(());
-            }
-            let session = conn.session;
-            let (request, oneway, mut fds) = match conn.frames.next_frame() {
-                Ok(None) => return Ok(()),
-                Err(e) => {
-                    send_parting_error(&conn.stream, ErrorCode::InvalidParameter, e.to_string());
-                    return Err(e.to_string());
-                }
-                Ok(Some(frame)) => {
-                    conn.frame_end += frame.len() as u64 + 1;
-                    let mut fds = Vec::new();
-                    while conn
-                        .pending_fds
-                        .front()
-                        .is_some_and(|(off, _)| *off < conn.frame_end)
-                    {
-                        fds.push(conn.pending_fds.pop_front().expect("checked").1);
-                    }
-                    match Request::decode(frame) {
-                        Ok((req, oneway)) => (Ok(req), oneway, fds),
-                        Err(e) => (Err(e), false, fds),
-                    }
-                }
-            };
-            let outcome = match request {
-                Err(e) => Outcome::Reply(encode_error(&e)),
-                Ok(req) => {
-                    let expected = req.fds_expected();
-                    if fds.len() > expected {
-                        let extra = fds.len() - expected;
-                        Outcome::Reply(encode_error(&Error::new(
-                            ErrorCode::InvalidParameter,
-                            format!(
-                                "{} takes {expected} descriptor(s); {extra} more were sent",
-                                req.method()
-                            ),
-                        )))
-                    } else {
-                        dispatch(&mut self.state, session, req, fds.pop())
-                    }
-                }
-            };
-            if oneway {
-                continue;
-            }
-            let conn = self.conns.get_mut(&token).expect("present above");
-            match outcome {
-                Outcome::Reply(bytes) => conn.queue(bytes, None),
-                Outcome::ReplyWithFd(bytes, fd) => conn.queue(bytes, Some(fd)),
-                Outcome::List(mut list) => {
-                    // The socket-table dump takes milliseconds: do it off the
-                    // loop, keep this connection's later requests waiting.
-                    conn.list_in_flight = true;
-                    let tx = self.list_results.0.clone();
-                    let wake = self.wake_fd.clone();
-                    std::thread::spawn(move || {
-                        let bytes = match fill_in_use(&mut list) {
-                            Ok(()) => encode_reply(&ListReply { reservations: list }),
-                            Err(e) => encode_error(&e),
-                        };
-                        let _ = tx.send((token, bytes));
-                        let _ = rustix::io::write(&*wake, &1u64.to_ne_bytes());
-                    });
-                    return Ok(());
-                }
-            }
-            if !self.flush(token) {
-                return Err("send failed".into());
-            }
-        }
-    }
-
-    /// Sends what can be sent now. `false` if the connection broke (closed).
-    fn flush(&mut self, token: u64) -> bool {
-        let Some(conn) = self.conns.get_mut(&token) else {
-            return false;
-        };
-        match conn.send_pending() {
-            Ok(()) => true,
-            Err(e) => {
-                self.close(token, &format!("send: {e}"));
-                false
-            }
-        }
-    }
-
-    /// Registers EPOLLOUT only while replies are stuck; closes a connection
-    /// whose peer is gone once nothing is left to say.
-    fn after_io(&mut self, token: u64) {
-        let Some(conn) = self.conns.get_mut(&token) else {
-            return;
-        };
-        let stuck = !conn.unsent.is_empty();
-        if conn.read_closed && !stuck && !conn.list_in_flight {
-            return self.close(token, "peer closed");
-        }
-        if stuck != conn.want_write {
-            conn.want_write = stuck;
-            let mut flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP;
-            if stuck {
-                flags |= epoll::EventFlags::OUT;
-            }
-            if conn.read_closed {
-                flags.remove(epoll::EventFlags::IN | epoll::EventFlags::RDHUP);
-            }
-            let _ = epoll::modify(
-                &self.epoll,
-                &conn.stream,
-                epoll::EventData::new_u64(token),
-                flags,
-            );
-        } else if conn.read_closed && stuck {
-            // Stop level-triggered EPOLLIN/RDHUP from spinning while the
-            // last replies drain.
-            let _ = epoll::modify(
-                &self.epoll,
-                &conn.stream,
-                epoll::EventData::new_u64(token),
-                epoll::EventFlags::OUT,
-            );
-        }
-    }
-
-    fn finish_lists(&mut self) {
-        let mut buf = [0u8; 8];
-        let _ = rustix::io::read(&*self.wake_fd, &mut buf);
-        while let Ok((token, bytes)) = self.list_results.1.try_recv() {
-            let Some(conn) = self.conns.get_mut(&token) else {
-                continue;
-            };
-            conn.list_in_flight = false;
-            conn.queue(bytes, None);
-            if !self.flush(token) {
-                continue;
-            }
-            if let Err(why) = self.process(token) {
-                self.close(token, &why);
-                continue;
-            }
-            self.after_io(token);
-        }
-    }
-}
-
-impl Conn {
-    fn queue(&mut self, bytes: Vec<u8>, fd: Option<OwnedFd>) {
-        self.unsent_bytes += bytes.len();
-        self.unsent.push_back(Unsent { bytes, sent: 0, fd });
-    }
-
-    fn send_pending(&mut self) -> io::Result<()> {
-        use rustix::net::SendFlags;
-        while let Some(front) = self.unsent.front_mut() {
-            let rest = &front.bytes[front.sent..];
-            let result = match front.fd.take() {
-                Some(fd) => {
-                    // The descriptor rides on the reply's first bytes.
-                    match send_with_fds_nonblocking(&self.stream, rest, &fd) {
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            front.fd = Some(fd);
-                            Err(e)
-                        }
-                        other => other,
-                    }
-                }
-                None => rustix::net::send(
-                    &self.stream,
-                    rest,
-                    SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
-                )
-                .map_err(io::Error::from),
-            };
-            match result {
-                Ok(n) => {
-                    front.sent += n;
-                    self.unsent_bytes -= n;
-                    if front.sent == front.bytes.len() {
-                        self.unsent.pop_front();
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        let session = lock(&self.shared.state).open_session(caller);
+        let worker = self
+            .workers
+            .iter()
+            .min_by_key(|w| w.load())
+            .expect("at least one worker");
+        worker.hand_over(NewConn {
+            stream,
+            session,
+            uid,
+        });
     }
 }
 
 /// Logs `msg` at most once a second per `kind` of refusal, so a flood
 /// cannot fill the log and no kind hides another.
-fn log_limited(
+pub(crate) fn log_limited(
     last: &mut HashMap<&'static str, Instant>,
     kind: &'static str,
     msg: impl FnOnce() -> String,
@@ -859,25 +548,10 @@ fn log_limited(
 
 /// Best-effort error reply to a connection about to be closed (never
 /// blocks: a peer that does not read just misses it).
-fn send_parting_error(stream: &UnixStream, code: ErrorCode, message: String) {
+pub(crate) fn send_parting_error(stream: &UnixStream, code: ErrorCode, message: String) {
     let _ = rustix::net::send(
         stream,
         &encode_error(&Error::new(code, message)),
         rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
     );
-}
-
-/// One non-blocking sendmsg carrying `fd`; returns bytes sent.
-fn send_with_fds_nonblocking(stream: &UnixStream, bytes: &[u8], fd: &OwnedFd) -> io::Result<usize> {
-    use std::mem::MaybeUninit;
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
-    let fds = [fd.as_fd()];
-    control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds));
-    Ok(rustix::net::sendmsg(
-        stream,
-        &[io::IoSlice::new(bytes)],
-        &mut control,
-        rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
-    )?)
 }

@@ -3,12 +3,16 @@
 //! sysctl, and keeps them consistent: a request either changes all of them
 //! (store first for persistent changes, sysctl before the answer) or none.
 //!
-//! The transport (`server`) decodes requests and calls in here under one
-//! lock; handlers live in `handlers/`, one file per request family.
+//! The transport (`server`, `worker`) decodes requests and calls in here
+//! under one mutex (`lock`); handlers live in `handlers/`, one file per
+//! request family. Slow kernel calls that need no state (the in-use probe,
+//! binding a client's socket) run outside the mutex: see
+//! `handlers::runtime`.
 
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use portres_core::{
@@ -21,8 +25,19 @@ use portres_store::Store;
 
 use crate::config::{Config, Mode};
 
-/// Answers "is this port held by some socket right now?".
-pub type InUseProbe = Box<dyn Fn(Protocol, u16) -> io::Result<bool> + Send>;
+/// Answers "is this port held by some socket right now?". Shared, so a
+/// handler can probe without holding the state mutex.
+pub type InUseProbe = Arc<dyn Fn(Protocol, u16) -> io::Result<bool> + Send + Sync>;
+
+/// Locks the state. A handler that panicked while holding the lock leaves
+/// the mutex poisoned; the daemon keeps serving (its invariants are
+/// restored by the table's own checks, and one bad request must not stop
+/// everyone), so poison is ignored.
+pub fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Longest label accepted, in bytes.
 pub const MAX_LABEL_BYTES: usize = 256;
@@ -40,7 +55,7 @@ pub struct Session {
 }
 
 /// The daemon's whole state. Not thread-safe by itself: the server keeps it
-/// behind one mutex.
+/// behind one mutex, locked with `lock`.
 pub struct State {
     pub(crate) config: Config,
     pub(crate) table: Table,
@@ -388,24 +403,7 @@ impl State {
         protocol: Protocol,
         block: portres_core::Block,
     ) -> Result<(), Error> {
-        for port in block.ports() {
-            match (self.in_use)(protocol, port) {
-                Ok(false) => {}
-                Ok(true) => {
-                    return Err(Error::new(
-                        ErrorCode::SharingViolation,
-                        format!("{protocol} port {port} is in use"),
-                    ));
-                }
-                Err(e) => {
-                    return Err(Error::new(
-                        ErrorCode::Internal,
-                        format!("could not check whether {protocol} port {port} is in use: {e}"),
-                    ));
-                }
-            }
-        }
-        Ok(())
+        check_not_in_use(&*self.in_use, protocol, block)
     }
 
     /// Number of reservations of each kind.
@@ -439,4 +437,40 @@ pub(crate) fn check_label(label: &Option<String>) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The lowest port of `block` some socket holds right now, if any.
+pub(crate) fn first_port_in_use(
+    probe: &(dyn Fn(Protocol, u16) -> io::Result<bool> + Send + Sync),
+    protocol: Protocol,
+    block: portres_core::Block,
+) -> Result<Option<u16>, Error> {
+    for port in block.ports() {
+        match probe(protocol, port) {
+            Ok(false) => {}
+            Ok(true) => return Ok(Some(port)),
+            Err(e) => {
+                return Err(Error::new(
+                    ErrorCode::Internal,
+                    format!("could not check whether {protocol} port {port} is in use: {e}"),
+                ));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Checks that no port of the block is in use right now.
+pub(crate) fn check_not_in_use(
+    probe: &(dyn Fn(Protocol, u16) -> io::Result<bool> + Send + Sync),
+    protocol: Protocol,
+    block: portres_core::Block,
+) -> Result<(), Error> {
+    match first_port_in_use(probe, protocol, block)? {
+        None => Ok(()),
+        Some(port) => Err(Error::new(
+            ErrorCode::SharingViolation,
+            format!("{protocol} port {port} is in use"),
+        )),
+    }
 }

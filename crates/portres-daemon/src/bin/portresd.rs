@@ -53,9 +53,27 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = Config::DEFAULT_MAX_CONNECTIONS_PER_UID)]
     max_connections_per_user: usize,
 
+    /// Threads serving client connections (1-1024); each connection is
+    /// served by one of them for its whole life, the least busy at connect
+    #[arg(long, value_name = "N", default_value_t = Config::DEFAULT_WORKERS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    workers: usize,
+
+    /// Pin workers round-robin to the CPUs portresd may use (on), or let
+    /// the kernel place them (off). Pinned workers draw their clients onto
+    /// their CPU, so a request and its reply rarely cross CPUs
+    #[arg(long, value_name = "on|off", default_value = "on")]
+    pin_workers: OnOff,
+
     /// Log more (-v: debug, -vv: trace); RUST_LOG overrides
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -110,6 +128,8 @@ fn main() -> ExitCode {
     config.quota = args.quota;
     config.max_connections = args.max_connections.max(1);
     config.max_connections_per_uid = args.max_connections_per_user.max(1);
+    config.workers = args.workers;
+    config.pin_workers = matches!(args.pin_workers, OnOff::On);
     if let Some(g) = args.admin_group {
         match resolve_group(&g) {
             Ok(gid) => config.admin_gid = Some(gid),

@@ -1,6 +1,7 @@
-//! Request handlers, one file per family, each an `impl State` block; and
-//! `dispatch`, which routes a decoded request to its handler and encodes the
-//! answer.
+//! Request handlers, one file per family, each an `impl State` block run
+//! under the state mutex (Acquire and Bind take the mutex themselves, to
+//! make their slow kernel calls outside it); and `dispatch`, which routes a
+//! decoded request to its handler and encodes the answer.
 
 mod info;
 mod persistent;
@@ -8,11 +9,12 @@ mod runtime;
 mod session;
 
 use std::os::fd::OwnedFd;
+use std::sync::Mutex;
 
 use portres_core::{Error, ErrorCode, SessionId};
 use portres_proto::{Request, encode_error, encode_reply};
 
-use crate::state::State;
+use crate::state::{State, lock};
 
 pub use info::fill_in_use;
 
@@ -38,7 +40,7 @@ fn reply<T: serde::Serialize>(r: Result<T, Error>) -> Outcome {
 /// Handles one request from `session`. `fd` is the descriptor that came
 /// with it, if the method takes one.
 pub fn dispatch(
-    state: &mut State,
+    state: &Mutex<State>,
     session: SessionId,
     req: Request,
     fd: Option<OwnedFd>,
@@ -59,22 +61,22 @@ pub fn dispatch(
         )));
     }
     match req {
-        Request::Acquire(p) => reply(state.acquire(session, p)),
-        Request::Release(p) => reply(state.release(session, p)),
-        Request::Bind(p) => reply(state.bind(session, p, fd.expect("checked above"))),
-        Request::Create(p) => reply(state.create(session, p)),
-        Request::Delete(p) => reply(state.delete(session, p)),
-        Request::Lookup(p) => reply(state.lookup(session, p)),
-        Request::List(p) => match state.list(session, p) {
+        Request::Acquire(p) => reply(runtime::acquire(state, session, p)),
+        Request::Release(p) => reply(lock(state).release(session, p)),
+        Request::Bind(p) => reply(runtime::bind(state, session, p, fd.expect("checked above"))),
+        Request::Create(p) => reply(lock(state).create(session, p)),
+        Request::Delete(p) => reply(lock(state).delete(session, p)),
+        Request::Lookup(p) => reply(lock(state).lookup(session, p)),
+        Request::List(p) => match lock(state).list(session, p) {
             Ok(list) => Outcome::List(list),
             Err(e) => Outcome::Reply(encode_error(&e)),
         },
-        Request::Status => reply(state.status(session)),
-        Request::GetCapability => match state.get_capability(session) {
+        Request::Status => reply(lock(state).status(session)),
+        Request::GetCapability => match lock(state).get_capability(session) {
             Ok(fd) => Outcome::ReplyWithFd(encode_reply(&portres_proto::Empty {}), fd),
             Err(e) => Outcome::Reply(encode_error(&e)),
         },
-        Request::Attach => reply(state.attach(session, fd.expect("checked above"))),
+        Request::Attach => reply(lock(state).attach(session, fd.expect("checked above"))),
         Request::GetInfo => reply(Ok(info::varlink_info())),
         Request::GetInterfaceDescription { interface } => {
             reply(info::interface_description(&interface))

@@ -2,21 +2,64 @@
 //! (SIO_RELEASE_PORT_RESERVATION) and Bind (SIO_ASSOCIATE_PORT_RESERVATION
 //! followed by bind to port 0) — Bind also serves persistent reservations.
 
+use std::collections::BTreeSet;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Mutex;
 
-use portres_core::{Block, Error, ErrorCode, Holder, Kind, Reservation, SessionId};
+use portres_core::{
+    BindOrder, Block, Error, ErrorCode, Holder, Kind, Reservation, SessionId, Token,
+};
 use portres_proto::{AcquireParams, BindParams, BindReply, Empty, ReleaseParams, ReservationReply};
 
-use crate::state::{State, check_label};
+use crate::state::{InUseProbe, State, check_label, first_port_in_use, lock};
+
+/// Acquire: a block at `start`, or the first free block of `count` in the
+/// dynamic range when `start` is 0; held by this session.
+///
+/// The in-use probe (a socket and a bind per port) is the slow part and
+/// needs no state, so it runs outside the state mutex: the block is first
+/// reserved in the table (no other request can take it meanwhile), then
+/// probed, then either covered in the kernel and answered or given back and
+/// the search goes on past the busy port.
+pub(crate) fn acquire(
+    shared: &Mutex<State>,
+    session: SessionId,
+    p: AcquireParams,
+) -> Result<ReservationReply, Error> {
+    let mut busy: BTreeSet<u16> = BTreeSet::new();
+    loop {
+        let (token, block, probe) = lock(shared).reserve_for_acquire(session, &p, &busy)?;
+        let found = first_port_in_use(&*probe, p.protocol, block);
+        let mut state = lock(shared);
+        match found {
+            Ok(None) => return state.finish_acquire(session, token, block),
+            Ok(Some(port)) => {
+                state.table.remove(token);
+                if p.start != 0 {
+                    return Err(Error::new(
+                        ErrorCode::SharingViolation,
+                        format!("{} port {port} is in use", p.protocol),
+                    ));
+                }
+                busy.insert(port);
+            }
+            Err(e) => {
+                state.table.remove(token);
+                return Err(e);
+            }
+        }
+    }
+}
 
 impl State {
-    /// Acquire: a block at `start`, or the first free block of `count` in the
-    /// dynamic range when `start` is 0; held by this session.
-    pub fn acquire(
+    /// Acquire's first step, under the lock: checks the request and puts a
+    /// candidate block in the table (never one with a port in `busy`).
+    fn reserve_for_acquire(
         &mut self,
         session: SessionId,
-        p: AcquireParams,
-    ) -> Result<ReservationReply, Error> {
+        p: &AcquireParams,
+        busy: &BTreeSet<u16>,
+    ) -> Result<(Token, Block, InUseProbe), Error> {
         check_label(&p.label)?;
         let caller = self.session(session)?.caller.clone();
         if p.count == 0 || p.count > 65535 {
@@ -44,38 +87,19 @@ impl State {
                     format!("reading ip_local_port_range: {e}"),
                 )
             })?;
-            let mut probe_error = None;
-            let found = self.table.find_free_block(
-                p.protocol,
-                p.count as u16,
-                range,
-                &self.baseline,
-                |port| match (self.in_use)(p.protocol, port) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        probe_error.get_or_insert(e);
-                        true
-                    }
-                },
-            );
-            match (found, probe_error) {
-                (Some(b), _) => b,
-                (None, Some(e)) => {
-                    return Err(Error::new(
-                        ErrorCode::Internal,
-                        format!("could not check which ports are in use: {e}"),
-                    ));
-                }
-                (None, None) => {
-                    return Err(Error::new(
+            self.table
+                .find_free_block(p.protocol, p.count as u16, range, &self.baseline, |port| {
+                    busy.contains(&port)
+                })
+                .ok_or_else(|| {
+                    Error::new(
                         ErrorCode::NoFreeBlock,
                         format!(
                             "no free block of {} {} port(s) in the dynamic range {}-{}",
                             p.count, p.protocol, range.0, range.1
                         ),
-                    ));
-                }
-            }
+                    )
+                })?
         } else {
             let block = Block::new(p.start, p.count)?;
             if !caller.admin {
@@ -91,7 +115,6 @@ impl State {
                 }
             }
             self.table.check_free(p.protocol, block)?;
-            self.check_not_in_use(p.protocol, block)?;
             block
         };
         let token = self.new_token()?;
@@ -105,8 +128,26 @@ impl State {
                 pid: caller.pid,
             },
         );
-        res.label = p.label;
+        res.label = p.label.clone();
         self.table.insert(res)?;
+        Ok((token, block, self.in_use.clone()))
+    }
+
+    /// Acquire's last step, under the lock: the probed block goes into the
+    /// kernel before the answer.
+    fn finish_acquire(
+        &mut self,
+        session: SessionId,
+        token: Token,
+        block: Block,
+    ) -> Result<ReservationReply, Error> {
+        if !self.table.contains_token(token) {
+            // The session ended while its block was probed.
+            return Err(Error::new(
+                ErrorCode::Internal,
+                "the session ended during the request",
+            ));
+        }
         if let Err(e) = self.cover_in_kernel(block) {
             self.table.remove(token);
             return Err(Error::new(
@@ -114,7 +155,7 @@ impl State {
                 format!("could not update ip_local_reserved_ports: {e}"),
             ));
         }
-        let res = self.table.get(token).expect("just inserted");
+        let res = self.table.get(token).expect("checked above");
         Ok(ReservationReply {
             reservation: self.describe(res, session),
         })
@@ -145,18 +186,16 @@ impl State {
         Ok(Empty {})
     }
 
-    /// Bind: binds the passed socket to `address` and a free port of the
-    /// reservation, trying ports from the rotation cursor on.
-    pub fn bind(
-        &mut self,
+    /// Bind's checks, under the lock: may this session bind into the
+    /// reservation, with a socket of its protocol? Returns the ports to try,
+    /// in order.
+    fn bind_plan(
+        &self,
         session: SessionId,
-        p: BindParams,
-        fd: OwnedFd,
-    ) -> Result<BindReply, Error> {
-        let info = portres_kernel::sock::inspect(fd.as_fd())?;
-        let cookie = portres_kernel::sock::netns_cookie(fd.as_fd()).map_err(|e| {
-            Error::new(ErrorCode::Internal, format!("reading SO_NETNS_COOKIE: {e}"))
-        })?;
+        p: &BindParams,
+        info: &portres_kernel::sock::SocketInfo,
+        cookie: u64,
+    ) -> Result<BindOrder, Error> {
         if cookie != self.netns_cookie {
             return Err(Error::new(
                 ErrorCode::WrongNamespace,
@@ -188,11 +227,28 @@ impl State {
                 ),
             ));
         }
-        let port =
-            portres_kernel::sock::bind_inspected(fd.as_fd(), &info, p.address, res.bind_order())?;
-        if let Some(res) = self.table.get_mut(p.token) {
-            res.advance_past(port);
-        }
-        Ok(BindReply { port })
+        Ok(res.bind_order())
     }
+}
+
+/// Bind: binds the passed socket to `address` and a free port of the
+/// reservation, trying ports from the rotation cursor on. The socket calls
+/// run outside the state mutex; only the checks and the cursor update take
+/// it. (A Release racing with this Bind may end the reservation while the
+/// socket is being bound: the outcome is the one of Bind-then-Release.)
+pub(crate) fn bind(
+    shared: &Mutex<State>,
+    session: SessionId,
+    p: BindParams,
+    fd: OwnedFd,
+) -> Result<BindReply, Error> {
+    let info = portres_kernel::sock::inspect(fd.as_fd())?;
+    let cookie = portres_kernel::sock::netns_cookie(fd.as_fd())
+        .map_err(|e| Error::new(ErrorCode::Internal, format!("reading SO_NETNS_COOKIE: {e}")))?;
+    let order = lock(shared).bind_plan(session, &p, &info, cookie)?;
+    let port = portres_kernel::sock::bind_inspected(fd.as_fd(), &info, p.address, order)?;
+    if let Some(res) = lock(shared).table.get_mut(p.token) {
+        res.advance_past(port);
+    }
+    Ok(BindReply { port })
 }
