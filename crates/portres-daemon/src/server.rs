@@ -31,8 +31,10 @@ use crate::config::{Config, KernelSync, Mode};
 use crate::state::{State, lock};
 use crate::worker::{NewConn, WorkerHandle};
 
-/// How long a release may leave its ports reserved in the kernel before the
-/// smaller value is written (one write covers every release meanwhile).
+/// The kernel shrink window: released ports leave the kernel's list at the
+/// first flush after they have been free for a whole window, so within one
+/// to two windows (one write covers every release meanwhile; see
+/// `State::flush_kernel`).
 pub const KERNEL_SHRINK_DELAY: Duration = Duration::from_millis(5);
 
 const TOKEN_LISTENER: u64 = 0;
@@ -433,8 +435,8 @@ impl Front {
                 }
             }
             if self.shrink_deadline.is_some_and(|d| Instant::now() >= d) {
-                self.shrink_deadline = None;
-                lock(&self.shared.state).flush_kernel();
+                let again = lock(&self.shared.state).flush_kernel();
+                self.shrink_deadline = again.then(|| Instant::now() + KERNEL_SHRINK_DELAY);
             }
         }
     }

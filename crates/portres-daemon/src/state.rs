@@ -74,6 +74,9 @@ pub struct State {
     /// The kernel holds ports we no longer reserve; `flush_kernel` will
     /// write the smaller value (see `release_in_kernel`).
     kernel_shrink_pending: bool,
+    /// Blocks released since the last `flush_kernel`: the kernel keeps them
+    /// one more window (see `flush_kernel`).
+    released_recently: Vec<portres_core::Block>,
     /// Called when a deferred shrink is pending, so the server schedules a
     /// `flush_kernel` soon.
     on_shrink_pending: Option<Box<dyn Fn() + Send>>,
@@ -144,6 +147,7 @@ impl State {
             started: Instant::now(),
             tokens: TokenPool::default(),
             kernel_shrink_pending: false,
+            released_recently: Vec::new(),
             on_shrink_pending: None,
             range_cache: None,
         };
@@ -233,7 +237,7 @@ impl State {
                 id.0,
                 gone.len()
             );
-            self.release_in_kernel();
+            self.release_in_kernel(gone.iter().map(|r| r.block));
         }
     }
 
@@ -273,6 +277,7 @@ impl State {
     pub(crate) fn sync_kernel(&mut self) -> io::Result<()> {
         let desired = self.desired_kernel_value(false);
         self.kernel_shrink_pending = false;
+        self.released_recently.clear();
         self.write_kernel(desired)
     }
 
@@ -300,12 +305,16 @@ impl State {
         self.write_kernel(grown)
     }
 
-    /// After ports stopped being reserved: the kernel may keep them reserved
-    /// a little longer (harmless: its ephemeral pool is briefly smaller), and
-    /// the smaller value is written by `flush_kernel`, soon, once for every
-    /// release that happened meanwhile.
-    pub(crate) fn release_in_kernel(&mut self) {
+    /// After `blocks` stopped being reserved: the kernel may keep them
+    /// reserved a little longer (harmless: its ephemeral pool is briefly
+    /// smaller), and the smaller value is written by `flush_kernel`, soon,
+    /// once for every release that happened meanwhile.
+    pub(crate) fn release_in_kernel(
+        &mut self,
+        blocks: impl IntoIterator<Item = portres_core::Block>,
+    ) {
         if self.kernel.is_some() {
+            self.released_recently.extend(blocks);
             self.mark_shrink_pending();
         }
     }
@@ -319,11 +328,32 @@ impl State {
         }
     }
 
-    /// Writes a pending shrink, if any.
-    pub fn flush_kernel(&mut self) {
-        if self.kernel_shrink_pending {
-            self.sync_kernel_logged();
+    /// Writes a pending shrink, if any; returns whether another flush is
+    /// due one window later.
+    ///
+    /// A port leaves the kernel's list only once it has been free for a
+    /// whole window: blocks released since the last flush stay reserved
+    /// until the next one. Why: under churn the same few ports are released
+    /// and acquired again all the time; dropping them at every flush made
+    /// the next Acquire write them back (two sysctl writes per port per
+    /// window, each under the state lock). Now a steady churn writes
+    /// nothing, and an idle port is gone within two windows.
+    pub fn flush_kernel(&mut self) -> bool {
+        if !self.kernel_shrink_pending {
+            return false;
         }
+        let recent = std::mem::take(&mut self.released_recently);
+        let keep = !recent.is_empty();
+        let mut desired = self.desired_kernel_value(false);
+        if keep {
+            let ranges = recent.iter().map(|b| (b.start(), b.last())).collect();
+            desired.extend(&PortSet::from_ranges(ranges));
+        }
+        self.kernel_shrink_pending = keep;
+        if let Err(e) = self.write_kernel(desired) {
+            log::error!("could not update ip_local_reserved_ports: {e}");
+        }
+        keep
     }
 
     fn write_kernel(&mut self, desired: PortSet) -> io::Result<()> {
@@ -339,12 +369,6 @@ impl State {
         kernel.write(&desired)?;
         self.last_written = Some(desired);
         Ok(())
-    }
-
-    pub(crate) fn sync_kernel_logged(&mut self) {
-        if let Err(e) = self.sync_kernel() {
-            log::error!("could not update ip_local_reserved_ports: {e}");
-        }
     }
 
     /// The kernel's dynamic port range, re-read at most once a second (it
@@ -472,5 +496,101 @@ pub(crate) fn check_not_in_use(
             ErrorCode::SharingViolation,
             format!("{protocol} port {port} is in use"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use portres_proto::{AcquireParams, ReleaseParams};
+
+    use super::*;
+
+    /// A sysctl that remembers its value and counts writes.
+    struct FakeSysctl {
+        value: Arc<Mutex<PortSet>>,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl ReservedPorts for FakeSysctl {
+        fn read(&self) -> io::Result<PortSet> {
+            Ok(self.value.lock().unwrap().clone())
+        }
+
+        fn write(&mut self, ports: &PortSet) -> io::Result<()> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            *self.value.lock().unwrap() = ports.clone();
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_released_port_leaves_the_kernel_after_a_whole_quiet_window_and_churn_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::for_current_user();
+        config.state_dir = dir.path().join("state");
+        let store = Store::open(&config.state_dir).unwrap();
+        let value = Arc::new(Mutex::new(PortSet::new()));
+        let writes = Arc::new(AtomicUsize::new(0));
+        let sysctl = FakeSysctl {
+            value: value.clone(),
+            writes: writes.clone(),
+        };
+        let state = State::new(
+            config,
+            store,
+            Some(Box::new(sysctl)),
+            Arc::new(|_, _| Ok(false)),
+            0,
+        )
+        .unwrap();
+        let state = Mutex::new(state);
+        let caller = Caller {
+            uid: 0,
+            gid: 0,
+            groups: vec![],
+            pid: 1,
+            admin: true,
+        };
+        let session = lock(&state).open_session(caller);
+        let cycle = || {
+            let r = crate::handlers::runtime::acquire(
+                &state,
+                session,
+                AcquireParams {
+                    protocol: Protocol::Tcp,
+                    start: 40000,
+                    count: 2,
+                    label: None,
+                },
+            )
+            .unwrap();
+            let token = r.reservation.token.unwrap();
+            lock(&state)
+                .release(session, ReleaseParams { token })
+                .unwrap();
+        };
+        let held = || value.lock().unwrap().to_string();
+        cycle();
+        assert_eq!(held(), "40000-40001", "covered before the answer");
+        let after_first = writes.load(Ordering::Relaxed);
+        // Churn: acquired and released again within every window.
+        for _ in 0..5 {
+            cycle();
+            assert!(lock(&state).flush_kernel(), "another flush is due");
+            assert_eq!(held(), "40000-40001");
+        }
+        assert_eq!(
+            writes.load(Ordering::Relaxed),
+            after_first,
+            "steady churn writes nothing"
+        );
+        // Quiet for a whole window: gone at the next flush, and nothing more
+        // is due.
+        assert!(!lock(&state).flush_kernel());
+        assert_eq!(held(), "");
+        assert!(!lock(&state).flush_kernel());
+        assert_eq!(writes.load(Ordering::Relaxed), after_first + 1);
     }
 }

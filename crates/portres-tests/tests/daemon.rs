@@ -126,6 +126,8 @@ fn wildcard_never_picks_a_busy_or_reserved_block() {
     );
     let e = c.acquire(Protocol::Tcp, 0, 5).unwrap_err();
     assert_eq!(e.code, ErrorCode::NoFreeBlock, "{e}");
+    // Each candidate the search tried (and probed) is gone again.
+    assert_eq!(c.list(None).unwrap().len(), 2);
 }
 
 #[test]

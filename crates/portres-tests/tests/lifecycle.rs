@@ -321,3 +321,52 @@ test ! -e /run/portres/portres.sock && echo socket-removed
     );
     assert!(stdout.contains("socket-removed"), "{stdout}");
 }
+
+#[test]
+fn worker_flags_one_unpinned_worker_serves_many_clients_and_bad_counts_are_refused() {
+    let Some(_ns) = netns("worker_flags_one_unpinned_worker_serves_many_clients") else {
+        return;
+    };
+    for bad in ["0", "1025", "many"] {
+        let out = Command::new(portres_tests::bin("portresd"))
+            .args(["--workers", bad, "--socket", "/nonexistent/x.sock"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--workers {bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--workers"), "{err}");
+    }
+    let out = Command::new(portres_tests::bin("portresd"))
+        .args(["--pin-workers", "sometimes"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // One worker, not pinned: every connection shares it, and each still
+    // gets its own session and blocks.
+    let dir = open_tempdir();
+    let d = ProcessDaemon::start(dir.path(), &["--workers", "1", "--pin-workers", "off"]);
+    let clients: Vec<_> = (0..6).map(|_| d.client()).collect();
+    let held: Vec<_> = clients
+        .iter()
+        .map(|c| c.acquire(Protocol::Tcp, 0, 2).unwrap())
+        .collect();
+    let mut starts: Vec<u16> = held.iter().map(|r| r.start()).collect();
+    starts.sort_unstable();
+    starts.dedup();
+    assert_eq!(starts.len(), 6, "six disjoint blocks: {starts:?}");
+    let listener = held[3].bind_tcp("127.0.0.1".parse().unwrap()).unwrap();
+    assert_eq!(
+        listener.local_addr().unwrap().port() - held[3].start(),
+        0,
+        "bound into its own block"
+    );
+    let mut held = held;
+    let gone = held[0].start();
+    held.remove(0).release().unwrap();
+    let left = clients[1].list(None).unwrap();
+    assert_eq!(left.len(), 5, "{left:?}");
+    assert!(left.iter().all(|r| r.start != gone));
+    drop(listener);
+    drop(held);
+    d.terminate();
+}

@@ -5,7 +5,7 @@
 
 mod info;
 mod persistent;
-mod runtime;
+pub(crate) mod runtime;
 mod session;
 
 use std::os::fd::OwnedFd;

@@ -100,7 +100,7 @@ impl State {
         let (token, block) = (res.token, res.block);
         self.store.delete(p.protocol, block).map_err(Error::from)?;
         self.table.remove(token);
-        self.release_in_kernel();
+        self.release_in_kernel([block]);
         log::info!("uid {uid} deleted persistent {} {block}", p.protocol);
         Ok(Empty {})
     }

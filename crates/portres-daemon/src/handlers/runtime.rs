@@ -181,8 +181,9 @@ impl State {
                 "this runtime reservation belongs to another session",
             ));
         }
-        self.table.remove(p.token);
-        self.release_in_kernel();
+        if let Some(gone) = self.table.remove(p.token) {
+            self.release_in_kernel([gone.block]);
+        }
         Ok(Empty {})
     }
 
