@@ -2,8 +2,8 @@
 //! sockets bound into them) is killed with SIGKILL; its reservations must
 //! leave `list` and `ip_local_reserved_ports` promptly. Measures the delay
 //! from the kill to each, over many kills, and prints it (target ≤ 100 ms;
-//! the daemon's own share is the connection's EOF plus at most
-//! `KERNEL_SHRINK_DELAY`, 5 ms, for the sysctl).
+//! the daemon's own share is the connection's EOF plus one to two
+//! `KERNEL_SHRINK_DELAY` windows, 5–10 ms, for the sysctl).
 //!
 //! Also kills clients in the middle of a burst of requests, all at once.
 //! CI kills 25 holders; the long run (`scripts/reliability`) 300
