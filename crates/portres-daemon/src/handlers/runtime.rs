@@ -61,21 +61,24 @@ impl State {
         busy: &BTreeSet<u16>,
     ) -> Result<(Token, Block, InUseProbe), Error> {
         check_label(&p.label)?;
-        let caller = self.session(session)?.caller.clone();
+        let caller = &self.session(session)?.caller;
+        // Copied out (not the whole caller: its groups are a Vec).
+        let (uid, pid, admin, quota_applies) =
+            (caller.uid, caller.pid, caller.admin, caller.quota_applies());
         if p.count == 0 || p.count > 65535 {
             return Err(Error::new(
                 ErrorCode::InvalidParameter,
                 format!("count must be between 1 and 65535, not {}", p.count),
             ));
         }
-        if caller.quota_applies() {
-            let held = self.table.runtime_ports_of(caller.uid);
+        if quota_applies {
+            let held = self.table.runtime_ports_of(uid);
             if held as u64 + p.count as u64 > self.config.quota as u64 {
                 return Err(Error::new(
                     ErrorCode::QuotaExceeded,
                     format!(
                         "uid {} holds {held} runtime port(s); {} more would pass the quota of {}",
-                        caller.uid, p.count, self.config.quota
+                        uid, p.count, self.config.quota
                     ),
                 ));
             }
@@ -102,7 +105,7 @@ impl State {
                 })?
         } else {
             let block = Block::new(p.start, p.count)?;
-            if !caller.admin {
+            if !admin {
                 let unprivileged =
                     portres_kernel::sysctl::unprivileged_port_start().unwrap_or(1024);
                 if (block.start() as u32) < unprivileged {
@@ -118,16 +121,7 @@ impl State {
             block
         };
         let token = self.new_token()?;
-        let mut res = Reservation::runtime(
-            token,
-            p.protocol,
-            block,
-            Holder {
-                session,
-                uid: caller.uid,
-                pid: caller.pid,
-            },
-        );
+        let mut res = Reservation::runtime(token, p.protocol, block, Holder { session, uid, pid });
         res.label = p.label.clone();
         self.table.insert(res)?;
         Ok((token, block, self.in_use.clone()))
