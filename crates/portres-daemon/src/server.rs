@@ -524,11 +524,15 @@ impl Front {
             .iter()
             .min_by_key(|w| w.load())
             .expect("at least one worker");
-        worker.hand_over(NewConn {
+        if let Err(lost) = worker.hand_over(NewConn {
             stream,
             session,
             uid,
-        });
+        }) {
+            log::error!("a worker is gone; dropping a connection from uid {uid}");
+            lock(&self.shared.state).close_session(lost.session);
+            self.shared.limits().connection_closed(uid, 0);
+        }
     }
 }
 

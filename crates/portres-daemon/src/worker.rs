@@ -88,18 +88,14 @@ impl WorkerHandle {
         )?);
         let load = Arc::new(AtomicUsize::new(0));
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-        epoll::add(
-            &epoll,
-            &*stop_fd,
-            epoll::EventData::new_u64(TOKEN_STOP),
-            epoll::EventFlags::IN,
-        )?;
-        epoll::add(
-            &epoll,
-            &*wake_fd,
-            epoll::EventData::new_u64(TOKEN_WAKE),
-            epoll::EventFlags::IN,
-        )?;
+        for (fd, token) in [(stop_fd.as_fd(), TOKEN_STOP), (wake_fd.as_fd(), TOKEN_WAKE)] {
+            epoll::add(
+                &epoll,
+                fd,
+                epoll::EventData::new_u64(token),
+                epoll::EventFlags::IN,
+            )?;
+        }
         let mut worker = Worker {
             shared,
             epoll,
@@ -133,17 +129,23 @@ impl WorkerHandle {
         self.load.load(Ordering::Relaxed)
     }
 
-    /// Gives it a new connection to serve.
-    pub(crate) fn hand_over(&self, conn: NewConn) {
+    /// Gives it a new connection to serve; gives the connection back if
+    /// the worker is gone (it only stops when the daemon does, or after a
+    /// bug made it panic).
+    pub(crate) fn hand_over(&self, conn: NewConn) -> Result<(), NewConn> {
+        // Counted before the send: the worker may take and end it at once.
         self.load.fetch_add(1, Ordering::Relaxed);
         let sent = self
             .inbox
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .send(conn);
-        if sent.is_ok() {
-            let _ = rustix::io::write(&*self.wake_fd, &1u64.to_ne_bytes());
+        if let Err(unsent) = sent {
+            self.load.fetch_sub(1, Ordering::Relaxed);
+            return Err(unsent.0);
         }
+        let _ = rustix::io::write(&*self.wake_fd, &1u64.to_ne_bytes());
+        Ok(())
     }
 
     /// Waits until it has stopped (the stop descriptor must be readable).
