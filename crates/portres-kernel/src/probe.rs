@@ -13,6 +13,7 @@
 //! and, for UDP, bound UDP sockets. A dump of all TCP states costs ~0.5 ms
 //! even in an empty namespace.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::OwnedFd;
@@ -28,7 +29,9 @@ use crate::diag;
 ///
 /// Method: bind a fresh probe socket (SOCK_CLOEXEC) of that protocol to
 /// `[::]:port` with IPV6_V6ONLY off and no SO_REUSEADDR/SO_REUSEPORT;
-/// EADDRINUSE => true, success => false (the socket is closed).
+/// EADDRINUSE => true, success => false (the socket is closed). A probe
+/// socket whose bind failed is still unbound and is kept for the calling
+/// thread's next probe.
 ///
 /// Fallbacks: if AF_INET6 is unavailable (EAFNOSUPPORT) the probe binds
 /// `0.0.0.0:port` with AF_INET instead; if the bind fails with EACCES or
@@ -46,13 +49,16 @@ pub fn port_in_use(protocol: Protocol, port: u16) -> io::Result<bool> {
             "port 0 cannot be probed",
         ));
     }
-    let result = match probe_socket(AddressFamily::INET6, protocol) {
+    let result = match spare_or_new_v6(protocol) {
         Ok(socket) => {
-            // Why explicitly: net.ipv6.bindv6only may make new sockets
-            // IPv6-only, and then IPv4 holders would not conflict.
-            sockopt::set_ipv6_v6only(&socket, false)?;
             let addr = SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0);
-            rustix::net::bind(&socket, &SocketAddr::V6(addr))
+            let bound = rustix::net::bind(&socket, &SocketAddr::V6(addr));
+            if bound == Err(Errno::ADDRINUSE) {
+                // A failed bind leaves the socket unbound: keep it for this
+                // thread's next probe (saves a socket() and a close()).
+                SPARE_V6.with(|spare| spare.borrow_mut()[protocol_index(protocol)] = Some(socket));
+            }
+            bound
         }
         // Why: a kernel booted with ipv6.disable=1 has no AF_INET6; IPv4 is
         // then the only port space.
@@ -71,6 +77,33 @@ pub fn port_in_use(protocol: Protocol, port: u16) -> io::Result<bool> {
     }
 }
 
+thread_local! {
+    /// Per thread and protocol: an unbound IPv6 probe socket left over from
+    /// a probe that found its port in use.
+    static SPARE_V6: RefCell<[Option<OwnedFd>; 2]> = const { RefCell::new([None, None]) };
+}
+
+fn protocol_index(protocol: Protocol) -> usize {
+    match protocol {
+        Protocol::Tcp => 0,
+        Protocol::Udp => 1,
+    }
+}
+
+/// An unbound IPv6 probe socket with IPV6_V6ONLY off: this thread's spare
+/// one, or a new one.
+fn spare_or_new_v6(protocol: Protocol) -> Result<OwnedFd, Errno> {
+    if let Some(socket) = SPARE_V6.with(|spare| spare.borrow_mut()[protocol_index(protocol)].take())
+    {
+        return Ok(socket);
+    }
+    let socket = probe_socket(AddressFamily::INET6, protocol)?;
+    // Why explicitly: net.ipv6.bindv6only may make new sockets IPv6-only,
+    // and then IPv4 holders would not conflict.
+    sockopt::set_ipv6_v6only(&socket, false)?;
+    Ok(socket)
+}
+
 /// A fresh, unbound, close-on-exec socket. It is closed when dropped, which
 /// releases the port if the probe bind succeeded.
 fn probe_socket(family: AddressFamily, protocol: Protocol) -> Result<OwnedFd, Errno> {
@@ -84,6 +117,29 @@ fn probe_socket(family: AddressFamily, protocol: Protocol) -> Result<OwnedFd, Er
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probe_socket_that_found_its_port_busy_is_reused_and_still_exact() {
+        // Loopback binds to an ephemeral port only: harmless anywhere.
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let busy = held.local_addr().unwrap().port();
+        assert!(port_in_use(Protocol::Tcp, busy).unwrap());
+        let spare_fd = SPARE_V6.with(|s| {
+            use std::os::fd::AsRawFd;
+            s.borrow()[0].as_ref().map(|f| f.as_raw_fd())
+        });
+        assert!(spare_fd.is_some(), "kept after EADDRINUSE");
+        // The kept socket answers again, for a busy port and a free one.
+        assert!(port_in_use(Protocol::Tcp, busy).unwrap());
+        drop(held);
+        assert!(!port_in_use(Protocol::Tcp, busy).unwrap());
+        assert!(
+            SPARE_V6.with(|s| s.borrow()[0].is_none()),
+            "a successful probe consumes its socket"
+        );
+        // And the port it probed is free again afterwards.
+        std::net::TcpListener::bind(("127.0.0.1", busy)).unwrap();
+    }
 
     #[test]
     fn port_zero_is_refused() {
