@@ -29,7 +29,7 @@ use rustix::event::epoll;
 
 use crate::config::{Config, KernelSync, Mode};
 use crate::state::{State, lock};
-use crate::worker::{NewConn, WorkerHandle};
+use crate::worker::{NewConn, Workers};
 
 /// The kernel shrink window: released ports leave the kernel's list at the
 /// first flush after they have been free for a whole window, so within one
@@ -337,7 +337,7 @@ struct Front {
     stop_fd: Arc<OwnedFd>,
     shrink_fd: Arc<OwnedFd>,
     shrink_deadline: Option<Instant>,
-    workers: Vec<WorkerHandle>,
+    workers: Workers,
 }
 
 impl Front {
@@ -349,7 +349,7 @@ impl Front {
             config: d.config,
             limits: Mutex::new(Limits::default()),
         });
-        let setup = || -> io::Result<(OwnedFd, Vec<WorkerHandle>)> {
+        let setup = || -> io::Result<(OwnedFd, Workers)> {
             let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
             d.listener.set_nonblocking(true)?;
             for (fd, token) in [
@@ -364,26 +364,17 @@ impl Front {
                     epoll::EventFlags::IN,
                 )?;
             }
-            let mut workers = Vec::with_capacity(shared.config.workers);
             let cpus = if shared.config.pin_workers {
                 crate::worker::cpus_to_pin()
             } else {
                 Vec::new()
             };
-            for i in 0..shared.config.workers.max(1) {
-                let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
-                match WorkerHandle::spawn(i, cpu, shared.clone(), d.stop_fd.clone()) {
-                    Ok(w) => workers.push(w),
-                    Err(e) => {
-                        // Whatever started must stop before we give up.
-                        let _ = rustix::io::write(&*d.stop_fd, &1u64.to_ne_bytes());
-                        for w in workers {
-                            w.join();
-                        }
-                        return Err(e);
-                    }
-                }
-            }
+            let workers = Workers::start(
+                shared.config.workers.max(1),
+                &cpus,
+                shared.clone(),
+                d.stop_fd.clone(),
+            )?;
             Ok((epoll, workers))
         };
         match setup() {
@@ -445,9 +436,7 @@ impl Front {
     /// part for the final shutdown.
     fn stop_workers(self) -> Arc<Shared> {
         let _ = rustix::io::write(&*self.stop_fd, &1u64.to_ne_bytes());
-        for w in self.workers {
-            w.join();
-        }
+        self.workers.join();
         self.shared
     }
 
@@ -519,12 +508,7 @@ impl Front {
         };
         let uid = caller.uid;
         let session = lock(&self.shared.state).open_session(caller);
-        let worker = self
-            .workers
-            .iter()
-            .min_by_key(|w| w.load())
-            .expect("at least one worker");
-        if let Err(lost) = worker.hand_over(NewConn {
+        if let Err(lost) = self.workers.hand_over(NewConn {
             stream,
             session,
             uid,

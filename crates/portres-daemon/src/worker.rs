@@ -63,95 +63,122 @@ pub(crate) struct NewConn {
     pub(crate) uid: u32,
 }
 
-/// The front's handle on one worker thread.
-pub(crate) struct WorkerHandle {
-    thread: JoinHandle<()>,
-    inbox: Mutex<mpsc::Sender<NewConn>>,
-    wake_fd: Arc<OwnedFd>,
-    /// Connections it serves.
-    load: Arc<AtomicUsize>,
+/// Consecutive requests hinting another CPU after which a connection moves
+/// to a worker pinned there (a client the scheduler moved for a moment
+/// does not drag its connection along).
+const MOVE_AFTER: u8 = 4;
+
+/// What arrives in a worker's inbox.
+enum Arrival {
+    /// A connection the front just accepted.
+    New(NewConn),
+    /// A connection another worker hands over (its client runs on this
+    /// worker's CPU now).
+    Moved(Box<Conn>),
 }
 
-impl WorkerHandle {
-    /// Starts worker number `index`, pinned to `cpu` if given; it stops
-    /// when `stop_fd` is readable.
-    pub(crate) fn spawn(
-        index: usize,
-        cpu: Option<usize>,
-        shared: Arc<Shared>,
-        stop_fd: Arc<OwnedFd>,
-    ) -> io::Result<WorkerHandle> {
-        let (tx, rx) = mpsc::channel();
-        let wake_fd = Arc::new(rustix::event::eventfd(
-            0,
-            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
-        )?);
-        let load = Arc::new(AtomicUsize::new(0));
-        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-        for (fd, token) in [(stop_fd.as_fd(), TOKEN_STOP), (wake_fd.as_fd(), TOKEN_WAKE)] {
-            epoll::add(
-                &epoll,
-                fd,
-                epoll::EventData::new_u64(token),
-                epoll::EventFlags::IN,
-            )?;
-        }
-        let mut worker = Worker {
-            shared,
-            epoll,
-            _stop_fd: stop_fd,
-            wake_fd: wake_fd.clone(),
-            inbox: rx,
-            load: load.clone(),
-            conns: HashMap::new(),
-            next_token: FIRST_CONN_TOKEN,
-            list_results: mpsc::channel(),
-        };
-        let thread = std::thread::Builder::new()
-            .name(format!("worker-{index}"))
-            .stack_size(WORKER_STACK)
-            .spawn(move || {
-                if let Some(cpu) = cpu {
-                    pin_to(cpu);
-                }
-                worker.run()
-            })?;
-        Ok(WorkerHandle {
-            thread,
-            inbox: Mutex::new(tx),
-            wake_fd,
-            load,
-        })
-    }
+/// How the front and the other workers reach one worker.
+struct Mailbox {
+    inbox: Mutex<mpsc::Sender<Arrival>>,
+    /// Readable when something arrived (or a `List` dump finished).
+    wake_fd: OwnedFd,
+    /// Connections it serves.
+    load: AtomicUsize,
+    /// The CPU it is pinned to, if pinned.
+    cpu: Option<usize>,
+}
 
-    /// How many connections it serves.
-    pub(crate) fn load(&self) -> usize {
-        self.load.load(Ordering::Relaxed)
-    }
-
-    /// Gives it a new connection to serve; gives the connection back if
-    /// the worker is gone (it only stops when the daemon does, or after a
-    /// bug made it panic).
-    pub(crate) fn hand_over(&self, conn: NewConn) -> Result<(), NewConn> {
+impl Mailbox {
+    /// Delivers `arrival`; gives it back if the worker is gone (it only
+    /// stops when the daemon does, or after a bug made it panic).
+    fn deliver(&self, arrival: Arrival) -> Result<(), Arrival> {
         // Counted before the send: the worker may take and end it at once.
         self.load.fetch_add(1, Ordering::Relaxed);
         let sent = self
             .inbox
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .send(conn);
+            .send(arrival);
         if let Err(unsent) = sent {
             self.load.fetch_sub(1, Ordering::Relaxed);
             return Err(unsent.0);
         }
-        let _ = rustix::io::write(&*self.wake_fd, &1u64.to_ne_bytes());
+        let _ = rustix::io::write(&self.wake_fd, &1u64.to_ne_bytes());
         Ok(())
     }
+}
 
-    /// Waits until it has stopped (the stop descriptor must be readable).
+/// The worker threads, as the front sees them.
+pub(crate) struct Workers {
+    mailboxes: Arc<Vec<Mailbox>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts `count` workers, pinned round-robin to `cpus` (none if
+    /// empty); they stop when `stop_fd` is readable. If one cannot start,
+    /// those that did are stopped (via `stop_fd`) before the error returns.
+    pub(crate) fn start(
+        count: usize,
+        cpus: &[usize],
+        shared: Arc<Shared>,
+        stop_fd: Arc<OwnedFd>,
+    ) -> io::Result<Workers> {
+        let mut mailboxes = Vec::with_capacity(count);
+        let mut inboxes = Vec::with_capacity(count);
+        for i in 0..count {
+            let (tx, rx) = mpsc::channel();
+            mailboxes.push(Mailbox {
+                inbox: Mutex::new(tx),
+                wake_fd: rustix::event::eventfd(
+                    0,
+                    rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+                )?,
+                load: AtomicUsize::new(0),
+                cpu: (!cpus.is_empty()).then(|| cpus[i % cpus.len()]),
+            });
+            inboxes.push(rx);
+        }
+        let mut workers = Workers {
+            mailboxes: Arc::new(mailboxes),
+            threads: Vec::with_capacity(count),
+        };
+        for (index, inbox) in inboxes.into_iter().enumerate() {
+            match Worker::spawn(index, inbox, workers.mailboxes.clone(), &shared, &stop_fd) {
+                Ok(thread) => workers.threads.push(thread),
+                Err(e) => {
+                    let _ = rustix::io::write(&*stop_fd, &1u64.to_ne_bytes());
+                    workers.join();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(workers)
+    }
+
+    /// Gives a new connection to the worker serving the fewest; gives the
+    /// connection back if that worker is gone.
+    pub(crate) fn hand_over(&self, conn: NewConn) -> Result<(), NewConn> {
+        let least_busy = self
+            .mailboxes
+            .iter()
+            .min_by_key(|m| m.load.load(Ordering::Relaxed))
+            .expect("at least one worker");
+        least_busy
+            .deliver(Arrival::New(conn))
+            .map_err(|arrival| match arrival {
+                Arrival::New(conn) => conn,
+                Arrival::Moved(_) => unreachable!("delivered a new connection"),
+            })
+    }
+
+    /// Waits until every worker has stopped (the stop descriptor must be
+    /// readable).
     pub(crate) fn join(self) {
-        if self.thread.join().is_err() {
-            log::error!("a worker thread panicked");
+        for thread in self.threads {
+            if thread.join().is_err() {
+                log::error!("a worker thread panicked");
+            }
         }
     }
 }
@@ -193,6 +220,10 @@ struct Conn {
     read_closed: bool,
     /// Buffer bytes charged to this connection's user.
     charged: usize,
+    /// Consecutive requests whose client said it ran on `away_cpu`, not on
+    /// this worker's CPU (see `Worker::follow_client`).
+    away: u8,
+    away_cpu: u32,
 }
 
 /// The CPUs this process may run on, if more than one (pinning workers to
@@ -221,18 +252,65 @@ fn pin_to(cpu: usize) {
 
 struct Worker {
     shared: Arc<Shared>,
+    /// Its place in `mailboxes`.
+    index: usize,
+    mailboxes: Arc<Vec<Mailbox>>,
     epoll: OwnedFd,
     /// Registered with epoll; kept open for as long as we wait on it.
     _stop_fd: Arc<OwnedFd>,
-    wake_fd: Arc<OwnedFd>,
-    inbox: mpsc::Receiver<NewConn>,
-    load: Arc<AtomicUsize>,
+    inbox: mpsc::Receiver<Arrival>,
     conns: HashMap<u64, Conn>,
     next_token: u64,
     list_results: (mpsc::Sender<ListResult>, mpsc::Receiver<ListResult>),
 }
 
 impl Worker {
+    /// Starts worker `index` on its own thread (pinned if its mailbox says
+    /// so).
+    fn spawn(
+        index: usize,
+        inbox: mpsc::Receiver<Arrival>,
+        mailboxes: Arc<Vec<Mailbox>>,
+        shared: &Arc<Shared>,
+        stop_fd: &Arc<OwnedFd>,
+    ) -> io::Result<JoinHandle<()>> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let wake_fd = mailboxes[index].wake_fd.as_fd();
+        for (fd, token) in [(stop_fd.as_fd(), TOKEN_STOP), (wake_fd, TOKEN_WAKE)] {
+            epoll::add(
+                &epoll,
+                fd,
+                epoll::EventData::new_u64(token),
+                epoll::EventFlags::IN,
+            )?;
+        }
+        let cpu = mailboxes[index].cpu;
+        let mut worker = Worker {
+            shared: shared.clone(),
+            index,
+            mailboxes,
+            epoll,
+            _stop_fd: stop_fd.clone(),
+            inbox,
+            conns: HashMap::new(),
+            next_token: FIRST_CONN_TOKEN,
+            list_results: mpsc::channel(),
+        };
+        std::thread::Builder::new()
+            .name(format!("worker-{index}"))
+            .stack_size(WORKER_STACK)
+            .spawn(move || {
+                if let Some(cpu) = cpu {
+                    pin_to(cpu);
+                }
+                worker.run()
+            })
+    }
+
+    fn mailbox(&self) -> &Mailbox {
+        &self.mailboxes[self.index]
+    }
+
     fn run(&mut self) {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
         loop {
@@ -271,64 +349,144 @@ impl Worker {
             self.close(token, "daemon stopping");
         }
         // Connections handed over but never taken.
-        while let Ok(new) = self.inbox.try_recv() {
-            lock(&self.shared.state).close_session(new.session);
-            self.shared.limits().connection_closed(new.uid, 0);
+        while let Ok(arrival) = self.inbox.try_recv() {
+            let (session, uid, charged) = match arrival {
+                Arrival::New(new) => (new.session, new.uid, 0),
+                Arrival::Moved(conn) => (conn.session, conn.uid, conn.charged),
+            };
+            lock(&self.shared.state).close_session(session);
+            self.shared.limits().connection_closed(uid, charged);
         }
     }
 
     fn wake(&mut self) {
         let mut buf = [0u8; 8];
-        let _ = rustix::io::read(&*self.wake_fd, &mut buf);
-        while let Ok(new) = self.inbox.try_recv() {
-            self.take(new);
+        let _ = rustix::io::read(&self.mailbox().wake_fd, &mut buf);
+        while let Ok(arrival) = self.inbox.try_recv() {
+            let conn = match arrival {
+                Arrival::New(new) => Box::new(Conn::new(new)),
+                Arrival::Moved(conn) => conn,
+            };
+            self.take(*conn);
         }
         self.finish_lists();
     }
 
-    /// Starts serving a connection the front handed over.
-    fn take(&mut self, new: NewConn) {
+    /// Starts serving a connection (new, or moved here by another worker).
+    fn take(&mut self, mut conn: Conn) {
         let token = self.next_token;
         self.next_token += 1;
+        conn.away = 0;
+        conn.want_write = false;
         if let Err(e) = epoll::add(
             &self.epoll,
-            &new.stream,
+            &conn.stream,
             epoll::EventData::new_u64(token),
             epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
         ) {
             log::warn!("dropping a connection: epoll: {e}");
-            self.load.fetch_sub(1, Ordering::Relaxed);
-            lock(&self.shared.state).close_session(new.session);
-            self.shared.limits().connection_closed(new.uid, 0);
+            self.mailbox().load.fetch_sub(1, Ordering::Relaxed);
+            lock(&self.shared.state).close_session(conn.session);
+            self.shared
+                .limits()
+                .connection_closed(conn.uid, conn.charged);
             return;
         }
-        self.conns.insert(
-            token,
-            Conn {
-                stream: new.stream,
-                session: new.session,
-                uid: new.uid,
-                frames: FrameBuffer::new(MAX_REQUEST_BYTES),
-                received: 0,
-                frame_end: 0,
-                pending_fds: VecDeque::new(),
-                unsent: VecDeque::new(),
-                unsent_bytes: 0,
-                list_in_flight: false,
-                want_write: false,
-                read_closed: false,
-                charged: 0,
-            },
-        );
+        self.conns.insert(token, conn);
+        // Bytes may have arrived while it moved: level-triggered epoll
+        // reports them on the next wait.
     }
 
+    /// Hands a connection whose client keeps running on another CPU to the
+    /// least busy worker pinned there. Only between requests: nothing
+    /// buffered, unsent or in flight, so replies stay in order.
+    fn follow_client(&mut self, token: u64) {
+        let Some(conn) = self.conns.get(&token) else {
+            return;
+        };
+        if conn.away < MOVE_AFTER
+            || conn.list_in_flight
+            || conn.read_closed
+            || !conn.unsent.is_empty()
+            || !conn.pending_fds.is_empty()
+            || conn.frames.has_partial()
+        {
+            return;
+        }
+        let target = conn.away_cpu as usize;
+        let Some((to, _)) = self
+            .mailboxes
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| *i != self.index && m.cpu == Some(target))
+            .min_by_key(|(_, m)| m.load.load(Ordering::Relaxed))
+        else {
+            return;
+        };
+        let conn = self.conns.remove(&token).expect("present above");
+        log::debug!(
+            "session {} follows its client to CPU {target} (worker {} -> {to})",
+            conn.session.0,
+            self.index
+        );
+        let _ = epoll::delete(&self.epoll, &conn.stream);
+        self.mailbox().load.fetch_sub(1, Ordering::Relaxed);
+        if let Err(Arrival::Moved(conn)) =
+            self.mailboxes[to].deliver(Arrival::Moved(Box::new(conn)))
+        {
+            // That worker is gone; keep serving it here.
+            self.mailbox().load.fetch_add(1, Ordering::Relaxed);
+            self.take(*conn);
+        }
+    }
+}
+
+impl Conn {
+    fn new(new: NewConn) -> Conn {
+        Conn {
+            stream: new.stream,
+            session: new.session,
+            uid: new.uid,
+            frames: FrameBuffer::new(MAX_REQUEST_BYTES),
+            received: 0,
+            frame_end: 0,
+            pending_fds: VecDeque::new(),
+            unsent: VecDeque::new(),
+            unsent_bytes: 0,
+            list_in_flight: false,
+            want_write: false,
+            read_closed: false,
+            charged: 0,
+            away: 0,
+            away_cpu: 0,
+        }
+    }
+
+    /// Notes the CPU a request came from (the client's hint); `mine` is the
+    /// serving worker's CPU.
+    fn note_cpu(&mut self, hint: Option<u32>, mine: Option<usize>) {
+        let (Some(hint), Some(mine)) = (hint, mine) else {
+            return;
+        };
+        if hint as usize == mine {
+            self.away = 0;
+        } else if self.away > 0 && hint == self.away_cpu {
+            self.away = self.away.saturating_add(1);
+        } else {
+            self.away = 1;
+            self.away_cpu = hint;
+        }
+    }
+}
+
+impl Worker {
     fn close(&mut self, token: u64, why: &str) {
         let Some(conn) = self.conns.remove(&token) else {
             return;
         };
         let _ = epoll::delete(&self.epoll, &conn.stream);
         log::debug!("session {} ended: {why}", conn.session.0);
-        self.load.fetch_sub(1, Ordering::Relaxed);
+        self.mailbox().load.fetch_sub(1, Ordering::Relaxed);
         lock(&self.shared.state).close_session(conn.session);
         self.shared
             .limits()
@@ -355,6 +513,7 @@ impl Worker {
             return self.close(token, &why);
         }
         self.after_io(token);
+        self.follow_client(token);
     }
 
     /// Charges a connection's buffer growth to its user; refuses (and the
@@ -455,8 +614,12 @@ impl Worker {
                     {
                         fds.push(conn.pending_fds.pop_front().expect("checked").1);
                     }
-                    match Request::decode(frame) {
-                        Ok((req, oneway)) => (Ok(req), oneway, fds),
+                    match Request::decode_call(frame) {
+                        Ok(call) => {
+                            let mine = self.mailboxes[self.index].cpu;
+                            conn.note_cpu(call.cpu, mine);
+                            (Ok(call.request), call.oneway, fds)
+                        }
                         Err(e) => (Err(e), false, fds),
                     }
                 }
@@ -491,14 +654,15 @@ impl Worker {
                     // loop, keep this connection's later requests waiting.
                     conn.list_in_flight = true;
                     let tx = self.list_results.0.clone();
-                    let wake = self.wake_fd.clone();
+                    let mailboxes = self.mailboxes.clone();
+                    let index = self.index;
                     std::thread::spawn(move || {
                         let bytes = match fill_in_use(&mut list) {
                             Ok(()) => encode_reply(&ListReply { reservations: list }),
                             Err(e) => encode_error(&e),
                         };
                         let _ = tx.send((token, bytes));
-                        let _ = rustix::io::write(&*wake, &1u64.to_ne_bytes());
+                        let _ = rustix::io::write(&mailboxes[index].wake_fd, &1u64.to_ne_bytes());
                     });
                     return Ok(());
                 }
@@ -637,4 +801,43 @@ fn send_with_fds_nonblocking(stream: &UnixStream, bytes: &[u8], fd: &OwnedFd) ->
         &mut control,
         rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> Conn {
+        let (stream, _peer) = UnixStream::pair().unwrap();
+        Conn::new(NewConn {
+            stream,
+            session: SessionId(1),
+            uid: 0,
+        })
+    }
+
+    #[test]
+    fn only_a_steady_other_cpu_counts_toward_a_move() {
+        let mut c = conn();
+        // Unpinned worker or no hint: nothing counts.
+        c.note_cpu(Some(1), None);
+        c.note_cpu(None, Some(0));
+        assert_eq!(c.away, 0);
+        // Another CPU, again and again.
+        for n in 1..=3 {
+            c.note_cpu(Some(1), Some(0));
+            assert_eq!((c.away, c.away_cpu), (n, 1));
+        }
+        // Back home resets; a different other CPU starts over.
+        c.note_cpu(Some(0), Some(0));
+        assert_eq!(c.away, 0);
+        c.note_cpu(Some(2), Some(0));
+        c.note_cpu(Some(3), Some(0));
+        assert_eq!((c.away, c.away_cpu), (1, 3));
+        // The count saturates instead of wrapping.
+        for _ in 0..300 {
+            c.note_cpu(Some(3), Some(0));
+        }
+        assert_eq!(c.away, u8::MAX);
+    }
 }

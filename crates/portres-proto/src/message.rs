@@ -302,12 +302,31 @@ struct Envelope<'a> {
     oneway: bool,
     #[serde(default)]
     more: bool,
+    /// Placement hint (see `Call::cpu`).
+    #[serde(default)]
+    cpu: Option<u32>,
 }
 
 #[derive(Serialize)]
 struct OutCall<'a, T> {
     method: &'a str,
     parameters: &'a T,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu: Option<u32>,
+}
+
+/// A decoded call: the request and what the envelope said about it.
+#[derive(Debug)]
+pub struct Call {
+    /// The request.
+    pub request: Request,
+    /// The caller wants no reply (varlink `oneway`).
+    pub oneway: bool,
+    /// The CPU the calling thread ran on when it sent the call, if it said
+    /// (the optional `"cpu"` key of the call object). Only a placement
+    /// hint: the daemon may move the connection to a worker on that CPU,
+    /// and the answer never depends on it.
+    pub cpu: Option<u32>,
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -350,6 +369,12 @@ impl Request {
 
     /// Decodes one frame. `Ok((request, oneway))`.
     pub fn decode(frame: &[u8]) -> Result<(Request, bool), Error> {
+        Request::decode_call(frame).map(|c| (c.request, c.oneway))
+    }
+
+    /// Decodes one frame into a `Call` (the request, `oneway` and the
+    /// placement hint).
+    pub fn decode_call(frame: &[u8]) -> Result<Call, Error> {
         let env: Envelope = serde_json::from_slice(frame)
             .map_err(|e| invalid(format!("malformed request: {e}")))?;
         if env.more {
@@ -385,15 +410,26 @@ impl Request {
                 return Err(invalid(format!("unknown method {other:?}")));
             }
         };
-        Ok((req, env.oneway))
+        Ok(Call {
+            request: req,
+            oneway: env.oneway,
+            cpu: env.cpu,
+        })
     }
 
     /// Encodes the request as one frame (JSON + NUL).
     pub fn encode(&self) -> Vec<u8> {
-        fn call<T: Serialize>(method: &str, p: &T) -> Vec<u8> {
+        self.encode_with_cpu(None)
+    }
+
+    /// Encodes the request as one frame, with the placement hint `cpu`
+    /// (the CPU the calling thread runs on) if given.
+    pub fn encode_with_cpu(&self, cpu: Option<u32>) -> Vec<u8> {
+        fn call<T: Serialize>(method: &str, parameters: &T, cpu: Option<u32>) -> Vec<u8> {
             let mut v = serde_json::to_vec(&OutCall {
                 method,
-                parameters: p,
+                parameters,
+                cpu,
             })
             .expect("request types always serialize");
             v.push(0);
@@ -401,17 +437,17 @@ impl Request {
         }
         let m = self.method();
         match self {
-            Request::Acquire(p) => call(m, p),
-            Request::Release(p) => call(m, p),
-            Request::Bind(p) => call(m, p),
-            Request::Create(p) => call(m, p),
-            Request::Delete(p) | Request::Lookup(p) => call(m, p),
-            Request::List(p) => call(m, p),
+            Request::Acquire(p) => call(m, p, cpu),
+            Request::Release(p) => call(m, p, cpu),
+            Request::Bind(p) => call(m, p, cpu),
+            Request::Create(p) => call(m, p, cpu),
+            Request::Delete(p) | Request::Lookup(p) => call(m, p, cpu),
+            Request::List(p) => call(m, p, cpu),
             Request::Status | Request::GetCapability | Request::Attach | Request::GetInfo => {
-                call(m, &Empty {})
+                call(m, &Empty {}, cpu)
             }
             Request::GetInterfaceDescription { interface } => {
-                call(m, &serde_json::json!({ "interface": interface }))
+                call(m, &serde_json::json!({ "interface": interface }), cpu)
             }
         }
     }
@@ -544,6 +580,21 @@ mod tests {
             let err = Request::decode(bad).unwrap_err();
             assert_eq!(err.code, ErrorCode::InvalidParameter, "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn the_cpu_hint_is_optional_and_round_trips() {
+        let req = Request::Status;
+        let plain = req.encode();
+        assert!(!String::from_utf8_lossy(&plain).contains("cpu"));
+        let call = Request::decode_call(&plain[..plain.len() - 1]).unwrap();
+        assert_eq!(call.cpu, None);
+        let hinted = req.encode_with_cpu(Some(3));
+        let call = Request::decode_call(&hinted[..hinted.len() - 1]).unwrap();
+        assert_eq!(call.cpu, Some(3));
+        assert!(matches!(call.request, Request::Status));
+        // A bad hint is a bad call, like any other malformed key.
+        assert!(Request::decode_call(br#"{"method":"io.portres.Status","cpu":-1}"#).is_err());
     }
 
     #[test]

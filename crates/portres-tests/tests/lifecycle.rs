@@ -370,3 +370,83 @@ fn worker_flags_one_unpinned_worker_serves_many_clients_and_bad_counts_are_refus
     drop(held);
     d.terminate();
 }
+
+/// Sends `frames` in one write and reads one reply per frame, in order.
+fn raw_calls(stream: &mut std::os::unix::net::UnixStream, frames: &[Vec<u8>]) -> Vec<String> {
+    use std::io::{Read, Write};
+    let all: Vec<u8> = frames.concat();
+    stream.write_all(&all).unwrap();
+    let mut replies = Vec::new();
+    let mut buf = Vec::new();
+    while replies.len() < frames.len() {
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "daemon closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(end) = buf.iter().position(|&b| b == 0) {
+            replies.push(String::from_utf8(buf[..end].to_vec()).unwrap());
+            buf.drain(..=end);
+        }
+    }
+    replies
+}
+
+#[test]
+fn a_connection_follows_its_clients_cpu_hint_between_workers_without_losing_order() {
+    let Some(_ns) = netns("a_connection_follows_its_clients_cpu_hint") else {
+        return;
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        eprintln!("SKIPPED: one CPU, so portresd pins no workers and never moves a connection");
+        return;
+    }
+    let dir = open_tempdir();
+    let d = ProcessDaemon::start(dir.path(), &["--workers", "4", "-v"]);
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let status = |cpu| portres_proto::Request::Status.encode_with_cpu(Some(cpu));
+    let acquire = |cpu, start| {
+        portres_proto::Request::Acquire(portres_proto::AcquireParams {
+            protocol: Protocol::Tcp,
+            start,
+            count: 1,
+            label: Some(format!("at {start}")),
+        })
+        .encode_with_cpu(Some(cpu))
+    };
+    // Whatever CPU its first worker is pinned to, one of these two runs of
+    // hints names the other one; pipelined, so requests are buffered when
+    // the move is considered.
+    let mut expected_starts = Vec::new();
+    for (round, cpu) in [0u32, 1, 0, 1].into_iter().enumerate() {
+        let mut frames: Vec<Vec<u8>> = (0..6).map(|_| status(cpu)).collect();
+        let start = 42000 + round as u32;
+        frames.push(acquire(cpu, start));
+        expected_starts.push(start);
+        let replies = raw_calls(&mut s, &frames);
+        for r in &replies[..6] {
+            assert!(r.contains("\"wire_version\""), "{r}");
+        }
+        assert!(
+            replies[6].contains(&format!("\"start\":{start}")),
+            "{}",
+            replies[6]
+        );
+    }
+    // A hint naming a CPU with no worker is ignored.
+    let replies = raw_calls(&mut s, &vec![status(9999); 8]);
+    assert_eq!(replies.len(), 8);
+    // The session kept everything it acquired, whichever worker served it.
+    let c = d.client();
+    let held: Vec<u16> = c.list(None).unwrap().iter().map(|r| r.start).collect();
+    let expected: Vec<u16> = expected_starts.iter().map(|&p| p as u16).collect();
+    assert_eq!(held, expected);
+    drop(s);
+    assert!(portres_tests::eventually(|| c.list(None).unwrap().is_empty()));
+    let log = d.terminate();
+    assert!(
+        log.contains("follows its client to CPU"),
+        "no move logged:\n{log}"
+    );
+}
