@@ -38,6 +38,33 @@ pub fn unix_rtt(clients: usize, pass_fd: bool, dur: Duration) -> Samples {
     Samples::merge(parts, start.elapsed())
 }
 
+/// One client and its echo peer, both pinned to the first CPU this process
+/// may use: the round trip with no CPU crossing and no idle CPU to wake —
+/// what portres's own round trips cost once a connection sits on a worker
+/// on its client's CPU.
+pub fn unix_rtt_one_cpu(pass_fd: bool, dur: Duration) -> Samples {
+    let cpu = rustix::thread::sched_getaffinity(None)
+        .ok()
+        .and_then(|set| (0..rustix::thread::CpuSet::MAX_CPU).find(|&c| set.is_set(c)))
+        .unwrap_or(0);
+    let pin = move || {
+        let mut set = rustix::thread::CpuSet::new();
+        set.set(cpu);
+        let _ = rustix::thread::sched_setaffinity(None, &set);
+    };
+    let start = Instant::now();
+    let (mut a, b) = UnixStream::pair().expect("socketpair");
+    std::thread::spawn(move || {
+        pin();
+        echo(b, pass_fd)
+    });
+    let client = std::thread::spawn(move || {
+        pin();
+        round_trips(&mut a, pass_fd, dur)
+    });
+    Samples::merge(vec![client.join().expect("client")], start.elapsed())
+}
+
 /// 16-byte round trips on `a` for `dur` (with one descriptor passed per
 /// request when `pass_fd`: an unbound socket, as Bind sends); latencies.
 fn round_trips(a: &mut UnixStream, pass_fd: bool, dur: Duration) -> Vec<Duration> {

@@ -171,6 +171,12 @@ fn main() {
         &fd8,
         String::new(),
     ));
+    let cfd1 = floors::unix_rtt_one_cpu(true, dur);
+    rows.push(row(
+        "floor: ... + 1 fd, both ends on one CPU, 1 client",
+        &cfd1,
+        String::new(),
+    ));
     let pfd1 = floors::unix_rtt_process(1, true, dur);
     rows.push(row(
         "floor: ... + 1 fd, peer in another process, 1 client",
@@ -223,10 +229,11 @@ fn main() {
         "portres acquire+bind+release, 1 client",
         &abr1,
         format!(
-            "p50 = {:.1}x one RTT with fd (target <= 4x: {}); {:.1}x the RTT with fd to another process",
+            "p50 = {:.1}x one RTT with fd (target <= 4x: {}); {:.1}x the RTT with fd to another process; {:.1}x the RTT with fd on one CPU",
             ratio(abr1.q(0.5), fd1.q(0.5)),
             verdict(abr1.q(0.5) <= fd1.q(0.5) * 4),
-            ratio(abr1.q(0.5), pfd1.q(0.5))
+            ratio(abr1.q(0.5), pfd1.q(0.5)),
+            ratio(abr1.q(0.5), cfd1.q(0.5))
         ),
     ));
     let ps_note = |s: &Samples, ps8: Option<f64>| match ps8 {

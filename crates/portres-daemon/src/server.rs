@@ -2,16 +2,16 @@
 //! each connection to a worker (`worker.rs`), the deferred kernel write and
 //! clean shutdown. It decides nothing about reservations itself.
 //!
-//! Threads: this loop (accept, timers, stop) and `Config::workers` worker
-//! loops, each an epoll loop over its own connections; a connection stays
-//! with the worker that was least busy when it connected. The state is one
-//! mutex (`state::lock`), held for microseconds per request. Why several
-//! workers rather than one loop: a reply wakes the client's thread, and a
-//! wakeup on another CPU costs an inter-processor interrupt (several µs in
-//! a VM) on the daemon's one thread; a worker per busy client lets the
-//! kernel keep each client and its worker on one CPU. Why hand-written
-//! loops rather than an async runtime: see ARCHITECTURE.md. Measured
-//! figures are in bench/README.md.
+//! Threads: this loop (accept, timers, stop) and the worker loops (by
+//! default one per CPU, pinned), each an epoll loop over its own
+//! connections; a connection starts on the least busy worker and moves to
+//! one on its client's CPU (`worker::Worker::follow_client`). The state is
+//! one mutex (`state::lock`), held for microseconds per request. Why: a
+//! reply wakes the client's thread, and a wakeup on another CPU costs an
+//! inter-processor interrupt (several µs in a VM); with client and worker
+//! on one CPU a round trip costs less than half. Why hand-written loops
+//! rather than an async runtime: see ARCHITECTURE.md. Measured figures are
+//! in bench/README.md.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -364,17 +364,14 @@ impl Front {
                     epoll::EventFlags::IN,
                 )?;
             }
-            let cpus = if shared.config.pin_workers {
-                crate::worker::cpus_to_pin()
+            let usable = crate::worker::usable_cpus();
+            let cpus = if shared.config.pin_workers && usable.len() > 1 {
+                usable.clone()
             } else {
                 Vec::new()
             };
-            let workers = Workers::start(
-                shared.config.workers.max(1),
-                &cpus,
-                shared.clone(),
-                d.stop_fd.clone(),
-            )?;
+            let count = shared.config.workers.unwrap_or(usable.len()).max(1);
+            let workers = Workers::start(count, &cpus, shared.clone(), d.stop_fd.clone())?;
             Ok((epoll, workers))
         };
         match setup() {

@@ -226,16 +226,15 @@ struct Conn {
     away_cpu: u32,
 }
 
-/// The CPUs this process may run on, if more than one (pinning workers to
-/// one CPU makes no difference).
-pub(crate) fn cpus_to_pin() -> Vec<usize> {
+/// The CPUs this process may run on (by its affinity mask; empty if that
+/// cannot be read).
+pub(crate) fn usable_cpus() -> Vec<usize> {
     let Ok(set) = rustix::thread::sched_getaffinity(None) else {
         return Vec::new();
     };
-    let cpus: Vec<usize> = (0..rustix::thread::CpuSet::MAX_CPU)
+    (0..rustix::thread::CpuSet::MAX_CPU)
         .filter(|&c| set.is_set(c))
-        .collect();
-    if cpus.len() > 1 { cpus } else { Vec::new() }
+        .collect()
 }
 
 /// Pins the calling thread to `cpu`. Why: a worker that stays on one CPU

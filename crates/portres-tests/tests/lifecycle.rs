@@ -443,7 +443,10 @@ fn a_connection_follows_its_clients_cpu_hint_between_workers_without_losing_orde
     let expected: Vec<u16> = expected_starts.iter().map(|&p| p as u16).collect();
     assert_eq!(held, expected);
     drop(s);
-    assert!(portres_tests::eventually(|| c.list(None).unwrap().is_empty()));
+    assert!(portres_tests::eventually(|| c
+        .list(None)
+        .unwrap()
+        .is_empty()));
     let log = d.terminate();
     assert!(
         log.contains("follows its client to CPU"),

@@ -53,21 +53,40 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = Config::DEFAULT_MAX_CONNECTIONS_PER_UID)]
     max_connections_per_user: usize,
 
-    /// Threads serving client connections (1-1024); each connection is
-    /// served by one of them for its whole life, the least busy at connect
-    #[arg(long, value_name = "N", default_value_t = Config::DEFAULT_WORKERS,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
-    workers: usize,
+    /// Threads serving client connections: "auto" (one per CPU portresd
+    /// may use) or 1-1024. A connection is served by one worker at a time:
+    /// the least busy when it connects, then one on the CPU its client runs
+    /// on (clients say which, see docs/wire.md)
+    #[arg(long, value_name = "auto|N", default_value = "auto", value_parser = parse_workers)]
+    workers: WorkerCount,
 
     /// Pin workers round-robin to the CPUs portresd may use (on), or let
-    /// the kernel place them (off). Pinned workers draw their clients onto
-    /// their CPU, so a request and its reply rarely cross CPUs
+    /// the kernel place them (off). With pinning, a connection moves to a
+    /// worker on its client's CPU, so a request and its reply rarely cross
+    /// CPUs
     #[arg(long, value_name = "on|off", default_value = "on")]
     pin_workers: OnOff,
 
     /// Log more (-v: debug, -vv: trace); RUST_LOG overrides
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+}
+
+/// `--workers`: `None` is "auto".
+#[derive(Clone, Copy, Debug)]
+struct WorkerCount(Option<usize>);
+
+fn parse_workers(s: &str) -> Result<WorkerCount, String> {
+    if s == "auto" {
+        return Ok(WorkerCount(None));
+    }
+    match s.parse::<usize>() {
+        Ok(n) if (1..=Config::MAX_WORKERS).contains(&n) => Ok(WorkerCount(Some(n))),
+        _ => Err(format!(
+            "expected \"auto\" or a number from 1 to {}",
+            Config::MAX_WORKERS
+        )),
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -128,7 +147,7 @@ fn main() -> ExitCode {
     config.quota = args.quota;
     config.max_connections = args.max_connections.max(1);
     config.max_connections_per_uid = args.max_connections_per_user.max(1);
-    config.workers = args.workers;
+    config.workers = args.workers.0;
     config.pin_workers = matches!(args.pin_workers, OnOff::On);
     if let Some(g) = args.admin_group {
         match resolve_group(&g) {
