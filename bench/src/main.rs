@@ -246,11 +246,14 @@ fn main() {
         "portres acquire+bind+release, 8 clients",
         &abr8,
         format!(
-            "{} (target >= 10x: {}), p99 target <= 500 µs: {}; floor for 3 RTT = {:.1}x portserver",
+            "{} (target >= 10x: {}), p99 target <= 500 µs: {}{}",
             ps_note(&abr8, ps8),
             ps8.map_or("n/a", |r| verdict(abr8.rate() >= 10.0 * r)),
             verdict(abr8.q(0.99) <= Duration::from_micros(500)),
-            ps8.map_or(0.0, |r| fd8.rate() / 3.0 / r)
+            ps8.map_or(String::new(), |r| format!(
+                "; floor for 3 RTT = {:.1}x portserver",
+                fd8.rate() / 3.0 / r
+            ))
         ),
     ));
     rows.push(row(
