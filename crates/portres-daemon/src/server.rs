@@ -350,20 +350,12 @@ impl Front {
             limits: Mutex::new(Limits::default()),
         });
         let setup = || -> io::Result<(OwnedFd, Workers)> {
-            let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
             d.listener.set_nonblocking(true)?;
-            for (fd, token) in [
+            let epoll = crate::worker::epoll_watching(&[
                 (d.listener.as_fd(), TOKEN_LISTENER),
                 (d.stop_fd.as_fd(), TOKEN_STOP),
                 (d.shrink_fd.as_fd(), TOKEN_SHRINK),
-            ] {
-                epoll::add(
-                    &epoll,
-                    fd,
-                    epoll::EventData::new_u64(token),
-                    epoll::EventFlags::IN,
-                )?;
-            }
+            ])?;
             let usable = crate::worker::usable_cpus();
             let cpus = if shared.config.pin_workers && usable.len() > 1 {
                 usable.clone()

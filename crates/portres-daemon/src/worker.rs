@@ -6,11 +6,14 @@
 //!
 //! A connection is registered for EPOLLIN only (EPOLLOUT just while a reply
 //! is stuck), so a client reading its reply never wakes the worker, and
-//! nothing but the request itself costs a wakeup.
+//! nothing but the request itself costs a wakeup. Workers are pinned to
+//! CPUs; a connection whose client keeps calling from another CPU (the
+//! `"cpu"` hint) is handed, between requests, to a worker pinned there
+//! (`Worker::follow_client`), so request and reply stay on one CPU.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -226,6 +229,21 @@ struct Conn {
     away_cpu: u32,
 }
 
+/// A new epoll instance watching each descriptor for input, tagged with its
+/// token (level-triggered).
+pub(crate) fn epoll_watching(fds: &[(BorrowedFd<'_>, u64)]) -> io::Result<OwnedFd> {
+    let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    for &(fd, token) in fds {
+        epoll::add(
+            &epoll,
+            fd,
+            epoll::EventData::new_u64(token),
+            epoll::EventFlags::IN,
+        )?;
+    }
+    Ok(epoll)
+}
+
 /// The CPUs this process may run on (by its affinity mask; empty if that
 /// cannot be read).
 pub(crate) fn usable_cpus() -> Vec<usize> {
@@ -273,16 +291,10 @@ impl Worker {
         shared: &Arc<Shared>,
         stop_fd: &Arc<OwnedFd>,
     ) -> io::Result<JoinHandle<()>> {
-        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-        let wake_fd = mailboxes[index].wake_fd.as_fd();
-        for (fd, token) in [(stop_fd.as_fd(), TOKEN_STOP), (wake_fd, TOKEN_WAKE)] {
-            epoll::add(
-                &epoll,
-                fd,
-                epoll::EventData::new_u64(token),
-                epoll::EventFlags::IN,
-            )?;
-        }
+        let epoll = epoll_watching(&[
+            (stop_fd.as_fd(), TOKEN_STOP),
+            (mailboxes[index].wake_fd.as_fd(), TOKEN_WAKE),
+        ])?;
         let cpu = mailboxes[index].cpu;
         let mut worker = Worker {
             shared: shared.clone(),
