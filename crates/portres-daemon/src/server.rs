@@ -363,6 +363,11 @@ impl Front {
                 Vec::new()
             };
             let count = shared.config.workers.unwrap_or(usable.len()).max(1);
+            if cpus.is_empty() {
+                log::info!("{count} worker thread(s), not pinned");
+            } else {
+                log::info!("{count} worker thread(s), pinned round-robin to CPUs {cpus:?}");
+            }
             let workers = Workers::start(count, &cpus, shared.clone(), d.stop_fd.clone())?;
             Ok((epoll, workers))
         };
