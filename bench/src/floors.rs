@@ -31,11 +31,7 @@ pub fn unix_rtt(clients: usize, pass_fd: bool, dur: Duration) -> Samples {
             std::thread::spawn(move || round_trips(&mut a, pass_fd, dur))
         })
         .collect();
-    let parts = handles
-        .into_iter()
-        .map(|h| h.join().expect("client"))
-        .collect();
-    Samples::merge(parts, start.elapsed())
+    Samples::join(handles, start)
 }
 
 /// One client and its echo peer, both pinned to the first CPU this process
@@ -118,13 +114,10 @@ pub fn unix_rtt_process(clients: usize, pass_fd: bool, dur: Duration) -> Samples
             std::thread::spawn(move || round_trips(&mut a, pass_fd, dur))
         })
         .collect();
-    let parts = handles
-        .into_iter()
-        .map(|h| h.join().expect("client"))
-        .collect();
+    let samples = Samples::join(handles, start);
     let _ = child.kill();
     let _ = child.wait();
-    Samples::merge(parts, start.elapsed())
+    samples
 }
 
 fn echo(mut b: UnixStream, pass_fd: bool) {

@@ -119,11 +119,7 @@ pub fn run_clients(
         .collect();
     barrier.wait();
     let start = Instant::now();
-    let parts = handles
-        .into_iter()
-        .map(|h| h.join().expect("client"))
-        .collect();
-    Samples::merge(parts, start.elapsed())
+    Samples::join(handles, start)
 }
 
 /// acquire(1 port) + bind a TCP listener into it + release: three round trips.

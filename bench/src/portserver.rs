@@ -96,11 +96,7 @@ impl PortServer {
                 })
             })
             .collect();
-        let parts = handles
-            .into_iter()
-            .map(|h| h.join().expect("client"))
-            .collect();
-        Samples::merge(parts, start.elapsed())
+        Samples::join(handles, start)
     }
 }
 

@@ -19,6 +19,19 @@ impl Samples {
         Samples { lat, wall }
     }
 
+    /// Waits for client threads that each return their latencies, and
+    /// merges them over the wall time since `start`.
+    pub fn join(
+        handles: Vec<std::thread::JoinHandle<Vec<Duration>>>,
+        start: std::time::Instant,
+    ) -> Samples {
+        let parts = handles
+            .into_iter()
+            .map(|h| h.join().expect("client"))
+            .collect();
+        Samples::merge(parts, start.elapsed())
+    }
+
     /// Operations per second.
     pub fn rate(&self) -> f64 {
         self.lat.len() as f64 / self.wall.as_secs_f64()

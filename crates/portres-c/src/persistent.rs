@@ -30,7 +30,14 @@ fn daemon(e: Error) -> ULONG {
     win32_code(e.code)
 }
 
-fn create(protocol: Protocol, start_be: USHORT, count: USHORT, token: PULONG64) -> ULONG {
+/// Runs `op` on the block and stores the token it answers in `*token`
+/// (create and lookup both answer with a token).
+fn to_token(
+    start_be: USHORT,
+    count: USHORT,
+    token: PULONG64,
+    op: impl FnOnce(u16, u16) -> Result<u64, ULONG>,
+) -> ULONG {
     guard(
         || ERROR_INTERNAL_ERROR,
         || {
@@ -39,17 +46,22 @@ fn create(protocol: Protocol, start_be: USHORT, count: USHORT, token: PULONG64) 
                 if token.is_null() {
                     return Err(ERROR_INVALID_PARAMETER);
                 }
-                let info =
-                    with_default(|c| c.create(protocol, start, count, CreateOptions::default()))
-                        .map_err(daemon)?;
-                let t = info.token.ok_or(ERROR_INTERNAL_ERROR)?;
+                let t = op(start, count)?;
                 // SAFETY: non-NULL (checked) and, by the caller's contract,
                 // a writable ULONG64; unaligned writes are allowed.
-                unsafe { std::ptr::write_unaligned(token, t.get()) };
+                unsafe { std::ptr::write_unaligned(token, t) };
                 Ok(())
             })())
         },
     )
+}
+
+fn create(protocol: Protocol, start_be: USHORT, count: USHORT, token: PULONG64) -> ULONG {
+    to_token(start_be, count, token, |start, count| {
+        let info = with_default(|c| c.create(protocol, start, count, CreateOptions::default()))
+            .map_err(daemon)?;
+        Ok(info.token.ok_or(ERROR_INTERNAL_ERROR)?.get())
+    })
 }
 
 fn delete(protocol: Protocol, start_be: USHORT, count: USHORT) -> ULONG {
@@ -65,23 +77,10 @@ fn delete(protocol: Protocol, start_be: USHORT, count: USHORT) -> ULONG {
 }
 
 fn lookup(protocol: Protocol, start_be: USHORT, count: USHORT, token: PULONG64) -> ULONG {
-    guard(
-        || ERROR_INTERNAL_ERROR,
-        || {
-            code((|| {
-                let (start, count) = block(start_be, count)?;
-                if token.is_null() {
-                    return Err(ERROR_INVALID_PARAMETER);
-                }
-                let info = with_default(|c| c.lookup(protocol, start, count)).map_err(daemon)?;
-                let t = info.token.ok_or(ERROR_ACCESS_DENIED)?;
-                // SAFETY: non-NULL (checked) and, by the caller's contract,
-                // a writable ULONG64; unaligned writes are allowed.
-                unsafe { std::ptr::write_unaligned(token, t.get()) };
-                Ok(())
-            })())
-        },
-    )
+    to_token(start_be, count, token, |start, count| {
+        let info = with_default(|c| c.lookup(protocol, start, count)).map_err(daemon)?;
+        Ok(info.token.ok_or(ERROR_ACCESS_DENIED)?.get())
+    })
 }
 
 /// Creates a persistent reservation of the TCP ports `ntohs(StartPort)` ..

@@ -32,29 +32,11 @@ use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 
 use portres::{Client, ErrorCode, Protocol, Reservation};
+use portres_tests::Rng;
 
 fn mono_ns() -> u64 {
     let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.below(1000) < per_mille
-    }
 }
 
 struct Held {
@@ -122,13 +104,13 @@ fn churn(ops: u64, seed: u64, log_path: &str) -> Result<(), String> {
         uid: rustix::process::getuid().as_raw(),
     };
     let (lo, hi) = read_range();
-    let mut rng = Rng(seed.max(1));
+    let mut rng = Rng::new(seed);
     let mut client = Client::connect_to(&socket).map_err(|e| e.to_string())?;
     let mut held: Vec<Held> = Vec::new();
     let mut t = Totals::default();
     while t.ops < ops {
         t.ops += 1;
-        if rng.chance(5) {
+        if rng.chance_per_mille(5) {
             // Drop the connection with everything held: the session ends.
             for h in held.drain(..) {
                 let res = log.close_held(h);
@@ -139,14 +121,14 @@ fn churn(ops: u64, seed: u64, log_path: &str) -> Result<(), String> {
             t.drops += 1;
             continue;
         }
-        if held.len() < 3 && (held.is_empty() || rng.chance(550)) {
-            let proto = if rng.chance(500) {
+        if held.len() < 3 && (held.is_empty() || rng.chance_per_mille(550)) {
+            let proto = if rng.chance_per_mille(500) {
                 Protocol::Tcp
             } else {
                 Protocol::Udp
             };
             let count = 1 + rng.below(4) as u16;
-            let fixed = rng.chance(200);
+            let fixed = rng.chance_per_mille(200);
             let start = if fixed {
                 lo + rng.below(u64::from(hi - lo - count + 1)) as u16
             } else {
@@ -227,7 +209,7 @@ fn churn(ops: u64, seed: u64, log_path: &str) -> Result<(), String> {
         }
     }
     // Half the clients release everything, the others just exit.
-    let release = rng.chance(500);
+    let release = rng.chance_per_mille(500);
     for h in held.drain(..) {
         let res = log.close_held(h);
         if release {

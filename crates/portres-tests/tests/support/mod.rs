@@ -1,8 +1,9 @@
 //! Helpers shared by the reliability tests (crash, client death,
-//! concurrency, hostile input, store faults, privilege): a seeded PRNG whose
-//! seed is printed so a failure can be replayed, `portresd` as a child whose
-//! log goes to a file (a pipe nobody reads would stall a chatty daemon), the
-//! scale knobs of the long runs, and overlap checks.
+//! concurrency, hostile input, store faults, privilege): the seeded PRNG
+//! (from the library; its seed is printed so a failure can be replayed),
+//! `portresd` as a child whose log goes to a file (a pipe nobody reads would
+//! stall a chatty daemon), the scale knobs of the long runs, and overlap
+//! checks.
 #![allow(dead_code)]
 
 use std::fs::{File, OpenOptions};
@@ -12,49 +13,8 @@ use std::time::{Duration, Instant};
 
 use portres::{Client, ReservationInfo};
 
-/// xorshift64*: small, fast, good enough to pick operations and delays.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from `seed` (0 is replaced, xorshift needs a non-zero state).
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.max(1) ^ 0x9E37_79B9_7F4A_7C15)
-    }
-
-    /// The seed for a run: `PORTRES_RELIABILITY_SEED` if set, else the
-    /// clock. Printed by the caller so a failing run can be repeated.
-    pub fn seed_from_env() -> u64 {
-        std::env::var("PORTRES_RELIABILITY_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            })
-    }
-
-    /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// True with probability `percent`/100.
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
+#[allow(unused_imports)] // not every test file draws random numbers
+pub use portres_tests::Rng;
 
 /// A scale knob of the long runs: the environment variable `name` as a
 /// number, else `default`.
