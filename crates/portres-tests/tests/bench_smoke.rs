@@ -1,0 +1,70 @@
+//! The benchmark (`bench/`, issue #3) still runs end to end: a quick run of
+//! the debug build against a real `portresd` in its own private network
+//! namespace prints every row, and leaves no daemon and no temporary files
+//! behind. Figures from a debug build mean nothing, so none are checked;
+//! portserver is skipped (it needs PyPI; `bench/run` installs it).
+
+use std::process::Command;
+
+use portres_tests::{netns, open_tempdir};
+
+#[test]
+fn a_quick_benchmark_run_prints_every_row_and_cleans_up() {
+    // Root only for the namespace the benchmark enters itself.
+    let Some(_ns) = netns("a_quick_benchmark_run_prints_every_row_and_cleans_up") else {
+        return;
+    };
+    let tmp = open_tempdir();
+    let out = Command::new(portres_tests::bin("portres-bench"))
+        .args(["--quick", "--no-portserver"])
+        .env("TMPDIR", tmp.path())
+        .env_remove("PORTRES_BENCH_ONLY")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for row in [
+        "floor: kernel socket+bind(0)+close",
+        "floor: Unix round trip, 16 B, 1 client",
+        "floor: Unix round trip, 16 B, 8 clients",
+        "floor: Unix round trip + 1 fd, 1 client",
+        "floor: Unix round trip + 1 fd, 8 clients",
+        "floor: ... + 1 fd, both ends on one CPU, 1 client",
+        "floor: ... + 1 fd, peer in another process, 1 client",
+        "floor: ... + 1 fd, peer in another process, 8 clients",
+        "portres acquire+bind+release, 1 client",
+        "portres acquire+bind+release, 8 clients",
+        "portres acquire+release, 1 client",
+        "portres acquire+release, 8 clients",
+        "portres bind into a held block, 1 client",
+        "portres create+delete persistent (durable)",
+        "portres list (1000 reservations, 1000 sockets)",
+        "portresd RSS (1000 runtime reservations, 100 sessions)",
+        "portresd start-to-ready (1000 persistent)",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("no row {row:?} in:\n{stdout}"));
+        assert!(
+            line.contains("/s") || line.contains("MiB") || line.contains(" ms "),
+            "row without a figure: {line}"
+        );
+    }
+    assert!(stdout.contains("target <= 4x:"), "{stdout}");
+    assert!(stdout.contains("skipped (--no-portserver)"), "{stdout}");
+    // Everything it started is gone, and so are its temporary directories.
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+    let tmp_str = tmp.path().to_string_lossy().to_string();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            assert!(
+                !cmdline.contains(&tmp_str),
+                "a process of the benchmark still runs: {cmdline}"
+            );
+        }
+    }
+}
