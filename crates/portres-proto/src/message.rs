@@ -4,11 +4,18 @@
 //! Unknown parameters are ignored so that later versions may add optional
 //! ones; a missing required parameter or a value of the wrong type is
 //! `invalid_parameter`.
+//!
+//! Calls the daemon cannot take are refused with varlink's own error names
+//! (`org.varlink.service.MethodNotFound`, `InterfaceNotFound`,
+//! `InvalidParameter`, see [`ServiceError`]) so that generic varlink tools
+//! understand them; every error reply still carries portres' `code` and
+//! `message`, so clients that match on `code` see `invalid_parameter` as
+//! before.
 
 use std::net::IpAddr;
 
 use portres_core::{Error, ErrorCode, Kind, Owner, Protocol, Token};
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -300,9 +307,30 @@ struct Envelope<'a> {
     parameters: Option<&'a RawValue>,
     #[serde(default)]
     oneway: bool,
+    /// Accepted and otherwise ignored: no method streams, so a call that
+    /// allows several replies gets its one reply (without `continues`),
+    /// which varlink permits.
     #[serde(default)]
+    #[allow(dead_code)]
     more: bool,
     /// Placement hint (see `Call::cpu`).
+    #[serde(default)]
+    cpu: Option<u32>,
+}
+
+/// `Envelope` with every value ignored but the typed ones: parsed only
+/// after `Envelope` failed, through `serde_path_to_error`, to name the key
+/// that was wrong (a borrowed `RawValue` cannot go through that wrapper).
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct EnvelopeCheck {
+    method: String,
+    #[serde(default)]
+    parameters: Option<IgnoredAny>,
+    #[serde(default)]
+    oneway: bool,
+    #[serde(default)]
+    more: bool,
     #[serde(default)]
     cpu: Option<u32>,
 }
@@ -329,13 +357,204 @@ pub struct Call {
     pub cpu: Option<u32>,
 }
 
+/// A refusal in varlink's own terms (the errors of the
+/// `org.varlink.service` interface every varlink service speaks), for calls
+/// that name no method the daemon serves or whose parameters do not decode.
+/// Sent with portres' `code` (`invalid_parameter`) and `message` as well.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceError {
+    /// `org.varlink.service.InterfaceNotFound`: the call (or
+    /// `GetInterfaceDescription`) names an interface not served here.
+    InterfaceNotFound {
+        /// The interface, as given.
+        interface: String,
+    },
+    /// `org.varlink.service.MethodNotFound`: a served interface has no
+    /// such method.
+    MethodNotFound {
+        /// The fully qualified method, as given.
+        method: String,
+    },
+    /// `org.varlink.service.InvalidParameter`: a key of the call or of its
+    /// parameters is missing, of the wrong type or out of its type's range.
+    InvalidParameter {
+        /// The key: a parameter's name (`"count"`), or a key of the call
+        /// object itself (`"method"`, `"parameters"`, `"cpu"`).
+        parameter: String,
+    },
+}
+
+impl ServiceError {
+    /// The varlink error name.
+    pub fn varlink_name(&self) -> &'static str {
+        match self {
+            ServiceError::InterfaceNotFound { .. } => "org.varlink.service.InterfaceNotFound",
+            ServiceError::MethodNotFound { .. } => "org.varlink.service.MethodNotFound",
+            ServiceError::InvalidParameter { .. } => "org.varlink.service.InvalidParameter",
+        }
+    }
+
+    /// The error's own parameter: its name and value.
+    fn parameter(&self) -> (&'static str, &str) {
+        match self {
+            ServiceError::InterfaceNotFound { interface } => ("interface", interface),
+            ServiceError::MethodNotFound { method } => ("method", method),
+            ServiceError::InvalidParameter { parameter } => ("parameter", parameter),
+        }
+    }
+}
+
+/// Why a frame was not taken as a call: portres' error (always
+/// `invalid_parameter`) and, when the frame was a call object at all, the
+/// varlink error to send in its name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallError {
+    /// Code and message.
+    pub error: Error,
+    /// The `org.varlink.service` error; `None` for a frame that is not a
+    /// JSON object (nothing to name), sent as `io.portres.InvalidParameter`.
+    pub service: Option<ServiceError>,
+    /// The call's `oneway` flag when the call object could be read, else
+    /// `false`.
+    pub oneway: bool,
+}
+
+impl CallError {
+    fn new(service: Option<ServiceError>, message: String, oneway: bool) -> CallError {
+        CallError {
+            error: invalid(message),
+            service,
+            oneway,
+        }
+    }
+
+    /// `GetInterfaceDescription` of an interface not served here.
+    pub fn interface_not_found(interface: &str) -> CallError {
+        CallError::new(
+            Some(ServiceError::InterfaceNotFound {
+                interface: interface.to_string(),
+            }),
+            format!("interface {interface:?} is not served here"),
+            false,
+        )
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for CallError {}
+
+impl From<CallError> for Error {
+    fn from(e: CallError) -> Error {
+        e.error
+    }
+}
+
 fn invalid(msg: impl Into<String>) -> Error {
     Error::new(ErrorCode::InvalidParameter, msg)
 }
 
-fn params<T: DeserializeOwned>(method: &str, v: Option<&RawValue>) -> Result<T, Error> {
-    serde_json::from_str(v.map_or("{}", RawValue::get))
-        .map_err(|e| invalid(format!("{method}: {e}")))
+/// The interfaces whose methods `decode_call` knows.
+const SERVED_INTERFACES: [&str; 2] = ["org.varlink.service", crate::INTERFACE];
+
+/// Parses a method's parameters. Successful calls take the fast path; only
+/// a refusal is parsed again to name the parameter that was wrong.
+fn params<T: DeserializeOwned>(
+    method: &str,
+    v: Option<&RawValue>,
+    oneway: bool,
+) -> Result<T, CallError> {
+    let text = v.map_or("{}", RawValue::get);
+    serde_json::from_str(text).map_err(|e| {
+        let parameter = faulty_key::<T>(text).unwrap_or_else(|| "parameters".to_string());
+        CallError::new(
+            Some(ServiceError::InvalidParameter {
+                parameter: parameter.clone(),
+            }),
+            format!("{method}: parameter {parameter:?}: {e}"),
+            oneway,
+        )
+    })
+}
+
+/// The top-level key of `text` that made decoding it as `T` fail: the
+/// path's first segment, or the field named by serde's "missing field" /
+/// "duplicate field" message (those fail at the object, not at a key).
+/// `None` when the value itself is wrong (not an object).
+fn faulty_key<T: DeserializeOwned>(text: &str) -> Option<String> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let err = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Ok(_) => return None,
+        Err(err) => err,
+    };
+    if let Some(serde_path_to_error::Segment::Map { key }) = err.path().iter().next() {
+        return Some(key.clone());
+    }
+    let message = err.inner().to_string();
+    ["missing field `", "duplicate field `"]
+        .iter()
+        .find_map(|prefix| {
+            let rest = message.strip_prefix(prefix)?;
+            Some(rest[..rest.find('`')?].to_string())
+        })
+}
+
+/// Why `frame` is not a call object: the key at fault, if it is a JSON
+/// object at all.
+fn envelope_error(frame: &[u8], e: serde_json::Error) -> CallError {
+    let message = format!("malformed request: {e}");
+    if e.is_syntax() || e.is_eof() || !frame.trim_ascii_start().starts_with(b"{") {
+        return CallError::new(None, message, false);
+    }
+    let key = std::str::from_utf8(frame)
+        .ok()
+        .and_then(faulty_key::<EnvelopeCheck>)
+        .unwrap_or_else(|| "method".to_string());
+    CallError::new(
+        Some(ServiceError::InvalidParameter { parameter: key }),
+        message,
+        false,
+    )
+}
+
+/// The refusal of a method name no served interface has.
+fn unknown_method(method: &str, oneway: bool) -> CallError {
+    let Some((interface, _)) = method
+        .rsplit_once('.')
+        .filter(|(i, m)| !i.is_empty() && !m.is_empty())
+    else {
+        return CallError::new(
+            Some(ServiceError::InvalidParameter {
+                parameter: "method".to_string(),
+            }),
+            format!("{method:?} is not a varlink method name (interface.Method)"),
+            oneway,
+        );
+    };
+    if SERVED_INTERFACES.contains(&interface) {
+        CallError::new(
+            Some(ServiceError::MethodNotFound {
+                method: method.to_string(),
+            }),
+            format!("unknown method {method:?}"),
+            oneway,
+        )
+    } else {
+        CallError::new(
+            Some(ServiceError::InterfaceNotFound {
+                interface: interface.to_string(),
+            }),
+            format!(
+                "unknown interface {interface:?} (method {method:?}); served: {}",
+                SERVED_INTERFACES.join(", ")
+            ),
+            oneway,
+        )
+    }
 }
 
 impl Request {
@@ -369,29 +588,26 @@ impl Request {
 
     /// Decodes one frame. `Ok((request, oneway))`.
     pub fn decode(frame: &[u8]) -> Result<(Request, bool), Error> {
-        Request::decode_call(frame).map(|c| (c.request, c.oneway))
+        Request::decode_call(frame)
+            .map(|c| (c.request, c.oneway))
+            .map_err(Error::from)
     }
 
     /// Decodes one frame into a `Call` (the request, `oneway` and the
-    /// placement hint).
-    pub fn decode_call(frame: &[u8]) -> Result<Call, Error> {
-        let env: Envelope = serde_json::from_slice(frame)
-            .map_err(|e| invalid(format!("malformed request: {e}")))?;
-        if env.more {
-            return Err(invalid(
-                "\"more\" (streaming replies) is not supported by any io.portres method",
-            ));
-        }
+    /// placement hint), or says why it is not one in varlink's terms.
+    pub fn decode_call(frame: &[u8]) -> Result<Call, CallError> {
+        let env: Envelope = serde_json::from_slice(frame).map_err(|e| envelope_error(frame, e))?;
         let m = env.method.as_str();
         let p = env.parameters;
+        let ow = env.oneway;
         let req = match m {
-            "io.portres.Acquire" => Request::Acquire(params(m, p)?),
-            "io.portres.Release" => Request::Release(params(m, p)?),
-            "io.portres.Bind" => Request::Bind(params(m, p)?),
-            "io.portres.Create" => Request::Create(params(m, p)?),
-            "io.portres.Delete" => Request::Delete(params(m, p)?),
-            "io.portres.Lookup" => Request::Lookup(params(m, p)?),
-            "io.portres.List" => Request::List(params(m, p)?),
+            "io.portres.Acquire" => Request::Acquire(params(m, p, ow)?),
+            "io.portres.Release" => Request::Release(params(m, p, ow)?),
+            "io.portres.Bind" => Request::Bind(params(m, p, ow)?),
+            "io.portres.Create" => Request::Create(params(m, p, ow)?),
+            "io.portres.Delete" => Request::Delete(params(m, p, ow)?),
+            "io.portres.Lookup" => Request::Lookup(params(m, p, ow)?),
+            "io.portres.List" => Request::List(params(m, p, ow)?),
             "io.portres.Status" => Request::Status,
             "io.portres.GetCapability" => Request::GetCapability,
             "io.portres.Attach" => Request::Attach,
@@ -401,14 +617,12 @@ impl Request {
                 struct P {
                     interface: String,
                 }
-                let p: P = params(m, p)?;
+                let p: P = params(m, p, ow)?;
                 Request::GetInterfaceDescription {
                     interface: p.interface,
                 }
             }
-            other => {
-                return Err(invalid(format!("unknown method {other:?}")));
-            }
+            other => return Err(unknown_method(other, ow)),
         };
         Ok(Call {
             request: req,
@@ -464,10 +678,32 @@ struct ErrorParams {
     message: String,
 }
 
-#[derive(Serialize)]
-struct ErrReply<'a> {
-    error: &'a str,
-    parameters: ErrorParams,
+/// Something sent as an error reply: a portres [`Error`]
+/// (`io.portres.<Name>` with `code` and `message`) or a [`CallError`]
+/// (the `org.varlink.service` error with its own parameter, plus `code`
+/// and `message`).
+pub trait ErrorReply {
+    /// The portres error: code and message.
+    fn portres_error(&self) -> &Error;
+    /// The varlink service error to send instead of `io.portres.<Name>`.
+    fn service_error(&self) -> Option<&ServiceError> {
+        None
+    }
+}
+
+impl ErrorReply for Error {
+    fn portres_error(&self) -> &Error {
+        self
+    }
+}
+
+impl ErrorReply for CallError {
+    fn portres_error(&self) -> &Error {
+        &self.error
+    }
+    fn service_error(&self) -> Option<&ServiceError> {
+        self.service.as_ref()
+    }
 }
 
 /// Encodes a successful reply as one frame.
@@ -478,14 +714,23 @@ pub fn encode_reply<T: Serialize>(parameters: &T) -> Vec<u8> {
 }
 
 /// Encodes an error reply as one frame.
-pub fn encode_error(err: &Error) -> Vec<u8> {
-    let mut v = serde_json::to_vec(&ErrReply {
-        error: err.code.varlink_name(),
-        parameters: ErrorParams {
-            code: err.code.as_str().to_string(),
-            message: err.message.clone(),
-        },
-    })
+pub fn encode_error<E: ErrorReply + ?Sized>(err: &E) -> Vec<u8> {
+    let e = err.portres_error();
+    let mut parameters = serde_json::Map::new();
+    let name = match err.service_error() {
+        Some(service) => {
+            let (key, value) = service.parameter();
+            parameters.insert(key.to_string(), value.into());
+            service.varlink_name()
+        }
+        None => e.code.varlink_name(),
+    };
+    parameters.insert("code".to_string(), e.code.as_str().into());
+    parameters.insert("message".to_string(), e.message.as_str().into());
+    let mut v = serde_json::to_vec(&serde_json::json!({
+        "error": name,
+        "parameters": parameters,
+    }))
     .expect("errors always serialize");
     v.push(0);
     v
@@ -514,6 +759,13 @@ pub fn decode_reply<T: DeserializeOwned>(frame: &[u8]) -> Result<T, Error> {
                     .or_else(|_| name.parse())
                     .unwrap_or(ErrorCode::Internal),
                 p.message,
+            ),
+            // A varlink service error without portres' parameters (from a
+            // varlink bridge or another service on the socket): the call was
+            // not one the service takes.
+            Err(_) if name.starts_with("org.varlink.service.") => (
+                ErrorCode::InvalidParameter,
+                format!("daemon error {name} {params}"),
             ),
             Err(_) => (
                 name.parse().unwrap_or(ErrorCode::Internal),
@@ -575,11 +827,169 @@ mod tests {
             b"{\"method\":\"io.portres.Acquire\",\"parameters\":{\"protocol\":\"sctp\"}}",
             b"{\"method\":\"io.portres.Acquire\",\"parameters\":{\"protocol\":\"tcp\",\"count\":-1}}",
             b"{\"method\":\"io.portres.Release\",\"parameters\":{\"token\":\"0\"}}",
-            b"{\"method\":\"io.portres.List\",\"more\":true}",
         ] {
             let err = Request::decode(bad).unwrap_err();
             assert_eq!(err.code, ErrorCode::InvalidParameter, "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    /// The varlink error a frame is refused with: (name, its own parameter).
+    fn refusal(frame: &str) -> (String, Value) {
+        let err = Request::decode_call(frame.as_bytes()).unwrap_err();
+        assert_eq!(err.error.code, ErrorCode::InvalidParameter, "{frame}");
+        let reply = encode_error(&err);
+        let v: Value = serde_json::from_slice(&reply[..reply.len() - 1]).unwrap();
+        assert_eq!(v["parameters"]["code"], "invalid_parameter", "{v}");
+        assert!(v["parameters"]["message"].is_string(), "{v}");
+        (
+            v["error"].as_str().unwrap().to_string(),
+            v["parameters"].clone(),
+        )
+    }
+
+    use serde_json::Value;
+
+    #[test]
+    fn unknown_methods_and_interfaces_are_varlink_service_errors() {
+        let (name, p) = refusal(r#"{"method":"io.portres.Nope"}"#);
+        assert_eq!(name, "org.varlink.service.MethodNotFound");
+        assert_eq!(p["method"], "io.portres.Nope");
+        let (name, p) = refusal(r#"{"method":"org.varlink.service.Nope"}"#);
+        assert_eq!(name, "org.varlink.service.MethodNotFound");
+        assert_eq!(p["method"], "org.varlink.service.Nope");
+        let (name, p) = refusal(r#"{"method":"org.example.Acquire","parameters":{}}"#);
+        assert_eq!(name, "org.varlink.service.InterfaceNotFound");
+        assert_eq!(p["interface"], "org.example");
+        // Not interface.Method at all: the "method" key is what is wrong.
+        for bad in [
+            r#"{"method":"Status"}"#,
+            r#"{"method":".Status"}"#,
+            r#"{"method":"io.portres."}"#,
+        ] {
+            let (name, p) = refusal(bad);
+            assert_eq!(name, "org.varlink.service.InvalidParameter", "{bad}");
+            assert_eq!(p["parameter"], "method", "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_parameters_are_invalid_parameter_naming_the_key() {
+        for (frame, key) in [
+            (
+                r#"{"method":"io.portres.Acquire","parameters":{}}"#,
+                "protocol",
+            ),
+            (
+                r#"{"method":"io.portres.Acquire","parameters":{"protocol":"sctp"}}"#,
+                "protocol",
+            ),
+            (
+                r#"{"method":"io.portres.Acquire","parameters":{"protocol":"tcp","count":-1}}"#,
+                "count",
+            ),
+            (
+                r#"{"method":"io.portres.Acquire","parameters":{"protocol":"tcp","label":7}}"#,
+                "label",
+            ),
+            (
+                r#"{"method":"io.portres.Release","parameters":{"token":"0"}}"#,
+                "token",
+            ),
+            (
+                r#"{"method":"io.portres.Bind","parameters":{"token":"5","address":"nowhere"}}"#,
+                "address",
+            ),
+            (
+                r#"{"method":"io.portres.Create","parameters":{"protocol":"tcp","start":1,"count":1,"owner":{"kind":"x","id":1}}}"#,
+                "owner",
+            ),
+            (
+                r#"{"method":"io.portres.Release","parameters":{"token":"5","token":"6"}}"#,
+                "token",
+            ),
+            (
+                r#"{"method":"io.portres.Acquire","parameters":7}"#,
+                "parameters",
+            ),
+            (
+                r#"{"method":"org.varlink.service.GetInterfaceDescription","parameters":{}}"#,
+                "interface",
+            ),
+            (r#"{"parameters":{}}"#, "method"),
+            (r#"{"method":42}"#, "method"),
+            (
+                r#"{"method":"io.portres.Status","method":"io.portres.List"}"#,
+                "method",
+            ),
+            (r#"{"method":"io.portres.Status","oneway":"yes"}"#, "oneway"),
+            (r#"{"method":"io.portres.Status","cpu":-1}"#, "cpu"),
+        ] {
+            let (name, p) = refusal(frame);
+            assert_eq!(name, "org.varlink.service.InvalidParameter", "{frame}");
+            assert_eq!(p["parameter"], key, "{frame}: {p}");
+        }
+        // Not a call object at all: nothing to name, portres' own error.
+        for frame in [
+            "",
+            "garbage",
+            "[1,2]",
+            "\"io.portres.List\"",
+            "{\"method\":",
+        ] {
+            let (name, p) = refusal(frame);
+            assert_eq!(name, "io.portres.InvalidParameter", "{frame}");
+            assert!(p.get("parameter").is_none(), "{frame}");
+        }
+    }
+
+    #[test]
+    fn a_refused_call_keeps_its_oneway_flag() {
+        let err =
+            Request::decode_call(br#"{"method":"io.portres.Nope","oneway":true}"#).unwrap_err();
+        assert!(err.oneway);
+        let err = Request::decode_call(
+            br#"{"method":"io.portres.Acquire","oneway":true,"parameters":{}}"#,
+        )
+        .unwrap_err();
+        assert!(err.oneway);
+        let err = Request::decode_call(br#"{"method":"io.portres.Nope"}"#).unwrap_err();
+        assert!(!err.oneway);
+    }
+
+    #[test]
+    fn more_on_a_method_that_does_not_stream_is_a_plain_call() {
+        let call = Request::decode_call(br#"{"method":"io.portres.List","more":true}"#).unwrap();
+        assert_eq!(call.request, Request::List(ListParams::default()));
+        assert!(!call.oneway);
+        let call =
+            Request::decode_call(br#"{"method":"io.portres.Status","more":true,"cpu":1}"#).unwrap();
+        assert_eq!(call.request, Request::Status);
+        assert_eq!(call.cpu, Some(1));
+    }
+
+    #[test]
+    fn portres_errors_keep_their_names_and_codes() {
+        let frame = encode_error(&Error::new(ErrorCode::SharingViolation, "busy"));
+        let v: Value = serde_json::from_slice(&frame[..frame.len() - 1]).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error":"io.portres.SharingViolation","parameters":{"code":"sharing_violation","message":"busy"}})
+        );
+    }
+
+    #[test]
+    fn clients_read_service_errors_as_invalid_parameter() {
+        let err = Request::decode_call(br#"{"method":"io.portres.Nope"}"#).unwrap_err();
+        let frame = encode_error(&err);
+        let got = decode_reply::<Empty>(&frame[..frame.len() - 1]).unwrap_err();
+        assert_eq!(got, err.error);
+        // Without portres' parameters (another varlink service, a bridge).
+        let got = decode_reply::<Empty>(
+            br#"{"error":"org.varlink.service.MethodNotFound","parameters":{"method":"io.portres.X"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(got.code, ErrorCode::InvalidParameter);
+        assert!(got.message.contains("io.portres.X"), "{got}");
     }
 
     #[test]

@@ -11,6 +11,12 @@ use crate::state::State;
 /// The varlink IDL of io.portres, served by GetInterfaceDescription.
 pub const INTERFACE_DESCRIPTION: &str = include_str!("../../../../docs/io.portres.varlink");
 
+/// The varlink IDL of org.varlink.service, the interface every varlink
+/// service implements (the varlink specification's text, verbatim), served
+/// by GetInterfaceDescription too: generic tools (`varlink help`) ask for it.
+pub const SERVICE_INTERFACE_DESCRIPTION: &str =
+    include_str!("../../../../docs/org.varlink.service.varlink");
+
 impl State {
     /// List, without `in_use` (filled later, outside the lock).
     pub fn list(&self, session: SessionId, p: ListParams) -> Result<Vec<ReservationInfo>, Error> {
@@ -93,17 +99,20 @@ pub(crate) fn varlink_info() -> VarlinkInfo {
         vendor: "portres".into(),
         product: "portresd".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        url: "https://example.invalid/portres".into(),
+        // portres has no public home page; varlink's `url` is a required
+        // string, so it is empty rather than a made-up address.
+        url: String::new(),
         interfaces: vec!["org.varlink.service".into(), "io.portres".into()],
     }
 }
 
-pub(crate) fn interface_description(interface: &str) -> Result<serde_json::Value, Error> {
-    match interface {
-        "io.portres" => Ok(serde_json::json!({ "description": INTERFACE_DESCRIPTION })),
-        other => Err(Error::new(
-            ErrorCode::InvalidParameter,
-            format!("interface {other:?} is not served here"),
-        )),
-    }
+/// GetInterfaceDescription: the IDL text of a served interface; `None` for
+/// any other (answered `org.varlink.service.InterfaceNotFound`).
+pub(crate) fn interface_description(interface: &str) -> Option<serde_json::Value> {
+    let text = match interface {
+        "io.portres" => INTERFACE_DESCRIPTION,
+        "org.varlink.service" => SERVICE_INTERFACE_DESCRIPTION,
+        _ => return None,
+    };
+    Some(serde_json::json!({ "description": text }))
 }

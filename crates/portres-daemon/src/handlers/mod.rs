@@ -12,7 +12,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 
 use portres_core::{Error, ErrorCode, SessionId};
-use portres_proto::{Request, encode_error, encode_reply};
+use portres_proto::{CallError, Request, encode_error, encode_reply};
 
 use crate::state::{State, lock};
 
@@ -79,7 +79,10 @@ pub fn dispatch(
         Request::Attach => reply(lock(state).attach(session, fd.expect("checked above"))),
         Request::GetInfo => reply(Ok(info::varlink_info())),
         Request::GetInterfaceDescription { interface } => {
-            reply(info::interface_description(&interface))
+            match info::interface_description(&interface) {
+                Some(description) => reply(Ok(description)),
+                None => Outcome::Reply(encode_error(&CallError::interface_not_found(&interface))),
+            }
         }
     }
 }
