@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand};
 
 const AFTER_HELP: &str = "\
 Exit status: 0 success; 1 the daemon refused (its error code on stderr, and with \
---json {\"error\":{\"code\":...,\"message\":...}} on stdout); 2 usage or connection errors.
+--json {\"error\":{\"code\":...,\"message\":...}} on stdout); 2 usage or connection errors; \
+141, silently, when the reader of standard output has gone (`portres list | head -1`).
 
 Error codes: invalid_parameter, sharing_violation, access_denied, not_found, no_free_block, \
 quota_exceeded, block_exhausted, not_a_socket, not_supported, already_bound, wrong_namespace, \

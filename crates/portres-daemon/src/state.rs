@@ -453,14 +453,47 @@ pub(crate) fn check_label(label: &Option<String>) -> Result<(), Error> {
                 ),
             ));
         }
-        if l.chars().any(|c| c.is_control()) {
+        // Why: `list` shows labels to everyone; a control, format (bidi
+        // override, zero-width) or separator character would let one
+        // reservation's label hide or rewrite what is shown beside it.
+        if let Some(c) = portres_core::first_refused_in_label(l) {
             return Err(Error::new(
                 ErrorCode::InvalidParameter,
-                "label must not contain control characters",
+                format!(
+                    "label must not contain control, invisible format or separator characters \
+                     (found U+{:04X}; Unicode categories Cc, Cf, Zl, Zp are refused)",
+                    c as u32
+                ),
             ));
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod check_label_tests {
+    use super::*;
+
+    #[test]
+    fn labels_refuse_bidi_overrides_zero_width_and_separators() {
+        for bad in [
+            "a\u{202e}b",
+            "\u{2066}x\u{2069}",
+            "x\u{200b}",
+            "\u{feff}",
+            "a\u{2028}b",
+            "a\u{2029}",
+            "a\nb",
+        ] {
+            let err = check_label(&Some(bad.to_string())).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidParameter, "{bad:?}");
+            assert!(err.message.contains("U+"), "{err}");
+        }
+        for good in ["web tests", "café ☕", "中文", "🦀 e\u{301}"] {
+            check_label(&Some(good.to_string())).unwrap();
+        }
+        check_label(&None).unwrap();
+    }
 }
 
 /// The lowest port of `block` some socket holds right now, if any.

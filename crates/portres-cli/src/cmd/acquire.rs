@@ -10,6 +10,7 @@ use signal_hook::iterator::Signals;
 
 use crate::args::AcquireArgs;
 use crate::cmd::{number, protocol};
+use crate::output::errln;
 use crate::{Outcome, output};
 
 /// Acquires what `a` describes. Values too large for a port are refused here
@@ -36,7 +37,7 @@ pub fn run(client: &Client, a: &AcquireArgs, json: bool) -> Result<Outcome, Erro
     let res = acquire(client, a)?;
     output::reservation(res.info(), json, "acquired");
     if !json {
-        eprintln!("holding it until Ctrl-C, SIGTERM or end of input");
+        errln!("holding it until Ctrl-C, SIGTERM or end of input");
     }
     let (tx, rx) = mpsc::channel::<()>();
     let tx2 = tx.clone();

@@ -10,6 +10,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::args::{Cli, ExecArgs};
+use crate::output::errln;
 use crate::{Outcome, cmd};
 
 fn internal(what: &str, e: impl std::fmt::Display) -> Error {
@@ -47,7 +48,7 @@ pub fn run(client: &Client, cli: &Cli, a: &ExecArgs, _json: bool) -> Result<Outc
     let mut child = match command.spawn() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("portres: cannot run {}: {e}", program.to_string_lossy());
+            errln!("portres: cannot run {}: {e}", program.to_string_lossy());
             drop(res);
             return Ok(Outcome::Exit(if e.kind() == std::io::ErrorKind::NotFound {
                 127

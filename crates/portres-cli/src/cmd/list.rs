@@ -5,17 +5,18 @@ use portres::{Client, Error};
 
 use crate::args::ListArgs;
 use crate::cmd::protocol;
+use crate::output::outln;
 use crate::{Outcome, output};
 
 pub fn run(client: &Client, a: &ListArgs, json: bool) -> Result<Outcome, Error> {
     let filter = a.protocol.as_deref().map(protocol).transpose()?;
     let list = client.list(filter)?;
     if json {
-        println!("{}", serde_json::to_string(&list).expect("serializable"));
+        outln!("{}", serde_json::to_string(&list).expect("serializable"));
         return Ok(Outcome::Exit(0));
     }
     if list.is_empty() {
-        println!("no reservations");
+        outln!("no reservations");
         return Ok(Outcome::Exit(0));
     }
     let rows: Vec<[String; 7]> = list
@@ -37,7 +38,7 @@ pub fn run(client: &Client, a: &ListArgs, json: bool) -> Result<Outcome, Error> 
                         .join(",")
                 },
                 r.token.map_or_else(|| "-".to_string(), |t| t.to_string()),
-                r.label.clone().unwrap_or_default(),
+                output::label(r),
             ]
         })
         .collect();
@@ -62,7 +63,7 @@ pub fn run(client: &Client, a: &ListArgs, json: bool) -> Result<Outcome, Error> 
             .zip(widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", line.join("  ").trim_end());
+        outln!("{}", line.join("  ").trim_end());
     };
     print(&header.map(String::from));
     for row in &rows {

@@ -4,6 +4,7 @@ use portres::{Client, CreateOptions, Error, ErrorCode, Owner};
 
 use crate::args::{BlockArgs, CreateArgs};
 use crate::cmd::{number, protocol};
+use crate::output::outln;
 use crate::{Outcome, names, output};
 
 fn block(b: &BlockArgs) -> Result<(portres::Protocol, u32, u32), Error> {
@@ -81,12 +82,12 @@ pub fn delete(client: &Client, a: &BlockArgs, json: bool) -> Result<Outcome, Err
         count,
     }))?;
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"deleted": {"protocol": proto, "start": start, "count": count}})
         );
     } else {
-        println!("deleted {proto} {start} ({count} port(s))");
+        outln!("deleted {proto} {start} ({count} port(s))");
     }
     Ok(Outcome::Exit(0))
 }

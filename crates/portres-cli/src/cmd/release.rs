@@ -3,14 +3,15 @@
 use portres::{Client, Error, Token};
 
 use crate::Outcome;
+use crate::output::outln;
 
 pub fn run(client: &Client, a: &crate::args::ReleaseArgs, json: bool) -> Result<Outcome, Error> {
     let token: Token = a.token.parse()?;
     client.release(token)?;
     if json {
-        println!("{}", serde_json::json!({"released": token}));
+        outln!("{}", serde_json::json!({"released": token}));
     } else {
-        println!("released {token}");
+        outln!("released {token}");
     }
     Ok(Outcome::Exit(0))
 }

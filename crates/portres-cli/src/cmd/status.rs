@@ -3,22 +3,25 @@
 use portres::{Client, Error};
 
 use crate::Outcome;
+use crate::output::outln;
 
 pub fn run(client: &Client, json: bool) -> Result<Outcome, Error> {
     let s = client.status()?;
     if json {
-        println!("{}", serde_json::to_string(&s).expect("serializable"));
+        outln!("{}", serde_json::to_string(&s).expect("serializable"));
     } else {
-        println!(
+        outln!(
             "portresd {} (wire v{}), {} mode",
-            s.version, s.wire_version, s.mode
+            s.version,
+            s.wire_version,
+            s.mode
         );
-        println!(
+        outln!(
             "kernel sync:     {}",
             if s.kernel_sync { "on" } else { "off" }
         );
         if s.kernel_sync {
-            println!(
+            outln!(
                 "baseline:        {}",
                 if s.baseline.is_empty() {
                     "(empty)"
@@ -26,7 +29,7 @@ pub fn run(client: &Client, json: bool) -> Result<Outcome, Error> {
                     &s.baseline
                 }
             );
-            println!(
+            outln!(
                 "reserved ports:  {}",
                 if s.reserved_ports.is_empty() {
                     "(empty)"
@@ -35,17 +38,19 @@ pub fn run(client: &Client, json: bool) -> Result<Outcome, Error> {
                 }
             );
         }
-        println!(
+        outln!(
             "dynamic range:   {}-{}",
-            s.dynamic_range[0], s.dynamic_range[1]
+            s.dynamic_range[0],
+            s.dynamic_range[1]
         );
-        println!(
+        outln!(
             "reservations:    {} runtime, {} persistent",
-            s.runtime, s.persistent
+            s.runtime,
+            s.persistent
         );
-        println!("sessions:        {}", s.sessions);
-        println!("quota:           {} runtime ports per user", s.quota);
-        println!(
+        outln!("sessions:        {}", s.sessions);
+        outln!("quota:           {} runtime ports per user", s.quota);
+        outln!(
             "store:           {}{}",
             s.store,
             if s.store_read_only {
@@ -54,7 +59,7 @@ pub fn run(client: &Client, json: bool) -> Result<Outcome, Error> {
                 ""
             }
         );
-        println!(
+        outln!(
             "you:             uid {}{}",
             s.your_uid,
             if s.you_are_admin {
