@@ -170,7 +170,9 @@ fn not_a_socket(fd: BorrowedFd<'_>) -> Error {
 /// Errors: every port in use (or no ports given) => BlockExhausted; `addr`
 /// of the other family than the socket (IPv4 on IPv6 is not mapped) or
 /// port 0 among `ports` => InvalidParameter; `addr` not an address of this
-/// host (EADDRNOTAVAIL) => InvalidParameter; EACCES/EPERM (privileged port,
+/// host (EADDRNOTAVAIL) => InvalidParameter; a v4-mapped `addr` on an
+/// IPV6_V6ONLY socket, or a link-local IPv6 `addr` (needs a scope id) =>
+/// InvalidParameter; EACCES/EPERM (privileged port,
 /// BPF bind hook) => AccessDenied; the socket already bound (EINVAL) =>
 /// AlreadyBound; anything else => Internal naming the errno.
 ///
@@ -297,12 +299,37 @@ fn bind_error(fd: BorrowedFd<'_>, target: &SocketAddr, e: Errno) -> Error {
         Errno::INVAL if local_address(fd).is_ok_and(|a| a.port() != 0) => {
             (ErrorCode::AlreadyBound, "the socket is already bound")
         }
+        // The kernel refuses a v4-mapped address on an IPv6-only socket
+        // with a bare EINVAL: the client's choice of address, not a fault.
+        Errno::INVAL if is_v4_mapped(target) && sockopt::ipv6_v6only(fd).unwrap_or(false) => (
+            ErrorCode::InvalidParameter,
+            "the socket is IPv6-only (IPV6_V6ONLY is set), so it cannot take a v4-mapped \
+             address (::ffff:a.b.c.d); give an IPv6 address, clear IPV6_V6ONLY before \
+             passing the socket, or pass an IPv4 socket",
+        ),
+        // A link-local IPv6 address needs an interface (scope id), which a
+        // Bind's address cannot carry: EINVAL again.
+        Errno::INVAL if is_link_local_v6(target) => (
+            ErrorCode::InvalidParameter,
+            "a link-local IPv6 address (fe80::/10) needs an interface, which Bind cannot take; \
+             give :: or a global address",
+        ),
         _ => (ErrorCode::Internal, "unexpected failure"),
     };
     Error::new(
         code,
         format!("binding {target} failed: {why} ({})", errno_text(e)),
     )
+}
+
+/// Whether `target` is an IPv4 address written as IPv6 (::ffff:a.b.c.d).
+fn is_v4_mapped(target: &SocketAddr) -> bool {
+    matches!(target, SocketAddr::V6(a) if a.ip().to_ipv4_mapped().is_some())
+}
+
+/// Whether `target` is an IPv6 link-local address (fe80::/10).
+fn is_link_local_v6(target: &SocketAddr) -> bool {
+    matches!(target, SocketAddr::V6(a) if a.ip().segments()[0] & 0xffc0 == 0xfe80)
 }
 
 /// The socket's local address (port 0 and an unspecified address when
@@ -379,6 +406,28 @@ fn type_name(t: SocketType) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_v4_mapped_address_on_a_v6only_socket_is_invalid_parameter() {
+        use std::os::fd::AsFd;
+        let Ok(sock) = rustix::net::socket(AddressFamily::INET6, SocketType::DGRAM, None) else {
+            return; // no IPv6 in this build environment: nothing to check
+        };
+        sockopt::set_ipv6_v6only(&sock, true).unwrap();
+        let addr: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let err = bind_into(sock.as_fd(), addr, [40999u16].into_iter()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidParameter, "{err}");
+        assert!(err.message.contains("IPV6_V6ONLY"), "{err}");
+        assert_eq!(
+            local_address(sock.as_fd()).unwrap().port(),
+            0,
+            "left unbound"
+        );
+        let addr: IpAddr = "fe80::1".parse().unwrap();
+        let err = bind_into(sock.as_fd(), addr, [40999u16].into_iter()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidParameter, "{err}");
+        assert!(err.message.contains("link-local"), "{err}");
+    }
 
     #[test]
     fn errno_text_names_the_errno() {
