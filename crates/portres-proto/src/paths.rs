@@ -234,7 +234,10 @@ mod tests {
 
     #[test]
     fn user_socket_under_xdg_runtime_dir_else_tmp() {
-        let env = env_of(&[("XDG_RUNTIME_DIR", "/run/user/1000"), ("PORTRES_SOCKET", "")]);
+        let env = env_of(&[
+            ("XDG_RUNTIME_DIR", "/run/user/1000"),
+            ("PORTRES_SOCKET", ""),
+        ]);
         assert_eq!(
             paths(&client_sockets_for(&env, 1000, false))[0],
             (

@@ -53,8 +53,14 @@ fn scene(test: &str) -> Option<Scene> {
     )
     .expect("make / private");
     for dir in ["/tmp", "/run"] {
-        rustix::mount::mount("tmpfs", dir, "tmpfs", rustix::mount::MountFlags::empty(), None)
-            .unwrap_or_else(|e| panic!("mount tmpfs on {dir}: {e}"));
+        rustix::mount::mount(
+            "tmpfs",
+            dir,
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("mount tmpfs on {dir}: {e}"));
     }
     std::fs::set_permissions("/tmp", std::fs::Permissions::from_mode(0o1777)).expect("chmod /tmp");
     Some(Scene { _ns: ns })
@@ -141,11 +147,7 @@ impl Relay {
     fn plant(listen: &Path, target: &Path) -> Relay {
         let mut child = as_uid(
             &trustkit(),
-            &[
-                "relay",
-                listen.to_str().unwrap(),
-                target.to_str().unwrap(),
-            ],
+            &["relay", listen.to_str().unwrap(), target.to_str().unwrap()],
             &[],
             OTHER,
         )
@@ -204,7 +206,9 @@ fn library_refuses_a_relay_planted_at_the_user_socket_path_and_uses_the_system_d
     let ran = probe_as_victim(&[]);
     assert!(ran.out.status.success(), "{ran}");
     assert!(
-        ran.stdout.contains(&format!("socket {SYSTEM_SOCKET}\nkind system\ndaemon-uid 0\n")),
+        ran.stdout.contains(&format!(
+            "socket {SYSTEM_SOCKET}\nkind system\ndaemon-uid 0\n"
+        )),
         "{ran}"
     );
     // Why the user socket was passed over is kept.
@@ -232,7 +236,10 @@ fn library_without_a_system_daemon_says_daemon_untrusted_and_lists_every_socket_
     assert_eq!(ran.out.status.code(), Some(1), "{ran}");
     assert!(ran.stdout.contains("error daemon_untrusted\n"), "{ran}");
     for expected in [
-        format!("{} (your own daemon): daemon_untrusted", victim_socket().display()),
+        format!(
+            "{} (your own daemon): daemon_untrusted",
+            victim_socket().display()
+        ),
         format!("{SYSTEM_SOCKET} (the system daemon): daemon_unavailable"),
         "Start one: `portresd` as yourself".to_string(),
         "PORTRES_SOCKET or --socket".to_string(),
@@ -259,7 +266,8 @@ fn library_without_a_system_daemon_says_daemon_untrusted_and_lists_every_socket_
 /// answered by a non-root listener.
 #[test]
 fn sockets_answered_by_the_wrong_uid_are_refused_by_peer_credentials() {
-    let Some(_s) = scene("sockets_answered_by_the_wrong_uid_are_refused_by_peer_credentials") else {
+    let Some(_s) = scene("sockets_answered_by_the_wrong_uid_are_refused_by_peer_credentials")
+    else {
         return;
     };
     let d = elsewhere_daemon();
@@ -282,7 +290,10 @@ fn sockets_answered_by_the_wrong_uid_are_refused_by_peer_credentials() {
     );
     // The credentials are read before anything is sent.
     let saw = relay.stop();
-    assert!(!saw.contains("client bytes"), "the victim sent the relay something:\n{saw}");
+    assert!(
+        !saw.contains("client bytes"),
+        "the victim sent the relay something:\n{saw}"
+    );
 
     // The system socket, answered by a non-root listener.
     let relay = Relay::plant(Path::new("/run/other/portres.sock"), &d.socket);
@@ -297,9 +308,15 @@ fn sockets_answered_by_the_wrong_uid_are_refused_by_peer_credentials() {
         )),
         "{ran}"
     );
-    assert!(ran.stdout.contains("but the system daemon runs as root"), "{ran}");
+    assert!(
+        ran.stdout.contains("but the system daemon runs as root"),
+        "{ran}"
+    );
     let saw = relay.stop();
-    assert!(!saw.contains("client bytes"), "the victim sent the relay something:\n{saw}");
+    assert!(
+        !saw.contains("client bytes"),
+        "the victim sent the relay something:\n{saw}"
+    );
 }
 
 #[test]
@@ -412,7 +429,10 @@ fn cli_refuses_a_relay_planted_at_the_user_socket_path_and_status_says_who_answe
         "{ran}"
     );
     // An acquire goes to the system daemon too.
-    let ran = portres_as_victim(&["exec", "tcp", "--", "sh", "-c", "echo $PORTRES_START"], &[]);
+    let ran = portres_as_victim(
+        &["exec", "tcp", "--", "sh", "-c", "echo $PORTRES_START"],
+        &[],
+    );
     assert!(ran.out.status.success(), "{ran}");
     assert_untouched(relay);
 }
@@ -426,8 +446,15 @@ fn cli_without_a_system_daemon_exits_2_with_daemon_untrusted_naming_both_sockets
     let relay = Relay::plant(&victim_socket(), &d.socket);
     let ran = portres_as_victim(&["status"], &[]);
     assert_eq!(ran.out.status.code(), Some(2), "{ran}");
-    assert!(ran.stderr.contains("portres: daemon_untrusted: no portres daemon"), "{ran}");
-    assert!(ran.stderr.contains(&victim_socket().display().to_string()), "{ran}");
+    assert!(
+        ran.stderr
+            .contains("portres: daemon_untrusted: no portres daemon"),
+        "{ran}"
+    );
+    assert!(
+        ran.stderr.contains(&victim_socket().display().to_string()),
+        "{ran}"
+    );
     assert!(ran.stderr.contains(SYSTEM_SOCKET), "{ran}");
     assert!(ran.stderr.contains("Start one"), "{ran}");
     let ran = portres_as_victim(&["--json", "acquire", "tcp"], &[]);
@@ -593,7 +620,9 @@ fn setuid_client_ignores_portres_socket_and_portres_session_fd() {
     let ran = run(as_uid(&setuid, &["probe"], &env, OTHER));
     assert!(ran.out.status.success(), "{ran}");
     assert!(
-        ran.stdout.contains(&format!("socket {SYSTEM_SOCKET}\nkind system\ndaemon-uid 0\n")),
+        ran.stdout.contains(&format!(
+            "socket {SYSTEM_SOCKET}\nkind system\ndaemon-uid 0\n"
+        )),
         "{ran}"
     );
     // The daemon sees the effective uid (root).

@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex};
 
 use portres_core::{Error, ErrorCode, Owner, Protocol, Token};
 use portres_proto::fdpass::{send_with_fds, try_recv_with_fds};
+use portres_proto::paths::{SOCKET_ENV, SocketCandidate, SocketKind};
 use portres_proto::{
     AcquireParams, AttachReply, BindParams, BindReply, BlockParams, CreateParams, Empty,
     FrameBuffer, ListParams, ListReply, MAX_REPLY_BYTES, ReleaseParams, Request, ReservationInfo,
     ReservationReply, StatusReply, decode_reply,
 };
-use portres_proto::paths::{SOCKET_ENV, SocketCandidate, SocketKind};
 use serde::de::DeserializeOwned;
 use socket2::{Domain, Socket, Type};
 

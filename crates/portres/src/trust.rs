@@ -80,13 +80,23 @@ fn untrusted(path: &Path, why: impl std::fmt::Display) -> Error {
 
 /// Connects to `path` with the checks `kind` demands; returns the stream
 /// and who answered. Nothing has been sent on the stream.
-pub(crate) fn connect(path: &Path, kind: SocketKind) -> Result<(UnixStream, DaemonIdentity), Error> {
+pub(crate) fn connect(
+    path: &Path,
+    kind: SocketKind,
+) -> Result<(UnixStream, DaemonIdentity), Error> {
     let me = my_uid();
     let stream = match kind {
         SocketKind::User => connect_user_socket(path, me)?,
-        SocketKind::Explicit | SocketKind::System => {
-            UnixStream::connect(path).map_err(|e| unavailable(path, e))?
-        }
+        SocketKind::Explicit => UnixStream::connect(path).map_err(|e| {
+            unavailable(
+                path,
+                format!(
+                    "{e} (named by PORTRES_SOCKET or --socket; start a daemon there with `portresd --socket {}`)",
+                    path.display()
+                ),
+            )
+        })?,
+        SocketKind::System => UnixStream::connect(path).map_err(|e| unavailable(path, e))?,
     };
     let daemon = peer_identity(stream.as_fd())
         .map_err(|e| untrusted(path, format!("cannot tell who answered: {e}")))?;
@@ -154,9 +164,8 @@ fn connect_user_socket(path: &Path, me: u32) -> Result<UnixStream, Error> {
     }
     // Only we can change what is in the directory now, so what we check
     // here is what we connect to below.
-    let sock = rustix::fs::statat(&dir_fd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| {
-        unavailable(path, io::Error::from(e))
-    })?;
+    let sock = rustix::fs::statat(&dir_fd, name, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| unavailable(path, io::Error::from(e)))?;
     if FileType::from_raw_mode(sock.st_mode) != FileType::Socket {
         return Err(unavailable(path, "not a socket"));
     }
@@ -224,10 +233,7 @@ mod tests {
     use std::os::unix::net::UnixListener;
 
     fn tempdir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "portres-trust-{name}-{}",
-            std::process::id()
-        ));
+        let dir = std::env::temp_dir().join(format!("portres-trust-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
