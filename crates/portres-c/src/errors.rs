@@ -92,8 +92,8 @@ pub(crate) fn errno_for(code: ErrorCode) -> c_int {
         ErrorCode::NotASocket => libc::ENOTSOCK,
         // WSAEOPNOTSUPP
         ErrorCode::NotSupported | ErrorCode::WrongNamespace => libc::EOPNOTSUPP,
-        // WSAENETDOWN
-        ErrorCode::DaemonUnavailable => libc::ENETDOWN,
+        // WSAENETDOWN: no daemon this process may talk to
+        ErrorCode::DaemonUnavailable | ErrorCode::DaemonUntrusted => libc::ENETDOWN,
         // WSASYSCALLFAILURE (codes added to the wire later included)
         _ => libc::EIO,
     }
@@ -107,7 +107,7 @@ pub(crate) fn win32_code(code: ErrorCode) -> ULONG {
         ErrorCode::SharingViolation => ERROR_SHARING_VIOLATION,
         ErrorCode::AccessDenied => ERROR_ACCESS_DENIED,
         ErrorCode::NotFound => ERROR_NOT_FOUND,
-        ErrorCode::DaemonUnavailable => ERROR_SERVICE_NOT_ACTIVE,
+        ErrorCode::DaemonUnavailable | ErrorCode::DaemonUntrusted => ERROR_SERVICE_NOT_ACTIVE,
         ErrorCode::StoreUnavailable => ERROR_WRITE_FAULT,
         // Internal, and codes that cannot come from these calls.
         _ => ERROR_INTERNAL_ERROR,

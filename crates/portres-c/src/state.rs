@@ -221,8 +221,8 @@ pub(crate) fn with_default<T>(f: impl Fn(&Client) -> Result<T, Error>) -> Result
 }
 
 /// A new connection to the same daemon as the default client: the session
-/// of one acquiring socket.
+/// of one acquiring socket. Checked as the default one was (a user-mode
+/// socket must still be the caller's own daemon's).
 pub(crate) fn new_session_client() -> Result<Client, Error> {
-    let path = with_default(|c| Ok(c.socket_path()))?;
-    Client::connect_to(path)
+    with_default(Client::connect_again)
 }

@@ -13,7 +13,8 @@ Exit status: 0 success; 1 the daemon refused (its error code on stderr, and with
 
 Error codes: invalid_parameter, sharing_violation, access_denied, not_found, no_free_block, \
 quota_exceeded, block_exhausted, not_a_socket, not_supported, already_bound, wrong_namespace, \
-daemon_unavailable, store_unavailable, internal.
+daemon_unavailable, daemon_untrusted (a socket failed the client's trust checks), \
+store_unavailable, internal.
 
 Examples:
   portres exec tcp --count 4 -- ./run-tests.sh     # tests get PORTRES_START..+3
@@ -31,8 +32,9 @@ Examples:
 #[derive(Parser, Debug)]
 #[command(name = "portres", version, after_help = AFTER_HELP, max_term_width = 100)]
 pub struct Cli {
-    /// The daemon's socket [env: PORTRES_SOCKET; default: your user daemon's
-    /// socket if one runs, else /run/portres/portres.sock]
+    /// The daemon's socket, used whoever runs the daemon (`status` says who)
+    /// [env: PORTRES_SOCKET; default: your user daemon's socket if one runs
+    /// and passes the trust checks, else /run/portres/portres.sock]
     #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
 

@@ -51,7 +51,7 @@ fn main() -> ExitCode {
         Err(e) => {
             output::error(&e, json);
             ExitCode::from(match e.code {
-                ErrorCode::DaemonUnavailable => 2,
+                ErrorCode::DaemonUnavailable | ErrorCode::DaemonUntrusted => 2,
                 _ => 1,
             })
         }

@@ -36,6 +36,11 @@ pub enum ErrorCode {
     WrongNamespace,
     /// The daemon could not be reached.
     DaemonUnavailable,
+    /// Client side only, never sent by a daemon: the socket or the daemon
+    /// answering on it failed the client's trust checks (a user-mode socket
+    /// or its directory not the caller's, a daemon not running as the
+    /// caller or root); the client sent it nothing.
+    DaemonUntrusted,
     /// The durable store could not record the change (disk full, read-only);
     /// nothing was changed.
     StoreUnavailable,
@@ -45,7 +50,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::InvalidParameter,
         ErrorCode::SharingViolation,
         ErrorCode::AccessDenied,
@@ -58,6 +63,7 @@ impl ErrorCode {
         ErrorCode::AlreadyBound,
         ErrorCode::WrongNamespace,
         ErrorCode::DaemonUnavailable,
+        ErrorCode::DaemonUntrusted,
         ErrorCode::StoreUnavailable,
         ErrorCode::Internal,
     ];
@@ -77,6 +83,7 @@ impl ErrorCode {
             ErrorCode::AlreadyBound => "already_bound",
             ErrorCode::WrongNamespace => "wrong_namespace",
             ErrorCode::DaemonUnavailable => "daemon_unavailable",
+            ErrorCode::DaemonUntrusted => "daemon_untrusted",
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -97,6 +104,8 @@ impl ErrorCode {
             ErrorCode::AlreadyBound => "io.portres.AlreadyBound",
             ErrorCode::WrongNamespace => "io.portres.WrongNamespace",
             ErrorCode::DaemonUnavailable => "io.portres.DaemonUnavailable",
+            // Never on the wire (clients make it); named for symmetry.
+            ErrorCode::DaemonUntrusted => "io.portres.DaemonUntrusted",
             ErrorCode::StoreUnavailable => "io.portres.StoreUnavailable",
             ErrorCode::Internal => "io.portres.Internal",
         }
@@ -119,6 +128,9 @@ impl ErrorCode {
             ErrorCode::AlreadyBound => "the socket is already bound",
             ErrorCode::WrongNamespace => "the socket is from another network namespace",
             ErrorCode::DaemonUnavailable => "the portres daemon could not be reached",
+            ErrorCode::DaemonUntrusted => {
+                "the socket or the daemon on it failed the client's trust checks"
+            }
             ErrorCode::StoreUnavailable => "the durable store could not record the change",
             ErrorCode::Internal => "an unexpected failure inside the daemon",
         }

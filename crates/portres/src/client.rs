@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use portres_core::{Error, ErrorCode, Owner, Protocol, Token};
 use portres_proto::fdpass::{send_with_fds, try_recv_with_fds};
+use portres_proto::paths::{SOCKET_ENV, SocketCandidate, SocketKind};
 use portres_proto::{
     AcquireParams, AttachReply, BindParams, BindReply, BlockParams, CreateParams, Empty,
     FrameBuffer, ListParams, ListReply, MAX_REPLY_BYTES, ReleaseParams, Request, ReservationInfo,
@@ -19,19 +20,17 @@ use serde::de::DeserializeOwned;
 use socket2::{Domain, Socket, Type};
 
 use crate::Reservation;
-
-fn unavailable(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::new(
-        ErrorCode::DaemonUnavailable,
-        format!("cannot reach portresd at {}: {e}", path.display()),
-    )
-}
+use crate::trust::{self, DaemonIdentity, unavailable};
 
 struct Conn {
     stream: UnixStream,
     frames: FrameBuffer,
     fds: VecDeque<OwnedFd>,
     path: PathBuf,
+    kind: SocketKind,
+    daemon: DaemonIdentity,
+    /// Default sockets tried before this one, each with why it was not used.
+    passed_over: Vec<String>,
 }
 
 impl Conn {
@@ -156,9 +155,11 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let conn = self.lock();
         f.debug_struct("Client")
             .field("socket", &conn.path)
+            .field("kind", &conn.kind)
+            .field("daemon", &conn.daemon)
             .finish()
     }
 }
@@ -166,38 +167,137 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// Connects to the default daemon (`PORTRES_SOCKET`, else the user's
     /// own daemon, else the system daemon) and, if `PORTRES_SESSION_FD` is
-    /// set, presents that inherited session capability.
+    /// set, presents that inherited session capability. In a setuid or
+    /// setcap process both variables are ignored.
+    ///
+    /// A default socket is used only if it passes its trust checks (your own
+    /// daemon: socket and directory yours, directory writable by nobody
+    /// else, daemon running as you; the system daemon: running as root);
+    /// one that fails is passed over, and if none is usable the error
+    /// (`daemon_untrusted` if any was refused, else `daemon_unavailable`)
+    /// lists every socket tried and why. `PORTRES_SOCKET` is used whoever
+    /// answers on it (see `daemon`).
     pub fn connect() -> Result<Client, Error> {
-        let mut last = None;
-        for path in portres_proto::paths::client_sockets() {
-            match Client::connect_to(&path) {
-                Ok(c) => {
-                    c.attach_inherited()?;
-                    return Ok(c);
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last
-            .unwrap_or_else(|| Error::new(ErrorCode::DaemonUnavailable, "no daemon socket to try")))
+        let c = Client::connect_first(&portres_proto::paths::client_sockets())?;
+        c.attach_inherited()?;
+        Ok(c)
     }
 
-    /// Connects to the daemon at `path`. Does not look at the environment.
+    /// The first of `candidates` that can be reached and passes its checks.
+    fn connect_first(candidates: &[SocketCandidate]) -> Result<Client, Error> {
+        let mut tried = Vec::new();
+        let mut refused = false;
+        for cand in candidates {
+            match Client::connect_checked(&cand.path, cand.kind) {
+                Ok(c) => {
+                    c.lock().passed_over = tried;
+                    return Ok(c);
+                }
+                // A socket the caller named: its own error says it all.
+                Err(e) if cand.kind == SocketKind::Explicit => return Err(e),
+                Err(e) => {
+                    refused |= e.code == ErrorCode::DaemonUntrusted;
+                    tried.push(format!(
+                        "{} ({}): {}: {}",
+                        cand.path.display(),
+                        cand.kind.describe(),
+                        e.code,
+                        e.message
+                    ));
+                }
+            }
+        }
+        Err(Error::new(
+            if refused {
+                ErrorCode::DaemonUntrusted
+            } else {
+                ErrorCode::DaemonUnavailable
+            },
+            format!(
+                "no portres daemon to talk to; tried: {}. Start one: `portresd` as yourself \
+                 (your own daemon), or the system service as root (`systemctl start portresd`); \
+                 or name a daemon's socket with {SOCKET_ENV} or --socket",
+                if tried.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    tried.join("; ")
+                }
+            ),
+        ))
+    }
+
+    /// Connects to the daemon at `path`, whoever runs it (`daemon` tells
+    /// who answered). Does not look at the environment.
     pub fn connect_to(path: impl AsRef<Path>) -> Result<Client, Error> {
+        Client::connect_checked(path.as_ref(), SocketKind::Explicit)
+    }
+
+    /// Connects to the daemon at `path` with the trust checks of `kind`
+    /// (`SocketKind::User`: the caller's own daemon; `System`: root's);
+    /// refusals are `daemon_untrusted`, and nothing was sent on the refused
+    /// socket. Does not look at the environment.
+    pub fn connect_checked(path: impl AsRef<Path>, kind: SocketKind) -> Result<Client, Error> {
         let path = path.as_ref();
-        let stream = UnixStream::connect(path).map_err(|e| unavailable(path, e))?;
+        let (stream, daemon) = trust::connect(path, kind)?;
         Ok(Client {
             conn: Arc::new(Mutex::new(Conn {
                 stream,
                 frames: FrameBuffer::new(MAX_REPLY_BYTES),
                 fds: VecDeque::new(),
                 path: path.to_path_buf(),
+                kind,
+                daemon,
+                passed_over: Vec::new(),
             })),
         })
     }
 
+    /// A new connection (a new session) to the socket this client uses,
+    /// checked as it was, and answered by the same user.
+    pub fn connect_again(&self) -> Result<Client, Error> {
+        let (path, kind, daemon) = {
+            let conn = self.lock();
+            (conn.path.clone(), conn.kind, conn.daemon)
+        };
+        let again = Client::connect_checked(&path, kind)?;
+        let now = again.daemon();
+        if now.uid != daemon.uid {
+            return Err(Error::new(
+                ErrorCode::DaemonUntrusted,
+                format!(
+                    "refusing the socket {}: now answered by {}, before by uid {}",
+                    path.display(),
+                    now.describe(trust::my_uid()),
+                    daemon.uid
+                ),
+            ));
+        }
+        Ok(again)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Conn> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Who answered on the socket, as the kernel recorded it
+    /// (`SO_PEERCRED`).
+    pub fn daemon(&self) -> DaemonIdentity {
+        self.lock().daemon
+    }
+
+    /// How this client came to its socket, i.e. which checks it passed.
+    pub fn socket_kind(&self) -> SocketKind {
+        self.lock().kind
+    }
+
+    /// The default sockets `connect` tried and did not use before this one,
+    /// each as "PATH (what it is): code: why".
+    pub fn passed_over(&self) -> Vec<String> {
+        self.lock().passed_over.clone()
+    }
+
     fn call<T: DeserializeOwned>(&self, req: Request) -> Result<T, Error> {
-        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut conn = self.lock();
         conn.call(&req, None).map(|(v, _)| v)
     }
 
@@ -206,23 +306,22 @@ impl Client {
         req: Request,
         fd: BorrowedFd<'_>,
     ) -> Result<T, Error> {
-        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut conn = self.lock();
         conn.call(&req, Some(fd)).map(|(v, _)| v)
     }
 
     /// The socket this client is connected to.
     pub fn socket_path(&self) -> PathBuf {
-        self.conn
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .path
-            .clone()
+        self.lock().path.clone()
     }
 
     /// Presents the capability named by `PORTRES_SESSION_FD`, if set.
     /// Returns whether one was presented.
+    /// Ignored (false) in a setuid or setcap process: there the variable is
+    /// whoever started the program's, not the program's.
     pub fn attach_inherited(&self) -> Result<bool, Error> {
-        let Some(raw) = std::env::var_os(portres_proto::paths::SESSION_FD_ENV) else {
+        let Some(raw) = portres_proto::paths::client_env(portres_proto::paths::SESSION_FD_ENV)
+        else {
             return Ok(false);
         };
         let fd: RawFd = raw
@@ -262,7 +361,7 @@ impl Client {
     /// A descriptor standing for this session, to hand to child processes
     /// (clear its close-on-exec flag first). Whoever holds it may `attach`.
     pub fn capability(&self) -> Result<OwnedFd, Error> {
-        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut conn = self.lock();
         let (_, fd) = conn.call::<Empty>(&Request::GetCapability, None)?;
         fd.ok_or_else(|| Error::new(ErrorCode::Internal, "the daemon sent no capability"))
     }

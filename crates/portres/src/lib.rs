@@ -22,11 +22,14 @@
 
 mod client;
 mod reservation;
+mod trust;
 
 pub use client::{Client, CreateOptions};
 pub use portres_core::{Block, Error, ErrorCode, Kind, Owner, Protocol, Token};
+pub use portres_proto::paths::SocketKind;
 pub use portres_proto::{HolderInfo, OwnerInfo, OwnerKind, ReservationInfo, StatusReply};
 pub use reservation::Reservation;
+pub use trust::DaemonIdentity;
 
 /// Results of this library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,14 +1,71 @@
-//! `portres status`.
+//! `portres status`: the daemon's report, plus who answered on which
+//! socket (the client's own knowledge: `SO_PEERCRED` and how the socket
+//! was chosen), so a daemon run by someone else is never used unnoticed.
 
-use portres::{Client, Error};
+use portres::{Client, Error, SocketKind, StatusReply};
+use serde::Serialize;
 
 use crate::Outcome;
 use crate::output::outln;
 
+/// `--json`: the daemon's fields, then the client's.
+#[derive(Serialize)]
+struct StatusJson<'a> {
+    #[serde(flatten)]
+    daemon_said: &'a StatusReply,
+    socket: SocketJson,
+    daemon: DaemonJson,
+    passed_over: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct SocketJson {
+    path: String,
+    /// "explicit", "user" or "system".
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+struct DaemonJson {
+    pid: i32,
+    uid: u32,
+    gid: u32,
+    /// "root", "you" or "other".
+    who: &'static str,
+}
+
+fn kind_name(kind: SocketKind) -> &'static str {
+    match kind {
+        SocketKind::Explicit => "explicit",
+        SocketKind::User => "user",
+        SocketKind::System => "system",
+    }
+}
+
 pub fn run(client: &Client, json: bool) -> Result<Outcome, Error> {
     let s = client.status()?;
+    let daemon = client.daemon();
+    let me = rustix::process::geteuid().as_raw();
     if json {
-        outln!("{}", serde_json::to_string(&s).expect("serializable"));
+        let out = StatusJson {
+            daemon_said: &s,
+            socket: SocketJson {
+                path: client.socket_path().display().to_string(),
+                kind: kind_name(client.socket_kind()),
+            },
+            daemon: DaemonJson {
+                pid: daemon.pid,
+                uid: daemon.uid,
+                gid: daemon.gid,
+                who: match daemon.uid {
+                    0 => "root",
+                    u if u == me => "you",
+                    _ => "other",
+                },
+            },
+            passed_over: client.passed_over(),
+        };
+        outln!("{}", serde_json::to_string(&out).expect("serializable"));
     } else {
         outln!(
             "portresd {} (wire v{}), {} mode",
@@ -16,6 +73,15 @@ pub fn run(client: &Client, json: bool) -> Result<Outcome, Error> {
             s.wire_version,
             s.mode
         );
+        outln!(
+            "socket:          {} ({})",
+            client.socket_path().display(),
+            client.socket_kind().describe()
+        );
+        outln!("daemon:          {}", daemon.describe(me));
+        for skipped in client.passed_over() {
+            outln!("passed over:     {skipped}");
+        }
         outln!(
             "kernel sync:     {}",
             if s.kernel_sync { "on" } else { "off" }
