@@ -102,8 +102,8 @@ int main(int argc, char **argv)
     printf("WSAIoctl(SIO_ACQUIRE_PORT_RESERVATION) succeeded, bytesReturned = %u\n",
            bytesReturned);
     printf("  Starting port=%d,  Number of Ports=%d, Token=%llu\n",
-           ntohs(portRes.Reservation.StartPort),
-           portRes.Reservation.NumberOfPorts, portRes.Token.Token);
+           ntohs(portRes.StartPort),
+           portRes.NumberOfPorts, portRes.Token);
 
     /* A second socket takes its port from the reservation. */
     sockRes = socket(iFamily, iType, iProtocol);

@@ -3,6 +3,7 @@
 //! reservation control codes.
 
 use std::ffi::{c_char, c_int};
+use std::os::fd::BorrowedFd;
 use std::ptr;
 
 use portres_client::{Error, ErrorCode, Protocol, Token};
@@ -182,6 +183,71 @@ pub extern "C" fn closesocket(s: SOCKET) -> c_int {
     })
 }
 
+/// Creates a socket, as `socket(af, type, protocol)`. `dwFlags`:
+/// `WSA_FLAG_OVERLAPPED` is accepted and ignored (every call here completes
+/// before it returns, as for `lpOverlapped`); `WSA_FLAG_NO_HANDLE_INHERIT`
+/// makes the socket close-on-exec. Fails with `INVALID_SOCKET` and
+/// `WSAEINVAL` for a non-NULL `lpProtocolInfo`, a group other than 0 or any
+/// other flag; otherwise as `socket()` (`WSAEAFNOSUPPORT`, ...).
+///
+/// # Safety
+/// None beyond `socket()`'s: `lpProtocolInfo` is only compared with NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn WSASocketW(
+    af: c_int,
+    r#type: c_int,
+    protocol: c_int,
+    lpProtocolInfo: LPWSAPROTOCOL_INFOW,
+    g: GROUP,
+    dwFlags: DWORD,
+) -> SOCKET {
+    wsa_socket(af, r#type, protocol, lpProtocolInfo.is_null(), g, dwFlags)
+}
+
+/// `WSASocketW` (the protocol information, which would differ, must be
+/// NULL).
+#[unsafe(no_mangle)]
+pub extern "C" fn WSASocketA(
+    af: c_int,
+    r#type: c_int,
+    protocol: c_int,
+    lpProtocolInfo: LPWSAPROTOCOL_INFOA,
+    g: GROUP,
+    dwFlags: DWORD,
+) -> SOCKET {
+    wsa_socket(af, r#type, protocol, lpProtocolInfo.is_null(), g, dwFlags)
+}
+
+fn wsa_socket(
+    af: c_int,
+    ty: c_int,
+    protocol: c_int,
+    no_info: bool,
+    group: GROUP,
+    flags: DWORD,
+) -> SOCKET {
+    guard(
+        || {
+            set_errno(WSASYSCALLFAILURE);
+            INVALID_SOCKET
+        },
+        || {
+            let known = WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT;
+            if !no_info || group != 0 || flags & !known != 0 {
+                set_errno(libc::EINVAL);
+                return INVALID_SOCKET;
+            }
+            let cloexec = if flags & WSA_FLAG_NO_HANDLE_INHERIT != 0 {
+                libc::SOCK_CLOEXEC
+            } else {
+                0
+            };
+            // SAFETY: socket takes no pointers.
+            unsafe { libc::socket(af, ty | cloexec, protocol) }
+        },
+    )
+}
+
 /// Performs a control operation on socket `s`: the port reservation codes
 /// `SIO_ACQUIRE_PORT_RESERVATION`, `SIO_RELEASE_PORT_RESERVATION` and
 /// `SIO_ASSOCIATE_PORT_RESERVATION`, as Windows documents them.
@@ -251,8 +317,8 @@ pub unsafe extern "C" fn WSAIoctl(
     };
     guard(on_panic, || {
         report(0);
-        let input: Option<[u8; 8]> = (!lpvInBuffer.is_null()).then(|| {
-            let mut buf = [0u8; 8];
+        let input: Option<[u8; 16]> = (!lpvInBuffer.is_null()).then(|| {
+            let mut buf = [0u8; 16];
             let n = (cbInBuffer as usize).min(buf.len());
             // SAFETY: non-NULL and, by the caller's contract, cbInBuffer
             // readable bytes; we read at most that many.
@@ -272,16 +338,22 @@ pub unsafe extern "C" fn WSAIoctl(
         };
         match call.run() {
             Ok((n, out)) => {
-                if let Some(out) = out {
-                    // SAFETY: `run` returns output only after checking that
-                    // lpvOutBuffer is non-NULL and cbOutBuffer is at least
-                    // the structure's size; unaligned writes are allowed.
-                    unsafe {
+                match out {
+                    Out::None => {}
+                    // SAFETY (all three): `run` returns output only after
+                    // checking that lpvOutBuffer is non-NULL and cbOutBuffer
+                    // is at least the output's size; unaligned writes are
+                    // allowed.
+                    Out::Instance(out) => unsafe {
                         ptr::write_unaligned(
                             lpvOutBuffer as *mut INET_PORT_RESERVATION_INSTANCE,
                             out,
                         )
-                    };
+                    },
+                    Out::U32(v) => unsafe { ptr::write_unaligned(lpvOutBuffer as *mut u32, v) },
+                    Out::Socket(v) => unsafe {
+                        ptr::write_unaligned(lpvOutBuffer as *mut SOCKET, v)
+                    },
                 }
                 report(n);
                 0
@@ -298,8 +370,8 @@ pub unsafe extern "C" fn WSAIoctl(
 struct Ioctl {
     s: SOCKET,
     code: DWORD,
-    /// The first (up to) 8 bytes of the input buffer, if not NULL.
-    input: Option<[u8; 8]>,
+    /// The first (up to) 16 bytes of the input buffer, if not NULL.
+    input: Option<[u8; 16]>,
     cb_in: DWORD,
     has_out: bool,
     cb_out: DWORD,
@@ -312,11 +384,31 @@ const INSTANCE_SIZE: DWORD = std::mem::size_of::<INET_PORT_RESERVATION_INSTANCE>
 const RANGE_SIZE: DWORD = std::mem::size_of::<INET_PORT_RANGE>() as DWORD;
 const TOKEN_SIZE: DWORD = std::mem::size_of::<INET_PORT_RESERVATION_TOKEN>() as DWORD;
 
-type Output = (DWORD, Option<INET_PORT_RESERVATION_INSTANCE>);
+/// What a successful call writes to the output buffer.
+enum Out {
+    None,
+    Instance(INET_PORT_RESERVATION_INSTANCE),
+    U32(u32),
+    Socket(SOCKET),
+}
+
+/// The byte count for `*lpcbBytesReturned`, and the output.
+type Output = (DWORD, Out);
+
+/// `struct tcp_keepalive`: on/off, idle time and interval (milliseconds).
+const KEEPALIVE_SIZE: DWORD = 12;
 
 impl Ioctl {
     fn run(&self) -> Result<Output, c_int> {
         let (fd, id) = sock::socket(self.s)?;
+        if !matches!(
+            self.code,
+            SIO_ACQUIRE_PORT_RESERVATION
+                | SIO_RELEASE_PORT_RESERVATION
+                | SIO_ASSOCIATE_PORT_RESERVATION
+        ) {
+            return self.socket_control(fd);
+        }
         let need_in = match self.code {
             SIO_ACQUIRE_PORT_RESERVATION => RANGE_SIZE,
             SIO_RELEASE_PORT_RESERVATION | SIO_ASSOCIATE_PORT_RESERVATION => TOKEN_SIZE,
@@ -351,25 +443,131 @@ impl Ioctl {
                 let start = u16::from_be_bytes([input[0], input[1]]);
                 let count = u16::from_ne_bytes([input[2], input[3]]);
                 let out = acquire(self.s, id, protocol, start, count)?;
-                Ok((INSTANCE_SIZE, Some(out)))
+                Ok((INSTANCE_SIZE, Out::Instance(out)))
             }
             SIO_RELEASE_PORT_RESERVATION => {
                 release(token(input)?)?;
-                Ok((TOKEN_SIZE, None))
+                Ok((TOKEN_SIZE, Out::None))
             }
             _ => {
                 if sock::is_bound(fd) {
                     return Err(libc::EINVAL);
                 }
                 associate(self.s, id, protocol, token(input)?)?;
-                Ok((TOKEN_SIZE, None))
+                Ok((TOKEN_SIZE, Out::None))
+            }
+        }
+    }
+
+    /// The other control codes: those Windows code commonly treats as fatal
+    /// when they fail, each done the Linux way or, where Linux has nothing
+    /// to do, accepted; every other code is `EOPNOTSUPP`.
+    fn socket_control(&self, fd: BorrowedFd<'_>) -> Result<Output, c_int> {
+        // (input bytes needed, output bytes needed)
+        let (need_in, need_out) = match self.code {
+            FIONBIO => (4, 0),
+            FIONREAD | SIO_BASE_HANDLE => (0, 4),
+            SIO_KEEPALIVE_VALS => (KEEPALIVE_SIZE, 0),
+            SIO_CPU_AFFINITY => (2, 0),
+            SIO_UDP_CONNRESET | SIO_UDP_NETRESET | SIO_LOOPBACK_FAST_PATH => (1, 0),
+            _ => return Err(libc::EOPNOTSUPP),
+        };
+        if self.completion {
+            return Err(libc::EOPNOTSUPP);
+        }
+        if !self.has_count && !self.overlapped {
+            return Err(libc::EFAULT);
+        }
+        let input = self.input.unwrap_or_default();
+        if need_in > 0 {
+            if self.input.is_none() {
+                return Err(libc::EFAULT);
+            }
+            if self.cb_in < need_in {
+                return Err(libc::EINVAL);
+            }
+        }
+        if need_out > 0 {
+            if !self.has_out {
+                return Err(libc::EFAULT);
+            }
+            if self.cb_out < need_out {
+                return Err(libc::EINVAL);
+            }
+        }
+        let word = |at: usize| {
+            u32::from_ne_bytes([input[at], input[at + 1], input[at + 2], input[at + 3]])
+        };
+        let os = |e: rustix::io::Errno| e.raw_os_error();
+        match self.code {
+            FIONBIO => {
+                rustix::io::ioctl_fionbio(fd, word(0) != 0).map_err(os)?;
+                Ok((0, Out::None))
+            }
+            FIONREAD => {
+                let n = rustix::io::ioctl_fionread(fd).map_err(os)?;
+                Ok((4, Out::U32(u32::try_from(n).unwrap_or(u32::MAX))))
+            }
+            // There is no layered provider: the socket is its own base.
+            SIO_BASE_HANDLE => Ok((4, Out::Socket(self.s))),
+            SIO_KEEPALIVE_VALS => {
+                if sock::protocol(fd)? != Protocol::Tcp {
+                    return Err(libc::EINVAL);
+                }
+                keepalive(fd, word(0) != 0, word(4), word(8)).map_err(os)?;
+                Ok((0, Out::None))
+            }
+            SIO_CPU_AFFINITY => {
+                // Windows steers the socket's packets to this processor's
+                // queue (per-processor sockets sharing a port); Linux's
+                // counterpart is SO_INCOMING_CPU, which also picks the
+                // member of a SO_REUSEPORT group.
+                sock::protocol(fd)?;
+                let cpu = u16::from_ne_bytes([input[0], input[1]]);
+                rustix::net::sockopt::set_socket_incoming_cpu(fd, u32::from(cpu)).map_err(os)?;
+                Ok((0, Out::None))
+            }
+            // Linux never fails an unconnected UDP socket's receive because
+            // of an ICMP error (Windows' behaviour with FALSE); nothing to do.
+            SIO_UDP_CONNRESET | SIO_UDP_NETRESET => {
+                if sock::protocol(fd)? != Protocol::Udp {
+                    return Err(libc::EINVAL);
+                }
+                Ok((0, Out::None))
+            }
+            // Linux's loopback needs no fast path to be fast; nothing to do.
+            _ => {
+                if sock::protocol(fd)? != Protocol::Tcp {
+                    return Err(libc::EINVAL);
+                }
+                Ok((0, Out::None))
             }
         }
     }
 }
 
-fn token(input: [u8; 8]) -> Result<Token, c_int> {
-    Token::new(u64::from_ne_bytes(input)).ok_or(libc::EINVAL)
+/// `SIO_KEEPALIVE_VALS` the Linux way: `SO_KEEPALIVE`, and the idle time
+/// and interval (milliseconds there, whole seconds here, at least 1 and at
+/// most Linux's 32767).
+fn keepalive(
+    fd: BorrowedFd<'_>,
+    on: bool,
+    idle_ms: u32,
+    interval_ms: u32,
+) -> rustix::io::Result<()> {
+    use rustix::net::sockopt;
+    let secs =
+        |ms: u32| std::time::Duration::from_secs(u64::from(ms.div_ceil(1000).clamp(1, 32767)));
+    if on {
+        sockopt::set_tcp_keepidle(fd, secs(idle_ms))?;
+        sockopt::set_tcp_keepintvl(fd, secs(interval_ms))?;
+    }
+    sockopt::set_socket_keepalive(fd, on)
+}
+
+fn token(input: [u8; 16]) -> Result<Token, c_int> {
+    let [a, b, c, d, e, f, g, h, ..] = input;
+    Token::new(u64::from_ne_bytes([a, b, c, d, e, f, g, h])).ok_or(libc::EINVAL)
 }
 
 fn acquire(

@@ -111,12 +111,12 @@ static int release(SOCKET s, ULONG64 token)
 
 static int start_of(const INET_PORT_RESERVATION_INSTANCE *res)
 {
-    return ntohs(res->Reservation.StartPort);
+    return ntohs(res->StartPort);
 }
 
 static int in_block(int port, const INET_PORT_RESERVATION_INSTANCE *res)
 {
-    return port >= start_of(res) && port < start_of(res) + res->Reservation.NumberOfPorts;
+    return port >= start_of(res) && port < start_of(res) + res->NumberOfPorts;
 }
 
 /* bind to 0.0.0.0 or [::] (or 127.0.0.1:port): 0 or the WSA error. */
@@ -241,14 +241,14 @@ static void test_acquire(void)
     /* Wildcard and specific blocks. */
     e = acquire(s, 0, 4, &res);
     CHECK(e == 0, "wildcard acquire: %d", e);
-    CHECK(res.Reservation.NumberOfPorts == 4 && start_of(&res) >= 1024 && res.Token.Token != 0,
-          "wildcard block %d+%d token %llu", start_of(&res), res.Reservation.NumberOfPorts,
-          res.Token.Token);
+    CHECK(res.NumberOfPorts == 4 && start_of(&res) >= 1024 && res.Token != 0,
+          "wildcard block %d+%d token %llu", start_of(&res), res.NumberOfPorts,
+          res.Token);
     e = acquire(s, 20000, 3, &other);
-    CHECK(e == 0 && other.Reservation.StartPort == htons(20000)
-              && other.Reservation.NumberOfPorts == 3,
-          "specific acquire: %d, %d+%d", e, start_of(&other), other.Reservation.NumberOfPorts);
-    CHECK(other.Token.Token != res.Token.Token, "distinct tokens");
+    CHECK(e == 0 && other.StartPort == htons(20000)
+              && other.NumberOfPorts == 3,
+          "specific acquire: %d, %d+%d", e, start_of(&other), other.NumberOfPorts);
+    CHECK(other.Token != res.Token, "distinct tokens");
 
     /* The block is taken: overlapping acquires fail with WSAEADDRINUSE. */
     CHECK(acquire(u, 20000, 3, &other) == 0, "the same block for UDP is another block");
@@ -319,7 +319,7 @@ static void test_acquire(void)
                        sizeof other, &n, &ov, NULL) == 0 && n == 16,
               "overlapped acquire: %d, %u", WSAGetLastError(), n);
         CHECK(memcmp(&ov, &pattern, sizeof ov) == 0, "WSAOVERLAPPED untouched");
-        CHECK(release(s, other.Token.Token) == 0, "release");
+        CHECK(release(s, other.Token) == 0, "release");
         n = 7;
         CHECK(WSAIoctl(s, SIO_ACQUIRE_PORT_RESERVATION, &range, sizeof range, &other,
                        sizeof other, &n, &ov, completion) == SOCKET_ERROR
@@ -347,17 +347,17 @@ static void test_associate_and_bind(void)
 
     /* IPv4 and IPv6 sockets bind into the block. */
     a = tcp4();
-    CHECK(associate(a, tcp.Token.Token) == 0, "associate");
+    CHECK(associate(a, tcp.Token) == 0, "associate");
     CHECK((e = bind4(a, 0)) == 0, "bind: %d", e);
     port = port_of(a);
     CHECK(in_block(port, &tcp), "port %d in %d+3", port, start_of(&tcp));
     b = tcp6();
-    CHECK(associate(b, tcp.Token.Token) == 0, "associate v6");
+    CHECK(associate(b, tcp.Token) == 0, "associate v6");
     CHECK((e = bind6(b)) == 0, "bind v6: %d", e);
     CHECK(in_block(port_of(b), &tcp), "v6 port %d", port_of(b));
     {
         SOCKET ub = udp4();
-        CHECK(associate(ub, udp.Token.Token) == 0, "associate udp");
+        CHECK(associate(ub, udp.Token) == 0, "associate udp");
         CHECK(bind4(ub, 0) == 0 && in_block(port_of(ub), &udp), "udp port %d", port_of(ub));
         close_(ub);
     }
@@ -371,7 +371,7 @@ static void test_associate_and_bind(void)
 
     /* Errors. */
     c = tcp4();
-    CHECK(associate(c, udp.Token.Token) == WSAEINVAL, "a UDP token on a TCP socket");
+    CHECK(associate(c, udp.Token) == WSAEINVAL, "a UDP token on a TCP socket");
     CHECK(associate(c, 0) == WSAEINVAL, "token 0");
     CHECK(associate(c, 12345) == WSAEINVAL, "an unknown token");
     CHECK(IOCTL(c, SIO_ASSOCIATE_PORT_RESERVATION, &tcp.Token, sizeof tcp.Token, &one,
@@ -381,16 +381,16 @@ static void test_associate_and_bind(void)
           "a short input buffer");
     CHECK(IOCTL(c, SIO_ASSOCIATE_PORT_RESERVATION, NULL, 8, NULL, 0, 8) == WSAEFAULT,
           "a NULL input buffer");
-    CHECK(associate(a, tcp.Token.Token) == WSAEINVAL, "an already bound socket");
+    CHECK(associate(a, tcp.Token) == WSAEINVAL, "an already bound socket");
     {
         SOCKET unx = sock_(AF_UNIX, SOCK_DGRAM, 0);
-        CHECK(associate(unx, tcp.Token.Token) == WSAEOPNOTSUPP, "a Unix socket");
-        CHECK(associate(-1, tcp.Token.Token) == WSAENOTSOCK, "not a socket");
+        CHECK(associate(unx, tcp.Token) == WSAEOPNOTSUPP, "a Unix socket");
+        CHECK(associate(-1, tcp.Token) == WSAENOTSOCK, "not a socket");
         close_(unx);
     }
 
     /* A specific port on an associated socket is an ordinary bind. */
-    CHECK(associate(c, tcp.Token.Token) == 0, "associate");
+    CHECK(associate(c, tcp.Token) == 0, "associate");
     CHECK(bind4(c, 20150) == 0 && port_of(c) == 20150, "specific port: %d", port_of(c));
     close_(c);
 
@@ -401,7 +401,7 @@ static void test_associate_and_bind(void)
     CHECK(acquire(owner, 0, 1, &one) == 0, "acquire 1 port");
     a = tcp4();
     b = tcp4();
-    CHECK(associate(a, one.Token.Token) == 0 && associate(b, one.Token.Token) == 0, "associate");
+    CHECK(associate(a, one.Token) == 0 && associate(b, one.Token) == 0, "associate");
     CHECK(bind4(a, 0) == 0 && port_of(a) == start_of(&one), "the one port");
     CHECK((e = bind4(b, 0)) == WSAEADDRINUSE, "exhausted: %d", e);
     close_(a);
@@ -410,8 +410,8 @@ static void test_associate_and_bind(void)
 
     /* A released reservation cannot be bound into. */
     c = tcp4();
-    CHECK(associate(c, one.Token.Token) == 0, "associate");
-    CHECK(release(owner, one.Token.Token) == 0, "release");
+    CHECK(associate(c, one.Token) == 0, "associate");
+    CHECK(release(owner, one.Token) == 0, "release");
     CHECK((e = bind4(c, 0)) == WSAEADDRNOTAVAIL, "released: %d", e);
     close_(c);
 
@@ -421,9 +421,9 @@ static void test_associate_and_bind(void)
         SOCKET sock = tcp4();
         INET_PORT_RESERVATION_INSTANCE r;
         CHECK(acquire(sock, 0, 2, &r) == 0, "acquire");
-        CHECK(associate(sock, r.Token.Token) == 0, "associate the acquiring socket");
+        CHECK(associate(sock, r.Token) == 0, "associate the acquiring socket");
         CHECK(bind4(sock, 0) == 0 && in_block(port_of(sock), &r), "port %d", port_of(sock));
-        CHECK(release(sock, r.Token.Token) == 0, "release");
+        CHECK(release(sock, r.Token) == 0, "release");
         close_(sock);
     }
 
@@ -446,11 +446,11 @@ static void test_release(void)
     CHECK(IOCTL(s, SIO_RELEASE_PORT_RESERVATION, &r.Token, 8, &r, sizeof r, 8) == WSAEINVAL,
           "an output buffer");
     CHECK(release(s, 0) == WSAEINVAL, "token 0");
-    CHECK(release(s, r.Token.Token) == 0, "release");
-    CHECK(release(s, r.Token.Token) == WSAEINVAL, "released twice");
+    CHECK(release(s, r.Token) == 0, "release");
+    CHECK(release(s, r.Token) == WSAEINVAL, "released twice");
     CHECK(acquire(t, 20200, 2, &r) == 0, "the block is free again");
     /* Released through another socket of the process. */
-    CHECK(release(s, r.Token.Token) == 0, "release via another socket");
+    CHECK(release(s, r.Token) == 0, "release via another socket");
     close_(s);
     close_(t);
 }
@@ -479,7 +479,7 @@ static void test_lifetimes(void)
     a = tcp4();
     CHECK(acquire(a, 0, 2, &w) == 0, "acquire");
     b = tcp4();
-    CHECK(associate(b, w.Token.Token) == 0, "associate");
+    CHECK(associate(b, w.Token) == 0, "associate");
     fd = b;
     close(b);
     c = tcp4();
@@ -514,7 +514,7 @@ static void *worker(void *arg)
     for (int i = 0; i < 20; i++) {
         INET_PORT_RESERVATION_INSTANCE r;
         SOCKET s = tcp4(), a = tcp4();
-        if (acquire(s, 0, 2, &r) != 0 || associate(a, r.Token.Token) != 0 || bind4(a, 0) != 0
+        if (acquire(s, 0, 2, &r) != 0 || associate(a, r.Token) != 0 || bind4(a, 0) != 0
             || !in_block(port_of(a), &r))
             (*bad)++;
         if (closesocket(a) != 0 || closesocket(s) != 0)
@@ -665,7 +665,7 @@ static void test_user(int start, ULONG64 persistent, ULONG64 foreign, int owned)
     /* What a user may do works. */
     CHECK((e = acquire(s, 0, 2, &r)) == 0, "acquire: %d", e);
     a = tcp4();
-    CHECK(associate(a, r.Token.Token) == 0 && bind4(a, 0) == 0 && in_block(port_of(a), &r),
+    CHECK(associate(a, r.Token) == 0 && bind4(a, 0) == 0 && in_block(port_of(a), &r),
           "bind as a user: %d", port_of(a));
     close_(a);
     close_(s);
@@ -752,7 +752,7 @@ static void test_restart(void)
      * connection and the socket's session reconnect by themselves. */
     e = (int) LookupPersistentTcpPortReservation(htons(25000), 2, &found);
     CHECK(e == NO_ERROR && found != 0, "lookup after the restart: %d", e);
-    old = r.Token.Token;
+    old = r.Token;
     CHECK((e = acquire(s, 0, 1, &r)) == 0, "acquire on the same socket: %d", e);
     CHECK((e = release(s, old)) == WSAEINVAL, "the old runtime token is gone: %d", e);
     a = tcp4();
