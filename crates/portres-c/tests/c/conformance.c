@@ -4,8 +4,11 @@
  * checks every documented outcome: each Winsock error code (WSAEINVAL,
  * WSAEACCES, WSAEFAULT, WSAENOTSOCK, WSAEOPNOTSUPP, WSAEADDRINUSE, ...),
  * each ERROR_* code of the persistent functions, byte counts, layouts,
- * the per-thread last error, bind() into an associated reservation, and
- * reservation lifetimes (closesocket, plain close, WSACleanup).
+ * the per-thread last error, bind() into an associated reservation,
+ * connect()/listen()/sendto()/sendmsg() through an association (the NFS
+ * client's privileged source port), WSASocket, the WSAIoctl socket
+ * controls, and reservation lifetimes (closesocket, plain close,
+ * WSACleanup).
  * Run by crates/portres-tests/tests/c_api.rs under AddressSanitizer and
  * LeakSanitizer, against a real daemon in a private network namespace:
  *
@@ -28,12 +31,17 @@
 #include <portres/winsock.h>
 
 #include <fcntl.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#ifndef SO_INCOMING_CPU
+#define SO_INCOMING_CPU 49 /* <asm-generic/socket.h> */
+#endif
 
 static int passed;
 static int failed;
@@ -71,6 +79,38 @@ _Static_assert(WSAENOTSOCK == 10038 && WSAEOPNOTSUPP == 10045 && WSAEADDRINUSE =
                "WSAE*");
 _Static_assert(INVALID_SOCKET == -1 && SOCKET_ERROR == -1, "failure values");
 _Static_assert(MAKEWORD(2, 2) == 0x0202 && MAKEWORD(1, 2) == 0x0201, "MAKEWORD");
+/* The SDK's C shape of the instance: anonymous members, Token a ULONG64. */
+_Static_assert(offsetof(INET_PORT_RESERVATION_INSTANCE, StartPort) == 0, "StartPort offset");
+_Static_assert(offsetof(INET_PORT_RESERVATION_INSTANCE, NumberOfPorts) == 2, "count offset");
+_Static_assert(sizeof(((INET_PORT_RESERVATION_INSTANCE *) 0)->Token) == 8, "Token is a ULONG64");
+_Static_assert(sizeof(INET_PORT_RESERVATION_INFORMATION) == 4, "INFORMATION");
+_Static_assert(INVALID_PORT_RESERVATION_TOKEN == 0, "INVALID_PORT_RESERVATION_TOKEN");
+/* Windows' base types and Win64's OVERLAPPED. */
+_Static_assert(sizeof(WCHAR) == sizeof(wchar_t) && sizeof(BOOL) == 4 && sizeof(INT) == 4
+                   && sizeof(UINT) == 4 && sizeof(LONG) == 4 && sizeof(HRESULT) == 4
+                   && sizeof(BYTE) == 1 && sizeof(HANDLE) == sizeof(void *),
+               "base types");
+_Static_assert(TRUE == 1 && FALSE == 0, "TRUE/FALSE");
+_Static_assert(sizeof(OVERLAPPED) == 32 && sizeof(WSAOVERLAPPED) == 32, "OVERLAPPED");
+_Static_assert(offsetof(OVERLAPPED, Offset) == 16 && offsetof(OVERLAPPED, OffsetHigh) == 20
+                   && offsetof(OVERLAPPED, Pointer) == 16 && offsetof(OVERLAPPED, hEvent) == 24,
+               "OVERLAPPED members");
+_Static_assert(sizeof(SOCKADDR_INET) == 28 && offsetof(SOCKADDR_INET, si_family) == 0,
+               "SOCKADDR_INET");
+/* Control codes as Windows computes them. */
+_Static_assert(IOC_VENDOR == 0x18000000u && IOC_WS2 == 0x08000000u, "IOC_*");
+_Static_assert(_WSAIOW(IOC_VENDOR, 100) == SIO_ACQUIRE_PORT_RESERVATION, "_WSAIOW");
+_Static_assert(SIO_CPU_AFFINITY == 0x98000015u && SIO_UDP_CONNRESET == 0x9800000Cu
+                   && SIO_UDP_NETRESET == 0x9800000Fu && SIO_LOOPBACK_FAST_PATH == 0x98000010u
+                   && SIO_KEEPALIVE_VALS == 0x98000004u,
+               "vendor codes");
+_Static_assert(SIO_BASE_HANDLE == 0x48000022u && SIO_GET_EXTENSION_FUNCTION_POINTER == 0xC8000006u
+                   && _WSAIOR(IOC_WS2, 34) == SIO_BASE_HANDLE,
+               "Winsock 2 codes");
+_Static_assert(FIONBIO == 0x8004667Eu && FIONREAD == 0x4004667Fu, "FIONBIO/FIONREAD");
+_Static_assert(WSA_IO_PENDING == 997 && WSA_FLAG_OVERLAPPED == 1
+                   && WSA_FLAG_NO_HANDLE_INHERIT == 0x80,
+               "WSA_IO_PENDING, WSA_FLAG_*");
 
 /* ---- helpers ---- */
 
@@ -431,6 +471,356 @@ static void test_associate_and_bind(void)
     close_(uowner);
 }
 
+/* ---- connect, listen, sendto, sendmsg through an association ---- */
+
+/* connect to 127.0.0.1:port or [::1]:port: 0 or the WSA error. */
+static int connect_(SOCKET s, int family, int port)
+{
+    SOCKADDR_INET a;
+    memset(&a, 0, sizeof a);
+    if (family == AF_INET) {
+        a.Ipv4.sin_family = AF_INET;
+        a.Ipv4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        a.Ipv4.sin_port = htons((USHORT) port);
+    } else {
+        a.Ipv6.sin6_family = AF_INET6;
+        a.Ipv6.sin6_addr = in6addr_loopback;
+        a.Ipv6.sin6_port = htons((USHORT) port);
+    }
+    return connect(s, (SOCKADDR *) &a, family == AF_INET ? sizeof a.Ipv4 : sizeof a.Ipv6)
+                   == SOCKET_ERROR
+               ? WSAGetLastError()
+               : 0;
+}
+
+/* A plain TCP listener on the loopback address of `family` (its port is
+ * an ordinary one, outside any reservation). */
+static SOCKET listener(int family, int *port)
+{
+    SOCKET l = family == AF_INET ? tcp4() : tcp6();
+    SOCKADDR_INET a;
+    memset(&a, 0, sizeof a);
+    if (family == AF_INET) {
+        a.Ipv4.sin_family = AF_INET;
+        a.Ipv4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    } else {
+        a.Ipv6.sin6_family = AF_INET6;
+        a.Ipv6.sin6_addr = in6addr_loopback;
+    }
+    CHECK(bind(l, (SOCKADDR *) &a, family == AF_INET ? sizeof a.Ipv4 : sizeof a.Ipv6) == 0
+              && listen(l, 8) == 0,
+          "listener: %d", WSAGetLastError());
+    *port = port_of(l);
+    return l;
+}
+
+static int peer_port(SOCKET s)
+{
+    SOCKADDR_INET a;
+    int len = sizeof a;
+    if (getpeername(s, (SOCKADDR *) &a, &len) == SOCKET_ERROR)
+        return -1;
+    return ntohs(a.si_family == AF_INET ? a.Ipv4.sin_port : a.Ipv6.sin6_port);
+}
+
+/* The server side of a connect: the source port it sees. */
+static int accepted_from(SOCKET l)
+{
+    SOCKET a = accept(l, NULL, NULL);
+    int port;
+    CHECK(a != INVALID_SOCKET, "accept: %d", WSAGetLastError());
+    if (a == INVALID_SOCKET)
+        return -1;
+    port = peer_port(a);
+    close_(a);
+    return port;
+}
+
+/* The source port of the next datagram on `srv`. */
+static int datagram_from(SOCKET srv)
+{
+    char buf[8];
+    SOCKADDR_INET from;
+    socklen_t len = sizeof from;
+    if (recvfrom(srv, buf, sizeof buf, 0, (SOCKADDR *) &from, &len) < 0)
+        return -1;
+    return ntohs(from.si_family == AF_INET ? from.Ipv4.sin_port : from.Ipv6.sin6_port);
+}
+
+static int privileged(int port) { return port >= 600 && port <= 1023; }
+
+static void test_implicit_bind(void)
+{
+    INET_PORT_RESERVATION_INSTANCE tcp, udp, one;
+    SOCKET owner = tcp4();
+    SOCKET uowner = WSASocketW(AF_INET, SOCK_DGRAM, IPPROTO_UDP, NULL, 0, WSA_FLAG_OVERLAPPED);
+    SOCKET l4, l6, c, a, srv, u;
+    SOCKADDR_IN to;
+    int lport4, lport6, port, e;
+
+    /* The Windows NFS client's sequence: reserve 600-1023 (privileged
+     * ports, which NFS servers' default "secure" option requires),
+     * associate, connect without binding. */
+    CHECK((e = acquire(owner, 600, 424, &tcp)) == 0, "acquire tcp 600-1023: %d", e);
+    CHECK((e = acquire(uowner, 600, 424, &udp)) == 0, "acquire udp 600-1023: %d", e);
+    l4 = listener(AF_INET, &lport4);
+    l6 = listener(AF_INET6, &lport6);
+    CHECK(!privileged(lport4) && !privileged(lport6), "listeners on %d, %d", lport4, lport6);
+
+    c = tcp4();
+    CHECK(associate(c, tcp.Token) == 0, "associate");
+    CHECK((e = connect_(c, AF_INET, lport4)) == 0, "connect: %d", e);
+    port = accepted_from(l4);
+    CHECK(privileged(port) && port == port_of(c), "the server sees source port %d (%d)", port,
+          port_of(c));
+    close_(c);
+
+    c = tcp6();
+    CHECK(associate(c, tcp.Token) == 0, "associate v6");
+    CHECK((e = connect_(c, AF_INET6, lport6)) == 0, "connect v6: %d", e);
+    port = accepted_from(l6);
+    CHECK(privileged(port) && port == port_of(c), "v6 source port %d", port);
+    close_(c);
+
+    /* listen() on an associated, unbound socket listens on a port of the
+     * block. */
+    c = tcp4();
+    CHECK(associate(c, tcp.Token) == 0, "associate");
+    CHECK(listen(c, 1) == 0 && privileged(port_of(c)), "listen: %d, port %d", WSAGetLastError(),
+          port_of(c));
+    close_(c);
+
+    /* UDP: sendto, sendmsg and connect bind into the block. */
+    srv = udp4();
+    CHECK(bind4(srv, 0) == 0, "udp server");
+    memset(&to, 0, sizeof to);
+    to.sin_family = AF_INET;
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    to.sin_port = htons((USHORT) port_of(srv));
+    CHECK(!privileged(port_of(srv)), "udp server on %d", port_of(srv));
+
+    u = WSASocketW(AF_INET, SOCK_DGRAM, IPPROTO_UDP, NULL, 0, WSA_FLAG_OVERLAPPED);
+    CHECK(associate(u, udp.Token) == 0, "associate udp");
+    CHECK(sendto(u, "x", 1, 0, (SOCKADDR *) &to, sizeof to) == 1, "sendto: %d",
+          WSAGetLastError());
+    port = datagram_from(srv);
+    CHECK(privileged(port) && port == port_of(u), "the receiver sees source port %d", port);
+    close_(u);
+
+    u = udp4();
+    CHECK(associate(u, udp.Token) == 0, "associate udp");
+    {
+        struct iovec iov = { (void *) "y", 1 };
+        struct msghdr m;
+        memset(&m, 0, sizeof m);
+        m.msg_name = &to;
+        m.msg_namelen = sizeof to;
+        m.msg_iov = &iov;
+        m.msg_iovlen = 1;
+        CHECK(sendmsg(u, &m, 0) == 1, "sendmsg: %d", WSAGetLastError());
+    }
+    port = datagram_from(srv);
+    CHECK(privileged(port) && port == port_of(u), "sendmsg source port %d", port);
+    close_(u);
+
+    u = udp4();
+    CHECK(associate(u, udp.Token) == 0, "associate udp");
+    CHECK((e = connect_(u, AF_INET, port_of(srv))) == 0 && privileged(port_of(u)),
+          "udp connect: %d, port %d", e, port_of(u));
+    CHECK(send(u, "z", 1, 0) == 1 && datagram_from(srv) == port_of(u), "udp send");
+    close_(u);
+
+    /* Sockets never associated keep their ordinary ports. */
+    c = tcp4();
+    CHECK(connect_(c, AF_INET, lport4) == 0 && !privileged(port_of(c)), "plain connect: %d",
+          port_of(c));
+    CHECK(!privileged(accepted_from(l4)), "plain source port");
+    close_(c);
+    u = udp4();
+    CHECK(sendto(u, "x", 1, 0, (SOCKADDR *) &to, sizeof to) == 1 && !privileged(port_of(u)),
+          "plain sendto: %d", port_of(u));
+    CHECK(!privileged(datagram_from(srv)), "plain datagram");
+    close_(u);
+
+    /* A send on an unconnected TCP socket fails without using the
+     * association up. */
+    c = tcp4();
+    CHECK(associate(c, tcp.Token) == 0, "associate");
+    CHECK(sendto(c, "x", 1, MSG_NOSIGNAL, NULL, 0) == -1 && port_of(c) == 0,
+          "tcp send before connect: port %d", port_of(c));
+    CHECK(connect_(c, AF_INET, lport4) == 0 && privileged(port_of(c)), "then connect: %d",
+          port_of(c));
+    CHECK(privileged(accepted_from(l4)), "source port");
+    close_(c);
+
+    /* Errors map as for bind, nothing is connected, the association stays:
+     * every port bound → WSAEADDRINUSE; released → WSAEADDRNOTAVAIL. */
+    CHECK(acquire(owner, 0, 1, &one) == 0, "acquire 1 port");
+    a = tcp4();
+    CHECK(associate(a, one.Token) == 0 && bind4(a, 0) == 0, "the one port");
+    c = tcp4();
+    CHECK(associate(c, one.Token) == 0, "associate");
+    CHECK((e = connect_(c, AF_INET, lport4)) == WSAEADDRINUSE && port_of(c) == 0
+              && peer_port(c) == -1,
+          "exhausted: %d", e);
+    close_(a);
+    CHECK((e = connect_(c, AF_INET, lport4)) == 0 && port_of(c) == start_of(&one),
+          "freed again: %d, port %d", e, port_of(c));
+    CHECK(accepted_from(l4) == start_of(&one), "source port");
+    close_(c);
+    c = tcp4();
+    CHECK(associate(c, one.Token) == 0, "associate");
+    CHECK(release(owner, one.Token) == 0, "release");
+    CHECK((e = connect_(c, AF_INET, lport4)) == WSAEADDRNOTAVAIL && port_of(c) == 0,
+          "released: %d", e);
+    CHECK(listen(c, 1) == SOCKET_ERROR && WSAGetLastError() == WSAEADDRNOTAVAIL,
+          "listen, released: %d", WSAGetLastError());
+    u = udp4();
+    CHECK(acquire(uowner, 0, 1, &one) == 0, "acquire 1 udp port");
+    CHECK(associate(u, one.Token) == 0 && release(uowner, one.Token) == 0, "associate, release");
+    CHECK(sendto(u, "x", 1, 0, (SOCKADDR *) &to, sizeof to) == -1
+              && WSAGetLastError() == WSAEADDRNOTAVAIL && port_of(u) == 0,
+          "sendto, released: %d", WSAGetLastError());
+    close_(u);
+    close_(c);
+
+    close_(srv);
+    close_(l4);
+    close_(l6);
+    close_(owner);
+    close_(uowner);
+}
+
+/* ---- WSASocket ---- */
+
+static void test_wsasocket(void)
+{
+    SOCKET s = WSASocketW(AF_INET, SOCK_DGRAM, IPPROTO_UDP, NULL, 0, WSA_FLAG_OVERLAPPED);
+    SOCKET t = WSASocketA(AF_INET6, SOCK_STREAM, IPPROTO_TCP, NULL, 0,
+                          WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT);
+    SOCKET w = WSASocket(AF_INET, SOCK_STREAM, 0, NULL, 0, 0);
+    CHECK(s != INVALID_SOCKET && !(fcntl(s, F_GETFD) & FD_CLOEXEC), "WSASocketW overlapped");
+    CHECK(t != INVALID_SOCKET && (fcntl(t, F_GETFD) & FD_CLOEXEC), "WSASocketA no-inherit");
+    CHECK(w != INVALID_SOCKET, "WSASocket");
+    CHECK(WSASocketW(AF_INET, SOCK_DGRAM, 0, NULL, 0, WSA_FLAG_REGISTERED_IO) == INVALID_SOCKET
+              && WSAGetLastError() == WSAEINVAL,
+          "an unsupported flag: %d", WSAGetLastError());
+    CHECK(WSASocketW(AF_INET, SOCK_DGRAM, 0, NULL, 1, 0) == INVALID_SOCKET
+              && WSAGetLastError() == WSAEINVAL,
+          "a group");
+    CHECK(WSASocketW(-5, SOCK_DGRAM, 0, NULL, 0, 0) == INVALID_SOCKET
+              && WSAGetLastError() == WSAEAFNOSUPPORT,
+          "a bad family: %d", WSAGetLastError());
+    close_(s);
+    close_(t);
+    close_(w);
+}
+
+/* ---- WSAIoctl socket controls ---- */
+
+static int sockopt_int(SOCKET s, int level, int name)
+{
+    int v = -1;
+    socklen_t len = sizeof v;
+    if (getsockopt(s, level, name, &v, &len) != 0)
+        return -2;
+    return v;
+}
+
+static void test_socket_controls(void)
+{
+    SOCKET t = tcp4();
+    SOCKET u = udp4();
+    ULONG on = 1, avail = 0;
+    SOCKET base = INVALID_SOCKET;
+    USHORT cpu = 0;
+    BOOL off = FALSE;
+    BYTE byte = 0;
+    struct tcp_keepalive ka = { 1, 30000, 5500 };
+    DWORD n;
+    int e;
+
+    /* FIONBIO, FIONREAD: Linux's own. */
+    CHECK(IOCTL(t, FIONBIO, &on, sizeof on, NULL, 0, 0) == 0
+              && (fcntl(t, F_GETFL) & O_NONBLOCK),
+          "FIONBIO on");
+    on = 0;
+    CHECK(IOCTL(t, FIONBIO, &on, sizeof on, NULL, 0, 0) == 0
+              && !(fcntl(t, F_GETFL) & O_NONBLOCK),
+          "FIONBIO off");
+    CHECK(IOCTL(t, FIONBIO, NULL, 4, NULL, 0, 0) == WSAEFAULT, "FIONBIO without input");
+    CHECK(bind4(u, 0) == 0, "bind");
+    {
+        SOCKADDR_IN self;
+        memset(&self, 0, sizeof self);
+        self.sin_family = AF_INET;
+        self.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        self.sin_port = htons((USHORT) port_of(u));
+        CHECK(sendto(u, "abc", 3, 0, (SOCKADDR *) &self, sizeof self) == 3, "sendto self");
+    }
+    CHECK(IOCTL(u, FIONREAD, NULL, 0, &avail, sizeof avail, 4) == 0 && avail == 3,
+          "FIONREAD: %u", avail);
+    CHECK(IOCTL(u, FIONREAD, NULL, 0, &avail, 2, 4) == WSAEINVAL, "FIONREAD short output");
+
+    /* SIO_BASE_HANDLE: no layered provider, the socket is its own base. */
+    CHECK(IOCTL(t, SIO_BASE_HANDLE, NULL, 0, &base, sizeof base, 4) == 0 && base == t,
+          "SIO_BASE_HANDLE %d", base);
+
+    /* SIO_KEEPALIVE_VALS: SO_KEEPALIVE, TCP_KEEPIDLE and TCP_KEEPINTVL in
+     * whole seconds (rounded up). */
+    CHECK(IOCTL(t, SIO_KEEPALIVE_VALS, &ka, sizeof ka, NULL, 0, 0) == 0
+              && sockopt_int(t, SOL_SOCKET, SO_KEEPALIVE) == 1
+              && sockopt_int(t, IPPROTO_TCP, TCP_KEEPIDLE) == 30
+              && sockopt_int(t, IPPROTO_TCP, TCP_KEEPINTVL) == 6,
+          "SIO_KEEPALIVE_VALS");
+    ka.onoff = 0;
+    CHECK(IOCTL(t, SIO_KEEPALIVE_VALS, &ka, sizeof ka, NULL, 0, 0) == 0
+              && sockopt_int(t, SOL_SOCKET, SO_KEEPALIVE) == 0,
+          "SIO_KEEPALIVE_VALS off");
+    CHECK(IOCTL(t, SIO_KEEPALIVE_VALS, &ka, 8, NULL, 0, 0) == WSAEINVAL, "short keepalive");
+    CHECK(IOCTL(u, SIO_KEEPALIVE_VALS, &ka, sizeof ka, NULL, 0, 0) == WSAEINVAL,
+          "keepalive on UDP");
+
+    /* SIO_CPU_AFFINITY (MsQuic's per-processor sockets): SO_INCOMING_CPU. */
+    CHECK((e = IOCTL(u, SIO_CPU_AFFINITY, &cpu, sizeof cpu, NULL, 0, 0)) == 0
+              && sockopt_int(u, SOL_SOCKET, SO_INCOMING_CPU) == 0,
+          "SIO_CPU_AFFINITY: %d", e);
+    CHECK(IOCTL(u, SIO_CPU_AFFINITY, &cpu, 1, NULL, 0, 0) == WSAEINVAL, "short affinity");
+    CHECK(IOCTL(u, SIO_CPU_AFFINITY, NULL, 2, NULL, 0, 0) == WSAEFAULT, "NULL affinity");
+
+    /* SIO_UDP_CONNRESET, SIO_UDP_NETRESET, SIO_LOOPBACK_FAST_PATH: nothing
+     * to do on Linux; accepted on the sockets they apply to. */
+    CHECK(IOCTL(u, SIO_UDP_CONNRESET, &off, sizeof off, NULL, 0, 0) == 0, "SIO_UDP_CONNRESET");
+    CHECK(IOCTL(u, SIO_UDP_CONNRESET, &byte, 1, NULL, 0, 0) == 0, "SIO_UDP_CONNRESET, 1 byte");
+    CHECK(IOCTL(u, SIO_UDP_NETRESET, &off, sizeof off, NULL, 0, 0) == 0, "SIO_UDP_NETRESET");
+    CHECK(IOCTL(t, SIO_UDP_CONNRESET, &off, sizeof off, NULL, 0, 0) == WSAEINVAL,
+          "SIO_UDP_CONNRESET on TCP");
+    CHECK(IOCTL(u, SIO_UDP_CONNRESET, NULL, 4, NULL, 0, 0) == WSAEFAULT, "NULL input");
+    on = 1;
+    CHECK(IOCTL(t, SIO_LOOPBACK_FAST_PATH, &on, sizeof on, NULL, 0, 0) == 0,
+          "SIO_LOOPBACK_FAST_PATH");
+    CHECK(IOCTL(u, SIO_LOOPBACK_FAST_PATH, &on, sizeof on, NULL, 0, 0) == WSAEINVAL,
+          "SIO_LOOPBACK_FAST_PATH on UDP");
+    n = 7;
+    CHECK(WSAIoctl(u, SIO_UDP_CONNRESET, &off, sizeof off, NULL, 0, &n, NULL, completion)
+                  == SOCKET_ERROR
+              && WSAGetLastError() == WSAEOPNOTSUPP && n == 0,
+          "a completion routine");
+
+    /* The rest stays unsupported. */
+    {
+        char guid[16] = { 0 };
+        void *fn = NULL;
+        CHECK(IOCTL(t, SIO_GET_EXTENSION_FUNCTION_POINTER, guid, sizeof guid, &fn, sizeof fn, 0)
+                  == WSAEOPNOTSUPP,
+              "SIO_GET_EXTENSION_FUNCTION_POINTER");
+        CHECK(IOCTL(t, SIO_TCP_INFO, guid, 4, guid, sizeof guid, 0) == WSAEOPNOTSUPP,
+              "SIO_TCP_INFO");
+    }
+    close_(t);
+    close_(u);
+}
+
 /* ---- SIO_RELEASE_PORT_RESERVATION ---- */
 
 static void test_release(void)
@@ -683,6 +1073,18 @@ static void test_user(int start, ULONG64 persistent, ULONG64 foreign, int owned)
     CHECK((e = bind4(a, 0)) == 0 && port_of(a) == owned, "bind to %d: %d, port %d", owned, e,
           port_of(a));
     close_(a);
+    /* ... and connected from without binding (the NFS client's way). */
+    {
+        int lport;
+        SOCKET l = listener(AF_INET, &lport);
+        a = tcp4();
+        CHECK(associate(a, token) == 0, "associate an owned reservation");
+        CHECK((e = connect_(a, AF_INET, lport)) == 0 && port_of(a) == owned,
+              "connect from %d: %d, port %d", owned, e, port_of(a));
+        CHECK(accepted_from(l) == owned, "the server sees port %d", owned);
+        close_(a);
+        close_(l);
+    }
 }
 
 /* ---- without a daemon ---- */
@@ -775,6 +1177,9 @@ int main(int argc, char **argv)
         CHECK(WSAStartup(MAKEWORD(2, 2), &d) == 0, "WSAStartup");
         test_acquire();
         test_associate_and_bind();
+        test_implicit_bind();
+        test_wsasocket();
+        test_socket_controls();
         test_release();
         test_lifetimes();
         test_threads_and_fork();
