@@ -760,9 +760,7 @@ int closesocket(SOCKET s);
  * makes the socket close-on-exec. Fails with `INVALID_SOCKET` and
  * `WSAEINVAL` for a non-NULL `lpProtocolInfo`, a group other than 0 or any
  * other flag; otherwise as `socket()` (`WSAEAFNOSUPPORT`, ...).
- *
- * # Safety
- * None beyond `socket()`'s: `lpProtocolInfo` is only compared with NULL.
+ * `lpProtocolInfo` is only compared with NULL.
  */
 SOCKET WSASocketW(int af,
                   int type,

@@ -189,9 +189,7 @@ pub extern "C" fn closesocket(s: SOCKET) -> c_int {
 /// makes the socket close-on-exec. Fails with `INVALID_SOCKET` and
 /// `WSAEINVAL` for a non-NULL `lpProtocolInfo`, a group other than 0 or any
 /// other flag; otherwise as `socket()` (`WSAEAFNOSUPPORT`, ...).
-///
-/// # Safety
-/// None beyond `socket()`'s: `lpProtocolInfo` is only compared with NULL.
+/// `lpProtocolInfo` is only compared with NULL.
 #[unsafe(no_mangle)]
 pub extern "C" fn WSASocketW(
     af: c_int,
@@ -338,19 +336,21 @@ pub unsafe extern "C" fn WSAIoctl(
         };
         match call.run() {
             Ok((n, out)) => {
+                // `run` returns output only after checking that
+                // lpvOutBuffer is non-NULL and cbOutBuffer is at least the
+                // output's size.
                 match out {
                     Out::None => {}
-                    // SAFETY (all three): `run` returns output only after
-                    // checking that lpvOutBuffer is non-NULL and cbOutBuffer
-                    // is at least the output's size; unaligned writes are
-                    // allowed.
+                    // SAFETY: as just said; unaligned writes are allowed.
                     Out::Instance(out) => unsafe {
                         ptr::write_unaligned(
                             lpvOutBuffer as *mut INET_PORT_RESERVATION_INSTANCE,
                             out,
                         )
                     },
+                    // SAFETY: as just said; unaligned writes are allowed.
                     Out::U32(v) => unsafe { ptr::write_unaligned(lpvOutBuffer as *mut u32, v) },
+                    // SAFETY: as just said; unaligned writes are allowed.
                     Out::Socket(v) => unsafe {
                         ptr::write_unaligned(lpvOutBuffer as *mut SOCKET, v)
                     },
