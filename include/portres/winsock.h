@@ -783,9 +783,19 @@ SOCKET WSASocketA(int af,
 /**
  * Performs a control operation on socket `s`: the port reservation codes
  * `SIO_ACQUIRE_PORT_RESERVATION`, `SIO_RELEASE_PORT_RESERVATION` and
- * `SIO_ASSOCIATE_PORT_RESERVATION`, as Windows documents them.
+ * `SIO_ASSOCIATE_PORT_RESERVATION`, as Windows documents them; and the
+ * socket controls Windows code relies on, done the Linux way: `FIONBIO`,
+ * `FIONREAD`, `SIO_KEEPALIVE_VALS` (TCP: `SO_KEEPALIVE`, `TCP_KEEPIDLE`,
+ * `TCP_KEEPINTVL` in whole seconds), `SIO_CPU_AFFINITY` (`SO_INCOMING_CPU`),
+ * `SIO_BASE_HANDLE` (`s` itself), and `SIO_UDP_CONNRESET`,
+ * `SIO_UDP_NETRESET` (UDP) and `SIO_LOOPBACK_FAST_PATH` (TCP), accepted
+ * with nothing to do on Linux. For those: `WSAEFAULT` without the input
+ * or output buffer they need, `WSAEINVAL` for one too small or a socket
+ * of another protocol; the byte count is the output's size (0 without
+ * output).
  *
- * Returns 0, or `SOCKET_ERROR` with the error for `WSAGetLastError`:
+ * For the port reservation codes, returns 0, or `SOCKET_ERROR` with the
+ * error for `WSAGetLastError`:
  * - `WSAENOTSOCK`: `s` is not an open socket;
  * - `WSAEOPNOTSUPP`: another control code; `s` is not a TCP or UDP socket
  *   over IPv4/IPv6; a completion routine was given;
