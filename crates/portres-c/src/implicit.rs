@@ -31,6 +31,15 @@ enum Binds {
     Datagram { fastopen: bool },
 }
 
+impl Binds {
+    /// What a send with `flags` binds.
+    fn send(flags: c_int) -> Binds {
+        Binds::Datagram {
+            fastopen: flags & libc::MSG_FASTOPEN != 0,
+        }
+    }
+}
+
 /// Binds socket `fd` into its associated reservation if it has one and is
 /// still unbound. `Err(errno)` as `bind`'s (then the call must fail without
 /// reaching libc); `Ok` when done or when there was nothing to do (not
@@ -231,10 +240,7 @@ pub unsafe extern "C" fn sendto(
     if passthrough() {
         return real_sendto(fd, buf, len, flags, addr, addrlen);
     }
-    let binds = Binds::Datagram {
-        fastopen: flags & libc::MSG_FASTOPEN != 0,
-    };
-    after_implicit_bind(fd, binds, -1, || {
+    after_implicit_bind(fd, Binds::send(flags), -1, || {
         real_sendto(fd, buf, len, flags, addr, addrlen)
     })
 }
@@ -252,10 +258,7 @@ pub unsafe extern "C" fn sendmsg(
     if passthrough() {
         return real_sendmsg(fd, msg, flags);
     }
-    let binds = Binds::Datagram {
-        fastopen: flags & libc::MSG_FASTOPEN != 0,
-    };
-    after_implicit_bind(fd, binds, -1, || real_sendmsg(fd, msg, flags))
+    after_implicit_bind(fd, Binds::send(flags), -1, || real_sendmsg(fd, msg, flags))
 }
 
 /// `sendmmsg(2)`, interposed, as `sendto`.
@@ -272,8 +275,7 @@ pub unsafe extern "C" fn sendmmsg(
     if passthrough() {
         return real_sendmmsg(fd, msgs, vlen, flags);
     }
-    let binds = Binds::Datagram {
-        fastopen: flags & libc::MSG_FASTOPEN != 0,
-    };
-    after_implicit_bind(fd, binds, -1, || real_sendmmsg(fd, msgs, vlen, flags))
+    after_implicit_bind(fd, Binds::send(flags), -1, || {
+        real_sendmmsg(fd, msgs, vlen, flags)
+    })
 }

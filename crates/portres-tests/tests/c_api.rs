@@ -192,6 +192,52 @@ fn assert_no_reservations(d: &InProcessDaemon) {
     assert!(left.is_empty(), "reservations left behind: {left:?}");
 }
 
+/// Runs the runtime reservation example (the page's program or
+/// examples/c's) with `args` (family, type, protocol, start, count) and
+/// checks what it prints: a block of `count` ports, at `start` if given,
+/// and a bound port inside it. Returns its output.
+fn check_runtime_run(
+    bin: &Path,
+    d: &InProcessDaemon,
+    args: &[&str; 5],
+    start: Option<u64>,
+    what: &str,
+) -> String {
+    let what = format!("{what} {}", args.join(" "));
+    let (out, stdout, stderr) = run(program(bin, &d.socket, args));
+    check(&what, &out, &stdout, &stderr);
+    let first = field(&stdout, "Starting port=");
+    let count = field(&stdout, "Number of Ports=");
+    let port = field(&stdout, "Port number allocated = ");
+    assert_eq!(count, args[4].parse::<u64>().unwrap(), "{what}");
+    if let Some(start) = start {
+        assert_eq!(first, start, "{what}");
+    }
+    assert!(
+        (first..first + count).contains(&port),
+        "{what}: port {port} outside {first}+{count}\n{stdout}"
+    );
+    assert_no_reservations(d);
+    stdout
+}
+
+/// Runs the persistent reservation example with 5000 20 and checks that
+/// it bound a port of 5000-5019 and deleted the reservation.
+fn check_persistent_run(bin: &Path, d: &InProcessDaemon, what: &str) {
+    let (out, stdout, stderr) = run(program(bin, &d.socket, &["5000", "20"]));
+    check(what, &out, &stdout, &stderr);
+    let port = field(&stdout, "Port number allocated = ");
+    assert!(
+        (5000..5020).contains(&port),
+        "{what}: port {port}\n{stdout}"
+    );
+    assert!(
+        stdout.contains("DeletePersistentTcpPortReservation call succeeded"),
+        "{what}\n{stdout}"
+    );
+    assert_no_reservations(d);
+}
+
 #[test]
 fn runtime_example_binds_into_its_block_shared_and_static() {
     let Some(_ns) = netns("runtime_example_binds_into_its_block_shared_and_static") else {
@@ -208,22 +254,9 @@ fn runtime_example_binds_into_its_block_shared_and_static() {
             (["2", "2", "17", "5000", "20"], Some(5000)),
             (["2", "1", "6", "40000", "3"], Some(40000)),
         ] {
-            let what = format!("runtime_reservation {} ({link:?})", args.join(" "));
-            let (out, stdout, stderr) = run(program(&bin, &d.socket, &args));
-            check(&what, &out, &stdout, &stderr);
-            let first = field(&stdout, "Starting port=");
-            let count = field(&stdout, "Number of Ports=");
-            let port = field(&stdout, "Port number allocated = ");
-            assert_eq!(count, args[4].parse::<u64>().unwrap(), "{what}");
-            if let Some(start) = start {
-                assert_eq!(first, start, "{what}");
-            }
-            assert!(
-                (first..first + count).contains(&port),
-                "{what}: port {port} outside {first}+{count}\n{stdout}"
-            );
+            let what = format!("runtime_reservation ({link:?})");
+            let stdout = check_runtime_run(&bin, &d, &args, start, &what);
             assert_eq!(field(&stdout, "bytesReturned = "), 16, "{what}");
-            assert_no_reservations(&d);
         }
     }
 }
@@ -243,18 +276,7 @@ fn persistent_example_binds_into_its_block_shared_and_static() {
             dir.path(),
         );
         let what = format!("persistent_reservation 5000 20 ({link:?})");
-        let (out, stdout, stderr) = run(program(&bin, &d.socket, &["5000", "20"]));
-        check(&what, &out, &stdout, &stderr);
-        let port = field(&stdout, "Port number allocated = ");
-        assert!(
-            (5000..5020).contains(&port),
-            "{what}: port {port}\n{stdout}"
-        );
-        assert!(
-            stdout.contains("DeletePersistentTcpPortReservation call succeeded"),
-            "{what}\n{stdout}"
-        );
-        assert_no_reservations(&d);
+        check_persistent_run(&bin, &d, &what);
     }
     // Not an administrator: ERROR_ACCESS_DENIED, as on Windows.
     let bin = compile(
@@ -656,39 +678,14 @@ fn seed_examples_build_with_the_readme_edits_only_and_bind_into_their_block() {
                     (["2", "1", "6", "0", "5"], None),
                     (["2", "2", "17", "5000", "20"], Some(5000)),
                 ] {
-                    let what = format!("{what} {}", args.join(" "));
-                    let (out, stdout, stderr) = run(program(&bin, &d.socket, &args));
-                    check(&what, &out, &stdout, &stderr);
-                    let first = field(&stdout, "Starting port=");
-                    let count = field(&stdout, "Number of Ports=");
-                    let port = field(&stdout, "Port number allocated = ");
-                    assert_eq!(count, args[4].parse::<u64>().unwrap(), "{what}");
-                    if let Some(start) = start {
-                        assert_eq!(first, start, "{what}");
-                    }
-                    assert!(
-                        (first..first + count).contains(&port),
-                        "{what}: port {port} outside {first}+{count}\n{stdout}"
-                    );
+                    let stdout = check_runtime_run(&bin, &d, &args, start, &what);
                     assert!(
                         stdout.contains("WSAIoctl(SIO_RELEASE_PORT_RESERVATION) succeeded"),
                         "{what}\n{stdout}"
                     );
-                    assert_no_reservations(&d);
                 }
             } else {
-                let (out, stdout, stderr) = run(program(&bin, &d.socket, &["5000", "20"]));
-                check(&what, &out, &stdout, &stderr);
-                let port = field(&stdout, "Port number allocated = ");
-                assert!(
-                    (5000..5020).contains(&port),
-                    "{what}: port {port}\n{stdout}"
-                );
-                assert!(
-                    stdout.contains("DeletePersistentTcpPortReservation call succeeded"),
-                    "{what}\n{stdout}"
-                );
-                assert_no_reservations(&d);
+                check_persistent_run(&bin, &d, &what);
             }
         }
     }
