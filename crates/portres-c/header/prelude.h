@@ -34,6 +34,12 @@ typedef wchar_t WCHAR, *PWCHAR, *LPWSTR;
 typedef const wchar_t *LPCWSTR;
 typedef char *LPSTR;
 typedef const char *LPCSTR;
+/* Winsock's BSD names, as <sys/types.h> declares them with _DEFAULT_SOURCE
+ * (so u_long is 64 bits here, 32 on Windows). */
+typedef unsigned char u_char;
+typedef unsigned short u_short;
+typedef unsigned int u_int;
+typedef unsigned long u_long;
 #ifndef TRUE
 #define TRUE 1
 #endif
@@ -116,20 +122,22 @@ typedef struct sockaddr_storage sockaddr_storage;
 /* The token no reservation has. */
 #define INVALID_PORT_RESERVATION_TOKEN ((ULONG64)0)
 
-/* WSAIoctl control code construction (winsock2.h). */
+/*
+ * WSAIoctl control code construction (winsock2.h). IOC_IN, IOC_OUT and
+ * IOC_INOUT are left to Linux's <sys/ioctl.h>, whose values differ
+ * (Linux's IOC_IN is Windows' IOC_OUT): build codes with _WSAIOW,
+ * _WSAIOR and _WSAIORW, which give Windows' values.
+ */
 #define IOCPARM_MASK 0x7f
 #define IOC_VOID 0x20000000u
-#define IOC_OUT 0x40000000u
-#define IOC_IN 0x80000000u
-#define IOC_INOUT (IOC_IN | IOC_OUT)
 #define IOC_UNIX 0x00000000u
 #define IOC_WS2 0x08000000u
 #define IOC_PROTOCOL 0x10000000u
 #define IOC_VENDOR 0x18000000u
-#define _WSAIO(x, y) (IOC_VOID | (x) | (y))
-#define _WSAIOR(x, y) (IOC_OUT | (x) | (y))
-#define _WSAIOW(x, y) (IOC_IN | (x) | (y))
-#define _WSAIORW(x, y) (IOC_INOUT | (x) | (y))
+#define _WSAIO(x, y) (0x20000000u | (x) | (y))
+#define _WSAIOR(x, y) (0x40000000u | (x) | (y))
+#define _WSAIOW(x, y) (0x80000000u | (x) | (y))
+#define _WSAIORW(x, y) (0xC0000000u | (x) | (y))
 
 /*
  * WSAIoctl control codes. Implemented: the three port reservation codes;
@@ -155,8 +163,11 @@ typedef struct sockaddr_storage sockaddr_storage;
 #define SIO_ROUTING_INTERFACE_QUERY _WSAIORW(IOC_WS2, 20)
 #define SIO_RCVALL _WSAIOW(IOC_VENDOR, 1)
 #define SIO_TCP_INFO _WSAIORW(IOC_VENDOR, 39)
-#define FIONBIO 0x8004667Eu
-#define FIONREAD 0x4004667Fu
+/*
+ * FIONBIO and FIONREAD are Linux's (<sys/ioctl.h>), so that ioctl() keeps
+ * working in the same program; WSAIoctl and ioctlsocket also take
+ * Windows' values (0x8004667E, 0x4004667F).
+ */
 
 /* Input of SIO_KEEPALIVE_VALS (mstcpip.h): times in milliseconds. */
 struct tcp_keepalive {

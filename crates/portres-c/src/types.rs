@@ -212,11 +212,16 @@ pub const SIO_LOOPBACK_FAST_PATH: DWORD = 0x9800_0010;
 pub const SIO_CPU_AFFINITY: DWORD = 0x9800_0015;
 /// `WSAIoctl` code: the base provider's socket (`_WSAIOR(IOC_WS2, 34)`).
 pub const SIO_BASE_HANDLE: DWORD = 0x4800_0022;
-/// `WSAIoctl`/`ioctlsocket` code: non-blocking mode on/off (input `u_long`,
-/// 32 bits).
-pub const FIONBIO: DWORD = 0x8004_667E;
-/// `WSAIoctl`/`ioctlsocket` code: bytes ready to read (output `u_long`).
-pub const FIONREAD: DWORD = 0x4004_667F;
+/// `FIONBIO` as Windows numbers it (`_IOW('f', 126, u_long)`). The header
+/// gives C Linux's `FIONBIO` (<sys/ioctl.h>), so that `ioctl()` keeps
+/// working in the same program; `WSAIoctl` and `ioctlsocket` take both.
+pub(crate) const FIONBIO_WINDOWS: DWORD = 0x8004_667E;
+/// `FIONREAD` as Windows numbers it (`_IOR('f', 127, u_long)`).
+pub(crate) const FIONREAD_WINDOWS: DWORD = 0x4004_667F;
+/// Linux's `FIONBIO`.
+pub(crate) const FIONBIO_LINUX: DWORD = libc::FIONBIO as DWORD;
+/// Linux's `FIONREAD`.
+pub(crate) const FIONREAD_LINUX: DWORD = libc::FIONREAD as DWORD;
 
 /// `WSASocket` flag: the socket may be used for overlapped I/O (accepted
 /// and ignored: every call here completes before it returns).

@@ -2,7 +2,7 @@
 //! `WSASetLastError`, `closesocket`, and `WSAIoctl` with the three port
 //! reservation control codes.
 
-use std::ffi::{c_char, c_int};
+use std::ffi::{c_char, c_int, c_long, c_ulong};
 use std::os::fd::BorrowedFd;
 use std::ptr;
 
@@ -180,6 +180,54 @@ pub extern "C" fn closesocket(s: SOCKET) -> c_int {
             return SOCKET_ERROR; // errno set by close
         }
         0
+    })
+}
+
+/// Controls socket `s` the BSD way: `FIONBIO` (non-blocking mode on if
+/// `*argp` is not 0) and `FIONREAD` (`*argp` = the bytes ready to read),
+/// with Linux's values of the codes (<sys/ioctl.h>) or Windows'. Returns 0,
+/// or `SOCKET_ERROR` with `WSAENOTSOCK` (not an open socket), `WSAEFAULT`
+/// (`argp` NULL) or `WSAEOPNOTSUPP` (another code).
+///
+/// # Safety
+/// `argp` is NULL or points to a readable and writable `u_long`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ioctlsocket(s: SOCKET, cmd: c_long, argp: *mut c_ulong) -> c_int {
+    guard(socket_error_on_panic, || {
+        let result = (|| {
+            let (fd, _) = sock::socket(s)?;
+            // Windows' long is 32 bits: its codes arrive sign-extended.
+            let code = cmd as DWORD;
+            if !matches!(
+                code,
+                FIONBIO_WINDOWS | FIONBIO_LINUX | FIONREAD_WINDOWS | FIONREAD_LINUX
+            ) {
+                return Err(libc::EOPNOTSUPP);
+            }
+            if argp.is_null() {
+                return Err(libc::EFAULT);
+            }
+            let os = |e: rustix::io::Errno| e.raw_os_error();
+            if code == FIONBIO_WINDOWS || code == FIONBIO_LINUX {
+                // SAFETY: non-NULL (checked) and, by the caller's contract,
+                // a readable u_long; unaligned reads are allowed.
+                let on = unsafe { ptr::read_unaligned(argp) } != 0;
+                rustix::io::ioctl_fionbio(fd, on).map_err(os)
+            } else {
+                let n = rustix::io::ioctl_fionread(fd).map_err(os)?;
+                // SAFETY: non-NULL (checked) and, by the caller's contract,
+                // a writable u_long; unaligned writes are allowed.
+                unsafe { ptr::write_unaligned(argp, n as c_ulong) };
+                Ok(())
+            }
+        })();
+        match result {
+            Ok(()) => 0,
+            Err(e) => {
+                set_errno(e);
+                SOCKET_ERROR
+            }
+        }
     })
 }
 
@@ -361,6 +409,8 @@ pub unsafe extern "C" fn WSAIoctl(
                     // SAFETY: as just said; unaligned writes are allowed.
                     Out::U32(v) => unsafe { ptr::write_unaligned(lpvOutBuffer as *mut u32, v) },
                     // SAFETY: as just said; unaligned writes are allowed.
+                    Out::U64(v) => unsafe { ptr::write_unaligned(lpvOutBuffer as *mut u64, v) },
+                    // SAFETY: as just said; unaligned writes are allowed.
                     Out::Socket(v) => unsafe {
                         ptr::write_unaligned(lpvOutBuffer as *mut SOCKET, v)
                     },
@@ -399,6 +449,7 @@ enum Out {
     None,
     Instance(INET_PORT_RESERVATION_INSTANCE),
     U32(u32),
+    U64(u64),
     Socket(SOCKET),
 }
 
@@ -475,8 +526,8 @@ impl Ioctl {
     fn socket_control(&self, fd: BorrowedFd<'_>) -> Result<Output, c_int> {
         // (input bytes needed, output bytes needed)
         let (need_in, need_out) = match self.code {
-            FIONBIO => (4, 0),
-            FIONREAD | SIO_BASE_HANDLE => (0, 4),
+            FIONBIO_WINDOWS | FIONBIO_LINUX => (4, 0),
+            FIONREAD_WINDOWS | FIONREAD_LINUX | SIO_BASE_HANDLE => (0, 4),
             SIO_KEEPALIVE_VALS => (KEEPALIVE_SIZE, 0),
             SIO_CPU_AFFINITY => (2, 0),
             SIO_UDP_CONNRESET | SIO_UDP_NETRESET | SIO_LOOPBACK_FAST_PATH => (1, 0),
@@ -510,13 +561,22 @@ impl Ioctl {
         };
         let os = |e: rustix::io::Errno| e.raw_os_error();
         match self.code {
-            FIONBIO => {
-                rustix::io::ioctl_fionbio(fd, word(0) != 0).map_err(os)?;
+            FIONBIO_WINDOWS | FIONBIO_LINUX => {
+                // A u_long: 32 bits on Windows, 64 here; any non-zero byte
+                // of it is "on", whatever the size and byte order.
+                let size = (self.cb_in as usize).min(8);
+                let on = input[..size].iter().any(|b| *b != 0);
+                rustix::io::ioctl_fionbio(fd, on).map_err(os)?;
                 Ok((0, Out::None))
             }
-            FIONREAD => {
+            FIONREAD_WINDOWS | FIONREAD_LINUX => {
                 let n = rustix::io::ioctl_fionread(fd).map_err(os)?;
-                Ok((4, Out::U32(u32::try_from(n).unwrap_or(u32::MAX))))
+                if self.cb_out >= 8 {
+                    // Room for a Linux u_long.
+                    Ok((8, Out::U64(n)))
+                } else {
+                    Ok((4, Out::U32(u32::try_from(n).unwrap_or(u32::MAX))))
+                }
             }
             // There is no layered provider: the socket is its own base.
             SIO_BASE_HANDLE => Ok((4, Out::Socket(self.s))),

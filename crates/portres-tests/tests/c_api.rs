@@ -497,6 +497,35 @@ fn header_compiles_at_every_claimed_language_level_and_refuses_older_ones() {
         let (ok, out) = syntax_check(&shapes, compiler, &["-x", lang, &format!("-std={std}")]);
         assert!(!ok && out.contains(says), "-std={std}:\n{out}");
     }
+    // Linux's own headers, before and after it (IOC_IN, FIONBIO, u_long
+    // and the like are theirs).
+    let dir = open_tempdir();
+    let linux = "#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n\
+                 #include <wchar.h>\n#include <unistd.h>\n#include <fcntl.h>\n\
+                 #include <poll.h>\n#include <signal.h>\n#include <pthread.h>\n\
+                 #include <sys/types.h>\n#include <sys/ioctl.h>\n#include <sys/socket.h>\n\
+                 #include <sys/epoll.h>\n#include <sys/un.h>\n#include <netinet/in.h>\n\
+                 #include <netinet/tcp.h>\n#include <netinet/udp.h>\n#include <arpa/inet.h>\n\
+                 #include <net/if.h>\n#include <netdb.h>\n";
+    let ours = "#include <portres/winsock.h>\n";
+    let body = "int main(void) { u_long on = 1; return ioctlsocket(0, FIONBIO, &on); }\n";
+    for (name, text) in [
+        ("before.c", format!("{linux}{ours}{body}")),
+        ("after.c", format!("{ours}{linux}{body}")),
+    ] {
+        let tu = dir.path().join(name);
+        std::fs::write(&tu, text).unwrap();
+        for (compiler, flags) in [
+            ("cc", ["-x", "c", "-std=c11"]),
+            ("cc", ["-x", "c", "-std=gnu17"]),
+            ("c++", ["-x", "c++", "-std=c++17"]),
+        ] {
+            let mut flags = flags.to_vec();
+            flags.push("-Wpedantic");
+            let (ok, out) = syntax_check(&tu, compiler, &flags);
+            assert!(ok, "{name} {flags:?}:\n{out}");
+        }
+    }
     // The opt-outs: without the sockaddr typedefs C still compiles; without
     // the compat layer, int * for socklen_t * is an error in C++.
     let (ok, out) = syntax_check(

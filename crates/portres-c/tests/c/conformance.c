@@ -99,6 +99,8 @@ _Static_assert(sizeof(SOCKADDR_INET) == 28 && offsetof(SOCKADDR_INET, si_family)
                "SOCKADDR_INET");
 /* Control codes as Windows computes them. */
 _Static_assert(IOC_VENDOR == 0x18000000u && IOC_WS2 == 0x08000000u, "IOC_*");
+_Static_assert(_WSAIORW(IOC_WS2, 6) == 0xC8000006u && _WSAIO(IOC_VENDOR, 1) == 0x38000001u,
+               "_WSAIORW, _WSAIO");
 _Static_assert(_WSAIOW(IOC_VENDOR, 100) == SIO_ACQUIRE_PORT_RESERVATION, "_WSAIOW");
 _Static_assert(SIO_CPU_AFFINITY == 0x98000015u && SIO_UDP_CONNRESET == 0x9800000Cu
                    && SIO_UDP_NETRESET == 0x9800000Fu && SIO_LOOPBACK_FAST_PATH == 0x98000010u
@@ -107,7 +109,8 @@ _Static_assert(SIO_CPU_AFFINITY == 0x98000015u && SIO_UDP_CONNRESET == 0x9800000
 _Static_assert(SIO_BASE_HANDLE == 0x48000022u && SIO_GET_EXTENSION_FUNCTION_POINTER == 0xC8000006u
                    && _WSAIOR(IOC_WS2, 34) == SIO_BASE_HANDLE,
                "Winsock 2 codes");
-_Static_assert(FIONBIO == 0x8004667Eu && FIONREAD == 0x4004667Fu, "FIONBIO/FIONREAD");
+_Static_assert(FIONBIO == 0x5421 && FIONREAD == 0x541B, "Linux's FIONBIO/FIONREAD");
+_Static_assert(sizeof(u_long) == sizeof(unsigned long), "<sys/types.h>'s u_long");
 _Static_assert(WSA_IO_PENDING == 997 && WSA_FLAG_OVERLAPPED == 1
                    && WSA_FLAG_NO_HANDLE_INHERIT == 0x80,
                "WSA_IO_PENDING, WSA_FLAG_*");
@@ -740,7 +743,8 @@ static void test_socket_controls(void)
     DWORD n;
     int e;
 
-    /* FIONBIO, FIONREAD: Linux's own. */
+    /* FIONBIO, FIONREAD: Linux's own, under Linux's values (the header's)
+     * and Windows'. */
     CHECK(IOCTL(t, FIONBIO, &on, sizeof on, NULL, 0, 0) == 0
               && (fcntl(t, F_GETFL) & O_NONBLOCK),
           "FIONBIO on");
@@ -748,18 +752,43 @@ static void test_socket_controls(void)
     CHECK(IOCTL(t, FIONBIO, &on, sizeof on, NULL, 0, 0) == 0
               && !(fcntl(t, F_GETFL) & O_NONBLOCK),
           "FIONBIO off");
+    on = 1;
+    CHECK(IOCTL(t, 0x8004667Eu, &on, sizeof on, NULL, 0, 0) == 0
+              && (fcntl(t, F_GETFL) & O_NONBLOCK),
+          "Windows' FIONBIO");
+    {
+        u_long mode = 0;
+        CHECK(ioctlsocket(t, FIONBIO, &mode) == 0 && !(fcntl(t, F_GETFL) & O_NONBLOCK),
+              "ioctlsocket FIONBIO off");
+        mode = 1;
+        CHECK(ioctlsocket(t, (long) 0x8004667Eu, &mode) == 0 && (fcntl(t, F_GETFL) & O_NONBLOCK),
+              "ioctlsocket Windows' FIONBIO on");
+        CHECK(ioctlsocket(t, FIONBIO, NULL) == SOCKET_ERROR && WSAGetLastError() == WSAEFAULT,
+              "ioctlsocket NULL");
+        CHECK(ioctlsocket(t, (long) 0x40047307u /* Windows' SIOCATMARK */, &mode)
+                      == SOCKET_ERROR
+                  && WSAGetLastError() == WSAEOPNOTSUPP,
+              "ioctlsocket SIOCATMARK");
+        CHECK(ioctlsocket(-1, FIONBIO, &mode) == SOCKET_ERROR && WSAGetLastError() == WSAENOTSOCK,
+              "ioctlsocket on no socket");
+    }
     CHECK(IOCTL(t, FIONBIO, NULL, 4, NULL, 0, 0) == WSAEFAULT, "FIONBIO without input");
     CHECK(bind4(u, 0) == 0, "bind");
     {
         SOCKADDR_IN self;
+        u_long pending = 0;
         memset(&self, 0, sizeof self);
         self.sin_family = AF_INET;
         self.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         self.sin_port = htons((USHORT) port_of(u));
         CHECK(sendto(u, "abc", 3, 0, (SOCKADDR *) &self, sizeof self) == 3, "sendto self");
+        CHECK(ioctlsocket(u, FIONREAD, &pending) == 0 && pending == 3, "ioctlsocket FIONREAD");
+        pending = 0;
+        CHECK(IOCTL(u, FIONREAD, NULL, 0, &pending, sizeof pending, 8) == 0 && pending == 3,
+              "FIONREAD into a u_long: %lu", pending);
     }
-    CHECK(IOCTL(u, FIONREAD, NULL, 0, &avail, sizeof avail, 4) == 0 && avail == 3,
-          "FIONREAD: %u", avail);
+    CHECK(IOCTL(u, 0x4004667Fu, NULL, 0, &avail, sizeof avail, 4) == 0 && avail == 3,
+          "Windows' FIONREAD into a ULONG: %u", avail);
     CHECK(IOCTL(u, FIONREAD, NULL, 0, &avail, 2, 4) == WSAEINVAL, "FIONREAD short output");
 
     /* SIO_BASE_HANDLE: no layered provider, the socket is its own base. */
