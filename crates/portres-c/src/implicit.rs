@@ -184,9 +184,9 @@ fn real_sendmmsg(fd: c_int, msgs: *mut libc::mmsghdr, vlen: c_uint, flags: c_int
 /// used up), so the connection's source port is one of the block. If that
 /// bind fails, `connect` fails with `bind`'s errno (`EADDRINUSE`,
 /// `EADDRNOTAVAIL`, `EACCES`, `ENETDOWN`; `WSAGetLastError` gives the
-/// Winsock code) and the association stays. `AF_UNSPEC` (dissolving a UDP
-/// socket's association with its peer) and every other socket go to libc
-/// unchanged.
+/// Winsock code) and the association stays. A NULL or short address,
+/// `AF_UNSPEC` (dissolving a UDP socket's association with its peer) and
+/// every other socket go to libc unchanged.
 ///
 /// # Safety
 /// As `connect(2)`: `addr` points to `len` readable bytes.
@@ -199,14 +199,15 @@ pub unsafe extern "C" fn connect(
     if passthrough() {
         return real_connect(fd, addr, len);
     }
-    let family_size = std::mem::size_of::<libc::sa_family_t>();
-    let unspec = !addr.is_null()
-        && len as usize >= family_size
-        // SAFETY: the family's bytes are readable (len checked), by the
-        // caller's contract.
-        && c_int::from(unsafe { std::ptr::read_unaligned(&raw const (*addr).sa_family) })
-            == libc::AF_UNSPEC;
-    if unspec {
+    // No address (the kernel's EFAULT/EINVAL to report) or AF_UNSPEC: the
+    // call binds nothing, so it must not use the association up.
+    if addr.is_null() || (len as usize) < std::mem::size_of::<libc::sa_family_t>() {
+        return real_connect(fd, addr, len);
+    }
+    // SAFETY: the family's bytes are readable (len checked), by the
+    // caller's contract.
+    let family = unsafe { std::ptr::read_unaligned(&raw const (*addr).sa_family) };
+    if c_int::from(family) == libc::AF_UNSPEC {
         return real_connect(fd, addr, len);
     }
     after_implicit_bind(fd, Binds::Any, -1, || real_connect(fd, addr, len))

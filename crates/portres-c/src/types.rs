@@ -170,8 +170,9 @@ const _: () = {
     assert!(std::mem::size_of::<INET_PORT_RESERVATION_INSTANCE>() == 16);
     assert!(std::mem::offset_of!(INET_PORT_RESERVATION_INSTANCE, Token) == 8);
     assert!(std::mem::size_of::<WSADATA>() == 408);
-    assert!(std::mem::size_of::<WSAOVERLAPPED>() == 32);
-    assert!(std::mem::offset_of!(WSAOVERLAPPED, hEvent) == 24);
+    // Win64: 32 bytes, hEvent at 24.
+    assert!(std::mem::size_of::<WSAOVERLAPPED>() == 4 * std::mem::size_of::<usize>());
+    assert!(std::mem::offset_of!(WSAOVERLAPPED, hEvent) == 3 * std::mem::size_of::<usize>());
     assert!(std::mem::size_of::<INET_PORT_RESERVATION_INFORMATION>() == 4);
 };
 

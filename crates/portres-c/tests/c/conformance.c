@@ -645,12 +645,13 @@ static void test_implicit_bind(void)
     CHECK(!privileged(datagram_from(srv)), "plain datagram");
     close_(u);
 
-    /* A send on an unconnected TCP socket fails without using the
-     * association up. */
+    /* A send on an unconnected TCP socket, or a connect without an address,
+     * fails without using the association up. */
     c = tcp4();
     CHECK(associate(c, tcp.Token) == 0, "associate");
     CHECK(sendto(c, "x", 1, MSG_NOSIGNAL, NULL, 0) == -1 && port_of(c) == 0,
           "tcp send before connect: port %d", port_of(c));
+    CHECK(connect(c, NULL, 0) == SOCKET_ERROR && port_of(c) == 0, "connect without an address");
     CHECK(connect_(c, AF_INET, lport4) == 0 && privileged(port_of(c)), "then connect: %d",
           port_of(c));
     CHECK(privileged(accepted_from(l4)), "source port");
