@@ -1,15 +1,26 @@
 /*
  * examples/c/persistent_reservation.c: a persistent TCP port reservation,
  * the way the CreatePersistentTcpPortReservation reference page's example
- * does it on Windows: create the reservation, look its token up, associate
- * a socket with it, bind the socket to port 0, read the port with
- * getsockname, close the socket, delete the reservation. Must run as an
- * administrator of the portres daemon (root for the system daemon).
+ * does it on Windows: create the reservation, associate a socket with it,
+ * bind the socket to port 0, read the port with getsockname, close the
+ * socket, delete the reservation. Must run as an administrator of the
+ * portres daemon (root for the system daemon).
  *
- * Ported from Windows by changing only the includes (<portres/winsock.h>
- * instead of <windows.h>, <winsock2.h>, <mstcpip.h>, <ws2ipdef.h>,
- * <iphlpapi.h>), wmain/wprintf/_wtoi to main/printf/atoi, and %I64u to
- * %llu. Build:
+ * The page's program itself ports with the README's edits alone
+ * (examples/c/port-from-windows.sed; the test suite builds and runs it as
+ * it is). This version is a cleaned-up C rendering of it and differs
+ * beyond those edits in:
+ * - an added step: the token is also looked up with
+ *   LookupPersistentTcpPortReservation and compared with the one created;
+ * - the error codes printed with %lu and the token with %llu (the page:
+ *   %ld, %I64d), `resToken` initialised with 0 rather than { 0 };
+ * - the UNICODE/WIN32_LEAN_AND_MEAN defines dropped, the missing newline
+ *   of the usage text added, C comments, WSACleanup called once at the end
+ *   (the page calls it only when closesocket fails);
+ * - a non-zero exit status when any step fails (the page carries on and
+ *   returns 0 after a failed WSAStartup, associate, bind or getsockname),
+ *   so that the test suite can rely on it.
+ * Build:
  *     cc persistent_reservation.c -I include -L target/release -lportres
  * Usage: persistent_reservation <StartingPort> <NumberOfPorts>
  *     e.g. persistent_reservation 5000 20

@@ -5,9 +5,24 @@
  * the reservation, bind it to port 0, read the port with getsockname,
  * release the reservation, close both sockets.
  *
- * Ported from Windows by changing only the includes (<portres/winsock.h>
- * instead of <windows.h>, <winsock2.h>, <mstcpip.h>, <ws2ipdef.h>),
- * wmain/wprintf/_wtoi to main/printf/atoi, and %I64u to %llu. Build:
+ * The page's program itself ports with the README's edits alone
+ * (examples/c/port-from-windows.sed; the test suite builds and runs it as
+ * it is). This version is a cleaned-up C rendering of it and differs
+ * beyond those edits in:
+ * - the page's bug: it associates and binds the acquiring socket `sock`
+ *   and never uses the second socket `sockRes`; here `sockRes` is the one
+ *   associated and bound, as the page's text describes;
+ * - C's shape of INET_PORT_RESERVATION_INSTANCE (portRes.StartPort,
+ *   portRes.NumberOfPorts, portRes.Token as a ULONG64, as the Windows SDK
+ *   declares it for C; the page is C++: portRes.Reservation.StartPort),
+ *   the token printed with %llu, StartPort converted with ntohs (the page
+ *   uses htons, which computes the same);
+ * - the unused `status` and the UNICODE/WIN32_LEAN_AND_MEAN defines
+ *   dropped, the surplus printf argument and the missing newline of the
+ *   usage text fixed, C comments, flatter error handling;
+ * - a non-zero exit status when any step fails (the page returns 0 after
+ *   most failures), so that the test suite can rely on it.
+ * Build:
  *     cc runtime_reservation.c -I include -L target/release -lportres
  * Usage: runtime_reservation <family> <type> <protocol> <StartingPort> <NumberOfPorts>
  *     e.g. runtime_reservation 2 2 17 5000 20    (AF_INET, SOCK_DGRAM, UDP)
@@ -102,8 +117,8 @@ int main(int argc, char **argv)
     printf("WSAIoctl(SIO_ACQUIRE_PORT_RESERVATION) succeeded, bytesReturned = %u\n",
            bytesReturned);
     printf("  Starting port=%d,  Number of Ports=%d, Token=%llu\n",
-           ntohs(portRes.Reservation.StartPort),
-           portRes.Reservation.NumberOfPorts, portRes.Token.Token);
+           ntohs(portRes.StartPort),
+           portRes.NumberOfPorts, portRes.Token);
 
     /* A second socket takes its port from the reservation. */
     sockRes = socket(iFamily, iType, iProtocol);

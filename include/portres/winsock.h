@@ -13,12 +13,18 @@
  *     cc prog.c -I include -L target/release -lportres
  * The daemon is found through PORTRES_SOCKET, else the default sockets.
  *
- * bind(): libportres interposes the bind symbol. After
- * SIO_ASSOCIATE_PORT_RESERVATION on a socket, bind(s, address with port 0)
- * binds it to a free port of the reservation (through the daemon); every
- * other bind() is libc's, unchanged. This works in every file of the
- * program, with or without this header, as long as the program is linked
- * with -lportres (shared or static).
+ * Language levels: C11 or later, C++11 or later (older ones stop with an
+ * #error).
+ *
+ * bind(), connect(), listen(), sendto(), sendmsg(), sendmmsg(): libportres
+ * interposes these symbols. After SIO_ASSOCIATE_PORT_RESERVATION on a
+ * socket, bind(s, address with port 0) binds it to a free port of the
+ * reservation (through the daemon); connect() and listen(), and sendto(),
+ * sendmsg() and sendmmsg() on a UDP socket, first bind a still unbound
+ * associated socket that way (to the wildcard address of its family), then
+ * proceed. Every other call is libc's, unchanged. This works in every file
+ * of the program, with or without this header, as long as the program is
+ * linked with -lportres (shared or static).
  *
  * Runtime reservations live as long as the socket they were acquired on:
  * close it with closesocket() (close() leaves them until libportres next
@@ -34,11 +40,98 @@
 
 #include <stddef.h>
 #include <sys/types.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
 
 /* ---- hand-written: crates/portres-c/header/prelude.h ---- */
+
+/*
+ * Language levels: C11 or later (the SDK's C shape of
+ * INET_PORT_RESERVATION_INSTANCE and OVERLAPPED needs anonymous structure
+ * and union members; _Generic and _Static_assert are used below), C++11 or
+ * later (static_assert).
+ */
+#if defined(__cplusplus)
+#if __cplusplus < 201103L
+#error "portres/winsock.h needs C++11 or later"
+#endif
+#elif !defined(__STDC_VERSION__) || __STDC_VERSION__ < 201112L
+#error "portres/winsock.h needs C11 or later (-std=c11, gnu11 or newer)"
+#endif
+
+/*
+ * Windows' base types, with Windows' widths (LLP64: LONG, ULONG and DWORD
+ * are 32 bits, unlike Linux's long). WCHAR is wchar_t, which is 32 bits on
+ * Linux (16 on Windows).
+ */
+typedef unsigned char BYTE, UCHAR, BOOLEAN, *PBYTE, *LPBYTE;
+typedef char CHAR;
+typedef unsigned short WORD, USHORT, *PUSHORT;
+typedef int INT, BOOL, *PBOOL, *LPBOOL;
+typedef unsigned int UINT, ULONG, DWORD, *PULONG, *PDWORD, *LPDWORD;
+typedef int LONG, HRESULT;
+typedef long long LONG64, LONGLONG;
+typedef unsigned long long ULONG64, ULONGLONG, UINT64, *PULONG64;
+typedef void *PVOID, *LPVOID, *HANDLE;
+typedef unsigned long ULONG_PTR, *PULONG_PTR;
+typedef wchar_t WCHAR, *PWCHAR, *LPWSTR;
+typedef const wchar_t *LPCWSTR;
+typedef char *LPSTR;
+typedef const char *LPCSTR;
+/* Winsock's BSD names, as <sys/types.h> declares them with _DEFAULT_SOURCE
+ * (so u_long is 64 bits here, 32 on Windows). */
+typedef unsigned char u_char;
+typedef unsigned short u_short;
+typedef unsigned int u_int;
+typedef unsigned long u_long;
+#ifndef TRUE
+#define TRUE 1
+#endif
+#ifndef FALSE
+#define FALSE 0
+#endif
+
+/* A socket: on Linux, a file descriptor. */
+typedef int SOCKET;
+/* An event handle of an overlapped operation (unused on Linux). */
+typedef HANDLE WSAEVENT;
+/* A socket group of WSASocket (only 0, no group, is accepted). */
+typedef unsigned int GROUP;
+/* WSASocket's protocol information: only NULL is accepted, so the members
+ * are not declared. */
+typedef struct _WSAPROTOCOL_INFOW WSAPROTOCOL_INFOW, *LPWSAPROTOCOL_INFOW;
+typedef struct _WSAPROTOCOL_INFOA WSAPROTOCOL_INFOA, *LPWSAPROTOCOL_INFOA;
+
+/*
+ * Anonymous structure members are standard C11 but an extension in C++
+ * (GCC and Clang accept them; __extension__ keeps -Wpedantic quiet).
+ */
+#if defined(__cplusplus) && defined(__GNUC__)
+#define PORTRES_ANONYMOUS_STRUCT __extension__ struct
+#else
+#define PORTRES_ANONYMOUS_STRUCT struct
+#endif
+
+/*
+ * The overlapped-operation structure, Win64's 32-byte layout. libportres
+ * completes every call before it returns and never reads or writes it.
+ */
+typedef struct _OVERLAPPED {
+    ULONG_PTR Internal;
+    ULONG_PTR InternalHigh;
+    union {
+        PORTRES_ANONYMOUS_STRUCT {
+            DWORD Offset;
+            DWORD OffsetHigh;
+        };
+        PVOID Pointer;
+    };
+    HANDLE hEvent;
+} OVERLAPPED, *LPOVERLAPPED;
+typedef OVERLAPPED WSAOVERLAPPED;
+typedef struct _OVERLAPPED *LPWSAOVERLAPPED;
 
 /* Socket address types under their Windows names. */
 typedef struct sockaddr SOCKADDR, *PSOCKADDR, *LPSOCKADDR;
@@ -48,6 +141,13 @@ typedef struct sockaddr_storage SOCKADDR_STORAGE, *PSOCKADDR_STORAGE;
 typedef struct in_addr IN_ADDR;
 typedef struct in6_addr IN6_ADDR;
 typedef unsigned short ADDRESS_FAMILY;
+
+/* An IPv4 or IPv6 socket address (ws2ipdef.h). */
+typedef union _SOCKADDR_INET {
+    SOCKADDR_IN Ipv4;
+    SOCKADDR_IN6 Ipv6;
+    ADDRESS_FAMILY si_family;
+} SOCKADDR_INET, *PSOCKADDR_INET;
 
 #if !defined(__cplusplus) && !defined(PORTRES_NO_SOCKADDR_TYPEDEFS)
 /*
@@ -65,10 +165,72 @@ typedef struct sockaddr_storage sockaddr_storage;
 #define INVALID_SOCKET (-1)
 #define SOCKET_ERROR (-1)
 
-/* WSAIoctl control codes of port reservations (_WSAIOW(IOC_VENDOR, 100..102)). */
-#define SIO_ACQUIRE_PORT_RESERVATION 0x98000064u
-#define SIO_RELEASE_PORT_RESERVATION 0x98000065u
-#define SIO_ASSOCIATE_PORT_RESERVATION 0x98000066u
+/* The token no reservation has. */
+#define INVALID_PORT_RESERVATION_TOKEN ((ULONG64)0)
+
+/*
+ * WSAIoctl control code construction (winsock2.h). IOC_IN, IOC_OUT and
+ * IOC_INOUT are left to Linux's <sys/ioctl.h>, whose values differ
+ * (Linux's IOC_IN is Windows' IOC_OUT): build codes with _WSAIOW,
+ * _WSAIOR and _WSAIORW, which give Windows' values.
+ */
+#define IOCPARM_MASK 0x7f
+#define IOC_VOID 0x20000000u
+#define IOC_UNIX 0x00000000u
+#define IOC_WS2 0x08000000u
+#define IOC_PROTOCOL 0x10000000u
+#define IOC_VENDOR 0x18000000u
+#define _WSAIO(x, y) (0x20000000u | (x) | (y))
+#define _WSAIOR(x, y) (0x40000000u | (x) | (y))
+#define _WSAIOW(x, y) (0x80000000u | (x) | (y))
+#define _WSAIORW(x, y) (0xC0000000u | (x) | (y))
+
+/*
+ * WSAIoctl control codes. Implemented: the three port reservation codes;
+ * SIO_KEEPALIVE_VALS, FIONBIO, FIONREAD, SIO_BASE_HANDLE and
+ * SIO_CPU_AFFINITY (each mapped to Linux); SIO_UDP_CONNRESET,
+ * SIO_UDP_NETRESET and SIO_LOOPBACK_FAST_PATH (accepted, nothing to do on
+ * Linux). Every other code fails with WSAEOPNOTSUPP; the ones below are
+ * named so that code using them compiles (see WSAIoctl).
+ */
+#define SIO_ACQUIRE_PORT_RESERVATION _WSAIOW(IOC_VENDOR, 100)
+#define SIO_RELEASE_PORT_RESERVATION _WSAIOW(IOC_VENDOR, 101)
+#define SIO_ASSOCIATE_PORT_RESERVATION _WSAIOW(IOC_VENDOR, 102)
+#define SIO_KEEPALIVE_VALS _WSAIOW(IOC_VENDOR, 4)
+#define SIO_UDP_CONNRESET _WSAIOW(IOC_VENDOR, 12)
+#define SIO_UDP_NETRESET _WSAIOW(IOC_VENDOR, 15)
+#define SIO_LOOPBACK_FAST_PATH _WSAIOW(IOC_VENDOR, 16)
+#define SIO_CPU_AFFINITY _WSAIOW(IOC_VENDOR, 21)
+#define SIO_SET_PORT_SHARING_PER_PROC_SOCKET _WSAIOW(IOC_VENDOR, 21)
+#define SIO_BASE_HANDLE _WSAIOR(IOC_WS2, 34)
+#define SIO_GET_EXTENSION_FUNCTION_POINTER _WSAIORW(IOC_WS2, 6)
+#define SIO_GET_MULTIPLE_EXTENSION_FUNCTION_POINTER _WSAIORW(IOC_WS2, 36)
+#define SIO_ADDRESS_LIST_QUERY _WSAIOR(IOC_WS2, 22)
+#define SIO_ROUTING_INTERFACE_QUERY _WSAIORW(IOC_WS2, 20)
+#define SIO_RCVALL _WSAIOW(IOC_VENDOR, 1)
+#define SIO_TCP_INFO _WSAIORW(IOC_VENDOR, 39)
+/*
+ * FIONBIO and FIONREAD are Linux's (<sys/ioctl.h>), so that ioctl() keeps
+ * working in the same program; WSAIoctl and ioctlsocket also take
+ * Windows' values (0x8004667E, 0x4004667F).
+ */
+
+/* Input of SIO_KEEPALIVE_VALS (mstcpip.h): times in milliseconds. */
+struct tcp_keepalive {
+    ULONG onoff;
+    ULONG keepalivetime;
+    ULONG keepaliveinterval;
+};
+
+/* WSASocket flags. */
+#define WSA_FLAG_OVERLAPPED 0x01
+#define WSA_FLAG_MULTIPOINT_C_ROOT 0x02
+#define WSA_FLAG_MULTIPOINT_C_LEAF 0x04
+#define WSA_FLAG_MULTIPOINT_D_ROOT 0x08
+#define WSA_FLAG_MULTIPOINT_D_LEAF 0x10
+#define WSA_FLAG_ACCESS_SYSTEM_SECURITY 0x40
+#define WSA_FLAG_NO_HANDLE_INHERIT 0x80
+#define WSA_FLAG_REGISTERED_IO 0x100
 
 /* Calling-convention and pointer-size keywords: nothing on Linux. */
 #ifndef WINAPI
@@ -83,8 +245,6 @@ typedef struct sockaddr_storage sockaddr_storage;
     ((WORD)(((BYTE)((low) & 0xff)) | (((WORD)((BYTE)((high) & 0xff))) << 8)))
 #define LOBYTE(w) ((BYTE)((w) & 0xff))
 #define HIBYTE(w) ((BYTE)(((w) >> 8) & 0xff))
-
-/* ---- generated from crates/portres-c/src ---- */
 
 
 /**
@@ -333,29 +493,20 @@ typedef struct sockaddr_storage sockaddr_storage;
 #define WSASYSCALLFAILURE 10107
 
 /**
- * An unsigned 32-bit integer (Windows' `ULONG`).
+ * An overlapped operation will complete later (never returned here: every
+ * call completes before it returns).
  */
-typedef unsigned int ULONG;
+#define WSA_IO_PENDING 997
 
 /**
- * An unsigned 16-bit integer.
+ * An overlapped operation is not complete yet (never returned here).
  */
-typedef unsigned short USHORT;
+#define WSA_IO_INCOMPLETE 996
 
 /**
- * An unsigned 64-bit integer.
+ * An overlapped operation was cancelled (never returned here).
  */
-typedef unsigned long long ULONG64;
-
-/**
- * A pointer to a `ULONG64`.
- */
-typedef ULONG64 *PULONG64;
-
-/**
- * An unsigned 16-bit integer.
- */
-typedef unsigned short WORD;
+#define WSA_OPERATION_ABORTED 995
 
 /**
  * What `WSAStartup` reports (64-bit Windows layout).
@@ -398,64 +549,6 @@ typedef struct WSADATA {
 typedef struct WSADATA *LPWSADATA;
 
 /**
- * A socket: on Linux, a file descriptor.
- */
-typedef int SOCKET;
-
-/**
- * An unsigned 32-bit integer (Windows' `DWORD`; `unsigned long` there,
- * which is 32 bits on Windows).
- */
-typedef unsigned int DWORD;
-
-/**
- * A pointer to anything.
- */
-typedef void *LPVOID;
-
-/**
- * A pointer to a `DWORD`.
- */
-typedef DWORD *LPDWORD;
-
-/**
- * An event handle of an overlapped operation (unused on Linux).
- */
-typedef void *WSAEVENT;
-
-/**
- * The overlapped-operation structure. libportres completes every call
- * synchronously and never reads or writes it (see `WSAIoctl`).
- */
-typedef struct WSAOVERLAPPED {
-    /**
-     * Reserved.
-     */
-    DWORD Internal;
-    /**
-     * Reserved.
-     */
-    DWORD InternalHigh;
-    /**
-     * Reserved.
-     */
-    DWORD Offset;
-    /**
-     * Reserved.
-     */
-    DWORD OffsetHigh;
-    /**
-     * An event to signal at completion (not supported on Linux).
-     */
-    WSAEVENT hEvent;
-} WSAOVERLAPPED;
-
-/**
- * A pointer to a `WSAOVERLAPPED`.
- */
-typedef struct WSAOVERLAPPED *LPWSAOVERLAPPED;
-
-/**
  * A completion routine for overlapped operations (not supported: passing
  * one to `WSAIoctl` fails with `WSAEOPNOTSUPP`).
  */
@@ -463,11 +556,6 @@ typedef void (*LPWSAOVERLAPPED_COMPLETION_ROUTINE)(DWORD dwError,
                                                    DWORD cbTransferred,
                                                    LPWSAOVERLAPPED lpOverlapped,
                                                    DWORD dwFlags);
-
-/**
- * An unsigned 8-bit integer.
- */
-typedef unsigned char BYTE;
 
 /**
  * A block of ports: the input of `SIO_ACQUIRE_PORT_RESERVATION`.
@@ -501,19 +589,15 @@ typedef struct INET_PORT_RESERVATION_TOKEN {
 } INET_PORT_RESERVATION_TOKEN;
 
 /**
- * A reservation and its token: the output of
- * `SIO_ACQUIRE_PORT_RESERVATION` (16 bytes, `Token` at offset 8).
+ * Information about a runtime reservation, as the Windows SDK declares
+ * it (no libportres call fills it).
  */
-typedef struct INET_PORT_RESERVATION_INSTANCE {
+typedef struct INET_PORT_RESERVATION_INFORMATION {
     /**
-     * The block reserved (`StartPort` in network byte order).
+     * The process that holds the reservation.
      */
-    INET_PORT_RESERVATION Reservation;
-    /**
-     * Its token.
-     */
-    struct INET_PORT_RESERVATION_TOKEN Token;
-} INET_PORT_RESERVATION_INSTANCE;
+    ULONG OwningPid;
+} INET_PORT_RESERVATION_INFORMATION;
 
 /**
  * Success (the persistent-reservation functions).
@@ -682,11 +766,62 @@ void WSASetLastError(int iError);
 int closesocket(SOCKET s);
 
 /**
+ * Controls socket `s` the BSD way: `FIONBIO` (non-blocking mode on if
+ * `*argp` is not 0) and `FIONREAD` (`*argp` = the bytes ready to read),
+ * with Linux's values of the codes (<sys/ioctl.h>) or Windows'. Returns 0,
+ * or `SOCKET_ERROR` with `WSAENOTSOCK` (not an open socket), `WSAEFAULT`
+ * (`argp` NULL) or `WSAEOPNOTSUPP` (another code).
+ *
+ * # Safety
+ * `argp` is NULL or points to a readable and writable `u_long`.
+ */
+int ioctlsocket(SOCKET s,
+                long cmd,
+                unsigned long *argp);
+
+/**
+ * Creates a socket, as `socket(af, type, protocol)`. `dwFlags`:
+ * `WSA_FLAG_OVERLAPPED` is accepted and ignored (every call here completes
+ * before it returns, as for `lpOverlapped`); `WSA_FLAG_NO_HANDLE_INHERIT`
+ * makes the socket close-on-exec. Fails with `INVALID_SOCKET` and
+ * `WSAEINVAL` for a non-NULL `lpProtocolInfo`, a group other than 0 or any
+ * other flag; otherwise as `socket()` (`WSAEAFNOSUPPORT`, ...).
+ * `lpProtocolInfo` is only compared with NULL.
+ */
+SOCKET WSASocketW(int af,
+                  int type,
+                  int protocol,
+                  LPWSAPROTOCOL_INFOW lpProtocolInfo,
+                  GROUP g,
+                  DWORD dwFlags);
+
+/**
+ * `WSASocketW` (the protocol information, which would differ, must be
+ * NULL).
+ */
+SOCKET WSASocketA(int af,
+                  int type,
+                  int protocol,
+                  LPWSAPROTOCOL_INFOA lpProtocolInfo,
+                  GROUP g,
+                  DWORD dwFlags);
+
+/**
  * Performs a control operation on socket `s`: the port reservation codes
  * `SIO_ACQUIRE_PORT_RESERVATION`, `SIO_RELEASE_PORT_RESERVATION` and
- * `SIO_ASSOCIATE_PORT_RESERVATION`, as Windows documents them.
+ * `SIO_ASSOCIATE_PORT_RESERVATION`, as Windows documents them; and the
+ * socket controls Windows code relies on, done the Linux way: `FIONBIO`,
+ * `FIONREAD`, `SIO_KEEPALIVE_VALS` (TCP: `SO_KEEPALIVE`, `TCP_KEEPIDLE`,
+ * `TCP_KEEPINTVL` in whole seconds), `SIO_CPU_AFFINITY` (`SO_INCOMING_CPU`),
+ * `SIO_BASE_HANDLE` (`s` itself), and `SIO_UDP_CONNRESET`,
+ * `SIO_UDP_NETRESET` (UDP) and `SIO_LOOPBACK_FAST_PATH` (TCP), accepted
+ * with nothing to do on Linux. For those: `WSAEFAULT` without the input
+ * or output buffer they need, `WSAEINVAL` for one too small or a socket
+ * of another protocol; the byte count is the output's size (0 without
+ * output).
  *
- * Returns 0, or `SOCKET_ERROR` with the error for `WSAGetLastError`:
+ * For the port reservation codes, returns 0, or `SOCKET_ERROR` with the
+ * error for `WSAGetLastError`:
  * - `WSAENOTSOCK`: `s` is not an open socket;
  * - `WSAEOPNOTSUPP`: another control code; `s` is not a TCP or UDP socket
  *   over IPv4/IPv6; a completion routine was given;
@@ -747,7 +882,33 @@ int WSAIoctl(SOCKET s,
 typedef INET_PORT_RANGE *PINET_PORT_RANGE;
 typedef INET_PORT_RESERVATION *PINET_PORT_RESERVATION;
 typedef INET_PORT_RESERVATION_TOKEN *PINET_PORT_RESERVATION_TOKEN;
-typedef INET_PORT_RESERVATION_INSTANCE *PINET_PORT_RESERVATION_INSTANCE;
+typedef INET_PORT_RESERVATION_INFORMATION *PINET_PORT_RESERVATION_INFORMATION;
+
+/*
+ * A reservation and its token: the output of SIO_ACQUIRE_PORT_RESERVATION
+ * (16 bytes, the token at offset 8; StartPort in network byte order).
+ * Declared as the Windows SDK (mstcpip.h) declares it: C++ code names the
+ * members (res.Reservation.StartPort, res.Token.Token, &res.Token); C code
+ * sees them anonymous (res.StartPort, res.NumberOfPorts, and res.Token, a
+ * ULONG64). Beyond the SDK, C may also write res.Reservation (the same
+ * four bytes), so C++-style code such as the reference page's example
+ * compiles as C too.
+ */
+typedef struct INET_PORT_RESERVATION_INSTANCE {
+#ifdef __cplusplus
+    INET_PORT_RESERVATION Reservation;
+    INET_PORT_RESERVATION_TOKEN Token;
+#else
+    union {
+        struct {
+            USHORT StartPort;
+            USHORT NumberOfPorts;
+        };
+        INET_PORT_RESERVATION Reservation;
+    };
+    ULONG64 Token;
+#endif
+} INET_PORT_RESERVATION_INSTANCE, *PINET_PORT_RESERVATION_INSTANCE;
 
 /* Windows' layouts, checked at compile time. */
 #ifdef __cplusplus
@@ -761,7 +922,31 @@ PORTRES_STATIC_ASSERT(sizeof(INET_PORT_RESERVATION_INSTANCE) == 16,
                       "INET_PORT_RESERVATION_INSTANCE is 16 bytes");
 PORTRES_STATIC_ASSERT(offsetof(INET_PORT_RESERVATION_INSTANCE, Token) == 8,
                       "the instance's Token is at offset 8");
+#ifdef __cplusplus
+PORTRES_STATIC_ASSERT(offsetof(INET_PORT_RESERVATION_INSTANCE, Reservation) == 0,
+                      "the instance's Reservation is at offset 0");
+#else
+PORTRES_STATIC_ASSERT(offsetof(INET_PORT_RESERVATION_INSTANCE, StartPort) == 0 &&
+                          offsetof(INET_PORT_RESERVATION_INSTANCE, NumberOfPorts) == 2 &&
+                          offsetof(INET_PORT_RESERVATION_INSTANCE, Reservation) == 0 &&
+                          sizeof(((INET_PORT_RESERVATION_INSTANCE *)0)->Token) == 8,
+                      "the instance's StartPort, NumberOfPorts at 0 and 2, Token a ULONG64");
+#endif
+PORTRES_STATIC_ASSERT(sizeof(INET_PORT_RESERVATION_INFORMATION) == 4,
+                      "INET_PORT_RESERVATION_INFORMATION is 4 bytes");
+PORTRES_STATIC_ASSERT(sizeof(OVERLAPPED) == 4 * sizeof(void *) &&
+                          offsetof(OVERLAPPED, hEvent) == 3 * sizeof(void *),
+                      "OVERLAPPED has Windows' layout (32 bytes on 64-bit)");
+PORTRES_STATIC_ASSERT(sizeof(SOCKADDR_INET) == 28, "SOCKADDR_INET is 28 bytes");
 #undef PORTRES_STATIC_ASSERT
+
+/* WSASocket: the W or A form, as UNICODE says (both take only NULL protocol
+ * information, so they behave alike). */
+#ifdef UNICODE
+#define WSASocket WSASocketW
+#else
+#define WSASocket WSASocketA
+#endif
 
 /*
  * Winsock passes address lengths as int *, POSIX as socklen_t *: accept

@@ -13,12 +13,18 @@
  *     cc prog.c -I include -L target/release -lportres
  * The daemon is found through PORTRES_SOCKET, else the default sockets.
  *
- * bind(): libportres interposes the bind symbol. After
- * SIO_ASSOCIATE_PORT_RESERVATION on a socket, bind(s, address with port 0)
- * binds it to a free port of the reservation (through the daemon); every
- * other bind() is libc's, unchanged. This works in every file of the
- * program, with or without this header, as long as the program is linked
- * with -lportres (shared or static).
+ * Language levels: C11 or later, C++11 or later (older ones stop with an
+ * #error).
+ *
+ * bind(), connect(), listen(), sendto(), sendmsg(), sendmmsg(): libportres
+ * interposes these symbols. After SIO_ASSOCIATE_PORT_RESERVATION on a
+ * socket, bind(s, address with port 0) binds it to a free port of the
+ * reservation (through the daemon); connect() and listen(), and sendto(),
+ * sendmsg() and sendmmsg() on a UDP socket, first bind a still unbound
+ * associated socket that way (to the wildcard address of its family), then
+ * proceed. Every other call is libc's, unchanged. This works in every file
+ * of the program, with or without this header, as long as the program is
+ * linked with -lportres (shared or static).
  *
  * Runtime reservations live as long as the socket they were acquired on:
  * close it with closesocket() (close() leaves them until libportres next

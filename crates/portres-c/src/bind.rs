@@ -6,40 +6,58 @@
 //! daemon to a free port of the reservation; every other call goes to the
 //! next `bind` in line (libc's), untouched.
 
-use std::ffi::{c_int, c_void};
+use std::ffi::{CStr, c_int, c_void};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::BorrowedFd;
 use std::sync::OnceLock;
 
 use portres_client::ErrorCode;
 
-use crate::errors::{errno_for, guard, set_errno};
+use crate::errors::{errno_for, guard, inside_libportres, set_errno};
 use crate::sock;
-use crate::state::{self, state, with_default};
+use crate::state::{self, Assoc, state, with_default};
 
 type BindFn = unsafe extern "C" fn(c_int, *const libc::sockaddr, libc::socklen_t) -> c_int;
 
-/// The `bind` that follows ours in symbol resolution (libc's), if found.
-fn next_bind() -> Option<BindFn> {
-    static NEXT: OnceLock<Option<BindFn>> = OnceLock::new();
-    *NEXT.get_or_init(|| {
-        // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name has no
-        // other precondition.
-        let p = unsafe { libc::dlsym(libc::RTLD_NEXT, c"bind".as_ptr()) };
-        let ours = bind as BindFn as *mut c_void;
-        if p.is_null() || p == ours {
-            return None;
-        }
-        // SAFETY: the symbol named "bind" after ours is libc's bind (or
-        // another interposer of it), whose type is BindFn.
-        Some(unsafe { std::mem::transmute::<*mut c_void, BindFn>(p) })
-    })
+/// The definition of a libc function that follows ours in symbol resolution
+/// (libc's, or another interposer's), looked up once with
+/// `dlsym(RTLD_NEXT)`. `None` when there is none (a fully static program
+/// without dlsym): the caller then makes the system call itself.
+pub(crate) struct NextSymbol {
+    name: &'static CStr,
+    found: OnceLock<Option<usize>>,
 }
 
+impl NextSymbol {
+    pub(crate) const fn new(name: &'static CStr) -> NextSymbol {
+        NextSymbol {
+            name,
+            found: OnceLock::new(),
+        }
+    }
+
+    /// The address of the next definition; `ours` is this library's own
+    /// (never returned, so a lookup that finds ourselves cannot recurse).
+    pub(crate) fn get(&self, ours: *mut c_void) -> Option<*mut c_void> {
+        let found = *self.found.get_or_init(|| {
+            // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name has no
+            // other precondition.
+            let p = unsafe { libc::dlsym(libc::RTLD_NEXT, self.name.as_ptr()) };
+            (!p.is_null() && p != ours).then_some(p as usize)
+        });
+        found.map(|p| p as *mut c_void)
+    }
+}
+
+static NEXT_BIND: NextSymbol = NextSymbol::new(c"bind");
+
 fn real_bind(fd: c_int, addr: *const libc::sockaddr, len: libc::socklen_t) -> c_int {
-    match next_bind() {
-        // SAFETY: the caller's arguments, passed on unchanged to the real
-        // bind, which validates them as the kernel does.
-        Some(f) => unsafe { f(fd, addr, len) },
+    match NEXT_BIND.get(bind as BindFn as *mut c_void) {
+        // SAFETY: the symbol named "bind" after ours is libc's bind (or
+        // another interposer of it), whose type is BindFn; the caller's
+        // arguments are passed on unchanged to it, and it validates them as
+        // the kernel does.
+        Some(p) => unsafe { std::mem::transmute::<*mut c_void, BindFn>(p)(fd, addr, len) },
         // A fully static program without dlsym: the system call itself.
         // SAFETY: as above; the kernel validates the arguments.
         None => unsafe { libc::syscall(libc::SYS_bind, fd, addr, len) as c_int },
@@ -135,7 +153,7 @@ pub unsafe extern "C" fn bind(
     addr: *const libc::sockaddr,
     len: libc::socklen_t,
 ) -> c_int {
-    if !state::any_association() {
+    if !state::any_association() || inside_libportres() {
         return real_bind(fd, addr, len);
     }
     guard(
@@ -169,39 +187,55 @@ pub unsafe extern "C" fn bind(
                 set_errno(libc::EBADF);
                 return -1;
             };
-            // The session that acquired the token, else the default
-            // connection (persistent reservations; portres exec's).
-            let holder = state()
-                .holder_of(assoc.token)
-                .map(|(fd, s)| (fd, s.client.clone()));
-            let result = match holder {
-                Some((holder_fd, c)) => {
-                    let r = c.bind_fd(assoc.token, borrowed, ip);
-                    if matches!(&r, Err(e) if e.code == ErrorCode::DaemonUnavailable) {
-                        // That session died with its daemon, and with it
-                        // the reservation.
-                        let dead = state().sessions.remove(&holder_fd);
-                        state::end_sessions(dead.into_iter().collect());
-                        set_errno(libc::EADDRNOTAVAIL);
-                        return -1;
-                    }
-                    r
-                }
-                None => with_default(|c| c.bind_fd(assoc.token, borrowed, ip)),
-            };
-            match result {
-                Ok(_port) => {
-                    state().dissociate(fd);
-                    0
-                }
+            match bind_reserved(fd, assoc, borrowed, ip) {
+                Ok(()) => 0,
                 Err(e) => {
-                    set_errno(match e.code {
-                        ErrorCode::NotFound => libc::EADDRNOTAVAIL,
-                        code => errno_for(code),
-                    });
+                    set_errno(e);
                     -1
                 }
             }
         },
     )
+}
+
+/// Has the daemon bind socket `fd` (associated as `assoc`) to `ip` and a
+/// free port of the reservation, and ends the association. The errno
+/// values are `bind`'s: every port bound → `EADDRINUSE`; the reservation
+/// no longer exists → `EADDRNOTAVAIL`; not allowed → `EACCES`; no daemon →
+/// `ENETDOWN`. On failure the association stays.
+pub(crate) fn bind_reserved(
+    fd: c_int,
+    assoc: Assoc,
+    borrowed: BorrowedFd<'_>,
+    ip: IpAddr,
+) -> Result<(), c_int> {
+    // The session that acquired the token, else the default connection
+    // (persistent reservations; portres exec's).
+    let holder = state()
+        .holder_of(assoc.token)
+        .map(|(fd, s)| (fd, s.client.clone()));
+    let result = match holder {
+        Some((holder_fd, c)) => {
+            let r = c.bind_fd(assoc.token, borrowed, ip);
+            if matches!(&r, Err(e) if e.code == ErrorCode::DaemonUnavailable) {
+                // That session died with its daemon, and with it the
+                // reservation.
+                let dead = state().sessions.remove(&holder_fd);
+                state::end_sessions(dead.into_iter().collect());
+                return Err(libc::EADDRNOTAVAIL);
+            }
+            r
+        }
+        None => with_default(|c| c.bind_fd(assoc.token, borrowed, ip)),
+    };
+    match result {
+        Ok(_port) => {
+            state().dissociate(fd);
+            Ok(())
+        }
+        Err(e) => Err(match e.code {
+            ErrorCode::NotFound => libc::EADDRNOTAVAIL,
+            code => errno_for(code),
+        }),
+    }
 }

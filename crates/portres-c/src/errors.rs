@@ -4,6 +4,7 @@
 //! mapping of the daemon's error codes to errno values (Winsock functions,
 //! `bind`) and to Win32 `ERROR_*` codes (persistent-reservation functions).
 
+use std::cell::Cell;
 use std::ffi::c_int;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -114,11 +115,34 @@ pub(crate) fn win32_code(code: ErrorCode) -> ULONG {
     }
 }
 
+thread_local! {
+    /// How many exported libportres functions this thread is inside.
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Whether this thread is running libportres code: then a call of one of
+/// the interposed socket functions (`connect`, `sendmsg`, ... on the daemon
+/// connection) comes from libportres itself and must go straight to libc.
+pub(crate) fn inside_libportres() -> bool {
+    DEPTH.with(|d| d.get() != 0)
+}
+
 /// Runs `f`, never letting a panic cross into C: a panic yields
 /// `on_panic()` instead (a bug in libportres; the panic message has already
-/// gone to stderr).
+/// gone to stderr). While `f` runs, `inside_libportres()` is true on this
+/// thread.
 pub(crate) fn guard<R>(on_panic: impl FnOnce() -> R, f: impl FnOnce() -> R) -> R {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    struct Inside;
+    impl Drop for Inside {
+        fn drop(&mut self) {
+            DEPTH.with(|d| d.set(d.get() - 1));
+        }
+    }
+    DEPTH.with(|d| d.set(d.get() + 1));
+    let inside = Inside;
+    let r = catch_unwind(AssertUnwindSafe(f));
+    drop(inside);
+    match r {
         Ok(r) => r,
         Err(_) => on_panic(),
     }
@@ -169,5 +193,8 @@ mod tests {
     fn guard_turns_a_panic_into_the_error_value() {
         let r = guard(|| -7, || -> i32 { panic!("boom") });
         assert_eq!(r, -7);
+        assert!(!inside_libportres(), "a panic leaves the thread outside");
+        assert!(guard(|| false, || guard(|| false, inside_libportres)));
+        assert!(!inside_libportres());
     }
 }

@@ -5,10 +5,13 @@
 //!
 //! - `types`: the Windows types, structures and constants;
 //! - `winsock`: `WSAStartup`, `WSACleanup`, `WSAGetLastError`,
-//!   `WSASetLastError`, `closesocket`, `WSAIoctl` (acquire, release,
-//!   associate);
+//!   `WSASetLastError`, `WSASocketW`/`WSASocketA`, `closesocket`,
+//!   `WSAIoctl` (acquire, release, associate, and the socket controls
+//!   Windows code relies on);
 //! - `bind`: the `bind()` interposer that binds associated sockets into
-//!   their reservation;
+//!   their reservation; `implicit`: the same for the calls that bind a
+//!   socket implicitly (`connect`, `listen`, `sendto`, `sendmsg`,
+//!   `sendmmsg`);
 //! - `persistent`: `Create/Delete/LookupPersistent{Tcp,Udp}PortReservation`;
 //! - `state`: sessions per acquiring socket, associations, the default
 //!   connection; `sock`: inspecting descriptors; `errors`: errno, Winsock
@@ -21,6 +24,7 @@
 
 mod bind;
 mod errors;
+mod implicit;
 mod persistent;
 mod sock;
 mod state;
@@ -28,5 +32,6 @@ pub mod types;
 mod winsock;
 
 pub use bind::bind;
+pub use implicit::{connect, listen, sendmmsg, sendmsg, sendto};
 pub use persistent::*;
 pub use winsock::*;

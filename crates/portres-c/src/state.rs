@@ -7,7 +7,8 @@
 //!   reservations: Windows' "a runtime reservation lives as long as the
 //!   socket it was acquired on".
 //! - **associations**: socket → token, set by `SIO_ASSOCIATE_PORT_RESERVATION`
-//!   and consumed by the next `bind()` to port 0.
+//!   and consumed by the next `bind()` to port 0 (or implicit bind:
+//!   `connect`, `listen`, a UDP send).
 //! - **the default client**: one shared connection for everything else
 //!   (persistent reservations, binding into tokens this process did not
 //!   acquire, e.g. under `portres exec`), made on first use and remade when

@@ -9,6 +9,9 @@
 
 use std::ffi::{c_char, c_int, c_uchar, c_uint, c_ulonglong, c_ushort, c_void};
 
+// The base types below are written in the header by hand (header/prelude.h,
+// Windows' forms and order); cbindgen.toml excludes them.
+
 /// An unsigned 8-bit integer.
 pub type BYTE = c_uchar;
 /// An unsigned 16-bit integer.
@@ -32,6 +35,17 @@ pub type LPDWORD = *mut DWORD;
 pub type SOCKET = c_int;
 /// An event handle of an overlapped operation (unused on Linux).
 pub type WSAEVENT = *mut c_void;
+/// A handle (unused on Linux but for its width).
+pub type HANDLE = *mut c_void;
+/// A pointer-sized unsigned integer.
+pub type ULONG_PTR = usize;
+/// A socket group of `WSASocket` (only 0, no group, is accepted).
+pub type GROUP = c_uint;
+/// `WSASocketW`'s protocol information: only NULL is accepted, so the
+/// header declares the structure without its members.
+pub type LPWSAPROTOCOL_INFOW = *mut c_void;
+/// `WSASocketA`'s protocol information (see `LPWSAPROTOCOL_INFOW`).
+pub type LPWSAPROTOCOL_INFOA = *mut c_void;
 
 /// What `socket()` returns on failure. (In the header: header/prelude.h.)
 pub const INVALID_SOCKET: SOCKET = -1;
@@ -68,23 +82,27 @@ pub struct WSADATA {
 /// A pointer to a `WSADATA`.
 pub type LPWSADATA = *mut WSADATA;
 
-/// The overlapped-operation structure. libportres completes every call
-/// synchronously and never reads or writes it (see `WSAIoctl`).
+/// The overlapped-operation structure, with Win64's 32-byte layout (in
+/// the header, `Offset`/`OffsetHigh` share an anonymous union with
+/// `Pointer`, as in Windows). libportres completes every call synchronously
+/// and never reads or writes it (see `WSAIoctl`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct WSAOVERLAPPED {
+pub struct OVERLAPPED {
     /// Reserved.
-    pub Internal: DWORD,
+    pub Internal: ULONG_PTR,
     /// Reserved.
-    pub InternalHigh: DWORD,
-    /// Reserved.
+    pub InternalHigh: ULONG_PTR,
+    /// Reserved (a file offset on Windows).
     pub Offset: DWORD,
     /// Reserved.
     pub OffsetHigh: DWORD,
     /// An event to signal at completion (not supported on Linux).
-    pub hEvent: WSAEVENT,
+    pub hEvent: HANDLE,
 }
 
+/// Winsock's name of `OVERLAPPED`.
+pub type WSAOVERLAPPED = OVERLAPPED;
 /// A pointer to a `WSAOVERLAPPED`.
 pub type LPWSAOVERLAPPED = *mut WSAOVERLAPPED;
 
@@ -123,7 +141,11 @@ pub struct INET_PORT_RESERVATION_TOKEN {
 }
 
 /// A reservation and its token: the output of
-/// `SIO_ACQUIRE_PORT_RESERVATION` (16 bytes, `Token` at offset 8).
+/// `SIO_ACQUIRE_PORT_RESERVATION` (16 bytes, the token at offset 8). The
+/// header declares it as the Windows SDK does (header/trailer.h): named
+/// members `Reservation` and `Token` in C++, anonymous ones in C (so C code
+/// writes `res.StartPort`, `res.NumberOfPorts` and `res.Token`, a
+/// `ULONG64`); cbindgen.toml excludes this definition.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct INET_PORT_RESERVATION_INSTANCE {
@@ -133,17 +155,39 @@ pub struct INET_PORT_RESERVATION_INSTANCE {
     pub Token: INET_PORT_RESERVATION_TOKEN,
 }
 
+/// Information about a runtime reservation, as the Windows SDK declares
+/// it (no libportres call fills it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct INET_PORT_RESERVATION_INFORMATION {
+    /// The process that holds the reservation.
+    pub OwningPid: ULONG,
+}
+
 const _: () = {
     assert!(std::mem::size_of::<INET_PORT_RANGE>() == 4);
     assert!(std::mem::size_of::<INET_PORT_RESERVATION_TOKEN>() == 8);
     assert!(std::mem::size_of::<INET_PORT_RESERVATION_INSTANCE>() == 16);
     assert!(std::mem::offset_of!(INET_PORT_RESERVATION_INSTANCE, Token) == 8);
     assert!(std::mem::size_of::<WSADATA>() == 408);
-    assert!(std::mem::size_of::<WSAOVERLAPPED>() == 24);
+    // Win64: 32 bytes, hEvent at 24.
+    assert!(std::mem::size_of::<WSAOVERLAPPED>() == 4 * std::mem::size_of::<usize>());
+    assert!(std::mem::offset_of!(WSAOVERLAPPED, hEvent) == 3 * std::mem::size_of::<usize>());
+    assert!(std::mem::size_of::<INET_PORT_RESERVATION_INFORMATION>() == 4);
 };
 
-/// (The three `SIO_*` codes are written in the header by header/prelude.h.)
-///
+// The WSAIoctl codes, TRUE/FALSE, INVALID_PORT_RESERVATION_TOKEN and the
+// WSA_FLAG_* values are written in the header by hand (header/prelude.h, in
+// Windows' form: _WSAIOW(IOC_VENDOR, 100) and so on); cbindgen.toml
+// excludes them.
+
+/// The token no reservation has.
+pub const INVALID_PORT_RESERVATION_TOKEN: ULONG64 = 0;
+/// `BOOL` true.
+pub const TRUE: c_int = 1;
+/// `BOOL` false.
+pub const FALSE: c_int = 0;
+
 /// `WSAIoctl` code: acquire a runtime reservation that lives as long as the
 /// socket (`_WSAIOW(IOC_VENDOR, 100)`).
 pub const SIO_ACQUIRE_PORT_RESERVATION: DWORD = 0x9800_0064;
@@ -152,6 +196,39 @@ pub const SIO_RELEASE_PORT_RESERVATION: DWORD = 0x9800_0065;
 /// `WSAIoctl` code: have the next `bind()` of the socket to port 0 take a
 /// port of a reservation (`_WSAIOW(IOC_VENDOR, 102)`).
 pub const SIO_ASSOCIATE_PORT_RESERVATION: DWORD = 0x9800_0066;
+/// `WSAIoctl` code: TCP keep-alive on/off, idle time and interval in
+/// milliseconds (`_WSAIOW(IOC_VENDOR, 4)`, input `struct tcp_keepalive`).
+pub const SIO_KEEPALIVE_VALS: DWORD = 0x9800_0004;
+/// `WSAIoctl` code: whether an ICMP port unreachable fails the next receive
+/// of an unconnected UDP socket (`_WSAIOW(IOC_VENDOR, 12)`, input `BOOL`).
+pub const SIO_UDP_CONNRESET: DWORD = 0x9800_000C;
+/// `WSAIoctl` code: the same for an ICMP time exceeded
+/// (`_WSAIOW(IOC_VENDOR, 15)`).
+pub const SIO_UDP_NETRESET: DWORD = 0x9800_000F;
+/// `WSAIoctl` code: the TCP loopback fast path (`_WSAIOW(IOC_VENDOR, 16)`).
+pub const SIO_LOOPBACK_FAST_PATH: DWORD = 0x9800_0010;
+/// `WSAIoctl` code: the processor whose queue should receive the socket's
+/// packets (`_WSAIOW(IOC_VENDOR, 21)`, input `USHORT`); older SDKs call it
+/// `SIO_SET_PORT_SHARING_PER_PROC_SOCKET`.
+pub const SIO_CPU_AFFINITY: DWORD = 0x9800_0015;
+/// `WSAIoctl` code: the base provider's socket (`_WSAIOR(IOC_WS2, 34)`).
+pub const SIO_BASE_HANDLE: DWORD = 0x4800_0022;
+/// `FIONBIO` as Windows numbers it (`_IOW('f', 126, u_long)`). The header
+/// gives C Linux's `FIONBIO` (<sys/ioctl.h>), so that `ioctl()` keeps
+/// working in the same program; `WSAIoctl` and `ioctlsocket` take both.
+pub(crate) const FIONBIO_WINDOWS: DWORD = 0x8004_667E;
+/// `FIONREAD` as Windows numbers it (`_IOR('f', 127, u_long)`).
+pub(crate) const FIONREAD_WINDOWS: DWORD = 0x4004_667F;
+/// Linux's `FIONBIO`.
+pub(crate) const FIONBIO_LINUX: DWORD = libc::FIONBIO as DWORD;
+/// Linux's `FIONREAD`.
+pub(crate) const FIONREAD_LINUX: DWORD = libc::FIONREAD as DWORD;
+
+/// `WSASocket` flag: the socket may be used for overlapped I/O (accepted
+/// and ignored: every call here completes before it returns).
+pub const WSA_FLAG_OVERLAPPED: DWORD = 0x01;
+/// `WSASocket` flag: the socket is not inherited (`SOCK_CLOEXEC`).
+pub const WSA_FLAG_NO_HANDLE_INHERIT: DWORD = 0x80;
 
 /// Success (the persistent-reservation functions).
 pub const NO_ERROR: ULONG = 0;
@@ -267,3 +344,11 @@ pub const WSAVERNOTSUPPORTED: c_int = 10092;
 pub const WSANOTINITIALISED: c_int = 10093;
 /// A call that should never fail failed (an unexpected internal error).
 pub const WSASYSCALLFAILURE: c_int = 10107;
+
+/// An overlapped operation will complete later (never returned here: every
+/// call completes before it returns).
+pub const WSA_IO_PENDING: c_int = 997;
+/// An overlapped operation is not complete yet (never returned here).
+pub const WSA_IO_INCOMPLETE: c_int = 996;
+/// An overlapped operation was cancelled (never returned here).
+pub const WSA_OPERATION_ABORTED: c_int = 995;

@@ -2,7 +2,8 @@
 //! `WSASetLastError`, `closesocket`, and `WSAIoctl` with the three port
 //! reservation control codes.
 
-use std::ffi::{c_char, c_int};
+use std::ffi::{c_char, c_int, c_long, c_ulong};
+use std::os::fd::BorrowedFd;
 use std::ptr;
 
 use portres_client::{Error, ErrorCode, Protocol, Token};
@@ -182,11 +183,132 @@ pub extern "C" fn closesocket(s: SOCKET) -> c_int {
     })
 }
 
+/// Controls socket `s` the BSD way: `FIONBIO` (non-blocking mode on if
+/// `*argp` is not 0) and `FIONREAD` (`*argp` = the bytes ready to read),
+/// with Linux's values of the codes (<sys/ioctl.h>) or Windows'. Returns 0,
+/// or `SOCKET_ERROR` with `WSAENOTSOCK` (not an open socket), `WSAEFAULT`
+/// (`argp` NULL) or `WSAEOPNOTSUPP` (another code).
+///
+/// # Safety
+/// `argp` is NULL or points to a readable and writable `u_long`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ioctlsocket(s: SOCKET, cmd: c_long, argp: *mut c_ulong) -> c_int {
+    guard(socket_error_on_panic, || {
+        let result = (|| {
+            let (fd, _) = sock::socket(s)?;
+            // Windows' long is 32 bits: its codes arrive sign-extended.
+            let code = cmd as DWORD;
+            if !matches!(
+                code,
+                FIONBIO_WINDOWS | FIONBIO_LINUX | FIONREAD_WINDOWS | FIONREAD_LINUX
+            ) {
+                return Err(libc::EOPNOTSUPP);
+            }
+            if argp.is_null() {
+                return Err(libc::EFAULT);
+            }
+            let os = |e: rustix::io::Errno| e.raw_os_error();
+            if code == FIONBIO_WINDOWS || code == FIONBIO_LINUX {
+                // SAFETY: non-NULL (checked) and, by the caller's contract,
+                // a readable u_long; unaligned reads are allowed.
+                let on = unsafe { ptr::read_unaligned(argp) } != 0;
+                rustix::io::ioctl_fionbio(fd, on).map_err(os)
+            } else {
+                let n = rustix::io::ioctl_fionread(fd).map_err(os)?;
+                // SAFETY: non-NULL (checked) and, by the caller's contract,
+                // a writable u_long; unaligned writes are allowed.
+                unsafe { ptr::write_unaligned(argp, n as c_ulong) };
+                Ok(())
+            }
+        })();
+        match result {
+            Ok(()) => 0,
+            Err(e) => {
+                set_errno(e);
+                SOCKET_ERROR
+            }
+        }
+    })
+}
+
+/// Creates a socket, as `socket(af, type, protocol)`. `dwFlags`:
+/// `WSA_FLAG_OVERLAPPED` is accepted and ignored (every call here completes
+/// before it returns, as for `lpOverlapped`); `WSA_FLAG_NO_HANDLE_INHERIT`
+/// makes the socket close-on-exec. Fails with `INVALID_SOCKET` and
+/// `WSAEINVAL` for a non-NULL `lpProtocolInfo`, a group other than 0 or any
+/// other flag; otherwise as `socket()` (`WSAEAFNOSUPPORT`, ...).
+/// `lpProtocolInfo` is only compared with NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn WSASocketW(
+    af: c_int,
+    r#type: c_int,
+    protocol: c_int,
+    lpProtocolInfo: LPWSAPROTOCOL_INFOW,
+    g: GROUP,
+    dwFlags: DWORD,
+) -> SOCKET {
+    wsa_socket(af, r#type, protocol, lpProtocolInfo.is_null(), g, dwFlags)
+}
+
+/// `WSASocketW` (the protocol information, which would differ, must be
+/// NULL).
+#[unsafe(no_mangle)]
+pub extern "C" fn WSASocketA(
+    af: c_int,
+    r#type: c_int,
+    protocol: c_int,
+    lpProtocolInfo: LPWSAPROTOCOL_INFOA,
+    g: GROUP,
+    dwFlags: DWORD,
+) -> SOCKET {
+    wsa_socket(af, r#type, protocol, lpProtocolInfo.is_null(), g, dwFlags)
+}
+
+fn wsa_socket(
+    af: c_int,
+    ty: c_int,
+    protocol: c_int,
+    no_info: bool,
+    group: GROUP,
+    flags: DWORD,
+) -> SOCKET {
+    guard(
+        || {
+            set_errno(WSASYSCALLFAILURE);
+            INVALID_SOCKET
+        },
+        || {
+            let known = WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT;
+            if !no_info || group != 0 || flags & !known != 0 {
+                set_errno(libc::EINVAL);
+                return INVALID_SOCKET;
+            }
+            let cloexec = if flags & WSA_FLAG_NO_HANDLE_INHERIT != 0 {
+                libc::SOCK_CLOEXEC
+            } else {
+                0
+            };
+            // SAFETY: socket takes no pointers.
+            unsafe { libc::socket(af, ty | cloexec, protocol) }
+        },
+    )
+}
+
 /// Performs a control operation on socket `s`: the port reservation codes
 /// `SIO_ACQUIRE_PORT_RESERVATION`, `SIO_RELEASE_PORT_RESERVATION` and
-/// `SIO_ASSOCIATE_PORT_RESERVATION`, as Windows documents them.
+/// `SIO_ASSOCIATE_PORT_RESERVATION`, as Windows documents them; and the
+/// socket controls Windows code relies on, done the Linux way: `FIONBIO`,
+/// `FIONREAD`, `SIO_KEEPALIVE_VALS` (TCP: `SO_KEEPALIVE`, `TCP_KEEPIDLE`,
+/// `TCP_KEEPINTVL` in whole seconds), `SIO_CPU_AFFINITY` (`SO_INCOMING_CPU`),
+/// `SIO_BASE_HANDLE` (`s` itself), and `SIO_UDP_CONNRESET`,
+/// `SIO_UDP_NETRESET` (UDP) and `SIO_LOOPBACK_FAST_PATH` (TCP), accepted
+/// with nothing to do on Linux. For those: `WSAEFAULT` without the input
+/// or output buffer they need, `WSAEINVAL` for one too small or a socket
+/// of another protocol; the byte count is the output's size (0 without
+/// output).
 ///
-/// Returns 0, or `SOCKET_ERROR` with the error for `WSAGetLastError`:
+/// For the port reservation codes, returns 0, or `SOCKET_ERROR` with the
+/// error for `WSAGetLastError`:
 /// - `WSAENOTSOCK`: `s` is not an open socket;
 /// - `WSAEOPNOTSUPP`: another control code; `s` is not a TCP or UDP socket
 ///   over IPv4/IPv6; a completion routine was given;
@@ -251,8 +373,8 @@ pub unsafe extern "C" fn WSAIoctl(
     };
     guard(on_panic, || {
         report(0);
-        let input: Option<[u8; 8]> = (!lpvInBuffer.is_null()).then(|| {
-            let mut buf = [0u8; 8];
+        let input: Option<[u8; 16]> = (!lpvInBuffer.is_null()).then(|| {
+            let mut buf = [0u8; 16];
             let n = (cbInBuffer as usize).min(buf.len());
             // SAFETY: non-NULL and, by the caller's contract, cbInBuffer
             // readable bytes; we read at most that many.
@@ -272,16 +394,26 @@ pub unsafe extern "C" fn WSAIoctl(
         };
         match call.run() {
             Ok((n, out)) => {
-                if let Some(out) = out {
-                    // SAFETY: `run` returns output only after checking that
-                    // lpvOutBuffer is non-NULL and cbOutBuffer is at least
-                    // the structure's size; unaligned writes are allowed.
-                    unsafe {
+                // `run` returns output only after checking that
+                // lpvOutBuffer is non-NULL and cbOutBuffer is at least the
+                // output's size.
+                match out {
+                    Out::None => {}
+                    // SAFETY: as just said; unaligned writes are allowed.
+                    Out::Instance(out) => unsafe {
                         ptr::write_unaligned(
                             lpvOutBuffer as *mut INET_PORT_RESERVATION_INSTANCE,
                             out,
                         )
-                    };
+                    },
+                    // SAFETY: as just said; unaligned writes are allowed.
+                    Out::U32(v) => unsafe { ptr::write_unaligned(lpvOutBuffer as *mut u32, v) },
+                    // SAFETY: as just said; unaligned writes are allowed.
+                    Out::U64(v) => unsafe { ptr::write_unaligned(lpvOutBuffer as *mut u64, v) },
+                    // SAFETY: as just said; unaligned writes are allowed.
+                    Out::Socket(v) => unsafe {
+                        ptr::write_unaligned(lpvOutBuffer as *mut SOCKET, v)
+                    },
                 }
                 report(n);
                 0
@@ -298,8 +430,8 @@ pub unsafe extern "C" fn WSAIoctl(
 struct Ioctl {
     s: SOCKET,
     code: DWORD,
-    /// The first (up to) 8 bytes of the input buffer, if not NULL.
-    input: Option<[u8; 8]>,
+    /// The first (up to) 16 bytes of the input buffer, if not NULL.
+    input: Option<[u8; 16]>,
     cb_in: DWORD,
     has_out: bool,
     cb_out: DWORD,
@@ -312,11 +444,32 @@ const INSTANCE_SIZE: DWORD = std::mem::size_of::<INET_PORT_RESERVATION_INSTANCE>
 const RANGE_SIZE: DWORD = std::mem::size_of::<INET_PORT_RANGE>() as DWORD;
 const TOKEN_SIZE: DWORD = std::mem::size_of::<INET_PORT_RESERVATION_TOKEN>() as DWORD;
 
-type Output = (DWORD, Option<INET_PORT_RESERVATION_INSTANCE>);
+/// What a successful call writes to the output buffer.
+enum Out {
+    None,
+    Instance(INET_PORT_RESERVATION_INSTANCE),
+    U32(u32),
+    U64(u64),
+    Socket(SOCKET),
+}
+
+/// The byte count for `*lpcbBytesReturned`, and the output.
+type Output = (DWORD, Out);
+
+/// `struct tcp_keepalive`: on/off, idle time and interval (milliseconds).
+const KEEPALIVE_SIZE: DWORD = 12;
 
 impl Ioctl {
     fn run(&self) -> Result<Output, c_int> {
         let (fd, id) = sock::socket(self.s)?;
+        if !matches!(
+            self.code,
+            SIO_ACQUIRE_PORT_RESERVATION
+                | SIO_RELEASE_PORT_RESERVATION
+                | SIO_ASSOCIATE_PORT_RESERVATION
+        ) {
+            return self.socket_control(fd);
+        }
         let need_in = match self.code {
             SIO_ACQUIRE_PORT_RESERVATION => RANGE_SIZE,
             SIO_RELEASE_PORT_RESERVATION | SIO_ASSOCIATE_PORT_RESERVATION => TOKEN_SIZE,
@@ -351,25 +504,140 @@ impl Ioctl {
                 let start = u16::from_be_bytes([input[0], input[1]]);
                 let count = u16::from_ne_bytes([input[2], input[3]]);
                 let out = acquire(self.s, id, protocol, start, count)?;
-                Ok((INSTANCE_SIZE, Some(out)))
+                Ok((INSTANCE_SIZE, Out::Instance(out)))
             }
             SIO_RELEASE_PORT_RESERVATION => {
                 release(token(input)?)?;
-                Ok((TOKEN_SIZE, None))
+                Ok((TOKEN_SIZE, Out::None))
             }
             _ => {
                 if sock::is_bound(fd) {
                     return Err(libc::EINVAL);
                 }
                 associate(self.s, id, protocol, token(input)?)?;
-                Ok((TOKEN_SIZE, None))
+                Ok((TOKEN_SIZE, Out::None))
+            }
+        }
+    }
+
+    /// The other control codes: those Windows code commonly treats as fatal
+    /// when they fail, each done the Linux way or, where Linux has nothing
+    /// to do, accepted; every other code is `EOPNOTSUPP`.
+    fn socket_control(&self, fd: BorrowedFd<'_>) -> Result<Output, c_int> {
+        // (input bytes needed, output bytes needed)
+        let (need_in, need_out) = match self.code {
+            FIONBIO_WINDOWS | FIONBIO_LINUX => (4, 0),
+            FIONREAD_WINDOWS | FIONREAD_LINUX | SIO_BASE_HANDLE => (0, 4),
+            SIO_KEEPALIVE_VALS => (KEEPALIVE_SIZE, 0),
+            SIO_CPU_AFFINITY => (2, 0),
+            SIO_UDP_CONNRESET | SIO_UDP_NETRESET | SIO_LOOPBACK_FAST_PATH => (1, 0),
+            _ => return Err(libc::EOPNOTSUPP),
+        };
+        if self.completion {
+            return Err(libc::EOPNOTSUPP);
+        }
+        if !self.has_count && !self.overlapped {
+            return Err(libc::EFAULT);
+        }
+        let input = self.input.unwrap_or_default();
+        if need_in > 0 {
+            if self.input.is_none() {
+                return Err(libc::EFAULT);
+            }
+            if self.cb_in < need_in {
+                return Err(libc::EINVAL);
+            }
+        }
+        if need_out > 0 {
+            if !self.has_out {
+                return Err(libc::EFAULT);
+            }
+            if self.cb_out < need_out {
+                return Err(libc::EINVAL);
+            }
+        }
+        let word = |at: usize| {
+            u32::from_ne_bytes([input[at], input[at + 1], input[at + 2], input[at + 3]])
+        };
+        let os = |e: rustix::io::Errno| e.raw_os_error();
+        match self.code {
+            FIONBIO_WINDOWS | FIONBIO_LINUX => {
+                // A u_long: 32 bits on Windows, 64 here; any non-zero byte
+                // of it is "on", whatever the size and byte order.
+                let size = (self.cb_in as usize).min(8);
+                let on = input[..size].iter().any(|b| *b != 0);
+                rustix::io::ioctl_fionbio(fd, on).map_err(os)?;
+                Ok((0, Out::None))
+            }
+            FIONREAD_WINDOWS | FIONREAD_LINUX => {
+                let n = rustix::io::ioctl_fionread(fd).map_err(os)?;
+                if self.cb_out >= 8 {
+                    // Room for a Linux u_long.
+                    Ok((8, Out::U64(n)))
+                } else {
+                    Ok((4, Out::U32(u32::try_from(n).unwrap_or(u32::MAX))))
+                }
+            }
+            // There is no layered provider: the socket is its own base.
+            SIO_BASE_HANDLE => Ok((4, Out::Socket(self.s))),
+            SIO_KEEPALIVE_VALS => {
+                if sock::protocol(fd)? != Protocol::Tcp {
+                    return Err(libc::EINVAL);
+                }
+                keepalive(fd, word(0) != 0, word(4), word(8)).map_err(os)?;
+                Ok((0, Out::None))
+            }
+            SIO_CPU_AFFINITY => {
+                // Windows steers the socket's packets to this processor's
+                // queue (per-processor sockets sharing a port); Linux's
+                // counterpart is SO_INCOMING_CPU, which also picks the
+                // member of a SO_REUSEPORT group.
+                sock::protocol(fd)?;
+                let cpu = u16::from_ne_bytes([input[0], input[1]]);
+                rustix::net::sockopt::set_socket_incoming_cpu(fd, u32::from(cpu)).map_err(os)?;
+                Ok((0, Out::None))
+            }
+            // Linux never fails an unconnected UDP socket's receive because
+            // of an ICMP error (Windows' behaviour with FALSE); nothing to do.
+            SIO_UDP_CONNRESET | SIO_UDP_NETRESET => {
+                if sock::protocol(fd)? != Protocol::Udp {
+                    return Err(libc::EINVAL);
+                }
+                Ok((0, Out::None))
+            }
+            // Linux's loopback needs no fast path to be fast; nothing to do.
+            _ => {
+                if sock::protocol(fd)? != Protocol::Tcp {
+                    return Err(libc::EINVAL);
+                }
+                Ok((0, Out::None))
             }
         }
     }
 }
 
-fn token(input: [u8; 8]) -> Result<Token, c_int> {
-    Token::new(u64::from_ne_bytes(input)).ok_or(libc::EINVAL)
+/// `SIO_KEEPALIVE_VALS` the Linux way: `SO_KEEPALIVE`, and the idle time
+/// and interval (milliseconds there, whole seconds here, at least 1 and at
+/// most Linux's 32767).
+fn keepalive(
+    fd: BorrowedFd<'_>,
+    on: bool,
+    idle_ms: u32,
+    interval_ms: u32,
+) -> rustix::io::Result<()> {
+    use rustix::net::sockopt;
+    let secs =
+        |ms: u32| std::time::Duration::from_secs(u64::from(ms.div_ceil(1000).clamp(1, 32767)));
+    if on {
+        sockopt::set_tcp_keepidle(fd, secs(idle_ms))?;
+        sockopt::set_tcp_keepintvl(fd, secs(interval_ms))?;
+    }
+    sockopt::set_socket_keepalive(fd, on)
+}
+
+fn token(input: [u8; 16]) -> Result<Token, c_int> {
+    let [a, b, c, d, e, f, g, h, ..] = input;
+    Token::new(u64::from_ne_bytes([a, b, c, d, e, f, g, h])).ok_or(libc::EINVAL)
 }
 
 fn acquire(

@@ -4,8 +4,11 @@
  * checks every documented outcome: each Winsock error code (WSAEINVAL,
  * WSAEACCES, WSAEFAULT, WSAENOTSOCK, WSAEOPNOTSUPP, WSAEADDRINUSE, ...),
  * each ERROR_* code of the persistent functions, byte counts, layouts,
- * the per-thread last error, bind() into an associated reservation, and
- * reservation lifetimes (closesocket, plain close, WSACleanup).
+ * the per-thread last error, bind() into an associated reservation,
+ * connect()/listen()/sendto()/sendmsg() through an association (the NFS
+ * client's privileged source port), WSASocket, the WSAIoctl socket
+ * controls, and reservation lifetimes (closesocket, plain close,
+ * WSACleanup).
  * Run by crates/portres-tests/tests/c_api.rs under AddressSanitizer and
  * LeakSanitizer, against a real daemon in a private network namespace:
  *
@@ -28,12 +31,17 @@
 #include <portres/winsock.h>
 
 #include <fcntl.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#ifndef SO_INCOMING_CPU
+#define SO_INCOMING_CPU 49 /* <asm-generic/socket.h> */
+#endif
 
 static int passed;
 static int failed;
@@ -71,6 +79,41 @@ _Static_assert(WSAENOTSOCK == 10038 && WSAEOPNOTSUPP == 10045 && WSAEADDRINUSE =
                "WSAE*");
 _Static_assert(INVALID_SOCKET == -1 && SOCKET_ERROR == -1, "failure values");
 _Static_assert(MAKEWORD(2, 2) == 0x0202 && MAKEWORD(1, 2) == 0x0201, "MAKEWORD");
+/* The SDK's C shape of the instance: anonymous members, Token a ULONG64. */
+_Static_assert(offsetof(INET_PORT_RESERVATION_INSTANCE, StartPort) == 0, "StartPort offset");
+_Static_assert(offsetof(INET_PORT_RESERVATION_INSTANCE, NumberOfPorts) == 2, "count offset");
+_Static_assert(sizeof(((INET_PORT_RESERVATION_INSTANCE *) 0)->Token) == 8, "Token is a ULONG64");
+_Static_assert(sizeof(INET_PORT_RESERVATION_INFORMATION) == 4, "INFORMATION");
+_Static_assert(INVALID_PORT_RESERVATION_TOKEN == 0, "INVALID_PORT_RESERVATION_TOKEN");
+/* Windows' base types and Win64's OVERLAPPED. */
+_Static_assert(sizeof(WCHAR) == sizeof(wchar_t) && sizeof(BOOL) == 4 && sizeof(INT) == 4
+                   && sizeof(UINT) == 4 && sizeof(LONG) == 4 && sizeof(HRESULT) == 4
+                   && sizeof(BYTE) == 1 && sizeof(HANDLE) == sizeof(void *),
+               "base types");
+_Static_assert(TRUE == 1 && FALSE == 0, "TRUE/FALSE");
+_Static_assert(sizeof(OVERLAPPED) == 32 && sizeof(WSAOVERLAPPED) == 32, "OVERLAPPED");
+_Static_assert(offsetof(OVERLAPPED, Offset) == 16 && offsetof(OVERLAPPED, OffsetHigh) == 20
+                   && offsetof(OVERLAPPED, Pointer) == 16 && offsetof(OVERLAPPED, hEvent) == 24,
+               "OVERLAPPED members");
+_Static_assert(sizeof(SOCKADDR_INET) == 28 && offsetof(SOCKADDR_INET, si_family) == 0,
+               "SOCKADDR_INET");
+/* Control codes as Windows computes them. */
+_Static_assert(IOC_VENDOR == 0x18000000u && IOC_WS2 == 0x08000000u, "IOC_*");
+_Static_assert(_WSAIORW(IOC_WS2, 6) == 0xC8000006u && _WSAIO(IOC_VENDOR, 1) == 0x38000001u,
+               "_WSAIORW, _WSAIO");
+_Static_assert(_WSAIOW(IOC_VENDOR, 100) == SIO_ACQUIRE_PORT_RESERVATION, "_WSAIOW");
+_Static_assert(SIO_CPU_AFFINITY == 0x98000015u && SIO_UDP_CONNRESET == 0x9800000Cu
+                   && SIO_UDP_NETRESET == 0x9800000Fu && SIO_LOOPBACK_FAST_PATH == 0x98000010u
+                   && SIO_KEEPALIVE_VALS == 0x98000004u,
+               "vendor codes");
+_Static_assert(SIO_BASE_HANDLE == 0x48000022u && SIO_GET_EXTENSION_FUNCTION_POINTER == 0xC8000006u
+                   && _WSAIOR(IOC_WS2, 34) == SIO_BASE_HANDLE,
+               "Winsock 2 codes");
+_Static_assert(FIONBIO == 0x5421 && FIONREAD == 0x541B, "Linux's FIONBIO/FIONREAD");
+_Static_assert(sizeof(u_long) == sizeof(unsigned long), "<sys/types.h>'s u_long");
+_Static_assert(WSA_IO_PENDING == 997 && WSA_FLAG_OVERLAPPED == 1
+                   && WSA_FLAG_NO_HANDLE_INHERIT == 0x80,
+               "WSA_IO_PENDING, WSA_FLAG_*");
 
 /* ---- helpers ---- */
 
@@ -111,12 +154,12 @@ static int release(SOCKET s, ULONG64 token)
 
 static int start_of(const INET_PORT_RESERVATION_INSTANCE *res)
 {
-    return ntohs(res->Reservation.StartPort);
+    return ntohs(res->StartPort);
 }
 
 static int in_block(int port, const INET_PORT_RESERVATION_INSTANCE *res)
 {
-    return port >= start_of(res) && port < start_of(res) + res->Reservation.NumberOfPorts;
+    return port >= start_of(res) && port < start_of(res) + res->NumberOfPorts;
 }
 
 /* bind to 0.0.0.0 or [::] (or 127.0.0.1:port): 0 or the WSA error. */
@@ -241,14 +284,14 @@ static void test_acquire(void)
     /* Wildcard and specific blocks. */
     e = acquire(s, 0, 4, &res);
     CHECK(e == 0, "wildcard acquire: %d", e);
-    CHECK(res.Reservation.NumberOfPorts == 4 && start_of(&res) >= 1024 && res.Token.Token != 0,
-          "wildcard block %d+%d token %llu", start_of(&res), res.Reservation.NumberOfPorts,
-          res.Token.Token);
+    CHECK(res.NumberOfPorts == 4 && start_of(&res) >= 1024 && res.Token != 0,
+          "wildcard block %d+%d token %llu", start_of(&res), res.NumberOfPorts,
+          res.Token);
     e = acquire(s, 20000, 3, &other);
-    CHECK(e == 0 && other.Reservation.StartPort == htons(20000)
-              && other.Reservation.NumberOfPorts == 3,
-          "specific acquire: %d, %d+%d", e, start_of(&other), other.Reservation.NumberOfPorts);
-    CHECK(other.Token.Token != res.Token.Token, "distinct tokens");
+    CHECK(e == 0 && other.StartPort == htons(20000)
+              && other.NumberOfPorts == 3,
+          "specific acquire: %d, %d+%d", e, start_of(&other), other.NumberOfPorts);
+    CHECK(other.Token != res.Token, "distinct tokens");
 
     /* The block is taken: overlapping acquires fail with WSAEADDRINUSE. */
     CHECK(acquire(u, 20000, 3, &other) == 0, "the same block for UDP is another block");
@@ -319,7 +362,7 @@ static void test_acquire(void)
                        sizeof other, &n, &ov, NULL) == 0 && n == 16,
               "overlapped acquire: %d, %u", WSAGetLastError(), n);
         CHECK(memcmp(&ov, &pattern, sizeof ov) == 0, "WSAOVERLAPPED untouched");
-        CHECK(release(s, other.Token.Token) == 0, "release");
+        CHECK(release(s, other.Token) == 0, "release");
         n = 7;
         CHECK(WSAIoctl(s, SIO_ACQUIRE_PORT_RESERVATION, &range, sizeof range, &other,
                        sizeof other, &n, &ov, completion) == SOCKET_ERROR
@@ -347,17 +390,17 @@ static void test_associate_and_bind(void)
 
     /* IPv4 and IPv6 sockets bind into the block. */
     a = tcp4();
-    CHECK(associate(a, tcp.Token.Token) == 0, "associate");
+    CHECK(associate(a, tcp.Token) == 0, "associate");
     CHECK((e = bind4(a, 0)) == 0, "bind: %d", e);
     port = port_of(a);
     CHECK(in_block(port, &tcp), "port %d in %d+3", port, start_of(&tcp));
     b = tcp6();
-    CHECK(associate(b, tcp.Token.Token) == 0, "associate v6");
+    CHECK(associate(b, tcp.Token) == 0, "associate v6");
     CHECK((e = bind6(b)) == 0, "bind v6: %d", e);
     CHECK(in_block(port_of(b), &tcp), "v6 port %d", port_of(b));
     {
         SOCKET ub = udp4();
-        CHECK(associate(ub, udp.Token.Token) == 0, "associate udp");
+        CHECK(associate(ub, udp.Token) == 0, "associate udp");
         CHECK(bind4(ub, 0) == 0 && in_block(port_of(ub), &udp), "udp port %d", port_of(ub));
         close_(ub);
     }
@@ -371,7 +414,7 @@ static void test_associate_and_bind(void)
 
     /* Errors. */
     c = tcp4();
-    CHECK(associate(c, udp.Token.Token) == WSAEINVAL, "a UDP token on a TCP socket");
+    CHECK(associate(c, udp.Token) == WSAEINVAL, "a UDP token on a TCP socket");
     CHECK(associate(c, 0) == WSAEINVAL, "token 0");
     CHECK(associate(c, 12345) == WSAEINVAL, "an unknown token");
     CHECK(IOCTL(c, SIO_ASSOCIATE_PORT_RESERVATION, &tcp.Token, sizeof tcp.Token, &one,
@@ -381,16 +424,16 @@ static void test_associate_and_bind(void)
           "a short input buffer");
     CHECK(IOCTL(c, SIO_ASSOCIATE_PORT_RESERVATION, NULL, 8, NULL, 0, 8) == WSAEFAULT,
           "a NULL input buffer");
-    CHECK(associate(a, tcp.Token.Token) == WSAEINVAL, "an already bound socket");
+    CHECK(associate(a, tcp.Token) == WSAEINVAL, "an already bound socket");
     {
         SOCKET unx = sock_(AF_UNIX, SOCK_DGRAM, 0);
-        CHECK(associate(unx, tcp.Token.Token) == WSAEOPNOTSUPP, "a Unix socket");
-        CHECK(associate(-1, tcp.Token.Token) == WSAENOTSOCK, "not a socket");
+        CHECK(associate(unx, tcp.Token) == WSAEOPNOTSUPP, "a Unix socket");
+        CHECK(associate(-1, tcp.Token) == WSAENOTSOCK, "not a socket");
         close_(unx);
     }
 
     /* A specific port on an associated socket is an ordinary bind. */
-    CHECK(associate(c, tcp.Token.Token) == 0, "associate");
+    CHECK(associate(c, tcp.Token) == 0, "associate");
     CHECK(bind4(c, 20150) == 0 && port_of(c) == 20150, "specific port: %d", port_of(c));
     close_(c);
 
@@ -401,7 +444,7 @@ static void test_associate_and_bind(void)
     CHECK(acquire(owner, 0, 1, &one) == 0, "acquire 1 port");
     a = tcp4();
     b = tcp4();
-    CHECK(associate(a, one.Token.Token) == 0 && associate(b, one.Token.Token) == 0, "associate");
+    CHECK(associate(a, one.Token) == 0 && associate(b, one.Token) == 0, "associate");
     CHECK(bind4(a, 0) == 0 && port_of(a) == start_of(&one), "the one port");
     CHECK((e = bind4(b, 0)) == WSAEADDRINUSE, "exhausted: %d", e);
     close_(a);
@@ -410,8 +453,8 @@ static void test_associate_and_bind(void)
 
     /* A released reservation cannot be bound into. */
     c = tcp4();
-    CHECK(associate(c, one.Token.Token) == 0, "associate");
-    CHECK(release(owner, one.Token.Token) == 0, "release");
+    CHECK(associate(c, one.Token) == 0, "associate");
+    CHECK(release(owner, one.Token) == 0, "release");
     CHECK((e = bind4(c, 0)) == WSAEADDRNOTAVAIL, "released: %d", e);
     close_(c);
 
@@ -421,14 +464,391 @@ static void test_associate_and_bind(void)
         SOCKET sock = tcp4();
         INET_PORT_RESERVATION_INSTANCE r;
         CHECK(acquire(sock, 0, 2, &r) == 0, "acquire");
-        CHECK(associate(sock, r.Token.Token) == 0, "associate the acquiring socket");
+        CHECK(associate(sock, r.Token) == 0, "associate the acquiring socket");
         CHECK(bind4(sock, 0) == 0 && in_block(port_of(sock), &r), "port %d", port_of(sock));
-        CHECK(release(sock, r.Token.Token) == 0, "release");
+        CHECK(release(sock, r.Token) == 0, "release");
         close_(sock);
     }
 
     close_(owner);
     close_(uowner);
+}
+
+/* ---- connect, listen, sendto, sendmsg through an association ---- */
+
+/* connect to 127.0.0.1:port or [::1]:port: 0 or the WSA error. */
+static int connect_(SOCKET s, int family, int port)
+{
+    SOCKADDR_INET a;
+    memset(&a, 0, sizeof a);
+    if (family == AF_INET) {
+        a.Ipv4.sin_family = AF_INET;
+        a.Ipv4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        a.Ipv4.sin_port = htons((USHORT) port);
+    } else {
+        a.Ipv6.sin6_family = AF_INET6;
+        a.Ipv6.sin6_addr = in6addr_loopback;
+        a.Ipv6.sin6_port = htons((USHORT) port);
+    }
+    return connect(s, (SOCKADDR *) &a, family == AF_INET ? sizeof a.Ipv4 : sizeof a.Ipv6)
+                   == SOCKET_ERROR
+               ? WSAGetLastError()
+               : 0;
+}
+
+/* A plain TCP listener on the loopback address of `family` (its port is
+ * an ordinary one, outside any reservation). */
+static SOCKET listener(int family, int *port)
+{
+    SOCKET l = family == AF_INET ? tcp4() : tcp6();
+    SOCKADDR_INET a;
+    memset(&a, 0, sizeof a);
+    if (family == AF_INET) {
+        a.Ipv4.sin_family = AF_INET;
+        a.Ipv4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    } else {
+        a.Ipv6.sin6_family = AF_INET6;
+        a.Ipv6.sin6_addr = in6addr_loopback;
+    }
+    CHECK(bind(l, (SOCKADDR *) &a, family == AF_INET ? sizeof a.Ipv4 : sizeof a.Ipv6) == 0
+              && listen(l, 8) == 0,
+          "listener: %d", WSAGetLastError());
+    *port = port_of(l);
+    return l;
+}
+
+static int peer_port(SOCKET s)
+{
+    SOCKADDR_INET a;
+    int len = sizeof a;
+    if (getpeername(s, (SOCKADDR *) &a, &len) == SOCKET_ERROR)
+        return -1;
+    return ntohs(a.si_family == AF_INET ? a.Ipv4.sin_port : a.Ipv6.sin6_port);
+}
+
+/* The server side of a connect: the source port it sees. */
+static int accepted_from(SOCKET l)
+{
+    SOCKET a = accept(l, NULL, NULL);
+    int port;
+    CHECK(a != INVALID_SOCKET, "accept: %d", WSAGetLastError());
+    if (a == INVALID_SOCKET)
+        return -1;
+    port = peer_port(a);
+    close_(a);
+    return port;
+}
+
+/* The source port of the next datagram on `srv`. */
+static int datagram_from(SOCKET srv)
+{
+    char buf[8];
+    SOCKADDR_INET from;
+    socklen_t len = sizeof from;
+    if (recvfrom(srv, buf, sizeof buf, 0, (SOCKADDR *) &from, &len) < 0)
+        return -1;
+    return ntohs(from.si_family == AF_INET ? from.Ipv4.sin_port : from.Ipv6.sin6_port);
+}
+
+static int privileged(int port) { return port >= 600 && port <= 1023; }
+
+static void test_implicit_bind(void)
+{
+    INET_PORT_RESERVATION_INSTANCE tcp, udp, one;
+    SOCKET owner = tcp4();
+    SOCKET uowner = WSASocketW(AF_INET, SOCK_DGRAM, IPPROTO_UDP, NULL, 0, WSA_FLAG_OVERLAPPED);
+    SOCKET l4, l6, c, a, srv, u;
+    SOCKADDR_IN to;
+    int lport4, lport6, port, e;
+
+    /* The Windows NFS client's sequence: reserve 600-1023 (privileged
+     * ports, which NFS servers' default "secure" option requires),
+     * associate, connect without binding. */
+    CHECK((e = acquire(owner, 600, 424, &tcp)) == 0, "acquire tcp 600-1023: %d", e);
+    CHECK((e = acquire(uowner, 600, 424, &udp)) == 0, "acquire udp 600-1023: %d", e);
+    l4 = listener(AF_INET, &lport4);
+    l6 = listener(AF_INET6, &lport6);
+    CHECK(!privileged(lport4) && !privileged(lport6), "listeners on %d, %d", lport4, lport6);
+
+    c = tcp4();
+    CHECK(associate(c, tcp.Token) == 0, "associate");
+    CHECK((e = connect_(c, AF_INET, lport4)) == 0, "connect: %d", e);
+    port = accepted_from(l4);
+    CHECK(privileged(port) && port == port_of(c), "the server sees source port %d (%d)", port,
+          port_of(c));
+    close_(c);
+
+    c = tcp6();
+    CHECK(associate(c, tcp.Token) == 0, "associate v6");
+    CHECK((e = connect_(c, AF_INET6, lport6)) == 0, "connect v6: %d", e);
+    port = accepted_from(l6);
+    CHECK(privileged(port) && port == port_of(c), "v6 source port %d", port);
+    close_(c);
+
+    /* listen() on an associated, unbound socket listens on a port of the
+     * block. */
+    c = tcp4();
+    CHECK(associate(c, tcp.Token) == 0, "associate");
+    CHECK(listen(c, 1) == 0 && privileged(port_of(c)), "listen: %d, port %d", WSAGetLastError(),
+          port_of(c));
+    close_(c);
+
+    /* UDP: sendto, sendmsg and connect bind into the block. */
+    srv = udp4();
+    CHECK(bind4(srv, 0) == 0, "udp server");
+    memset(&to, 0, sizeof to);
+    to.sin_family = AF_INET;
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    to.sin_port = htons((USHORT) port_of(srv));
+    CHECK(!privileged(port_of(srv)), "udp server on %d", port_of(srv));
+
+    u = WSASocketW(AF_INET, SOCK_DGRAM, IPPROTO_UDP, NULL, 0, WSA_FLAG_OVERLAPPED);
+    CHECK(associate(u, udp.Token) == 0, "associate udp");
+    CHECK(sendto(u, "x", 1, 0, (SOCKADDR *) &to, sizeof to) == 1, "sendto: %d",
+          WSAGetLastError());
+    port = datagram_from(srv);
+    CHECK(privileged(port) && port == port_of(u), "the receiver sees source port %d", port);
+    close_(u);
+
+    u = udp4();
+    CHECK(associate(u, udp.Token) == 0, "associate udp");
+    {
+        struct iovec iov = { (void *) "y", 1 };
+        struct msghdr m;
+        memset(&m, 0, sizeof m);
+        m.msg_name = &to;
+        m.msg_namelen = sizeof to;
+        m.msg_iov = &iov;
+        m.msg_iovlen = 1;
+        CHECK(sendmsg(u, &m, 0) == 1, "sendmsg: %d", WSAGetLastError());
+    }
+    port = datagram_from(srv);
+    CHECK(privileged(port) && port == port_of(u), "sendmsg source port %d", port);
+    close_(u);
+
+    u = udp4();
+    CHECK(associate(u, udp.Token) == 0, "associate udp");
+    CHECK((e = connect_(u, AF_INET, port_of(srv))) == 0 && privileged(port_of(u)),
+          "udp connect: %d, port %d", e, port_of(u));
+    CHECK(send(u, "z", 1, 0) == 1 && datagram_from(srv) == port_of(u), "udp send");
+    close_(u);
+
+    /* Sockets never associated keep their ordinary ports. */
+    c = tcp4();
+    CHECK(connect_(c, AF_INET, lport4) == 0 && !privileged(port_of(c)), "plain connect: %d",
+          port_of(c));
+    CHECK(!privileged(accepted_from(l4)), "plain source port");
+    close_(c);
+    u = udp4();
+    CHECK(sendto(u, "x", 1, 0, (SOCKADDR *) &to, sizeof to) == 1 && !privileged(port_of(u)),
+          "plain sendto: %d", port_of(u));
+    CHECK(!privileged(datagram_from(srv)), "plain datagram");
+    close_(u);
+
+    /* A send on an unconnected TCP socket, or a connect without an address,
+     * fails without using the association up. */
+    c = tcp4();
+    CHECK(associate(c, tcp.Token) == 0, "associate");
+    CHECK(sendto(c, "x", 1, MSG_NOSIGNAL, NULL, 0) == -1 && port_of(c) == 0,
+          "tcp send before connect: port %d", port_of(c));
+    CHECK(connect(c, NULL, 0) == SOCKET_ERROR && port_of(c) == 0, "connect without an address");
+    CHECK(connect_(c, AF_INET, lport4) == 0 && privileged(port_of(c)), "then connect: %d",
+          port_of(c));
+    CHECK(privileged(accepted_from(l4)), "source port");
+    close_(c);
+
+    /* Errors map as for bind, nothing is connected, the association stays:
+     * every port bound → WSAEADDRINUSE; released → WSAEADDRNOTAVAIL. */
+    CHECK(acquire(owner, 0, 1, &one) == 0, "acquire 1 port");
+    a = tcp4();
+    CHECK(associate(a, one.Token) == 0 && bind4(a, 0) == 0, "the one port");
+    c = tcp4();
+    CHECK(associate(c, one.Token) == 0, "associate");
+    CHECK((e = connect_(c, AF_INET, lport4)) == WSAEADDRINUSE && port_of(c) == 0
+              && peer_port(c) == -1,
+          "exhausted: %d", e);
+    close_(a);
+    CHECK((e = connect_(c, AF_INET, lport4)) == 0 && port_of(c) == start_of(&one),
+          "freed again: %d, port %d", e, port_of(c));
+    CHECK(accepted_from(l4) == start_of(&one), "source port");
+    close_(c);
+    c = tcp4();
+    CHECK(associate(c, one.Token) == 0, "associate");
+    CHECK(release(owner, one.Token) == 0, "release");
+    CHECK((e = connect_(c, AF_INET, lport4)) == WSAEADDRNOTAVAIL && port_of(c) == 0,
+          "released: %d", e);
+    CHECK(listen(c, 1) == SOCKET_ERROR && WSAGetLastError() == WSAEADDRNOTAVAIL,
+          "listen, released: %d", WSAGetLastError());
+    u = udp4();
+    CHECK(acquire(uowner, 0, 1, &one) == 0, "acquire 1 udp port");
+    CHECK(associate(u, one.Token) == 0 && release(uowner, one.Token) == 0, "associate, release");
+    CHECK(sendto(u, "x", 1, 0, (SOCKADDR *) &to, sizeof to) == -1
+              && WSAGetLastError() == WSAEADDRNOTAVAIL && port_of(u) == 0,
+          "sendto, released: %d", WSAGetLastError());
+    close_(u);
+    close_(c);
+
+    close_(srv);
+    close_(l4);
+    close_(l6);
+    close_(owner);
+    close_(uowner);
+}
+
+/* ---- WSASocket ---- */
+
+static void test_wsasocket(void)
+{
+    SOCKET s = WSASocketW(AF_INET, SOCK_DGRAM, IPPROTO_UDP, NULL, 0, WSA_FLAG_OVERLAPPED);
+    SOCKET t = WSASocketA(AF_INET6, SOCK_STREAM, IPPROTO_TCP, NULL, 0,
+                          WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT);
+    SOCKET w = WSASocket(AF_INET, SOCK_STREAM, 0, NULL, 0, 0);
+    CHECK(s != INVALID_SOCKET && !(fcntl(s, F_GETFD) & FD_CLOEXEC), "WSASocketW overlapped");
+    CHECK(t != INVALID_SOCKET && (fcntl(t, F_GETFD) & FD_CLOEXEC), "WSASocketA no-inherit");
+    CHECK(w != INVALID_SOCKET, "WSASocket");
+    CHECK(WSASocketW(AF_INET, SOCK_DGRAM, 0, NULL, 0, WSA_FLAG_REGISTERED_IO) == INVALID_SOCKET
+              && WSAGetLastError() == WSAEINVAL,
+          "an unsupported flag: %d", WSAGetLastError());
+    CHECK(WSASocketW(AF_INET, SOCK_DGRAM, 0, NULL, 1, 0) == INVALID_SOCKET
+              && WSAGetLastError() == WSAEINVAL,
+          "a group");
+    CHECK(WSASocketW(-5, SOCK_DGRAM, 0, NULL, 0, 0) == INVALID_SOCKET
+              && WSAGetLastError() == WSAEAFNOSUPPORT,
+          "a bad family: %d", WSAGetLastError());
+    close_(s);
+    close_(t);
+    close_(w);
+}
+
+/* ---- WSAIoctl socket controls ---- */
+
+static int sockopt_int(SOCKET s, int level, int name)
+{
+    int v = -1;
+    socklen_t len = sizeof v;
+    if (getsockopt(s, level, name, &v, &len) != 0)
+        return -2;
+    return v;
+}
+
+static void test_socket_controls(void)
+{
+    SOCKET t = tcp4();
+    SOCKET u = udp4();
+    ULONG on = 1, avail = 0;
+    SOCKET base = INVALID_SOCKET;
+    USHORT cpu = 0;
+    BOOL off = FALSE;
+    BYTE byte = 0;
+    struct tcp_keepalive ka = { 1, 30000, 5500 };
+    DWORD n;
+    int e;
+
+    /* FIONBIO, FIONREAD: Linux's own, under Linux's values (the header's)
+     * and Windows'. */
+    CHECK(IOCTL(t, FIONBIO, &on, sizeof on, NULL, 0, 0) == 0
+              && (fcntl(t, F_GETFL) & O_NONBLOCK),
+          "FIONBIO on");
+    on = 0;
+    CHECK(IOCTL(t, FIONBIO, &on, sizeof on, NULL, 0, 0) == 0
+              && !(fcntl(t, F_GETFL) & O_NONBLOCK),
+          "FIONBIO off");
+    on = 1;
+    CHECK(IOCTL(t, 0x8004667Eu, &on, sizeof on, NULL, 0, 0) == 0
+              && (fcntl(t, F_GETFL) & O_NONBLOCK),
+          "Windows' FIONBIO");
+    {
+        u_long mode = 0;
+        CHECK(ioctlsocket(t, FIONBIO, &mode) == 0 && !(fcntl(t, F_GETFL) & O_NONBLOCK),
+              "ioctlsocket FIONBIO off");
+        mode = 1;
+        CHECK(ioctlsocket(t, (long) 0x8004667Eu, &mode) == 0 && (fcntl(t, F_GETFL) & O_NONBLOCK),
+              "ioctlsocket Windows' FIONBIO on");
+        CHECK(ioctlsocket(t, FIONBIO, NULL) == SOCKET_ERROR && WSAGetLastError() == WSAEFAULT,
+              "ioctlsocket NULL");
+        CHECK(ioctlsocket(t, (long) 0x40047307u /* Windows' SIOCATMARK */, &mode)
+                      == SOCKET_ERROR
+                  && WSAGetLastError() == WSAEOPNOTSUPP,
+              "ioctlsocket SIOCATMARK");
+        CHECK(ioctlsocket(-1, FIONBIO, &mode) == SOCKET_ERROR && WSAGetLastError() == WSAENOTSOCK,
+              "ioctlsocket on no socket");
+    }
+    CHECK(IOCTL(t, FIONBIO, NULL, 4, NULL, 0, 0) == WSAEFAULT, "FIONBIO without input");
+    CHECK(bind4(u, 0) == 0, "bind");
+    {
+        SOCKADDR_IN self;
+        u_long pending = 0;
+        memset(&self, 0, sizeof self);
+        self.sin_family = AF_INET;
+        self.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        self.sin_port = htons((USHORT) port_of(u));
+        CHECK(sendto(u, "abc", 3, 0, (SOCKADDR *) &self, sizeof self) == 3, "sendto self");
+        CHECK(ioctlsocket(u, FIONREAD, &pending) == 0 && pending == 3, "ioctlsocket FIONREAD");
+        pending = 0;
+        CHECK(IOCTL(u, FIONREAD, NULL, 0, &pending, sizeof pending, 8) == 0 && pending == 3,
+              "FIONREAD into a u_long: %lu", pending);
+    }
+    CHECK(IOCTL(u, 0x4004667Fu, NULL, 0, &avail, sizeof avail, 4) == 0 && avail == 3,
+          "Windows' FIONREAD into a ULONG: %u", avail);
+    CHECK(IOCTL(u, FIONREAD, NULL, 0, &avail, 2, 4) == WSAEINVAL, "FIONREAD short output");
+
+    /* SIO_BASE_HANDLE: no layered provider, the socket is its own base. */
+    CHECK(IOCTL(t, SIO_BASE_HANDLE, NULL, 0, &base, sizeof base, 4) == 0 && base == t,
+          "SIO_BASE_HANDLE %d", base);
+
+    /* SIO_KEEPALIVE_VALS: SO_KEEPALIVE, TCP_KEEPIDLE and TCP_KEEPINTVL in
+     * whole seconds (rounded up). */
+    CHECK(IOCTL(t, SIO_KEEPALIVE_VALS, &ka, sizeof ka, NULL, 0, 0) == 0
+              && sockopt_int(t, SOL_SOCKET, SO_KEEPALIVE) == 1
+              && sockopt_int(t, IPPROTO_TCP, TCP_KEEPIDLE) == 30
+              && sockopt_int(t, IPPROTO_TCP, TCP_KEEPINTVL) == 6,
+          "SIO_KEEPALIVE_VALS");
+    ka.onoff = 0;
+    CHECK(IOCTL(t, SIO_KEEPALIVE_VALS, &ka, sizeof ka, NULL, 0, 0) == 0
+              && sockopt_int(t, SOL_SOCKET, SO_KEEPALIVE) == 0,
+          "SIO_KEEPALIVE_VALS off");
+    CHECK(IOCTL(t, SIO_KEEPALIVE_VALS, &ka, 8, NULL, 0, 0) == WSAEINVAL, "short keepalive");
+    CHECK(IOCTL(u, SIO_KEEPALIVE_VALS, &ka, sizeof ka, NULL, 0, 0) == WSAEINVAL,
+          "keepalive on UDP");
+
+    /* SIO_CPU_AFFINITY (MsQuic's per-processor sockets): SO_INCOMING_CPU. */
+    CHECK((e = IOCTL(u, SIO_CPU_AFFINITY, &cpu, sizeof cpu, NULL, 0, 0)) == 0
+              && sockopt_int(u, SOL_SOCKET, SO_INCOMING_CPU) == 0,
+          "SIO_CPU_AFFINITY: %d", e);
+    CHECK(IOCTL(u, SIO_CPU_AFFINITY, &cpu, 1, NULL, 0, 0) == WSAEINVAL, "short affinity");
+    CHECK(IOCTL(u, SIO_CPU_AFFINITY, NULL, 2, NULL, 0, 0) == WSAEFAULT, "NULL affinity");
+
+    /* SIO_UDP_CONNRESET, SIO_UDP_NETRESET, SIO_LOOPBACK_FAST_PATH: nothing
+     * to do on Linux; accepted on the sockets they apply to. */
+    CHECK(IOCTL(u, SIO_UDP_CONNRESET, &off, sizeof off, NULL, 0, 0) == 0, "SIO_UDP_CONNRESET");
+    CHECK(IOCTL(u, SIO_UDP_CONNRESET, &byte, 1, NULL, 0, 0) == 0, "SIO_UDP_CONNRESET, 1 byte");
+    CHECK(IOCTL(u, SIO_UDP_NETRESET, &off, sizeof off, NULL, 0, 0) == 0, "SIO_UDP_NETRESET");
+    CHECK(IOCTL(t, SIO_UDP_CONNRESET, &off, sizeof off, NULL, 0, 0) == WSAEINVAL,
+          "SIO_UDP_CONNRESET on TCP");
+    CHECK(IOCTL(u, SIO_UDP_CONNRESET, NULL, 4, NULL, 0, 0) == WSAEFAULT, "NULL input");
+    on = 1;
+    CHECK(IOCTL(t, SIO_LOOPBACK_FAST_PATH, &on, sizeof on, NULL, 0, 0) == 0,
+          "SIO_LOOPBACK_FAST_PATH");
+    CHECK(IOCTL(u, SIO_LOOPBACK_FAST_PATH, &on, sizeof on, NULL, 0, 0) == WSAEINVAL,
+          "SIO_LOOPBACK_FAST_PATH on UDP");
+    n = 7;
+    CHECK(WSAIoctl(u, SIO_UDP_CONNRESET, &off, sizeof off, NULL, 0, &n, NULL, completion)
+                  == SOCKET_ERROR
+              && WSAGetLastError() == WSAEOPNOTSUPP && n == 0,
+          "a completion routine");
+
+    /* The rest stays unsupported. */
+    {
+        char guid[16] = { 0 };
+        void *fn = NULL;
+        CHECK(IOCTL(t, SIO_GET_EXTENSION_FUNCTION_POINTER, guid, sizeof guid, &fn, sizeof fn, 0)
+                  == WSAEOPNOTSUPP,
+              "SIO_GET_EXTENSION_FUNCTION_POINTER");
+        CHECK(IOCTL(t, SIO_TCP_INFO, guid, 4, guid, sizeof guid, 0) == WSAEOPNOTSUPP,
+              "SIO_TCP_INFO");
+    }
+    close_(t);
+    close_(u);
 }
 
 /* ---- SIO_RELEASE_PORT_RESERVATION ---- */
@@ -446,11 +866,11 @@ static void test_release(void)
     CHECK(IOCTL(s, SIO_RELEASE_PORT_RESERVATION, &r.Token, 8, &r, sizeof r, 8) == WSAEINVAL,
           "an output buffer");
     CHECK(release(s, 0) == WSAEINVAL, "token 0");
-    CHECK(release(s, r.Token.Token) == 0, "release");
-    CHECK(release(s, r.Token.Token) == WSAEINVAL, "released twice");
+    CHECK(release(s, r.Token) == 0, "release");
+    CHECK(release(s, r.Token) == WSAEINVAL, "released twice");
     CHECK(acquire(t, 20200, 2, &r) == 0, "the block is free again");
     /* Released through another socket of the process. */
-    CHECK(release(s, r.Token.Token) == 0, "release via another socket");
+    CHECK(release(s, r.Token) == 0, "release via another socket");
     close_(s);
     close_(t);
 }
@@ -479,7 +899,7 @@ static void test_lifetimes(void)
     a = tcp4();
     CHECK(acquire(a, 0, 2, &w) == 0, "acquire");
     b = tcp4();
-    CHECK(associate(b, w.Token.Token) == 0, "associate");
+    CHECK(associate(b, w.Token) == 0, "associate");
     fd = b;
     close(b);
     c = tcp4();
@@ -514,7 +934,7 @@ static void *worker(void *arg)
     for (int i = 0; i < 20; i++) {
         INET_PORT_RESERVATION_INSTANCE r;
         SOCKET s = tcp4(), a = tcp4();
-        if (acquire(s, 0, 2, &r) != 0 || associate(a, r.Token.Token) != 0 || bind4(a, 0) != 0
+        if (acquire(s, 0, 2, &r) != 0 || associate(a, r.Token) != 0 || bind4(a, 0) != 0
             || !in_block(port_of(a), &r))
             (*bad)++;
         if (closesocket(a) != 0 || closesocket(s) != 0)
@@ -665,7 +1085,7 @@ static void test_user(int start, ULONG64 persistent, ULONG64 foreign, int owned)
     /* What a user may do works. */
     CHECK((e = acquire(s, 0, 2, &r)) == 0, "acquire: %d", e);
     a = tcp4();
-    CHECK(associate(a, r.Token.Token) == 0 && bind4(a, 0) == 0 && in_block(port_of(a), &r),
+    CHECK(associate(a, r.Token) == 0 && bind4(a, 0) == 0 && in_block(port_of(a), &r),
           "bind as a user: %d", port_of(a));
     close_(a);
     close_(s);
@@ -683,6 +1103,18 @@ static void test_user(int start, ULONG64 persistent, ULONG64 foreign, int owned)
     CHECK((e = bind4(a, 0)) == 0 && port_of(a) == owned, "bind to %d: %d, port %d", owned, e,
           port_of(a));
     close_(a);
+    /* ... and connected from without binding (the NFS client's way). */
+    {
+        int lport;
+        SOCKET l = listener(AF_INET, &lport);
+        a = tcp4();
+        CHECK(associate(a, token) == 0, "associate an owned reservation");
+        CHECK((e = connect_(a, AF_INET, lport)) == 0 && port_of(a) == owned,
+              "connect from %d: %d, port %d", owned, e, port_of(a));
+        CHECK(accepted_from(l) == owned, "the server sees port %d", owned);
+        close_(a);
+        close_(l);
+    }
 }
 
 /* ---- without a daemon ---- */
@@ -752,7 +1184,7 @@ static void test_restart(void)
      * connection and the socket's session reconnect by themselves. */
     e = (int) LookupPersistentTcpPortReservation(htons(25000), 2, &found);
     CHECK(e == NO_ERROR && found != 0, "lookup after the restart: %d", e);
-    old = r.Token.Token;
+    old = r.Token;
     CHECK((e = acquire(s, 0, 1, &r)) == 0, "acquire on the same socket: %d", e);
     CHECK((e = release(s, old)) == WSAEINVAL, "the old runtime token is gone: %d", e);
     a = tcp4();
@@ -775,6 +1207,9 @@ int main(int argc, char **argv)
         CHECK(WSAStartup(MAKEWORD(2, 2), &d) == 0, "WSAStartup");
         test_acquire();
         test_associate_and_bind();
+        test_implicit_bind();
+        test_wsasocket();
+        test_socket_controls();
         test_release();
         test_lifetimes();
         test_threads_and_fork();
