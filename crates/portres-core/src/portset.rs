@@ -288,10 +288,12 @@ impl FromStr for PortSet {
     /// overlapping entries merged. Port 0 is not accepted.
     fn from_str(text: &str) -> Result<PortSet, Error> {
         let bad = |why: String| Error::new(ErrorCode::InvalidParameter, why);
-        let mut set = PortSet::new();
+        // Collected, then sorted and merged once: inserting one by one
+        // would cost O(n²) for a long list.
+        let mut ranges = Vec::new();
         let text = text.trim();
         if text.is_empty() {
-            return Ok(set);
+            return Ok(PortSet::new());
         }
         for entry in text.split(',') {
             let entry = entry.trim();
@@ -311,9 +313,9 @@ impl FromStr for PortSet {
             if a > b {
                 return Err(bad(format!("range {entry:?} runs backwards")));
             }
-            set.insert_range(a, b);
+            ranges.push((a, b));
         }
-        Ok(set)
+        Ok(PortSet::from_ranges(ranges))
     }
 }
 

@@ -439,9 +439,25 @@ impl Front {
             if let Some(d) = self.check_deadline
                 && Instant::now() >= d
             {
-                lock(&self.shared.state).check_kernel();
+                self.check_kernel();
                 self.check_deadline = Some(Instant::now() + KERNEL_CHECK_INTERVAL);
             }
+        }
+    }
+
+    /// Checks that nobody else changed the kernel's list, reading it
+    /// without the state lock (see `State::check_kernel_text`).
+    fn check_kernel(&self) {
+        let (generation, reader) = {
+            let state = lock(&self.shared.state);
+            (state.kernel_generation(), state.kernel_text_reader())
+        };
+        match reader {
+            Some(read) => {
+                let text = read();
+                lock(&self.shared.state).check_kernel_text(generation, text);
+            }
+            None => lock(&self.shared.state).check_kernel(),
         }
     }
 

@@ -68,6 +68,8 @@ pub struct State {
     pub(crate) last_written: Option<PortSet>,
     /// `last_written` as text, rendered when `check_kernel` first needs it.
     last_written_text: Option<String>,
+    /// Counts writes to the kernel's list (see `kernel_generation`).
+    kernel_generation: u64,
     pub(crate) sessions: HashMap<SessionId, Session>,
     pub(crate) capabilities: HashMap<FileId, SessionId>,
     next_session: u64,
@@ -144,6 +146,7 @@ impl State {
             baseline: PortSet::new(),
             last_written: None,
             last_written_text: None,
+            kernel_generation: 0,
             sessions: HashMap::new(),
             capabilities: HashMap::new(),
             next_session: 1,
@@ -303,6 +306,7 @@ impl State {
                 // An adding write: nothing leaves the list meanwhile, and
                 // the cost does not grow with the list's length.
                 let added: PortSet = std::iter::once(block).collect();
+                self.kernel_generation += 1;
                 let result = kernel.add(&added);
                 match result {
                     Ok(()) => written.insert_block(block),
@@ -400,6 +404,7 @@ impl State {
             None => kernel.read().ok(),
         };
         self.last_written_text = None;
+        self.kernel_generation += 1;
         // `last_written` stays unknown until the write succeeds, so a failed
         // write is retried by the next change rather than skipped as
         // "unchanged".
@@ -413,20 +418,45 @@ impl State {
         self.kernel.is_some()
     }
 
-    /// Once in a while (the server's timer): whether someone else changed
-    /// the kernel's list (`sysctl -w`, `sysctl --system`, another tool),
-    /// and if so, puts back the baseline, the reservations and the ports
-    /// whose shrink is still pending, logging the incident once. Costs one
-    /// read of the sysctl and a text comparison when nothing changed.
+    /// How many times the kernel's list was written (or a write tried):
+    /// a text read between two equal counts saw no write of ours.
+    pub fn kernel_generation(&self) -> u64 {
+        self.kernel_generation
+    }
+
+    /// Reads the kernel's list without the state (and its lock); see
+    /// `check_kernel_text`.
+    pub fn kernel_text_reader(&self) -> Option<portres_kernel::sysctl::TextReader> {
+        self.kernel.as_ref()?.text_reader()
+    }
+
+    /// `check_kernel_text` with a read made now, under the lock.
     pub fn check_kernel(&mut self) {
         let Some(kernel) = self.kernel.as_ref() else {
             return;
         };
+        let text = kernel.read_text();
+        self.check_kernel_text(self.kernel_generation, text);
+    }
+
+    /// Once in a while (the server's timer): whether someone else changed
+    /// the kernel's list (`sysctl -w`, `sysctl --system`, another tool),
+    /// given `text` read at `generation` (see `kernel_generation`); if so,
+    /// puts back the baseline, the reservations and the ports whose shrink
+    /// is still pending, logging the incident once. Costs a text comparison
+    /// when nothing changed. Why the text is read by the caller: a long
+    /// list takes milliseconds to read (2 ms for 24 KB), which should not
+    /// be spent under the state lock.
+    pub fn check_kernel_text(&mut self, generation: u64, text: io::Result<String>) {
+        if self.kernel.is_none() || generation != self.kernel_generation {
+            // We wrote meanwhile: the text may predate it. Next time.
+            return;
+        }
         let Some(written) = self.last_written.as_ref() else {
             // A write failed: the next change (or flush) writes again.
             return;
         };
-        let text = match kernel.read_text() {
+        let text = match text {
             Ok(text) => text,
             Err(e) => {
                 log::error!("could not read ip_local_reserved_ports to check it: {e}");
@@ -465,19 +495,21 @@ impl State {
         }
     }
 
-    /// What the kernel's list holds now, for Status: read from the kernel
-    /// (what portresd last wrote if the read fails); empty without kernel
-    /// sync.
+    /// What the kernel's list holds now, for Status: what portresd last
+    /// wrote or found there (a change by someone else shows within
+    /// `KERNEL_CHECK_INTERVAL`, when it is also undone), or a fresh read
+    /// when a write failed; empty without kernel sync.
     pub(crate) fn kernel_value(&self) -> String {
         let Some(kernel) = self.kernel.as_ref() else {
             return String::new();
         };
-        kernel.read_text().unwrap_or_else(|_| {
-            self.last_written
-                .as_ref()
-                .map(PortSet::to_string)
-                .unwrap_or_default()
-        })
+        if let Some(text) = &self.last_written_text {
+            return text.clone();
+        }
+        match &self.last_written {
+            Some(written) => written.to_string(),
+            None => kernel.read_text().unwrap_or_default(),
+        }
     }
 
     /// The kernel's dynamic port range, re-read at most once a second (it

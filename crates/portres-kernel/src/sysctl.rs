@@ -40,6 +40,13 @@ pub trait ReservedPorts: Send {
         self.read().map(|set| set.to_string())
     }
 
+    /// A way to read the list as text ([`ReservedPorts::read_text`])
+    /// without this object, e.g. on another thread without the lock that
+    /// guards it; `None` if there is none (then call `read_text`).
+    fn text_reader(&self) -> Option<TextReader> {
+        None
+    }
+
     /// Adds `ports` to the list; no port leaves it, not for an instant.
     /// Any length (several writes, each adding). A failure part-way may have
     /// added some of `ports`.
@@ -66,6 +73,9 @@ pub trait ReservedPorts: Send {
         Ok(())
     }
 }
+
+/// Reads the reserved-ports list as text; see [`ReservedPorts::text_reader`].
+pub type TextReader = std::sync::Arc<dyn Fn() -> io::Result<String> + Send + Sync>;
 
 fn invalid(e: portres_core::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, e.message)
@@ -189,9 +199,12 @@ impl ReservedPorts for ProcReservedPorts {
     }
 
     fn read_text(&self) -> io::Result<String> {
-        let mut text = read_whole(&self.path)?;
-        text.truncate(text.trim_end().len());
-        Ok(text)
+        read_text_at(&self.path)
+    }
+
+    fn text_reader(&self) -> Option<TextReader> {
+        let path = self.path.clone();
+        Some(std::sync::Arc::new(move || read_text_at(&path)))
     }
 
     fn add(&mut self, ports: &PortSet) -> io::Result<()> {
@@ -211,6 +224,13 @@ impl ReservedPorts for ProcReservedPorts {
         let file = self.open_for_write(true)?;
         write_once_at(&file, text.as_bytes(), 0).map_err(|e| annotate(e, "writing", &self.path))
     }
+}
+
+/// The list as the kernel prints it, without the trailing newline.
+fn read_text_at(path: &Path) -> io::Result<String> {
+    let mut text = read_whole(path)?;
+    text.truncate(text.trim_end().len());
+    Ok(text)
 }
 
 /// Where an adding write goes: any offset but 0 makes the sysctl OR the
