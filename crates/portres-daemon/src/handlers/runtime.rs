@@ -67,17 +67,18 @@ pub(crate) fn acquire(
 /// The lowest port of `block` some socket holds right now, if any, using
 /// up one of `probes_left` per port probed; when none are left, the
 /// request is refused with `no_free_block`.
-pub(crate) fn probe_block(
+fn probe_block(
     probe: &(dyn Fn(Protocol, u16) -> std::io::Result<bool> + Send + Sync),
     protocol: Protocol,
     block: Block,
     probes_left: &mut usize,
 ) -> Result<Option<u16>, Error> {
     let allowed = (*probes_left).min(block.count() as usize);
-    let head = Block::new(block.start() as u32, allowed.max(1) as u32)?;
     if allowed == 0 {
         return Err(gave_up());
     }
+    // The part of the block the budget still allows.
+    let head = Block::new(block.start() as u32, allowed as u32)?;
     *probes_left -= allowed;
     match first_port_in_use(probe, protocol, head)? {
         Some(port) => {
