@@ -317,10 +317,7 @@ fn main() {
         ),
     ));
     rows.push(row(
-        &format!(
-            "portres acquire past {} busy ports, 1 client",
-            busy.busy
-        ),
+        &format!("portres acquire past {} busy ports, 1 client", busy.busy),
         &busy.acquire,
         format!(
             "acquire+release; another client's status meanwhile: p50 {} p99 {}",

@@ -265,13 +265,15 @@ pub struct BusyPorts {
 pub fn busy_ports(d: &Daemon, busy: usize, dur: Duration) -> BusyPorts {
     let (lo, _) = portres_kernel::sysctl::local_port_range().expect("port range");
     let sockets: Vec<_> = (0..busy)
-        .map(|i| {
-            std::net::TcpListener::bind((LOCALHOST, lo + i as u16)).expect("bind a busy port")
-        })
+        .map(|i| std::net::TcpListener::bind((LOCALHOST, lo + i as u16)).expect("bind a busy port"))
         .collect();
     let c = d.client();
     let first = c.acquire(Protocol::Tcp, 0, 1).expect("acquire");
-    assert_eq!(first.start() as usize, lo as usize + busy, "past the busy ports");
+    assert_eq!(
+        first.start() as usize,
+        lo as usize + busy,
+        "past the busy ports"
+    );
     first.release().expect("release");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let observer = {

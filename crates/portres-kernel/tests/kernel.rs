@@ -140,7 +140,9 @@ fn sysctl_prints_the_canonical_rendering() {
 
 #[test]
 fn an_adding_write_keeps_every_port_and_a_replacing_write_is_refused_when_too_long() {
-    netns_or_skip!("an_adding_write_keeps_every_port_and_a_replacing_write_is_refused_when_too_long");
+    netns_or_skip!(
+        "an_adding_write_keeps_every_port_and_a_replacing_write_is_refused_when_too_long"
+    );
     let mut sysctl = ProcReservedPorts::new();
     let long = every_other_port();
     sysctl.write(&long).expect("set a long value");
@@ -156,7 +158,10 @@ fn an_adding_write_keeps_every_port_and_a_replacing_write_is_refused_when_too_lo
     }
     assert!(more.to_string().len() > sysctl::MAX_WRITE);
     sysctl.add(&more).expect("add long");
-    assert_eq!(sysctl.read().expect("read"), long.union(&added).union(&more));
+    assert_eq!(
+        sysctl.read().expect("read"),
+        long.union(&added).union(&more)
+    );
     // A replacing write must fit one write; a longer one changes nothing.
     let err = sysctl.replace(&long).expect_err("too long");
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);

@@ -129,7 +129,10 @@ fn window_run(test: &str, reservations: u16, seconds: u64) -> Option<WindowFigur
         &hits[..hits.len().min(10)],
         figures.churn_cycles
     );
-    assert!(figures.churn_cycles > 10 && figures.reads > 10, "{figures:?}");
+    assert!(
+        figures.churn_cycles > 10 && figures.reads > 10,
+        "{figures:?}"
+    );
     drop(held);
     Some(figures)
 }
@@ -161,9 +164,9 @@ fn long_run_window_4000_reservations_no_stray_ports() {
 
 #[test]
 fn a_refused_acquire_leaves_no_block_in_the_kernel_and_status_shows_the_kernels_value() {
-    let Some(_ns) = netns(
-        "a_refused_acquire_leaves_no_block_in_the_kernel_and_status_shows_the_kernels_value",
-    ) else {
+    let Some(_ns) =
+        netns("a_refused_acquire_leaves_no_block_in_the_kernel_and_status_shows_the_kernels_value")
+    else {
         return;
     };
     set_kernel_reserved("1000");
@@ -177,7 +180,11 @@ fn a_refused_acquire_leaves_no_block_in_the_kernel_and_status_shows_the_kernels_
     for _ in 0..5 {
         // A release just before: the shrink flushes that follow run while
         // the candidate sits in the table, and write it into the kernel.
-        churn.acquire(Protocol::Tcp, 0, 1).unwrap().release().unwrap();
+        churn
+            .acquire(Protocol::Tcp, 0, 1)
+            .unwrap()
+            .release()
+            .unwrap();
         let err = asker.acquire(Protocol::Tcp, 41004, 16384).unwrap_err();
         assert_eq!(err.code, ErrorCode::SharingViolation, "{err:?}");
     }
@@ -185,7 +192,11 @@ fn a_refused_acquire_leaves_no_block_in_the_kernel_and_status_shows_the_kernels_
     let held = client.acquire(Protocol::Udp, 50000, 2).unwrap();
     let ok = eventually(|| kernel_reserved().to_string() == "1000,50000-50001");
     let status = client.status().unwrap();
-    assert!(ok, "after the refusals the kernel holds {}", kernel_reserved());
+    assert!(
+        ok,
+        "after the refusals the kernel holds {}",
+        kernel_reserved()
+    );
     assert_eq!(status.reserved_ports, kernel_reserved().to_string());
     drop(held);
 }
@@ -238,7 +249,11 @@ fn the_baselines_ports_cannot_be_acquired_with_an_explicit_start() {
     let client = d.client();
     for (start, count) in [(40000, 1), (39995, 10), (40009, 5)] {
         let err = client.acquire(Protocol::Tcp, start, count).unwrap_err();
-        assert_eq!(err.code, ErrorCode::SharingViolation, "{start}+{count}: {err:?}");
+        assert_eq!(
+            err.code,
+            ErrorCode::SharingViolation,
+            "{start}+{count}: {err:?}"
+        );
         assert!(err.message.contains("baseline"), "{}", err.message);
     }
     // Beside it is fine, and nothing leaked into the list.
