@@ -743,6 +743,19 @@ mod tests {
         Arc::new(|_, _| Ok(false))
     }
 
+    /// A probe that answers `busy(port)` and counts its calls.
+    fn counting_probe(
+        busy: impl Fn(u16) -> bool + Send + Sync + 'static,
+    ) -> (Probe, Arc<AtomicUsize>) {
+        let probes = Arc::new(AtomicUsize::new(0));
+        let counted = probes.clone();
+        let probe: Probe = Arc::new(move |_, port| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            Ok(busy(port))
+        });
+        (probe, probes)
+    }
+
     #[test]
     fn a_released_port_leaves_the_kernel_after_a_whole_quiet_window_and_churn_writes_nothing() {
         let sysctl = FakeSysctl::default();
@@ -882,13 +895,8 @@ mod tests {
 
     #[test]
     fn a_wildcard_search_past_8000_busy_ports_probes_each_port_once() {
-        let probes = Arc::new(AtomicUsize::new(0));
-        let counted = probes.clone();
         // 8000 ordinary sockets at the bottom of the dynamic range.
-        let probe: Probe = Arc::new(move |_, port| {
-            counted.fetch_add(1, Ordering::Relaxed);
-            Ok((32768..40768).contains(&port))
-        });
+        let (probe, probes) = counting_probe(|port| (32768..40768).contains(&port));
         let sysctl = FakeSysctl::default();
         let (state, session) = state_with(&sysctl, "", probe);
         let r = acquire(&state, session, params(0, 1)).unwrap();
@@ -903,13 +911,8 @@ mod tests {
 
     #[test]
     fn a_wildcard_block_search_past_scattered_busy_ports_probes_each_port_at_most_once() {
-        let probes = Arc::new(AtomicUsize::new(0));
-        let counted = probes.clone();
         // Every 10th port busy up to 36760: no block of 16 fits below.
-        let probe: Probe = Arc::new(move |_, port| {
-            counted.fetch_add(1, Ordering::Relaxed);
-            Ok(port <= 36760 && port % 10 == 0)
-        });
+        let (probe, probes) = counting_probe(|port| port <= 36760 && port % 10 == 0);
         let sysctl = FakeSysctl::default();
         let (state, session) = state_with(&sysctl, "", probe);
         let r = acquire(&state, session, params(0, 16)).unwrap();
@@ -919,12 +922,7 @@ mod tests {
 
     #[test]
     fn a_wildcard_search_through_a_range_full_of_sockets_gives_up_within_its_probe_budget() {
-        let probes = Arc::new(AtomicUsize::new(0));
-        let counted = probes.clone();
-        let probe: Probe = Arc::new(move |_, _| {
-            counted.fetch_add(1, Ordering::Relaxed);
-            Ok(true)
-        });
+        let (probe, probes) = counting_probe(|_| true);
         let sysctl = FakeSysctl::default();
         let (state, session) = state_with(&sysctl, "", probe);
         let err = acquire(&state, session, params(0, 4)).unwrap_err();
