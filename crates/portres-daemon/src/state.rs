@@ -39,6 +39,10 @@ pub fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// After logging a change of the kernel's list by someone else, further
+/// ones are only counted for this long.
+const KERNEL_INCIDENT_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Longest label accepted, in bytes.
 pub const MAX_LABEL_BYTES: usize = 256;
 
@@ -70,6 +74,9 @@ pub struct State {
     last_written_text: Option<String>,
     /// Counts writes to the kernel's list (see `kernel_generation`).
     kernel_generation: u64,
+    /// When `check_kernel` last logged a change by someone else, and how
+    /// many it saw since without logging.
+    kernel_incident_logged: Option<(Instant, u64)>,
     pub(crate) sessions: HashMap<SessionId, Session>,
     pub(crate) capabilities: HashMap<FileId, SessionId>,
     next_session: u64,
@@ -147,6 +154,7 @@ impl State {
             last_written: None,
             last_written_text: None,
             kernel_generation: 0,
+            kernel_incident_logged: None,
             sessions: HashMap::new(),
             capabilities: HashMap::new(),
             next_session: 1,
@@ -443,7 +451,8 @@ impl State {
     /// the kernel's list (`sysctl -w`, `sysctl --system`, another tool),
     /// given `text` read at `generation` (see `kernel_generation`); if so,
     /// puts back the baseline, the reservations and the ports whose shrink
-    /// is still pending, logging the incident once. Costs a text comparison
+    /// is still pending, logging the incident once (at most one line a
+    /// minute when it keeps happening). Costs a text comparison
     /// when nothing changed. Why the text is read by the caller: a long
     /// list takes milliseconds to read (2 ms for 24 KB), which should not
     /// be spent under the state lock.
@@ -478,13 +487,31 @@ impl State {
         };
         let missing = written.difference(&found);
         let extra = found.difference(written);
-        log::warn!(
-            "someone else changed ip_local_reserved_ports: it held {} and now holds {} ({} port(s) missing, {} added); restoring the baseline and the reservations",
-            abbreviated(expected),
-            abbreviated(&text),
-            missing.len(),
-            extra.len()
-        );
+        // One line per change; but a tool that rewrites the list all the
+        // time gets one line per minute, with a count.
+        let quiet = self
+            .kernel_incident_logged
+            .is_some_and(|(at, _)| at.elapsed() < KERNEL_INCIDENT_LOG_INTERVAL);
+        if quiet {
+            if let Some((_, unlogged)) = &mut self.kernel_incident_logged {
+                *unlogged += 1;
+            }
+        } else {
+            let more = match self.kernel_incident_logged {
+                Some((_, n)) if n > 0 => {
+                    format!(" ({n} more such change(s) before this one, not logged)")
+                }
+                _ => String::new(),
+            };
+            log::warn!(
+                "someone else changed ip_local_reserved_ports: it held {} and now holds {} ({} port(s) missing, {} added); restoring the baseline and the reservations{more}",
+                abbreviated(expected),
+                abbreviated(&text),
+                missing.len(),
+                extra.len()
+            );
+            self.kernel_incident_logged = Some((Instant::now(), 0));
+        }
         self.last_written = Some(found);
         self.last_written_text = None;
         let mut desired = self.desired_kernel_value(false);
