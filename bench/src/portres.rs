@@ -247,3 +247,64 @@ pub fn fill_persistent(d: &Daemon, n: usize) -> Duration {
     }
     t.elapsed()
 }
+
+/// What the "busy ports" scenario measured.
+pub struct BusyPorts {
+    /// Ordinary sockets bound at the bottom of the dynamic range.
+    pub busy: usize,
+    /// `acquire(tcp, any, 1)` latency, each search walking past all of them.
+    pub acquire: Samples,
+    /// Another client's `status` latency meanwhile.
+    pub status: Samples,
+}
+
+/// `busy` TCP listeners (not through portres) on the lowest ports of the
+/// dynamic range, then wildcard acquire + release in a loop for `dur`
+/// while another session asks for `status` (served by another worker, or
+/// the same one: whichever the daemon picked).
+pub fn busy_ports(d: &Daemon, busy: usize, dur: Duration) -> BusyPorts {
+    let (lo, _) = portres_kernel::sysctl::local_port_range().expect("port range");
+    let sockets: Vec<_> = (0..busy)
+        .map(|i| std::net::TcpListener::bind((LOCALHOST, lo + i as u16)).expect("bind a busy port"))
+        .collect();
+    let c = d.client();
+    let first = c.acquire(Protocol::Tcp, 0, 1).expect("acquire");
+    assert_eq!(
+        first.start() as usize,
+        lo as usize + busy,
+        "past the busy ports"
+    );
+    first.release().expect("release");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let observer = {
+        let o = d.client();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut lat = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                o.status().expect("status");
+                lat.push(t.elapsed());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Samples::merge(vec![lat], start.elapsed())
+        })
+    };
+    let start = Instant::now();
+    let lat = timed(dur, || {
+        c.acquire(Protocol::Tcp, 0, 1)
+            .expect("acquire")
+            .release()
+            .expect("release");
+    });
+    let acquire = Samples::merge(vec![lat], start.elapsed());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let status = observer.join().expect("observer");
+    drop(sockets);
+    BusyPorts {
+        busy,
+        acquire,
+        status,
+    }
+}

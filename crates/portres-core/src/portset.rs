@@ -123,6 +123,91 @@ impl PortSet {
         out
     }
 
+    /// The ports of `self` that are not in `other`.
+    pub fn difference(&self, other: &PortSet) -> PortSet {
+        let mut out = Vec::new();
+        let mut j = 0;
+        for &(a, b) in &self.ranges {
+            let (mut a, b) = (a as u32, b as u32);
+            // Skip other's ranges wholly below this one.
+            while j < other.ranges.len() && (other.ranges[j].1 as u32) < a {
+                j += 1;
+            }
+            let mut k = j;
+            while a <= b {
+                match other.ranges.get(k) {
+                    Some(&(lo, hi)) if lo as u32 <= b => {
+                        if (lo as u32) > a {
+                            out.push((a as u16, lo - 1));
+                        }
+                        a = a.max(hi as u32 + 1);
+                        k += 1;
+                    }
+                    _ => {
+                        out.push((a as u16, b as u16));
+                        break;
+                    }
+                }
+            }
+        }
+        PortSet { ranges: out }
+    }
+
+    /// The length in bytes of the canonical text form ([`fmt::Display`]).
+    pub fn rendered_len(&self) -> usize {
+        let entries: usize = self.ranges.iter().map(|&(a, b)| entry_len(a, b)).sum();
+        entries + self.ranges.len().saturating_sub(1)
+    }
+
+    /// A superset of `self` whose text form is at most `max_bytes` long:
+    /// `self` itself when it fits, otherwise `self` with the smallest gaps
+    /// between its ranges filled, smallest first, until the text fits.
+    ///
+    /// Why: the kernel replaces its reserved-ports list only with what one
+    /// write() carries (4092 bytes); a longer exact value cannot be put in
+    /// place without a moment in which part of it is missing. Reserving a
+    /// few extra ports in the gaps instead is harmless (the ephemeral pool
+    /// is a little smaller). Only gaps are filled: the outer ends of the set
+    /// never move, and every filled gap is no larger than any gap left open.
+    /// `max_bytes` must be at least 11 (so "1-65535" always fits).
+    pub fn coarsened_to_fit(&self, max_bytes: usize) -> PortSet {
+        assert!(max_bytes >= 11, "too small for one entry");
+        let mut total = self.rendered_len();
+        if total <= max_bytes {
+            return self.clone();
+        }
+        let r = &self.ranges;
+        let n = r.len();
+        // Gap i lies between range i and range i + 1.
+        let mut gaps: Vec<usize> = (0..n - 1).collect();
+        gaps.sort_by_key(|&i| (r[i + 1].0 - r[i].1, i));
+        // Merged groups of ranges: `head[e]` is the first range of the group
+        // ending at range e, `tail[s]` the last range of the group starting
+        // at range s (valid only at group ends).
+        let mut head: Vec<usize> = (0..n).collect();
+        let mut tail: Vec<usize> = (0..n).collect();
+        let mut filled = vec![false; n - 1];
+        for i in gaps {
+            if total <= max_bytes {
+                break;
+            }
+            let (first, last) = (head[i], tail[i + 1]);
+            total -= entry_len(r[first].0, r[i].1) + entry_len(r[i + 1].0, r[last].1) + 1;
+            total += entry_len(r[first].0, r[last].1);
+            tail[first] = last;
+            head[last] = first;
+            filled[i] = true;
+        }
+        let mut out: Vec<(u16, u16)> = Vec::new();
+        for (i, &(a, b)) in r.iter().enumerate() {
+            match out.last_mut() {
+                Some(prev) if filled[i - 1] => prev.1 = b,
+                _ => out.push((a, b)),
+            }
+        }
+        PortSet { ranges: out }
+    }
+
     /// The canonical text form, split into pieces of at most `max_bytes`
     /// bytes each, cut only between entries, with no separators at the cut.
     /// Writing the first piece replaces the kernel's value and later pieces
@@ -146,6 +231,22 @@ impl PortSet {
             }
         }
         chunks
+    }
+}
+
+/// The length of one entry of the text form: "P" or "A-B".
+fn entry_len(a: u16, b: u16) -> usize {
+    let digits = |p: u16| match p {
+        0..=9 => 1,
+        10..=99 => 2,
+        100..=999 => 3,
+        1000..=9999 => 4,
+        _ => 5,
+    };
+    if a == b {
+        digits(a)
+    } else {
+        digits(a) + 1 + digits(b)
     }
 }
 
@@ -187,10 +288,12 @@ impl FromStr for PortSet {
     /// overlapping entries merged. Port 0 is not accepted.
     fn from_str(text: &str) -> Result<PortSet, Error> {
         let bad = |why: String| Error::new(ErrorCode::InvalidParameter, why);
-        let mut set = PortSet::new();
+        // Collected, then sorted and merged once: inserting one by one
+        // would cost O(n²) for a long list.
+        let mut ranges = Vec::new();
         let text = text.trim();
         if text.is_empty() {
-            return Ok(set);
+            return Ok(PortSet::new());
         }
         for entry in text.split(',') {
             let entry = entry.trim();
@@ -210,9 +313,9 @@ impl FromStr for PortSet {
             if a > b {
                 return Err(bad(format!("range {entry:?} runs backwards")));
             }
-            set.insert_range(a, b);
+            ranges.push((a, b));
         }
-        Ok(set)
+        Ok(PortSet::from_ranges(ranges))
     }
 }
 
@@ -303,6 +406,54 @@ mod tests {
             if let Some(free) = (1..2100u16).find(|&p| !bits[p as usize]) {
                 sub.insert_range(free, free);
                 prop_assert!(!set.covers(&sub));
+            }
+        }
+
+        #[test]
+        fn difference_matches_a_bitmap_model(
+            xs in prop::collection::vec((1u16..3000, 0u16..60), 0..60),
+            ys in prop::collection::vec((1u16..3000, 0u16..60), 0..60),
+        ) {
+            let build = |v: &[(u16, u16)]| PortSet::from_ranges(v.iter().map(|&(a, l)| (a, a + l)).collect());
+            let (x, y) = (build(&xs), build(&ys));
+            let d = x.difference(&y);
+            for p in 1..3100u16 {
+                prop_assert_eq!(d.contains(p), x.contains(p) && !y.contains(p), "port {}", p);
+            }
+            prop_assert_eq!(PortSet::from_ranges(d.ranges().to_vec()), d.clone());
+            prop_assert_eq!(d.rendered_len(), d.to_string().len());
+        }
+
+        #[test]
+        fn a_coarsened_set_covers_the_original_fits_and_fills_only_the_smallest_gaps(
+            ports in prop::collection::vec((1u16..=65535, 0u16..4), 0..3000),
+            limit in 11usize..6000,
+        ) {
+            let set = PortSet::from_ranges(ports.iter().map(|&(a, l)| (a, a.saturating_add(l))).collect());
+            let c = set.coarsened_to_fit(limit);
+            prop_assert!(c.covers(&set), "a superset");
+            prop_assert!(c.to_string().len() <= limit, "fits: {} > {}", c.to_string().len(), limit);
+            prop_assert_eq!(c.rendered_len(), c.to_string().len());
+            if set.to_string().len() <= limit {
+                prop_assert_eq!(&c, &set, "unchanged when it fits");
+            }
+            // Only gaps are filled: every range of `c` starts and ends where
+            // a range of `set` does.
+            for &(a, b) in c.ranges() {
+                prop_assert!(set.ranges().iter().any(|r| r.0 == a));
+                prop_assert!(set.ranges().iter().any(|r| r.1 == b));
+            }
+            // Smallest first: no gap left open is smaller than a filled one.
+            let open: Vec<u16> = c.ranges().windows(2).map(|w| w[1].0 - w[0].1).collect();
+            let filled = c.difference(&set);
+            let largest_filled = filled.ranges().iter().map(|&(a, b)| b - a + 2).max();
+            if let (Some(f), Some(&o)) = (largest_filled, open.iter().min()) {
+                prop_assert!(f <= o, "filled a gap of {} but left one of {}", f, o);
+            }
+            // Minimal-ish: not coarser than needed; opening the largest
+            // filled gap again would not fit.
+            if c != set {
+                prop_assert!(c.to_string().len() + 12 > limit || set.to_string().len() <= limit);
             }
         }
 

@@ -37,6 +37,11 @@ use crate::worker::{NewConn, Workers};
 /// `State::flush_kernel`).
 pub const KERNEL_SHRINK_DELAY: Duration = Duration::from_millis(5);
 
+/// How often the front thread checks that nobody else changed the kernel's
+/// list (`State::check_kernel`: one read of the sysctl and a text
+/// comparison). Half a second, so a change is undone within a second.
+pub const KERNEL_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
 const TOKEN_LISTENER: u64 = 0;
 pub(crate) const TOKEN_STOP: u64 = 1;
 const TOKEN_SHRINK: u64 = 2;
@@ -337,6 +342,8 @@ struct Front {
     stop_fd: Arc<OwnedFd>,
     shrink_fd: Arc<OwnedFd>,
     shrink_deadline: Option<Instant>,
+    /// When to check the kernel's list next; `None` without kernel sync.
+    check_deadline: Option<Instant>,
     workers: Workers,
 }
 
@@ -371,8 +378,10 @@ impl Front {
             let workers = Workers::start(count, &cpus, shared.clone(), d.stop_fd.clone())?;
             Ok((epoll, workers))
         };
+        let kernel_sync = lock(&shared.state).kernel_sync();
         match setup() {
             Ok((epoll, workers)) => Ok(Front {
+                check_deadline: kernel_sync.then(|| Instant::now() + KERNEL_CHECK_INTERVAL),
                 shared,
                 listener: d.listener,
                 epoll,
@@ -388,7 +397,11 @@ impl Front {
     fn run(&mut self) -> io::Result<()> {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(16);
         loop {
-            let timeout = self.shrink_deadline.map(|d| {
+            let next = match (self.shrink_deadline, self.check_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = next.map(|d| {
                 let left = d.saturating_duration_since(Instant::now());
                 rustix::event::Timespec {
                     tv_sec: left.as_secs() as i64,
@@ -423,6 +436,28 @@ impl Front {
                 let again = lock(&self.shared.state).flush_kernel();
                 self.shrink_deadline = again.then(|| Instant::now() + KERNEL_SHRINK_DELAY);
             }
+            if let Some(d) = self.check_deadline
+                && Instant::now() >= d
+            {
+                self.check_kernel();
+                self.check_deadline = Some(Instant::now() + KERNEL_CHECK_INTERVAL);
+            }
+        }
+    }
+
+    /// Checks that nobody else changed the kernel's list, reading it
+    /// without the state lock (see `State::check_kernel_text`).
+    fn check_kernel(&self) {
+        let (generation, reader) = {
+            let state = lock(&self.shared.state);
+            (state.kernel_generation(), state.kernel_text_reader())
+        };
+        match reader {
+            Some(read) => {
+                let text = read();
+                lock(&self.shared.state).check_kernel_text(generation, text);
+            }
+            None => lock(&self.shared.state).check_kernel(),
         }
     }
 

@@ -39,6 +39,10 @@ pub fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// After logging a change of the kernel's list by someone else, further
+/// ones are only counted for this long.
+const KERNEL_INCIDENT_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Longest label accepted, in bytes.
 pub const MAX_LABEL_BYTES: usize = 256;
 
@@ -63,7 +67,16 @@ pub struct State {
     /// `None` when kernel sync is off.
     pub(crate) kernel: Option<Box<dyn ReservedPorts>>,
     pub(crate) baseline: PortSet,
+    /// What the kernel's list holds, as far as we know: the value we last
+    /// wrote (or found, see `check_kernel`); `None` after a failed write.
     pub(crate) last_written: Option<PortSet>,
+    /// `last_written` as text, rendered when `check_kernel` first needs it.
+    last_written_text: Option<String>,
+    /// Counts writes to the kernel's list (see `kernel_generation`).
+    kernel_generation: u64,
+    /// When `check_kernel` last logged a change by someone else, and how
+    /// many it saw since without logging.
+    kernel_incident_logged: Option<(Instant, u64)>,
     pub(crate) sessions: HashMap<SessionId, Session>,
     pub(crate) capabilities: HashMap<FileId, SessionId>,
     next_session: u64,
@@ -139,6 +152,9 @@ impl State {
             kernel,
             baseline: PortSet::new(),
             last_written: None,
+            last_written_text: None,
+            kernel_generation: 0,
+            kernel_incident_logged: None,
             sessions: HashMap::new(),
             capabilities: HashMap::new(),
             next_session: 1,
@@ -289,20 +305,43 @@ impl State {
     /// block (pending shrinks stay pending: reserving more is always safe),
     /// so the cost does not grow with the number of reservations.
     pub(crate) fn cover_in_kernel(&mut self, block: portres_core::Block) -> io::Result<()> {
-        if self.kernel.is_none() {
+        let Some(kernel) = self.kernel.as_mut() else {
             return Ok(());
-        }
-        let grown = match &self.last_written {
-            Some(written) if written.covers_block(block) => return Ok(()),
+        };
+        match &mut self.last_written {
+            Some(written) if written.covers_block(block) => Ok(()),
             Some(written) => {
-                let mut grown = written.clone();
-                grown.insert_block(block);
-                grown
+                // An adding write: nothing leaves the list meanwhile, and
+                // the cost does not grow with the list's length.
+                let added: PortSet = std::iter::once(block).collect();
+                self.kernel_generation += 1;
+                let result = kernel.add(&added);
+                match result {
+                    Ok(()) => written.insert_block(block),
+                    // Part of it may be in: we no longer know the value.
+                    Err(_) => self.last_written = None,
+                }
+                self.last_written_text = None;
+                result
             }
             // After a failed write we do not know what the kernel holds.
-            None => self.desired_kernel_value(false),
-        };
-        self.write_kernel(grown)
+            None => self.write_kernel(self.desired_kernel_value(false)),
+        }
+    }
+
+    /// After a refused Acquire took its candidate `block` out of the table:
+    /// a flush meanwhile may have written it into the kernel (the table
+    /// held it while it was probed), so when the kernel may hold it, a
+    /// shrink is scheduled like after a release.
+    pub(crate) fn forget_candidate(&mut self, block: portres_core::Block) {
+        if self.kernel.is_some()
+            && self
+                .last_written
+                .as_ref()
+                .is_none_or(|written| written.intersects(block))
+        {
+            self.mark_shrink_pending();
+        }
     }
 
     /// After `blocks` stopped being reserved: the kernel may keep them
@@ -356,6 +395,9 @@ impl State {
         keep
     }
 
+    /// Brings the kernel to `desired` (or a coarser superset when a shrink
+    /// of a long value needs one) without a moment in which a port both
+    /// values hold is missing: see `portres_kernel::sysctl::converge`.
     fn write_kernel(&mut self, desired: PortSet) -> io::Result<()> {
         let Some(kernel) = self.kernel.as_mut() else {
             return Ok(());
@@ -363,12 +405,138 @@ impl State {
         if self.last_written.as_ref() == Some(&desired) {
             return Ok(());
         }
-        // Forget what we wrote until the write succeeds, so a failed write
-        // is retried by the next change rather than skipped as "unchanged".
-        self.last_written = None;
-        kernel.write(&desired)?;
-        self.last_written = Some(desired);
+        // Unknown after a failed write: read it, so growth can still be
+        // written as an addition.
+        let current = match self.last_written.take() {
+            Some(written) => Some(written),
+            None => kernel.read().ok(),
+        };
+        self.last_written_text = None;
+        self.kernel_generation += 1;
+        // `last_written` stays unknown until the write succeeds, so a failed
+        // write is retried by the next change rather than skipped as
+        // "unchanged".
+        let held = portres_kernel::sysctl::converge(&mut **kernel, current.as_ref(), &desired)?;
+        self.last_written = Some(held);
         Ok(())
+    }
+
+    /// Whether the daemon keeps the kernel's list.
+    pub fn kernel_sync(&self) -> bool {
+        self.kernel.is_some()
+    }
+
+    /// How many times the kernel's list was written (or a write tried):
+    /// a text read between two equal counts saw no write of ours.
+    pub fn kernel_generation(&self) -> u64 {
+        self.kernel_generation
+    }
+
+    /// Reads the kernel's list without the state (and its lock); see
+    /// `check_kernel_text`.
+    pub fn kernel_text_reader(&self) -> Option<portres_kernel::sysctl::TextReader> {
+        self.kernel.as_ref()?.text_reader()
+    }
+
+    /// `check_kernel_text` with a read made now, under the lock.
+    pub fn check_kernel(&mut self) {
+        let Some(kernel) = self.kernel.as_ref() else {
+            return;
+        };
+        let text = kernel.read_text();
+        self.check_kernel_text(self.kernel_generation, text);
+    }
+
+    /// Once in a while (the server's timer): whether someone else changed
+    /// the kernel's list (`sysctl -w`, `sysctl --system`, another tool),
+    /// given `text` read at `generation` (see `kernel_generation`); if so,
+    /// puts back the baseline, the reservations and the ports whose shrink
+    /// is still pending, logging the incident once (at most one line a
+    /// minute when it keeps happening). Costs a text comparison
+    /// when nothing changed. Why the text is read by the caller: a long
+    /// list takes milliseconds to read (2 ms for 24 KB), which should not
+    /// be spent under the state lock.
+    pub fn check_kernel_text(&mut self, generation: u64, text: io::Result<String>) {
+        if self.kernel.is_none() || generation != self.kernel_generation {
+            // We wrote meanwhile: the text may predate it. Next time.
+            return;
+        }
+        let Some(written) = self.last_written.as_ref() else {
+            // A write failed: the next change (or flush) writes again.
+            return;
+        };
+        let text = match text {
+            Ok(text) => text,
+            Err(e) => {
+                log::error!("could not read ip_local_reserved_ports to check it: {e}");
+                return;
+            }
+        };
+        let expected = self
+            .last_written_text
+            .get_or_insert_with(|| written.to_string());
+        if text == *expected {
+            return;
+        }
+        let found: PortSet = match text.parse() {
+            Ok(found) => found,
+            Err(e) => {
+                log::error!("ip_local_reserved_ports reads as {text:?}: {}", e.message);
+                return;
+            }
+        };
+        let missing = written.difference(&found);
+        let extra = found.difference(written);
+        // One line per change; but a tool that rewrites the list all the
+        // time gets one line per minute, with a count.
+        let quiet = self
+            .kernel_incident_logged
+            .is_some_and(|(at, _)| at.elapsed() < KERNEL_INCIDENT_LOG_INTERVAL);
+        if quiet {
+            if let Some((_, unlogged)) = &mut self.kernel_incident_logged {
+                *unlogged += 1;
+            }
+        } else {
+            let more = match self.kernel_incident_logged {
+                Some((_, n)) if n > 0 => {
+                    format!(" ({n} more such change(s) before this one, not logged)")
+                }
+                _ => String::new(),
+            };
+            log::warn!(
+                "someone else changed ip_local_reserved_ports: it held {} and now holds {} ({} port(s) missing, {} added); restoring the baseline and the reservations{more}",
+                abbreviated(expected),
+                abbreviated(&text),
+                missing.len(),
+                extra.len()
+            );
+            self.kernel_incident_logged = Some((Instant::now(), 0));
+        }
+        self.last_written = Some(found);
+        self.last_written_text = None;
+        let mut desired = self.desired_kernel_value(false);
+        let pending = self.released_recently.iter().map(|b| (b.start(), b.last()));
+        desired.extend(&PortSet::from_ranges(pending.collect()));
+        if let Err(e) = self.write_kernel(desired) {
+            log::error!("could not restore ip_local_reserved_ports: {e}");
+        }
+    }
+
+    /// What the kernel's list holds now, for Status: what portresd last
+    /// wrote or found there (a change by someone else shows within
+    /// `KERNEL_CHECK_INTERVAL`, when it is also undone), or a fresh read
+    /// when a write failed; empty without kernel sync.
+    pub(crate) fn kernel_value(&self) -> String {
+        let Some(kernel) = self.kernel.as_ref() else {
+            return String::new();
+        };
+        if let Some(text) = &self.last_written_text {
+            return text.clone();
+        }
+        match &self.last_written {
+            Some(written) => written.to_string(),
+            None => kernel.read_text().unwrap_or_default(),
+        }
     }
 
     /// The kernel's dynamic port range, re-read at most once a second (it
@@ -439,6 +607,19 @@ impl State {
             .count();
         (self.table.len() - persistent, persistent)
     }
+}
+
+/// `text` cut to a length fit for one log line.
+fn abbreviated(text: &str) -> String {
+    const MAX: usize = 300;
+    if text.len() <= MAX {
+        return format!("{text:?}");
+    }
+    let cut = (0..=MAX)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    format!("{:?}... ({} bytes)", &text[..cut], text.len())
 }
 
 /// Validates a label.
@@ -534,96 +715,297 @@ pub(crate) fn check_not_in_use(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::OnceLock;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
+    use portres_kernel::sysctl::FakeReservedPorts;
     use portres_proto::{AcquireParams, ReleaseParams};
 
     use super::*;
+    use crate::handlers::runtime::{EXTRA_PROBES_PER_ACQUIRE, acquire};
 
-    /// A sysctl that remembers its value and counts writes.
-    struct FakeSysctl {
-        value: Arc<Mutex<PortSet>>,
-        writes: Arc<AtomicUsize>,
+    /// The kernel's rules (see `FakeReservedPorts`), shared with the test.
+    #[derive(Clone, Default)]
+    struct FakeSysctl(Arc<Mutex<FakeReservedPorts>>);
+
+    impl FakeSysctl {
+        fn value(&self) -> PortSet {
+            self.0.lock().unwrap().value.clone()
+        }
+
+        fn writes(&self) -> usize {
+            self.0.lock().unwrap().writes
+        }
+
+        /// Someone else's `sysctl -w`.
+        fn set_by_someone_else(&self, text: &str) {
+            let mut fake = self.0.lock().unwrap();
+            fake.value = text.parse().unwrap();
+            let value = fake.value.clone();
+            fake.history.push(value);
+        }
+
+        /// Every value the list held since the last call.
+        fn take_history(&self) -> Vec<PortSet> {
+            std::mem::take(&mut self.0.lock().unwrap().history)
+        }
     }
 
     impl ReservedPorts for FakeSysctl {
         fn read(&self) -> io::Result<PortSet> {
-            Ok(self.value.lock().unwrap().clone())
+            self.0.lock().unwrap().read()
         }
 
-        fn write(&mut self, ports: &PortSet) -> io::Result<()> {
-            self.writes.fetch_add(1, Ordering::Relaxed);
-            *self.value.lock().unwrap() = ports.clone();
-            Ok(())
+        fn add(&mut self, ports: &PortSet) -> io::Result<()> {
+            self.0.lock().unwrap().add(ports)
+        }
+
+        fn replace(&mut self, ports: &PortSet) -> io::Result<()> {
+            self.0.lock().unwrap().replace(ports)
         }
     }
 
-    #[test]
-    fn a_released_port_leaves_the_kernel_after_a_whole_quiet_window_and_churn_writes_nothing() {
+    type Probe = Arc<dyn Fn(Protocol, u16) -> io::Result<bool> + Send + Sync>;
+
+    fn state_with(sysctl: &FakeSysctl, baseline: &str, probe: Probe) -> (Mutex<State>, SessionId) {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::for_current_user();
         config.state_dir = dir.path().join("state");
-        let store = Store::open(&config.state_dir).unwrap();
-        let value = Arc::new(Mutex::new(PortSet::new()));
-        let writes = Arc::new(AtomicUsize::new(0));
-        let sysctl = FakeSysctl {
-            value: value.clone(),
-            writes: writes.clone(),
-        };
-        let state = State::new(
-            config,
-            store,
-            Some(Box::new(sysctl)),
-            Arc::new(|_, _| Ok(false)),
-            0,
-        )
-        .unwrap();
-        let state = Mutex::new(state);
-        let caller = Caller {
+        let mut store = Store::open(&config.state_dir).unwrap();
+        store.set_baseline(&baseline.parse().unwrap()).unwrap();
+        let mut state =
+            State::new(config, store, Some(Box::new(sysctl.clone())), probe, 0).unwrap();
+        // The dynamic range, as if just read from the kernel.
+        state.range_cache = Some((Instant::now() + Duration::from_secs(3600), (32768, 60999)));
+        let session = state.open_session(Caller {
             uid: 0,
             gid: 0,
             groups: vec![],
             pid: 1,
             admin: true,
-        };
-        let session = lock(&state).open_session(caller);
+        });
+        // The store's directory may go: the database stays open.
+        drop(dir);
+        (Mutex::new(state), session)
+    }
+
+    fn params(start: u32, count: u32) -> AcquireParams {
+        AcquireParams {
+            protocol: Protocol::Tcp,
+            start,
+            count,
+            label: None,
+        }
+    }
+
+    fn no_port_in_use() -> Probe {
+        Arc::new(|_, _| Ok(false))
+    }
+
+    /// A probe that answers `busy(port)` and counts its calls.
+    fn counting_probe(
+        busy: impl Fn(u16) -> bool + Send + Sync + 'static,
+    ) -> (Probe, Arc<AtomicUsize>) {
+        let probes = Arc::new(AtomicUsize::new(0));
+        let counted = probes.clone();
+        let probe: Probe = Arc::new(move |_, port| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            Ok(busy(port))
+        });
+        (probe, probes)
+    }
+
+    #[test]
+    fn a_released_port_leaves_the_kernel_after_a_whole_quiet_window_and_churn_writes_nothing() {
+        let sysctl = FakeSysctl::default();
+        let (state, session) = state_with(&sysctl, "", no_port_in_use());
         let cycle = || {
-            let r = crate::handlers::runtime::acquire(
-                &state,
-                session,
-                AcquireParams {
-                    protocol: Protocol::Tcp,
-                    start: 40000,
-                    count: 2,
-                    label: None,
-                },
-            )
-            .unwrap();
+            let r = acquire(&state, session, params(40000, 2)).unwrap();
             let token = r.reservation.token.unwrap();
             lock(&state)
                 .release(session, ReleaseParams { token })
                 .unwrap();
         };
-        let held = || value.lock().unwrap().to_string();
+        let held = || sysctl.value().to_string();
         cycle();
         assert_eq!(held(), "40000-40001", "covered before the answer");
-        let after_first = writes.load(Ordering::Relaxed);
+        let after_first = sysctl.writes();
         // Churn: acquired and released again within every window.
         for _ in 0..5 {
             cycle();
             assert!(lock(&state).flush_kernel(), "another flush is due");
             assert_eq!(held(), "40000-40001");
         }
-        assert_eq!(
-            writes.load(Ordering::Relaxed),
-            after_first,
-            "steady churn writes nothing"
-        );
+        assert_eq!(sysctl.writes(), after_first, "steady churn writes nothing");
         // Quiet for a whole window: gone at the next flush, and nothing more
         // is due.
         assert!(!lock(&state).flush_kernel());
         assert_eq!(held(), "");
         assert!(!lock(&state).flush_kernel());
-        assert_eq!(writes.load(Ordering::Relaxed), after_first + 1);
+        assert_eq!(sysctl.writes(), after_first + 1);
+    }
+
+    #[test]
+    fn a_long_list_never_lacks_a_reserved_port_while_it_grows_and_shrinks() {
+        let sysctl = FakeSysctl::default();
+        let (state, session) = state_with(&sysctl, "1000-1009", no_port_in_use());
+        // 4000 scattered one-port reservations: ~24 KB of text, six write
+        // pieces.
+        let mut tokens = Vec::new();
+        for i in 0..4000u32 {
+            let r = acquire(&state, session, params(20000 + 3 * i, 1)).unwrap();
+            tokens.push(r.reservation.token.unwrap());
+        }
+        assert!(sysctl.value().to_string().len() > 5 * 4092);
+        let must_hold = |state: &Mutex<State>| lock(state).desired_kernel_value(false);
+        sysctl.take_history();
+        // Release every other one and acquire others, flushing meanwhile:
+        // every value the kernel ever holds covers what is reserved.
+        for (round, token) in tokens.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+            lock(&state)
+                .release(session, ReleaseParams { token: *token })
+                .unwrap();
+            let reserved = must_hold(&state);
+            if round % 100 == 0 {
+                let start = 33000 + round as u32;
+                acquire(&state, session, params(start, 1)).unwrap();
+                lock(&state).flush_kernel();
+                lock(&state).flush_kernel();
+            }
+            for value in sysctl.take_history() {
+                assert!(value.covers(&reserved), "a reserved port left the kernel");
+            }
+        }
+        lock(&state).flush_kernel();
+        lock(&state).flush_kernel();
+        let reserved = must_hold(&state);
+        let held = sysctl.value();
+        assert!(held.covers(&reserved));
+        // 2000 scattered ports are too long for one write: the kernel holds
+        // a coarser superset that fits one, no coarser than needed.
+        let len = held.to_string().len();
+        let max = portres_kernel::sysctl::MAX_WRITE;
+        assert!(max - 12 < len && len <= max, "{len} bytes");
+    }
+
+    #[test]
+    fn a_refused_acquire_whose_block_a_flush_wrote_meanwhile_leaves_the_kernel() {
+        // The candidate is in the table while it is probed; a flush then
+        // (another session's release) writes it into the kernel. The probe
+        // finds a port in use: the block must still leave the kernel.
+        let shared: Arc<OnceLock<Arc<Mutex<State>>>> = Arc::new(OnceLock::new());
+        let inside = shared.clone();
+        let probe: Probe = Arc::new(move |_, port| {
+            if port == 45000
+                && let Some(state) = inside.get()
+            {
+                lock(state).flush_kernel();
+            }
+            Ok(port == 45099)
+        });
+        let sysctl = FakeSysctl::default();
+        let (state, session) = state_with(&sysctl, "", probe);
+        let state = Arc::new(state);
+        shared.set(state.clone()).ok().unwrap();
+        // A release leaves a shrink pending.
+        let other = acquire(&state, session, params(50000, 1)).unwrap();
+        let token = other.reservation.token.unwrap();
+        lock(&state)
+            .release(session, ReleaseParams { token })
+            .unwrap();
+        lock(&state).flush_kernel();
+        let err = acquire(&state, session, params(45000, 100)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::SharingViolation);
+        assert!(
+            sysctl.value().contains(45000),
+            "the flush wrote the candidate"
+        );
+        lock(&state).flush_kernel();
+        lock(&state).flush_kernel();
+        assert_eq!(sysctl.value().to_string(), "", "converged to the baseline");
+        assert_eq!(lock(&state).kernel_value(), "", "and Status says so");
+    }
+
+    #[test]
+    fn a_list_someone_else_rewrote_is_restored_at_the_next_check() {
+        let sysctl = FakeSysctl::default();
+        let (state, session) = state_with(&sysctl, "1000", no_port_in_use());
+        acquire(&state, session, params(40000, 10)).unwrap();
+        let r = acquire(&state, session, params(41000, 1)).unwrap();
+        let token = r.reservation.token.unwrap();
+        lock(&state)
+            .release(session, ReleaseParams { token })
+            .unwrap();
+        let writes = sysctl.writes();
+        lock(&state).check_kernel();
+        assert_eq!(sysctl.writes(), writes, "nothing changed: nothing written");
+        // `sysctl --system` puts the admin's value back.
+        sysctl.set_by_someone_else("1000,2000");
+        lock(&state).check_kernel();
+        assert_eq!(
+            sysctl.value().to_string(),
+            "1000,40000-40009,41000",
+            "baseline, reservations and the port whose shrink is pending"
+        );
+        let writes = sysctl.writes();
+        lock(&state).check_kernel();
+        assert_eq!(sysctl.writes(), writes, "restored once");
+    }
+
+    #[test]
+    fn a_wildcard_search_past_8000_busy_ports_probes_each_port_once() {
+        // 8000 ordinary sockets at the bottom of the dynamic range.
+        let (probe, probes) = counting_probe(|port| (32768..40768).contains(&port));
+        let sysctl = FakeSysctl::default();
+        let (state, session) = state_with(&sysctl, "", probe);
+        let r = acquire(&state, session, params(0, 1)).unwrap();
+        assert_eq!(r.reservation.start, 40768);
+        assert_eq!(probes.swap(0, Ordering::Relaxed), 8001);
+        // The next search skips the reserved 40768 without probing ports
+        // whose blocks would hold it (40753..40767).
+        let r = acquire(&state, session, params(0, 16)).unwrap();
+        assert_eq!(r.reservation.start, 40769);
+        assert_eq!(probes.swap(0, Ordering::Relaxed), 7985 + 16);
+    }
+
+    #[test]
+    fn a_wildcard_block_search_past_scattered_busy_ports_probes_each_port_at_most_once() {
+        // Every 10th port busy up to 36760: no block of 16 fits below.
+        let (probe, probes) = counting_probe(|port| port <= 36760 && port % 10 == 0);
+        let sysctl = FakeSysctl::default();
+        let (state, session) = state_with(&sysctl, "", probe);
+        let r = acquire(&state, session, params(0, 16)).unwrap();
+        assert_eq!(r.reservation.start, 36761);
+        assert_eq!(probes.load(Ordering::Relaxed), 36776 - 32768 + 1);
+    }
+
+    #[test]
+    fn a_wildcard_search_through_a_range_full_of_sockets_gives_up_within_its_probe_budget() {
+        let (probe, probes) = counting_probe(|_| true);
+        let sysctl = FakeSysctl::default();
+        let (state, session) = state_with(&sysctl, "", probe);
+        let err = acquire(&state, session, params(0, 4)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::NoFreeBlock);
+        assert!(err.message.contains("gave up"), "{}", err.message);
+        assert_eq!(probes.load(Ordering::Relaxed), EXTRA_PROBES_PER_ACQUIRE + 4);
+        let state = lock(&state);
+        assert!(state.table.is_empty(), "the refusal changed nothing");
+    }
+
+    #[test]
+    fn the_baselines_ports_are_refused_to_an_explicit_start() {
+        let sysctl = FakeSysctl::default();
+        let (state, session) = state_with(&sysctl, "33000-33009", no_port_in_use());
+        let err = acquire(&state, session, params(32995, 10)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::SharingViolation);
+        assert!(err.message.contains("33000-33004"), "{}", err.message);
+        assert!(lock(&state).table.is_empty());
+        // Next to it is fine; a wildcard search goes around it.
+        acquire(&state, session, params(33010, 1)).unwrap();
+        let r = acquire(&state, session, params(32999, 1)).unwrap();
+        assert_eq!(r.reservation.start, 32999);
+        let r = acquire(&state, session, params(0, 300)).unwrap();
+        assert_eq!(r.reservation.start, 33011);
     }
 }

@@ -12,20 +12,112 @@
 //! belong to the namespace of the thread that opens them.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use portres_core::PortSet;
 
 /// The kernel's reserved-ports list (net.ipv4.ip_local_reserved_ports), per
 /// network namespace, shared by TCP and UDP.
+///
+/// Two ways to change it, after the kernel's own two: a write() at file
+/// offset 0 *replaces* the list, a write() at any other offset *adds* to it
+/// (measured on kernel 6.18; `proc_do_large_bitmap` copies or ORs its
+/// parsed bitmap). Neither leaves a moment in which a port that is in the
+/// list before and after is missing: the bitmap is swapped word by word.
+/// But one write() carries at most [`MAX_WRITE`] bytes, so a longer value
+/// can be *added* in several writes, never *replaced* by one. [`converge`]
+/// puts both together so that the list never loses a port it must keep.
 pub trait ReservedPorts: Send {
     /// Reads the current list.
     fn read(&self) -> io::Result<PortSet>;
 
-    /// Replaces the whole list with `ports`. A failure part-way may leave a
-    /// prefix of the new list in place: callers re-read or re-write.
-    fn write(&mut self, ports: &PortSet) -> io::Result<()>;
+    /// Reads the current list as the kernel prints it (canonical ranges,
+    /// no trailing newline): cheaper than [`ReservedPorts::read`] when all
+    /// the caller wants is to compare it with a value it knows.
+    fn read_text(&self) -> io::Result<String> {
+        self.read().map(|set| set.to_string())
+    }
+
+    /// A way to read the list as text ([`ReservedPorts::read_text`])
+    /// without this object, e.g. on another thread without the lock that
+    /// guards it; `None` if there is none (then call `read_text`).
+    fn text_reader(&self) -> Option<TextReader> {
+        None
+    }
+
+    /// Adds `ports` to the list; no port leaves it, not for an instant.
+    /// Any length (several writes, each adding). A failure part-way may have
+    /// added some of `ports`.
+    fn add(&mut self, ports: &PortSet) -> io::Result<()>;
+
+    /// Replaces the list with `ports` in one write(): the list goes from
+    /// the old value to the new one with nothing in between. `ports` must
+    /// render to at most [`MAX_WRITE`] bytes ([`PortSet::coarsened_to_fit`]
+    /// makes a value that does); a longer one is refused with
+    /// `ErrorKind::InvalidInput` and nothing is written.
+    fn replace(&mut self, ports: &PortSet) -> io::Result<()>;
+
+    /// Sets the list to exactly `ports`, whatever its length: the first
+    /// piece replaces, the rest add. Between those writes the ports of the
+    /// later pieces are missing, so this is only for setting up a value
+    /// nobody relies on yet (tests, tools); the daemon uses [`converge`].
+    fn write(&mut self, ports: &PortSet) -> io::Result<()> {
+        let mut pieces = ports.render_chunks(MAX_WRITE).into_iter();
+        let first = pieces.next().unwrap_or_default();
+        self.replace(&first.parse().map_err(invalid)?)?;
+        for piece in pieces {
+            self.add(&piece.parse().map_err(invalid)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the reserved-ports list as text; see [`ReservedPorts::text_reader`].
+pub type TextReader = std::sync::Arc<dyn Fn() -> io::Result<String> + Send + Sync>;
+
+fn invalid(e: portres_core::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, e.message)
+}
+
+/// Brings the kernel's list from `current` (what it holds, if the caller
+/// knows) to `desired` or, when `desired` is too long to replace the list
+/// in one write, to a coarser superset of it — never through a value that
+/// lacks a port of `desired` that `current` had. Returns what the list
+/// holds afterwards.
+///
+/// - Growth (`desired` covers `current`): only the added ports are
+///   written, at a non-zero offset; the result is exactly `desired`, at
+///   any length.
+/// - Otherwise (a shrink, or `current` unknown): one replacing write of
+///   `desired.coarsened_to_fit(MAX_WRITE)`, or just the added part of it
+///   when that covers `current`.
+///
+/// On error the list may hold `current` plus some of what was added, or
+/// (unknown `current`) anything it held before: re-read before relying on
+/// it.
+pub fn converge(
+    kernel: &mut dyn ReservedPorts,
+    current: Option<&PortSet>,
+    desired: &PortSet,
+) -> io::Result<PortSet> {
+    if let Some(current) = current {
+        if current == desired {
+            return Ok(desired.clone());
+        }
+        if desired.covers(current) {
+            kernel.add(&desired.difference(current))?;
+            return Ok(desired.clone());
+        }
+    }
+    let target = desired.coarsened_to_fit(MAX_WRITE);
+    match current {
+        Some(current) if current == &target => {}
+        Some(current) if target.covers(current) => kernel.add(&target.difference(current))?,
+        _ => kernel.replace(&target)?,
+    }
+    Ok(target)
 }
 
 /// The most bytes the kernel keeps from one write() to the reserved-ports
@@ -34,7 +126,7 @@ pub trait ReservedPorts: Send {
 /// Why: the sysctl handler (`proc_do_large_bitmap`) copies at most one page
 /// minus a few bytes per write and silently drops the rest, cut at the last
 /// whole entry (measured: a 60005-byte write returns 4092). So a long value
-/// is written as several pieces on one descriptor.
+/// can only be added in several writes.
 pub const MAX_WRITE: usize = 4092;
 
 /// The first read buffer size for the reserved-ports file. The longest
@@ -106,39 +198,76 @@ impl ReservedPorts for ProcReservedPorts {
         })
     }
 
-    fn write(&mut self, ports: &PortSet) -> io::Result<()> {
-        let mut file = self.open_for_write(true)?;
-        for piece in pieces(ports) {
-            write_piece(&mut file, piece.as_bytes())
-                .map_err(|e| annotate(e, "writing", &self.path))?;
+    fn read_text(&self) -> io::Result<String> {
+        read_text_at(&self.path)
+    }
+
+    fn text_reader(&self) -> Option<TextReader> {
+        let path = self.path.clone();
+        Some(std::sync::Arc::new(move || read_text_at(&path)))
+    }
+
+    fn add(&mut self, ports: &PortSet) -> io::Result<()> {
+        if ports.is_empty() {
+            return Ok(());
+        }
+        let file = self.open_for_write(false)?;
+        for piece in ports.render_chunks(MAX_WRITE) {
+            write_once_at(&file, piece.as_bytes(), ADDING_OFFSET)
+                .map_err(|e| annotate(e, "adding to", &self.path))?;
         }
         Ok(())
     }
+
+    fn replace(&mut self, ports: &PortSet) -> io::Result<()> {
+        let text = replacing_text(ports)?;
+        let file = self.open_for_write(true)?;
+        write_once_at(&file, text.as_bytes(), 0).map_err(|e| annotate(e, "writing", &self.path))
+    }
 }
 
-/// What to write for `ports`, one write() per piece, in order.
+/// The list as the kernel prints it, without the trailing newline.
+fn read_text_at(path: &Path) -> io::Result<String> {
+    let mut text = read_whole(path)?;
+    text.truncate(text.trim_end().len());
+    Ok(text)
+}
+
+/// Where an adding write goes: any offset but 0 makes the sysctl OR the
+/// written list into its bitmap instead of replacing it.
+const ADDING_OFFSET: u64 = 1;
+
+/// What one replacing write carries for `ports`.
 ///
 /// Why the empty set is special: a zero-length write() to this file is a
 /// no-op that leaves the old value in place (measured on kernel 6.18), while
-/// writing "\n" clears it. Later pieces carry no leading comma: the kernel
-/// parses each write on its own and adds its entries (a leading comma is
-/// EINVAL).
-fn pieces(ports: &PortSet) -> Vec<String> {
+/// writing "\n" clears it.
+fn replacing_text(ports: &PortSet) -> io::Result<String> {
     if ports.is_empty() {
-        return vec!["\n".to_owned()];
+        return Ok("\n".to_owned());
     }
-    ports.render_chunks(MAX_WRITE)
+    let text = ports.to_string();
+    if text.len() > MAX_WRITE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a {}-byte value cannot replace the list in one write (at most {MAX_WRITE})",
+                text.len()
+            ),
+        ));
+    }
+    Ok(text)
 }
 
-/// Writes one piece with exactly one write() call.
+/// Writes `piece` with exactly one pwrite() call at `offset`.
 ///
-/// Why one call: the first write() on the descriptor replaces the value and
-/// each later one adds to it, so `write_all`'s retry of a short write would
-/// be parsed as a separate list (and a piece cut mid-entry would be wrong).
-/// A short write means the kernel dropped entries: report it.
-fn write_piece(file: &mut File, piece: &[u8]) -> io::Result<()> {
+/// Why one call: each write() is parsed as a list of its own, so
+/// `write_all`'s retry of a short write would be wrong (and a piece cut
+/// mid-entry would be wrong too). A short write means the kernel dropped
+/// entries: report it.
+fn write_once_at(file: &File, piece: &[u8], offset: u64) -> io::Result<()> {
     loop {
-        match file.write(piece) {
+        match file.write_at(piece, offset) {
             Ok(n) if n == piece.len() => return Ok(()),
             Ok(n) => {
                 return Err(io::Error::new(
@@ -194,16 +323,39 @@ fn annotate(e: io::Error, doing: &str, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{doing} {}: {e}", path.display()))
 }
 
-/// In-memory fake for unit tests of upper layers.
+/// In-memory fake for unit tests of upper layers. It models the kernel's
+/// rules — a replacing write of at most [`MAX_WRITE`] bytes, adding writes
+/// of any number — and keeps every value the list ever held, so a test can
+/// check that no port went missing in between.
 #[derive(Clone, Debug, Default)]
 pub struct FakeReservedPorts {
     /// The current list.
     pub value: PortSet,
-    /// How many writes succeeded.
+    /// How many write() calls succeeded (an add of a long list counts one
+    /// per piece, as on the kernel).
     pub writes: usize,
+    /// Every value the list held after each write() call, oldest first.
+    pub history: Vec<PortSet>,
     /// When true, every write fails (with `ErrorKind::PermissionDenied`) and
     /// changes nothing.
     pub fail_writes: bool,
+}
+
+impl FakeReservedPorts {
+    fn check(&self) -> io::Result<()> {
+        if self.fail_writes {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "FakeReservedPorts: writes are set to fail",
+            ));
+        }
+        Ok(())
+    }
+
+    fn record(&mut self) {
+        self.writes += 1;
+        self.history.push(self.value.clone());
+    }
 }
 
 impl ReservedPorts for FakeReservedPorts {
@@ -211,15 +363,24 @@ impl ReservedPorts for FakeReservedPorts {
         Ok(self.value.clone())
     }
 
-    fn write(&mut self, ports: &PortSet) -> io::Result<()> {
-        if self.fail_writes {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "FakeReservedPorts: writes are set to fail",
-            ));
+    fn add(&mut self, ports: &PortSet) -> io::Result<()> {
+        self.check()?;
+        if ports.is_empty() {
+            return Ok(());
         }
+        for piece in ports.render_chunks(MAX_WRITE) {
+            let piece: PortSet = piece.parse().map_err(invalid)?;
+            self.value.extend(&piece);
+            self.record();
+        }
+        Ok(())
+    }
+
+    fn replace(&mut self, ports: &PortSet) -> io::Result<()> {
+        self.check()?;
+        replacing_text(ports)?;
         self.value = ports.clone();
-        self.writes += 1;
+        self.record();
         Ok(())
     }
 }
@@ -285,44 +446,109 @@ mod tests {
 
     #[test]
     fn empty_set_is_written_as_a_newline() {
-        assert_eq!(pieces(&PortSet::new()), vec!["\n".to_owned()]);
+        assert_eq!(replacing_text(&PortSet::new()).unwrap(), "\n");
+    }
+
+    fn every_other_port() -> PortSet {
+        PortSet::from_ranges((20000..=40000).step_by(2).map(|p| (p, p)).collect())
     }
 
     #[test]
-    fn long_sets_are_written_in_kernel_sized_pieces() {
-        let mut set = PortSet::new();
-        for p in (20000..=40000).step_by(2) {
-            set.insert_range(p, p);
-        }
-        let pieces = pieces(&set);
-        assert!(pieces.len() > 1);
-        assert!(pieces.iter().all(|p| !p.is_empty() && p.len() <= MAX_WRITE));
-        assert!(
-            pieces
+    fn a_value_longer_than_one_write_cannot_replace_the_list() {
+        let err = replacing_text(&every_other_port()).expect_err("too long");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        let mut fake = FakeReservedPorts::default();
+        assert!(fake.replace(&every_other_port()).is_err());
+        assert_eq!(fake.writes, 0);
+    }
+
+    /// Runs `converge` from `start` to `desired` on the fake and checks
+    /// that no value in between lacked a port both ends have.
+    fn converge_without_gaps(start: &PortSet, desired: &PortSet) -> (PortSet, FakeReservedPorts) {
+        let mut fake = FakeReservedPorts {
+            value: start.clone(),
+            ..FakeReservedPorts::default()
+        };
+        let held = converge(&mut fake, Some(start), desired).expect("converge");
+        assert_eq!(fake.value, held, "returns what the list holds");
+        assert!(held.covers(desired), "holds at least the desired ports");
+        let kept = PortSet::from_ranges(
+            start
+                .ranges()
                 .iter()
-                .all(|p| !p.starts_with(',') && !p.ends_with(','))
+                .copied()
+                .filter(|&(a, b)| desired.covers(&PortSet::from_ranges(vec![(a, b)])))
+                .collect(),
         );
-        assert_eq!(pieces.join(","), set.to_string());
+        for (i, value) in fake.history.iter().enumerate() {
+            assert!(
+                value.covers(&kept),
+                "write {i} dropped a port kept throughout"
+            );
+        }
+        (held, fake)
+    }
+
+    #[test]
+    fn growth_of_a_long_list_adds_just_the_new_ports_and_is_exact() {
+        let start = every_other_port();
+        let mut desired = start.clone();
+        desired.insert_range(50000, 50010);
+        let (held, fake) = converge_without_gaps(&start, &desired);
+        assert_eq!(held, desired, "exact at any length");
+        assert_eq!(fake.writes, 1, "one adding write");
+    }
+
+    #[test]
+    fn a_shrink_of_a_long_list_is_one_replacing_write_of_a_coarser_superset() {
+        let mut start = every_other_port();
+        start.insert_range(50000, 50010);
+        let desired = every_other_port();
+        let (held, fake) = converge_without_gaps(&start, &desired);
+        assert_eq!(fake.writes, 1);
+        assert!(held.to_string().len() <= MAX_WRITE);
+        assert!(!held.contains(50005), "the released block is gone");
+        // Converging again from there writes nothing.
+        let (again, fake) = converge_without_gaps(&held, &desired);
+        assert_eq!((again, fake.writes), (held, 0));
+    }
+
+    #[test]
+    fn the_old_piecewise_write_has_the_window_the_fake_can_see() {
+        // Sanity check of the fake: setting a long value exactly (first
+        // piece replaces, the rest add) passes through values that lack
+        // ports both ends have.
+        let long = every_other_port();
+        let mut fake = FakeReservedPorts {
+            value: long.clone(),
+            ..FakeReservedPorts::default()
+        };
+        fake.write(&long).expect("write");
+        assert_eq!(fake.value, long);
+        assert!(fake.history.iter().any(|v| !v.covers(&long)), "a window");
     }
 
     #[test]
     fn fake_records_writes_and_can_fail() {
         let mut fake = FakeReservedPorts::default();
         let set: PortSet = "100-200".parse().expect("valid set");
-        fake.write(&set).expect("fake write");
+        fake.replace(&set).expect("fake write");
         assert_eq!(fake.read().expect("fake read"), set);
-        assert_eq!(fake.writes, 1);
+        fake.add(&"300".parse().expect("valid set"))
+            .expect("fake add");
+        assert_eq!(fake.read_text().expect("fake read"), "100-200,300");
+        assert_eq!(fake.writes, 2);
 
         fake.fail_writes = true;
-        assert!(fake.write(&PortSet::new()).is_err());
-        assert_eq!(fake.value, set);
-        assert_eq!(fake.writes, 1);
+        assert!(fake.replace(&PortSet::new()).is_err());
+        assert!(fake.add(&set).is_err());
+        assert_eq!(fake.writes, 2);
     }
 
     #[test]
     fn proc_reads_and_writes_a_plain_file() {
-        // A regular file stands in for the sysctl: the code paths are the
-        // same, only the kernel's merging is missing.
+        // A regular file stands in for the sysctl for replacing writes (an
+        // adding write at offset 1 has no such stand-in).
         let dir = std::env::temp_dir().join(format!("portres-sysctl-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("reserved");
@@ -330,8 +556,9 @@ mod tests {
         let mut file = ProcReservedPorts::with_path(&path);
         file.check_writable().expect("writable");
         let set: PortSet = "5,7-9".parse().expect("valid set");
-        file.write(&set).expect("write");
+        file.replace(&set).expect("write");
         assert_eq!(file.read().expect("read"), set);
+        assert_eq!(file.read_text().expect("read"), "5,7-9");
         std::fs::remove_dir_all(&dir).expect("clean up");
     }
 

@@ -139,6 +139,44 @@ fn sysctl_prints_the_canonical_rendering() {
 }
 
 #[test]
+fn an_adding_write_keeps_every_port_and_a_replacing_write_is_refused_when_too_long() {
+    netns_or_skip!(
+        "an_adding_write_keeps_every_port_and_a_replacing_write_is_refused_when_too_long"
+    );
+    let mut sysctl = ProcReservedPorts::new();
+    let long = every_other_port();
+    sysctl.write(&long).expect("set a long value");
+    // The kernel fact the daemon leans on: a write at a non-zero offset
+    // adds (ORs) and keeps everything that was there.
+    let added: PortSet = "50000-50010,60000".parse().expect("valid");
+    sysctl.add(&added).expect("add");
+    assert_eq!(sysctl.read().expect("read"), long.union(&added));
+    // An adding write longer than one piece adds all of it.
+    let mut more = PortSet::new();
+    for p in (41001..=47001).step_by(2) {
+        more.insert_range(p, p);
+    }
+    assert!(more.to_string().len() > sysctl::MAX_WRITE);
+    sysctl.add(&more).expect("add long");
+    assert_eq!(
+        sysctl.read().expect("read"),
+        long.union(&added).union(&more)
+    );
+    // A replacing write must fit one write; a longer one changes nothing.
+    let err = sysctl.replace(&long).expect_err("too long");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(sysctl.read().expect("read").covers(&more));
+    // converge: a shrink of the long value is one write of a superset.
+    let current = sysctl.read().expect("read");
+    let held = sysctl::converge(&mut sysctl, Some(&current), &long).expect("converge");
+    assert!(held.covers(&long) && !held.contains(60000));
+    assert_eq!(sysctl.read().expect("read"), held);
+    assert_eq!(sysctl.read_text().expect("read"), held.to_string());
+    sysctl.replace(&PortSet::new()).expect("clear");
+    assert!(sysctl.read().expect("read").is_empty());
+}
+
+#[test]
 fn bind_zero_never_lands_in_a_reserved_port() {
     netns_or_skip!("bind_zero_never_lands_in_a_reserved_port");
     let (first, last) = sysctl::local_port_range().expect("port range");

@@ -42,6 +42,7 @@ fn a_quick_benchmark_run_prints_every_row_and_cleans_up() {
         "portres list (1000 reservations, 1000 sockets)",
         "portresd RSS (1000 runtime reservations, 100 sessions)",
         "portresd start-to-ready (1000 persistent)",
+        "portres acquire past 8000 busy ports, 1 client",
     ] {
         let line = stdout
             .lines()

@@ -39,11 +39,7 @@ impl State {
             mode: self.config.mode.as_str().to_string(),
             kernel_sync: self.kernel.is_some(),
             baseline: self.baseline.to_string(),
-            reserved_ports: if self.kernel.is_some() {
-                self.desired_kernel_value(false).to_string()
-            } else {
-                String::new()
-            },
+            reserved_ports: self.kernel_value(),
             dynamic_range: [range.0, range.1],
             runtime,
             persistent,

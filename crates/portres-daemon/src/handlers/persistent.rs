@@ -59,6 +59,7 @@ impl State {
         }
         if let Err(e) = self.cover_in_kernel(block) {
             self.table.remove(token);
+            self.forget_candidate(block);
             if let Err(undo) = self.store.delete(p.protocol, block) {
                 log::error!(
                     "could not undo create of {} {block} after a sysctl failure: {undo}",

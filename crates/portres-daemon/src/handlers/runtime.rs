@@ -2,16 +2,25 @@
 //! (SIO_RELEASE_PORT_RESERVATION) and Bind (SIO_ASSOCIATE_PORT_RESERVATION
 //! followed by bind to port 0) — Bind also serves persistent reservations.
 
-use std::collections::BTreeSet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Mutex;
 
 use portres_core::{
-    BindOrder, Block, Error, ErrorCode, Holder, Kind, Reservation, SessionId, Token,
+    BindOrder, Block, Error, ErrorCode, Holder, Kind, PortSet, Protocol, Reservation, SessionId,
+    Token,
 };
 use portres_proto::{AcquireParams, BindParams, BindReply, Empty, ReleaseParams, ReservationReply};
 
 use crate::state::{InUseProbe, State, check_label, first_port_in_use, lock};
+
+/// How many in-use probes one Acquire may make beyond its block's own
+/// ports. Why a bound: a wildcard search walks past every port some socket
+/// holds, one probe (a bind, ~2 µs) each, on the worker that serves the
+/// request; a user who binds many ports at the bottom of the range must
+/// not make every Acquire take long. With the search resuming past each
+/// busy port (below), a search probes each port at most once, so this only
+/// stops searches through a range mostly bound by ordinary sockets.
+pub(crate) const EXTRA_PROBES_PER_ACQUIRE: usize = 16384;
 
 /// Acquire: a block at `start`, or the first free block of `count` in the
 /// dynamic range when `start` is 0; held by this session.
@@ -19,46 +28,94 @@ use crate::state::{InUseProbe, State, check_label, first_port_in_use, lock};
 /// The in-use probe (a socket and a bind per port) is the slow part and
 /// needs no state, so it runs outside the state mutex: the block is first
 /// reserved in the table (no other request can take it meanwhile), then
-/// probed, then either covered in the kernel and answered or given back and
-/// the search goes on past the busy port.
+/// probed, then either covered in the kernel and answered or given back
+/// and — for a wildcard request — the search goes on *after* the busy port:
+/// every block that starts at or below a busy port `p` and above the
+/// candidate's start holds `p`, and those below were refused before.
 pub(crate) fn acquire(
     shared: &Mutex<State>,
     session: SessionId,
     p: AcquireParams,
 ) -> Result<ReservationReply, Error> {
-    let mut busy: BTreeSet<u16> = BTreeSet::new();
+    let mut probes_left = EXTRA_PROBES_PER_ACQUIRE + p.count as usize;
+    let (mut token, mut block, probe) = lock(shared).reserve_for_acquire(session, &p, 0)?;
     loop {
-        let (token, block, probe) = lock(shared).reserve_for_acquire(session, &p, &busy)?;
-        let found = first_port_in_use(&*probe, p.protocol, block);
+        let found = probe_block(&*probe, p.protocol, block, &mut probes_left);
         let mut state = lock(shared);
-        match found {
+        let port = match found {
             Ok(None) => return state.finish_acquire(session, token, block),
-            Ok(Some(port)) => {
-                state.table.remove(token);
-                if p.start != 0 {
-                    return Err(Error::new(
-                        ErrorCode::SharingViolation,
-                        format!("{} port {port} is in use", p.protocol),
-                    ));
-                }
-                busy.insert(port);
-            }
+            Ok(Some(port)) => port,
             Err(e) => {
-                state.table.remove(token);
+                state.give_back_candidate(token, block);
                 return Err(e);
             }
+        };
+        state.give_back_candidate(token, block);
+        if p.start != 0 {
+            return Err(Error::new(
+                ErrorCode::SharingViolation,
+                format!("{} port {port} is in use", p.protocol),
+            ));
         }
+        let Some(resume) = port.checked_add(1) else {
+            return Err(no_free_block(&p, "the last port of the range is in use"));
+        };
+        (token, block, _) = state.reserve_for_acquire(session, &p, resume)?;
     }
+}
+
+/// The lowest port of `block` some socket holds right now, if any, using
+/// up one of `probes_left` per port probed; when none are left, the
+/// request is refused with `no_free_block`.
+fn probe_block(
+    probe: &(dyn Fn(Protocol, u16) -> std::io::Result<bool> + Send + Sync),
+    protocol: Protocol,
+    block: Block,
+    probes_left: &mut usize,
+) -> Result<Option<u16>, Error> {
+    let allowed = (*probes_left).min(block.count() as usize);
+    if allowed == 0 {
+        return Err(gave_up());
+    }
+    // The part of the block the budget still allows.
+    let head = Block::new(block.start() as u32, allowed as u32)?;
+    *probes_left -= allowed;
+    match first_port_in_use(probe, protocol, head)? {
+        Some(port) => {
+            // Give back what was not used.
+            *probes_left += (head.last() - port) as usize;
+            Ok(Some(port))
+        }
+        None if allowed < block.count() as usize => Err(gave_up()),
+        None => Ok(None),
+    }
+}
+
+fn gave_up() -> Error {
+    Error::new(
+        ErrorCode::NoFreeBlock,
+        format!(
+            "gave up the search after probing {EXTRA_PROBES_PER_ACQUIRE} ports in use or more: most of the range is bound by sockets; try again later or ask for a start port"
+        ),
+    )
+}
+
+fn no_free_block(p: &AcquireParams, why: &str) -> Error {
+    Error::new(
+        ErrorCode::NoFreeBlock,
+        format!("no free block of {} {} port(s): {why}", p.count, p.protocol),
+    )
 }
 
 impl State {
     /// Acquire's first step, under the lock: checks the request and puts a
-    /// candidate block in the table (never one with a port in `busy`).
+    /// candidate block in the table (for a wildcard request, none starting
+    /// below `from`).
     fn reserve_for_acquire(
         &mut self,
         session: SessionId,
         p: &AcquireParams,
-        busy: &BTreeSet<u16>,
+        from: u16,
     ) -> Result<(Token, Block, InUseProbe), Error> {
         check_label(&p.label)?;
         let caller = &self.session(session)?.caller;
@@ -91,9 +148,14 @@ impl State {
                 )
             })?;
             self.table
-                .find_free_block(p.protocol, p.count as u16, range, &self.baseline, |port| {
-                    busy.contains(&port)
-                })
+                .find_free_block(
+                    p.protocol,
+                    p.count as u16,
+                    range,
+                    &self.baseline,
+                    from,
+                    |_| false,
+                )
                 .ok_or_else(|| {
                     Error::new(
                         ErrorCode::NoFreeBlock,
@@ -118,6 +180,17 @@ impl State {
                 }
             }
             self.table.check_free(p.protocol, block)?;
+            if self.baseline.intersects(block) {
+                let baseline = PortSet::from_ranges(vec![(block.start(), block.last())]);
+                let taken = baseline.difference(&baseline.difference(&self.baseline));
+                return Err(Error::new(
+                    ErrorCode::SharingViolation,
+                    format!(
+                        "{} {block} overlaps the administrator's own reserved ports {taken} (the baseline of ip_local_reserved_ports, recorded at the first start); they are not handed out",
+                        p.protocol
+                    ),
+                ));
+            }
             block
         };
         let token = self.new_token()?;
@@ -143,7 +216,7 @@ impl State {
             ));
         }
         if let Err(e) = self.cover_in_kernel(block) {
-            self.table.remove(token);
+            self.give_back_candidate(token, block);
             return Err(Error::new(
                 ErrorCode::Internal,
                 format!("could not update ip_local_reserved_ports: {e}"),
@@ -153,6 +226,14 @@ impl State {
         Ok(ReservationReply {
             reservation: self.describe(res, session),
         })
+    }
+
+    /// A refused Acquire's candidate leaves the table, and the kernel too
+    /// should it have got there (see `State::forget_candidate`).
+    fn give_back_candidate(&mut self, token: Token, block: Block) {
+        if self.table.remove(token).is_some() {
+            self.forget_candidate(block);
+        }
     }
 
     /// Release: ends a runtime reservation this session (or one whose
