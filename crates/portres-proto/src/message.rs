@@ -210,7 +210,8 @@ pub struct StatusReply {
     pub kernel_sync: bool,
     /// The admin's baseline of ip_local_reserved_ports (kernel text form).
     pub baseline: String,
-    /// What portres keeps in ip_local_reserved_ports now (kernel text form).
+    /// What ip_local_reserved_ports holds now, as far as the daemon knows:
+    /// the value it last wrote or found there (kernel text form).
     pub reserved_ports: String,
     /// The kernel's dynamic port range, where wildcard acquires look.
     pub dynamic_range: [u16; 2],
