@@ -26,6 +26,13 @@ fn private_netns(test: &str) -> bool {
     match enter_private_netns() {
         Ok(()) => true,
         Err(e) => {
+            // The same rule as portres-tests' `netns()`: CI sets this so a
+            // test that could not run fails instead of passing by skipping.
+            if std::env::var_os("PORTRES_REQUIRE_PRIVILEGED_TESTS").is_some_and(|v| v == "1") {
+                panic!(
+                    "{test}: cannot enter a private network namespace ({e}) and PORTRES_REQUIRE_PRIVILEGED_TESTS=1"
+                );
+            }
             eprintln!("SKIPPED {test}: needs root for a private network namespace: {e}");
             false
         }
