@@ -16,6 +16,14 @@ workers never collide, and the kernel's own port picker stays off them.
 - ``portres_exec_reservation``: under ``portres exec``, the exec's
   reservation, shared by every worker (``bind()`` into it); skipped otherwise.
 
+Under ``portres exec`` every worker attaches the exec's session capability.
+pytest-xdist starts workers without the controller's descriptors (execnet's
+``Popen`` closes them), so the controller hands each worker the path
+``/proc/<controller pid>/fd/<N>`` of its inherited capability, and the
+worker reopens it — the same file, which is what the daemon recognises —
+and puts the new descriptor in its own ``PORTRES_SESSION_FD`` before any
+client is made (a worker with none drops the stale variable).
+
 With no daemon reachable the fixtures fail the test with the client's error
 (every socket tried and why) and what to do. ``--portres-fallback`` (or the
 ini option ``portres_fallback = true``) makes them fall back instead to
@@ -25,23 +33,30 @@ advisory scheme portres exists to replace — with a ``PortresFallbackWarning``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import unicodedata
 import warnings
 from types import TracebackType
-from typing import Callable, Iterator, List, Optional, Type, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Type, Union
 
 import pytest
 
 from ._client import Client, Reservation
+from ._discovery import SESSION_FD_ENV, client_env
 from ._errors import BlockExhaustedError, Error, InvalidParameterError
 
 STATE_PLUGIN = "portres-state"
+_WORKERINPUT_KEY = "portres_capability"
 _MAX_LABEL = 200
 
 
-class PortresFallbackWarning(UserWarning):
+class PortresWarning(UserWarning):
+    """Something the portres plugin could not do as asked."""
+
+
+class PortresFallbackWarning(PortresWarning):
     """Fixtures handed out unreserved ports: no daemon, ``--portres-fallback``."""
 
 
@@ -129,7 +144,55 @@ class _State:
             self.client.close()
 
 
+def _inherited_capability() -> Optional[int]:
+    """The descriptor ``PORTRES_SESSION_FD`` names, if it is open here."""
+    raw = client_env(SESSION_FD_ENV)
+    if raw is None:
+        return None
+    try:
+        fd = int(raw.strip())
+        fcntl.fcntl(fd, fcntl.F_GETFD)
+    except (ValueError, OSError):
+        return None
+    return fd
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist, in the controller, for each worker it starts: where the
+    worker finds this process's session capability."""
+    fd = _inherited_capability()
+    if fd is not None:
+        node.workerinput[_WORKERINPUT_KEY] = f"/proc/{os.getpid()}/fd/{fd}"
+
+
+def _adopt_controllers_capability(workerinput: Dict[str, Any]) -> None:
+    """In an xdist worker: replace the inherited, stale PORTRES_SESSION_FD
+    (its descriptor was not passed on) by the controller's capability,
+    reopened through /proc."""
+    if client_env(SESSION_FD_ENV) is None:
+        return
+    path = workerinput.get(_WORKERINPUT_KEY)
+    fd = None
+    if isinstance(path, str):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            warnings.warn(
+                PortresWarning(f"portres: cannot reopen the session capability {path}: {e}")
+            )
+    if fd is None:
+        del os.environ[SESSION_FD_ENV]
+        return
+    # Inheritable, as portres exec hands it: this worker's children get it too.
+    os.set_inheritable(fd, True)
+    os.environ[SESSION_FD_ENV] = str(fd)
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    workerinput = getattr(config, "workerinput", None)
+    if isinstance(workerinput, dict):
+        _adopt_controllers_capability(workerinput)
     config.pluginmanager.register(_State(config), STATE_PLUGIN)
 
 
