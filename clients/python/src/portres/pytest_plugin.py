@@ -110,9 +110,10 @@ class _State:
         self.error: Optional[Error] = None
         self.tried = False
 
-    def client_for(self, fixture: str) -> Optional[Client]:
-        """The client; ``None`` in fallback mode without a daemon; else the
-        test fails saying why."""
+    def client_for(self, fixture: str, warn: bool = True) -> Optional[Client]:
+        """The client; ``None`` in fallback mode without a daemon (with a
+        warning that ``fixture`` hands out an unreserved port, if ``warn``);
+        else the test fails saying why."""
         if not self.tried:
             self.tried = True
             try:
@@ -122,6 +123,8 @@ class _State:
         if self.client is not None:
             return self.client
         if self.fallback:
+            if not warn:
+                return None
             warnings.warn(
                 PortresFallbackWarning(
                     f"portres: no daemon ({self.error}); {fixture} hands out a port "
@@ -316,7 +319,7 @@ def _acquire(
 def portres_client(request: pytest.FixtureRequest) -> Client:
     """This worker's session with the daemon (skipped in fallback mode
     without one)."""
-    client = _state(request).client_for("portres_client")
+    client = _state(request).client_for("portres_client", warn=False)
     if client is None:
         pytest.skip("no portres daemon (--portres-fallback)")
     return client
@@ -371,7 +374,7 @@ def portres_session(request: pytest.FixtureRequest) -> Iterator[AnyReservation]:
 def portres_exec_reservation(request: pytest.FixtureRequest) -> Reservation:
     """The reservation of the enclosing ``portres exec``, shared with every
     worker; skipped when not run under ``portres exec``."""
-    client = _state(request).client_for("portres_exec_reservation")
+    client = _state(request).client_for("portres_exec_reservation", warn=False)
     inherited = client.inherited if client is not None else None
     if inherited is None:
         pytest.skip("not run under `portres exec` (no PORTRES_SESSION_FD attached)")
