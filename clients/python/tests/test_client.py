@@ -136,8 +136,8 @@ def test_other_sessions_reservations_are_not_yours(
     with portres.Client(daemon_socket) as other:
         with pytest.raises(portres.AccessDeniedError):
             other.release(r.token)
-        with pytest.raises(portres.AccessDeniedError):
-            other.bind_socket(r.token, socket.socket())
+        with pytest.raises(portres.AccessDeniedError), socket.socket() as s:
+            other.bind_socket(r.token, s)
         # Listed without its token.
         assert all(i.token is None for i in other.list() if i.start == r.start and i.kind == "runtime")
 

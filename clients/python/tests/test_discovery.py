@@ -6,11 +6,13 @@ Real Unix listeners; the wrong-uid daemons and the setuid process need root."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -143,14 +145,29 @@ def test_a_refused_user_socket_falls_through_to_the_next(private_dir: Path) -> N
     assert len(passed) == 1 and "daemon_untrusted" in passed[0]
 
 
-LISTENER = textwrap.dedent(
-    """
-    import os, socket, sys
-    s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(8)
-    print("ready", flush=True)
-    sys.stdin.read()
-    """
-)
+def listen_as(uid: int, path: Path) -> int:
+    """A forked child that listens at ``path`` as ``uid`` (so SO_PEERCRED
+    says ``uid``) until killed; returns its pid once it listens."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no exec, so nothing to load as the other user
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            s = socket.socket(socket.AF_UNIX)
+            s.bind(str(path))
+            s.listen(8)
+            os.write(w, b"ready")
+            while True:
+                time.sleep(60)
+        finally:
+            os._exit(1)
+    os.close(w)
+    with os.fdopen(r, "rb") as ready:
+        assert ready.read(5) == b"ready"
+    return pid
 
 
 def test_a_daemon_of_another_uid_is_refused_on_default_sockets(
@@ -158,13 +175,8 @@ def test_a_daemon_of_another_uid_is_refused_on_default_sockets(
 ) -> None:
     os.chmod(private_dir, 0o777)  # the other user binds in it
     path = private_dir / "other.sock"
-    other = subprocess.Popen(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-         "-c", LISTENER, str(path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
+    other = listen_as(65534, path)
     try:
-        assert other.stdout is not None and other.stdout.readline() == "ready\n"
         os.chmod(private_dir, 0o700)
         # The system socket must be root's daemon.
         with pytest.raises(portres.DaemonUntrustedError, match="the system daemon runs as root"):
@@ -179,10 +191,11 @@ def test_a_daemon_of_another_uid_is_refused_on_default_sockets(
             d.connect_checked(str(path), d.USER)
         # Explicit: used, and who answered is on record.
         with portres.Client(str(path)) as c:
-            assert c.daemon.uid == 65534 and c.daemon.describe(0).endswith("(not root, not you)")
+            assert c.daemon.uid == 65534 and c.daemon.pid == other
+            assert c.daemon.describe(0).endswith("(not root, not you)")
     finally:
-        other.kill()
-        other.wait()
+        os.kill(other, signal.SIGKILL)
+        os.waitpid(other, 0)
 
 
 SETUID = textwrap.dedent(

@@ -48,7 +48,7 @@ def test_the_inherited_reservation_is_the_execs(
     assert os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:portres-session")
 
 
-@pytest.mark.parametrize("i", range(8))
+@pytest.mark.parametrize("i", range(16))
 def test_a_plain_client_shares_the_block(
     i: int, bound_into_the_exec_block: socket.socket
 ) -> None:

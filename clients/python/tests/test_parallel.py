@@ -18,6 +18,9 @@ import pytest
 from conftest import eventually, kernel_reserved, record
 
 HOLD_SECONDS = 0.02
+# The plugin's fixtures fail without a daemon (as they should); this suite
+# skips instead, by the conftest's rules.
+pytestmark = pytest.mark.usefixtures("daemon_socket")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -11,8 +11,6 @@ import pytest
 
 import portres
 
-pytestmark = pytest.mark.usefixtures("daemon_socket")
-
 FIXTURE_TESTS = '''
 import socket
 import portres
@@ -72,7 +70,7 @@ def test_exec_reservation_skipped_outside_exec(portres_exec_reservation):
 '''
 
 
-def test_fixtures_reserve_and_release(pytester: pytest.Pytester) -> None:
+def test_fixtures_reserve_and_release(pytester: pytest.Pytester, daemon_socket: str) -> None:
     pytester.makepyfile(test_fixtures=FIXTURE_TESTS)
     env_fd = os.environ.pop(portres.SESSION_FD_ENV, None)
     try:

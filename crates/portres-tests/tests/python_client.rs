@@ -63,7 +63,7 @@ fn pytest_python(test: &str) -> Option<PathBuf> {
 /// into `record` if given.
 fn pytest(python: &Path, daemon: &ProcessDaemon, record: Option<&Path>, args: &[&str]) -> Command {
     let mut cmd = Command::new(python);
-    cmd.args(["-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs"]);
+    cmd.args(["-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs", "-W", "error"]);
     cmd.args(args);
     pytest_env(&mut cmd, record);
     cmd.env("PORTRES_SOCKET", &daemon.socket);
@@ -254,7 +254,7 @@ fn xdist_workers_under_portres_exec_share_its_block() {
         .arg(&daemon.socket)
         .args(["exec", "tcp", "--count", "4", "--"])
         .arg(&python)
-        .args(["-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs", "-n", "4"])
+        .args(["-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs", "-W", "error", "-n", "4"])
         .args(["tests/test_exec.py", "tests/test_parallel.py"])
         .env_remove("PORTRES_SOCKET");
     pytest_env(&mut cmd, Some(record.path()));

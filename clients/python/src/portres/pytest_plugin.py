@@ -374,8 +374,11 @@ def portres_session(request: pytest.FixtureRequest) -> Iterator[AnyReservation]:
 def portres_exec_reservation(request: pytest.FixtureRequest) -> Reservation:
     """The reservation of the enclosing ``portres exec``, shared with every
     worker; skipped when not run under ``portres exec``."""
+    not_exec = "not run under `portres exec` (no PORTRES_SESSION_FD attached)"
+    if client_env(SESSION_FD_ENV) is None:
+        pytest.skip(not_exec)
     client = _state(request).client_for("portres_exec_reservation", warn=False)
     inherited = client.inherited if client is not None else None
     if inherited is None:
-        pytest.skip("not run under `portres exec` (no PORTRES_SESSION_FD attached)")
+        pytest.skip(not_exec)
     return inherited
