@@ -63,7 +63,16 @@ fn pytest_python(test: &str) -> Option<PathBuf> {
 /// into `record` if given.
 fn pytest(python: &Path, daemon: &ProcessDaemon, record: Option<&Path>, args: &[&str]) -> Command {
     let mut cmd = Command::new(python);
-    cmd.args(["-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs", "-W", "error"]);
+    cmd.args([
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-rfEs",
+        "-W",
+        "error",
+    ]);
     cmd.args(args);
     pytest_env(&mut cmd, record);
     cmd.env("PORTRES_SOCKET", &daemon.socket);
@@ -171,7 +180,10 @@ fn assert_no_shared_ports(holds: &[Hold]) -> BTreeSet<String> {
     let all: Vec<&&BTreeSet<u64>> = sessions.values().collect();
     for (i, a) in all.iter().enumerate() {
         for b in &all[i + 1..] {
-            assert!(a.is_disjoint(b), "two workers' session blocks share ports: {sessions:?}");
+            assert!(
+                a.is_disjoint(b),
+                "two workers' session blocks share ports: {sessions:?}"
+            );
         }
     }
     holds.iter().map(|h| h.worker.clone()).collect()
@@ -217,7 +229,13 @@ fn xdist_workers_never_hold_the_same_port() {
             &python,
             &daemon,
             Some(record.path()),
-            &["-n", "4", "tests/test_parallel.py", "--portres-session-count", "3"],
+            &[
+                "-n",
+                "4",
+                "tests/test_parallel.py",
+                "--portres-session-count",
+                "3",
+            ],
         ),
     );
     let holds = holds(&records(record.path()));
@@ -254,24 +272,53 @@ fn xdist_workers_under_portres_exec_share_its_block() {
         .arg(&daemon.socket)
         .args(["exec", "tcp", "--count", "4", "--"])
         .arg(&python)
-        .args(["-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs", "-W", "error", "-n", "4"])
+        .args([
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-rfEs",
+            "-W",
+            "error",
+            "-n",
+            "4",
+        ])
         .args(["tests/test_exec.py", "tests/test_parallel.py"])
         .env_remove("PORTRES_SOCKET");
     pytest_env(&mut cmd, Some(record.path()));
     let out = passes(test, cmd);
-    assert!(!out.contains("SKIPPED"), "{test}: nothing may skip under exec:\n{out}");
+    assert!(
+        !out.contains("SKIPPED"),
+        "{test}: nothing may skip under exec:\n{out}"
+    );
     let recs = records(record.path());
     let exec: Vec<&Value> = recs.iter().filter(|r| r["kind"] == "exec").collect();
-    assert!(exec.len() >= 2, "{test}: at least two workers bound: {exec:?}");
-    let (start, count) = (exec[0]["start"].as_u64().unwrap(), exec[0]["count"].as_u64().unwrap());
+    assert!(
+        exec.len() >= 2,
+        "{test}: at least two workers bound: {exec:?}"
+    );
+    let (start, count) = (
+        exec[0]["start"].as_u64().unwrap(),
+        exec[0]["count"].as_u64().unwrap(),
+    );
     assert_eq!(count, 4);
     let mut ports = BTreeSet::new();
     let mut workers = BTreeSet::new();
     for r in &exec {
-        assert_eq!((&r["start"], &r["token"]), (&exec[0]["start"], &exec[0]["token"]));
+        assert_eq!(
+            (&r["start"], &r["token"]),
+            (&exec[0]["start"], &exec[0]["token"])
+        );
         let port = r["port"].as_u64().unwrap();
-        assert!((start..start + count).contains(&port), "{test}: {port} outside the block");
-        assert!(ports.insert(port), "{test}: port {port} bound by two workers: {exec:?}");
+        assert!(
+            (start..start + count).contains(&port),
+            "{test}: {port} outside the block"
+        );
+        assert!(
+            ports.insert(port),
+            "{test}: port {port} bound by two workers: {exec:?}"
+        );
         workers.insert(r["worker"].as_str().unwrap().to_string());
     }
     assert_eq!(workers.len(), exec.len(), "{test}: one binding per worker");
@@ -284,7 +331,10 @@ fn xdist_workers_under_portres_exec_share_its_block() {
             "{test}: a fixture got a port of the exec's block"
         );
     }
-    eprintln!("{test}: block {start}-{}, workers bound {ports:?}", start + count - 1);
+    eprintln!(
+        "{test}: block {start}-{}, workers bound {ports:?}",
+        start + count - 1
+    );
 }
 
 #[test]
@@ -295,7 +345,14 @@ fn pip_builds_the_package_offline_at_the_workspace_version() {
     };
     let out_dir = open_tempdir();
     let out = Command::new(&python)
-        .args(["-m", "pip", "wheel", "--no-index", "--no-deps", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "wheel",
+            "--no-index",
+            "--no-deps",
+            "--disable-pip-version-check",
+        ])
         .arg("--wheel-dir")
         .arg(out_dir.path())
         .arg(package_dir())

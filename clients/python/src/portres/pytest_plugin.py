@@ -207,7 +207,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def _state(request: pytest.FixtureRequest) -> _State:
-    state: _State = request.config.pluginmanager.get_plugin(STATE_PLUGIN)
+    state = request.config.pluginmanager.get_plugin(STATE_PLUGIN)
+    assert isinstance(state, _State), "the portres plugin was not configured"
     return state
 
 
