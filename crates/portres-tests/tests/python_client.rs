@@ -2,7 +2,8 @@
 //! daemon: its own pytest suite run plainly, with pytest-xdist `-n 4`
 //! (ports held at the same time never shared across workers), and inside
 //! `portres exec tcp --count 4` (every worker binds into the exec's one
-//! block); plus an offline `pip wheel` of the package and its version.
+//! block), and under `portres exec` without xdist; plus an offline
+//! `pip wheel` of the package and its version.
 //!
 //! The Python comes from the venv `.ci/run` makes (`target/venv-pytest`:
 //! pytest, pytest-xdist and `pip install ./clients/python`), named by
@@ -370,4 +371,46 @@ fn pip_builds_the_package_offline_at_the_workspace_version() {
         out_dir.path().join(&wheel).exists(),
         "{test}: no {wheel} (the Python package's __version__ must be the workspace's)"
     );
+}
+
+#[test]
+fn pytest_under_portres_exec_without_xdist_attaches_the_capability() {
+    let test = "pytest_under_portres_exec_without_xdist_attaches_the_capability";
+    let Some(python) = pytest_python(test) else {
+        return;
+    };
+    let Some(_ns) = netns(test) else {
+        return;
+    };
+    let dir = open_tempdir();
+    let record = open_tempdir();
+    let daemon = ProcessDaemon::start(dir.path(), &[]);
+    let mut cmd = Command::new(bin("portres"));
+    cmd.arg("--socket")
+        .arg(&daemon.socket)
+        .args(["exec", "tcp", "--count", "2", "--"])
+        .arg(&python)
+        .args([
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-rfEs",
+            "-W",
+            "error",
+        ])
+        .arg("tests/test_exec.py")
+        .env_remove("PORTRES_SOCKET");
+    pytest_env(&mut cmd, Some(record.path()));
+    let out = passes(test, cmd);
+    assert!(
+        !out.contains("SKIPPED"),
+        "{test}: nothing may skip under exec:\n{out}"
+    );
+    let recs = records(record.path());
+    let exec: Vec<&Value> = recs.iter().filter(|r| r["kind"] == "exec").collect();
+    assert_eq!(exec.len(), 1, "{test}: one process, one binding: {exec:?}");
+    assert_eq!(exec[0]["worker"], "main");
+    assert_eq!(exec[0]["count"], 2);
 }
