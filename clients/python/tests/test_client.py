@@ -252,3 +252,26 @@ def test_python_m_portres_prints_status(daemon_socket: str) -> None:
         capture_output=True, text=True,
     )
     assert bad.returncode == 2 and "daemon_unavailable" in bad.stderr
+
+
+def test_a_bad_session_fd_is_refused_by_name(
+    daemon_socket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PORTRES_SOCKET", daemon_socket)
+    monkeypatch.setenv("PORTRES_SESSION_FD", "three")
+    with pytest.raises(portres.InvalidParameterError, match="not a descriptor number"):
+        portres.Client()
+    monkeypatch.setenv("PORTRES_SESSION_FD", "999")
+    with pytest.raises(portres.InvalidParameterError, match="not an open descriptor"):
+        portres.Client()
+    rd, wr = os.pipe()
+    try:
+        monkeypatch.setenv("PORTRES_SESSION_FD", str(rd))
+        with pytest.raises(portres.AccessDeniedError, match="not the capability"):
+            portres.Client()  # the daemon's word
+    finally:
+        os.close(rd)
+        os.close(wr)
+    # Connecting by path does not look at the variable.
+    with portres.Client(daemon_socket) as c:
+        assert c.attached is None and c.inherited is None

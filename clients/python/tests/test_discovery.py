@@ -14,7 +14,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -216,3 +216,66 @@ def test_a_setuid_process_ignores_portres_socket_and_session_fd(root: None) -> N
         [sys.executable, "-c", SETUID], env=env, capture_output=True, text=True, check=True
     ).stdout.strip()
     assert out == f"True [SocketCandidate(path='{d.SYSTEM_SOCKET}', kind='system')] None", out
+
+
+def in_child_as(uid: int, body: Callable[[], str]) -> str:
+    """Runs ``body`` in a forked child whose every uid and gid is ``uid``;
+    returns what it returned (or its exception, as text)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            try:
+                out = body()
+            except BaseException as e:  # noqa: BLE001 - reported to the parent
+                out = f"{type(e).__name__}: {e}"
+            os.write(w, out.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        got = f.read().decode()
+    os.waitpid(pid, 0)
+    return got
+
+
+def test_client_finds_a_users_own_daemon_by_default(
+    root: None, private_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    os.chmod(private_dir, 0o755)
+    runtime = private_dir / "run-65534"
+    runtime.mkdir(mode=0o700)
+    os.chown(runtime, 65534, 65534)
+    monkeypatch.delenv("PORTRES_SOCKET", raising=False)
+    monkeypatch.delenv("PORTRES_SESSION_FD", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+
+    def own_daemon() -> str:
+        (runtime / "portres").mkdir(mode=0o700)
+        with listen_at(runtime / "portres" / "portres.sock"):
+            with portres.Client() as c:
+                return f"{c.socket_path} {c.socket_kind} {c.daemon.pid == os.getpid()} {c.passed_over}"
+
+    assert in_child_as(65534, own_daemon) == f"{runtime}/portres/portres.sock user True []"
+
+    if os.path.exists(d.SYSTEM_SOCKET):
+        return  # a system daemon here would answer the next part
+
+    def loose_directory() -> str:
+        os.chmod(runtime / "portres", 0o777)
+        (runtime / "portres" / "portres.sock").unlink()
+        with listen_at(runtime / "portres" / "portres.sock"):
+            try:
+                portres.Client()
+            except portres.Error as e:
+                return f"{e.code} | {e.message}"
+        return "connected"
+
+    code, message = in_child_as(65534, loose_directory).split(" | ", 1)
+    assert code == "daemon_untrusted", message
+    assert f"{runtime}/portres/portres.sock (your own daemon): daemon_untrusted" in message
+    assert f"{d.SYSTEM_SOCKET} (the system daemon): daemon_unavailable" in message
