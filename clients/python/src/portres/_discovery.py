@@ -32,6 +32,7 @@ leaves behind, where ``AT_SECURE`` of the Python process itself is 0).
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import socket
 import stat
@@ -65,7 +66,9 @@ def describe_kind(kind: str) -> str:
     return _DESCRIBE.get(kind, kind)
 
 
+@functools.lru_cache(maxsize=None)
 def _at_secure() -> bool:
+    """AT_SECURE is fixed at exec: read once."""
     try:
         import ctypes
 
