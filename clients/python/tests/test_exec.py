@@ -1,0 +1,67 @@
+"""Under ``portres exec`` (python_client.rs runs ``portres exec tcp --count 4
+-- python -m pytest -n 4 ...``): every worker attaches the exec's session
+capability and binds into the one shared block, and the daemon gives each a
+port no other holds. Each worker's port is recorded (``PORTRES_TEST_RECORD``)
+for the Rust test to check: distinct, inside the block. Skipped outside an
+exec."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Iterator
+
+import pytest
+
+import portres
+
+from conftest import record
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bound_into_the_exec_block(
+    portres_exec_reservation: portres.Reservation,
+) -> Iterator[socket.socket]:
+    """One socket per worker, bound by the daemon into the shared block and
+    held until the worker ends."""
+    r = portres_exec_reservation
+    with r.listen() as s:
+        port = s.getsockname()[1]
+        record("exec", port=port, start=r.start, count=r.count, token=str(r.token))
+        yield s
+
+
+def test_the_inherited_reservation_is_the_execs(
+    portres_exec_reservation: portres.Reservation, portres_client: portres.Client
+) -> None:
+    r = portres_exec_reservation
+    assert (r.protocol, r.start, r.count, r.token) == (
+        os.environ["PORTRES_PROTOCOL"],
+        int(os.environ["PORTRES_START"]),
+        int(os.environ["PORTRES_COUNT"]),
+        int(os.environ["PORTRES_TOKEN"]),
+    )
+    assert portres_client.attached == 1  # the exec's session holds one block
+    # This process's PORTRES_SESSION_FD is an open capability (an xdist
+    # worker reopened the controller's).
+    fd = int(os.environ[portres.SESSION_FD_ENV])
+    assert os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:portres-session")
+
+
+@pytest.mark.parametrize("i", range(16))
+def test_a_plain_client_shares_the_block(
+    i: int, bound_into_the_exec_block: socket.socket
+) -> None:
+    port = bound_into_the_exec_block.getsockname()[1]
+    with portres.Client() as c:  # PORTRES_SOCKET and PORTRES_SESSION_FD from exec
+        assert c.attached == 1
+        inherited = c.inherited
+        assert inherited is not None and port in inherited.ports
+        # The daemon will not hand out this worker's port again while held.
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                got = inherited.bind_socket(s)
+            except portres.BlockExhaustedError:
+                return  # every port of the block is held by the workers
+            assert got != port and got in inherited.ports
