@@ -26,6 +26,9 @@ pub fn run(client: &Client, json: bool) -> Result<Outcome, Error> {
                     &s.baseline
                 }
             );
+            if !s.baseline_origin.is_empty() {
+                println!("baseline from:   {}", s.baseline_origin);
+            }
             println!(
                 "reserved ports:  {}",
                 if s.reserved_ports.is_empty() {

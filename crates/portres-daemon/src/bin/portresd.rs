@@ -67,6 +67,19 @@ struct Args {
     #[arg(long, value_name = "on|off", default_value = "on")]
     pin_workers: OnOff,
 
+    /// Record PORTS (kernel list form, e.g. "999,5000-5009"; empty for
+    /// none) as the admin's baseline of the store in --state-dir, print the
+    /// old and new value, and exit. Without a value: the kernel's current
+    /// list less the store's persistent blocks. The baseline is read from
+    /// the kernel at the first start on a store and kept for good; reset it
+    /// when that value held blocks of another portres daemon (after a
+    /// crash, or one on another state directory). Refused while a daemon
+    /// runs on the state directory: stop it first; its next start writes
+    /// baseline + persistent blocks. `portres status` and the log at every
+    /// start say where the baseline came from
+    #[arg(long, value_name = "PORTS", num_args = 0..=1, require_equals = true)]
+    reset_baseline: Option<Option<String>>,
+
     /// Log more (-v: debug, -vv: trace); RUST_LOG overrides
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -157,6 +170,26 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+    }
+
+    if let Some(value) = args.reset_baseline {
+        let ports = match value.map(|v| v.parse::<portres_core::PortSet>()).transpose() {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("portresd: --reset-baseline: not a port list: {}", e.message);
+                return ExitCode::from(2);
+            }
+        };
+        return match portres_daemon::baseline::reset(&config.state_dir, &config.socket, ports) {
+            Ok(said) => {
+                println!("{said}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                log::error!("{e}");
+                ExitCode::from(1)
+            }
+        };
     }
 
     let daemon = match Daemon::start(config) {

@@ -33,6 +33,7 @@ impl State {
             mode: self.config.mode.as_str().to_string(),
             kernel_sync: self.kernel.is_some(),
             baseline: self.baseline.to_string(),
+            baseline_origin: self.baseline_origin.clone(),
             reserved_ports: if self.kernel.is_some() {
                 self.desired_kernel_value(false).to_string()
             } else {
