@@ -394,16 +394,18 @@ fn system_mode_refuses_a_socket_directory_another_user_owns_while_they_race_a_sy
     std::fs::write(&target, "root's secret\n").unwrap();
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
     let socket = evil.join("portres.sock");
-    // The attacker: whenever the socket (or anything) appears under the
-    // name, move it away and put a symbolic link to the target there.
+    // The attacker: whenever the daemon's socket appears, move it away (to
+    // answer the daemon's clients with it) and put a symbolic link to the
+    // target in its place, for root's chmod to follow; then clear the name
+    // for the next try.
     let race = "import os,sys,time\n\
                 d,t=sys.argv[1],sys.argv[2];s=os.path.join(d,'portres.sock');n=0\n\
-                end=time.time()+60\n\
+                end=time.time()+120\n\
                 while time.time()<end:\n\
                 \x20 try:\n\
                 \x20\x20 if os.path.lexists(s) and not os.path.islink(s):\n\
-                \x20\x20\x20 n+=1;os.rename(s,os.path.join(d,'stolen%d'%n))\n\
-                \x20\x20 if not os.path.lexists(s): os.symlink(t,s)\n\
+                \x20\x20\x20 n+=1;os.rename(s,os.path.join(d,'stolen%d'%n));os.symlink(t,s)\n\
+                \x20\x20\x20 time.sleep(0.05);os.unlink(s)\n\
                 \x20 except OSError: pass\n";
     let mut py = Command::new("/usr/bin/python3");
     py.arg("-c").arg(race).arg(&evil).arg(&target);
