@@ -83,7 +83,11 @@ pub(crate) fn first_start_origin() -> String {
 /// while a daemon runs on the state directory (its lock), so the running
 /// daemon's view never goes stale. The next start writes baseline ∪
 /// persistent to the kernel, dropping ports the old baseline had.
-pub fn reset(state_dir: &Path, socket: &Path, value: Option<PortSet>) -> Result<String, StartError> {
+pub fn reset(
+    state_dir: &Path,
+    socket: &Path,
+    value: Option<PortSet>,
+) -> Result<String, StartError> {
     let _lock = StateDirLock::acquire(state_dir, socket).map_err(|e| match e {
         portres_store::LockError::Held { .. } => {
             StartError(format!("cannot reset the baseline: {e}"))
@@ -113,9 +117,9 @@ pub fn reset(state_dir: &Path, socket: &Path, value: Option<PortSet>) -> Result<
         ),
         None => {
             use portres_kernel::sysctl::{ProcReservedPorts, ReservedPorts};
-            let current = ProcReservedPorts::new().read().map_err(|e| {
-                StartError(format!("cannot read ip_local_reserved_ports: {e}"))
-            })?;
+            let current = ProcReservedPorts::new()
+                .read()
+                .map_err(|e| StartError(format!("cannot read ip_local_reserved_ports: {e}")))?;
             let rows = store.load().map_err(|e| StartError(e.to_string()))?;
             (
                 without(&current, rows.iter().map(|r| r.block)),

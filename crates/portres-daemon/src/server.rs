@@ -14,9 +14,9 @@
 //! in bench/README.md.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fmt;
 use std::io;
-use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -129,17 +129,16 @@ impl Daemon {
         {
             return Err(missing_socket_dir(dir, config.mode));
         }
-        let state_dir_lock = portres_store::StateDirLock::acquire(
-            &config.state_dir,
-            &config.socket,
-        )
-        .map_err(|e| match e {
-            portres_store::LockError::Store(e) => StartError(format!(
-                "cannot open the store in {}: {e}",
-                config.state_dir.display()
-            )),
-            held => StartError(held.to_string()),
-        })?;
+        let state_dir_lock =
+            portres_store::StateDirLock::acquire(&config.state_dir, &config.socket).map_err(
+                |e| match e {
+                    portres_store::LockError::Store(e) => StartError(format!(
+                        "cannot open the store in {}: {e}",
+                        config.state_dir.display()
+                    )),
+                    held => StartError(held.to_string()),
+                },
+            )?;
         raise_fd_limit();
         let store = portres_store::Store::open(&config.state_dir).map_err(|e| {
             StartError(format!(

@@ -145,7 +145,8 @@ impl KernelOwner {
         let addr = SocketAddr::from_abstract_name(OWNER_SOCKET_NAME).map_err(ClaimError::Io)?;
         match UnixListener::bind_addr(&addr) {
             Ok(listener) => {
-                let answerer = Answerer::start(listener, note.to_string()).map_err(ClaimError::Io)?;
+                let answerer =
+                    Answerer::start(listener, note.to_string()).map_err(ClaimError::Io)?;
                 Ok(KernelOwner {
                     _sysctl_lock: sysctl,
                     answerer: Some(answerer),

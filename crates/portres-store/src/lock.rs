@@ -57,7 +57,11 @@ impl std::fmt::Display for LockError {
         match self {
             LockError::Held { path, pid, socket } => {
                 let dir = path.parent().unwrap_or(path);
-                write!(f, "another portresd is running on the state directory {}", dir.display())?;
+                write!(
+                    f,
+                    "another portresd is running on the state directory {}",
+                    dir.display()
+                )?;
                 match (pid, socket) {
                     (Some(pid), Some(socket)) => write!(f, " (pid {pid}, socket {socket})")?,
                     (Some(pid), None) => write!(f, " (pid {pid})")?,
@@ -104,11 +108,7 @@ impl StateDirLock {
         if writable {
             // Best effort: the note only makes a refusal's message better.
             let mut file = File::from(fd);
-            let note = format!(
-                "pid={}\nsocket={}\n",
-                std::process::id(),
-                socket.display()
-            );
+            let note = format!("pid={}\nsocket={}\n", std::process::id(), socket.display());
             let _ = file
                 .set_len(0)
                 .and_then(|()| file.rewind())

@@ -623,7 +623,11 @@ mod tests {
         assert_eq!(store.baseline_record().unwrap(), None);
         let ports: PortSet = "999,5000-5009".parse().unwrap();
         store
-            .record_baseline(&ports, "read from the kernel at the first start", 1_700_000_000)
+            .record_baseline(
+                &ports,
+                "read from the kernel at the first start",
+                1_700_000_000,
+            )
             .unwrap();
         let record = store.baseline_record().unwrap().unwrap();
         assert_eq!(record.ports, ports);
@@ -634,7 +638,10 @@ mod tests {
         );
         drop(store);
         let mut store = Store::open(&dir.path().join("s")).unwrap();
-        assert_eq!(store.baseline_record().unwrap().unwrap().recorded_at, Some(1_700_000_000));
+        assert_eq!(
+            store.baseline_record().unwrap().unwrap().recorded_at,
+            Some(1_700_000_000)
+        );
         store.set_baseline(&PortSet::new()).unwrap();
         let record = store.baseline_record().unwrap().unwrap();
         assert_eq!((record.recorded_at, record.origin), (None, None));

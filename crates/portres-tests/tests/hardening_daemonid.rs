@@ -107,10 +107,7 @@ fn second_daemon_on_the_same_state_dir_exits_at_once_naming_the_first() {
     assert!(took < Duration::from_secs(1), "took {took:?}");
     let pid = first.child.id().to_string();
     assert!(err.contains(&format!("pid {pid}")), "{err}");
-    assert!(
-        err.contains(&first.socket.display().to_string()),
-        "{err}"
-    );
+    assert!(err.contains(&first.socket.display().to_string()), "{err}");
     assert!(!other_socket.exists(), "the second one bound its socket");
     // The first one is unharmed.
     let c = first.client();
@@ -295,9 +292,9 @@ fn a_user_squatting_the_kernel_owner_name_cannot_turn_kernel_sync_off() {
 /// the next start drop the leftover.
 #[test]
 fn a_baseline_taken_from_a_crashed_daemons_leftovers_is_explained_and_can_be_reset() {
-    let Some(_ns) = netns(
-        "a_baseline_taken_from_a_crashed_daemons_leftovers_is_explained_and_can_be_reset",
-    ) else {
+    let Some(_ns) =
+        netns("a_baseline_taken_from_a_crashed_daemons_leftovers_is_explained_and_can_be_reset")
+    else {
         return;
     };
     let dir_a = open_tempdir();
@@ -311,7 +308,10 @@ fn a_baseline_taken_from_a_crashed_daemons_leftovers_is_explained_and_can_be_res
     let b = ProcessDaemon::start(dir_b.path(), &[]);
     let s = status_json(&b.socket);
     assert_eq!(s["baseline"], "40000-40009", "{s}");
-    let origin = s["baseline_origin"].as_str().unwrap_or_default().to_string();
+    let origin = s["baseline_origin"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(
         origin.contains("read from the kernel at the first start")
             && origin.contains(&format!("pid {}", b.child.id()))
@@ -321,7 +321,10 @@ fn a_baseline_taken_from_a_crashed_daemons_leftovers_is_explained_and_can_be_res
     let mut human = cli(&b.socket);
     human.arg("status");
     let (_, stdout, _) = run(human);
-    assert!(stdout.contains("baseline from:   read from the kernel"), "{stdout}");
+    assert!(
+        stdout.contains("baseline from:   read from the kernel"),
+        "{stdout}"
+    );
     let log = log_of(dir_b.path());
     assert!(log.contains("--reset-baseline"), "{log}");
 
@@ -340,7 +343,11 @@ fn a_baseline_taken_from_a_crashed_daemons_leftovers_is_explained_and_can_be_res
     reset.stderr(Stdio::piped());
     let out = reset.output().unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         said.contains("was 40000-40009") && said.contains("now (empty)"),
         "{said}"
@@ -366,7 +373,11 @@ fn a_baseline_taken_from_a_crashed_daemons_leftovers_is_explained_and_can_be_res
     let out = portresd(&[&"--state-dir", &state_b, &"--reset-baseline"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let b = ProcessDaemon::start(dir_b.path(), &[]);
     assert_eq!(status_json(&b.socket)["baseline"], "999");
     assert_eq!(kernel_reserved().to_string(), "999,7000");
@@ -381,9 +392,9 @@ fn a_baseline_taken_from_a_crashed_daemons_leftovers_is_explained_and_can_be_res
 /// attacker races.
 #[test]
 fn system_mode_refuses_a_socket_directory_another_user_owns_while_they_race_a_symlink() {
-    let Some(_ns) = netns(
-        "system_mode_refuses_a_socket_directory_another_user_owns_while_they_race_a_symlink",
-    ) else {
+    let Some(_ns) =
+        netns("system_mode_refuses_a_socket_directory_another_user_owns_while_they_race_a_symlink")
+    else {
         return;
     };
     let dir = open_tempdir();
@@ -437,7 +448,10 @@ fn system_mode_refuses_a_socket_directory_another_user_owns_while_they_race_a_sy
     let mode = std::fs::metadata(&target).unwrap().mode() & 0o7777;
     assert_eq!(mode, 0o600, "root chmodded the attacker's target");
     assert_eq!((started, refused), (0, 20), "{last_err}");
-    assert!(last_err.contains(&format!("owned by uid {NOBODY}")), "{last_err}");
+    assert!(
+        last_err.contains(&format!("owned by uid {NOBODY}")),
+        "{last_err}"
+    );
     eprintln!("attacker-owned socket directory: refused 20 of 20 starts: {last_err}");
 }
 
@@ -516,7 +530,10 @@ fn a_socket_in_a_missing_directory_is_refused_and_nothing_is_created() {
     assert!(!status.success(), "{err}");
     assert!(err.contains("does not exist"), "{err}");
     assert!(!dir.path().join("no").exists(), "a directory was created");
-    assert!(!dir.path().join("state").exists(), "the state directory was created");
+    assert!(
+        !dir.path().join("state").exists(),
+        "the state directory was created"
+    );
     // As an ordinary user too.
     let mut user = portresd(&[
         &"--socket",
@@ -532,4 +549,39 @@ fn a_socket_in_a_missing_directory_is_refused_and_nothing_is_created() {
     assert!(err.contains("does not exist"), "{err}");
     assert!(!dir.path().join("no").exists());
     eprintln!("missing socket directory: {err}");
+}
+
+/// Items 4a and 4b in-process: while a daemon runs, `Daemon::start` on its
+/// state directory, or with kernel sync on another one in the same network
+/// namespace, fails and changes nothing; once it has stopped, both locks
+/// are free again (released after its final kernel write).
+#[test]
+fn a_stopped_daemon_frees_its_state_dir_and_the_namespace_for_the_next() {
+    use portres_daemon::{Config, Daemon, KernelSync};
+    let Some(_ns) = netns("a_stopped_daemon_frees_its_state_dir_and_the_namespace_for_the_next")
+    else {
+        return;
+    };
+    let dir = open_tempdir();
+    let other = open_tempdir();
+    let d = portres_tests::InProcessDaemon::start_in(dir.path(), |_| {});
+    let mut same_dir = Config::for_current_user();
+    same_dir.socket = other.path().join("a.sock");
+    same_dir.state_dir = d.state_dir.clone();
+    same_dir.kernel_sync = KernelSync::Off;
+    let e = Daemon::start(same_dir).unwrap_err();
+    assert!(
+        e.0.contains("another portresd is running on the state directory"),
+        "{e}"
+    );
+    let mut same_netns = Config::for_current_user();
+    same_netns.socket = other.path().join("b.sock");
+    same_netns.state_dir = other.path().join("state");
+    same_netns.kernel_sync = KernelSync::On;
+    let e = Daemon::start(same_netns).unwrap_err();
+    assert!(e.0.contains("another portresd already keeps"), "{e}");
+    assert!(!other.path().join("a.sock").exists() && !other.path().join("b.sock").exists());
+    d.stop();
+    portres_tests::InProcessDaemon::start_in(other.path(), |_| {}).stop();
+    portres_tests::InProcessDaemon::start_in(dir.path(), |_| {}).stop();
 }

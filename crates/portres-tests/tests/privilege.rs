@@ -106,7 +106,12 @@ fn system_mode_socket_state_directory_and_database_have_the_documented_modes() {
     names.sort();
     assert_eq!(
         names,
-        ["portres.db", "portres.db-shm", "portres.db-wal", "portres.lock"]
+        [
+            "portres.db",
+            "portres.db-shm",
+            "portres.db-wal",
+            "portres.lock"
+        ]
     );
     assert_eq!(stat(&state.join("portres.lock")), ("file", 0o600, 0, 0));
     // Nothing but the socket in its directory (the private directory the

@@ -22,17 +22,22 @@ use portres_daemon::{Config, Daemon, KernelSync};
 #[derive(Parser, Debug)]
 #[command(name = "portresd", version, max_term_width = 100)]
 struct Args {
-    /// Unix socket to listen on [env: PORTRES_SOCKET; default by mode, see above]
+    /// Unix socket to listen on [env: PORTRES_SOCKET; default by mode, see
+    /// above]. Its directory must exist (only the default's is created),
+    /// owned by portresd's uid and not writable by others unless sticky
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
 
-    /// Directory for the database portres.db [env: PORTRES_STATE_DIR; default by mode]
+    /// Directory for the database portres.db [env: PORTRES_STATE_DIR;
+    /// default by mode]. One portresd per state directory: a second one
+    /// exits at once, naming the first (portres.lock)
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
 
     /// Keep net.ipv4.ip_local_reserved_ports in sync: auto = when writable
-    /// (root, or a network namespace you own), on = refuse to start
-    /// otherwise, off = never touch it
+    /// (root, or a network namespace you own) and no other portresd keeps
+    /// it in this network namespace, on = refuse to start otherwise, off =
+    /// never touch it
     #[arg(long, value_enum, default_value_t = SyncArg::Auto, value_name = "MODE")]
     kernel_sync: SyncArg,
 
@@ -173,7 +178,10 @@ fn main() -> ExitCode {
     }
 
     if let Some(value) = args.reset_baseline {
-        let ports = match value.map(|v| v.parse::<portres_core::PortSet>()).transpose() {
+        let ports = match value
+            .map(|v| v.parse::<portres_core::PortSet>())
+            .transpose()
+        {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("portresd: --reset-baseline: not a port list: {}", e.message);
