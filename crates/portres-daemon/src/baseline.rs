@@ -88,6 +88,13 @@ pub fn reset(
     socket: &Path,
     value: Option<PortSet>,
 ) -> Result<String, StartError> {
+    let db = state_dir.join(Store::FILE_NAME);
+    if !db.exists() {
+        return Err(StartError(format!(
+            "cannot reset the baseline: there is no store {} (a daemon records the baseline at its first start; check --state-dir)",
+            db.display()
+        )));
+    }
     let _lock = StateDirLock::acquire(state_dir, socket).map_err(|e| match e {
         portres_store::LockError::Held { .. } => {
             StartError(format!("cannot reset the baseline: {e}"))

@@ -469,15 +469,37 @@ fn bind_socket(path: &Path, mode: Mode) -> Result<(UnixListener, SocketFile), St
     }
 
     let private = format!(".portresd-bind.{}", std::process::id());
-    let make_private = || -> io::Result<OwnedFd> {
-        rustix::fs::mkdirat(&dir_fd, &private, rustix::fs::Mode::from_raw_mode(0o700))?;
+    let open_private = || -> io::Result<OwnedFd> {
         let fd = rustix::fs::openat(
             &dir_fd,
             &private,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
         )?;
-        rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(0o700))?;
+        let me = rustix::process::geteuid().as_raw();
+        if rustix::fs::fstat(&fd)?.st_uid != me {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "it exists and belongs to another user",
+            ));
+        }
+        Ok(fd)
+    };
+    let make_private = || -> io::Result<OwnedFd> {
+        let mode = rustix::fs::Mode::from_raw_mode(0o700);
+        match rustix::fs::mkdirat(&dir_fd, &private, mode) {
+            // Left by a daemon with our pid that died binding (a container's
+            // pid 1, say): if it is ours, clear it and make it anew.
+            Err(rustix::io::Errno::EXIST) => {
+                let old = open_private()?;
+                let _ = rustix::fs::unlinkat(&old, "s", AtFlags::empty());
+                rustix::fs::unlinkat(&dir_fd, &private, AtFlags::REMOVEDIR)?;
+                rustix::fs::mkdirat(&dir_fd, &private, mode)?;
+            }
+            other => other?,
+        }
+        let fd = open_private()?;
+        rustix::fs::fchmod(&fd, mode)?;
         Ok(fd)
     };
     let private_fd = make_private().map_err(|e| {

@@ -381,6 +381,14 @@ fn a_baseline_taken_from_a_crashed_daemons_leftovers_is_explained_and_can_be_res
     let b = ProcessDaemon::start(dir_b.path(), &[]);
     assert_eq!(status_json(&b.socket)["baseline"], "999");
     assert_eq!(kernel_reserved().to_string(), "999,7000");
+    // A state directory without a store is an error, and stays absent.
+    let nowhere = dir_b.path().join("no-store");
+    let out = portresd(&[&"--state-dir", &nowhere, &"--reset-baseline=1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("there is no store"));
+    assert!(!nowhere.exists());
 }
 
 /// Item 13, the attack: root runs `portresd --socket` in a directory
