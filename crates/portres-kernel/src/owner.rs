@@ -38,6 +38,12 @@ pub const OWNER_SOCKET_NAME: &str = "portres/kernel-owner";
 /// Most bytes of a holder's note read back.
 const MAX_NOTE: usize = 1024;
 
+/// How long a held lock or name is retried before it counts as another
+/// owner's: both live as long as any descriptor of them, so an owner that is
+/// exiting, or a process it forked that has not reached `exec` yet
+/// (close-on-exec), holds them for a moment more.
+pub const GRACE: Duration = Duration::from_millis(300);
+
 /// How long to wait for a holder's note.
 const NOTE_WAIT: Duration = Duration::from_millis(500);
 
@@ -130,9 +136,23 @@ impl KernelOwner {
         let sysctl_owner = rustix::fs::fstat(&sysctl)
             .map_err(|e| ClaimError::Io(e.into()))?
             .st_uid;
-        match ofd_write_lock(&sysctl) {
+        let deadline = Instant::now() + GRACE;
+        let in_grace = || {
+            let wait = Instant::now() < deadline;
+            if wait {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            wait
+        };
+        let locked = loop {
+            match ofd_write_lock(&sysctl) {
+                Err(e) if is_held(&e) && in_grace() => {}
+                other => break other,
+            }
+        };
+        match locked {
             Ok(()) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => {
+            Err(e) if is_held(&e) => {
                 // Only a holder that could write the sysctl is believed;
                 // a squatter of the name must not be named as the owner.
                 let other = ask_owner()
@@ -143,7 +163,13 @@ impl KernelOwner {
             Err(e) => return Err(ClaimError::Io(e)),
         }
         let addr = SocketAddr::from_abstract_name(OWNER_SOCKET_NAME).map_err(ClaimError::Io)?;
-        match UnixListener::bind_addr(&addr) {
+        let bound = loop {
+            match UnixListener::bind_addr(&addr) {
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse && in_grace() => {}
+                other => break other,
+            }
+        };
+        match bound {
             Ok(listener) => {
                 let answerer =
                     Answerer::start(listener, note.to_string()).map_err(ClaimError::Io)?;
@@ -181,6 +207,10 @@ impl KernelOwner {
     pub fn holds_name(&self) -> bool {
         self.answerer.is_some()
     }
+}
+
+fn is_held(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES))
 }
 
 /// `F_OFD_SETLK` of a write lock on the whole file, without waiting.

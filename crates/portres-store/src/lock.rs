@@ -95,7 +95,7 @@ impl StateDirLock {
         let locking = "locking the state directory";
         let (fd, writable) = open_lock_target(state_dir, &path)
             .map_err(|e| LockError::Store(StoreError::io(&path, locking, e)))?;
-        match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+        match lock_within_grace(&fd) {
             Ok(()) => {}
             Err(rustix::io::Errno::WOULDBLOCK) => {
                 let (pid, socket) = read_note(&path);
@@ -124,6 +124,24 @@ impl StateDirLock {
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// How long a held lock is retried before it counts as held by a running
+/// daemon. A lock lives as long as any descriptor of its open file: a
+/// predecessor that is exiting, or a process the holder forked that has
+/// not reached `exec` yet (close-on-exec), holds it for a moment more.
+pub const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(300);
+
+fn lock_within_grace(fd: &OwnedFd) -> rustix::io::Result<()> {
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    loop {
+        match rustix::fs::flock(fd, FlockOperation::NonBlockingLockExclusive) {
+            Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
+        }
     }
 }
 
