@@ -27,6 +27,8 @@ impl Daemon {
     /// its socket accepts.
     pub fn start(dir: &Path) -> Daemon {
         let socket = dir.join("portres.sock");
+        // portresd creates no directory for a --socket outside its defaults.
+        std::fs::create_dir_all(dir).expect("the daemon's directory");
         let exe = std::env::current_exe().expect("current_exe");
         let portresd = exe.with_file_name("portresd");
         assert!(

@@ -6,9 +6,11 @@ use std::path::PathBuf;
 /// Whether to keep `net.ipv4.ip_local_reserved_ports` in sync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelSync {
-    /// On if the sysctl is writable, else off with a logged warning.
+    /// On if the sysctl is writable and no other portres daemon keeps it
+    /// in this network namespace, else off with a logged warning.
     Auto,
-    /// On; refuse to start if the sysctl is not writable.
+    /// On; refuse to start if the sysctl is not writable or another portres
+    /// daemon keeps it in this network namespace.
     On,
     /// Off: reservations arbitrate between portres users only.
     Off,

@@ -12,6 +12,7 @@
 //! sysctl).
 #![deny(missing_docs)]
 
+pub mod baseline;
 pub mod config;
 pub mod handlers;
 pub mod server;

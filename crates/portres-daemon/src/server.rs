@@ -14,10 +14,10 @@
 //! in bench/README.md.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -78,6 +78,8 @@ pub struct Daemon {
     config: Config,
     listener: UnixListener,
     socket: PathBuf,
+    /// Held for the daemon's whole life; released last (see `run`).
+    guards: Option<Guards>,
     stop_fd: Arc<OwnedFd>,
     /// Readable when a release left the kernel a shrink to do.
     shrink_fd: Arc<OwnedFd>,
@@ -108,10 +110,40 @@ fn eventfd() -> io::Result<OwnedFd> {
     )?)
 }
 
+/// What a daemon holds until it has stopped: the state directory's lock,
+/// the claim on the namespace's sysctl, and what it needs to remove its
+/// socket file (and only that file) at the end.
+struct Guards {
+    _state_dir: portres_store::StateDirLock,
+    _kernel_owner: Option<portres_kernel::owner::KernelOwner>,
+    socket_file: SocketFile,
+}
+
 impl Daemon {
-    /// Opens the store, decides kernel sync, restores persistent
-    /// reservations, writes the kernel's value, and binds the socket.
+    /// Locks the state directory (before anything else: a second daemon on
+    /// it is refused here, naming the first), opens the store, decides
+    /// kernel sync (claiming the network namespace's sysctl), restores
+    /// persistent reservations, writes the kernel's value, and binds the
+    /// socket.
     pub fn start(config: Config) -> Result<Daemon, StartError> {
+        // A socket directory we may not create fails before anything is
+        // made (the state directory included); `bind_socket` checks again.
+        if let Some(dir) = config.socket.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.exists()
+            && config.socket != default_socket(config.mode)
+        {
+            return Err(missing_socket_dir(dir, config.mode));
+        }
+        let state_dir_lock =
+            portres_store::StateDirLock::acquire(&config.state_dir, &config.socket).map_err(
+                |e| match e {
+                    portres_store::LockError::Store(e) => StartError(format!(
+                        "cannot open the store in {}: {e}",
+                        config.state_dir.display()
+                    )),
+                    held => StartError(held.to_string()),
+                },
+            )?;
         raise_fd_limit();
         let store = portres_store::Store::open(&config.state_dir).map_err(|e| {
             StartError(format!(
@@ -119,7 +151,7 @@ impl Daemon {
                 config.state_dir.display()
             ))
         })?;
-        let kernel = decide_kernel_sync(config.kernel_sync)?;
+        let (kernel, kernel_owner) = decide_kernel_sync(&config)?;
         let cookie = portres_kernel::sock::current_netns_cookie()
             .map_err(|e| StartError(format!("cannot read our network namespace cookie: {e}")))?;
         let mut state = State::new(
@@ -136,7 +168,7 @@ impl Daemon {
             let _ = rustix::io::write(&*hook_fd, &1u64.to_ne_bytes());
         }));
         let stop_fd = Arc::new(eventfd().map_err(|e| StartError(format!("eventfd: {e}")))?);
-        let listener = bind_socket(&config.socket, config.mode)?;
+        let (listener, socket_file) = bind_socket(&config.socket, config.mode)?;
         let (_, persistent) = state.counts();
         log::info!(
             "portresd {} ({} mode) listening on {}; store {}{}; kernel sync {}; {} persistent reservation(s) restored",
@@ -157,6 +189,11 @@ impl Daemon {
             socket: config.socket.clone(),
             config,
             listener,
+            guards: Some(Guards {
+                _state_dir: state_dir_lock,
+                _kernel_owner: kernel_owner,
+                socket_file,
+            }),
             stop_fd,
             shrink_fd,
         })
@@ -177,8 +214,8 @@ impl Daemon {
     /// Serves on the calling thread until `StopHandle::stop`, then stops
     /// cleanly: runtime reservations end, the kernel keeps baseline +
     /// persistent blocks, the socket file is removed.
-    pub fn run(self) -> io::Result<()> {
-        let socket = self.socket.clone();
+    pub fn run(mut self) -> io::Result<()> {
+        let guards = self.guards.take();
         let (result, shared) = match Front::new(self) {
             Ok(mut front) => {
                 let result = front.run();
@@ -186,100 +223,332 @@ impl Daemon {
             }
             Err((e, shared)) => (Err(e), shared),
         };
-        let _ = std::fs::remove_file(&socket);
+        if let Some(g) = &guards {
+            g.socket_file.remove();
+        }
         lock(&shared.state).shutdown();
         log::info!("portresd stopped");
+        // Only now may another daemon take the state directory and the
+        // namespace's sysctl: ours has its final value.
+        drop(shared);
+        drop(guards);
         result
     }
 }
 
-fn decide_kernel_sync(
-    mode: KernelSync,
-) -> Result<Option<Box<dyn portres_kernel::sysctl::ReservedPorts>>, StartError> {
+type KernelChoice = (
+    Option<Box<dyn portres_kernel::sysctl::ReservedPorts>>,
+    Option<portres_kernel::owner::KernelOwner>,
+);
+
+/// Whether to keep the sysctl, per `--kernel-sync`: `auto` keeps it when
+/// it is writable and no other portres daemon keeps it in this network
+/// namespace (else off, with a warning); `on` refuses to start in either
+/// case; `off` never touches it. The claim (`owner::KernelOwner`) is taken
+/// before the sysctl is first read, so a second daemon never mistakes the
+/// first one's blocks for the admin's baseline.
+fn decide_kernel_sync(config: &Config) -> Result<KernelChoice, StartError> {
+    use portres_kernel::owner::{ClaimError, KernelOwner};
     use portres_kernel::sysctl::ProcReservedPorts;
+    let path = ProcReservedPorts::DEFAULT_PATH;
     let sysctl = ProcReservedPorts::new();
-    match mode {
-        KernelSync::Off => {
-            log::info!(
-                "kernel sync off (--kernel-sync off): ip_local_reserved_ports is left alone"
-            );
-            Ok(None)
+    let mode = config.kernel_sync;
+    if mode == KernelSync::Off {
+        log::info!("kernel sync off (--kernel-sync off): ip_local_reserved_ports is left alone");
+        return Ok((None, None));
+    }
+    let not_writable = |e: &dyn fmt::Display| {
+        if mode == KernelSync::On {
+            return Err(StartError(format!(
+                "--kernel-sync on, but {path} is not writable: {e} (run as root, or in a network namespace you own)"
+            )));
         }
-        KernelSync::On => match sysctl.check_writable() {
-            Ok(()) => Ok(Some(Box::new(sysctl))),
-            Err(e) => Err(StartError(format!(
-                "--kernel-sync on, but {} is not writable: {e} (run as root, or in a network namespace you own)",
-                ProcReservedPorts::DEFAULT_PATH
-            ))),
-        },
-        KernelSync::Auto => match sysctl.check_writable() {
-            Ok(()) => Ok(Some(Box::new(sysctl))),
-            Err(e) => {
+        log::warn!(
+            "kernel sync off: cannot write {path} ({e}); reservations still arbitrate between portres users, but the kernel's bind(0)/connect() may hand out reserved ports"
+        );
+        Ok((None, None))
+    };
+    if let Err(e) = sysctl.check_writable() {
+        return not_writable(&e);
+    }
+    let note = format!(
+        "portresd pid {}, socket {}, state directory {}",
+        std::process::id(),
+        config.socket.display(),
+        config.state_dir.display()
+    );
+    match KernelOwner::claim(&note) {
+        Ok(owner) => {
+            if let Some(squatter) = owner.squatter() {
                 log::warn!(
-                    "kernel sync off: cannot write {} ({e}); reservations still arbitrate between portres users, but the kernel's bind(0)/connect() may hand out reserved ports",
-                    ProcReservedPorts::DEFAULT_PATH
+                    "the abstract socket @{} is held by a process that cannot write {path} ({squatter}), so it is not a portres daemon keeping it; ignored (the lock on {path} itself keeps other daemons out)",
+                    portres_kernel::owner::OWNER_SOCKET_NAME
                 );
-                Ok(None)
             }
-        },
+            Ok((Some(Box::new(sysctl)), Some(owner)))
+        }
+        Err(ClaimError::Held(other)) => {
+            let why = format!(
+                "another portresd already keeps {path} in this network namespace ({other})"
+            );
+            if mode == KernelSync::On {
+                return Err(StartError(format!(
+                    "--kernel-sync on, but {why}; one daemon per network namespace keeps the kernel's list: stop it, or run this one with --kernel-sync off or in another network namespace"
+                )));
+            }
+            log::warn!(
+                "kernel sync off: {why}; this daemon's reservations arbitrate between its own clients only, and the kernel's list is left to the other daemon"
+            );
+            Ok((None, None))
+        }
+        Err(ClaimError::Io(e)) => not_writable(&e),
     }
 }
 
-/// Refuses a socket directory someone else could tamper with: in user mode
-/// (often under /tmp) it must be ours and writable by nobody else.
-fn check_socket_dir(dir: &Path, mode: Mode) -> Result<(), StartError> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(dir)
+/// The socket path of the mode's defaults (`portres_proto::paths`), whose
+/// directory alone portresd may create.
+fn default_socket(mode: Mode) -> PathBuf {
+    match mode {
+        Mode::System => PathBuf::from(portres_proto::paths::SYSTEM_SOCKET),
+        Mode::User => portres_proto::paths::user_socket(),
+    }
+}
+
+/// The mode of a socket directory portresd creates, and of the socket.
+fn modes(mode: Mode) -> (u32, u32) {
+    // System mode: anyone may reach the socket (permissions are judged per
+    // request from peer credentials). User mode: only us.
+    match mode {
+        Mode::System => (0o755, 0o666),
+        Mode::User => (0o700, 0o600),
+    }
+}
+
+fn open_dir(dir: &Path, flags: rustix::fs::OFlags) -> io::Result<OwnedFd> {
+    use rustix::fs::{Mode as FileMode, OFlags};
+    Ok(rustix::fs::open(
+        dir,
+        flags | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        FileMode::empty(),
+    )?)
+}
+
+fn missing_socket_dir(dir: &Path, mode: Mode) -> StartError {
+    let me = rustix::process::geteuid().as_raw();
+    StartError(format!(
+        "the socket's directory {} does not exist; portresd creates only the directory of its default socket {}: create it first (owned by uid {me}, not writable by others), or choose another --socket",
+        dir.display(),
+        default_socket(mode).display()
+    ))
+}
+
+/// Opens the socket's directory. Only the directory of the mode's default
+/// socket is created when missing (one level, with the mode's permissions):
+/// a directory named by `--socket` or `PORTRES_SOCKET` must exist.
+fn open_socket_dir(dir: &Path, socket: &Path, mode: Mode) -> Result<OwnedFd, StartError> {
+    use rustix::fs::OFlags;
+    let cannot = |e: io::Error| {
+        StartError(format!(
+            "cannot open the socket's directory {}: {e}",
+            dir.display()
+        ))
+    };
+    match open_dir(dir, OFlags::PATH) {
+        Ok(fd) => return Ok(fd),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(cannot(e)),
+        Err(_) => {}
+    }
+    if socket != default_socket(mode) {
+        return Err(missing_socket_dir(dir, mode));
+    }
+    let (dir_mode, _) = modes(mode);
+    match rustix::fs::mkdir(dir, rustix::fs::Mode::from_raw_mode(dir_mode)) {
+        Ok(()) => {
+            // Only we could have made it (or nobody can be trusted): set the
+            // exact mode the umask may have trimmed, on the directory opened
+            // without following a link.
+            let fd = open_dir(dir, OFlags::RDONLY | OFlags::NOFOLLOW).map_err(cannot)?;
+            rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(dir_mode))
+                .map_err(|e| cannot(e.into()))?;
+        }
+        // Made meanwhile (by whom: check_socket_dir tells).
+        Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => {
+            return Err(StartError(format!(
+                "cannot create the socket's directory {}: {e}",
+                dir.display()
+            )));
+        }
+    }
+    open_dir(dir, OFlags::PATH).map_err(cannot)
+}
+
+/// Refuses a socket directory someone else could tamper with, in system
+/// and user mode alike: it must be owned by our uid (root in system mode)
+/// and not writable by group or others unless sticky (in a sticky
+/// directory nobody else can rename or remove our socket). Whoever can
+/// write there could replace the socket with their own and answer our
+/// clients, or swap names under us. Checked on the opened directory, so a
+/// later rename of a path component cannot change what was checked.
+fn check_socket_dir(dir_fd: &OwnedFd, dir: &Path) -> Result<(), StartError> {
+    let st = rustix::fs::fstat(dir_fd)
         .map_err(|e| StartError(format!("cannot inspect {}: {e}", dir.display())))?;
     let me = rustix::process::geteuid().as_raw();
-    let writable_by_others = meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0;
-    if mode == Mode::User && (meta.uid() != me || writable_by_others) {
+    let mode = st.st_mode & 0o7777;
+    let writable_by_others = mode & 0o022 != 0 && mode & 0o1000 == 0;
+    if st.st_uid != me || writable_by_others {
         return Err(StartError(format!(
-            "refusing to put the socket in {}: it is owned by uid {} with mode {:o}; it must be owned by uid {me} and not writable by others",
+            "refusing to put the socket in {}: it is owned by uid {} with mode {mode:o}; it must be owned by uid {me} and not writable by others",
             dir.display(),
-            meta.uid(),
-            meta.mode() & 0o7777
+            st.st_uid,
         )));
     }
     Ok(())
 }
 
-fn bind_socket(path: &Path, mode: Mode) -> Result<UnixListener, StartError> {
+/// `name` inside the directory `dir_fd`, as a path that resolves through
+/// the open descriptor rather than the directory's name again.
+fn via_fd(dir_fd: &OwnedFd, name: &std::ffi::OsStr) -> PathBuf {
+    Path::new(&format!("/proc/self/fd/{}", dir_fd.as_raw_fd())).join(name)
+}
+
+/// The socket file we made, to remove at the end (only if it is still ours).
+struct SocketFile {
+    dir: OwnedFd,
+    name: OsString,
+    dev_ino: (u64, u64),
+}
+
+impl SocketFile {
+    fn remove(&self) {
+        use rustix::fs::AtFlags;
+        if let Ok(st) = rustix::fs::statat(&self.dir, &self.name, AtFlags::SYMLINK_NOFOLLOW)
+            && (st.st_dev, st.st_ino) == self.dev_ino
+        {
+            let _ = rustix::fs::unlinkat(&self.dir, &self.name, AtFlags::empty());
+        }
+    }
+}
+
+/// Binds the listening socket at `path` with its mode set, never following
+/// a path someone else could change: the directory is opened and checked
+/// once (`check_socket_dir`) and everything after goes through that
+/// descriptor. The socket is bound inside a fresh directory only we can
+/// enter, its mode set there (`fchmod` on a socket descriptor does not
+/// change the file's mode on Linux; the file is only reachable by name),
+/// and then renamed into place without replacing anything.
+fn bind_socket(path: &Path, mode: Mode) -> Result<(UnixListener, SocketFile), StartError> {
+    use rustix::fs::{AtFlags, FileType, OFlags, RenameFlags};
     let err = |what: &str, e: io::Error| StartError(format!("{what} {}: {e}", path.display()));
-    if let Some(dir) = path
+    let Some(name) = path.file_name().map(|n| n.to_os_string()) else {
+        return Err(StartError(format!(
+            "the socket path {} does not name a file",
+            path.display()
+        )));
+    };
+    let dir = path
         .parent()
-        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-    {
-        std::fs::create_dir_all(dir).map_err(|e| err("cannot create the directory of", e))?;
-        // System mode: anyone may reach the socket (permissions are judged
-        // per request from peer credentials). User mode: only us.
-        let perm = if mode == Mode::System { 0o755 } else { 0o700 };
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(perm))
-            .map_err(|e| err("cannot set permissions on the directory of", e))?;
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        check_socket_dir(dir, mode)?;
-    }
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(StartError(format!(
-                "{} exists and is not a socket; refusing to replace it",
-                path.display()
-            )));
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir_fd = open_socket_dir(dir, path, mode)?;
+    check_socket_dir(&dir_fd, dir)?;
+    match rustix::fs::statat(&dir_fd, &name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => {
+            if FileType::from_raw_mode(st.st_mode) != FileType::Socket {
+                return Err(StartError(format!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                )));
+            }
+            if UnixStream::connect(via_fd(&dir_fd, &name)).is_ok() {
+                return Err(StartError(format!(
+                    "another portresd is already listening on {}",
+                    path.display()
+                )));
+            }
+            rustix::fs::unlinkat(&dir_fd, &name, AtFlags::empty())
+                .map_err(|e| err("cannot remove the stale socket", e.into()))?;
         }
-        if UnixStream::connect(path).is_ok() {
-            return Err(StartError(format!(
-                "another portresd is already listening on {}",
-                path.display()
-            )));
-        }
-        std::fs::remove_file(path).map_err(|e| err("cannot remove the stale socket", e))?;
+        Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(err("cannot inspect", e.into())),
     }
-    let listener = UnixListener::bind(path).map_err(|e| err("cannot listen on", e))?;
-    let perm = if mode == Mode::System { 0o666 } else { 0o600 };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(perm))
-        .map_err(|e| err("cannot set permissions on", e))?;
-    Ok(listener)
+
+    let private = format!(".portresd-bind.{}", std::process::id());
+    let open_private = || -> io::Result<OwnedFd> {
+        let fd = rustix::fs::openat(
+            &dir_fd,
+            &private,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        let me = rustix::process::geteuid().as_raw();
+        if rustix::fs::fstat(&fd)?.st_uid != me {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "it exists and belongs to another user",
+            ));
+        }
+        Ok(fd)
+    };
+    let make_private = || -> io::Result<OwnedFd> {
+        let mode = rustix::fs::Mode::from_raw_mode(0o700);
+        match rustix::fs::mkdirat(&dir_fd, &private, mode) {
+            // Left by a daemon with our pid that died binding (a container's
+            // pid 1, say): if it is ours, clear it and make it anew.
+            Err(rustix::io::Errno::EXIST) => {
+                let old = open_private()?;
+                let _ = rustix::fs::unlinkat(&old, "s", AtFlags::empty());
+                rustix::fs::unlinkat(&dir_fd, &private, AtFlags::REMOVEDIR)?;
+                rustix::fs::mkdirat(&dir_fd, &private, mode)?;
+            }
+            other => other?,
+        }
+        let fd = open_private()?;
+        rustix::fs::fchmod(&fd, mode)?;
+        Ok(fd)
+    };
+    let private_fd = make_private().map_err(|e| {
+        err(
+            &format!("cannot make the private directory {private} to bind"),
+            e,
+        )
+    })?;
+    let (_, socket_mode) = modes(mode);
+    let bound = (|| -> Result<(UnixListener, (u64, u64)), StartError> {
+        let inner = Path::new("s");
+        let listener = UnixListener::bind(via_fd(&private_fd, inner.as_os_str()))
+            .map_err(|e| err("cannot listen on", e))?;
+        // Nobody else can enter the private directory: "s" is our socket.
+        rustix::fs::chmodat(
+            &private_fd,
+            inner,
+            rustix::fs::Mode::from_raw_mode(socket_mode),
+            AtFlags::empty(),
+        )
+        .map_err(|e| err("cannot set permissions on", e.into()))?;
+        let st = rustix::fs::statat(&private_fd, inner, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| err("cannot inspect", e.into()))?;
+        match rustix::fs::renameat_with(&private_fd, inner, &dir_fd, &name, RenameFlags::NOREPLACE)
+        {
+            Ok(()) => Ok((listener, (st.st_dev, st.st_ino))),
+            Err(rustix::io::Errno::EXIST) => Err(StartError(format!(
+                "{} appeared while portresd was binding it (another portresd starting?); refusing to replace it",
+                path.display()
+            ))),
+            Err(e) => Err(err("cannot move the bound socket to", e.into())),
+        }
+    })();
+    let _ = rustix::fs::unlinkat(&private_fd, "s", AtFlags::empty());
+    let _ = rustix::fs::unlinkat(&dir_fd, &private, AtFlags::REMOVEDIR);
+    let (listener, dev_ino) = bound?;
+    Ok((
+        listener,
+        SocketFile {
+            dir: dir_fd,
+            name,
+            dev_ino,
+        },
+    ))
 }
 
 /// What every thread of the daemon shares.

@@ -67,6 +67,8 @@ pub struct State {
     /// `None` when kernel sync is off.
     pub(crate) kernel: Option<Box<dyn ReservedPorts>>,
     pub(crate) baseline: PortSet,
+    /// Where the baseline came from (empty when kernel sync is off).
+    pub(crate) baseline_origin: String,
     /// What the kernel's list holds, as far as we know: the value we last
     /// wrote (or found, see `check_kernel`); `None` after a failed write.
     pub(crate) last_written: Option<PortSet>,
@@ -151,6 +153,7 @@ impl State {
             store,
             kernel,
             baseline: PortSet::new(),
+            baseline_origin: String::new(),
             last_written: None,
             last_written_text: None,
             kernel_generation: 0,
@@ -168,8 +171,8 @@ impl State {
             range_cache: None,
         };
         if let Some(kernel) = state.kernel.as_ref() {
-            state.baseline = match state.store.baseline().map_err(Error::from)? {
-                Some(b) => b,
+            let record = match state.store.baseline_record().map_err(Error::from)? {
+                Some(record) => record,
                 None => {
                     // First start on this store: what the admin had is the
                     // baseline we must preserve forever after.
@@ -179,14 +182,33 @@ impl State {
                             format!("reading ip_local_reserved_ports: {e}"),
                         )
                     })?;
-                    state.store.set_baseline(&current).map_err(Error::from)?;
-                    log::info!(
-                        "recorded baseline ip_local_reserved_ports: {current:?}",
-                        current = current.to_string()
-                    );
-                    current
+                    let origin = crate::baseline::first_start_origin();
+                    let at = crate::baseline::now_unix();
+                    state
+                        .store
+                        .record_baseline(&current, &origin, at)
+                        .map_err(Error::from)?;
+                    if !current.is_empty() {
+                        // Could be the admin's, or blocks another portres
+                        // daemon left (a crash, another state directory).
+                        log::warn!(
+                            "recorded the kernel's current ip_local_reserved_ports {current} as the admin's baseline (kept reserved for good); if it holds blocks another portres daemon left behind, stop portresd and run `portresd --reset-baseline=VALUE` with this --state-dir",
+                        );
+                    }
+                    portres_store::BaselineRecord {
+                        ports: current,
+                        recorded_at: Some(at),
+                        origin: Some(origin),
+                    }
                 }
             };
+            state.baseline_origin = crate::baseline::describe(&record);
+            log::info!(
+                "kernel baseline {}: {}",
+                crate::baseline::shown(&record.ports),
+                state.baseline_origin
+            );
+            state.baseline = record.ports;
         }
         for row in state.store.load().map_err(Error::from)? {
             let res = Reservation::persistent(

@@ -12,7 +12,8 @@
 //! - [`sock`]: checking a socket received from a client and binding it into
 //!   a reserved block, and network-namespace cookies;
 //! - [`capability`]: unforgeable session capabilities (anonymous files);
-//! - [`netns`]: private network namespaces for tests and benchmarks.
+//! - [`netns`]: private network namespaces for tests and benchmarks;
+//! - [`owner`]: one kernel-syncing daemon per network namespace.
 //!
 //! It knows nothing of reservations, policy or the wire protocol: it depends
 //! only on `portres-core` for the domain types (protocols, port sets, error
@@ -23,6 +24,7 @@ pub mod capability;
 pub mod creds;
 pub mod diag;
 pub mod netns;
+pub mod owner;
 pub mod probe;
 pub mod sock;
 pub mod sysctl;

@@ -210,6 +210,10 @@ pub struct StatusReply {
     pub kernel_sync: bool,
     /// The admin's baseline of ip_local_reserved_ports (kernel text form).
     pub baseline: String,
+    /// Where the baseline came from: how and when it was recorded (empty
+    /// when kernel sync is off, and from daemons before this field existed).
+    #[serde(default)]
+    pub baseline_origin: String,
     /// What ip_local_reserved_ports holds now, as far as the daemon knows:
     /// the value it last wrote or found there (kernel text form).
     pub reserved_ports: String,

@@ -29,6 +29,14 @@
 //! - [`BASELINE_KEY`]: the admin's own value of
 //!   `net.ipv4.ip_local_reserved_ports` recorded the first time the daemon
 //!   started, in the kernel's text form (`"1,5-7"`; `""` for none).
+//! - [`BASELINE_AT_KEY`]: when the baseline was recorded, unix seconds
+//!   (absent in stores written before provenance was kept).
+//! - [`BASELINE_ORIGIN_KEY`]: how it was recorded, a sentence for the admin
+//!   ("read from the kernel at the first start of portresd 0.1.0 pid 42",
+//!   "set by portresd --reset-baseline"); absent like the time.
+//!
+//! New `meta` keys need no migration: the table is key/value, and a build
+//! that does not know a key ignores it.
 
 use rusqlite::{Connection, TransactionBehavior};
 
@@ -37,6 +45,12 @@ pub const SCHEMA_VERSION: i64 = 1;
 
 /// The `meta` key under which the kernel baseline is kept.
 pub const BASELINE_KEY: &str = "baseline.ip_local_reserved_ports";
+
+/// The `meta` key under which the time the baseline was recorded is kept.
+pub const BASELINE_AT_KEY: &str = "baseline.recorded_at";
+
+/// The `meta` key under which how the baseline was recorded is kept.
+pub const BASELINE_ORIGIN_KEY: &str = "baseline.origin";
 
 /// Schema version 1 (see the module documentation).
 pub const SCHEMA_V1: &str = "

@@ -10,7 +10,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ffi, params};
 
 use crate::error::Cause;
-use crate::schema::{self, BASELINE_KEY, MigrateError};
+use crate::schema::{self, BASELINE_AT_KEY, BASELINE_KEY, BASELINE_ORIGIN_KEY, MigrateError};
 use crate::{StoreError, files};
 
 /// One persistent reservation as the store keeps it. Tokens are not stored:
@@ -344,14 +344,92 @@ impl Store {
     }
 
     /// Records the baseline (inserting or replacing it), in the kernel's
-    /// text form. Durable when it returns.
+    /// text form, without provenance (any recorded before is removed, so
+    /// it cannot describe another value). Durable when it returns.
     pub fn set_baseline(&mut self, ports: &PortSet) -> Result<(), StoreError> {
+        self.write_baseline(ports, None)
+    }
+}
+
+/// The recorded baseline with where it came from (see
+/// [`Store::baseline_record`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaselineRecord {
+    /// The baseline itself.
+    pub ports: PortSet,
+    /// When it was recorded, unix seconds; `None` in a store written before
+    /// portres kept this.
+    pub recorded_at: Option<i64>,
+    /// How it was recorded, a sentence for the admin; `None` like the time.
+    pub origin: Option<String>,
+}
+
+impl Store {
+    /// The baseline with its provenance, if a baseline has been recorded.
+    /// Provenance that is unreadable (not text, a time that is not a
+    /// number) reads as unknown: it only informs the admin.
+    pub fn baseline_record(&self) -> Result<Option<BaselineRecord>, StoreError> {
+        let Some(ports) = self.baseline()? else {
+            return Ok(None);
+        };
+        let text = |key: &str| -> Result<Option<String>, StoreError> {
+            let value: Option<rusqlite::types::Value> = self
+                .conn
+                .prepare_cached(GET_META)
+                .and_then(|mut stmt| stmt.query_row([key], |row| row.get(0)).optional())
+                .map_err(|e| StoreError::sqlite(&self.path, "reading the kernel baseline", e))?;
+            Ok(match value {
+                Some(rusqlite::types::Value::Text(t)) => Some(t),
+                _ => None,
+            })
+        };
+        Ok(Some(BaselineRecord {
+            ports,
+            recorded_at: text(BASELINE_AT_KEY)?.and_then(|t| t.parse().ok()),
+            origin: text(BASELINE_ORIGIN_KEY)?,
+        }))
+    }
+
+    /// Records the baseline with its provenance (`origin`, a sentence for
+    /// the admin, and `at`, unix seconds), replacing any earlier one, in one
+    /// transaction. Durable when it returns.
+    pub fn record_baseline(
+        &mut self,
+        ports: &PortSet,
+        origin: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        self.write_baseline(ports, Some((origin, at)))
+    }
+
+    fn write_baseline(
+        &mut self,
+        ports: &PortSet,
+        provenance: Option<(&str, i64)>,
+    ) -> Result<(), StoreError> {
         self.reopen_if_read_only();
-        self.conn
-            .prepare_cached(SET_META)
-            .and_then(|mut stmt| stmt.execute(params![BASELINE_KEY, ports.to_string()]))
-            .map(drop)
-            .map_err(|e| StoreError::sqlite(&self.path, "recording the kernel baseline", e))
+        let path = self.path.clone();
+        let err = |e| StoreError::sqlite(&path, "recording the kernel baseline", e);
+        let tx = self.conn.transaction().map_err(err)?;
+        let set = |key: &str, value: String| {
+            tx.prepare_cached(SET_META)
+                .and_then(|mut stmt| stmt.execute(params![key, value]))
+        };
+        set(BASELINE_KEY, ports.to_string()).map_err(err)?;
+        match provenance {
+            Some((origin, at)) => {
+                set(BASELINE_AT_KEY, at.to_string()).map_err(err)?;
+                set(BASELINE_ORIGIN_KEY, origin.to_string()).map_err(err)?;
+            }
+            None => {
+                tx.execute(
+                    "DELETE FROM meta WHERE key IN (?1, ?2)",
+                    params![BASELINE_AT_KEY, BASELINE_ORIGIN_KEY],
+                )
+                .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
     }
 }
 
@@ -537,6 +615,37 @@ fn parse_row(v: &[ValueRef<'_>; 8]) -> Result<StoredReservation, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn baseline_provenance_is_recorded_with_the_value_and_cleared_by_set_baseline() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s")).unwrap();
+        assert_eq!(store.baseline_record().unwrap(), None);
+        let ports: PortSet = "999,5000-5009".parse().unwrap();
+        store
+            .record_baseline(
+                &ports,
+                "read from the kernel at the first start",
+                1_700_000_000,
+            )
+            .unwrap();
+        let record = store.baseline_record().unwrap().unwrap();
+        assert_eq!(record.ports, ports);
+        assert_eq!(record.recorded_at, Some(1_700_000_000));
+        assert_eq!(
+            record.origin.as_deref(),
+            Some("read from the kernel at the first start")
+        );
+        drop(store);
+        let mut store = Store::open(&dir.path().join("s")).unwrap();
+        assert_eq!(
+            store.baseline_record().unwrap().unwrap().recorded_at,
+            Some(1_700_000_000)
+        );
+        store.set_baseline(&PortSet::new()).unwrap();
+        let record = store.baseline_record().unwrap().unwrap();
+        assert_eq!((record.recorded_at, record.origin), (None, None));
+    }
 
     #[test]
     fn store_can_move_to_another_thread() {

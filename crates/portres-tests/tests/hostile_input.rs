@@ -919,7 +919,11 @@ fn a_flood_of_silent_connections_hits_the_limits_with_a_log_line_and_others_are_
     // Root (exempt from the per-user limit) floods to the total limit on a
     // second daemon: new connections are refused with a clear error...
     let dir2 = open_tempdir();
-    let d2 = Daemon::start(dir2.path(), &["--max-connections", "60"]);
+    // Kernel sync off: the first daemon keeps this namespace's sysctl.
+    let d2 = Daemon::start(
+        dir2.path(),
+        &["--max-connections", "60", "--kernel-sync", "off"],
+    );
     let held2 = d2.client();
     let res2 = held2.acquire(Protocol::Tcp, 0, 2).unwrap();
     let (mut b, opened, refused) = flood(&d2.socket, 0, 70, 0);

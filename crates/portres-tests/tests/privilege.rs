@@ -57,6 +57,14 @@ fn system_mode_socket_state_directory_and_database_have_the_documented_modes() {
     let run_dir = dir.path().join("run/portres");
     let state = dir.path().join("lib/portres");
     let socket = run_dir.join("portres.sock");
+    // Like systemd's RuntimeDirectory=: portresd creates no directory for
+    // a --socket outside its defaults.
+    std::fs::create_dir_all(&run_dir).unwrap();
+    std::fs::set_permissions(
+        &run_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let mut child = Command::new(portres_tests::bin("portresd"))
         .arg("--socket")
         .arg(&socket)
@@ -96,7 +104,23 @@ fn system_mode_socket_state_directory_and_database_have_the_documented_modes() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["portres.db", "portres.db-shm", "portres.db-wal"]);
+    assert_eq!(
+        names,
+        [
+            "portres.db",
+            "portres.db-shm",
+            "portres.db-wal",
+            "portres.lock"
+        ]
+    );
+    assert_eq!(stat(&state.join("portres.lock")), ("file", 0o600, 0, 0));
+    // Nothing but the socket in its directory (the private directory the
+    // socket was bound in is gone).
+    let names: Vec<String> = std::fs::read_dir(&run_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["portres.sock"]);
     // Any user may connect (requests are judged by peer credentials)...
     let mut status = cli(&socket);
     status.args(["--json", "status"]);
@@ -127,6 +151,13 @@ fn user_mode_socket_and_state_are_private_to_the_user() {
     let run_dir = home.join("run");
     let state = home.join("state");
     let socket = run_dir.join("portres.sock");
+    std::fs::create_dir(&run_dir).unwrap();
+    std::fs::set_permissions(
+        &run_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(&run_dir, Some(NOBODY), Some(NOBODY)).unwrap();
     let mut daemon = Command::new(portres_tests::bin("portresd"));
     daemon
         .arg("--socket")
@@ -228,8 +259,11 @@ fn tokens_are_unpredictable_64_bit_values() {
         tokens.push(r.token().get());
         r.release().unwrap();
     }
-    // A second daemon draws different tokens.
-    let d2 = portres_tests::InProcessDaemon::start(|_| {});
+    // A second daemon draws different tokens (without kernel sync: one
+    // daemon per network namespace keeps the kernel's list).
+    let d2 = portres_tests::InProcessDaemon::start(|c| {
+        c.kernel_sync = portres_daemon::KernelSync::Off;
+    });
     let other = d2.client().acquire(Protocol::Udp, 0, 1).unwrap();
     tokens.push(other.token().get());
     let distinct: HashSet<u64> = tokens.iter().copied().collect();

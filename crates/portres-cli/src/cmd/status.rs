@@ -95,6 +95,9 @@ pub fn run(client: &Client, json: bool) -> Result<Outcome, Error> {
                     &s.baseline
                 }
             );
+            if !s.baseline_origin.is_empty() {
+                outln!("baseline from:   {}", s.baseline_origin);
+            }
             outln!(
                 "reserved ports:  {}",
                 if s.reserved_ports.is_empty() {

@@ -22,17 +22,22 @@ use portres_daemon::{Config, Daemon, KernelSync};
 #[derive(Parser, Debug)]
 #[command(name = "portresd", version, max_term_width = 100)]
 struct Args {
-    /// Unix socket to listen on [env: PORTRES_SOCKET; default by mode, see above]
+    /// Unix socket to listen on [env: PORTRES_SOCKET; default by mode, see
+    /// above]. Its directory must exist (only the default's is created),
+    /// owned by portresd's uid and not writable by others unless sticky
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
 
-    /// Directory for the database portres.db [env: PORTRES_STATE_DIR; default by mode]
+    /// Directory for the database portres.db [env: PORTRES_STATE_DIR;
+    /// default by mode]. One portresd per state directory: a second one
+    /// exits at once, naming the first (portres.lock)
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
 
     /// Keep net.ipv4.ip_local_reserved_ports in sync: auto = when writable
-    /// (root, or a network namespace you own), on = refuse to start
-    /// otherwise, off = never touch it
+    /// (root, or a network namespace you own) and no other portresd keeps
+    /// it in this network namespace, on = refuse to start otherwise, off =
+    /// never touch it
     #[arg(long, value_enum, default_value_t = SyncArg::Auto, value_name = "MODE")]
     kernel_sync: SyncArg,
 
@@ -66,6 +71,19 @@ struct Args {
     /// CPUs
     #[arg(long, value_name = "on|off", default_value = "on")]
     pin_workers: OnOff,
+
+    /// Record PORTS (kernel list form, e.g. "999,5000-5009"; empty for
+    /// none) as the admin's baseline of the store in --state-dir, print the
+    /// old and new value, and exit. Without a value: the kernel's current
+    /// list less the store's persistent blocks. The baseline is read from
+    /// the kernel at the first start on a store and kept for good; reset it
+    /// when that value held blocks of another portres daemon (after a
+    /// crash, or one on another state directory). Refused while a daemon
+    /// runs on the state directory: stop it first; its next start writes
+    /// baseline + persistent blocks. `portres status` and the log at every
+    /// start say where the baseline came from
+    #[arg(long, value_name = "PORTS", num_args = 0..=1, require_equals = true)]
+    reset_baseline: Option<Option<String>>,
 
     /// Log more (-v: debug, -vv: trace); RUST_LOG overrides
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -157,6 +175,29 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+    }
+
+    if let Some(value) = args.reset_baseline {
+        let ports = match value
+            .map(|v| v.parse::<portres_core::PortSet>())
+            .transpose()
+        {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("portresd: --reset-baseline: not a port list: {}", e.message);
+                return ExitCode::from(2);
+            }
+        };
+        return match portres_daemon::baseline::reset(&config.state_dir, &config.socket, ports) {
+            Ok(said) => {
+                println!("{said}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                log::error!("{e}");
+                ExitCode::from(1)
+            }
+        };
     }
 
     let daemon = match Daemon::start(config) {

@@ -39,6 +39,7 @@ impl State {
             mode: self.config.mode.as_str().to_string(),
             kernel_sync: self.kernel.is_some(),
             baseline: self.baseline.to_string(),
+            baseline_origin: self.baseline_origin.clone(),
             reserved_ports: self.kernel_value(),
             dynamic_range: [range.0, range.1],
             runtime,

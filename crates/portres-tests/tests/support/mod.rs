@@ -38,7 +38,8 @@ pub struct Daemon {
 }
 
 /// The command line of a daemon living in `dir` (socket `dir/portres.sock`,
-/// state `dir/state`, log `dir/portresd.log`), kernel sync on.
+/// state `dir/state`, log `dir/portresd.log`), kernel sync on unless
+/// `extra` says otherwise.
 pub fn daemon_command(dir: &Path, extra: &[&str]) -> Command {
     let log = dir.join("portresd.log");
     let file = OpenOptions::new()
@@ -50,10 +51,11 @@ pub fn daemon_command(dir: &Path, extra: &[&str]) -> Command {
     cmd.arg("--socket")
         .arg(dir.join("portres.sock"))
         .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--kernel-sync")
-        .arg("on")
-        .args(extra)
+        .arg(dir.join("state"));
+    if !extra.contains(&"--kernel-sync") {
+        cmd.args(["--kernel-sync", "on"]);
+    }
+    cmd.args(extra)
         .env_remove("PORTRES_SOCKET")
         .env_remove("PORTRES_SESSION_FD")
         .env_remove("RUST_LOG")
