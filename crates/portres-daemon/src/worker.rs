@@ -207,10 +207,9 @@ struct Conn {
     received: u64,
     /// Stream offset just past the last frame taken.
     frame_end: u64,
-    /// Descriptors received, each tagged with the stream offset of the
-    /// first byte that came with it: the kernel delivers SCM_RIGHTS with the
-    /// bytes of the sendmsg() that carried them, so the frame containing
-    /// that byte is the request they belong to.
+    /// Descriptors received, each tagged with a stream offset inside the
+    /// request they belong to (see `owner_offset`): the frame containing
+    /// that byte takes them.
     pending_fds: VecDeque<(u64, OwnedFd)>,
     unsent: VecDeque<Unsent>,
     unsent_bytes: usize,
@@ -571,10 +570,11 @@ impl Worker {
         }
         let mut fds = VecDeque::new();
         let spare = conn.frames.spare(READ_CHUNK);
-        let got = match try_recv_with_fds(&conn.stream, spare, &mut fds) {
+        let (got, owner) = match try_recv_with_fds(&conn.stream, spare, &mut fds) {
             Ok(got) => {
+                let owner = conn.received + owner_offset(&spare[..got.bytes]);
                 conn.frames.commit(got.bytes, READ_CHUNK);
-                got
+                (got, owner)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 conn.frames.commit(0, READ_CHUNK);
@@ -587,7 +587,7 @@ impl Worker {
             return Ok(());
         }
         for fd in fds {
-            conn.pending_fds.push_back((conn.received, fd));
+            conn.pending_fds.push_back((owner, fd));
         }
         conn.received += got.bytes as u64;
         if got.fds_truncated || conn.pending_fds.len() > MAX_PENDING_FDS {
@@ -631,7 +631,7 @@ impl Worker {
                             conn.note_cpu(call.cpu, mine);
                             (Ok(call.request), call.oneway, fds)
                         }
-                        Err(e) => (Err(e), false, fds),
+                        Err(e) => (Err(e), asks_no_reply(frame), fds),
                     }
                 }
             };
@@ -653,6 +653,8 @@ impl Worker {
                     }
                 }
             };
+            // A oneway call is never answered, not even with an error: a
+            // reply would be taken for the answer to the client's next call.
             if oneway {
                 continue;
             }
@@ -799,6 +801,36 @@ impl Conn {
     }
 }
 
+/// Whether a call that could not be decoded still said `"oneway": true`
+/// (an unknown method, bad parameters, `"more"`): then it gets no reply
+/// either. Only what cannot be read as a JSON object is answered regardless.
+fn asks_no_reply(frame: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Oneway {
+        #[serde(default)]
+        oneway: bool,
+    }
+    serde_json::from_slice::<Oneway>(frame).is_ok_and(|o| o.oneway)
+}
+
+/// Where in one receive's `bytes` the request its descriptors belong to
+/// lies: the start of the last request that starts in them (the byte after
+/// the last NUL but the final one), or their first byte if none starts
+/// there (it continues the request in progress).
+///
+/// Why the last: Linux's stream receive glues queued bytes that came
+/// without descriptors in front of a following message that carries some,
+/// and stops right after that message (so one receive holds at most one
+/// message's descriptors, at its end). A sender puts a request's
+/// descriptors on the sendmsg() that starts it, so they belong to the last
+/// request starting in the receive, not the first (issue 9.5).
+fn owner_offset(bytes: &[u8]) -> u64 {
+    let body = &bytes[..bytes.len().saturating_sub(1)];
+    body.iter()
+        .rposition(|&b| b == 0)
+        .map_or(0, |nul| nul as u64 + 1)
+}
+
 /// One non-blocking sendmsg carrying `fd`; returns bytes sent.
 fn send_with_fds_nonblocking(stream: &UnixStream, bytes: &[u8], fd: &OwnedFd) -> io::Result<usize> {
     use std::mem::MaybeUninit;
@@ -825,6 +857,18 @@ mod tests {
             session: SessionId(1),
             uid: 0,
         })
+    }
+
+    #[test]
+    fn descriptors_belong_to_the_last_request_starting_in_a_receive() {
+        // Nothing starts here: the request in progress.
+        assert_eq!(owner_offset(b""), 0);
+        assert_eq!(owner_offset(b"{\"me"), 0);
+        // A NUL at the very end starts the next receive's request.
+        assert_eq!(owner_offset(b"{}\0"), 0);
+        assert_eq!(owner_offset(b"ab\0{}\0"), 3);
+        assert_eq!(owner_offset(b"a\0b\0{\"c"), 4);
+        assert_eq!(owner_offset(b"\0\0\0"), 2);
     }
 
     #[test]

@@ -1,0 +1,415 @@
+//! Hardening of the connection layer (issue 9, items 5, 6, 8, 9, 10 and
+//! the descriptor limit of 15): descriptors go to the request they were
+//! sent with however the kernel glues the byte stream; a oneway call is
+//! never answered; unread replies, parked descriptors and a descriptor
+//! flood are bounded per user and cannot lock root out; a failure inside a
+//! request (a refused thread, a panic) costs that call only.
+
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use portres_tests::{InProcessDaemon, ProcessDaemon, netns, open_tempdir};
+use rustix::net::{AddressFamily, SocketType};
+use serde_json::{Value, json};
+
+/// One raw connection speaking the wire by hand.
+struct Raw(UnixStream);
+
+impl Raw {
+    fn connect(socket: &std::path::Path) -> Raw {
+        let s = UnixStream::connect(socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Raw(s)
+    }
+
+    /// One sendmsg() of `bytes` with `fds` attached.
+    fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
+        portres_proto::fdpass::send_with_fds(self.0.as_fd(), bytes, fds).unwrap();
+    }
+
+    /// The next reply; `None` if the daemon closed the connection.
+    fn reply(&mut self) -> Option<Value> {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            match self.0.read(&mut byte) {
+                Ok(1) if byte[0] == 0 => break,
+                Ok(1) => buf.push(byte[0]),
+                _ => return None,
+            }
+        }
+        Some(serde_json::from_slice(&buf).expect("replies are JSON"))
+    }
+
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.send(&frame(method, params, false), &[]);
+        self.reply().expect("the daemon answered")
+    }
+}
+
+/// One call as a frame (JSON + NUL).
+fn frame(method: &str, params: Value, oneway: bool) -> Vec<u8> {
+    let mut call = json!({"method": method, "parameters": params});
+    if oneway {
+        call["oneway"] = json!(true);
+    }
+    let mut v = serde_json::to_vec(&call).unwrap();
+    v.push(0);
+    v
+}
+
+fn code(v: &Value) -> &str {
+    v["parameters"]["code"].as_str().unwrap_or("<success>")
+}
+
+fn is_status_reply(v: &Value) -> bool {
+    v["parameters"]["wire_version"] == 1
+}
+
+fn tcp4() -> OwnedFd {
+    rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap()
+}
+
+fn local_port(fd: BorrowedFd<'_>) -> u16 {
+    let addr = rustix::net::getsockname(fd).unwrap();
+    std::net::SocketAddr::try_from(addr).map_or(0, |a| a.port())
+}
+
+/// Stops (SIGSTOP) every thread of `pid` and waits until each one is
+/// stopped, so whatever is written next is queued whole before the daemon
+/// reads any of it.
+fn freeze(pid: u32) {
+    let p = rustix::process::Pid::from_raw(pid as i32).unwrap();
+    rustix::process::kill_process(p, rustix::process::Signal::STOP).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let all_stopped = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .all(|t| {
+                let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap();
+                let state = stat.rsplit(')').next().unwrap().split_whitespace().next();
+                matches!(state, Some("T" | "t"))
+            });
+        if all_stopped {
+            return;
+        }
+        assert!(Instant::now() < deadline, "portresd did not stop");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn thaw(pid: u32) {
+    let p = rustix::process::Pid::from_raw(pid as i32).unwrap();
+    rustix::process::kill_process(p, rustix::process::Signal::CONT).unwrap();
+}
+
+/// A request of the pipelining test, by what it is and what it carries.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    /// Status, no descriptor: answered.
+    Status,
+    /// Status with a stray descriptor: refused (`invalid_parameter`).
+    StatusWithFd,
+    /// Bind with its socket: binds it.
+    Bind,
+    /// Bind without a socket: refused (`not_a_socket`).
+    BindWithoutFd,
+}
+
+/// How a pair of requests is cut into sendmsg() calls.
+#[derive(Clone, Copy, Debug)]
+enum Cut {
+    /// One sendmsg() per request.
+    Whole,
+    /// Each request in two, its descriptors on the first half.
+    Halves,
+    /// The first request's second half travels with the whole second
+    /// request and that request's descriptors.
+    TailWithNext,
+}
+
+#[test]
+fn pipelined_descriptors_belong_to_the_request_they_were_sent_with() {
+    let Some(_ns) = netns("pipelined_descriptors_belong_to_the_request_they_were_sent_with") else {
+        return;
+    };
+    let dir = open_tempdir();
+    let d = ProcessDaemon::start(dir.path(), &[]);
+    let pid = d.child.id();
+    let mut raw = Raw::connect(&d.socket);
+    let r = raw.call(
+        "io.portres.Acquire",
+        json!({"protocol": "tcp", "count": 64}),
+    );
+    let block = &r["parameters"]["reservation"];
+    let (token, start) = (
+        block["token"].as_str().unwrap().to_string(),
+        block["start"].as_u64().unwrap() as u16,
+    );
+    let ports = start..start + 64;
+    let kinds = [
+        Kind::Status,
+        Kind::StatusWithFd,
+        Kind::Bind,
+        Kind::BindWithoutFd,
+    ];
+    let stray = std::fs::File::open("/dev/null").unwrap();
+    let mut trials = 0;
+    let mut failures = Vec::new();
+    for a in kinds {
+        for b in kinds {
+            for oneway in [(false, false), (true, false), (false, true), (true, true)] {
+                for cut in [Cut::Whole, Cut::Halves, Cut::TailWithNext] {
+                    trials += 1;
+                    let steps = [(a, oneway.0), (b, oneway.1)];
+                    let socks = [tcp4(), tcp4()];
+                    let frames: Vec<Vec<u8>> = steps
+                        .iter()
+                        .map(|&(kind, oneway)| match kind {
+                            Kind::Status | Kind::StatusWithFd => {
+                                frame("io.portres.Status", json!({}), oneway)
+                            }
+                            Kind::Bind | Kind::BindWithoutFd => frame(
+                                "io.portres.Bind",
+                                json!({"token": token, "address": "127.0.0.1"}),
+                                oneway,
+                            ),
+                        })
+                        .collect();
+                    let fds = |i: usize| -> Vec<BorrowedFd<'_>> {
+                        match steps[i].0 {
+                            Kind::StatusWithFd => vec![stray.as_fd()],
+                            Kind::Bind => vec![socks[i].as_fd()],
+                            _ => vec![],
+                        }
+                    };
+                    freeze(pid);
+                    let (h0, h1) = (frames[0].len() / 2, frames[1].len() / 2);
+                    match cut {
+                        Cut::Whole => {
+                            raw.send(&frames[0], &fds(0));
+                            raw.send(&frames[1], &fds(1));
+                        }
+                        Cut::Halves => {
+                            raw.send(&frames[0][..h0], &fds(0));
+                            raw.send(&frames[0][h0..], &[]);
+                            raw.send(&frames[1][..h1], &fds(1));
+                            raw.send(&frames[1][h1..], &[]);
+                        }
+                        Cut::TailWithNext => {
+                            raw.send(&frames[0][..h0], &fds(0));
+                            let rest = [&frames[0][h0..], &frames[1][..]].concat();
+                            raw.send(&rest, &fds(1));
+                        }
+                    }
+                    // A synchronising call; its reply comes last.
+                    raw.send(&frame("io.portres.Status", json!({}), false), &[]);
+                    thaw(pid);
+                    let what = format!(
+                        "{a:?}{} then {b:?}{}, {cut:?}",
+                        if oneway.0 { " (oneway)" } else { "" },
+                        if oneway.1 { " (oneway)" } else { "" }
+                    );
+                    let mut got = Vec::new();
+                    for &(kind, oneway) in &steps {
+                        if !oneway {
+                            got.push((kind, raw.reply().expect("the daemon answered")));
+                        }
+                    }
+                    let sync = raw.reply().expect("the daemon answered");
+                    if !is_status_reply(&sync) {
+                        failures.push(format!("{what}: the synchronising Status got {sync}"));
+                        continue;
+                    }
+                    for (kind, reply) in got {
+                        let ok = match kind {
+                            Kind::Status => is_status_reply(&reply),
+                            Kind::StatusWithFd => code(&reply) == "invalid_parameter",
+                            Kind::Bind => reply["parameters"]["port"]
+                                .as_u64()
+                                .is_some_and(|p| ports.contains(&(p as u16))),
+                            Kind::BindWithoutFd => code(&reply) == "not_a_socket",
+                        };
+                        if !ok {
+                            failures.push(format!("{what}: {kind:?} got {reply}"));
+                        }
+                    }
+                    for (i, &(kind, _)) in steps.iter().enumerate() {
+                        let port = local_port(socks[i].as_fd());
+                        if (kind == Kind::Bind) != ports.contains(&port) {
+                            failures.push(format!(
+                                "{what}: request {i} ({kind:?}) left its socket on port {port}"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{trials} pipelined pairs, {} wrong attributions",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_oneway_call_is_never_answered_even_when_it_fails() {
+    let Some(_ns) = netns("a_oneway_call_is_never_answered_even_when_it_fails") else {
+        return;
+    };
+    let d = InProcessDaemon::start(|_| {});
+    let mut raw = Raw::connect(&d.socket);
+    let stray = std::fs::File::open("/dev/null").unwrap();
+    let oneway = |call: Value| {
+        let mut call = call;
+        call["oneway"] = json!(true);
+        let mut v = serde_json::to_vec(&call).unwrap();
+        v.push(0);
+        v
+    };
+    let cases: Vec<(&str, Vec<u8>, Vec<BorrowedFd<'_>>)> = vec![
+        (
+            "an unknown method",
+            oneway(json!({"method": "io.portres.Nope"})),
+            vec![],
+        ),
+        (
+            "an unknown interface",
+            oneway(json!({"method": "org.example.Nope", "parameters": {}})),
+            vec![],
+        ),
+        (
+            "a parameter of the wrong type",
+            oneway(
+                json!({"method": "io.portres.Acquire", "parameters": {"protocol": "tcp", "count": "many"}}),
+            ),
+            vec![],
+        ),
+        (
+            "a missing parameter",
+            oneway(json!({"method": "io.portres.Release", "parameters": {}})),
+            vec![],
+        ),
+        (
+            "an out-of-range parameter",
+            oneway(
+                json!({"method": "io.portres.Acquire", "parameters": {"protocol": "tcp", "start": 70000}}),
+            ),
+            vec![],
+        ),
+        (
+            "\"more\"",
+            oneway(json!({"method": "io.portres.List", "parameters": {}, "more": true})),
+            vec![],
+        ),
+        (
+            "a malformed cpu hint",
+            oneway(json!({"method": "io.portres.Status", "cpu": "zero"})),
+            vec![],
+        ),
+        (
+            "a stray descriptor",
+            oneway(json!({"method": "io.portres.Status"})),
+            vec![stray.as_fd()],
+        ),
+        (
+            "Bind without a descriptor",
+            oneway(
+                json!({"method": "io.portres.Bind", "parameters": {"token": "1", "address": "127.0.0.1"}}),
+            ),
+            vec![],
+        ),
+        (
+            "an unknown token",
+            oneway(json!({"method": "io.portres.Release", "parameters": {"token": "12345"}})),
+            vec![],
+        ),
+        (
+            "a refused Create",
+            oneway(
+                json!({"method": "io.portres.Create", "parameters": {"protocol": "tcp", "start": 0, "count": 1}}),
+            ),
+            vec![],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, bytes, fds) in &cases {
+        raw.send(bytes, fds);
+        let v = raw.call("io.portres.Status", json!({}));
+        if !is_status_reply(&v) {
+            failures.push(format!(
+                "after a oneway call with {what}, Status was answered with {v}"
+            ));
+            // Resynchronise: drain the Status reply that is still coming.
+            let _ = raw.reply();
+        }
+    }
+    // Nothing else is waiting on the connection.
+    raw.0
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    assert!(raw.0.read(&mut b).is_err(), "a stray reply is queued");
+    eprintln!(
+        "{} failing oneway calls, {} answered",
+        cases.len(),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn more_than_four_descriptors_in_one_message_close_the_connection() {
+    let Some(_ns) = netns("more_than_four_descriptors_in_one_message_close_the_connection") else {
+        return;
+    };
+    let d = InProcessDaemon::start(|_| {});
+    let files: Vec<_> = (0..8)
+        .map(|_| std::fs::File::open("/dev/null").unwrap())
+        .collect();
+    let status = frame("io.portres.Status", json!({}), false);
+    let mut failures = Vec::new();
+    for n in 1..=8 {
+        let mut raw = Raw::connect(&d.socket);
+        let fds: Vec<BorrowedFd<'_>> = files[..n].iter().map(|f| f.as_fd()).collect();
+        // send_with_fds refuses more than the limit itself: a raw sendmsg.
+        let mut space = vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
+        let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
+        rustix::net::sendmsg(
+            &raw.0,
+            &[std::io::IoSlice::new(&status)],
+            &mut control,
+            rustix::net::SendFlags::empty(),
+        )
+        .unwrap();
+        let first = raw.reply();
+        let closed = match &first {
+            None => true,
+            Some(v) => code(v) != "invalid_parameter" || raw.call_or_none().is_none(),
+        };
+        if closed != (n > 4) {
+            failures.push(format!(
+                "{n} descriptors: connection {} (first reply {first:?})",
+                if closed { "closed" } else { "kept open" }
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+impl Raw {
+    /// A Status call; `None` if the connection is closed.
+    fn call_or_none(&mut self) -> Option<Value> {
+        portres_proto::fdpass::send_with_fds(
+            self.0.as_fd(),
+            &frame("io.portres.Status", json!({}), false),
+            &[],
+        )
+        .ok()?;
+        self.reply()
+    }
+}
