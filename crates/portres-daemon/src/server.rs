@@ -338,6 +338,8 @@ struct Front {
     shrink_fd: Arc<OwnedFd>,
     shrink_deadline: Option<Instant>,
     workers: Workers,
+    /// No worker is left to serve (each died of a bug): stop.
+    workers_gone: bool,
 }
 
 impl Front {
@@ -380,6 +382,7 @@ impl Front {
                 shrink_fd: d.shrink_fd,
                 shrink_deadline: None,
                 workers,
+                workers_gone: false,
             }),
             Err(e) => Err((e, shared)),
         }
@@ -418,6 +421,9 @@ impl Front {
                     }
                     _ => {}
                 }
+            }
+            if self.workers_gone {
+                return Err(io::Error::other("every worker thread died"));
             }
             if self.shrink_deadline.is_some_and(|d| Instant::now() >= d) {
                 let again = lock(&self.shared.state).flush_kernel();
@@ -507,9 +513,12 @@ impl Front {
             session,
             uid,
         }) {
-            log::error!("a worker is gone; dropping a connection from uid {uid}");
+            log::error!(
+                "every worker thread died; dropping a connection from uid {uid} and stopping, for the service manager to restart portresd"
+            );
             lock(&self.shared.state).close_session(lost.session);
             self.shared.limits().connection_closed(uid, 0);
+            self.workers_gone = true;
         }
     }
 }

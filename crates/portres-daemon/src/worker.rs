@@ -10,12 +10,22 @@
 //! CPUs; a connection whose client keeps calling from another CPU (the
 //! `"cpu"` hint) is handed, between requests, to a worker pinned there
 //! (`Worker::follow_client`), so request and reply stay on one CPU.
+//!
+//! Panic policy: nothing a request does takes its worker down. A handler
+//! that panics answers `internal` for that call (`dispatch` runs under
+//! `catch_unwind`; the state mutex tolerates poisoning); a thread the OS
+//! refuses (the `List` dump) answers `internal` for that call. Should a
+//! worker die anyway (a bug in this file), its `Drop` closes every session
+//! it served, so their reservations end, and marks its mailbox dead so the
+//! front and the other workers skip it; once every worker is dead the
+//! front stops the daemon (non-zero exit) at the next connection, for its
+//! service manager to restart it.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
@@ -29,7 +39,7 @@ use rustix::event::epoll;
 
 use crate::handlers::{Outcome, dispatch, fill_in_use};
 use crate::server::{Shared, TOKEN_STOP, log_limited, send_parting_error};
-use crate::state::lock;
+use crate::state::{State, lock};
 
 /// Most descriptors queued on one connection before it is dropped.
 const MAX_PENDING_FDS: usize = 16;
@@ -89,19 +99,23 @@ struct Mailbox {
     load: AtomicUsize,
     /// The CPU it is pinned to, if pinned.
     cpu: Option<usize>,
+    /// False once its worker died: nothing is delivered any more (changed
+    /// under the `inbox` lock, so no delivery slips past the final drain).
+    alive: AtomicBool,
 }
 
 impl Mailbox {
     /// Delivers `arrival`; gives it back if the worker is gone (it only
     /// stops when the daemon does, or after a bug made it panic).
     fn deliver(&self, arrival: Arrival) -> Result<(), Arrival> {
+        let inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.alive.load(Ordering::Acquire) {
+            return Err(arrival);
+        }
         // Counted before the send: the worker may take and end it at once.
         self.load.fetch_add(1, Ordering::Relaxed);
-        let sent = self
-            .inbox
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(arrival);
+        let sent = inbox.send(arrival);
+        drop(inbox);
         if let Err(unsent) = sent {
             self.load.fetch_sub(1, Ordering::Relaxed);
             return Err(unsent.0);
@@ -139,6 +153,7 @@ impl Workers {
                 )?,
                 load: AtomicUsize::new(0),
                 cpu: (!cpus.is_empty()).then(|| cpus[i % cpus.len()]),
+                alive: AtomicBool::new(true),
             });
             inboxes.push(rx);
         }
@@ -159,20 +174,28 @@ impl Workers {
         Ok(workers)
     }
 
-    /// Gives a new connection to the worker serving the fewest; gives the
-    /// connection back if that worker is gone.
+    /// Gives a new connection to the live worker serving the fewest; gives
+    /// the connection back if every worker is gone.
     pub(crate) fn hand_over(&self, conn: NewConn) -> Result<(), NewConn> {
-        let least_busy = self
-            .mailboxes
-            .iter()
-            .min_by_key(|m| m.load.load(Ordering::Relaxed))
-            .expect("at least one worker");
-        least_busy
-            .deliver(Arrival::New(conn))
-            .map_err(|arrival| match arrival {
-                Arrival::New(conn) => conn,
-                Arrival::Moved(_) => unreachable!("delivered a new connection"),
-            })
+        let mut arrival = Arrival::New(conn);
+        loop {
+            let Some(least_busy) = self
+                .mailboxes
+                .iter()
+                .filter(|m| m.alive.load(Ordering::Acquire))
+                .min_by_key(|m| m.load.load(Ordering::Relaxed))
+            else {
+                return Err(match arrival {
+                    Arrival::New(conn) => conn,
+                    Arrival::Moved(_) => unreachable!("delivered a new connection"),
+                });
+            };
+            // It may die between the choice and the delivery: choose again.
+            match least_busy.deliver(arrival) {
+                Ok(()) => return Ok(()),
+                Err(back) => arrival = back,
+            }
+        }
     }
 
     /// Waits until every worker has stopped (the stop descriptor must be
@@ -278,6 +301,31 @@ struct Worker {
     conns: HashMap<u64, Conn>,
     next_token: u64,
     list_results: (mpsc::Sender<ListResult>, mpsc::Receiver<ListResult>),
+}
+
+/// A worker that unwinds (a bug: requests cannot make it panic) ends its
+/// sessions and leaves the rotation, instead of keeping their reservations
+/// forever and being handed new connections it never serves.
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        log::error!(
+            "worker {} died (a bug); closing the {} session(s) it served; the other workers go on",
+            self.index,
+            self.conns.len()
+        );
+        {
+            let _inbox = self
+                .mailbox()
+                .inbox
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            self.mailbox().alive.store(false, Ordering::Release);
+        }
+        self.close_all();
+    }
 }
 
 impl Worker {
@@ -649,7 +697,10 @@ impl Worker {
                             ),
                         )))
                     } else {
-                        dispatch(&self.shared.state, session, req, fds.pop())
+                        if fault("worker-panic") && matches!(req, Request::Lookup(_)) {
+                            panic!("fault injection: a worker panics outside a handler");
+                        }
+                        dispatch_guarded(&self.shared.state, session, req, fds.pop())
                     }
                 }
             };
@@ -669,15 +720,41 @@ impl Worker {
                     let tx = self.list_results.0.clone();
                     let mailboxes = self.mailboxes.clone();
                     let index = self.index;
-                    std::thread::spawn(move || {
-                        let bytes = match fill_in_use(&mut list) {
-                            Ok(()) => encode_reply(&ListReply { reservations: list }),
-                            Err(e) => encode_error(&e),
-                        };
-                        let _ = tx.send((token, bytes));
-                        let _ = rustix::io::write(&mailboxes[index].wake_fd, &1u64.to_ne_bytes());
-                    });
-                    return Ok(());
+                    let spawned = if fault("list-thread") {
+                        Err(io::Error::other("fault injection: thread refused"))
+                    } else {
+                        std::thread::Builder::new()
+                            .name("list-dump".into())
+                            .spawn(move || {
+                                let bytes = match fill_in_use(&mut list) {
+                                    Ok(()) => encode_reply(&ListReply { reservations: list }),
+                                    Err(e) => encode_error(&e),
+                                };
+                                let _ = tx.send((token, bytes));
+                                let _ = rustix::io::write(
+                                    &mailboxes[index].wake_fd,
+                                    &1u64.to_ne_bytes(),
+                                );
+                            })
+                    };
+                    match spawned {
+                        Ok(_) => return Ok(()),
+                        Err(e) => {
+                            // Under a pids limit, say: this call fails, the
+                            // worker goes on.
+                            conn.list_in_flight = false;
+                            log_limited(&mut self.shared.limits().last_log, "thread", || {
+                                format!("cannot start a thread for a List dump: {e}")
+                            });
+                            conn.queue(
+                                encode_error(&Error::new(
+                                    ErrorCode::Internal,
+                                    format!("cannot start a thread for the socket-table dump: {e}"),
+                                )),
+                                None,
+                            );
+                        }
+                    }
                 }
             }
             if !self.flush(token) {
@@ -799,6 +876,53 @@ impl Conn {
         }
         Ok(())
     }
+}
+
+/// `dispatch`, with a panic in a handler (a bug) turned into `internal`
+/// for that call: the worker and every other connection go on (panic
+/// policy, see the top of this file).
+fn dispatch_guarded(
+    state: &Mutex<State>,
+    session: SessionId,
+    req: Request,
+    fd: Option<OwnedFd>,
+) -> Outcome {
+    let method = req.method();
+    let run = std::panic::AssertUnwindSafe(|| {
+        if fault("handler-panic") && matches!(req, Request::Lookup(_)) {
+            panic!("fault injection: a handler panics");
+        }
+        dispatch(state, session, req, fd)
+    });
+    match std::panic::catch_unwind(run) {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            log::error!("{method} panicked (a bug); answering internal");
+            Outcome::Reply(encode_error(&Error::new(
+                ErrorCode::Internal,
+                format!(
+                    "{method} failed unexpectedly (the daemon hit a bug; nothing is known to have changed)"
+                ),
+            )))
+        }
+    }
+}
+
+/// Test-only fault injection: `PORTRES_TEST_FAULT` (read once at the first
+/// use), a comma-separated list of `list-thread` (the OS refuses every
+/// `List` dump thread), `handler-panic` (a handler panics on `Lookup`),
+/// `worker-panic` (the worker panics outside a handler on `Lookup`). It
+/// lets the tests prove the panic policy; unset in production.
+fn fault(name: &str) -> bool {
+    static FAULTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    FAULTS
+        .get_or_init(|| {
+            std::env::var("PORTRES_TEST_FAULT")
+                .map(|v| v.split(',').map(str::to_owned).collect())
+                .unwrap_or_default()
+        })
+        .iter()
+        .any(|f| f == name)
 }
 
 /// Whether a call that could not be decoded still said `"oneway": true`

@@ -5,12 +5,17 @@
 //! flood are bounded per user and cannot lock root out; a failure inside a
 //! request (a refused thread, a panic) costs that call only.
 
+mod support;
+
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use portres_tests::{InProcessDaemon, ProcessDaemon, netns, open_tempdir};
+use portres::Protocol;
+use portres_tests::{
+    InProcessDaemon, ProcessDaemon, eventually, kernel_reserved, netns, open_tempdir,
+};
 use rustix::net::{AddressFamily, SocketType};
 use serde_json::{Value, json};
 
@@ -412,4 +417,150 @@ impl Raw {
         .ok()?;
         self.reply()
     }
+}
+
+/// `portresd` in `dir` with the test-only fault `fault` injected
+/// (`PORTRES_TEST_FAULT`, see worker.rs).
+fn faulty_daemon(dir: &std::path::Path, fault: &str, extra: &[&str]) -> support::Daemon {
+    let mut cmd = support::daemon_command(dir, extra);
+    cmd.env("PORTRES_TEST_FAULT", fault);
+    let mut d = support::Daemon {
+        child: cmd.spawn().expect("spawn portresd"),
+        socket: dir.join("portres.sock"),
+        log: dir.join("portresd.log"),
+    };
+    d.wait_ready(Duration::from_secs(20));
+    d
+}
+
+/// An exact-block Lookup of `start`+1 (the call the faults trigger on).
+fn lookup(start: u64) -> Vec<u8> {
+    frame(
+        "io.portres.Lookup",
+        json!({"protocol": "tcp", "start": start, "count": 1}),
+        false,
+    )
+}
+
+#[test]
+fn a_refused_list_thread_fails_that_call_only() {
+    let Some(_ns) = netns("a_refused_list_thread_fails_that_call_only") else {
+        return;
+    };
+    let dir = open_tempdir();
+    let d = faulty_daemon(dir.path(), "list-thread", &["--workers", "1"]);
+    let c = d.client();
+    let r = c.acquire(Protocol::Tcp, 0, 2).unwrap();
+    let err = c.list(None).unwrap_err();
+    assert_eq!(err.code, portres::ErrorCode::Internal, "{err}");
+    assert!(err.message.contains("thread"), "{err}");
+    // The same connection, its reservation and everyone else go on.
+    assert_eq!(c.status().unwrap().runtime, 1);
+    drop(r.bind_tcp("127.0.0.1".parse().unwrap()).unwrap());
+    assert!(d.client().status().is_ok());
+    let err = d.client().list(None).unwrap_err();
+    assert_eq!(err.code, portres::ErrorCode::Internal, "{err}");
+}
+
+#[test]
+fn a_panicking_handler_answers_internal_and_the_worker_goes_on() {
+    let Some(_ns) = netns("a_panicking_handler_answers_internal_and_the_worker_goes_on") else {
+        return;
+    };
+    let dir = open_tempdir();
+    let d = faulty_daemon(dir.path(), "handler-panic", &["--workers", "1"]);
+    let mut raw = Raw::connect(&d.socket);
+    let r = raw.call("io.portres.Acquire", json!({"protocol": "tcp", "count": 2}));
+    let start = r["parameters"]["reservation"]["start"].as_u64().unwrap();
+    let kernel = kernel_reserved().to_string();
+    raw.send(&lookup(start), &[]);
+    let v = raw.reply().expect("answered, not closed");
+    assert_eq!(code(&v), "internal", "{v}");
+    // Same connection, same session, same reservation; other clients too.
+    assert!(is_status_reply(&raw.call("io.portres.Status", json!({}))));
+    let other = d.client();
+    assert_eq!(other.list(None).unwrap().len(), 1);
+    assert_eq!(kernel_reserved().to_string(), kernel);
+    assert!(
+        std::fs::read_to_string(&d.log)
+            .unwrap()
+            .contains("panicked (a bug)")
+    );
+}
+
+#[test]
+fn a_dead_worker_ends_its_sessions_and_gets_no_new_connections() {
+    let Some(_ns) = netns("a_dead_worker_ends_its_sessions_and_gets_no_new_connections") else {
+        return;
+    };
+    let dir = open_tempdir();
+    let d = faulty_daemon(
+        dir.path(),
+        "worker-panic",
+        &["--workers", "2", "--pin-workers", "off"],
+    );
+    let survivor = d.client();
+    let kept = survivor.acquire(Protocol::Udp, 0, 1).unwrap();
+    let mut victim = Raw::connect(&d.socket);
+    let r = victim.call("io.portres.Acquire", json!({"protocol": "tcp", "count": 3}));
+    let start = r["parameters"]["reservation"]["start"].as_u64().unwrap();
+    victim.send(&lookup(start), &[]);
+    assert!(
+        victim.reply().is_none(),
+        "the dying worker's connection closes"
+    );
+    // Its session ended: the reservation is gone, from the table and the
+    // kernel (which keeps the survivor's one UDP port).
+    assert!(
+        eventually(|| survivor.list(Some(Protocol::Tcp)).unwrap().is_empty()),
+        "the dead worker's reservation stayed: {:?}",
+        survivor.list(None)
+    );
+    assert!(
+        eventually(|| kernel_reserved().len() == 1),
+        "kernel {} log {}",
+        kernel_reserved(),
+        d.log_tail(20)
+    );
+    // New connections all go to the live worker and are served.
+    let clients: Vec<_> = (0..8).map(|_| d.client()).collect();
+    for c in &clients {
+        assert!(
+            c.status().is_ok(),
+            "a new connection went to the dead worker"
+        );
+    }
+    assert_eq!(survivor.list(None).unwrap().len(), 1);
+    drop(kept);
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(log.contains("died (a bug); closing the"), "{log}");
+}
+
+#[test]
+fn with_every_worker_dead_the_daemon_exits_for_its_service_manager() {
+    let Some(_ns) = netns("with_every_worker_dead_the_daemon_exits_for_its_service_manager") else {
+        return;
+    };
+    let dir = open_tempdir();
+    let mut d = faulty_daemon(dir.path(), "worker-panic", &["--workers", "1"]);
+    let mut victim = Raw::connect(&d.socket);
+    let r = victim.call("io.portres.Acquire", json!({"protocol": "tcp", "count": 3}));
+    let start = r["parameters"]["reservation"]["start"].as_u64().unwrap();
+    victim.send(&lookup(start), &[]);
+    assert!(victim.reply().is_none());
+    // The next connection finds no worker: the daemon stops, non-zero.
+    let _ = UnixStream::connect(&d.socket);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = d.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "portresd kept running without workers"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(!status.success(), "{status}");
+    assert!(!kernel_reserved().contains(start as u16));
 }
