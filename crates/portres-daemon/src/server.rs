@@ -20,6 +20,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -282,6 +283,10 @@ pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
     pub(crate) config: Config,
     pub(crate) limits: Mutex<Limits>,
+    /// Users over `worker::PER_UID_UNSENT_BUDGET` (kept by
+    /// `Limits::move_unsent`): while 0, nobody needs the limits lock to
+    /// know that no user is.
+    pub(crate) unsent_over: AtomicUsize,
 }
 
 impl Shared {
@@ -301,6 +306,9 @@ pub(crate) struct Limits {
     /// Per non-root uid: buffer bytes charged against
     /// `worker::PER_UID_BUFFER_BUDGET`.
     pub(crate) buffered_by_uid: HashMap<u32, usize>,
+    /// Per non-root uid: bytes of unsent replies, against
+    /// `worker::PER_UID_UNSENT_BUDGET`.
+    pub(crate) unsent_by_uid: HashMap<u32, usize>,
     /// When each kind of refusal was last logged (at most once a second per
     /// kind, so a flood cannot fill the log, yet no kind hides another).
     pub(crate) last_log: HashMap<&'static str, Instant>,
@@ -317,6 +325,44 @@ impl Limits {
             }
         }
         self.uncharge(uid, charged);
+    }
+
+    /// `uid`'s unsent replies went from `before` to `now` bytes on one
+    /// connection; `over` counts the users past the budget.
+    pub(crate) fn move_unsent(&mut self, uid: u32, before: usize, now: usize, over: &AtomicUsize) {
+        if before == now {
+            return;
+        }
+        let budget = crate::worker::PER_UID_UNSENT_BUDGET;
+        let total = self.unsent_by_uid.entry(uid).or_default();
+        let was_over = *total > budget;
+        *total = (*total + now).saturating_sub(before);
+        let is_over = *total > budget;
+        if *total == 0 {
+            self.unsent_by_uid.remove(&uid);
+        }
+        match (was_over, is_over) {
+            (false, true) => {
+                over.fetch_add(1, Ordering::Relaxed);
+                log_limited(&mut self.last_log, "unsent", || {
+                    format!(
+                        "uid {uid}'s connections hold more than {} MiB of unread replies: pausing them until they read",
+                        budget >> 20
+                    )
+                });
+            }
+            (true, false) => {
+                over.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether `uid`'s unsent replies are past the per-user budget.
+    pub(crate) fn unsent_over_budget(&self, uid: u32) -> bool {
+        self.unsent_by_uid
+            .get(&uid)
+            .is_some_and(|&n| n > crate::worker::PER_UID_UNSENT_BUDGET)
     }
 
     pub(crate) fn uncharge(&mut self, uid: u32, bytes: usize) {
@@ -350,6 +396,7 @@ impl Front {
             state: Mutex::new(d.state),
             config: d.config,
             limits: Mutex::new(Limits::default()),
+            unsent_over: AtomicUsize::new(0),
         });
         let setup = || -> io::Result<(OwnedFd, Workers)> {
             d.listener.set_nonblocking(true)?;

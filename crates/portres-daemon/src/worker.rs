@@ -21,13 +21,14 @@
 //! front stops the daemon (non-zero exit) at the next connection, for its
 //! service manager to restart it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use portres_core::{Error, ErrorCode, SessionId};
 use portres_proto::fdpass::try_recv_with_fds;
@@ -44,9 +45,25 @@ use crate::state::{State, lock};
 /// Most descriptors queued on one connection before it is dropped.
 const MAX_PENDING_FDS: usize = 16;
 
-/// Stop reading requests from a connection whose unsent replies pass this
-/// (a client that sends without reading cannot make us buffer without bound).
-const MAX_UNSENT_BYTES: usize = 1 << 20;
+/// Stop reading and answering a connection whose unsent replies pass this,
+/// until they drain (a client that sends without reading cannot make us
+/// buffer without bound). Its later requests wait in the kernel, charged
+/// to the client's own send buffer.
+const MAX_UNSENT_BYTES: usize = 64 * 1024;
+
+/// Likewise for descriptors riding on unsent replies (`GetCapability`):
+/// each is an open file of ours until the client reads it.
+const MAX_UNSENT_FDS: usize = 4;
+
+/// Most bytes of unsent replies one non-root user's connections may make
+/// the daemon hold. Past it, that user's connections are neither read nor
+/// answered until their replies drain (thousands of connections that never
+/// read, each under `MAX_UNSENT_BYTES`, would otherwise pin gigabytes).
+pub(crate) const PER_UID_UNSENT_BUDGET: usize = 4 << 20;
+
+/// How often connections paused by their user's unsent budget, with
+/// nothing of their own to send (so no EPOLLOUT to wake them), look again.
+const PAUSED_RECHECK: Duration = Duration::from_millis(20);
 
 /// Most bytes of partly received requests one non-root user's connections
 /// may make the daemon hold, beyond a small allowance per connection. A
@@ -236,11 +253,15 @@ struct Conn {
     pending_fds: VecDeque<(u64, OwnedFd)>,
     unsent: VecDeque<Unsent>,
     unsent_bytes: usize,
+    /// Descriptors attached to unsent replies.
+    unsent_fds: usize,
+    /// Unsent bytes charged to this connection's (non-root) user.
+    unsent_charged: usize,
     /// A `List` is being completed off-thread; later requests wait for it so
     /// replies stay in order.
     list_in_flight: bool,
-    /// EPOLLOUT is registered.
-    want_write: bool,
+    /// What epoll watches for it now.
+    registered: epoll::EventFlags,
     /// Peer finished sending; close once replies are out.
     read_closed: bool,
     /// Buffer bytes charged to this connection's user.
@@ -301,6 +322,9 @@ struct Worker {
     conns: HashMap<u64, Conn>,
     next_token: u64,
     list_results: (mpsc::Sender<ListResult>, mpsc::Receiver<ListResult>),
+    /// Connections paused by their user's unsent budget with nothing of
+    /// their own to send: looked at again every `PAUSED_RECHECK`.
+    paused: HashSet<u64>,
 }
 
 /// A worker that unwinds (a bug: requests cannot make it panic) ends its
@@ -353,6 +377,7 @@ impl Worker {
             conns: HashMap::new(),
             next_token: FIRST_CONN_TOKEN,
             list_results: mpsc::channel(),
+            paused: HashSet::new(),
         };
         std::thread::Builder::new()
             .name(format!("worker-{index}"))
@@ -371,18 +396,32 @@ impl Worker {
 
     fn run(&mut self) {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
+        let mut last_recheck = std::time::Instant::now();
         loop {
             events.clear();
+            let recheck = (!self.paused.is_empty()).then_some(rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: PAUSED_RECHECK.as_nanos() as i64,
+            });
             match epoll::wait(
                 &self.epoll,
                 rustix::buffer::spare_capacity(&mut events),
-                None,
+                recheck.as_ref(),
             ) {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => {
                     log::error!("a worker stopped: epoll_wait: {e}");
                     break;
+                }
+            }
+            if !self.paused.is_empty() && last_recheck.elapsed() >= PAUSED_RECHECK {
+                // See whether paused connections may go on (their user's
+                // replies drained meanwhile, perhaps on another worker).
+                last_recheck = std::time::Instant::now();
+                let paused: Vec<u64> = self.paused.drain().collect();
+                for token in paused {
+                    self.serve(token, epoll::EventFlags::IN);
                 }
             }
             for ev in &events {
@@ -408,12 +447,14 @@ impl Worker {
         }
         // Connections handed over but never taken.
         while let Ok(arrival) = self.inbox.try_recv() {
-            let (session, uid, charged) = match arrival {
-                Arrival::New(new) => (new.session, new.uid, 0),
-                Arrival::Moved(conn) => (conn.session, conn.uid, conn.charged),
+            let (session, uid, charged, unsent) = match arrival {
+                Arrival::New(new) => (new.session, new.uid, 0, 0),
+                Arrival::Moved(conn) => (conn.session, conn.uid, conn.charged, conn.unsent_charged),
             };
             lock(&self.shared.state).close_session(session);
-            self.shared.limits().connection_closed(uid, charged);
+            let mut limits = self.shared.limits();
+            limits.connection_closed(uid, charged);
+            limits.move_unsent(uid, unsent, 0, &self.shared.unsent_over);
         }
     }
 
@@ -435,19 +476,19 @@ impl Worker {
         let token = self.next_token;
         self.next_token += 1;
         conn.away = 0;
-        conn.want_write = false;
+        conn.registered = epoll::EventFlags::IN | epoll::EventFlags::RDHUP;
         if let Err(e) = epoll::add(
             &self.epoll,
             &conn.stream,
             epoll::EventData::new_u64(token),
-            epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
+            conn.registered,
         ) {
             log::warn!("dropping a connection: epoll: {e}");
             self.mailbox().load.fetch_sub(1, Ordering::Relaxed);
             lock(&self.shared.state).close_session(conn.session);
-            self.shared
-                .limits()
-                .connection_closed(conn.uid, conn.charged);
+            let mut limits = self.shared.limits();
+            limits.connection_closed(conn.uid, conn.charged);
+            limits.move_unsent(conn.uid, conn.unsent_charged, 0, &self.shared.unsent_over);
             return;
         }
         self.conns.insert(token, conn);
@@ -511,8 +552,10 @@ impl Conn {
             pending_fds: VecDeque::new(),
             unsent: VecDeque::new(),
             unsent_bytes: 0,
+            unsent_fds: 0,
+            unsent_charged: 0,
             list_in_flight: false,
-            want_write: false,
+            registered: epoll::EventFlags::empty(),
             read_closed: false,
             charged: 0,
             away: 0,
@@ -543,24 +586,43 @@ impl Worker {
             return;
         };
         let _ = epoll::delete(&self.epoll, &conn.stream);
+        self.paused.remove(&token);
         log::debug!("session {} ended: {why}", conn.session.0);
         self.mailbox().load.fetch_sub(1, Ordering::Relaxed);
         lock(&self.shared.state).close_session(conn.session);
+        let mut limits = self.shared.limits();
+        limits.connection_closed(conn.uid, conn.charged);
+        limits.move_unsent(conn.uid, conn.unsent_charged, 0, &self.shared.unsent_over);
+    }
+
+    /// Charges a connection's change in unsent replies to its (non-root)
+    /// user; takes the limits lock only when the amount changed.
+    fn charge_unsent(&mut self, token: u64) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if conn.uid == 0 || conn.unsent_bytes == conn.unsent_charged {
+            return;
+        }
+        let (before, now) = (conn.unsent_charged, conn.unsent_bytes);
+        conn.unsent_charged = now;
         self.shared
             .limits()
-            .connection_closed(conn.uid, conn.charged);
+            .move_unsent(conn.uid, before, now, &self.shared.unsent_over);
     }
 
     fn serve(&mut self, token: u64, flags: epoll::EventFlags) {
         if flags.contains(epoll::EventFlags::OUT) && !self.flush(token) {
             return;
         }
+        self.charge_unsent(token);
+        let hup = flags.intersects(epoll::EventFlags::HUP | epoll::EventFlags::ERR);
         if flags.intersects(
             epoll::EventFlags::IN
                 | epoll::EventFlags::HUP
                 | epoll::EventFlags::RDHUP
                 | epoll::EventFlags::ERR,
-        ) && let Err(why) = self.read(token)
+        ) && let Err(why) = self.read(token, hup)
         {
             return self.close(token, &why);
         }
@@ -608,13 +670,22 @@ impl Worker {
         Ok(())
     }
 
-    /// One receive (level-triggered epoll brings us back if more is there).
-    fn read(&mut self, token: u64) -> Result<(), String> {
+    /// One receive (level-triggered epoll brings us back if more is there),
+    /// unless the connection is paused by its unsent replies; `hup`: the
+    /// peer is gone (then a paused connection just ends).
+    fn read(&mut self, token: u64, hup: bool) -> Result<(), String> {
         let Some(conn) = self.conns.get_mut(&token) else {
             return Ok(());
         };
         if conn.read_closed {
             return Ok(());
+        }
+        if paused(&self.shared, conn) {
+            return if hup {
+                Err("peer gone with replies unread".into())
+            } else {
+                Ok(())
+            };
         }
         let mut fds = VecDeque::new();
         let spare = conn.frames.spare(READ_CHUNK);
@@ -653,7 +724,7 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(&token) else {
                 return Ok(());
             };
-            if conn.list_in_flight || conn.unsent_bytes > MAX_UNSENT_BYTES {
+            if conn.list_in_flight || paused(&self.shared, conn) {
                 return Ok(());
             }
             let session = conn.session;
@@ -760,6 +831,7 @@ impl Worker {
             if !self.flush(token) {
                 return Err("send failed".into());
             }
+            self.charge_unsent(token);
         }
     }
 
@@ -777,8 +849,9 @@ impl Worker {
         }
     }
 
-    /// Registers EPOLLOUT only while replies are stuck; closes a connection
-    /// whose peer is gone once nothing is left to say.
+    /// Registers EPOLLOUT only while replies are stuck, EPOLLIN only while
+    /// the connection may be read; closes a connection whose peer is gone
+    /// once nothing is left to say.
     fn after_io(&mut self, token: u64) {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
@@ -787,30 +860,28 @@ impl Worker {
         if conn.read_closed && !stuck && !conn.list_in_flight {
             return self.close(token, "peer closed");
         }
-        if stuck != conn.want_write {
-            conn.want_write = stuck;
-            let mut flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP;
-            if stuck {
-                flags |= epoll::EventFlags::OUT;
-            }
-            if conn.read_closed {
-                flags.remove(epoll::EventFlags::IN | epoll::EventFlags::RDHUP);
-            }
+        let paused = paused(&self.shared, conn);
+        let mut flags = epoll::EventFlags::empty();
+        if !conn.read_closed && !paused {
+            flags |= epoll::EventFlags::IN | epoll::EventFlags::RDHUP;
+        }
+        if stuck {
+            flags |= epoll::EventFlags::OUT;
+        }
+        if flags != conn.registered {
+            conn.registered = flags;
             let _ = epoll::modify(
                 &self.epoll,
                 &conn.stream,
                 epoll::EventData::new_u64(token),
                 flags,
             );
-        } else if conn.read_closed && stuck {
-            // Stop level-triggered EPOLLIN/RDHUP from spinning while the
-            // last replies drain.
-            let _ = epoll::modify(
-                &self.epoll,
-                &conn.stream,
-                epoll::EventData::new_u64(token),
-                epoll::EventFlags::OUT,
-            );
+        }
+        // Paused with nothing to send: no event will come; look again soon.
+        if paused && !stuck {
+            self.paused.insert(token);
+        } else {
+            self.paused.remove(&token);
         }
     }
 
@@ -824,6 +895,7 @@ impl Worker {
             if !self.flush(token) {
                 continue;
             }
+            self.charge_unsent(token);
             if let Err(why) = self.process(token) {
                 self.close(token, &why);
                 continue;
@@ -836,6 +908,7 @@ impl Worker {
 impl Conn {
     fn queue(&mut self, bytes: Vec<u8>, fd: Option<OwnedFd>) {
         self.unsent_bytes += bytes.len();
+        self.unsent_fds += usize::from(fd.is_some());
         self.unsent.push_back(Unsent { bytes, sent: 0, fd });
     }
 
@@ -851,7 +924,10 @@ impl Conn {
                             front.fd = Some(fd);
                             Err(e)
                         }
-                        other => other,
+                        other => {
+                            self.unsent_fds -= 1;
+                            other
+                        }
                     }
                 }
                 None => rustix::net::send(
@@ -876,6 +952,17 @@ impl Conn {
         }
         Ok(())
     }
+}
+
+/// Whether a connection must wait (neither read nor answered) until its
+/// unsent replies drain: past its own limits, or its non-root user past
+/// the per-user budget. Cheap unless some user is over the budget.
+fn paused(shared: &Shared, conn: &Conn) -> bool {
+    conn.unsent_bytes > MAX_UNSENT_BYTES
+        || conn.unsent_fds >= MAX_UNSENT_FDS
+        || (conn.uid != 0
+            && shared.unsent_over.load(Ordering::Relaxed) > 0
+            && shared.limits().unsent_over_budget(conn.uid))
 }
 
 /// `dispatch`, with a panic in a handler (a bug) turned into `internal`

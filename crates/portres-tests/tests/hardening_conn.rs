@@ -564,3 +564,108 @@ fn with_every_worker_dead_the_daemon_exits_for_its_service_manager() {
     assert!(!status.success(), "{status}");
     assert!(!kernel_reserved().contains(start as u16));
 }
+
+/// The daemon's resident memory in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<u64>().ok())
+        .unwrap()
+        / 1024
+}
+
+/// The daemon's CPU time so far, in clock ticks (utime + stime).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Polls until the daemon is done with what it was sent: over the last
+/// second (five samples 200 ms apart) its RSS moved by at most 1 MiB and it
+/// used under a quarter of a CPU; or 60 s pass. Its RSS then, in MiB.
+fn settled_rss_mib(pid: u32) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut samples = vec![(rss_mib(pid), cpu_ticks(pid))];
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        samples.push((rss_mib(pid), cpu_ticks(pid)));
+        let last = &samples[samples.len().saturating_sub(6)..];
+        let rss = last.iter().map(|s| s.0);
+        let spread = rss.clone().max().unwrap() - rss.min().unwrap();
+        let ticks = last.last().unwrap().1 - last[0].1;
+        if last.len() == 6 && spread <= 1 && ticks < 25 {
+            break;
+        }
+    }
+    samples.last().unwrap().0
+}
+
+/// Starts `portres-stress ARGS…` as uid `uid` (root: as is) against
+/// `socket`; returns the child and its first line of output.
+fn stress_as(socket: &std::path::Path, uid: u32, args: &[&str]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut cmd = std::process::Command::new(portres_tests::bin("portres-stress"));
+    cmd.args(args).env("PORTRES_SOCKET", socket);
+    let mut cmd = if uid == 0 {
+        cmd
+    } else {
+        portres_tests::as_user(&cmd, uid, uid, &[])
+    };
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line.trim().to_string())
+}
+
+const NOBODY: u32 = 65534;
+
+#[test]
+fn one_unprivileged_user_cannot_pin_daemon_memory_with_unread_replies() {
+    let Some(_ns) = netns("one_unprivileged_user_cannot_pin_daemon_memory_with_unread_replies")
+    else {
+        return;
+    };
+    let dir = open_tempdir();
+    let d = ProcessDaemon::start(dir.path(), &[]);
+    let pid = d.child.id();
+    let before = rss_mib(pid);
+    // 300 connections, each pipelining ~36 KiB of calls whose replies
+    // (the interface description, ~3 KiB each) nobody reads: ~400 MiB of
+    // replies if the daemon produced them all.
+    let (mut flood, line) = stress_as(&d.socket, NOBODY, &["unread", "300", "36864"]);
+    let during = settled_rss_mib(pid);
+    // Everyone else is served meanwhile.
+    assert!(d.client().status().is_ok());
+    let _ = flood.kill();
+    let _ = flood.wait();
+    // Once they leave, the memory comes back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut after = rss_mib(pid);
+    while after > before + 16 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        after = rss_mib(pid);
+    }
+    eprintln!(
+        "unread replies ({line}): daemon RSS {before} MiB -> {during} MiB under the flood -> {after} MiB after it left"
+    );
+    assert!(
+        during < before + 64,
+        "one user's unread replies grew the daemon from {before} to {during} MiB"
+    );
+    assert!(
+        after <= before + 16,
+        "RSS did not come back after the flood: {before} -> {after} MiB"
+    );
+}
