@@ -324,7 +324,11 @@ struct Worker {
     list_results: (mpsc::Sender<ListResult>, mpsc::Receiver<ListResult>),
     /// Connections paused by their user's unsent budget with nothing of
     /// their own to send: looked at again every `PAUSED_RECHECK`.
-    paused: HashSet<u64>,
+    /// By uid: a recheck costs one look per user, not per connection.
+    paused: HashMap<u32, HashSet<u64>>,
+    /// Bytes released by closed connections since the last `maybe_trim`.
+    freed_since_trim: usize,
+    last_trim: Option<std::time::Instant>,
 }
 
 /// A worker that unwinds (a bug: requests cannot make it panic) ends its
@@ -377,7 +381,9 @@ impl Worker {
             conns: HashMap::new(),
             next_token: FIRST_CONN_TOKEN,
             list_results: mpsc::channel(),
-            paused: HashSet::new(),
+            paused: HashMap::new(),
+            freed_since_trim: 0,
+            last_trim: None,
         };
         std::thread::Builder::new()
             .name(format!("worker-{index}"))
@@ -418,10 +424,28 @@ impl Worker {
             if !self.paused.is_empty() && last_recheck.elapsed() >= PAUSED_RECHECK {
                 // See whether paused connections may go on (their user's
                 // replies drained meanwhile, perhaps on another worker).
+                // One look at the budget for all of them: thousands may
+                // wait, and most for a user still over it.
                 last_recheck = std::time::Instant::now();
-                let paused: Vec<u64> = self.paused.drain().collect();
-                for token in paused {
-                    self.serve(token, epoll::EventFlags::IN);
+                let over: HashSet<u32> = {
+                    let limits = self.shared.limits();
+                    limits
+                        .unsent_by_uid
+                        .iter()
+                        .filter(|&(_, &n)| n > PER_UID_UNSENT_BUDGET)
+                        .map(|(&uid, _)| uid)
+                        .collect()
+                };
+                let ready: Vec<u32> = self
+                    .paused
+                    .keys()
+                    .copied()
+                    .filter(|uid| !over.contains(uid))
+                    .collect();
+                for uid in ready {
+                    for token in self.paused.remove(&uid).unwrap_or_default() {
+                        self.serve(token, epoll::EventFlags::IN);
+                    }
                 }
             }
             for ev in &events {
@@ -434,8 +458,32 @@ impl Worker {
                     token => self.serve(token, ev.flags),
                 }
             }
+            self.maybe_trim();
         }
         self.close_all();
+    }
+
+    /// Hands freed memory back to the OS after many connections (or much
+    /// buffered data) went away: the allocator keeps it otherwise, and a
+    /// flood that left would keep the daemon's RSS at its peak. At most
+    /// once a second.
+    fn maybe_trim(&mut self) {
+        const TRIM_AFTER: usize = 4 << 20;
+        if self.freed_since_trim < TRIM_AFTER
+            || self
+                .last_trim
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.freed_since_trim = 0;
+        self.last_trim = Some(std::time::Instant::now());
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only returns free heap pages to the kernel;
+        // it touches no memory in use.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 
     /// Ends every connection it serves (at stop; the sessions end with the
@@ -586,7 +634,10 @@ impl Worker {
             return;
         };
         let _ = epoll::delete(&self.epoll, &conn.stream);
-        self.paused.remove(&token);
+        self.unpause(conn.uid, token);
+        // What it held: buffers, unsent replies, and its own bookkeeping.
+        self.freed_since_trim +=
+            conn.frames.memory() + conn.unsent_bytes + std::mem::size_of::<Conn>();
         log::debug!("session {} ended: {why}", conn.session.0);
         self.mailbox().load.fetch_sub(1, Ordering::Relaxed);
         lock(&self.shared.state).close_session(conn.session);
@@ -878,10 +929,20 @@ impl Worker {
             );
         }
         // Paused with nothing to send: no event will come; look again soon.
+        let uid = conn.uid;
         if paused && !stuck {
-            self.paused.insert(token);
+            self.paused.entry(uid).or_default().insert(token);
         } else {
-            self.paused.remove(&token);
+            self.unpause(uid, token);
+        }
+    }
+
+    fn unpause(&mut self, uid: u32, token: u64) {
+        if let Some(tokens) = self.paused.get_mut(&uid) {
+            tokens.remove(&token);
+            if tokens.is_empty() {
+                self.paused.remove(&uid);
+            }
         }
     }
 
