@@ -38,6 +38,16 @@ use crate::worker::{NewConn, Workers};
 /// `State::flush_kernel`).
 pub const KERNEL_SHRINK_DELAY: Duration = Duration::from_millis(5);
 
+/// How long accepting pauses when the process (EMFILE) or the system
+/// (ENFILE) is out of descriptors: connections wait in the backlog instead
+/// of the loop spinning on a listener that stays readable.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Most descriptors one non-root user's connections may have the daemon
+/// hold besides the connections themselves: received and not yet taken by
+/// their request, or riding on unsent replies.
+pub(crate) const PER_UID_PARKED_FDS: usize = 256;
+
 const TOKEN_LISTENER: u64 = 0;
 pub(crate) const TOKEN_STOP: u64 = 1;
 const TOKEN_SHRINK: u64 = 2;
@@ -309,6 +319,16 @@ pub(crate) struct Limits {
     /// Per non-root uid: bytes of unsent replies, against
     /// `worker::PER_UID_UNSENT_BUDGET`.
     pub(crate) unsent_by_uid: HashMap<u32, usize>,
+    /// Per non-root uid: descriptors parked (see `PER_UID_PARKED_FDS`).
+    pub(crate) parked_by_uid: HashMap<u32, usize>,
+    /// Descriptors held for all non-root users together: their
+    /// connections and parked descriptors, against `fd_budget`.
+    pub(crate) fds_unprivileged: usize,
+    /// What non-root users may make the daemon hold: RLIMIT_NOFILE less
+    /// the descriptors open at start and a reserve for root and for the
+    /// daemon's own work (sysctl writes, probes, dumps), so that no
+    /// unprivileged flood can lock root out (see `unprivileged_fd_budget`).
+    pub(crate) fd_budget: usize,
     /// When each kind of refusal was last logged (at most once a second per
     /// kind, so a flood cannot fill the log, yet no kind hides another).
     pub(crate) last_log: HashMap<&'static str, Instant>,
@@ -318,6 +338,9 @@ impl Limits {
     /// A connection of `uid` ended, holding `charged` buffer bytes.
     pub(crate) fn connection_closed(&mut self, uid: u32, charged: usize) {
         self.total = self.total.saturating_sub(1);
+        if uid != 0 {
+            self.fds_unprivileged = self.fds_unprivileged.saturating_sub(1);
+        }
         if let Some(n) = self.per_uid.get_mut(&uid) {
             *n -= 1;
             if *n == 0 {
@@ -358,6 +381,41 @@ impl Limits {
         }
     }
 
+    /// A connection of non-root `uid` went from `before` to `now` parked
+    /// descriptors. `Err` (why) if that passes its user's cap or the
+    /// unprivileged budget: the caller closes the connection.
+    pub(crate) fn move_parked(
+        &mut self,
+        uid: u32,
+        before: usize,
+        now: usize,
+    ) -> Result<(), String> {
+        let user = self.parked_by_uid.entry(uid).or_default();
+        *user = (*user + now).saturating_sub(before);
+        let user = *user;
+        if user == 0 {
+            self.parked_by_uid.remove(&uid);
+        }
+        self.fds_unprivileged = (self.fds_unprivileged + now).saturating_sub(before);
+        if now <= before {
+            return Ok(());
+        }
+        let why = if user > PER_UID_PARKED_FDS {
+            format!("uid {uid}'s connections hold more than {PER_UID_PARKED_FDS} descriptors")
+        } else if self.fds_unprivileged > self.fd_budget {
+            format!(
+                "descriptor limit for unprivileged users reached ({} held, the rest is kept for root)",
+                self.fd_budget
+            )
+        } else {
+            return Ok(());
+        };
+        log_limited(&mut self.last_log, "descriptors", || {
+            format!("{why}: closing one of uid {uid}'s connections")
+        });
+        Err(why)
+    }
+
     /// Whether `uid`'s unsent replies are past the per-user budget.
     pub(crate) fn unsent_over_budget(&self, uid: u32) -> bool {
         self.unsent_by_uid
@@ -386,6 +444,8 @@ struct Front {
     workers: Workers,
     /// No worker is left to serve (each died of a bug): stop.
     workers_gone: bool,
+    /// Accepting is paused until then (out of descriptors).
+    accept_resume: Option<Instant>,
 }
 
 impl Front {
@@ -395,7 +455,10 @@ impl Front {
         let shared = Arc::new(Shared {
             state: Mutex::new(d.state),
             config: d.config,
-            limits: Mutex::new(Limits::default()),
+            limits: Mutex::new(Limits {
+                fd_budget: unprivileged_fd_budget(),
+                ..Limits::default()
+            }),
             unsent_over: AtomicUsize::new(0),
         });
         let setup = || -> io::Result<(OwnedFd, Workers)> {
@@ -430,6 +493,7 @@ impl Front {
                 shrink_deadline: None,
                 workers,
                 workers_gone: false,
+                accept_resume: None,
             }),
             Err(e) => Err((e, shared)),
         }
@@ -438,7 +502,11 @@ impl Front {
     fn run(&mut self) -> io::Result<()> {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(16);
         loop {
-            let timeout = self.shrink_deadline.map(|d| {
+            let next = match (self.shrink_deadline, self.accept_resume) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timeout = next.map(|d| {
                 let left = d.saturating_duration_since(Instant::now());
                 rustix::event::Timespec {
                     tv_sec: left.as_secs() as i64,
@@ -472,6 +540,11 @@ impl Front {
             if self.workers_gone {
                 return Err(io::Error::other("every worker thread died"));
             }
+            if self.accept_resume.is_some_and(|t| Instant::now() >= t) {
+                self.accept_resume = None;
+                self.watch_listener(true);
+                self.accept_all();
+            }
             if self.shrink_deadline.is_some_and(|d| Instant::now() >= d) {
                 let again = lock(&self.shared.state).flush_kernel();
                 self.shrink_deadline = again.then(|| Instant::now() + KERNEL_SHRINK_DELAY);
@@ -494,13 +567,36 @@ impl Front {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and friends: leave the rest in the backlog;
-                    // level-triggered epoll retries on the next round.
-                    log::warn!("accept failed: {e}");
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the listener stays
+                    // readable, so retrying at once would spin. Leave the
+                    // rest in the backlog and look again shortly.
+                    log_limited(&mut self.shared.limits().last_log, "accept", || {
+                        format!(
+                            "accept failed: {e}; pausing new connections for {} ms at a time until descriptors free up",
+                            ACCEPT_PAUSE.as_millis()
+                        )
+                    });
+                    self.watch_listener(false);
+                    self.accept_resume = Some(Instant::now() + ACCEPT_PAUSE);
                     return;
                 }
             }
         }
+    }
+
+    /// Starts or stops watching the listener for connections.
+    fn watch_listener(&self, on: bool) {
+        let flags = if on {
+            epoll::EventFlags::IN
+        } else {
+            epoll::EventFlags::empty()
+        };
+        let _ = epoll::modify(
+            &self.epoll,
+            &self.listener,
+            epoll::EventData::new_u64(TOKEN_LISTENER),
+            flags,
+        );
     }
 
     fn refuse(&self, kind: &'static str, stream: &UnixStream, uid: u32, pid: i32, why: String) {
@@ -538,6 +634,17 @@ impl Front {
                 );
                 return self.refuse("per-user", &stream, creds.uid, creds.pid, why);
             }
+            if creds.uid != 0 && limits.fds_unprivileged >= limits.fd_budget {
+                let why = format!(
+                    "descriptor limit for unprivileged users reached ({} held, the rest is kept for root)",
+                    limits.fd_budget
+                );
+                drop(limits);
+                return self.refuse("descriptors", &stream, creds.uid, creds.pid, why);
+            }
+            if creds.uid != 0 {
+                limits.fds_unprivileged += 1;
+            }
             limits.total += 1;
             *limits.per_uid.entry(creds.uid).or_default() += 1;
         }
@@ -568,6 +675,22 @@ impl Front {
             self.workers_gone = true;
         }
     }
+}
+
+/// How many descriptors non-root users may make the daemon hold (see
+/// `Limits::fd_budget`): RLIMIT_NOFILE less what is open now and a reserve
+/// of an eighth (at least 64) for root and the daemon's own work.
+fn unprivileged_fd_budget() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let open = std::fs::read_dir("/proc/self/fd").map_or(64, |d| d.count());
+    let reserve = (limit / 8).max(64);
+    let budget = limit.saturating_sub(open).saturating_sub(reserve);
+    log::info!(
+        "descriptors: limit {limit}, {open} open, {budget} for unprivileged users' connections and parked descriptors, the rest kept for root"
+    );
+    budget
 }
 
 /// Logs `msg` at most once a second per `kind` of refusal, so a flood

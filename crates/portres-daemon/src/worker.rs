@@ -257,6 +257,9 @@ struct Conn {
     unsent_fds: usize,
     /// Unsent bytes charged to this connection's (non-root) user.
     unsent_charged: usize,
+    /// Parked descriptors (pending and on unsent replies) charged to this
+    /// connection's (non-root) user.
+    fds_charged: usize,
     /// A `List` is being completed off-thread; later requests wait for it so
     /// replies stay in order.
     list_in_flight: bool,
@@ -495,14 +498,21 @@ impl Worker {
         }
         // Connections handed over but never taken.
         while let Ok(arrival) = self.inbox.try_recv() {
-            let (session, uid, charged, unsent) = match arrival {
-                Arrival::New(new) => (new.session, new.uid, 0, 0),
-                Arrival::Moved(conn) => (conn.session, conn.uid, conn.charged, conn.unsent_charged),
+            let (session, uid, charged, unsent, parked) = match arrival {
+                Arrival::New(new) => (new.session, new.uid, 0, 0, 0),
+                Arrival::Moved(conn) => (
+                    conn.session,
+                    conn.uid,
+                    conn.charged,
+                    conn.unsent_charged,
+                    conn.fds_charged,
+                ),
             };
             lock(&self.shared.state).close_session(session);
             let mut limits = self.shared.limits();
             limits.connection_closed(uid, charged);
             limits.move_unsent(uid, unsent, 0, &self.shared.unsent_over);
+            let _ = limits.move_parked(uid, parked, 0);
         }
     }
 
@@ -537,6 +547,7 @@ impl Worker {
             let mut limits = self.shared.limits();
             limits.connection_closed(conn.uid, conn.charged);
             limits.move_unsent(conn.uid, conn.unsent_charged, 0, &self.shared.unsent_over);
+            let _ = limits.move_parked(conn.uid, conn.fds_charged, 0);
             return;
         }
         self.conns.insert(token, conn);
@@ -602,6 +613,7 @@ impl Conn {
             unsent_bytes: 0,
             unsent_fds: 0,
             unsent_charged: 0,
+            fds_charged: 0,
             list_in_flight: false,
             registered: epoll::EventFlags::empty(),
             read_closed: false,
@@ -644,6 +656,28 @@ impl Worker {
         let mut limits = self.shared.limits();
         limits.connection_closed(conn.uid, conn.charged);
         limits.move_unsent(conn.uid, conn.unsent_charged, 0, &self.shared.unsent_over);
+        let _ = limits.move_parked(conn.uid, conn.fds_charged, 0);
+    }
+
+    /// Charges a connection's change in parked descriptors (received and
+    /// not yet taken, or on unsent replies) to its non-root user; refuses
+    /// (and the caller closes) one that would pass the user's cap or the
+    /// descriptors kept out of unprivileged reach.
+    fn charge_fds(&mut self, token: u64) -> Result<(), String> {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return Ok(());
+        };
+        let now = conn.pending_fds.len() + conn.unsent_fds;
+        if conn.uid == 0 || now == conn.fds_charged {
+            return Ok(());
+        }
+        let before = conn.fds_charged;
+        conn.fds_charged = now;
+        let charged = self.shared.limits().move_parked(conn.uid, before, now);
+        if let Err(why) = &charged {
+            send_parting_error(&conn.stream, ErrorCode::DaemonUnavailable, why.clone());
+        }
+        charged
     }
 
     /// Charges a connection's change in unsent replies to its (non-root)
@@ -677,10 +711,16 @@ impl Worker {
         {
             return self.close(token, &why);
         }
+        if let Err(why) = self.charge_fds(token) {
+            return self.close(token, &why);
+        }
         if let Err(why) = self.process(token) {
             return self.close(token, &why);
         }
         if let Err(why) = self.charge_buffers(token) {
+            return self.close(token, &why);
+        }
+        if let Err(why) = self.charge_fds(token) {
             return self.close(token, &why);
         }
         self.after_io(token);

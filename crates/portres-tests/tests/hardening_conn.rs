@@ -669,3 +669,152 @@ fn one_unprivileged_user_cannot_pin_daemon_memory_with_unread_replies() {
         "RSS did not come back after the flood: {before} -> {after} MiB"
     );
 }
+
+/// `portresd` in `dir` under RLIMIT_NOFILE `nofile` (soft and hard, via
+/// `prlimit`), log in `dir/portresd.log`.
+fn daemon_with_nofile(dir: &std::path::Path, nofile: u32) -> support::Daemon {
+    let inner = support::daemon_command(dir, &[]);
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.arg(format!("--nofile={nofile}:{nofile}"))
+        .arg("--")
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .env_remove("PORTRES_SOCKET")
+        .env_remove("PORTRES_SESSION_FD")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(support::append(&dir.join("portresd.log")));
+    let mut d = support::Daemon {
+        child: cmd.spawn().expect("spawn prlimit portresd"),
+        socket: dir.join("portres.sock"),
+        log: dir.join("portresd.log"),
+    };
+    d.wait_ready(Duration::from_secs(20));
+    d
+}
+
+/// Root's whole round trip on a fresh connection, with a deadline (a
+/// daemon that cannot accept must fail the test, not hang it): connect,
+/// Status, Acquire, Bind a socket into the block.
+fn root_is_served(socket: &std::path::Path) -> Result<(), String> {
+    let mut raw = Raw::connect(socket);
+    raw.send(&frame("io.portres.Status", json!({}), false), &[]);
+    let v = raw
+        .reply()
+        .ok_or("Status: connection closed or timed out")?;
+    if !is_status_reply(&v) {
+        return Err(format!("Status: {v}"));
+    }
+    raw.send(
+        &frame(
+            "io.portres.Acquire",
+            json!({"protocol": "tcp", "count": 1}),
+            false,
+        ),
+        &[],
+    );
+    let v = raw.reply().ok_or("Acquire: no answer")?;
+    let token = v["parameters"]["reservation"]["token"]
+        .as_str()
+        .ok_or(format!("Acquire: {v}"))?
+        .to_string();
+    let sock = tcp4();
+    raw.send(
+        &frame(
+            "io.portres.Bind",
+            json!({"token": token, "address": "127.0.0.1"}),
+            false,
+        ),
+        &[sock.as_fd()],
+    );
+    let v = raw.reply().ok_or("Bind: no answer")?;
+    if v["parameters"]["port"].as_u64().is_none() {
+        return Err(format!("Bind: {v}"));
+    }
+    Ok(())
+}
+
+#[test]
+fn a_descriptor_flood_by_one_user_leaves_root_served() {
+    let Some(_ns) = netns("a_descriptor_flood_by_one_user_leaves_root_served") else {
+        return;
+    };
+    let dir = open_tempdir();
+    let d = daemon_with_nofile(dir.path(), 256);
+    let pid = d.child.id();
+    // 300 connections, each parking 16 descriptors: 5100 descriptors
+    // wanted, 256 allowed.
+    let (mut flood, line) = stress_as(&d.socket, NOBODY, &["park-fds", "300"]);
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let served = root_is_served(&d.socket);
+    let ticks_before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let ticks = cpu_ticks(pid) - ticks_before;
+    let served_again = root_is_served(&d.socket);
+    let _ = flood.kill();
+    let _ = flood.wait();
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    eprintln!(
+        "park-fds flood ({line}): daemon holds {open_fds} of 256 descriptors, {ticks} CPU ticks in 2 s while it lasts; root: {served:?}, {served_again:?}"
+    );
+    served.expect("root is served during the flood");
+    served_again.expect("root is still served");
+    assert!(open_fds < 256, "the flood took every descriptor");
+    assert!(
+        log.contains("descriptor limit for unprivileged users reached")
+            || log.contains("descriptors: closing"),
+        "{}",
+        d.log_tail(20)
+    );
+}
+
+#[test]
+fn out_of_descriptors_accepting_pauses_instead_of_spinning_and_resumes() {
+    let Some(_ns) = netns("out_of_descriptors_accepting_pauses_instead_of_spinning_and_resumes")
+    else {
+        return;
+    };
+    let dir = open_tempdir();
+    let d = daemon_with_nofile(dir.path(), 128);
+    let pid = d.child.id();
+    // Root is exempt from the unprivileged budget: its 200 connections
+    // run the daemon out of descriptors.
+    let (mut flood, line) = stress_as(&d.socket, 0, &["flood", "200", "0"]);
+    let accept_lines = |log: &str| log.lines().filter(|l| l.contains("accept failed")).count();
+    let log_before = std::fs::read_to_string(&d.log).unwrap();
+    let ticks_before = cpu_ticks(pid);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let ticks = cpu_ticks(pid) - ticks_before;
+    let secs = t0.elapsed().as_secs_f64();
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    let lines = accept_lines(&log) - accept_lines(&log_before);
+    let _ = flood.kill();
+    let _ = flood.wait();
+    // Once the flood is gone, new connections are accepted and served.
+    assert!(
+        eventually(|| root_is_served(&d.socket).is_ok()),
+        "accepting never resumed: {}",
+        d.log_tail(10)
+    );
+    let tck = 100.0; // USER_HZ on Linux
+    let cpu = ticks as f64 / tck / secs;
+    eprintln!(
+        "out of descriptors ({line}): {:.0}% of a CPU, {lines} accept log line(s) in {secs:.1} s, {} bytes of log",
+        cpu * 100.0,
+        log.len()
+    );
+    assert!(
+        accept_lines(&log) >= 1,
+        "EMFILE was never hit: {}",
+        d.log_tail(10)
+    );
+    assert!(
+        lines as f64 <= secs + 1.0,
+        "{lines} accept log lines in {secs:.1} s"
+    );
+    assert!(cpu < 0.2, "the daemon spun at {:.0}% of a CPU", cpu * 100.0);
+}
