@@ -394,7 +394,7 @@ fn more_than_four_descriptors_in_one_message_close_the_connection() {
         let first = raw.reply();
         let closed = match &first {
             None => true,
-            Some(v) => code(v) != "invalid_parameter" || raw.call_or_none().is_none(),
+            Some(v) => code(v) != "invalid_parameter" || raw.reply_to_status().is_none(),
         };
         if closed != (n > 4) {
             failures.push(format!(
@@ -404,19 +404,6 @@ fn more_than_four_descriptors_in_one_message_close_the_connection() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
-impl Raw {
-    /// A Status call; `None` if the connection is closed.
-    fn call_or_none(&mut self) -> Option<Value> {
-        portres_proto::fdpass::send_with_fds(
-            self.0.as_fd(),
-            &frame("io.portres.Status", json!({}), false),
-            &[],
-        )
-        .ok()?;
-        self.reply()
-    }
 }
 
 /// `portresd` in `dir` with the test-only fault `fault` injected
@@ -817,4 +804,103 @@ fn out_of_descriptors_accepting_pauses_instead_of_spinning_and_resumes() {
         "{lines} accept log lines in {secs:.1} s"
     );
     assert!(cpu < 0.2, "the daemon spun at {:.0}% of a CPU", cpu * 100.0);
+}
+
+/// A uid no other test runs processes as: RLIMIT_NPROC counts every thread
+/// of the uid.
+const THREAD_LIMITED_UID: u32 = 65531;
+
+#[test]
+fn under_a_thread_limit_list_answers_internal_and_the_worker_survives() {
+    let Some(_ns) = netns("under_a_thread_limit_list_answers_internal_and_the_worker_survives")
+    else {
+        return;
+    };
+    let dir = open_tempdir();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(THREAD_LIMITED_UID), Some(THREAD_LIMITED_UID)).unwrap();
+    // A user-mode daemon of its own uid, with RLIMIT_NPROC just high enough
+    // for the threads it starts with: the List dump's thread is refused by
+    // the OS, as under a pids limit. The smallest limit it starts under is
+    // found by trying.
+    let mut started = None;
+    for nproc in 2..=16 {
+        let _ = std::fs::remove_dir_all(home.join("state"));
+        let mut inner = std::process::Command::new(portres_tests::bin("portresd"));
+        inner
+            .arg("--socket")
+            .arg(home.join("portres.sock"))
+            .arg("--state-dir")
+            .arg(home.join("state"))
+            .args(["--kernel-sync", "off", "--workers", "1"])
+            .env_remove("PORTRES_SOCKET")
+            .env_remove("RUST_LOG");
+        let as_daemon_user =
+            portres_tests::as_user(&inner, THREAD_LIMITED_UID, THREAD_LIMITED_UID, &[]);
+        let mut cmd = std::process::Command::new("prlimit");
+        cmd.arg(format!("--nproc={nproc}:{nproc}"))
+            .arg("--")
+            .arg(as_daemon_user.get_program())
+            .args(as_daemon_user.get_args())
+            .env_remove("PORTRES_SOCKET")
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(support::append(&dir.path().join("portresd.log")));
+        let mut child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let ready = loop {
+            if UnixStream::connect(home.join("portres.sock")).is_ok() {
+                break true;
+            }
+            if child.try_wait().unwrap().is_some() {
+                break false;
+            }
+            assert!(Instant::now() < deadline, "portresd did not become ready");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        if ready {
+            started = Some(child);
+            break;
+        }
+    }
+    let mut child = started.expect("portresd starts under some thread limit");
+    let socket = home.join("portres.sock");
+    let mut raw = Raw::connect(&socket);
+    let v = raw.call("io.portres.Acquire", json!({"protocol": "tcp", "count": 2}));
+    assert_eq!(v["parameters"]["reservation"]["count"], 2, "{v}");
+    raw.send(&frame("io.portres.List", json!({}), false), &[]);
+    let listed = raw.reply();
+    let status = raw.reply_to_status();
+    let other = Raw::connect(&socket).reply_to_status();
+    let _ = child.kill();
+    let _ = child.wait();
+    let listed = listed.expect("List is answered, the connection stays");
+    assert_eq!(code(&listed), "internal", "{listed}");
+    assert!(
+        listed["parameters"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("thread")),
+        "{listed}"
+    );
+    let status = status.expect("the same connection goes on");
+    assert_eq!(status["parameters"]["runtime"], 1, "{status}");
+    assert!(
+        other.is_some_and(|v| is_status_reply(&v)),
+        "a new connection is served (its worker is alive)"
+    );
+}
+
+impl Raw {
+    /// Sends Status and reads its reply (`None`: closed or timed out).
+    fn reply_to_status(&mut self) -> Option<Value> {
+        portres_proto::fdpass::send_with_fds(
+            self.0.as_fd(),
+            &frame("io.portres.Status", json!({}), false),
+            &[],
+        )
+        .ok()?;
+        self.reply()
+    }
 }
