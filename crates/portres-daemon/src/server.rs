@@ -319,6 +319,9 @@ pub(crate) struct Limits {
     /// Per non-root uid: bytes of unsent replies, against
     /// `worker::PER_UID_UNSENT_BUDGET`.
     pub(crate) unsent_by_uid: HashMap<u32, usize>,
+    /// Per uid: `List` dump threads running (see
+    /// `worker::MAX_LIST_DUMPS_PER_UID`).
+    pub(crate) list_dumps_by_uid: HashMap<u32, usize>,
     /// Per non-root uid: descriptors parked (see `PER_UID_PARKED_FDS`).
     pub(crate) parked_by_uid: HashMap<u32, usize>,
     /// Descriptors held for all non-root users together: their
@@ -414,6 +417,27 @@ impl Limits {
             format!("{why}: closing one of uid {uid}'s connections")
         });
         Err(why)
+    }
+
+    /// Counts a `List` dump thread for `uid`, unless it has its share
+    /// running already (`false`: dump on the worker instead).
+    pub(crate) fn start_list_dump(&mut self, uid: u32) -> bool {
+        let n = self.list_dumps_by_uid.entry(uid).or_default();
+        if *n >= crate::worker::MAX_LIST_DUMPS_PER_UID {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// A `List` dump thread of `uid` is done (or never started).
+    pub(crate) fn end_list_dump(&mut self, uid: u32) {
+        if let Some(n) = self.list_dumps_by_uid.get_mut(&uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.list_dumps_by_uid.remove(&uid);
+            }
+        }
     }
 
     /// Whether `uid`'s unsent replies are past the per-user budget.

@@ -61,6 +61,11 @@ const MAX_UNSENT_FDS: usize = 4;
 /// read, each under `MAX_UNSENT_BYTES`, would otherwise pin gigabytes).
 pub(crate) const PER_UID_UNSENT_BUDGET: usize = 4 << 20;
 
+/// Most `List` dump threads one user's calls may run at once; more run on
+/// their worker (a user with thousands of connections cannot make the
+/// daemon start thousands of threads).
+pub(crate) const MAX_LIST_DUMPS_PER_UID: usize = 4;
+
 /// How often connections paused by their user's unsent budget, with
 /// nothing of their own to send (so no EPOLLOUT to wake them), look again.
 const PAUSED_RECHECK: Duration = Duration::from_millis(20);
@@ -875,12 +880,24 @@ impl Worker {
             match outcome {
                 Outcome::Reply(bytes) => conn.queue(bytes, None),
                 Outcome::ReplyWithFd(bytes, fd) => conn.queue(bytes, Some(fd)),
-                Outcome::List(mut list) => {
+                Outcome::List(list) => {
+                    let uid = conn.uid;
+                    if !self.shared.limits().start_list_dump(uid) {
+                        // The user already has its share of dump threads:
+                        // this one runs here, holding up this worker only.
+                        conn.queue(list_reply(list), None);
+                        if !self.flush(token) {
+                            return Err("send failed".into());
+                        }
+                        self.charge_unsent(token);
+                        continue;
+                    }
                     // The socket-table dump takes milliseconds: do it off the
                     // loop, keep this connection's later requests waiting.
                     conn.list_in_flight = true;
                     let tx = self.list_results.0.clone();
                     let mailboxes = self.mailboxes.clone();
+                    let shared = self.shared.clone();
                     let index = self.index;
                     let spawned = if fault("list-thread") {
                         Err(io::Error::other("fault injection: thread refused"))
@@ -888,10 +905,14 @@ impl Worker {
                         std::thread::Builder::new()
                             .name("list-dump".into())
                             .spawn(move || {
-                                let bytes = match fill_in_use(&mut list) {
-                                    Ok(()) => encode_reply(&ListReply { reservations: list }),
-                                    Err(e) => encode_error(&e),
-                                };
+                                let bytes = std::panic::catch_unwind(|| list_reply(list))
+                                    .unwrap_or_else(|_| {
+                                        encode_error(&Error::new(
+                                            ErrorCode::Internal,
+                                            "the socket-table dump failed unexpectedly (a bug)",
+                                        ))
+                                    });
+                                shared.limits().end_list_dump(uid);
                                 let _ = tx.send((token, bytes));
                                 let _ = rustix::io::write(
                                     &mailboxes[index].wake_fd,
@@ -905,6 +926,7 @@ impl Worker {
                             // Under a pids limit, say: this call fails, the
                             // worker goes on.
                             conn.list_in_flight = false;
+                            self.shared.limits().end_list_dump(uid);
                             log_limited(&mut self.shared.limits().last_log, "thread", || {
                                 format!("cannot start a thread for a List dump: {e}")
                             });
@@ -1055,6 +1077,18 @@ impl Conn {
     }
 }
 
+/// A `List` reply: the reservations with their `in_use` ports filled in
+/// from a socket-table dump (milliseconds).
+fn list_reply(mut list: Vec<portres_proto::ReservationInfo>) -> Vec<u8> {
+    if fault("slow-list") {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    match fill_in_use(&mut list) {
+        Ok(()) => encode_reply(&ListReply { reservations: list }),
+        Err(e) => encode_error(&e),
+    }
+}
+
 /// Whether a connection must wait (neither read nor answered) until its
 /// unsent replies drain: past its own limits, or its non-root user past
 /// the per-user budget. Cheap unless some user is over the budget.
@@ -1098,7 +1132,8 @@ fn dispatch_guarded(
 
 /// Test-only fault injection: `PORTRES_TEST_FAULT` (read once at the first
 /// use), a comma-separated list of `list-thread` (the OS refuses every
-/// `List` dump thread), `handler-panic` (a handler panics on `Lookup`),
+/// `List` dump thread), `slow-list` (every dump takes 200 ms more),
+/// `handler-panic` (a handler panics on `Lookup`),
 /// `worker-panic` (the worker panics outside a handler on `Lookup`). It
 /// lets the tests prove the panic policy; unset in production.
 fn fault(name: &str) -> bool {

@@ -806,9 +806,82 @@ fn out_of_descriptors_accepting_pauses_instead_of_spinning_and_resumes() {
     assert!(cpu < 0.2, "the daemon spun at {:.0}% of a CPU", cpu * 100.0);
 }
 
-/// A uid no other test runs processes as: RLIMIT_NPROC counts every thread
-/// of the uid.
-const THREAD_LIMITED_UID: u32 = 65531;
+/// Uids no other test runs processes as, one per test: RLIMIT_NPROC counts
+/// every thread of the uid.
+const THREAD_LIMITED_UIDS: [u32; 2] = [65531, 65530];
+
+/// A user-mode daemon of `uid` in `dir/home` (kernel sync off, one
+/// worker) under RLIMIT_NPROC `nproc`; `None` if it cannot start under it.
+fn daemon_under_nproc(
+    dir: &std::path::Path,
+    uid: u32,
+    nproc: usize,
+    fault: &str,
+) -> Option<std::process::Child> {
+    let home = dir.join("home");
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(uid), Some(uid)).unwrap();
+    let mut inner = std::process::Command::new(portres_tests::bin("portresd"));
+    inner
+        .arg("--socket")
+        .arg(home.join("portres.sock"))
+        .arg("--state-dir")
+        .arg(home.join("state"))
+        .args(["--kernel-sync", "off", "--workers", "1"]);
+    let as_daemon_user = portres_tests::as_user(&inner, uid, uid, &[]);
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.arg(format!("--nproc={nproc}:{nproc}"))
+        .arg("--")
+        .arg(as_daemon_user.get_program())
+        .args(as_daemon_user.get_args())
+        .env("PORTRES_TEST_FAULT", fault)
+        .env_remove("PORTRES_SOCKET")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(support::append(&dir.join("portresd.log")));
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // Ready once it answers: the socket is bound before the workers
+        // start, and one that cannot start them exits.
+        if let Ok(s) = UnixStream::connect(home.join("portres.sock")) {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let answered = Raw(s).reply_to_status().is_some();
+            if answered && child.try_wait().unwrap().is_none() {
+                return Some(child);
+            }
+        }
+        if child.try_wait().unwrap().is_some() {
+            return None;
+        }
+        assert!(Instant::now() < deadline, "portresd did not become ready");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Such a daemon with room for exactly `spare` threads beyond those it
+/// starts with (found by trying the smallest limit it starts under), and
+/// its socket.
+fn thread_limited_daemon(
+    uid: u32,
+    dir: &std::path::Path,
+    spare: usize,
+    fault: &str,
+) -> (std::process::Child, std::path::PathBuf) {
+    let least = (1..=16)
+        .find(|&n| {
+            daemon_under_nproc(dir, uid, n, fault).is_some_and(|mut c| {
+                let _ = c.kill();
+                let _ = c.wait();
+                true
+            })
+        })
+        .expect("portresd starts under some thread limit");
+    let child = daemon_under_nproc(dir, uid, least + spare, fault).expect("portresd starts again");
+    (child, dir.join("home/portres.sock"))
+}
 
 #[test]
 fn under_a_thread_limit_list_answers_internal_and_the_worker_survives() {
@@ -817,56 +890,9 @@ fn under_a_thread_limit_list_answers_internal_and_the_worker_survives() {
         return;
     };
     let dir = open_tempdir();
-    let home = dir.path().join("home");
-    std::fs::create_dir(&home).unwrap();
-    std::os::unix::fs::chown(&home, Some(THREAD_LIMITED_UID), Some(THREAD_LIMITED_UID)).unwrap();
-    // A user-mode daemon of its own uid, with RLIMIT_NPROC just high enough
-    // for the threads it starts with: the List dump's thread is refused by
-    // the OS, as under a pids limit. The smallest limit it starts under is
-    // found by trying.
-    let mut started = None;
-    for nproc in 2..=16 {
-        let _ = std::fs::remove_dir_all(home.join("state"));
-        let mut inner = std::process::Command::new(portres_tests::bin("portresd"));
-        inner
-            .arg("--socket")
-            .arg(home.join("portres.sock"))
-            .arg("--state-dir")
-            .arg(home.join("state"))
-            .args(["--kernel-sync", "off", "--workers", "1"])
-            .env_remove("PORTRES_SOCKET")
-            .env_remove("RUST_LOG");
-        let as_daemon_user =
-            portres_tests::as_user(&inner, THREAD_LIMITED_UID, THREAD_LIMITED_UID, &[]);
-        let mut cmd = std::process::Command::new("prlimit");
-        cmd.arg(format!("--nproc={nproc}:{nproc}"))
-            .arg("--")
-            .arg(as_daemon_user.get_program())
-            .args(as_daemon_user.get_args())
-            .env_remove("PORTRES_SOCKET")
-            .env_remove("RUST_LOG")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(support::append(&dir.path().join("portresd.log")));
-        let mut child = cmd.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let ready = loop {
-            if UnixStream::connect(home.join("portres.sock")).is_ok() {
-                break true;
-            }
-            if child.try_wait().unwrap().is_some() {
-                break false;
-            }
-            assert!(Instant::now() < deadline, "portresd did not become ready");
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        if ready {
-            started = Some(child);
-            break;
-        }
-    }
-    let mut child = started.expect("portresd starts under some thread limit");
-    let socket = home.join("portres.sock");
+    // No thread to spare: the List dump's thread is refused by the OS, as
+    // under a pids limit.
+    let (mut child, socket) = thread_limited_daemon(THREAD_LIMITED_UIDS[0], dir.path(), 0, "");
     let mut raw = Raw::connect(&socket);
     let v = raw.call("io.portres.Acquire", json!({"protocol": "tcp", "count": 2}));
     assert_eq!(v["parameters"]["reservation"]["count"], 2, "{v}");
@@ -889,6 +915,48 @@ fn under_a_thread_limit_list_answers_internal_and_the_worker_survives() {
     assert!(
         other.is_some_and(|v| is_status_reply(&v)),
         "a new connection is served (its worker is alive)"
+    );
+}
+
+#[test]
+fn one_user_gets_at_most_four_list_dump_threads_at_once() {
+    let Some(_ns) = netns("one_user_gets_at_most_four_list_dump_threads_at_once") else {
+        return;
+    };
+    let dir = open_tempdir();
+    // Room for four dump threads; twelve Lists, each dump 200 ms long
+    // (a test-only fault), arrive at once.
+    let (mut child, socket) =
+        thread_limited_daemon(THREAD_LIMITED_UIDS[1], dir.path(), 4, "slow-list");
+    let mut conns: Vec<Raw> = (0..12).map(|_| Raw::connect(&socket)).collect();
+    for c in &mut conns {
+        assert!(c.reply_to_status().is_some());
+    }
+    // Something to list, so each List makes a socket-table dump (ms).
+    for proto in ["tcp", "udp"] {
+        let v = conns[0].call("io.portres.Acquire", json!({"protocol": proto, "count": 8}));
+        assert_eq!(v["parameters"]["reservation"]["count"], 8, "{v}");
+    }
+    freeze(child.id());
+    for c in &conns {
+        c.send(&frame("io.portres.List", json!({}), false), &[]);
+    }
+    thaw(child.id());
+    let replies: Vec<Option<Value>> = conns.iter_mut().map(Raw::reply).collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    let failed: Vec<String> = replies
+        .iter()
+        .filter(|r| {
+            r.as_ref()
+                .is_none_or(|v| v["parameters"]["reservations"].is_null())
+        })
+        .map(|r| format!("{r:?}"))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 12 Lists failed: {failed:?}",
+        failed.len()
     );
 }
 
