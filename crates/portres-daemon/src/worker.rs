@@ -587,6 +587,7 @@ impl Worker {
             return;
         };
         let conn = self.conns.remove(&token).expect("present above");
+        self.unpause(conn.uid, token);
         log::debug!(
             "session {} follows its client to CPU {target} (worker {} -> {to})",
             conn.session.0,
