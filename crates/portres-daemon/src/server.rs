@@ -470,6 +470,9 @@ struct Front {
     workers_gone: bool,
     /// Accepting is paused until then (out of descriptors).
     accept_resume: Option<Instant>,
+    /// A stop was found asked for while accepting (the workers had already
+    /// ended): return as if its event had come.
+    stop_seen: bool,
 }
 
 impl Front {
@@ -518,6 +521,7 @@ impl Front {
                 workers,
                 workers_gone: false,
                 accept_resume: None,
+                stop_seen: false,
             }),
             Err(e) => Err((e, shared)),
         }
@@ -547,6 +551,11 @@ impl Front {
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),
             }
+            // A stop comes first, whatever else is ready with it: the
+            // workers are stopping too and take no new connections.
+            if events.iter().any(|ev| ev.data.u64() == TOKEN_STOP) {
+                return Ok(());
+            }
             for ev in &events {
                 match ev.data.u64() {
                     TOKEN_STOP => return Ok(()),
@@ -560,6 +569,9 @@ impl Front {
                     }
                     _ => {}
                 }
+            }
+            if self.stop_seen {
+                return Ok(());
             }
             if self.workers_gone {
                 return Err(io::Error::other("every worker thread died"));
@@ -584,8 +596,15 @@ impl Front {
         self.shared
     }
 
+    /// Accepts what is waiting, at most `ACCEPT_BATCH` at a time (the
+    /// level-triggered listener brings us back), so a stream of connects
+    /// cannot keep the loop from its timers and from seeing a stop.
     fn accept_all(&mut self) {
-        loop {
+        const ACCEPT_BATCH: usize = 256;
+        for _ in 0..ACCEPT_BATCH {
+            if self.workers_gone || self.stop_seen {
+                return;
+            }
             match self.listener.accept() {
                 Ok((stream, _)) => self.accept(stream),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -606,6 +625,19 @@ impl Front {
                 }
             }
         }
+    }
+
+    /// Whether a stop was asked for (the stop descriptor stays readable).
+    fn stopping(&self) -> bool {
+        let mut fds = [rustix::event::PollFd::new(
+            &*self.stop_fd,
+            rustix::event::PollFlags::IN,
+        )];
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        rustix::event::poll(&mut fds, Some(&zero)).is_ok_and(|n| n > 0)
     }
 
     /// Starts or stops watching the listener for connections.
@@ -691,12 +723,18 @@ impl Front {
             session,
             uid,
         }) {
-            log::error!(
-                "every worker thread died; dropping a connection from uid {uid} and stopping, for the service manager to restart portresd"
-            );
             lock(&self.shared.state).close_session(lost.session);
             self.shared.limits().connection_closed(uid, 0);
-            self.workers_gone = true;
+            // The workers also end when the daemon is asked to stop, which
+            // this loop may not have seen yet: that is no failure.
+            if self.stopping() {
+                self.stop_seen = true;
+            } else {
+                log::error!(
+                    "every worker thread died; dropping a connection from uid {uid} and stopping, for the service manager to restart portresd"
+                );
+                self.workers_gone = true;
+            }
         }
     }
 }

@@ -128,7 +128,8 @@ struct Mailbox {
 
 impl Mailbox {
     /// Delivers `arrival`; gives it back if the worker is gone (it only
-    /// stops when the daemon does, or after a bug made it panic).
+    /// stops when the daemon does, or after a bug made it panic), and from
+    /// then on counts it as dead.
     fn deliver(&self, arrival: Arrival) -> Result<(), Arrival> {
         let inbox = self.inbox.lock().unwrap_or_else(|p| p.into_inner());
         if !self.alive.load(Ordering::Acquire) {
@@ -136,12 +137,13 @@ impl Mailbox {
         }
         // Counted before the send: the worker may take and end it at once.
         self.load.fetch_add(1, Ordering::Relaxed);
-        let sent = inbox.send(arrival);
-        drop(inbox);
-        if let Err(unsent) = sent {
+        if let Err(unsent) = inbox.send(arrival) {
+            // Its thread ended (the daemon is stopping): never choose it again.
+            self.alive.store(false, Ordering::Release);
             self.load.fetch_sub(1, Ordering::Relaxed);
             return Err(unsent.0);
         }
+        drop(inbox);
         let _ = rustix::io::write(&self.wake_fd, &1u64.to_ne_bytes());
         Ok(())
     }

@@ -972,3 +972,53 @@ impl Raw {
         self.reply()
     }
 }
+
+#[test]
+fn a_daemon_stopping_while_clients_connect_exits_cleanly() {
+    let Some(_ns) = netns("a_daemon_stopping_while_clients_connect_exits_cleanly") else {
+        return;
+    };
+    // The workers stop with the daemon; a connection accepted meanwhile
+    // must neither spin the front (handing it to stopped workers) nor turn
+    // the clean stop into a failure.
+    for round in 0..10 {
+        let dir = open_tempdir();
+        let mut d = support::Daemon::start(dir.path(), &["--workers", "2"]);
+        let socket = d.socket.clone();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hammer = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = UnixStream::connect(&socket);
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        let pid = rustix::process::Pid::from_raw(d.child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = d.child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        hammer.join().unwrap();
+        let status = status.unwrap_or_else(|| {
+            panic!(
+                "round {round}: portresd did not stop within 10 s; log:\n{}",
+                d.log_tail(10)
+            )
+        });
+        assert!(
+            status.success(),
+            "round {round}: {status}; log:\n{}",
+            d.log_tail(10)
+        );
+    }
+}
