@@ -20,6 +20,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,16 @@ pub const KERNEL_SHRINK_DELAY: Duration = Duration::from_millis(5);
 /// list (`State::check_kernel`: one read of the sysctl and a text
 /// comparison). Half a second, so a change is undone within a second.
 pub const KERNEL_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long accepting pauses when the process (EMFILE) or the system
+/// (ENFILE) is out of descriptors: connections wait in the backlog instead
+/// of the loop spinning on a listener that stays readable.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Most descriptors one non-root user's connections may have the daemon
+/// hold besides the connections themselves: received and not yet taken by
+/// their request, or riding on unsent replies.
+pub(crate) const PER_UID_PARKED_FDS: usize = 256;
 
 const TOKEN_LISTENER: u64 = 0;
 pub(crate) const TOKEN_STOP: u64 = 1;
@@ -556,6 +567,10 @@ pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
     pub(crate) config: Config,
     pub(crate) limits: Mutex<Limits>,
+    /// Users over `worker::PER_UID_UNSENT_BUDGET` (kept by
+    /// `Limits::move_unsent`): while 0, nobody needs the limits lock to
+    /// know that no user is.
+    pub(crate) unsent_over: AtomicUsize,
 }
 
 impl Shared {
@@ -575,6 +590,22 @@ pub(crate) struct Limits {
     /// Per non-root uid: buffer bytes charged against
     /// `worker::PER_UID_BUFFER_BUDGET`.
     pub(crate) buffered_by_uid: HashMap<u32, usize>,
+    /// Per non-root uid: bytes of unsent replies, against
+    /// `worker::PER_UID_UNSENT_BUDGET`.
+    pub(crate) unsent_by_uid: HashMap<u32, usize>,
+    /// Per uid: `List` dump threads running (see
+    /// `worker::MAX_LIST_DUMPS_PER_UID`).
+    pub(crate) list_dumps_by_uid: HashMap<u32, usize>,
+    /// Per non-root uid: descriptors parked (see `PER_UID_PARKED_FDS`).
+    pub(crate) parked_by_uid: HashMap<u32, usize>,
+    /// Descriptors held for all non-root users together: their
+    /// connections and parked descriptors, against `fd_budget`.
+    pub(crate) fds_unprivileged: usize,
+    /// What non-root users may make the daemon hold: RLIMIT_NOFILE less
+    /// the descriptors open at start and a reserve for root and for the
+    /// daemon's own work (sysctl writes, probes, dumps), so that no
+    /// unprivileged flood can lock root out (see `unprivileged_fd_budget`).
+    pub(crate) fd_budget: usize,
     /// When each kind of refusal was last logged (at most once a second per
     /// kind, so a flood cannot fill the log, yet no kind hides another).
     pub(crate) last_log: HashMap<&'static str, Instant>,
@@ -584,6 +615,9 @@ impl Limits {
     /// A connection of `uid` ended, holding `charged` buffer bytes.
     pub(crate) fn connection_closed(&mut self, uid: u32, charged: usize) {
         self.total = self.total.saturating_sub(1);
+        if uid != 0 {
+            self.fds_unprivileged = self.fds_unprivileged.saturating_sub(1);
+        }
         if let Some(n) = self.per_uid.get_mut(&uid) {
             *n -= 1;
             if *n == 0 {
@@ -591,6 +625,100 @@ impl Limits {
             }
         }
         self.uncharge(uid, charged);
+    }
+
+    /// `uid`'s unsent replies went from `before` to `now` bytes on one
+    /// connection; `over` counts the users past the budget.
+    pub(crate) fn move_unsent(&mut self, uid: u32, before: usize, now: usize, over: &AtomicUsize) {
+        if before == now {
+            return;
+        }
+        let budget = crate::worker::PER_UID_UNSENT_BUDGET;
+        let total = self.unsent_by_uid.entry(uid).or_default();
+        let was_over = *total > budget;
+        *total = (*total + now).saturating_sub(before);
+        let is_over = *total > budget;
+        if *total == 0 {
+            self.unsent_by_uid.remove(&uid);
+        }
+        match (was_over, is_over) {
+            (false, true) => {
+                over.fetch_add(1, Ordering::Relaxed);
+                log_limited(&mut self.last_log, "unsent", || {
+                    format!(
+                        "uid {uid}'s connections hold more than {} MiB of unread replies: pausing them until they read",
+                        budget >> 20
+                    )
+                });
+            }
+            (true, false) => {
+                over.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    /// A connection of non-root `uid` went from `before` to `now` parked
+    /// descriptors. `Err` (why) if that passes its user's cap or the
+    /// unprivileged budget: the caller closes the connection.
+    pub(crate) fn move_parked(
+        &mut self,
+        uid: u32,
+        before: usize,
+        now: usize,
+    ) -> Result<(), String> {
+        let user = self.parked_by_uid.entry(uid).or_default();
+        *user = (*user + now).saturating_sub(before);
+        let user = *user;
+        if user == 0 {
+            self.parked_by_uid.remove(&uid);
+        }
+        self.fds_unprivileged = (self.fds_unprivileged + now).saturating_sub(before);
+        if now <= before {
+            return Ok(());
+        }
+        let why = if user > PER_UID_PARKED_FDS {
+            format!("uid {uid}'s connections hold more than {PER_UID_PARKED_FDS} descriptors")
+        } else if self.fds_unprivileged > self.fd_budget {
+            format!(
+                "descriptor limit for unprivileged users reached ({} held, the rest is kept for root)",
+                self.fd_budget
+            )
+        } else {
+            return Ok(());
+        };
+        log_limited(&mut self.last_log, "descriptors", || {
+            format!("{why}: closing one of uid {uid}'s connections")
+        });
+        Err(why)
+    }
+
+    /// Counts a `List` dump thread for `uid`, unless it has its share
+    /// running already (`false`: dump on the worker instead).
+    pub(crate) fn start_list_dump(&mut self, uid: u32) -> bool {
+        let n = self.list_dumps_by_uid.entry(uid).or_default();
+        if *n >= crate::worker::MAX_LIST_DUMPS_PER_UID {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// A `List` dump thread of `uid` is done (or never started).
+    pub(crate) fn end_list_dump(&mut self, uid: u32) {
+        if let Some(n) = self.list_dumps_by_uid.get_mut(&uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.list_dumps_by_uid.remove(&uid);
+            }
+        }
+    }
+
+    /// Whether `uid`'s unsent replies are past the per-user budget.
+    pub(crate) fn unsent_over_budget(&self, uid: u32) -> bool {
+        self.unsent_by_uid
+            .get(&uid)
+            .is_some_and(|&n| n > crate::worker::PER_UID_UNSENT_BUDGET)
     }
 
     pub(crate) fn uncharge(&mut self, uid: u32, bytes: usize) {
@@ -614,6 +742,13 @@ struct Front {
     /// When to check the kernel's list next; `None` without kernel sync.
     check_deadline: Option<Instant>,
     workers: Workers,
+    /// No worker is left to serve (each died of a bug): stop.
+    workers_gone: bool,
+    /// Accepting is paused until then (out of descriptors).
+    accept_resume: Option<Instant>,
+    /// A stop was found asked for while accepting (the workers had already
+    /// ended): return as if its event had come.
+    stop_seen: bool,
 }
 
 impl Front {
@@ -623,7 +758,11 @@ impl Front {
         let shared = Arc::new(Shared {
             state: Mutex::new(d.state),
             config: d.config,
-            limits: Mutex::new(Limits::default()),
+            limits: Mutex::new(Limits {
+                fd_budget: unprivileged_fd_budget(),
+                ..Limits::default()
+            }),
+            unsent_over: AtomicUsize::new(0),
         });
         let setup = || -> io::Result<(OwnedFd, Workers)> {
             d.listener.set_nonblocking(true)?;
@@ -658,6 +797,9 @@ impl Front {
                 shrink_fd: d.shrink_fd,
                 shrink_deadline: None,
                 workers,
+                workers_gone: false,
+                accept_resume: None,
+                stop_seen: false,
             }),
             Err(e) => Err((e, shared)),
         }
@@ -666,10 +808,14 @@ impl Front {
     fn run(&mut self) -> io::Result<()> {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(16);
         loop {
-            let next = match (self.shrink_deadline, self.check_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let next = [
+                self.shrink_deadline,
+                self.check_deadline,
+                self.accept_resume,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let timeout = next.map(|d| {
                 let left = d.saturating_duration_since(Instant::now());
                 rustix::event::Timespec {
@@ -687,6 +833,11 @@ impl Front {
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),
             }
+            // A stop comes first, whatever else is ready with it: the
+            // workers are stopping too and take no new connections.
+            if events.iter().any(|ev| ev.data.u64() == TOKEN_STOP) {
+                return Ok(());
+            }
             for ev in &events {
                 match ev.data.u64() {
                     TOKEN_STOP => return Ok(()),
@@ -700,6 +851,17 @@ impl Front {
                     }
                     _ => {}
                 }
+            }
+            if self.stop_seen {
+                return Ok(());
+            }
+            if self.workers_gone {
+                return Err(io::Error::other("every worker thread died"));
+            }
+            if self.accept_resume.is_some_and(|t| Instant::now() >= t) {
+                self.accept_resume = None;
+                self.watch_listener(true);
+                self.accept_all();
             }
             if self.shrink_deadline.is_some_and(|d| Instant::now() >= d) {
                 let again = lock(&self.shared.state).flush_kernel();
@@ -738,20 +900,63 @@ impl Front {
         self.shared
     }
 
+    /// Accepts what is waiting, at most `ACCEPT_BATCH` at a time (the
+    /// level-triggered listener brings us back), so a stream of connects
+    /// cannot keep the loop from its timers and from seeing a stop.
     fn accept_all(&mut self) {
-        loop {
+        const ACCEPT_BATCH: usize = 256;
+        for _ in 0..ACCEPT_BATCH {
+            if self.workers_gone || self.stop_seen {
+                return;
+            }
             match self.listener.accept() {
                 Ok((stream, _)) => self.accept(stream),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and friends: leave the rest in the backlog;
-                    // level-triggered epoll retries on the next round.
-                    log::warn!("accept failed: {e}");
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the listener stays
+                    // readable, so retrying at once would spin. Leave the
+                    // rest in the backlog and look again shortly.
+                    log_limited(&mut self.shared.limits().last_log, "accept", || {
+                        format!(
+                            "accept failed: {e}; pausing new connections for {} ms at a time until descriptors free up",
+                            ACCEPT_PAUSE.as_millis()
+                        )
+                    });
+                    self.watch_listener(false);
+                    self.accept_resume = Some(Instant::now() + ACCEPT_PAUSE);
                     return;
                 }
             }
         }
+    }
+
+    /// Whether a stop was asked for (the stop descriptor stays readable).
+    fn stopping(&self) -> bool {
+        let mut fds = [rustix::event::PollFd::new(
+            &*self.stop_fd,
+            rustix::event::PollFlags::IN,
+        )];
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        rustix::event::poll(&mut fds, Some(&zero)).is_ok_and(|n| n > 0)
+    }
+
+    /// Starts or stops watching the listener for connections.
+    fn watch_listener(&self, on: bool) {
+        let flags = if on {
+            epoll::EventFlags::IN
+        } else {
+            epoll::EventFlags::empty()
+        };
+        let _ = epoll::modify(
+            &self.epoll,
+            &self.listener,
+            epoll::EventData::new_u64(TOKEN_LISTENER),
+            flags,
+        );
     }
 
     fn refuse(&self, kind: &'static str, stream: &UnixStream, uid: u32, pid: i32, why: String) {
@@ -789,6 +994,17 @@ impl Front {
                 );
                 return self.refuse("per-user", &stream, creds.uid, creds.pid, why);
             }
+            if creds.uid != 0 && limits.fds_unprivileged >= limits.fd_budget {
+                let why = format!(
+                    "descriptor limit for unprivileged users reached ({} held, the rest is kept for root)",
+                    limits.fd_budget
+                );
+                drop(limits);
+                return self.refuse("descriptors", &stream, creds.uid, creds.pid, why);
+            }
+            if creds.uid != 0 {
+                limits.fds_unprivileged += 1;
+            }
             limits.total += 1;
             *limits.per_uid.entry(creds.uid).or_default() += 1;
         }
@@ -811,11 +1027,36 @@ impl Front {
             session,
             uid,
         }) {
-            log::error!("a worker is gone; dropping a connection from uid {uid}");
             lock(&self.shared.state).close_session(lost.session);
             self.shared.limits().connection_closed(uid, 0);
+            // The workers also end when the daemon is asked to stop, which
+            // this loop may not have seen yet: that is no failure.
+            if self.stopping() {
+                self.stop_seen = true;
+            } else {
+                log::error!(
+                    "every worker thread died; dropping a connection from uid {uid} and stopping, for the service manager to restart portresd"
+                );
+                self.workers_gone = true;
+            }
         }
     }
+}
+
+/// How many descriptors non-root users may make the daemon hold (see
+/// `Limits::fd_budget`): RLIMIT_NOFILE less what is open now and a reserve
+/// of an eighth (at least 64) for root and the daemon's own work.
+fn unprivileged_fd_budget() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let open = std::fs::read_dir("/proc/self/fd").map_or(64, |d| d.count());
+    let reserve = (limit / 8).max(64);
+    let budget = limit.saturating_sub(open).saturating_sub(reserve);
+    log::info!(
+        "descriptors: limit {limit}, {open} open, {budget} for unprivileged users' connections and parked descriptors, the rest kept for root"
+    );
+    budget
 }
 
 /// Logs `msg` at most once a second per `kind` of refusal, so a flood

@@ -66,10 +66,12 @@ fn wait_writable(sock: BorrowedFd<'_>) -> io::Result<()> {
 pub struct Received {
     /// Bytes read; 0 means the peer closed the connection.
     pub bytes: usize,
-    /// The kernel dropped descriptors because our control buffer was too
-    /// small (the peer sent more than `MAX_FDS_PER_MESSAGE` at once). The
-    /// dropped ones are closed by the kernel; the connection should be
-    /// treated as misbehaving.
+    /// The peer sent more than `MAX_FDS_PER_MESSAGE` descriptors with one
+    /// message: either more arrived than that (the control buffer is
+    /// rounded up to its alignment, so a few more than the limit fit), or
+    /// the kernel dropped some because they did not fit (and closed them).
+    /// The ones received are in `fds`, to be closed by the caller; the
+    /// connection should be treated as misbehaving.
     pub fds_truncated: bool,
 }
 
@@ -112,14 +114,18 @@ fn recv_with_fds_flags(
             Err(e) => return Err(e.into()),
         }
     };
+    // One receive carries the descriptors of at most one sendmsg(): Linux
+    // stops a stream read right after the message that brought some.
+    let before = fds.len();
     for message in control.drain() {
         if let RecvAncillaryMessage::ScmRights(received) = message {
             fds.extend(received);
         }
     }
+    let too_many = fds.len() - before > MAX_FDS_PER_MESSAGE;
     Ok(Received {
         bytes: msg.bytes,
-        fds_truncated: msg.flags.contains(ReturnFlags::CTRUNC),
+        fds_truncated: too_many || msg.flags.contains(ReturnFlags::CTRUNC),
     })
 }
 
@@ -139,6 +145,32 @@ mod tests {
         assert_eq!(&buf[..got.bytes], b"hello\0");
         assert_eq!(fds.len(), 1);
         assert!(!got.fds_truncated);
+    }
+
+    #[test]
+    fn one_descriptor_past_the_limit_is_reported() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let files: Vec<_> = (0..=MAX_FDS_PER_MESSAGE + 3)
+            .map(|_| std::fs::File::open("/dev/null").unwrap())
+            .collect();
+        for n in 0..=MAX_FDS_PER_MESSAGE + 3 {
+            let raw: Vec<_> = files[..n].iter().map(|f| f.as_fd()).collect();
+            let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(n.max(1)))];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            if n > 0 {
+                assert!(control.push(SendAncillaryMessage::ScmRights(&raw)));
+            }
+            rustix::net::sendmsg(&a, &[IoSlice::new(b"x")], &mut control, SendFlags::empty())
+                .unwrap();
+            let mut buf = [0u8; 8];
+            let mut fds = VecDeque::new();
+            let got = recv_with_fds(&b, &mut buf, &mut fds).unwrap();
+            assert_eq!(
+                got.fds_truncated,
+                n > MAX_FDS_PER_MESSAGE,
+                "{n} descriptors"
+            );
+        }
     }
 
     #[test]

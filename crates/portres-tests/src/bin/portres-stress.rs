@@ -15,6 +15,14 @@
 //!   terminating NUL on each (0: send nothing), print `opened N refused R`
 //!   (R: connections the daemon answered with an error and closed), then wait
 //!   to be killed.
+//! - `unread N BYTES`: open N connections and pipeline calls with a large
+//!   reply (the interface description) on each, about BYTES bytes of
+//!   them, never reading a reply; print
+//!   `opened N sent B` (B: bytes the sockets took) and wait to be killed.
+//! - `park-fds N`: open N connections and send, on each, four messages of
+//!   an unfinished request with four descriptors each (16 parked per
+//!   connection); print `opened N closed C` (C: connections the daemon
+//!   closed) and wait to be killed.
 //!
 //! Log lines (space-separated):
 //! `H proto start count t_sent t_acked t_released uid` — a reservation held
@@ -322,6 +330,100 @@ fn flood(n: usize, bytes: usize) -> Result<(), String> {
     }
 }
 
+/// Room for as many descriptors as the hard limit allows.
+fn raise_nofile() {
+    let mut lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    lim.current = lim.maximum;
+    let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, lim);
+}
+
+fn unread(n: usize, bytes: usize) -> Result<(), String> {
+    use std::os::unix::net::UnixStream;
+    let socket = std::env::var_os("PORTRES_SOCKET").ok_or("PORTRES_SOCKET unset")?;
+    raise_nofile();
+    // A large reply for a short call: the interface description.
+    let call = b"{\"method\":\"org.varlink.service.GetInterfaceDescription\",\"parameters\":{\"interface\":\"io.portres\"}}\0";
+    let batch: Vec<u8> = call
+        .iter()
+        .copied()
+        .cycle()
+        .take(call.len() * 256)
+        .collect();
+    let mut conns = Vec::with_capacity(n);
+    let mut sent = 0usize;
+    for _ in 0..n {
+        let s = UnixStream::connect(&socket).map_err(|e| format!("connect: {e}"))?;
+        s.set_nonblocking(true).map_err(|e| e.to_string())?;
+        conns.push((s, 0usize));
+    }
+    // Round-robin, so every connection gets its share while the daemon
+    // answers into replies nobody reads.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let mut progress = false;
+        for (s, done) in &mut conns {
+            if *done >= bytes {
+                continue;
+            }
+            let want = batch.len().min(bytes - *done);
+            if let Ok(k) = rustix::net::send(&*s, &batch[..want], rustix::net::SendFlags::NOSIGNAL)
+                && k > 0
+            {
+                *done += k;
+                sent += k;
+                progress = true;
+            }
+        }
+        if conns.iter().all(|(_, d)| *d >= bytes) || std::time::Instant::now() > deadline {
+            break;
+        }
+        if !progress {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    println!("opened {} sent {sent}", conns.len());
+    std::io::stdout().flush().ok();
+    loop {
+        std::thread::park();
+    }
+}
+
+fn park_fds(n: usize) -> Result<(), String> {
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+    let socket = std::env::var_os("PORTRES_SOCKET").ok_or("PORTRES_SOCKET unset")?;
+    raise_nofile();
+    let files: Vec<File> = (0..4)
+        .map(|_| File::open("/dev/null").map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let fds: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let Ok(s) = UnixStream::connect(&socket) else {
+            break;
+        };
+        for _ in 0..4 {
+            let _ = portres_proto::fdpass::send_with_fds(s.as_fd(), b"{", &fds);
+        }
+        conns.push(s);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut closed = 0;
+    for s in &conns {
+        let mut buf = [0u8; 512];
+        match rustix::net::recv(s, &mut buf, rustix::net::RecvFlags::DONTWAIT) {
+            Ok((0, _)) => closed += 1,
+            Ok(_) => closed += 1, // a parting error: the daemon closes it
+            Err(_) => {}
+        }
+    }
+    println!("opened {} closed {closed}", conns.len());
+    std::io::stdout().flush().ok();
+    loop {
+        std::thread::park();
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
@@ -333,6 +435,8 @@ fn main() -> ExitCode {
         ),
         "hold-many" => hold_many(arg(1).parse().unwrap_or(1)),
         "flood" => flood(arg(1).parse().unwrap_or(1), arg(2).parse().unwrap_or(0)),
+        "unread" => unread(arg(1).parse().unwrap_or(1), arg(2).parse().unwrap_or(0)),
+        "park-fds" => park_fds(arg(1).parse().unwrap_or(1)),
         other => Err(format!("unknown action {other:?}")),
     };
     match result {
