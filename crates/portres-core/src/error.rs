@@ -110,31 +110,6 @@ impl ErrorCode {
             ErrorCode::Internal => "io.portres.Internal",
         }
     }
-
-    /// A one-line description of the code, for docs and `--help`.
-    pub fn summary(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidParameter => "a parameter is out of range or malformed",
-            ErrorCode::SharingViolation => {
-                "the block overlaps a reservation or holds a port in use"
-            }
-            ErrorCode::AccessDenied => "the caller is not allowed to do this",
-            ErrorCode::NotFound => "no such reservation",
-            ErrorCode::NoFreeBlock => "no free block of that size in the dynamic port range",
-            ErrorCode::QuotaExceeded => "the per-user runtime quota would be exceeded",
-            ErrorCode::BlockExhausted => "every port of the block is bound",
-            ErrorCode::NotASocket => "the descriptor is not a socket",
-            ErrorCode::NotSupported => "the socket is not a TCP or UDP socket",
-            ErrorCode::AlreadyBound => "the socket is already bound",
-            ErrorCode::WrongNamespace => "the socket is from another network namespace",
-            ErrorCode::DaemonUnavailable => "the portres daemon could not be reached",
-            ErrorCode::DaemonUntrusted => {
-                "the socket or the daemon on it failed the client's trust checks"
-            }
-            ErrorCode::StoreUnavailable => "the durable store could not record the change",
-            ErrorCode::Internal => "an unexpected failure inside the daemon",
-        }
-    }
 }
 
 impl fmt::Display for ErrorCode {

@@ -12,12 +12,13 @@
 //! sysctl).
 #![deny(missing_docs)]
 
-pub mod baseline;
-pub mod config;
-pub mod handlers;
-pub mod server;
-pub mod state;
+mod baseline;
+mod config;
+mod handlers;
+mod server;
+mod state;
 mod worker;
 
+pub use baseline::reset as reset_baseline;
 pub use config::{Config, KernelSync, Mode};
 pub use server::{Daemon, StartError, StopHandle};

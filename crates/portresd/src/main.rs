@@ -188,7 +188,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        return match portres_daemon::baseline::reset(&config.state_dir, &config.socket, ports) {
+        return match portres_daemon::reset_baseline(&config.state_dir, &config.socket, ports) {
             Ok(said) => {
                 println!("{said}");
                 ExitCode::SUCCESS
