@@ -1,5 +1,6 @@
 //! The stable error codes every interface (wire, CLI, client library, C API)
-//! speaks, each with a human message.
+//! speaks, each with a human message. (Their varlink names on the wire are
+//! `portres_proto::error_name`.)
 
 use std::fmt;
 use std::str::FromStr;
@@ -88,28 +89,6 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
         }
     }
-
-    /// The varlink error name used on the wire (`io.portres.SharingViolation`).
-    pub fn varlink_name(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidParameter => "io.portres.InvalidParameter",
-            ErrorCode::SharingViolation => "io.portres.SharingViolation",
-            ErrorCode::AccessDenied => "io.portres.AccessDenied",
-            ErrorCode::NotFound => "io.portres.NotFound",
-            ErrorCode::NoFreeBlock => "io.portres.NoFreeBlock",
-            ErrorCode::QuotaExceeded => "io.portres.QuotaExceeded",
-            ErrorCode::BlockExhausted => "io.portres.BlockExhausted",
-            ErrorCode::NotASocket => "io.portres.NotASocket",
-            ErrorCode::NotSupported => "io.portres.NotSupported",
-            ErrorCode::AlreadyBound => "io.portres.AlreadyBound",
-            ErrorCode::WrongNamespace => "io.portres.WrongNamespace",
-            ErrorCode::DaemonUnavailable => "io.portres.DaemonUnavailable",
-            // Never on the wire (clients make it); named for symmetry.
-            ErrorCode::DaemonUntrusted => "io.portres.DaemonUntrusted",
-            ErrorCode::StoreUnavailable => "io.portres.StoreUnavailable",
-            ErrorCode::Internal => "io.portres.Internal",
-        }
-    }
 }
 
 impl fmt::Display for ErrorCode {
@@ -124,7 +103,7 @@ impl FromStr for ErrorCode {
     fn from_str(s: &str) -> Result<Self, ()> {
         ErrorCode::ALL
             .into_iter()
-            .find(|c| c.as_str() == s || c.varlink_name() == s)
+            .find(|c| c.as_str() == s)
             .ok_or(())
     }
 }
@@ -161,10 +140,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn codes_round_trip_through_both_names() {
+    fn codes_round_trip_through_their_names() {
         for code in ErrorCode::ALL {
             assert_eq!(code.as_str().parse::<ErrorCode>(), Ok(code));
-            assert_eq!(code.varlink_name().parse::<ErrorCode>(), Ok(code));
         }
     }
 }
