@@ -5,22 +5,36 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use portres_core::ErrorCode;
 
-const AFTER_HELP: &str = "\
+/// The text after `--help`'s options: exit statuses, every error code
+/// (from `ErrorCode::ALL`, so the list cannot drift), examples.
+fn after_help() -> String {
+    let codes: Vec<String> = ErrorCode::ALL
+        .iter()
+        .map(|&code| match code {
+            ErrorCode::DaemonUntrusted => {
+                format!("{code} (a socket failed the client's trust checks)")
+            }
+            _ => code.to_string(),
+        })
+        .collect();
+    format!(
+        "\
 Exit status: 0 success; 1 the daemon refused (its error code on stderr, and with \
---json {\"error\":{\"code\":...,\"message\":...}} on stdout); 2 usage or connection errors; \
+--json {{\"error\":{{\"code\":...,\"message\":...}}}} on stdout); 2 usage or connection errors; \
 141, silently, when the reader of standard output has gone (`portres list | head -1`).
 
-Error codes: invalid_parameter, sharing_violation, access_denied, not_found, no_free_block, \
-quota_exceeded, block_exhausted, not_a_socket, not_supported, already_bound, wrong_namespace, \
-daemon_unavailable, daemon_untrusted (a socket failed the client's trust checks), \
-store_unavailable, internal.
+Error codes: {}.
 
 Examples:
   portres exec tcp --count 4 -- ./run-tests.sh     # tests get PORTRES_START..+3
   portres acquire udp --start 40000 --count 10     # hold 40000-40009 until Ctrl-C
   sudo portres create tcp 8080 1 --owner www-data  # www-data may bind 8080
-  portres list --json";
+  portres list --json",
+        codes.join(", ")
+    )
+}
 
 /// portres: reserve blocks of TCP/UDP ports so nobody else gets them.
 ///
@@ -30,7 +44,7 @@ Examples:
 /// reserved the kernel's own port picker (bind to port 0, connect) never hands
 /// out its ports.
 #[derive(Parser, Debug)]
-#[command(name = "portres", version, after_help = AFTER_HELP, max_term_width = 100)]
+#[command(name = "portres", version, after_help = after_help(), max_term_width = 100)]
 pub struct Cli {
     /// The daemon's socket, used whoever runs the daemon (`status` says who)
     /// [env: PORTRES_SOCKET; default: your user daemon's socket if one runs
@@ -142,4 +156,21 @@ pub struct BlockArgs {
 pub struct ListArgs {
     /// Only tcp or only udp
     pub protocol: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_lists_every_error_code() {
+        let help = after_help();
+        let line = help
+            .lines()
+            .find(|l| l.starts_with("Error codes: "))
+            .expect("an error-code line");
+        for code in ErrorCode::ALL {
+            assert!(line.contains(code.as_str()), "{code} missing: {line}");
+        }
+    }
 }

@@ -1,8 +1,8 @@
 //! One worker's epoll loop: takes connections from its mailbox, reads them,
-//! charges what each holds to its user (`Limits`), hands each whole call
-//! to `handlers::handle` and queues the answer, runs the jobs handlers
-//! return (`jobs.rs`), pauses connections whose user's replies pile up, and
-//! ends connections (closing their sessions).
+//! hands each whole call to `handlers::handle` and queues the answer, and
+//! ends connections (closing their sessions). Charging and pausing are in
+//! `backpressure.rs`, the jobs handlers return in `jobs.rs`, moving a
+//! connection to its client's CPU in `placement.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -12,14 +12,13 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use portres_core::ErrorCode;
 use portres_proto::{Request, encode_error};
 use rustix::event::epoll;
 
-use super::conn::{BUFFER_ALLOWANCE, Conn};
+use super::conn::Conn;
 use super::jobs::JobResult;
 use super::placement::pin_to;
-use super::{Arrival, Mailbox, Shared, send_parting_error};
+use super::{Arrival, Mailbox, Shared};
 use crate::events::{EventFd, epoll_watching, timespec};
 use crate::fault::fault;
 use crate::handlers::{self, Outcome};
@@ -58,7 +57,7 @@ pub(super) struct Worker {
     /// Connections paused by their user's unsent budget with nothing of
     /// their own to send: looked at again every `PAUSED_RECHECK`.
     /// By uid: a recheck costs one look per user, not per connection.
-    paused: HashMap<u32, HashSet<ConnId>>,
+    pub(super) waiting: HashMap<u32, HashSet<ConnId>>,
     /// Bytes released by closed connections since the last `maybe_trim`.
     freed_since_trim: usize,
     last_trim: Option<Instant>,
@@ -107,7 +106,7 @@ impl Worker {
             conns: HashMap::new(),
             next_id: FIRST_CONN_ID,
             job_results: mpsc::channel(),
-            paused: HashMap::new(),
+            waiting: HashMap::new(),
             freed_since_trim: 0,
             last_trim: None,
         };
@@ -130,7 +129,7 @@ impl Worker {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
         let mut last_recheck = Instant::now();
         loop {
-            let recheck = (!self.paused.is_empty()).then(|| timespec(PAUSED_RECHECK));
+            let recheck = (!self.waiting.is_empty()).then(|| timespec(PAUSED_RECHECK));
             match crate::events::wait(&self.epoll, &mut events, recheck.as_ref()) {
                 Ok(true) => {}
                 Ok(false) => continue,
@@ -139,7 +138,7 @@ impl Worker {
                     break;
                 }
             }
-            if !self.paused.is_empty() && last_recheck.elapsed() >= PAUSED_RECHECK {
+            if !self.waiting.is_empty() && last_recheck.elapsed() >= PAUSED_RECHECK {
                 last_recheck = Instant::now();
                 self.recheck_paused();
             }
@@ -156,24 +155,6 @@ impl Worker {
             self.maybe_trim();
         }
         self.close_all();
-    }
-
-    /// Lets paused connections go on whose user's replies drained
-    /// meanwhile (perhaps on another worker). One look at the budget for
-    /// all of them: thousands may wait, and most for a user still over it.
-    fn recheck_paused(&mut self) {
-        let over = self.shared.limits.users_over_unsent();
-        let ready: Vec<u32> = self
-            .paused
-            .keys()
-            .copied()
-            .filter(|uid| !over.contains(uid))
-            .collect();
-        for uid in ready {
-            for id in self.paused.remove(&uid).unwrap_or_default() {
-                self.serve(id, epoll::EventFlags::IN);
-            }
-        }
     }
 
     /// Hands freed memory back to the OS after many connections (or much
@@ -276,29 +257,8 @@ impl Worker {
         self.shared.limits.connection_closed(conn.uid, conn.charged);
     }
 
-    /// Brings what connection `id` has charged of `held` to what it holds
-    /// now; a refusal (past its user's cap) gets a parting error, and the
-    /// caller closes the connection.
-    pub(super) fn settle(&mut self, id: ConnId, held: Held) -> Result<(), String> {
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return Ok(());
-        };
-        let now = match held {
-            Held::RequestBytes => conn.frames.memory().saturating_sub(BUFFER_ALLOWANCE),
-            Held::ReplyBytes => conn.unsent_bytes,
-            Held::ParkedFds => conn.parked_fds(),
-        };
-        let settled = conn
-            .charged
-            .settle(&self.shared.limits, conn.uid, held, now);
-        if let Err(why) = &settled {
-            send_parting_error(&conn.stream, ErrorCode::DaemonUnavailable, why.clone());
-        }
-        settled
-    }
-
     /// Serves what epoll reported for connection `id`.
-    fn serve(&mut self, id: ConnId, flags: epoll::EventFlags) {
+    pub(super) fn serve(&mut self, id: ConnId, flags: epoll::EventFlags) {
         use epoll::EventFlags as F;
         if flags.contains(F::OUT) && !self.flush(id) {
             return;
@@ -402,59 +362,5 @@ impl Worker {
                 false
             }
         }
-    }
-
-    /// Registers EPOLLOUT only while replies are stuck, EPOLLIN only while
-    /// the connection may be read; closes a connection whose peer is gone
-    /// once nothing is left to say.
-    pub(super) fn after_io(&mut self, id: ConnId) {
-        let Some(conn) = self.conns.get(&id) else {
-            return;
-        };
-        let stuck = conn.has_unsent();
-        if conn.read_closed && !stuck && !conn.job_in_flight {
-            return self.close(id, "peer closed");
-        }
-        let paused = self.paused(conn);
-        let conn = self.conns.get_mut(&id).expect("present above");
-        let mut flags = epoll::EventFlags::empty();
-        if !conn.read_closed && !paused {
-            flags |= epoll::EventFlags::IN | epoll::EventFlags::RDHUP;
-        }
-        if stuck {
-            flags |= epoll::EventFlags::OUT;
-        }
-        if flags != conn.registered {
-            conn.registered = flags;
-            let _ = epoll::modify(
-                &self.epoll,
-                &conn.stream,
-                epoll::EventData::new_u64(id),
-                flags,
-            );
-        }
-        // Paused with nothing to send: no event will come; look again soon.
-        let uid = conn.uid;
-        if paused && !stuck {
-            self.paused.entry(uid).or_default().insert(id);
-        } else {
-            self.unpause(uid, id);
-        }
-    }
-
-    pub(super) fn unpause(&mut self, uid: u32, id: ConnId) {
-        if let Some(ids) = self.paused.get_mut(&uid) {
-            ids.remove(&id);
-            if ids.is_empty() {
-                self.paused.remove(&uid);
-            }
-        }
-    }
-
-    /// Whether a connection must wait (neither read nor answered) until its
-    /// unsent replies drain: past its own caps, or its non-root user past
-    /// the per-user budget. Cheap unless some user is over the budget.
-    fn paused(&self, conn: &Conn) -> bool {
-        conn.over_unsent_caps() || self.shared.limits.unsent_over_budget(conn.uid)
     }
 }

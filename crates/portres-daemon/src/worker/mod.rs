@@ -1,7 +1,8 @@
 //! The worker pool: threads each running an epoll loop over its own
-//! connections (`event_loop`), each connection's protocol engine (`conn`:
-//! framing, descriptor attribution, replies in order) and where
-//! connections run (`placement`: CPU pinning, following the client). The
+//! connections (`event_loop`, with `backpressure` and `jobs`), each
+//! connection's protocol engine (`conn`: framing, descriptor attribution,
+//! replies in order) and where connections run (`placement`: CPU pinning,
+//! following the client). The
 //! front (`front.rs`) hands it accepted connections; requests go to
 //! `handlers::handle`, which decides. Nothing here refers to the front.
 //!
@@ -22,6 +23,7 @@
 //! worker is dead the front stops the daemon (non-zero exit) at the next
 //! connection, for its service manager to restart it.
 
+mod backpressure;
 mod conn;
 mod event_loop;
 mod jobs;
