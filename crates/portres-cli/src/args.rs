@@ -155,11 +155,11 @@ pub struct HoldArgs {
     #[arg(long, conflicts_with_all = ["pid", "timeout"])]
     pub hold: bool,
     /// Hold until process PID exits (or a signal); standard input is not read
-    #[arg(long, value_name = "PID")]
+    #[arg(long, value_name = "PID", allow_negative_numbers = true)]
     pub pid: Option<i64>,
     /// Hold for DURATION (90, 90s, 5m, 1h30m, 500ms; a bare number is
     /// seconds), or until a signal; with --pid, whichever comes first
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub timeout: Option<String>,
 }
 

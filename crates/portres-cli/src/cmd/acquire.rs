@@ -77,6 +77,7 @@ pub fn check(a: &AcquireCmd) -> Result<Plan, Error> {
 fn open_pid(pid: i64) -> Result<(i32, OwnedFd), Error> {
     let p = i32::try_from(pid)
         .ok()
+        .filter(|&p| p > 0)
         .and_then(rustix::process::Pid::from_raw)
         .ok_or_else(|| invalid(format!("--pid {pid} is not a process id")))?;
     match rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()) {
