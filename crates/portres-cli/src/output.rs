@@ -111,7 +111,11 @@ struct Reported<'a> {
 /// The human line for a reservation: "acquired tcp 40000-40002 (3 ports),
 /// runtime, token N", plus " (not kernel-reserved)" when the kernel does
 /// not honour it.
-pub fn reservation_line(r: &ReservationInfo, result: &str, kernel_reserved: Option<bool>) -> String {
+pub fn reservation_line(
+    r: &ReservationInfo,
+    result: &str,
+    kernel_reserved: Option<bool>,
+) -> String {
     let token = r.token.map(|t| format!(", token {t}")).unwrap_or_default();
     let unhonoured = if kernel_reserved == Some(false) {
         " (not kernel-reserved)"
@@ -135,7 +139,10 @@ pub fn reservation(r: &ReservationInfo, json: bool, result: &str, kernel_reserve
             reservation: r,
             kernel_reserved,
         };
-        outln!("{}", serde_json::to_string(&reported).expect("serializable"));
+        outln!(
+            "{}",
+            serde_json::to_string(&reported).expect("serializable")
+        );
     } else {
         outln!("{}", reservation_line(r, result, kernel_reserved));
     }

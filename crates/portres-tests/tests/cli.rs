@@ -517,7 +517,9 @@ fn acquire_refusals_exit_1_without_holding() {
     let _res = c.acquire(Protocol::Tcp, 42000, 5).expect("acquire");
     refused(
         s,
-        &["acquire", "tcp", "--start", "42004", "--count", "3", "--hold"],
+        &[
+            "acquire", "tcp", "--start", "42004", "--count", "3", "--hold",
+        ],
         "sharing_violation",
     );
     assert_eq!(list_json(s).len(), 1, "a refused acquire left something");
@@ -1086,7 +1088,10 @@ fn list_human_json_in_use_and_filter() {
     // Root sees the persistent token: too wide for 80 columns with it, so
     // TOKEN shows with --wide.
     let wide = ok(s, &["list", "--wide"]);
-    assert!(wide.lines().next().is_some_and(|h| h.contains("TOKEN")), "{wide}");
+    assert!(
+        wide.lines().next().is_some_and(|h| h.contains("TOKEN")),
+        "{wide}"
+    );
     let row = lines
         .iter()
         .find(|l| l.contains("43000-43004"))
@@ -1471,7 +1476,10 @@ fn acquire_hold_ignores_input_and_holds_until_a_signal() {
     let d = InProcessDaemon::start(|_| {});
     for sig in [rustix::process::Signal::TERM, rustix::process::Signal::INT] {
         // stdin /dev/null, as for `portres acquire tcp --hold &` in a script.
-        let mut c = cmd(&d.socket, &["--json", "acquire", "tcp", "-s", "45000", "--hold"]);
+        let mut c = cmd(
+            &d.socket,
+            &["--json", "acquire", "tcp", "-s", "45000", "--hold"],
+        );
         c.stdin(Stdio::null());
         let mut held = Running::spawn(c);
         held.close_stdin();
@@ -1505,7 +1513,10 @@ fn acquire_pid_holds_until_that_process_exits() {
     let mut held = Running::spawn(c);
     held.close_stdin();
     let line = held.next_line();
-    assert!(line.starts_with("acquired udp") && line.contains("(3 ports)"), "{line}");
+    assert!(
+        line.starts_with("acquired udp") && line.contains("(3 ports)"),
+        "{line}"
+    );
     assert_eq!(list_json(&d.socket).len(), 1);
     assert!(held.is_running(), "--pid ended before its process");
     sleeper.kill().expect("kill sleep");
@@ -1519,8 +1530,16 @@ fn acquire_pid_holds_until_that_process_exits() {
     let mut done = Command::new("true").spawn().expect("true");
     done.wait().expect("wait");
     let gone = done.id().to_string();
-    usage_refused(&d.socket, &["acquire", "tcp", "--pid", &gone], "invalid_parameter");
-    usage_refused(&d.socket, &["acquire", "tcp", "--pid", "-3"], "invalid_parameter");
+    usage_refused(
+        &d.socket,
+        &["acquire", "tcp", "--pid", &gone],
+        "invalid_parameter",
+    );
+    usage_refused(
+        &d.socket,
+        &["acquire", "tcp", "--pid", "-3"],
+        "invalid_parameter",
+    );
     assert!(list_json(&d.socket).is_empty());
 }
 
@@ -1531,21 +1550,34 @@ fn acquire_timeout_releases_by_itself() {
     };
     let d = InProcessDaemon::start(|_| {});
     for timeout in ["300ms", "1"] {
-        let ran = portres(&d.socket, &["--json", "acquire", "tcp", "--timeout", timeout]);
+        let ran = portres(
+            &d.socket,
+            &["--json", "acquire", "tcp", "--timeout", timeout],
+        );
         ran.expect(0);
         assert_eq!(one_json_line(&ran)["result"], "acquired", "{ran}");
-        assert!(list_json(&d.socket).is_empty(), "held after --timeout {timeout}");
+        assert!(
+            list_json(&d.socket).is_empty(),
+            "held after --timeout {timeout}"
+        );
     }
     // --pid and --timeout together: whichever comes first (the timeout).
     let mut sleeper = Command::new("sleep").arg("30").spawn().expect("sleep");
     let pid = sleeper.id().to_string();
-    let ran = portres(&d.socket, &["acquire", "tcp", "--pid", &pid, "--timeout", "200ms"]);
+    let ran = portres(
+        &d.socket,
+        &["acquire", "tcp", "--pid", &pid, "--timeout", "200ms"],
+    );
     ran.expect(0);
     assert!(ran.stderr.contains("at most 200ms"), "{ran}");
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     for bad in ["0", "abc", "5 parsecs", "-1s"] {
-        usage_refused(&d.socket, &["acquire", "tcp", "--timeout", bad], "invalid_parameter");
+        usage_refused(
+            &d.socket,
+            &["acquire", "tcp", "--timeout", bad],
+            "invalid_parameter",
+        );
     }
     assert!(list_json(&d.socket).is_empty());
 }
@@ -1589,7 +1621,8 @@ echo ran-on; exit 5"#;
     assert_eq!(status.code(), Some(5), "the command's status: {status}");
     let err = std::fs::read_to_string(&log).expect("read log");
     assert!(
-        err.contains("warning: daemon stopped: reservation ended") && err.contains("--strict-daemon"),
+        err.contains("warning: daemon stopped: reservation ended")
+            && err.contains("--strict-daemon"),
         "{err}"
     );
 
@@ -1597,7 +1630,15 @@ echo ran-on; exit 5"#;
     let d = ProcessDaemon::start(dir.path(), &[]);
     let mut running = Running::spawn(cmd(
         &d.socket,
-        &["exec", "tcp", "--strict-daemon", "--", "sh", "-c", "echo ready; exec sleep 30"],
+        &[
+            "exec",
+            "tcp",
+            "--strict-daemon",
+            "--",
+            "sh",
+            "-c",
+            "echo ready; exec sleep 30",
+        ],
     ));
     assert_eq!(running.next_line(), "ready");
     d.terminate();
@@ -1630,17 +1671,37 @@ fn short_flags_ranges_and_a_default_count() {
             assert!(ran.stdout.trim().ends_with(" 4"), "{ran}");
         }
     }
-    let v = ok_json(s, &["acquire", "tcp", "-s", "45030-45034", "--timeout", "1ms"]);
-    assert_eq!((port_of(&v, "start"), field_u64(&v, "count")), (45030, 5), "{v}");
+    let v = ok_json(
+        s,
+        &["acquire", "tcp", "-s", "45030-45034", "--timeout", "1ms"],
+    );
+    assert_eq!(
+        (port_of(&v, "start"), field_u64(&v, "count")),
+        (45030, 5),
+        "{v}"
+    );
 
     // create/lookup/delete: COUNT defaults to 1; START-END is the block.
     let one = ok_json(s, &["create", "tcp", "8080"]);
     assert_eq!(field_u64(&one, "count"), 1, "{one}");
     let ten = ok_json(s, &["create", "tcp", "9000-9009"]);
-    assert_eq!((port_of(&ten, "start"), field_u64(&ten, "count")), (9000, 10), "{ten}");
-    assert_eq!(token_of(&ok_json(s, &["lookup", "tcp", "9000-9009"])), token_of(&ten));
-    assert_eq!(token_of(&ok_json(s, &["lookup", "tcp", "9000", "10"])), token_of(&ten));
-    assert_eq!(token_of(&ok_json(s, &["lookup", "tcp", "8080"])), token_of(&one));
+    assert_eq!(
+        (port_of(&ten, "start"), field_u64(&ten, "count")),
+        (9000, 10),
+        "{ten}"
+    );
+    assert_eq!(
+        token_of(&ok_json(s, &["lookup", "tcp", "9000-9009"])),
+        token_of(&ten)
+    );
+    assert_eq!(
+        token_of(&ok_json(s, &["lookup", "tcp", "9000", "10"])),
+        token_of(&ten)
+    );
+    assert_eq!(
+        token_of(&ok_json(s, &["lookup", "tcp", "8080"])),
+        token_of(&one)
+    );
     ok(s, &["delete", "tcp", "9000-9009"]);
     ok(s, &["delete", "tcp", "8080"]);
     assert!(list_json(s).is_empty());
@@ -1676,7 +1737,10 @@ fn usage_errors_are_found_before_connecting() {
     let ran = portres(&missing, &["create", "tcp", "9010-9000"]);
     assert!(ran.stderr.contains("reversed"), "{ran}");
     // clap's own: a protocol or kind outside the listed values.
-    for args in [&["acquire", "sctp", "--hold"][..], &["list", "--kind", "forever"]] {
+    for args in [
+        &["acquire", "sctp", "--hold"][..],
+        &["list", "--kind", "forever"],
+    ] {
         clap_refused(&missing, args, "possible values");
     }
 }
@@ -1712,7 +1776,16 @@ fn output_wording_and_json_shape_are_the_same_for_every_command() {
     }
     let mut c = cmd(
         s,
-        &["exec", "tcp", "-c", "3", "--", "sh", "-c", "\"$PR\" release \"$PORTRES_TOKEN\""],
+        &[
+            "exec",
+            "tcp",
+            "-c",
+            "3",
+            "--",
+            "sh",
+            "-c",
+            "\"$PR\" release \"$PORTRES_TOKEN\"",
+        ],
     );
     c.env("PR", bin("portres"));
     let ran = run_t(c);
@@ -1726,14 +1799,29 @@ fn output_wording_and_json_shape_are_the_same_for_every_command() {
     // with "result".
     let mut c = cmd(
         s,
-        &["exec", "udp", "-c", "2", "--", "sh", "-c", "\"$PR\" --json release \"$PORTRES_TOKEN\""],
+        &[
+            "exec",
+            "udp",
+            "-c",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            "\"$PR\" --json release \"$PORTRES_TOKEN\"",
+        ],
     );
     c.env("PR", bin("portres"));
     let ran = run_t(c);
     ran.expect(0);
     let objects = [
-        ("acquired", ok_json(s, &["acquire", "tcp", "--timeout", "1ms"])),
-        ("created", ok_json(s, &["create", "tcp", "5000-5001", "--label", "x"])),
+        (
+            "acquired",
+            ok_json(s, &["acquire", "tcp", "--timeout", "1ms"]),
+        ),
+        (
+            "created",
+            ok_json(s, &["create", "tcp", "5000-5001", "--label", "x"]),
+        ),
         ("found", ok_json(s, &["lookup", "tcp", "5000-5001"])),
         ("deleted", ok_json(s, &["delete", "tcp", "5000-5001"])),
         ("released", one_json_line(&ran)),
@@ -1796,7 +1884,10 @@ fn list_filters_by_kind_owner_and_port() {
     assert!(starts(&["--port", "44002"], None).is_empty());
     assert_eq!(starts(&["--mine"], None), [44000]);
     assert_eq!(starts(&["--mine"], Some(NOBODY)), [5001, 5010, 44100]);
-    assert_eq!(starts(&["--mine", "--kind", "runtime"], Some(NOBODY)), [44100]);
+    assert_eq!(
+        starts(&["--mine", "--kind", "runtime"], Some(NOBODY)),
+        [44100]
+    );
     // Human, filtered to nothing.
     assert_eq!(ok(s, &["list", "--port", "6000"]).trim(), "no reservations");
 }
@@ -1810,7 +1901,18 @@ fn list_fits_80_columns_unless_wide() {
     let s = &d.socket;
     let long = "a label long enough to push the table well past eighty columns";
     ok(s, &["create", "tcp", "5000", "--label", "web"]);
-    ok(s, &["create", "tcp", "60000-60100", "--owner", "nobody", "--label", long]);
+    ok(
+        s,
+        &[
+            "create",
+            "tcp",
+            "60000-60100",
+            "--owner",
+            "nobody",
+            "--label",
+            long,
+        ],
+    );
     let c = Client::connect_to(s).expect("connect");
     let res = c.acquire(Protocol::Tcp, 44000, 10).expect("acquire");
     let _bound: Vec<_> = (0..6).map(|_| res.bind_tcp(V4).expect("bind")).collect();
@@ -1818,14 +1920,22 @@ fn list_fits_80_columns_unless_wide() {
     let ran = portres(s, &["list"]);
     ran.expect(0);
     for line in ran.stdout.lines() {
-        assert!(line.chars().count() <= 80, "{} columns: {line:?}\n{ran}", line.chars().count());
+        assert!(
+            line.chars().count() <= 80,
+            "{} columns: {line:?}\n{ran}",
+            line.chars().count()
+        );
     }
     assert!(ran.stdout.contains('…'), "nothing elided: {ran}");
     assert!(ran.stdout.contains("web"), "{ran}");
     assert!(ran.stdout.contains("owner nobody"), "{ran}");
     assert!(ran.stdout.contains("44000-44009"), "{ran}");
     // Root sees the tokens: either in the table or told where they went.
-    let token = c.lookup(Protocol::Tcp, 5000, 1).expect("lookup").token.expect("token");
+    let token = c
+        .lookup(Protocol::Tcp, 5000, 1)
+        .expect("lookup")
+        .token
+        .expect("token");
     assert!(
         ran.stdout.contains(&token.to_string()) || ran.stderr.contains("TOKEN column is left out"),
         "{ran}"
@@ -1840,7 +1950,10 @@ fn list_fits_80_columns_unless_wide() {
     drop(res);
     ok(s, &["delete", "tcp", "60000-60100"]);
     let narrow = ok(s, &["list"]);
-    assert!(narrow.contains(&token.to_string()) && !narrow.contains('…'), "{narrow}");
+    assert!(
+        narrow.contains(&token.to_string()) && !narrow.contains('…'),
+        "{narrow}"
+    );
 }
 
 #[test]
@@ -1864,7 +1977,10 @@ fn acquire_and_exec_say_not_kernel_reserved_without_kernel_sync() {
         let ran = portres(s, &["exec", "tcp", "-c", "2", "--", "true"]);
         ran.expect(0);
         assert_eq!(ran.stderr.contains("(not kernel-reserved)"), !sync, "{ran}");
-        assert!(ran.stdout.is_empty(), "exec's stdout is the command's: {ran}");
+        assert!(
+            ran.stdout.is_empty(),
+            "exec's stdout is the command's: {ran}"
+        );
         let human = ok(s, &["create", "tcp", "5000"]);
         assert_eq!(human.contains("(not kernel-reserved)"), !sync, "{human}");
     }

@@ -115,7 +115,12 @@ fn man_pages_are_current() {
     let mut pages = BTreeMap::new();
     man_pages(portres_args::Cli::command(), "1", &mut pages);
     man_pages(portresd_args::command(), "8", &mut pages);
-    for name in ["portres.1", "portres-acquire.1", "portres-list.1", "portresd.8"] {
+    for name in [
+        "portres.1",
+        "portres-acquire.1",
+        "portres-list.1",
+        "portresd.8",
+    ] {
         assert!(pages.contains_key(name), "no {name} in {:?}", pages.keys());
     }
     check_dir(&repo().join("contrib/man"), &pages);

@@ -131,8 +131,8 @@ fn stdin_can_hold() -> Result<(), Error> {
                 }
             }
             FileType::CharacterDevice if rustix::termios::isatty(fd) => {
-                let foreground = rustix::termios::tcgetpgrp(fd)
-                    .is_ok_and(|pg| pg == rustix::process::getpgrp());
+                let foreground =
+                    rustix::termios::tcgetpgrp(fd).is_ok_and(|pg| pg == rustix::process::getpgrp());
                 (!foreground).then(|| {
                     "is a terminal this background job may not read (it would be stopped)"
                         .to_string()

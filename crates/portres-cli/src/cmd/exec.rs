@@ -118,7 +118,9 @@ pub fn run(client: &Client, plan: Plan) -> Result<Outcome, Error> {
                 );
                 return;
             }
-            errln!("portres: daemon stopped: reservation ended; ending the command (--strict-daemon)");
+            errln!(
+                "portres: daemon stopped: reservation ended; ending the command (--strict-daemon)"
+            );
             let Some(pidfd) = pidfd else { return };
             let send = |sig| {
                 let _ = rustix::process::pidfd_send_signal(&pidfd, sig);

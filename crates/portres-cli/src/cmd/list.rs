@@ -69,9 +69,9 @@ pub fn run(client: &Client, plan: Plan, json: bool) -> Result<Outcome, Error> {
     let groups = if plan.mine { my_groups() } else { Vec::new() };
     list.retain(|r| {
         plan.kind.as_deref().is_none_or(|k| r.kind.as_str() == k)
-            && plan
-                .port
-                .is_none_or(|p| p >= r.start && u32::from(p) < u32::from(r.start) + u32::from(r.count))
+            && plan.port.is_none_or(|p| {
+                p >= r.start && u32::from(p) < u32::from(r.start) + u32::from(r.count)
+            })
             && (!plan.mine || is_mine(r, uid, &groups))
     });
     if json {
