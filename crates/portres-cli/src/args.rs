@@ -109,10 +109,9 @@ pub enum Command {
     /// List reservations, with the ports bound right now
     ///
     /// The table fits the terminal (80 columns when standard output is not a
-    /// terminal): long labels, holders and port lists are shortened with
-    /// "…", and the TOKEN column is left out if it still does not fit (a
-    /// note on stderr says so). --wide shows everything; --json is for
-    /// programs.
+    /// terminal): long port lists and holders are shortened with "…", then
+    /// the TOKEN column is left out (a note on stderr says so), then labels
+    /// are shortened too. --wide shows everything; --json is for programs.
     List(ListArgs),
     /// Show the daemon's mode, kernel sync, counts and limits, and who
     /// answered on which socket

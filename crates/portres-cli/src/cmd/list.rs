@@ -190,11 +190,11 @@ struct Layout {
     token_dropped: bool,
 }
 
-/// Column widths that fit `limit`: labels, port lists and holders are
-/// shortened (labels to no less than 10 characters); if that is not
-/// enough, the TOKEN column (useless cut; programs use --json) is left out
-/// instead and the three are shortened down to their headers' width. What
-/// is still too wide (nothing else can give) overflows.
+/// Column widths that fit `limit`, giving up the least useful first: port
+/// lists and holders are shortened a little, then the TOKEN column is left
+/// out (a cut token is useless, and programs use --json), then labels,
+/// port lists and holders are shortened down to about their headers'
+/// width. What is still too wide (nothing else can give) overflows.
 fn fit(rows: &[[String; COLUMNS]], limit: Option<usize>) -> Layout {
     let mut widths = HEADER.map(str::len);
     for row in rows {
@@ -202,33 +202,32 @@ fn fit(rows: &[[String; COLUMNS]], limit: Option<usize>) -> Layout {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let natural = Layout {
+    let mut layout = Layout {
         widths,
         token_dropped: false,
     };
     let Some(limit) = limit else {
-        return natural;
+        return layout;
     };
     let total = |l: &Layout| {
         let cols = (0..COLUMNS).filter(|&i| !(l.token_dropped && i == TOKEN));
         let n = cols.clone().count();
         cols.map(|i| l.widths[i]).sum::<usize>() + 2 * (n - 1)
     };
-    let shrunk = |token_dropped: bool, floors: [(usize, usize); 3]| {
-        let mut l = Layout {
-            widths,
-            token_dropped,
-        };
-        for (col, floor) in floors {
-            let excess = total(&l).saturating_sub(limit);
+    let shrink = |l: &mut Layout, floors: &[(usize, usize)]| {
+        for &(col, floor) in floors {
+            let excess = total(l).saturating_sub(limit);
             let floor = floor.max(HEADER[col].len()).min(l.widths[col]);
             l.widths[col] = l.widths[col].saturating_sub(excess).max(floor);
         }
-        l
     };
-    let with_tokens = shrunk(false, [(LABEL, 10), (IN_USE, 6), (HOLDER, 12)]);
-    if total(&with_tokens) <= limit {
-        return with_tokens;
+    shrink(&mut layout, &[(IN_USE, 12), (HOLDER, 16)]);
+    if total(&layout) > limit {
+        layout.token_dropped = true;
     }
-    shrunk(true, [(LABEL, 5), (IN_USE, 6), (HOLDER, 12)])
+    shrink(
+        &mut layout,
+        &[(LABEL, 10), (IN_USE, 6), (HOLDER, 12), (LABEL, 5)],
+    );
+    layout
 }
