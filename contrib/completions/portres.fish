@@ -25,7 +25,7 @@ function __fish_portres_using_subcommand
 end
 
 complete -c portres -n "__fish_portres_needs_command" -l socket -d 'The daemon\'s socket, used whoever runs the daemon (`status` says who) [env: PORTRES_SOCKET; default: your user daemon\'s socket if one runs and passes the trust checks, else /run/portres/portres.sock]' -r -F
-complete -c portres -n "__fish_portres_needs_command" -l json -d 'Print JSON: one line, a reservation object (see below), `list` an array'
+complete -c portres -n "__fish_portres_needs_command" -l json -d 'Print JSON: one line; a reservation object (see `portres --help`), `list` an array'
 complete -c portres -n "__fish_portres_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c portres -n "__fish_portres_needs_command" -s V -l version -d 'Print version'
 complete -c portres -n "__fish_portres_needs_command" -f -a "acquire" -d 'Acquire a runtime reservation and hold it: until SIGINT/SIGTERM and the end of standard input, or as --hold, --pid, --timeout say'
@@ -44,28 +44,28 @@ complete -c portres -n "__fish_portres_using_subcommand acquire" -l pid -d 'Hold
 complete -c portres -n "__fish_portres_using_subcommand acquire" -l timeout -d 'Hold for DURATION (90, 90s, 5m, 1h30m, 500ms; a bare number is seconds), or until a signal; with --pid, whichever comes first' -r
 complete -c portres -n "__fish_portres_using_subcommand acquire" -l socket -d 'The daemon\'s socket, used whoever runs the daemon (`status` says who) [env: PORTRES_SOCKET; default: your user daemon\'s socket if one runs and passes the trust checks, else /run/portres/portres.sock]' -r -F
 complete -c portres -n "__fish_portres_using_subcommand acquire" -l hold -d 'Hold until SIGINT or SIGTERM; standard input is not read (for `portres acquire ... --hold &` in scripts)'
-complete -c portres -n "__fish_portres_using_subcommand acquire" -l json -d 'Print JSON: one line, a reservation object (see below), `list` an array'
+complete -c portres -n "__fish_portres_using_subcommand acquire" -l json -d 'Print JSON: one line; a reservation object (see `portres --help`), `list` an array'
 complete -c portres -n "__fish_portres_using_subcommand acquire" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c portres -n "__fish_portres_using_subcommand exec" -s s -l start -d 'First port, or the whole block as START-END; 0 or absent: any free block in the kernel\'s dynamic range' -r
 complete -c portres -n "__fish_portres_using_subcommand exec" -s c -l count -d 'How many consecutive ports [default: 1, or the size of START-END]' -r
 complete -c portres -n "__fish_portres_using_subcommand exec" -l label -d 'Free text shown in `list`' -r
 complete -c portres -n "__fish_portres_using_subcommand exec" -l socket -d 'The daemon\'s socket, used whoever runs the daemon (`status` says who) [env: PORTRES_SOCKET; default: your user daemon\'s socket if one runs and passes the trust checks, else /run/portres/portres.sock]' -r -F
 complete -c portres -n "__fish_portres_using_subcommand exec" -l strict-daemon -d 'If the daemon stops while the command runs (the reservation has ended), end the command: SIGTERM, SIGKILL 5 s later, then exit 2'
-complete -c portres -n "__fish_portres_using_subcommand exec" -l json -d 'Print JSON: one line, a reservation object (see below), `list` an array'
+complete -c portres -n "__fish_portres_using_subcommand exec" -l json -d 'Print JSON: one line; a reservation object (see `portres --help`), `list` an array'
 complete -c portres -n "__fish_portres_using_subcommand exec" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c portres -n "__fish_portres_using_subcommand release" -l socket -d 'The daemon\'s socket, used whoever runs the daemon (`status` says who) [env: PORTRES_SOCKET; default: your user daemon\'s socket if one runs and passes the trust checks, else /run/portres/portres.sock]' -r -F
-complete -c portres -n "__fish_portres_using_subcommand release" -l json -d 'Print JSON: one line, a reservation object (see below), `list` an array'
+complete -c portres -n "__fish_portres_using_subcommand release" -l json -d 'Print JSON: one line; a reservation object (see `portres --help`), `list` an array'
 complete -c portres -n "__fish_portres_using_subcommand release" -s h -l help -d 'Print help'
 complete -c portres -n "__fish_portres_using_subcommand create" -l owner -d 'A user (name or uid) or @group (name or gid) who may look it up and bind into it without being an administrator' -r
 complete -c portres -n "__fish_portres_using_subcommand create" -l label -d 'Free text shown in `list`' -r
 complete -c portres -n "__fish_portres_using_subcommand create" -l socket -d 'The daemon\'s socket, used whoever runs the daemon (`status` says who) [env: PORTRES_SOCKET; default: your user daemon\'s socket if one runs and passes the trust checks, else /run/portres/portres.sock]' -r -F
-complete -c portres -n "__fish_portres_using_subcommand create" -l json -d 'Print JSON: one line, a reservation object (see below), `list` an array'
+complete -c portres -n "__fish_portres_using_subcommand create" -l json -d 'Print JSON: one line; a reservation object (see `portres --help`), `list` an array'
 complete -c portres -n "__fish_portres_using_subcommand create" -s h -l help -d 'Print help'
 complete -c portres -n "__fish_portres_using_subcommand delete" -l socket -d 'The daemon\'s socket, used whoever runs the daemon (`status` says who) [env: PORTRES_SOCKET; default: your user daemon\'s socket if one runs and passes the trust checks, else /run/portres/portres.sock]' -r -F
-complete -c portres -n "__fish_portres_using_subcommand delete" -l json -d 'Print JSON: one line, a reservation object (see below), `list` an array'
+complete -c portres -n "__fish_portres_using_subcommand delete" -l json -d 'Print JSON: one line; a reservation object (see `portres --help`), `list` an array'
 complete -c portres -n "__fish_portres_using_subcommand delete" -s h -l help -d 'Print help'
 complete -c portres -n "__fish_portres_using_subcommand lookup" -l socket -d 'The daemon\'s socket, used whoever runs the daemon (`status` says who) [env: PORTRES_SOCKET; default: your user daemon\'s socket if one runs and passes the trust checks, else /run/portres/portres.sock]' -r -F
-complete -c portres -n "__fish_portres_using_subcommand lookup" -l json -d 'Print JSON: one line, a reservation object (see below), `list` an array'
+complete -c portres -n "__fish_portres_using_subcommand lookup" -l json -d 'Print JSON: one line; a reservation object (see `portres --help`), `list` an array'
 complete -c portres -n "__fish_portres_using_subcommand lookup" -s h -l help -d 'Print help'
 complete -c portres -n "__fish_portres_using_subcommand list" -l kind -d 'Only runtime or only persistent reservations' -r -f -a "runtime\t''
 persistent\t''"
@@ -73,10 +73,10 @@ complete -c portres -n "__fish_portres_using_subcommand list" -l port -d 'Only t
 complete -c portres -n "__fish_portres_using_subcommand list" -l socket -d 'The daemon\'s socket, used whoever runs the daemon (`status` says who) [env: PORTRES_SOCKET; default: your user daemon\'s socket if one runs and passes the trust checks, else /run/portres/portres.sock]' -r -F
 complete -c portres -n "__fish_portres_using_subcommand list" -l mine -d 'Only yours: runtime reservations you hold, persistent ones delegated to you or to one of your groups'
 complete -c portres -n "__fish_portres_using_subcommand list" -s w -l wide -d 'Do not shorten anything to fit the terminal'
-complete -c portres -n "__fish_portres_using_subcommand list" -l json -d 'Print JSON: one line, a reservation object (see below), `list` an array'
+complete -c portres -n "__fish_portres_using_subcommand list" -l json -d 'Print JSON: one line; a reservation object (see `portres --help`), `list` an array'
 complete -c portres -n "__fish_portres_using_subcommand list" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c portres -n "__fish_portres_using_subcommand status" -l socket -d 'The daemon\'s socket, used whoever runs the daemon (`status` says who) [env: PORTRES_SOCKET; default: your user daemon\'s socket if one runs and passes the trust checks, else /run/portres/portres.sock]' -r -F
-complete -c portres -n "__fish_portres_using_subcommand status" -l json -d 'Print JSON: one line, a reservation object (see below), `list` an array'
+complete -c portres -n "__fish_portres_using_subcommand status" -l json -d 'Print JSON: one line; a reservation object (see `portres --help`), `list` an array'
 complete -c portres -n "__fish_portres_using_subcommand status" -s h -l help -d 'Print help'
 complete -c portres -n "__fish_portres_using_subcommand help; and not __fish_seen_subcommand_from acquire exec release create delete lookup list status help" -f -a "acquire" -d 'Acquire a runtime reservation and hold it: until SIGINT/SIGTERM and the end of standard input, or as --hold, --pid, --timeout say'
 complete -c portres -n "__fish_portres_using_subcommand help; and not __fish_seen_subcommand_from acquire exec release create delete lookup list status help" -f -a "exec" -d 'Hold a runtime reservation while a command runs, handing it the ports'

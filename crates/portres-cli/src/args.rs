@@ -61,7 +61,7 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
 
-    /// Print JSON: one line, a reservation object (see below), `list` an array
+    /// Print JSON: one line; a reservation object (see `portres --help`), `list` an array
     #[arg(long, global = true)]
     pub json: bool,
 
