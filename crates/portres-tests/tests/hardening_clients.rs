@@ -153,7 +153,19 @@ impl std::fmt::Display for Ran {
 }
 
 fn run(mut c: Command) -> Ran {
-    let out = c.output().expect("run");
+    // A program copied a moment ago (the setuid probe) can fail to exec
+    // with ETXTBSY: another test thread's fork, between its fork and exec,
+    // still holds the copy's write descriptor. That passes; try again.
+    let mut out = c.output().expect("run");
+    for _ in 0..100 {
+        if out.status.code() != Some(126)
+            || !String::from_utf8_lossy(&out.stderr).contains("Text file busy")
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        out = c.output().expect("run");
+    }
     Ran {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
