@@ -376,3 +376,6 @@ fn unprivileged_fd_budget() -> usize {
     );
     budget
 }
+
+#[cfg(test)]
+mod tests;
