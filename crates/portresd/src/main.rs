@@ -94,14 +94,9 @@ fn main() -> ExitCode {
         };
     }
 
-    let daemon = match Daemon::start(config) {
-        Ok(d) => d,
-        Err(e) => {
-            log::error!("{e}");
-            return ExitCode::from(1);
-        }
-    };
-    let stop = daemon.stop_handle();
+    // Signals are caught from before the socket exists: a SIGTERM that
+    // comes once clients can connect but before the daemon runs is kept
+    // and stops it cleanly, instead of killing it with the default action.
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -112,6 +107,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let daemon = match Daemon::start(config) {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let stop = daemon.stop_handle();
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             let name = if sig == signal_hook::consts::SIGTERM {
