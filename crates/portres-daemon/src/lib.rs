@@ -9,12 +9,14 @@
 //! kernel write, stop) and `worker` (epoll loops reading frames and
 //! descriptors and writing replies) → `handlers` (one per request family)
 //! → `state` (the state owner behind one mutex: table, sessions, store,
-//! sysctl).
+//! sysctl) → `kernel` (the `Kernel` interface every kernel call goes
+//! through, and `KernelMirror`, the reserved-ports list's keeper).
 #![deny(missing_docs)]
 
 pub mod baseline;
 pub mod config;
 pub mod handlers;
+pub mod kernel;
 pub mod server;
 pub mod state;
 mod worker;

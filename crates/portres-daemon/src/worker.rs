@@ -883,12 +883,12 @@ impl Worker {
             match outcome {
                 Outcome::Reply(bytes) => conn.queue(bytes, None),
                 Outcome::ReplyWithFd(bytes, fd) => conn.queue(bytes, Some(fd)),
-                Outcome::List(list) => {
+                Outcome::List(list, kernel) => {
                     let uid = conn.uid;
                     if !self.shared.limits().start_list_dump(uid) {
                         // The user already has its share of dump threads:
                         // this one runs here, holding up this worker only.
-                        conn.queue(list_reply(list), None);
+                        conn.queue(list_reply(&*kernel, list), None);
                         if !self.flush(token) {
                             return Err("send failed".into());
                         }
@@ -908,7 +908,10 @@ impl Worker {
                         std::thread::Builder::new()
                             .name("list-dump".into())
                             .spawn(move || {
-                                let bytes = std::panic::catch_unwind(|| list_reply(list))
+                                let bytes =
+                                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                        list_reply(&*kernel, list)
+                                    }))
                                     .unwrap_or_else(|_| {
                                         encode_error(&Error::new(
                                             ErrorCode::Internal,
@@ -1082,11 +1085,14 @@ impl Conn {
 
 /// A `List` reply: the reservations with their `in_use` ports filled in
 /// from a socket-table dump (milliseconds).
-fn list_reply(mut list: Vec<portres_proto::ReservationInfo>) -> Vec<u8> {
+fn list_reply(
+    kernel: &dyn crate::kernel::Kernel,
+    mut list: Vec<portres_proto::ReservationInfo>,
+) -> Vec<u8> {
     if fault("slow-list") {
         std::thread::sleep(Duration::from_millis(200));
     }
-    match fill_in_use(&mut list) {
+    match fill_in_use(kernel, &mut list) {
         Ok(()) => encode_reply(&ListReply { reservations: list }),
         Err(e) => encode_error(&e),
     }

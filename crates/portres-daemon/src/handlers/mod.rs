@@ -7,13 +7,16 @@ mod info;
 mod persistent;
 pub(crate) mod runtime;
 mod session;
+#[cfg(test)]
+mod tests;
 
 use std::os::fd::OwnedFd;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use portres_core::{Error, ErrorCode, SessionId};
 use portres_proto::{CallError, Request, encode_error, encode_reply};
 
+use crate::kernel::Kernel;
 use crate::state::{State, lock};
 
 pub use info::fill_in_use;
@@ -26,8 +29,9 @@ pub enum Outcome {
     /// An encoded reply frame with a descriptor attached.
     ReplyWithFd(Vec<u8>, OwnedFd),
     /// A `List` whose `in_use` must still be filled outside the state lock
-    /// (the socket-table dump is the slow part and needs no state).
-    List(Vec<portres_proto::ReservationInfo>),
+    /// (the socket-table dump is the slow part and needs no state), and
+    /// the kernel to dump from.
+    List(Vec<portres_proto::ReservationInfo>, Arc<dyn Kernel>),
 }
 
 fn reply<T: serde::Serialize>(r: Result<T, Error>) -> Outcome {
@@ -67,10 +71,13 @@ pub fn dispatch(
         Request::Create(p) => reply(lock(state).create(session, p)),
         Request::Delete(p) => reply(lock(state).delete(session, p)),
         Request::Lookup(p) => reply(lock(state).lookup(session, p)),
-        Request::List(p) => match lock(state).list(session, p) {
-            Ok(list) => Outcome::List(list),
-            Err(e) => Outcome::Reply(encode_error(&e)),
-        },
+        Request::List(p) => {
+            let state = lock(state);
+            match state.list(session, p) {
+                Ok(list) => Outcome::List(list, state.kernel()),
+                Err(e) => Outcome::Reply(encode_error(&e)),
+            }
+        }
         Request::Status => reply(lock(state).status(session)),
         Request::GetCapability => match lock(state).get_capability(session) {
             Ok(fd) => Outcome::ReplyWithFd(encode_reply(&portres_proto::Empty {}), fd),
