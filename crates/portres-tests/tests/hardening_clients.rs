@@ -457,7 +457,7 @@ fn cli_without_a_system_daemon_exits_2_with_daemon_untrusted_naming_both_sockets
     );
     assert!(ran.stderr.contains(SYSTEM_SOCKET), "{ran}");
     assert!(ran.stderr.contains("Start one"), "{ran}");
-    let ran = portres_as_victim(&["--json", "acquire", "tcp"], &[]);
+    let ran = portres_as_victim(&["--json", "acquire", "tcp", "--hold"], &[]);
     assert_eq!(ran.out.status.code(), Some(2), "{ran}");
     let v: serde_json::Value = serde_json::from_str(ran.stdout.trim()).expect("json");
     assert_eq!(v["error"]["code"], "daemon_untrusted", "{ran}");

@@ -662,8 +662,8 @@ fn every_cli_command_exits_quietly_when_its_reader_has_gone() {
         vec!["list", "udp"],
         vec!["lookup", "udp", "6000", "2"],
         vec!["--json", "lookup", "udp", "6000", "2"],
-        vec!["acquire", "tcp"],
-        vec!["--json", "acquire", "udp", "--count", "3"],
+        vec!["acquire", "tcp", "--hold"],
+        vec!["--json", "acquire", "udp", "--count", "3", "--hold"],
         vec!["create", "tcp", "7000", "1"],
         vec!["delete", "tcp", "7000", "1"],
         vec!["--json", "release", "1"], // refused: the error JSON goes to stdout

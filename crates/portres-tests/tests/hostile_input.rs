@@ -782,7 +782,7 @@ fn unprivileged_users_cannot_touch_what_is_not_theirs() {
         ),
         (
             "acquire a privileged port",
-            vec!["acquire", "tcp", "--start", "80"],
+            vec!["acquire", "tcp", "--start", "80", "--hold"],
             "access_denied",
         ),
         (
