@@ -144,6 +144,35 @@ impl Reservation {
         }
     }
 
+    /// The ports a bind should try, like `bind_order`, and the cursor moved
+    /// past the first of them at once: a second bind that starts while
+    /// this one is still binding (outside the state lock) starts one port
+    /// later instead of racing for the same port. (Two TCP sockets with
+    /// `SO_REUSEADDR` may both bind one port while neither listens, so the
+    /// kernel alone would let both binds succeed and the second `listen`
+    /// fail.) After the bind, `bound` moves the cursor further if the bind
+    /// had to skip busy ports.
+    pub fn claim_bind_order(&mut self) -> BindOrder {
+        let order = self.bind_order();
+        self.next_offset = ((order.first + 1) % order.count) as u16;
+        order
+    }
+
+    /// Records that a bind claimed with `claim_bind_order` (whose first port
+    /// was `first`) got `port`: when it skipped busy ports, the next bind
+    /// starts after `port`; otherwise the claim already moved the cursor
+    /// (and moving it back could hand a port another bind just got).
+    pub fn bound(&mut self, first: u16, port: u16) {
+        if port != first {
+            self.advance_past(port);
+        }
+    }
+
+    /// The first port `order` tries.
+    pub fn first_port(order: &BindOrder) -> u16 {
+        (order.start + order.first % order.count.max(1)) as u16
+    }
+
     /// Records that `port` was just bound, so the next bind starts after it.
     pub fn advance_past(&mut self, port: u16) {
         if self.block.contains(port) {
@@ -450,6 +479,29 @@ mod tests {
         assert_eq!(gone.len(), 2);
         assert_eq!(t.runtime_ports_of(1000), 1);
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_claimed_bind_order_moves_the_cursor_so_concurrent_binds_start_apart() {
+        let mut r = Reservation::runtime(
+            tok(1),
+            Protocol::Tcp,
+            Block::new(100, 3).unwrap(),
+            holder(1, 0),
+        );
+        let a = r.claim_bind_order();
+        let b = r.claim_bind_order();
+        assert_eq!(Reservation::first_port(&a), 100);
+        assert_eq!(Reservation::first_port(&b), 101);
+        // b finishes first, then a: the cursor stays past both.
+        r.bound(101, 101);
+        r.bound(100, 100);
+        assert_eq!(Reservation::first_port(&r.claim_bind_order()), 102);
+        // A bind that skipped busy ports moves the cursor past what it got.
+        let c = r.claim_bind_order();
+        assert_eq!(Reservation::first_port(&c), 100);
+        r.bound(100, 101);
+        assert_eq!(r.bind_order().collect::<Vec<_>>(), vec![102, 100, 101]);
     }
 
     #[test]

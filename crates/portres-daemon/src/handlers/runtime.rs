@@ -244,9 +244,10 @@ impl State {
 
     /// Bind's checks, under the lock: may this session bind into the
     /// reservation, with a socket of its protocol? Returns the ports to try,
-    /// in order.
+    /// in order, with the rotation cursor already moved past the first, so
+    /// concurrent binds into one block start at different ports.
     fn bind_plan(
-        &self,
+        &mut self,
         session: SessionId,
         p: &BindParams,
         info: &portres_kernel::sock::SocketInfo,
@@ -283,7 +284,9 @@ impl State {
                 ),
             ));
         }
-        Ok(res.bind_order())
+        Ok(self
+            .claim_bind_order(p.token)
+            .expect("the reservation was found above, under the same lock"))
     }
 }
 
@@ -304,7 +307,8 @@ pub(crate) fn bind(
         .socket_netns_cookie(fd.as_fd())
         .map_err(|e| Error::new(ErrorCode::Internal, format!("reading SO_NETNS_COOKIE: {e}")))?;
     let order = lock(shared).bind_plan(session, &p, &info, cookie)?;
+    let first = portres_core::Reservation::first_port(&order);
     let port = kernel.bind_socket(fd.as_fd(), &info, p.address, order)?;
-    lock(shared).advance_past(p.token, port);
+    lock(shared).bound(p.token, first, port);
     Ok(BindReply { port })
 }

@@ -275,10 +275,17 @@ impl State {
             .find_free_block(protocol, count, range, &self.baseline, from, |_| false)
     }
 
-    /// Records that `port` of the reservation `token` was just bound.
-    pub(crate) fn advance_past(&mut self, token: Token, port: u16) {
+    /// Bind's ports to try in `token`'s block, the cursor already moved
+    /// past the first (`Reservation::claim_bind_order`).
+    pub(crate) fn claim_bind_order(&mut self, token: Token) -> Option<portres_core::BindOrder> {
+        self.table.get_mut(token).map(|res| res.claim_bind_order())
+    }
+
+    /// A claimed bind into `token`'s block that tried `first` first got
+    /// `port` (`Reservation::bound`).
+    pub(crate) fn bound(&mut self, token: Token, first: u16, port: u16) {
         if let Some(res) = self.table.get_mut(token) {
-            res.advance_past(port);
+            res.bound(first, port);
         }
     }
 
