@@ -9,16 +9,14 @@
 //! CI kills 25 holders; the long run (`scripts/reliability`) 300
 //! (`PORTRES_DEATH_KILLS`).
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::{Daemon, Rng, knob};
 use portres::{Kind, Protocol};
 use portres_core::PortSet;
 use portres_tests::{as_user, kernel_reserved, netns, open_tempdir, set_kernel_reserved};
-use support::{Daemon, Rng, knob};
 
 const BASELINE: &str = "999";
 

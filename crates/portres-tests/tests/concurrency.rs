@@ -23,8 +23,6 @@
 //! CI runs 200 operations per client; the long run (`scripts/reliability`)
 //! 10,000 (`PORTRES_STRESS_OPS`).
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::{Command, Stdio};
@@ -32,11 +30,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::{Daemon, Rng, knob, mono_ns};
 use portres::{CreateOptions, Kind, Protocol};
 use portres_tests::{
     as_user, kernel_reserved, netns, open_tempdir, set_kernel_reserved, set_local_port_range,
 };
-use support::{Daemon, Rng, knob, mono_ns};
 
 const CLIENTS: usize = 64;
 const USERS: u32 = 8;
@@ -182,7 +180,7 @@ fn run(test: &str, ops: u64) {
                 let list = c.list(None).unwrap();
                 monitor_lists.fetch_add(1, Ordering::Relaxed);
                 let mut problems = monitor_problems.lock().unwrap();
-                problems.extend(support::overlaps(&list));
+                problems.extend(crate::support::overlaps(&list));
                 let mut per_uid: HashMap<u32, u32> = HashMap::new();
                 for r in list.iter().filter(|r| r.kind == Kind::Runtime) {
                     let uid = r.holder.map_or(0, |h| h.uid);

@@ -13,9 +13,7 @@
 //!
 //! The CI test kills a handful of times; the long run
 //! (`scripts/reliability`, or `PORTRES_CRASH_KILLS=N cargo test --release
-//! -p portres-tests --test crash -- --ignored --nocapture`) kills 1000 times.
-
-mod support;
+//! -p portres-tests --test tests -- --ignored crash::long_run_ --nocapture`) kills 1000 times.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -23,10 +21,10 @@ use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::support::{Daemon, Rng, daemon_command, knob};
 use portres::{Client, CreateOptions, ErrorCode, Kind, Owner, Protocol};
 use portres_core::PortSet;
 use portres_tests::{kernel_reserved, netns, open_tempdir, set_kernel_reserved};
-use support::{Daemon, Rng, daemon_command, knob};
 
 /// The admin's own reserved ports before portres first starts.
 const BASELINE: &str = "999,1001-1002";
@@ -287,7 +285,7 @@ fn runtime_round(client: Client, rng: &mut Rng, counts: &Mutex<Counts>) {
 fn verify(d: &Daemon, model: &mut [Vec<Slot>], counts: &mut Counts, baseline: &PortSet) {
     let admin = d.client();
     let list = admin.list(None).expect("list after restart");
-    for o in support::overlaps(&list) {
+    for o in crate::support::overlaps(&list) {
         counts.violations.push(format!("after restart: {o}"));
     }
     let mut persistent = BTreeMap::new();

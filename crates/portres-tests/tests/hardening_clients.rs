@@ -607,11 +607,15 @@ fn setuid_client_ignores_portres_socket_and_portres_session_fd() {
     let dir = portres_tests::open_tempdir();
     let plain = dir.path().join("probe-plain");
     let setuid = dir.path().join("probe-setuid");
-    for copy in [&plain, &setuid] {
-        std::fs::copy(trustkit(), copy).unwrap();
+    // Copied by install(1), not std::fs::copy: a writable descriptor of
+    // the copy open in this process would be inherited by any child another
+    // test thread forks meanwhile, and exec would fail with ETXTBSY.
+    for (copy, mode) in [(&plain, "0755"), (&setuid, "4755")] {
+        let mut install = Command::new("install");
+        install.arg("-m").arg(mode).arg(trustkit()).arg(copy);
+        let o = install.output().expect("run install");
+        assert!(o.status.success(), "install: {o:?}");
     }
-    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&setuid, std::fs::Permissions::from_mode(0o4755)).unwrap();
     let env = [
         ("PORTRES_SOCKET", listen.to_str().unwrap()),
         ("PORTRES_SESSION_FD", "99"),

@@ -5,8 +5,6 @@
 //! flood are bounded per user and cannot lock root out; a failure inside a
 //! request (a refused thread, a panic) costs that call only.
 
-mod support;
-
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -408,10 +406,10 @@ fn more_than_four_descriptors_in_one_message_close_the_connection() {
 
 /// `portresd` in `dir` with the test-only fault `fault` injected
 /// (`PORTRES_TEST_FAULT`, see worker.rs).
-fn faulty_daemon(dir: &std::path::Path, fault: &str, extra: &[&str]) -> support::Daemon {
-    let mut cmd = support::daemon_command(dir, extra);
+fn faulty_daemon(dir: &std::path::Path, fault: &str, extra: &[&str]) -> crate::support::Daemon {
+    let mut cmd = crate::support::daemon_command(dir, extra);
     cmd.env("PORTRES_TEST_FAULT", fault);
-    let mut d = support::Daemon {
+    let mut d = crate::support::Daemon {
         child: cmd.spawn().expect("spawn portresd"),
         socket: dir.join("portres.sock"),
         log: dir.join("portresd.log"),
@@ -659,8 +657,8 @@ fn one_unprivileged_user_cannot_pin_daemon_memory_with_unread_replies() {
 
 /// `portresd` in `dir` under RLIMIT_NOFILE `nofile` (soft and hard, via
 /// `prlimit`), log in `dir/portresd.log`.
-fn daemon_with_nofile(dir: &std::path::Path, nofile: u32) -> support::Daemon {
-    let inner = support::daemon_command(dir, &[]);
+fn daemon_with_nofile(dir: &std::path::Path, nofile: u32) -> crate::support::Daemon {
+    let inner = crate::support::daemon_command(dir, &[]);
     let mut cmd = std::process::Command::new("prlimit");
     cmd.arg(format!("--nofile={nofile}:{nofile}"))
         .arg("--")
@@ -671,8 +669,8 @@ fn daemon_with_nofile(dir: &std::path::Path, nofile: u32) -> support::Daemon {
         .env_remove("RUST_LOG")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(support::append(&dir.join("portresd.log")));
-    let mut d = support::Daemon {
+        .stderr(crate::support::append(&dir.join("portresd.log")));
+    let mut d = crate::support::Daemon {
         child: cmd.spawn().expect("spawn prlimit portresd"),
         socket: dir.join("portres.sock"),
         log: dir.join("portresd.log"),
@@ -840,7 +838,7 @@ fn daemon_under_nproc(
         .env_remove("RUST_LOG")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(support::append(&dir.join("portresd.log")));
+        .stderr(crate::support::append(&dir.join("portresd.log")));
     let mut child = cmd.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -983,7 +981,7 @@ fn a_daemon_stopping_while_clients_connect_exits_cleanly() {
     // the clean stop into a failure.
     for round in 0..10 {
         let dir = open_tempdir();
-        let mut d = support::Daemon::start(dir.path(), &["--workers", "2"]);
+        let mut d = crate::support::Daemon::start(dir.path(), &["--workers", "2"]);
         let socket = d.socket.clone();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let hammer = {

@@ -4,8 +4,6 @@
 //! or admin flag change nothing), and tokens are unpredictable 64-bit
 //! values from the OS random source.
 
-mod support;
-
 use std::collections::HashSet;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;

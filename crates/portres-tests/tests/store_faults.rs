@@ -9,14 +9,12 @@
 //! namespace) so its tmpfs, loop mount and read-only bind mounts are
 //! invisible to the machine; the daemon, a child of the thread, shares them.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 
+use crate::support::Daemon;
 use portres::{Client, CreateOptions, ErrorCode, Kind, Protocol};
 use portres_tests::{kernel_reserved, netns, open_tempdir};
-use support::Daemon;
 
 /// Moves this thread into a private mount namespace where mounts do not
 /// propagate back.
@@ -287,7 +285,9 @@ fn a_read_only_state_directory_at_start_still_restores_and_serves() {
         sh(&["mount", "--bind", &state_s, &state_s]);
         sh(&["mount", "-o", "remount,ro,bind", &state_s]);
         std::fs::write("/proc/sys/net/ipv4/ip_local_reserved_ports", "\n").unwrap();
-        let mut child = support::daemon_command(dir.path(), &[]).spawn().unwrap();
+        let mut child = crate::support::daemon_command(dir.path(), &[])
+            .spawn()
+            .unwrap();
         let started = portres_tests::eventually(|| {
             std::os::unix::net::UnixStream::connect(dir.path().join("portres.sock")).is_ok()
                 || child.try_wait().unwrap().is_some()
@@ -296,7 +296,7 @@ fn a_read_only_state_directory_at_start_still_restores_and_serves() {
             started,
             "{how}: portresd does not start on a read-only state directory, so nothing \
              restores the persistent reservations into the kernel; log:\n{}",
-            support::log_tail(&dir.path().join("portresd.log"), 5)
+            crate::support::log_tail(&dir.path().join("portresd.log"), 5)
         );
         let d = Daemon {
             child,
