@@ -25,18 +25,34 @@ use portres_kernel::sysctl::{ProcReservedPorts, ReservedPorts};
 #[derive(Debug)]
 pub struct Netns(());
 
+/// Whether tests that cannot run here must fail instead of skipping
+/// (`PORTRES_REQUIRE_PRIVILEGED_TESTS=1`, set by `.ci/run` as root).
+pub fn skips_are_failures() -> bool {
+    std::env::var_os("PORTRES_REQUIRE_PRIVILEGED_TESTS").is_some_and(|v| v == "1")
+}
+
+/// The skip rule, the one place it lives: `test` cannot run here because
+/// of `why`. Prints `SKIPPED <test>: <why>`, or panics with the same text
+/// when [`skips_are_failures`]. The caller returns after it.
+#[track_caller]
+pub fn skip(test: &str, why: impl std::fmt::Display) {
+    if skips_are_failures() {
+        panic!("{test}: {why} (PORTRES_REQUIRE_PRIVILEGED_TESTS=1: a test that cannot run fails)");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+}
+
 /// Moves this test's thread into a fresh network namespace with loopback
-/// up. `None` (after printing why) when that needs privileges we lack.
+/// up. `None` (after [`skip`]) when that needs privileges we lack.
+#[track_caller]
 pub fn netns(test: &str) -> Option<Netns> {
     match portres_kernel::netns::enter_private_netns() {
         Ok(()) => Some(Netns(())),
         Err(e) => {
-            if std::env::var_os("PORTRES_REQUIRE_PRIVILEGED_TESTS").is_some_and(|v| v == "1") {
-                panic!(
-                    "{test}: cannot enter a private network namespace ({e}) and PORTRES_REQUIRE_PRIVILEGED_TESTS=1"
-                );
-            }
-            eprintln!("SKIPPED {test}: needs root for a private network namespace: {e}");
+            skip(
+                test,
+                format_args!("needs root for a private network namespace: {e}"),
+            );
             None
         }
     }

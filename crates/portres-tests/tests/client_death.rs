@@ -183,21 +183,17 @@ fn run(test: &str, kills: u64, strict: bool) {
     }
 }
 
-#[test]
-fn a_killed_clients_reservations_leave_list_and_sysctl_within_100_ms() {
-    run(
-        "a_killed_clients_reservations_leave_list_and_sysctl_within_100_ms",
-        knob("PORTRES_DEATH_KILLS_CI", 25),
-        false,
-    );
-}
+named_test!(
+    a_killed_clients_reservations_leave_list_and_sysctl_within_100_ms,
+    |test| {
+        run(test, knob("PORTRES_DEATH_KILLS_CI", 25), false);
+    }
+);
 
-#[test]
-#[ignore = "long run (300 kills, every one within 100 ms): scripts/reliability"]
-fn long_run_300_killed_clients_each_gone_within_100_ms() {
-    run(
-        "long_run_300_killed_clients_each_gone_within_100_ms",
-        knob("PORTRES_DEATH_KILLS", 300),
-        true,
-    );
-}
+named_test!(
+    #[ignore = "long run (300 kills, every one within 100 ms): scripts/reliability"]
+    long_run_300_killed_clients_each_gone_within_100_ms,
+    |test| {
+        run(test, knob("PORTRES_DEATH_KILLS", 300), true);
+    }
+);

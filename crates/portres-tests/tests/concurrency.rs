@@ -424,19 +424,17 @@ fn settle_within_10s(mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-#[test]
-fn sixty_four_clients_never_share_a_port_and_leave_nothing_behind() {
-    run(
-        "sixty_four_clients_never_share_a_port_and_leave_nothing_behind",
-        knob("PORTRES_STRESS_OPS_CI", 200),
-    );
-}
+named_test!(
+    sixty_four_clients_never_share_a_port_and_leave_nothing_behind,
+    |test| {
+        run(test, knob("PORTRES_STRESS_OPS_CI", 200));
+    }
+);
 
-#[test]
-#[ignore = "long run (64 x 10,000 operations): scripts/reliability"]
-fn long_run_sixty_four_clients_ten_thousand_operations_each() {
-    run(
-        "long_run_sixty_four_clients_ten_thousand_operations_each",
-        knob("PORTRES_STRESS_OPS", 10_000),
-    );
-}
+named_test!(
+    #[ignore = "long run (64 x 10,000 operations): scripts/reliability"]
+    long_run_sixty_four_clients_ten_thousand_operations_each,
+    |test| {
+        run(test, knob("PORTRES_STRESS_OPS", 10_000));
+    }
+);

@@ -483,19 +483,17 @@ fn crash_loop(test: &str, kills: u64) {
     );
 }
 
-#[test]
-fn acknowledged_persistent_changes_survive_sigkill_at_random_moments() {
-    crash_loop(
-        "acknowledged_persistent_changes_survive_sigkill_at_random_moments",
-        knob("PORTRES_CRASH_KILLS_CI", 20),
-    );
-}
+named_test!(
+    acknowledged_persistent_changes_survive_sigkill_at_random_moments,
+    |test| {
+        crash_loop(test, knob("PORTRES_CRASH_KILLS_CI", 20));
+    }
+);
 
-#[test]
-#[ignore = "long run (1000 kills, ~30 s in release): scripts/reliability"]
-fn long_run_acknowledged_persistent_changes_survive_1000_sigkills() {
-    crash_loop(
-        "long_run_acknowledged_persistent_changes_survive_1000_sigkills",
-        knob("PORTRES_CRASH_KILLS", 1000),
-    );
-}
+named_test!(
+    #[ignore = "long run (1000 kills, ~30 s in release): scripts/reliability"]
+    long_run_acknowledged_persistent_changes_survive_1000_sigkills,
+    |test| {
+        crash_loop(test, knob("PORTRES_CRASH_KILLS", 1000));
+    }
+);

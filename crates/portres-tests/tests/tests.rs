@@ -6,6 +6,39 @@
 //! Run one area with `cargo test -p portres-tests --test tests daemon::`,
 //! one test by its name, the long runs with `-- --ignored long_run_`.
 
+/// A test in a private network namespace of its own, named once:
+/// `nstest!(name, |test| { … })`. The thread enters the namespace first;
+/// where it cannot, the skip rule applies ([`portres_tests::skip`]: fail
+/// under `PORTRES_REQUIRE_PRIVILEGED_TESTS=1`, else print `SKIPPED`). The
+/// closure gets the test's name (for messages and further skips).
+/// Attributes (`#[ignore = "…"]`, doc comments) go before the name.
+macro_rules! nstest {
+    ($(#[$attr:meta])* $name:ident, $body:expr) => {
+        $(#[$attr])*
+        #[test]
+        fn $name() {
+            let Some(_netns) = portres_tests::netns(stringify!($name)) else {
+                return;
+            };
+            let body: fn(&'static str) = $body;
+            body(stringify!($name));
+        }
+    };
+}
+
+/// A test that needs no namespace but its own name (to apply the skip
+/// rule to something else it needs): `named_test!(name, |test| { … })`.
+macro_rules! named_test {
+    ($(#[$attr:meta])* $name:ident, $body:expr) => {
+        $(#[$attr])*
+        #[test]
+        fn $name() {
+            let body: fn(&'static str) = $body;
+            body(stringify!($name));
+        }
+    };
+}
+
 mod support;
 
 mod bench_smoke;
