@@ -8,9 +8,12 @@
 //! against the library of this build profile, which `cargo build
 //! --workspace` (the test command's first step) produces.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use portres::{CreateOptions, Owner, Protocol};
 use portres_tests::{InProcessDaemon, ProcessDaemon, as_user, cli, open_tempdir, run};
@@ -83,7 +86,76 @@ fn compile(source: &str, link: Link, sanitize: bool, dir: &Path) -> PathBuf {
 /// Compiles `source` as `lang` with `-Wall -Wextra -Werror` (and `extra`)
 /// against libportres, into `dir`; returns the program and the compiler's
 /// diagnostics (warnings `extra` keeps from being errors).
+///
+/// Builds are cached for the whole test process by what goes into them
+/// (source, language, link kind, sanitizers, flags): the tests build the
+/// same programs many times, and a sanitizer build is slow. `dir` only
+/// matters to sources that live in it (a test's own edited copies).
 fn compile_as(
+    source: &Path,
+    lang: Lang,
+    link: Link,
+    sanitize: bool,
+    _dir: &Path,
+    extra: &[&str],
+) -> (PathBuf, String) {
+    type Key = (PathBuf, String, Vec<String>);
+    type Built = Arc<OnceLock<(PathBuf, String)>>;
+    static BUILDS: Mutex<BTreeMap<Key, Built>> = Mutex::new(BTreeMap::new());
+    let key = (
+        source.to_path_buf(),
+        format!("{lang:?}-{link:?}-{sanitize}"),
+        extra.iter().map(|s| s.to_string()).collect(),
+    );
+    let (slot, n) = {
+        let mut builds = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
+        let n = builds.len();
+        (builds.entry(key).or_default().clone(), n)
+    };
+    // Others asking for the same build wait here instead of compiling it
+    // again; different builds go on in parallel.
+    slot.get_or_init(|| {
+        build(
+            source,
+            lang,
+            link,
+            sanitize,
+            &build_dir().join(n.to_string()),
+            extra,
+        )
+    })
+    .clone()
+}
+
+/// Where this test process keeps its C builds: under cargo's
+/// CARGO_TARGET_TMPDIR, one directory per process; those of processes that
+/// have exited are removed first.
+fn build_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        if let Ok(entries) = std::fs::read_dir(tmp) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if let Some(pid) = name.strip_prefix("c-builds-")
+                    && !Path::new("/proc").join(pid).exists()
+                {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = tmp.join(format!("c-builds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("C build directory");
+        // Test programs run as other users too.
+        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        dir
+    })
+}
+
+/// One uncached build of [`compile_as`], into `dir` (created).
+fn build(
     source: &Path,
     lang: Lang,
     link: Link,
@@ -91,6 +163,8 @@ fn compile_as(
     dir: &Path,
     extra: &[&str],
 ) -> (PathBuf, String) {
+    std::fs::create_dir_all(dir).expect("C build directory");
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let root = repo_root();
     let lib = lib_dir();
     let stem = source.file_stem().unwrap().to_str().unwrap();
