@@ -32,8 +32,10 @@ fn owner(spec: &str) -> Result<Owner, Error> {
     }
 }
 
-/// Ports above 65535 are sent as they are so the daemon names the problem;
-/// only values that cannot travel (negative, > u32) are refused here.
+/// A start or count above 65535 becomes 65535 (clap has already refused
+/// what is not a u32). The block then usually runs past the last port and
+/// the daemon refuses it with its named error; a start above 65535 with a
+/// count of 1, though, becomes a request for port 65535.
 fn narrow(v: u32) -> u16 {
     u16::try_from(v).unwrap_or(u16::MAX)
 }
