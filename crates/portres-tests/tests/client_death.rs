@@ -13,9 +13,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{Daemon, Rng, knob};
+use crate::support::{Rng, knob};
 use portres::{Kind, Protocol};
 use portres_core::PortSet;
+use portres_tests::ProcessDaemon;
 use portres_tests::{as_user, kernel_reserved, netns, open_tempdir, set_kernel_reserved};
 
 const BASELINE: &str = "999";
@@ -40,7 +41,7 @@ fn run(test: &str, kills: u64, strict: bool) {
     let mut rng = Rng::new(seed);
     set_kernel_reserved(BASELINE);
     let dir = open_tempdir();
-    let d = Daemon::start(dir.path(), &[]);
+    let d = ProcessDaemon::start(dir.path(), &[]);
     let observer = d.client();
     observer
         .create(Protocol::Tcp, 8080, 1, Default::default())

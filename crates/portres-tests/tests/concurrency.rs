@@ -30,8 +30,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::{Daemon, Rng, knob, mono_ns};
+use crate::support::{Rng, knob, mono_ns};
 use portres::{CreateOptions, Kind, Protocol};
+use portres_tests::ProcessDaemon;
 use portres_tests::{
     as_user, kernel_reserved, netns, open_tempdir, set_kernel_reserved, set_local_port_range,
 };
@@ -157,7 +158,7 @@ fn run(test: &str, ops: u64) {
     std::fs::create_dir(&logs).unwrap();
     std::fs::set_permissions(&logs, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let quota = QUOTA.to_string();
-    let d = Daemon::start(dir.path(), &["--quota", &quota]);
+    let d = ProcessDaemon::start(dir.path(), &["--quota", &quota]);
     let admin = d.client();
     for (proto, start) in [(Protocol::Tcp, 8080), (Protocol::Udp, 5353)] {
         admin

@@ -21,9 +21,10 @@ use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::support::{Daemon, Rng, daemon_command, knob};
+use crate::support::{Rng, knob};
 use portres::{Client, CreateOptions, ErrorCode, Kind, Owner, Protocol};
 use portres_core::PortSet;
+use portres_tests::ProcessDaemon;
 use portres_tests::{kernel_reserved, netns, open_tempdir, set_kernel_reserved};
 
 /// The admin's own reserved ports before portres first starts.
@@ -282,7 +283,7 @@ fn runtime_round(client: Client, rng: &mut Rng, counts: &Mutex<Counts>) {
 
 /// Checks the restarted daemon against the model, resolving unanswered
 /// operations to what the daemon shows. Returns the number of slots checked.
-fn verify(d: &Daemon, model: &mut [Vec<Slot>], counts: &mut Counts, baseline: &PortSet) {
+fn verify(d: &ProcessDaemon, model: &mut [Vec<Slot>], counts: &mut Counts, baseline: &PortSet) {
     let admin = d.client();
     let list = admin.list(None).expect("list after restart");
     for o in crate::support::overlaps(&list) {
@@ -392,7 +393,9 @@ fn crash_loop(test: &str, kills: u64) {
     while counts.lock().unwrap().kills < kills {
         // Sometimes kill it while it starts (store open, recovery, sysctl).
         if rng.chance(20) {
-            let mut child = daemon_command(dir.path(), &[]).spawn().unwrap();
+            let mut child = portres_tests::daemon_command(dir.path(), &[])
+                .spawn()
+                .unwrap();
             std::thread::sleep(Duration::from_micros(rng.below(15_000)));
             let _ = child.kill();
             let _ = child.wait();
@@ -400,7 +403,7 @@ fn crash_loop(test: &str, kills: u64) {
             c.kills += 1;
             c.startup_kills += 1;
         }
-        let d = Daemon::start(dir.path(), &[]);
+        let d = ProcessDaemon::start(dir.path(), &[]);
         {
             let mut c = counts.lock().unwrap();
             verify(&d, &mut model, &mut c, &baseline);
@@ -441,7 +444,7 @@ fn crash_loop(test: &str, kills: u64) {
         });
     }
     // Final restart and check, then a clean stop.
-    let d = Daemon::start(dir.path(), &[]);
+    let d = ProcessDaemon::start(dir.path(), &[]);
     let mut c = counts.into_inner().unwrap();
     verify(&d, &mut model, &mut c, &baseline);
     let log = d.log_tail(30);

@@ -399,16 +399,10 @@ nstest!(
 
 /// `portresd` in `dir` with the test-only fault `fault` injected
 /// (`PORTRES_TEST_FAULT`, see worker.rs).
-fn faulty_daemon(dir: &std::path::Path, fault: &str, extra: &[&str]) -> crate::support::Daemon {
-    let mut cmd = crate::support::daemon_command(dir, extra);
+fn faulty_daemon(dir: &std::path::Path, fault: &str, extra: &[&str]) -> ProcessDaemon {
+    let mut cmd = portres_tests::daemon_command(dir, extra);
     cmd.env("PORTRES_TEST_FAULT", fault);
-    let mut d = crate::support::Daemon {
-        child: cmd.spawn().expect("spawn portresd"),
-        socket: dir.join("portres.sock"),
-        log: dir.join("portresd.log"),
-    };
-    d.wait_ready(Duration::from_secs(20));
-    d
+    ProcessDaemon::spawn(cmd, dir)
 }
 
 /// An exact-block Lookup of `start`+1 (the call the faults trigger on).
@@ -641,8 +635,8 @@ nstest!(
 
 /// `portresd` in `dir` under RLIMIT_NOFILE `nofile` (soft and hard, via
 /// `prlimit`), log in `dir/portresd.log`.
-fn daemon_with_nofile(dir: &std::path::Path, nofile: u32) -> crate::support::Daemon {
-    let inner = crate::support::daemon_command(dir, &[]);
+fn daemon_with_nofile(dir: &std::path::Path, nofile: u32) -> ProcessDaemon {
+    let inner = portres_tests::daemon_command(dir, &[]);
     let mut cmd = std::process::Command::new("prlimit");
     cmd.arg(format!("--nofile={nofile}:{nofile}"))
         .arg("--")
@@ -653,14 +647,8 @@ fn daemon_with_nofile(dir: &std::path::Path, nofile: u32) -> crate::support::Dae
         .env_remove("RUST_LOG")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(crate::support::append(&dir.join("portresd.log")));
-    let mut d = crate::support::Daemon {
-        child: cmd.spawn().expect("spawn prlimit portresd"),
-        socket: dir.join("portres.sock"),
-        log: dir.join("portresd.log"),
-    };
-    d.wait_ready(Duration::from_secs(20));
-    d
+        .stderr(portres_tests::append(&dir.join("portresd.log")));
+    ProcessDaemon::spawn(cmd, dir)
 }
 
 /// Root's whole round trip on a fresh connection, with a deadline (a
@@ -816,7 +804,7 @@ fn daemon_under_nproc(
         .env_remove("RUST_LOG")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(crate::support::append(&dir.join("portresd.log")));
+        .stderr(portres_tests::append(&dir.join("portresd.log")));
     let mut child = cmd.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -954,7 +942,7 @@ nstest!(
         // the clean stop into a failure.
         for round in 0..10 {
             let dir = open_tempdir();
-            let mut d = crate::support::Daemon::start(dir.path(), &["--workers", "2"]);
+            let mut d = ProcessDaemon::start(dir.path(), &["--workers", "2"]);
             let socket = d.socket.clone();
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let hammer = {

@@ -15,8 +15,8 @@ use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::Daemon;
 use portres::{Client, CreateOptions, Owner, Protocol};
+use portres_tests::ProcessDaemon;
 use portres_tests::{InProcessDaemon, as_user, cli, kernel_reserved, open_tempdir, run};
 use rustix::net::{AddressFamily, SocketType, ipproto};
 use serde_json::Value;
@@ -858,7 +858,7 @@ fn flood(
 }
 
 /// The limit lines of a daemon's log.
-fn limit_lines(d: &Daemon) -> String {
+fn limit_lines(d: &ProcessDaemon) -> String {
     std::fs::read_to_string(&d.log)
         .unwrap()
         .lines()
@@ -871,7 +871,7 @@ nstest!(
     a_flood_of_silent_connections_hits_the_limits_with_a_log_line_and_others_are_served,
     |_| {
         let dir = open_tempdir();
-        let d = Daemon::start(
+        let d = ProcessDaemon::start(
             dir.path(),
             &[
                 "--max-connections",
@@ -906,12 +906,18 @@ nstest!(
         // second daemon: new connections are refused with a clear error...
         let dir2 = open_tempdir();
         // Kernel sync off: the first daemon keeps this namespace's sysctl.
-        let d2 = Daemon::start(
+        let d2 = ProcessDaemon::start(
             dir2.path(),
             &["--max-connections", "60", "--kernel-sync", "off"],
         );
         let held2 = d2.client();
         let res2 = held2.acquire(Protocol::Tcp, 0, 2).unwrap();
+        // The start-up check's probe connection may not be reaped yet: wait
+        // until held2's is the only session, so exactly one slot is taken.
+        assert!(
+            portres_tests::eventually(|| held2.status().is_ok_and(|s| s.sessions == 1)),
+            "sessions besides held2's stay open"
+        );
         let (mut b, opened, refused) = flood(&d2.socket, 0, 70, 0);
         assert_eq!((opened, refused), (70, 11), "60 slots, one of them held");
         let err = Client::connect_to(&d2.socket)
@@ -946,7 +952,7 @@ nstest!(
 
 nstest!(each_kind_of_connection_limit_gets_its_log_line, |_| {
     let dir = open_tempdir();
-    let d = Daemon::start(
+    let d = ProcessDaemon::start(
         dir.path(),
         &[
             "--max-connections",
@@ -974,7 +980,7 @@ nstest!(
     one_unprivileged_user_cannot_pin_unbounded_daemon_memory_with_partial_requests,
     |_| {
         let dir = open_tempdir();
-        let d = Daemon::start(dir.path(), &[]);
+        let d = ProcessDaemon::start(dir.path(), &[]);
         let rss = || {
             let s = std::fs::read_to_string(format!("/proc/{}/status", d.child.id())).unwrap();
             s.lines()

@@ -12,8 +12,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::Daemon;
 use portres::{Client, CreateOptions, ErrorCode, Kind, Protocol};
+use portres_tests::ProcessDaemon;
 use portres_tests::{kernel_reserved, netns, open_tempdir};
 
 /// Moves this thread into a private mount namespace where mounts do not
@@ -103,7 +103,7 @@ named_test!(
             state.to_str().unwrap(),
         ]);
         let db = state.join("portres.db");
-        let d = Daemon::start(dir.path(), &[]);
+        let d = ProcessDaemon::start(dir.path(), &[]);
         let c = d.client();
         let mut acked = Vec::new();
         for i in 0..5u16 {
@@ -157,7 +157,7 @@ named_test!(
         acked.sort_by_key(|r| (r.0.as_str(), r.1));
         // ...and nothing acknowledged is lost across a crash and a restart.
         d.kill9();
-        let d = Daemon::start(dir.path(), &[]);
+        let d = ProcessDaemon::start(dir.path(), &[]);
         let c = d.client();
         assert_eq!(persistent(&c), acked);
         eprintln!(
@@ -196,7 +196,7 @@ nstest!(
         // The daemon's state directory lives on the ext4 file system.
         std::os::unix::fs::symlink(&mnt, dir.path().join("state")).unwrap();
         let db = dir.path().join("state").join("portres.db");
-        let d = Daemon::start(dir.path(), &[]);
+        let d = ProcessDaemon::start(dir.path(), &[]);
         let c = d.client();
         c.create(Protocol::Tcp, 5000, 1, opts("a")).unwrap();
         c.create(Protocol::Udp, 5353, 2, opts("b")).unwrap();
@@ -238,7 +238,7 @@ nstest!(
             "e2fsck: {fsck:?}"
         );
         mount();
-        let d = Daemon::start(dir.path(), &[]);
+        let d = ProcessDaemon::start(dir.path(), &[]);
         let c = d.client();
         assert_eq!(persistent(&c), acked);
         c.create(Protocol::Tcp, 6000, 1, opts("c")).unwrap();
@@ -271,7 +271,7 @@ named_test!(
         ]);
         let db = state.join("portres.db");
         for (how, crash) in [("after a clean stop", false), ("after a crash", true)] {
-            let d = Daemon::start(dir.path(), &[]);
+            let d = ProcessDaemon::start(dir.path(), &[]);
             let c = d.client();
             let start = if crash { 5100 } else { 5000 };
             c.create(Protocol::Tcp, start, 3, opts(how)).unwrap();
@@ -286,7 +286,7 @@ named_test!(
             sh(&["mount", "--bind", &state_s, &state_s]);
             sh(&["mount", "-o", "remount,ro,bind", &state_s]);
             std::fs::write("/proc/sys/net/ipv4/ip_local_reserved_ports", "\n").unwrap();
-            let mut child = crate::support::daemon_command(dir.path(), &[])
+            let mut child = portres_tests::daemon_command(dir.path(), &[])
                 .spawn()
                 .unwrap();
             let started = portres_tests::eventually(|| {
@@ -297,13 +297,9 @@ named_test!(
                 started,
                 "{how}: portresd does not start on a read-only state directory, so nothing \
              restores the persistent reservations into the kernel; log:\n{}",
-                crate::support::log_tail(&dir.path().join("portresd.log"), 5)
+                portres_tests::log_tail(&dir.path().join("portresd.log"), 5)
             );
-            let d = Daemon {
-                child,
-                socket: dir.path().join("portres.sock"),
-                log: dir.path().join("portresd.log"),
-            };
+            let d = ProcessDaemon::adopt(child, dir.path());
             let c = d.client();
             assert_eq!(persistent(&c), acked, "{how}: not restored");
             let kernel = kernel_reserved();
@@ -326,7 +322,7 @@ named_test!(
             d.terminate();
             sh(&["umount", &state_s]);
             // Start over for the next round.
-            let d = Daemon::start(dir.path(), &[]);
+            let d = ProcessDaemon::start(dir.path(), &[]);
             let c = d.client();
             c.delete(Protocol::Tcp, start, 3).unwrap();
             d.terminate();
