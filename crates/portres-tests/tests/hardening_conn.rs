@@ -15,51 +15,7 @@ use portres_tests::{InProcessDaemon, ProcessDaemon, eventually, kernel_reserved,
 use rustix::net::{AddressFamily, SocketType};
 use serde_json::{Value, json};
 
-/// One raw connection speaking the wire by hand.
-struct Raw(UnixStream);
-
-impl Raw {
-    fn connect(socket: &std::path::Path) -> Raw {
-        let s = UnixStream::connect(socket).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Raw(s)
-    }
-
-    /// One sendmsg() of `bytes` with `fds` attached.
-    fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
-        portres_proto::fdpass::send_with_fds(self.0.as_fd(), bytes, fds).unwrap();
-    }
-
-    /// The next reply; `None` if the daemon closed the connection.
-    fn reply(&mut self) -> Option<Value> {
-        let mut buf = Vec::new();
-        let mut byte = [0u8; 1];
-        loop {
-            match self.0.read(&mut byte) {
-                Ok(1) if byte[0] == 0 => break,
-                Ok(1) => buf.push(byte[0]),
-                _ => return None,
-            }
-        }
-        Some(serde_json::from_slice(&buf).expect("replies are JSON"))
-    }
-
-    fn call(&mut self, method: &str, params: Value) -> Value {
-        self.send(&frame(method, params, false), &[]);
-        self.reply().expect("the daemon answered")
-    }
-}
-
-/// One call as a frame (JSON + NUL).
-fn frame(method: &str, params: Value, oneway: bool) -> Vec<u8> {
-    let mut call = json!({"method": method, "parameters": params});
-    if oneway {
-        call["oneway"] = json!(true);
-    }
-    let mut v = serde_json::to_vec(&call).unwrap();
-    v.push(0);
-    v
-}
+use portres_tests::{RawClient as Raw, frame};
 
 fn code(v: &Value) -> &str {
     v["parameters"]["code"].as_str().unwrap_or("<success>")
@@ -384,7 +340,7 @@ nstest!(
             let first = raw.reply();
             let closed = match &first {
                 None => true,
-                Some(v) => code(v) != "invalid_parameter" || raw.reply_to_status().is_none(),
+                Some(v) => code(v) != "invalid_parameter" || reply_to_status(&mut raw).is_none(),
             };
             if closed != (n > 4) {
                 failures.push(format!(
@@ -812,7 +768,7 @@ fn daemon_under_nproc(
         // start, and one that cannot start them exits.
         if let Ok(s) = UnixStream::connect(home.join("portres.sock")) {
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let answered = Raw(s).reply_to_status().is_some();
+            let answered = reply_to_status(&mut Raw(s)).is_some();
             if answered && child.try_wait().unwrap().is_none() {
                 return Some(child);
             }
@@ -859,8 +815,8 @@ nstest!(
         assert_eq!(v["parameters"]["reservation"]["count"], 2, "{v}");
         raw.send(&frame("io.portres.List", json!({}), false), &[]);
         let listed = raw.reply();
-        let status = raw.reply_to_status();
-        let other = Raw::connect(&socket).reply_to_status();
+        let status = reply_to_status(&mut raw);
+        let other = reply_to_status(&mut Raw::connect(&socket));
         let _ = child.kill();
         let _ = child.wait();
         let listed = listed.expect("List is answered, the connection stays");
@@ -890,7 +846,7 @@ nstest!(
             thread_limited_daemon(THREAD_LIMITED_UIDS[1], dir.path(), 4, "slow-list");
         let mut conns: Vec<Raw> = (0..12).map(|_| Raw::connect(&socket)).collect();
         for c in &mut conns {
-            assert!(c.reply_to_status().is_some());
+            assert!(reply_to_status(c).is_some());
         }
         // Something to list, so each List makes a socket-table dump (ms).
         for proto in ["tcp", "udp"] {
@@ -921,17 +877,10 @@ nstest!(
     }
 );
 
-impl Raw {
-    /// Sends Status and reads its reply (`None`: closed or timed out).
-    fn reply_to_status(&mut self) -> Option<Value> {
-        portres_proto::fdpass::send_with_fds(
-            self.0.as_fd(),
-            &frame("io.portres.Status", json!({}), false),
-            &[],
-        )
-        .ok()?;
-        self.reply()
-    }
+/// Sends Status on `raw` and reads its reply (`None`: closed or timed
+/// out).
+fn reply_to_status(raw: &mut Raw) -> Option<Value> {
+    raw.request(&frame("io.portres.Status", json!({}), false), &[])
 }
 
 nstest!(

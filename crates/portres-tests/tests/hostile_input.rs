@@ -23,44 +23,7 @@ use serde_json::Value;
 
 const NOBODY: u32 = 65534;
 
-/// One raw connection speaking the wire by hand.
-struct Raw(UnixStream);
-
-impl Raw {
-    fn connect(socket: &std::path::Path) -> Raw {
-        let s = UnixStream::connect(socket).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Raw(s)
-    }
-
-    /// Sends `bytes` (with `fds` on the first byte) and reads one reply;
-    /// `None` if the daemon closed the connection instead.
-    fn send(&mut self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Option<Value> {
-        portres_proto::fdpass::send_with_fds(self.0.as_fd(), bytes, fds).ok()?;
-        self.read_reply()
-    }
-
-    fn read_reply(&mut self) -> Option<Value> {
-        let mut buf = Vec::new();
-        let mut byte = [0u8; 1];
-        loop {
-            match self.0.read(&mut byte) {
-                Ok(1) if byte[0] == 0 => break,
-                Ok(1) => buf.push(byte[0]),
-                _ => return None,
-            }
-        }
-        Some(serde_json::from_slice(&buf).expect("replies are JSON"))
-    }
-
-    fn call(&mut self, method: &str, params: Value, fds: &[BorrowedFd<'_>]) -> Value {
-        let mut req =
-            serde_json::to_vec(&serde_json::json!({"method": method, "parameters": params}))
-                .unwrap();
-        req.push(0);
-        self.send(&req, fds).expect("the daemon answered")
-    }
-}
+use portres_tests::RawClient as Raw;
 
 fn code(v: &Value) -> String {
     v["parameters"]["code"]
@@ -154,11 +117,11 @@ nstest!(bad_descriptors_get_named_errors_and_change_nothing, |_| {
     // The raw connection is another session: give it the owner's capability
     // so the token is usable and only the descriptor is at fault.
     let cap = w.owner.capability().unwrap();
-    let v = raw.call("io.portres.Attach", serde_json::json!({}), &[cap.as_fd()]);
+    let v = raw.call_with_fds("io.portres.Attach", serde_json::json!({}), &[cap.as_fd()]);
     assert_eq!(v["parameters"]["reservations"], 2, "{v}");
     let tcp_token = w.tcp.token().to_string();
     let bind = |raw: &mut Raw, fd: BorrowedFd<'_>, addr: &str| {
-        raw.call(
+        raw.call_with_fds(
             "io.portres.Bind",
             serde_json::json!({"token": tcp_token, "address": addr}),
             &[fd],
@@ -362,12 +325,12 @@ nstest!(bad_descriptors_get_named_errors_and_change_nothing, |_| {
         assert_eq!(local_port(fd), 0, "{what} was bound although refused");
     }
     // Descriptors where none belongs, and too many.
-    let v = raw.call("io.portres.Status", serde_json::json!({}), &[file.as_fd()]);
+    let v = raw.call_with_fds("io.portres.Status", serde_json::json!({}), &[file.as_fd()]);
     if code(&v) != "invalid_parameter" {
         failures.push(format!("a descriptor with Status: {v}"));
     }
     w.unchanged("a descriptor with Status");
-    let v = raw.call(
+    let v = raw.call_with_fds(
         "io.portres.Bind",
         serde_json::json!({"token": tcp_token, "address": "127.0.0.1"}),
         &[tcp4.as_fd(), tcp6.as_fd()],
@@ -377,7 +340,7 @@ nstest!(bad_descriptors_get_named_errors_and_change_nothing, |_| {
     }
     w.unchanged("two descriptors with Bind");
     assert_eq!(local_port(tcp4.as_fd()), 0);
-    let v = raw.call(
+    let v = raw.call_with_fds(
         "io.portres.Bind",
         serde_json::json!({"token": tcp_token, "address": "127.0.0.1"}),
         &[],
@@ -393,7 +356,7 @@ nstest!(bad_descriptors_get_named_errors_and_change_nothing, |_| {
         ("a regular file", file.as_fd()),
     ] {
         let mut other = Raw::connect(&w.d.socket);
-        let v = other.call("io.portres.Attach", serde_json::json!({}), &[fd]);
+        let v = other.call_with_fds("io.portres.Attach", serde_json::json!({}), &[fd]);
         if code(&v) != "access_denied" {
             failures.push(format!("Attach with {what}: {v}"));
         }
@@ -406,7 +369,7 @@ nstest!(bad_descriptors_get_named_errors_and_change_nothing, |_| {
         let _ = portres_proto::fdpass::send_with_fds(flood.0.as_fd(), b"{", &fds4);
     }
     assert!(
-        flood.read_reply().is_none(),
+        flood.reply().is_none(),
         "descriptor flood: connection stays open"
     );
     w.unchanged("a descriptor flood");
@@ -461,7 +424,7 @@ nstest!(
         let mut failures = Vec::new();
         for (what, mut frame, want) in bad_frames {
             frame.push(0);
-            let v = raw.send(&frame, &[]).expect("answered, connection kept");
+            let v = raw.request(&frame, &[]).expect("answered, connection kept");
             if code(&v) != want {
                 failures.push(format!("{what}: want {want}, got {v}"));
             }
@@ -669,7 +632,7 @@ nstest!(
             ),
         ];
         for (what, method, params, want) in &calls {
-            let v = raw.call(method, params.clone(), &[]);
+            let v = raw.call_with_fds(method, params.clone(), &[]);
             if code(&v) != *want {
                 failures.push(format!("{what}: want {want}, got {v}"));
             }
@@ -677,7 +640,7 @@ nstest!(
         }
         // Another session's token with a real socket: refused, socket untouched.
         let s = sock(AddressFamily::INET, SocketType::STREAM, None);
-        let v = raw.call(
+        let v = raw.call_with_fds(
             "io.portres.Bind",
             serde_json::json!({"token": tcp_token, "address": "127.0.0.1"}),
             &[s.as_fd()],
@@ -687,7 +650,7 @@ nstest!(
         }
         assert_eq!(local_port(s.as_fd()), 0);
         w.unchanged("bind with another session's token");
-        let v = raw.call(
+        let v = raw.call_with_fds(
             "io.portres.Bind",
             serde_json::json!({"token": guessed, "address": "127.0.0.1"}),
             &[s.as_fd()],
@@ -703,7 +666,7 @@ nstest!(
         &[],
     );
         w.unchanged("a oneway release of another session's token");
-        let v = raw.call("io.portres.Status", serde_json::json!({}), &[]);
+        let v = raw.call_with_fds("io.portres.Status", serde_json::json!({}), &[]);
         assert_eq!(v["parameters"]["wire_version"], 1, "{v}");
         // Truncated: a message cut off by the peer's close.
         let mut cut = Raw::connect(&w.d.socket);
@@ -717,19 +680,16 @@ nstest!(
         // Oversized: answered and closed.
         let mut big = Raw::connect(&w.d.socket);
         let _ = big.0.write_all(&vec![b' '; 100 * 1024]);
-        let v = big.read_reply().expect("an error before closing");
+        let v = big.reply().expect("an error before closing");
         assert_eq!(code(&v), "invalid_parameter", "{v}");
-        assert!(
-            big.read_reply().is_none(),
-            "oversized: connection stays open"
-        );
+        assert!(big.reply().is_none(), "oversized: connection stays open");
         w.unchanged("an oversized message");
         let mut big2 = Raw::connect(&w.d.socket);
         let mut frame = b"{\"method\":\"io.portres.Status\",\"x\":\"".to_vec();
         frame.extend(std::iter::repeat_n(b'a', 70 * 1024));
         frame.extend(b"\"}\0");
         let _ = big2.0.write_all(&frame);
-        let v = big2.read_reply().expect("an error before closing");
+        let v = big2.reply().expect("an error before closing");
         assert_eq!(code(&v), "invalid_parameter", "{v}");
         w.unchanged("an oversized but well-formed message");
         eprintln!(
