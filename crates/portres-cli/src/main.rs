@@ -1,7 +1,8 @@
-//! `portres`: the command-line client. Parses arguments (`args`), runs one
+//! `portres`: the command-line client. Parses arguments (`args`), checks
+//! them (`cmd::check`: usage errors never reach the daemon), runs one
 //! subcommand (`cmd/`, one file each) and turns the outcome into output and
 //! an exit status: 0 success, 1 the daemon refused, 2 usage or connection
-//! errors.
+//! errors (the daemon stopping under `acquire` is one).
 
 mod args;
 mod cmd;
@@ -13,7 +14,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use portres::{Client, Error, ErrorCode};
 
-use crate::args::{Cli, Command};
+use crate::args::Cli;
 
 /// How a command ended, before it becomes an exit status.
 #[derive(Debug)]
@@ -36,17 +37,14 @@ fn connect(cli: &Cli) -> Result<Client, Error> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
-    let result = match &cli.command {
-        Command::Acquire(a) => connect(&cli).and_then(|c| cmd::acquire::run(&c, a, json)),
-        Command::Exec(a) => connect(&cli).and_then(|c| cmd::exec::run(&c, &cli, a, json)),
-        Command::Release(a) => connect(&cli).and_then(|c| cmd::release::run(&c, a, json)),
-        Command::Create(a) => connect(&cli).and_then(|c| cmd::persistent::create(&c, a, json)),
-        Command::Delete(a) => connect(&cli).and_then(|c| cmd::persistent::delete(&c, a, json)),
-        Command::Lookup(a) => connect(&cli).and_then(|c| cmd::persistent::lookup(&c, a, json)),
-        Command::List(a) => connect(&cli).and_then(|c| cmd::list::run(&c, a, json)),
-        Command::Status => connect(&cli).and_then(|c| cmd::status::run(&c, json)),
+    let plan = match cmd::check(&cli) {
+        Ok(plan) => plan,
+        Err(e) => {
+            output::error(&e, json);
+            return ExitCode::from(2);
+        }
     };
-    match result {
+    match connect(&cli).and_then(|c| plan.run(&c, json)) {
         Ok(Outcome::Exit(code)) => ExitCode::from(code),
         Err(e) => {
             output::error(&e, json);

@@ -1,5 +1,9 @@
-//! Printing: human tables and lines, or JSON (`--json`): a reservation is one
-//! JSON object on one line, in the wire interface's form; a list is an array.
+//! Printing: human tables and lines, or JSON (`--json`). Every success is
+//! one line: a command that acted on one reservation (acquire, create,
+//! lookup, delete, release) prints one reservation object — the wire
+//! interface's form plus `"result"` (what was done) — `list` an array of
+//! reservation objects, `status` its object. A refusal is
+//! `{"error":{"code":…,"message":…}}`. README "Output" documents this.
 //!
 //! Every byte the CLI prints goes through [`outln!`] (stdout) or [`errln!`]
 //! (stderr), never `println!` (clippy.toml of this crate forbids it): a
@@ -90,20 +94,57 @@ pub fn label(r: &ReservationInfo) -> String {
         .unwrap_or_default()
 }
 
-/// Prints one reservation.
-pub fn reservation(r: &ReservationInfo, json: bool, verb: &str) {
-    if json {
-        outln!("{}", serde_json::to_string(r).expect("serializable"));
+/// What `--json` prints for a command that acted on one reservation: the
+/// reservation in the wire interface's form, with what was done first.
+#[derive(serde::Serialize)]
+struct Reported<'a> {
+    /// "acquired", "created", "found", "deleted" or "released".
+    result: &'a str,
+    #[serde(flatten)]
+    reservation: &'a ReservationInfo,
+    /// acquire and create: whether the kernel honours it (the daemon's
+    /// kernel sync is on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel_reserved: Option<bool>,
+}
+
+/// The human line for a reservation: "acquired tcp 40000-40002 (3 ports),
+/// runtime, token N", plus " (not kernel-reserved)" when the kernel does
+/// not honour it.
+pub fn reservation_line(
+    r: &ReservationInfo,
+    result: &str,
+    kernel_reserved: Option<bool>,
+) -> String {
+    let token = r.token.map(|t| format!(", token {t}")).unwrap_or_default();
+    let unhonoured = if kernel_reserved == Some(false) {
+        " (not kernel-reserved)"
     } else {
-        let n = if r.count == 1 { "port" } else { "ports" };
-        let token = r.token.map(|t| format!(", token {t}")).unwrap_or_default();
+        ""
+    };
+    format!(
+        "{result} {} {} ({}), {}{token}{unhonoured}",
+        r.protocol,
+        ports(r),
+        crate::cmd::ports_word(u32::from(r.count)),
+        r.kind.as_str()
+    )
+}
+
+/// Prints one reservation a command acted on (`result`: what it did).
+pub fn reservation(r: &ReservationInfo, json: bool, result: &str, kernel_reserved: Option<bool>) {
+    if json {
+        let reported = Reported {
+            result,
+            reservation: r,
+            kernel_reserved,
+        };
         outln!(
-            "{verb} {} {} ({} {n}), {}{token}",
-            r.protocol,
-            ports(r),
-            r.count,
-            r.kind.as_str()
+            "{}",
+            serde_json::to_string(&reported).expect("serializable")
         );
+    } else {
+        outln!("{}", reservation_line(r, result, kernel_reserved));
     }
 }
 

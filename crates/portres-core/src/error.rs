@@ -1,5 +1,6 @@
 //! The stable error codes every interface (wire, CLI, client library, C API)
-//! speaks, each with a human message.
+//! speaks, each with a human message. (Their varlink names on the wire are
+//! `portres_proto::error_name`.)
 
 use std::fmt;
 use std::str::FromStr;
@@ -88,53 +89,6 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
         }
     }
-
-    /// The varlink error name used on the wire (`io.portres.SharingViolation`).
-    pub fn varlink_name(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidParameter => "io.portres.InvalidParameter",
-            ErrorCode::SharingViolation => "io.portres.SharingViolation",
-            ErrorCode::AccessDenied => "io.portres.AccessDenied",
-            ErrorCode::NotFound => "io.portres.NotFound",
-            ErrorCode::NoFreeBlock => "io.portres.NoFreeBlock",
-            ErrorCode::QuotaExceeded => "io.portres.QuotaExceeded",
-            ErrorCode::BlockExhausted => "io.portres.BlockExhausted",
-            ErrorCode::NotASocket => "io.portres.NotASocket",
-            ErrorCode::NotSupported => "io.portres.NotSupported",
-            ErrorCode::AlreadyBound => "io.portres.AlreadyBound",
-            ErrorCode::WrongNamespace => "io.portres.WrongNamespace",
-            ErrorCode::DaemonUnavailable => "io.portres.DaemonUnavailable",
-            // Never on the wire (clients make it); named for symmetry.
-            ErrorCode::DaemonUntrusted => "io.portres.DaemonUntrusted",
-            ErrorCode::StoreUnavailable => "io.portres.StoreUnavailable",
-            ErrorCode::Internal => "io.portres.Internal",
-        }
-    }
-
-    /// A one-line description of the code, for docs and `--help`.
-    pub fn summary(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidParameter => "a parameter is out of range or malformed",
-            ErrorCode::SharingViolation => {
-                "the block overlaps a reservation or holds a port in use"
-            }
-            ErrorCode::AccessDenied => "the caller is not allowed to do this",
-            ErrorCode::NotFound => "no such reservation",
-            ErrorCode::NoFreeBlock => "no free block of that size in the dynamic port range",
-            ErrorCode::QuotaExceeded => "the per-user runtime quota would be exceeded",
-            ErrorCode::BlockExhausted => "every port of the block is bound",
-            ErrorCode::NotASocket => "the descriptor is not a socket",
-            ErrorCode::NotSupported => "the socket is not a TCP or UDP socket",
-            ErrorCode::AlreadyBound => "the socket is already bound",
-            ErrorCode::WrongNamespace => "the socket is from another network namespace",
-            ErrorCode::DaemonUnavailable => "the portres daemon could not be reached",
-            ErrorCode::DaemonUntrusted => {
-                "the socket or the daemon on it failed the client's trust checks"
-            }
-            ErrorCode::StoreUnavailable => "the durable store could not record the change",
-            ErrorCode::Internal => "an unexpected failure inside the daemon",
-        }
-    }
 }
 
 impl fmt::Display for ErrorCode {
@@ -149,7 +103,7 @@ impl FromStr for ErrorCode {
     fn from_str(s: &str) -> Result<Self, ()> {
         ErrorCode::ALL
             .into_iter()
-            .find(|c| c.as_str() == s || c.varlink_name() == s)
+            .find(|c| c.as_str() == s)
             .ok_or(())
     }
 }
@@ -186,10 +140,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn codes_round_trip_through_both_names() {
+    fn codes_round_trip_through_their_names() {
         for code in ErrorCode::ALL {
             assert_eq!(code.as_str().parse::<ErrorCode>(), Ok(code));
-            assert_eq!(code.varlink_name().parse::<ErrorCode>(), Ok(code));
         }
     }
 }

@@ -300,11 +300,6 @@ impl Table {
         self.runtime_ports_by_uid.get(&uid).copied().unwrap_or(0)
     }
 
-    /// How many sessions hold at least one reservation.
-    pub fn session_count(&self) -> usize {
-        self.by_session.len()
-    }
-
     /// Every reserved port, both protocols, optionally only persistent ones.
     /// The kernel's reserved-ports sysctl is shared by TCP and UDP, so this
     /// is what it must contain (plus the admin's baseline).

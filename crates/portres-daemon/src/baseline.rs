@@ -15,7 +15,7 @@ use std::path::Path;
 use portres_core::PortSet;
 use portres_store::{BaselineRecord, StateDirLock, Store};
 
-use crate::server::StartError;
+use crate::daemon::StartError;
 
 /// Now, in unix seconds.
 pub(crate) fn now_unix() -> i64 {

@@ -5,19 +5,32 @@
 //! in-process on a temporary socket; the `portresd` binary is a thin
 //! command-line wrapper.
 //!
-//! Layers: `server` (the front: accept, connection limits, the deferred
-//! kernel write, stop) and `worker` (epoll loops reading frames and
-//! descriptors and writing replies) → `handlers` (one per request family)
-//! → `state` (the state owner behind one mutex: table, sessions, store,
-//! sysctl).
+//! Layers, each depending only on those after it: `daemon` (start, run,
+//! stop) → `front` (accept, admission, kernel timers) → `worker` (the
+//! pool; per worker an epoll loop, per connection the protocol engine:
+//! framing, descriptor attribution, replies) → `handlers` (one per request
+//! family; the one entry `handle`) → `state` (the state owner behind one
+//! mutex: table, sessions, store, sysctl). Beside them: `limits` (what one
+//! user may make the daemon hold: charge/uncharge), `socket` (binding the
+//! listening socket safely), `kernel_timer`, `events` (eventfd, epoll).
+//!
+//! Lock rule: two mutexes, the state's and the limits'; never hold both
+//! (see `worker::Shared`).
 #![deny(missing_docs)]
 
-pub mod baseline;
-pub mod config;
-pub mod handlers;
-pub mod server;
-pub mod state;
+mod baseline;
+mod config;
+mod daemon;
+mod events;
+mod fault;
+mod front;
+mod handlers;
+mod kernel_timer;
+mod limits;
+mod socket;
+mod state;
 mod worker;
 
+pub use baseline::reset as reset_baseline;
 pub use config::{Config, KernelSync, Mode};
-pub use server::{Daemon, StartError, StopHandle};
+pub use daemon::{Daemon, StartError, StopHandle};

@@ -279,11 +279,6 @@ impl State {
         }
     }
 
-    /// Number of open sessions.
-    pub fn session_count(&self) -> usize {
-        self.sessions.len()
-    }
-
     /// Whether `caller` is an administrator under this configuration.
     pub fn is_admin(config: &Config, uid: u32, gid: u32, groups: &[u32]) -> bool {
         uid == 0

@@ -1,6 +1,7 @@
 //! Sending and receiving bytes with descriptors attached (SCM_RIGHTS) on a
-//! Unix stream socket. Blocking or non-blocking depends on the socket; a
-//! non-blocking socket yields `WouldBlock` like any read or write.
+//! Unix stream socket. `send_with_fds`/`recv_with_fds` block or not as the
+//! socket does (a non-blocking socket yields `WouldBlock` like any read or
+//! write); the `try_` twins never block (the daemon's event loops).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
@@ -19,24 +20,10 @@ use crate::MAX_FDS_PER_MESSAGE;
 /// was sent (nothing sent, try again) — once the first chunk went out, the
 /// rest is sent with the socket's own blocking behaviour.
 pub fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "too many descriptors for one message",
-        ));
-    }
     let mut sent = loop {
-        match rustix::net::sendmsg(
-            sock,
-            &[IoSlice::new(bytes)],
-            &mut control,
-            SendFlags::NOSIGNAL,
-        ) {
-            Ok(n) => break n,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
+        match sendmsg_with_fds(sock, bytes, fds, SendFlags::NOSIGNAL) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => break other?,
         }
     };
     while sent < bytes.len() {
@@ -48,6 +35,43 @@ pub fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>])
         }
     }
     Ok(())
+}
+
+/// One sendmsg of `bytes` with `fds` attached to the first byte.
+fn sendmsg_with_fds(
+    sock: impl AsFd,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+    flags: SendFlags,
+) -> io::Result<usize> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many descriptors for one message",
+        ));
+    }
+    Ok(rustix::net::sendmsg(
+        sock,
+        &[IoSlice::new(bytes)],
+        &mut control,
+        flags,
+    )?)
+}
+
+/// One non-blocking sendmsg of `bytes` with `fds` attached to the first
+/// byte (never waits, even on a blocking socket): the bytes sent, maybe
+/// fewer than all (the descriptors went with the first of them), or
+/// `WouldBlock` (nothing sent, descriptors not passed: try again). The
+/// daemon's counterpart of `try_recv_with_fds`, for replies carrying a
+/// descriptor.
+pub fn try_send_with_fds(
+    sock: impl AsFd,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
+    sendmsg_with_fds(sock, bytes, fds, SendFlags::DONTWAIT | SendFlags::NOSIGNAL)
 }
 
 fn wait_writable(sock: BorrowedFd<'_>) -> io::Result<()> {
@@ -145,6 +169,23 @@ mod tests {
         assert_eq!(&buf[..got.bytes], b"hello\0");
         assert_eq!(fds.len(), 1);
         assert!(!got.fds_truncated);
+    }
+
+    #[test]
+    fn a_non_blocking_send_passes_its_descriptor_or_nothing() {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert_eq!(try_send_with_fds(&a, b"hi\0", &[file.as_fd()]).unwrap(), 3);
+        let mut buf = [0u8; 8];
+        let mut fds = VecDeque::new();
+        let got = try_recv_with_fds(&b, &mut buf, &mut fds).unwrap();
+        assert_eq!((&buf[..got.bytes], fds.len()), (&b"hi\0"[..], 1));
+        // A full socket: WouldBlock, and the descriptor was not passed.
+        let big = vec![0u8; 1 << 16];
+        while rustix::net::send(&a, &big, SendFlags::DONTWAIT).is_ok() {}
+        let err = try_send_with_fds(&a, b"x", &[file.as_fd()]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
     }
 
     #[test]

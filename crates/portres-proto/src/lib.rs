@@ -10,17 +10,26 @@
 //! SCM_RIGHTS ancillary data on the bytes of that request. The full contract
 //! is written out in `docs/wire.md`; this crate is its Rust form.
 //!
-//! This crate owns the message types, the framing and the descriptor-passing
+//! This crate owns the wire's vocabulary (the method table, the message
+//! types, the error names), the framing and the descriptor-passing
 //! send/receive calls. It knows nothing of sessions or state.
 #![deny(missing_docs)]
 
+pub mod call;
+pub mod errors;
 pub mod fdpass;
 pub mod frame;
 pub mod message;
+pub mod method;
 pub mod paths;
+pub mod reply;
 
+pub use call::*;
+pub use errors::{error_code, error_name};
 pub use frame::{FrameBuffer, FrameError};
 pub use message::*;
+pub use method::{METHODS, Method};
+pub use reply::*;
 
 /// The version of this wire interface. Bumped only on incompatible change;
 /// additions (new optional fields, new methods) keep it.

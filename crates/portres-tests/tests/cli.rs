@@ -176,8 +176,14 @@ fn list_json(socket: &Path) -> Vec<Value> {
 /// (exit 1, the code on stderr, nothing on stdout) and with `--json` (exit
 /// 1, `{"error":{"code":…,"message":…}}` on stdout).
 fn refused_by(make: &dyn Fn(&[&str]) -> Command, args: &[&str], code: &str) {
+    refused_with(make, args, code, 1);
+}
+
+/// `refused_by` with another exit status (2: a usage error the CLI finds
+/// before connecting).
+fn refused_with(make: &dyn Fn(&[&str]) -> Command, args: &[&str], code: &str, status: i32) {
     let ran = run_t(make(args));
-    ran.expect(1);
+    ran.expect(status);
     assert!(
         ran.stderr.contains(code),
         "expected {code} on stderr: {ran}"
@@ -190,7 +196,7 @@ fn refused_by(make: &dyn Fn(&[&str]) -> Command, args: &[&str], code: &str) {
     let mut json_args = vec!["--json"];
     json_args.extend_from_slice(args);
     let ran = run_t(make(&json_args));
-    ran.expect(1);
+    ran.expect(status);
     assert!(
         ran.stderr.contains(code),
         "expected {code} on stderr: {ran}"
@@ -212,6 +218,25 @@ fn refused_by(make: &dyn Fn(&[&str]) -> Command, args: &[&str], code: &str) {
 /// `refused_by` for `portres --socket SOCKET ARGS…` as root.
 fn refused(socket: &Path, args: &[&str], code: &str) {
     refused_by(&|a| cmd(socket, a), args, code);
+}
+
+/// A usage error found before connecting: exit 2, `code` on stderr, and
+/// with `--json` the error object on stdout.
+fn usage_refused(socket: &Path, args: &[&str], code: &str) {
+    refused_with(&|a| cmd(socket, a), args, code, 2);
+}
+
+/// A usage error clap finds (a value outside the listed ones): exit 2,
+/// nothing on stdout, `needle` in the explanation on stderr.
+fn clap_refused(socket: &Path, args: &[&str], needle: &str) {
+    for json in [false, true] {
+        let mut all = if json { vec!["--json"] } else { vec![] };
+        all.extend_from_slice(args);
+        let ran = portres(socket, &all);
+        ran.expect(2);
+        assert!(ran.stdout.is_empty(), "{ran}");
+        assert!(ran.stderr.contains(needle), "{ran}");
+    }
 }
 
 /// Polls `cond` until it holds; panics with `what` after `TIMEOUT`.
@@ -268,11 +293,18 @@ struct Running {
 }
 
 impl Running {
-    fn spawn(mut cmd: Command) -> Running {
+    fn spawn(cmd: Command) -> Running {
+        Running::spawn_with_stderr(cmd, None)
+    }
+
+    /// `spawn`, with stderr going to `stderr` if given (then `wait` returns
+    /// an empty stderr).
+    fn spawn_with_stderr(mut cmd: Command, stderr: Option<std::fs::File>) -> Running {
         let what = describe(&cmd);
+        let to_file = stderr.is_some();
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(stderr.map_or_else(Stdio::piped, Stdio::from));
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot spawn `{what}`: {e}"));
@@ -286,7 +318,7 @@ impl Running {
                 }
             }
         });
-        let stderr = Some(drain(child.stderr.take().expect("stderr")));
+        let stderr = (!to_file).then(|| drain(child.stderr.take().expect("stderr")));
         Running {
             what,
             stdin: child.stdin.take(),
@@ -456,22 +488,25 @@ nstest!(acquire_human_output_and_signals_release, |_| {
 nstest!(acquire_refusals_exit_1_without_holding, |_| {
     let d = InProcessDaemon::start(|_| {});
     let s = &d.socket;
+    // Usage errors: found before connecting, exit 2.
     for bad in [
-        &["acquire", "sctp"][..],
-        &["acquire", "tcp", "--count", "0"],
+        &["acquire", "tcp", "--count", "0"][..],
         &["acquire", "tcp", "--count", "-1"],
         &["acquire", "tcp", "--count", "70000"],
         &["acquire", "tcp", "--start", "-5"],
         &["acquire", "tcp", "--start", "65535", "--count", "2"],
         &["acquire", "tcp", "--start", "70000"],
     ] {
-        refused(s, bad, "invalid_parameter");
+        usage_refused(s, bad, "invalid_parameter");
     }
+    clap_refused(s, &["acquire", "sctp", "--hold"], "sctp");
     let c = Client::connect_to(s).expect("connect");
     let _res = c.acquire(Protocol::Tcp, 42000, 5).expect("acquire");
     refused(
         s,
-        &["acquire", "tcp", "--start", "42004", "--count", "3"],
+        &[
+            "acquire", "tcp", "--start", "42004", "--count", "3", "--hold",
+        ],
         "sharing_violation",
     );
     assert_eq!(list_json(s).len(), 1, "a refused acquire left something");
@@ -579,11 +614,10 @@ nstest!(exec_child_releases_with_the_inherited_capability, |_| {
     let lines: Vec<&str> = ran.stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{ran}");
     let released: Value = serde_json::from_str(lines[1]).expect("JSON");
-    assert_eq!(
-        released,
-        serde_json::json!({ "released": lines[0] }),
-        "{ran}"
-    );
+    assert_eq!(released["result"], "released", "{ran}");
+    assert_eq!(released["token"], lines[0], "{ran}");
+    assert_eq!(released["protocol"], "tcp", "{ran}");
+    assert_eq!(released["count"], 2, "{ran}");
     // Released while the exec still ran.
     assert_eq!(lines[2], "[]", "{ran}");
     assert!(list_json(&d.socket).is_empty());
@@ -739,12 +773,12 @@ nstest!(exec_usage_errors_missing_commands_and_refusals, |_test| {
     ran.expect(127);
     assert!(list_json(s).is_empty());
     // Refused by the daemon: exit 1 and the command does not run.
-    for bad in [
-        &["exec", "tcp", "--count", "0", "--", "sh", "-c", "echo ran"][..],
-        &["exec", "sctp", "--", "sh", "-c", "echo ran"],
-    ] {
-        refused(s, bad, "invalid_parameter");
-    }
+    usage_refused(
+        s,
+        &["exec", "tcp", "--count", "0", "--", "sh", "-c", "echo ran"],
+        "invalid_parameter",
+    );
+    clap_refused(s, &["exec", "sctp", "--", "sh", "-c", "echo ran"], "sctp");
     assert!(list_json(s).is_empty());
 });
 
@@ -761,8 +795,8 @@ nstest!(release_refusals, |_| {
     // Another session's reservation.
     refused(s, &["release", &token], "access_denied");
     // Not a token.
-    refused(s, &["release", "abc"], "invalid_parameter");
-    refused(s, &["release", "0"], "invalid_parameter");
+    usage_refused(s, &["release", "abc"], "invalid_parameter");
+    usage_refused(s, &["release", "0"], "invalid_parameter");
     // Unknown token.
     let guess = (res.token().get() ^ 1).to_string();
     refused(s, &["release", &guess], "not_found");
@@ -858,7 +892,7 @@ nstest!(create_owner_user_and_group, |_| {
         "{human}"
     );
     for owner in ["no-such-user-portres", "@no-such-group-portres"] {
-        refused(
+        usage_refused(
             s,
             &["create", "tcp", "5400", "1", "--owner", owner],
             "invalid_parameter",
@@ -884,7 +918,6 @@ nstest!(create_lookup_delete_refuse_bad_blocks, |_| {
         ["tcp", "5000", "0"],
         ["tcp", "0", "1"],
         ["tcp", "65535", "2"],
-        ["sctp", "5000", "1"],
         ["tcp", "-5", "1"],
         ["tcp", "5000", "-1"],
         ["tcp", "70000", "1"],
@@ -892,7 +925,7 @@ nstest!(create_lookup_delete_refuse_bad_blocks, |_| {
         ["udp", "4294967296", "1"],
     ] {
         for verb in ["create", "lookup", "delete"] {
-            refused(s, &[verb, proto, start, count], "invalid_parameter");
+            usage_refused(s, &[verb, proto, start, count], "invalid_parameter");
         }
     }
     assert!(list_json(s).is_empty(), "a refused create left something");
@@ -981,15 +1014,22 @@ nstest!(list_human_json_in_use_and_filter, |_test| {
         assert_eq!(only[0]["protocol"], proto);
         assert_eq!(port_of(&only[0], "start"), start);
     }
-    refused(s, &["list", "sctp"], "invalid_parameter");
+    clap_refused(s, &["list", "sctp"], "sctp");
 
     // Human table.
     let table = ok(s, &["list"]);
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 3, "{table}");
-    for col in ["PROTO", "PORTS", "KIND", "IN USE", "TOKEN", "LABEL"] {
+    for col in ["PROTO", "PORTS", "KIND", "IN USE", "LABEL"] {
         assert!(lines[0].contains(col), "header lacks {col}: {table}");
     }
+    // Root sees the persistent token: too wide for 80 columns with it, so
+    // TOKEN shows with --wide.
+    let wide = ok(s, &["list", "--wide"]);
+    assert!(
+        wide.lines().next().is_some_and(|h| h.contains("TOKEN")),
+        "{wide}"
+    );
     let row = lines
         .iter()
         .find(|l| l.contains("43000-43004"))
@@ -1135,10 +1175,10 @@ fn help_and_version() {
         ("release", &["<TOKEN>"]),
         (
             "create",
-            &["<PROTOCOL>", "<START>", "<COUNT>", "--owner", "--label"],
+            &["<PROTOCOL>", "<START>", "[COUNT]", "--owner", "--label"],
         ),
-        ("delete", &["<PROTOCOL>", "<START>", "<COUNT>"]),
-        ("lookup", &["<PROTOCOL>", "<START>", "<COUNT>"]),
+        ("delete", &["<PROTOCOL>", "<START>", "[COUNT]"]),
+        ("lookup", &["<PROTOCOL>", "<START>", "[COUNT]"]),
         ("list", &["[PROTOCOL]"]),
         ("status", &["--json"]),
     ];
@@ -1169,7 +1209,7 @@ fn usage_errors_exit_2() {
         &["acquire", "tcp", "--count", "abc"],
         &["acquire", "tcp", "--bogus-flag"],
         &["release"],
-        &["create", "tcp", "5000"],
+        &["create", "tcp"],
         &["delete", "tcp"],
         &["lookup"],
         &["list", "tcp", "udp"],
@@ -1193,7 +1233,7 @@ fn unreachable_daemon_exits_2_with_daemon_unavailable() {
         for args in [
             &["status"][..],
             &["list"],
-            &["acquire", "tcp"],
+            &["acquire", "tcp", "--hold"],
             &["exec", "tcp", "--", "sh", "-c", "echo ran"],
             &["release", "123"],
             &["create", "tcp", "5000", "1"],
@@ -1299,5 +1339,552 @@ nstest!(
         assert_ne!(start, 0);
         assert_eq!(list_json(s).len(), 3, "exec left its reservation behind");
         drop(runtime);
+    }
+);
+
+// ---------------------------------------------------------------------------
+// A CLI that survives scripts (issue 12, section 4)
+// ---------------------------------------------------------------------------
+
+/// `portres --socket SOCKET ARGS…` with the given standard input.
+fn with_stdin(socket: &Path, args: &[&str], stdin: Stdio) -> Command {
+    let mut c = cmd(socket, args);
+    c.stdin(stdin);
+    c
+}
+
+nstest!(
+    acquire_refuses_an_input_that_ends_at_once_and_says_what_to_use,
+    |_| {
+        let d = InProcessDaemon::start(|_| {});
+        let s = &d.socket;
+        let file = open_tempdir();
+        let regular = file.path().join("input");
+        std::fs::write(&regular, "some input\n").expect("write");
+        let closed_pipe = || {
+            let (reader, writer) = std::io::pipe().expect("pipe");
+            drop(writer);
+            Stdio::from(reader)
+        };
+        let inputs: [(&str, &dyn Fn() -> Stdio); 3] = [
+            ("/dev/null (a script's `&`)", &Stdio::null),
+            ("a pipe whose writer has gone", &closed_pipe),
+            ("a regular file", &|| {
+                Stdio::from(std::fs::File::open(&regular).expect("open"))
+            }),
+        ];
+        for (what, stdin) in inputs {
+            for json in [false, true] {
+                let mut args = if json { vec!["--json"] } else { vec![] };
+                args.extend(["acquire", "tcp", "-c", "2"]);
+                let ran = run_t(with_stdin(s, &args, stdin()));
+                ran.expect(2);
+                assert!(ran.stderr.contains("invalid_parameter"), "{what}: {ran}");
+                for hint in ["--hold", "--pid", "--timeout", "portres exec"] {
+                    assert!(ran.stderr.contains(hint), "{what}: no {hint} hint: {ran}");
+                }
+                if json {
+                    assert_eq!(one_json_line(&ran)["error"]["code"], "invalid_parameter");
+                } else {
+                    assert!(ran.stdout.is_empty(), "{what}: {ran}");
+                }
+            }
+        }
+        // Nothing was ever acquired.
+        assert!(list_json(s).is_empty());
+        // The help points scripts to exec and the holding modes.
+        let help = ok(s, &["acquire", "--help"]);
+        for word in ["portres exec", "--hold", "--pid", "--timeout", "/dev/null"] {
+            assert!(help.contains(word), "acquire --help lacks {word}: {help}");
+        }
+    }
+);
+
+nstest!(acquire_hold_ignores_input_and_holds_until_a_signal, |_| {
+    let d = InProcessDaemon::start(|_| {});
+    for sig in [rustix::process::Signal::TERM, rustix::process::Signal::INT] {
+        // stdin /dev/null, as for `portres acquire tcp --hold &` in a script.
+        let mut c = cmd(
+            &d.socket,
+            &["--json", "acquire", "tcp", "-s", "45000", "--hold"],
+        );
+        c.stdin(Stdio::null());
+        let mut held = Running::spawn(c);
+        held.close_stdin();
+        let v: Value = serde_json::from_str(&held.next_line()).expect("JSON");
+        assert_eq!(v["result"], "acquired", "{v}");
+        assert_eq!(port_of(&v, "start"), 45000, "{v}");
+        assert_eq!(list_json(&d.socket).len(), 1);
+        assert!(kernel_has(45000, 1), "{}", kernel_reserved());
+        assert!(held.is_running(), "--hold ended with its input");
+        kill(held.pid(), sig);
+        let (status, err) = held.wait();
+        assert_eq!(status.code(), Some(0), "{status}: {err}");
+        wait_until("release", || list_json(&d.socket).is_empty());
+    }
+    // --hold is its own mode.
+    let ran = portres(&d.socket, &["acquire", "tcp", "--hold", "--timeout", "5s"]);
+    ran.expect(2);
+    assert!(ran.stderr.contains("cannot be used with"), "{ran}");
+});
+
+nstest!(acquire_pid_holds_until_that_process_exits, |_| {
+    let d = InProcessDaemon::start(|_| {});
+    let mut sleeper = Command::new("sleep").arg("30").spawn().expect("sleep");
+    let pid = sleeper.id().to_string();
+    let mut c = cmd(&d.socket, &["acquire", "udp", "-c", "3", "--pid", &pid]);
+    c.stdin(Stdio::null());
+    let mut held = Running::spawn(c);
+    held.close_stdin();
+    let line = held.next_line();
+    assert!(
+        line.starts_with("acquired udp") && line.contains("(3 ports)"),
+        "{line}"
+    );
+    assert_eq!(list_json(&d.socket).len(), 1);
+    assert!(held.is_running(), "--pid ended before its process");
+    sleeper.kill().expect("kill sleep");
+    sleeper.wait().expect("wait sleep");
+    let (status, err) = held.wait();
+    assert_eq!(status.code(), Some(0), "{status}: {err}");
+    assert!(err.contains(&format!("process {pid} exits")), "{err}");
+    wait_until("release", || list_json(&d.socket).is_empty());
+
+    // A process that is gone already: a usage error, nothing acquired.
+    let mut done = Command::new("true").spawn().expect("true");
+    done.wait().expect("wait");
+    let gone = done.id().to_string();
+    usage_refused(
+        &d.socket,
+        &["acquire", "tcp", "--pid", &gone],
+        "invalid_parameter",
+    );
+    usage_refused(
+        &d.socket,
+        &["acquire", "tcp", "--pid", "-3"],
+        "invalid_parameter",
+    );
+    assert!(list_json(&d.socket).is_empty());
+});
+
+nstest!(acquire_timeout_releases_by_itself, |_| {
+    let d = InProcessDaemon::start(|_| {});
+    for timeout in ["300ms", "1"] {
+        let ran = portres(
+            &d.socket,
+            &["--json", "acquire", "tcp", "--timeout", timeout],
+        );
+        ran.expect(0);
+        assert_eq!(one_json_line(&ran)["result"], "acquired", "{ran}");
+        assert!(
+            list_json(&d.socket).is_empty(),
+            "held after --timeout {timeout}"
+        );
+    }
+    // --pid and --timeout together: whichever comes first (the timeout).
+    let mut sleeper = Command::new("sleep").arg("30").spawn().expect("sleep");
+    let pid = sleeper.id().to_string();
+    let ran = portres(
+        &d.socket,
+        &["acquire", "tcp", "--pid", &pid, "--timeout", "200ms"],
+    );
+    ran.expect(0);
+    assert!(ran.stderr.contains("at most 200ms"), "{ran}");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    for bad in ["0", "abc", "5 parsecs", "-1s"] {
+        usage_refused(
+            &d.socket,
+            &["acquire", "tcp", "--timeout", bad],
+            "invalid_parameter",
+        );
+    }
+    assert!(list_json(&d.socket).is_empty());
+});
+
+nstest!(acquire_and_exec_notice_the_daemon_stopping, |_| {
+    let dir = open_tempdir();
+    // acquire, in each holding mode: exits 2 at once.
+    for mode in [&["--hold"][..], &[], &["--timeout", "1h"]] {
+        let d = ProcessDaemon::start(dir.path(), &[]);
+        let mut args = vec!["acquire", "tcp", "-c", "2"];
+        args.extend_from_slice(mode);
+        let mut held = Running::spawn(cmd(&d.socket, &args));
+        assert!(held.next_line().starts_with("acquired tcp"));
+        d.terminate();
+        let (status, err) = held.wait();
+        assert_eq!(status.code(), Some(2), "acquire {mode:?}: {status}: {err}");
+        assert!(
+            err.contains("daemon stopped: reservation ended"),
+            "acquire {mode:?}: {err}"
+        );
+    }
+
+    // exec: warns and lets the command run on.
+    let d = ProcessDaemon::start(dir.path(), &[]);
+    let log = dir.path().join("exec.err");
+    let script = r#"echo ready
+until grep -q "daemon stopped" "$ERR"; do sleep 0.02; done
+echo ran-on; exit 5"#;
+    let mut c = cmd(&d.socket, &["exec", "tcp", "--", "sh", "-c", script]);
+    c.env("ERR", &log);
+    let mut running =
+        Running::spawn_with_stderr(c, Some(std::fs::File::create(&log).expect("log")));
+    assert_eq!(running.next_line(), "ready");
+    d.terminate();
+    assert_eq!(running.next_line(), "ran-on");
+    let (status, _) = running.wait();
+    assert_eq!(status.code(), Some(5), "the command's status: {status}");
+    let err = std::fs::read_to_string(&log).expect("read log");
+    assert!(
+        err.contains("warning: daemon stopped: reservation ended")
+            && err.contains("--strict-daemon"),
+        "{err}"
+    );
+
+    // exec --strict-daemon: ends the command, exits 2.
+    let d = ProcessDaemon::start(dir.path(), &[]);
+    let mut running = Running::spawn(cmd(
+        &d.socket,
+        &[
+            "exec",
+            "tcp",
+            "--strict-daemon",
+            "--",
+            "sh",
+            "-c",
+            "echo ready; exec sleep 30",
+        ],
+    ));
+    assert_eq!(running.next_line(), "ready");
+    d.terminate();
+    let (status, err) = running.wait();
+    assert_eq!(status.code(), Some(2), "{status}: {err}");
+    assert!(err.contains("daemon stopped: reservation ended"), "{err}");
+});
+
+nstest!(short_flags_ranges_and_a_default_count, |_| {
+    let d = InProcessDaemon::start(|_| {});
+    let s = &d.socket;
+    let env = "echo \"$PORTRES_START $PORTRES_COUNT\"";
+    for (args, want) in [
+        (&["exec", "tcp", "-s", "45000", "-c", "2"][..], "45000 2"),
+        (&["exec", "tcp", "--start", "45010-45012"], "45010 3"),
+        (&["exec", "udp", "-s", "45020-45021", "-c", "2"], "45020 2"),
+        (&["exec", "udp", "-c", "4"], ""),
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["--", "sh", "-c", env]);
+        let ran = portres(s, &all);
+        ran.expect(0);
+        if !want.is_empty() {
+            assert_eq!(ran.stdout.trim(), want, "{ran}");
+        } else {
+            assert!(ran.stdout.trim().ends_with(" 4"), "{ran}");
+        }
+    }
+    let v = ok_json(
+        s,
+        &["acquire", "tcp", "-s", "45030-45034", "--timeout", "1ms"],
+    );
+    assert_eq!(
+        (port_of(&v, "start"), field_u64(&v, "count")),
+        (45030, 5),
+        "{v}"
+    );
+
+    // create/lookup/delete: COUNT defaults to 1; START-END is the block.
+    let one = ok_json(s, &["create", "tcp", "8080"]);
+    assert_eq!(field_u64(&one, "count"), 1, "{one}");
+    let ten = ok_json(s, &["create", "tcp", "9000-9009"]);
+    assert_eq!(
+        (port_of(&ten, "start"), field_u64(&ten, "count")),
+        (9000, 10),
+        "{ten}"
+    );
+    assert_eq!(
+        token_of(&ok_json(s, &["lookup", "tcp", "9000-9009"])),
+        token_of(&ten)
+    );
+    assert_eq!(
+        token_of(&ok_json(s, &["lookup", "tcp", "9000", "10"])),
+        token_of(&ten)
+    );
+    assert_eq!(
+        token_of(&ok_json(s, &["lookup", "tcp", "8080"])),
+        token_of(&one)
+    );
+    ok(s, &["delete", "tcp", "9000-9009"]);
+    ok(s, &["delete", "tcp", "8080"]);
+    assert!(list_json(s).is_empty());
+});
+
+#[test]
+fn usage_errors_are_found_before_connecting() {
+    // No daemon at all: a usage error must be reported as one (exit 2,
+    // invalid_parameter), not as daemon_unavailable.
+    let dir = open_tempdir();
+    let missing = dir.path().join("missing.sock");
+    for args in [
+        &["create", "tcp", "9010-9000"][..],  // reversed
+        &["create", "tcp", "65530-65536"],    // past 65535
+        &["create", "tcp", "65535", "2"],     // overflowing
+        &["create", "tcp", "0-5"],            // port 0
+        &["create", "tcp", "9000-9009", "5"], // the range and count disagree
+        &["create", "tcp", "70000"],
+        &["create", "tcp", "5000", "0"],
+        &["create", "tcp", "5000", "--owner", "no-such-user-portres"],
+        &["delete", "udp", "x"],
+        &["lookup", "udp", "5000", "-1"],
+        &["acquire", "tcp", "-c", "0", "--hold"],
+        &["acquire", "tcp", "-s", "65535", "-c", "2", "--hold"],
+        &["acquire", "tcp", "-s", "5-1", "--hold"],
+        &["exec", "tcp", "-c", "70000", "--", "true"],
+        &["release", "not-a-token"],
+        &["list", "--port", "70000"],
+        &["list", "--port", "0"],
+    ] {
+        usage_refused(&missing, args, "invalid_parameter");
+    }
+    let ran = portres(&missing, &["create", "tcp", "9010-9000"]);
+    assert!(ran.stderr.contains("reversed"), "{ran}");
+    // clap's own: a protocol or kind outside the listed values.
+    for args in [
+        &["acquire", "sctp", "--hold"][..],
+        &["list", "--kind", "forever"],
+    ] {
+        clap_refused(&missing, args, "possible values");
+    }
+}
+
+nstest!(
+    output_wording_and_json_shape_are_the_same_for_every_command,
+    |_| {
+        let d = InProcessDaemon::start(|_| {});
+        let s = &d.socket;
+        // Human: "(1 port)" / "(3 ports)" in every line about a block.
+        let lines = [
+            ok(s, &["acquire", "tcp", "-s", "46000", "--timeout", "1ms"]),
+            ok(s, &["create", "tcp", "5000"]),
+            ok(s, &["lookup", "tcp", "5000"]),
+            ok(s, &["delete", "tcp", "5000"]),
+            ok(s, &["create", "udp", "5000", "3"]),
+            ok(s, &["lookup", "udp", "5000-5002"]),
+            ok(s, &["delete", "udp", "5000-5002"]),
+        ];
+        for (line, want) in lines.iter().zip([
+            "acquired tcp 46000 (1 port), runtime",
+            "created tcp 5000 (1 port), persistent",
+            "found tcp 5000 (1 port), persistent",
+            "deleted tcp 5000 (1 port), persistent",
+            "created udp 5000-5002 (3 ports), persistent",
+            "found udp 5000-5002 (3 ports), persistent",
+            "deleted udp 5000-5002 (3 ports), persistent",
+        ]) {
+            assert!(line.starts_with(want), "{line:?} is not {want:?}…");
+            assert!(!line.contains("port(s)"), "{line}");
+        }
+        let mut c = cmd(
+            s,
+            &[
+                "exec",
+                "tcp",
+                "-c",
+                "3",
+                "--",
+                "sh",
+                "-c",
+                "\"$PR\" release \"$PORTRES_TOKEN\"",
+            ],
+        );
+        c.env("PR", bin("portres"));
+        let ran = run_t(c);
+        ran.expect(0);
+        assert!(
+            ran.stdout.starts_with("released tcp")
+                && ran.stdout.contains("(3 ports), runtime, token"),
+            "{ran}"
+        );
+
+        // JSON: every single-reservation command prints one reservation object
+        // with "result".
+        let mut c = cmd(
+            s,
+            &[
+                "exec",
+                "udp",
+                "-c",
+                "2",
+                "--",
+                "sh",
+                "-c",
+                "\"$PR\" --json release \"$PORTRES_TOKEN\"",
+            ],
+        );
+        c.env("PR", bin("portres"));
+        let ran = run_t(c);
+        ran.expect(0);
+        let objects = [
+            (
+                "acquired",
+                ok_json(s, &["acquire", "tcp", "--timeout", "1ms"]),
+            ),
+            (
+                "created",
+                ok_json(s, &["create", "tcp", "5000-5001", "--label", "x"]),
+            ),
+            ("found", ok_json(s, &["lookup", "tcp", "5000-5001"])),
+            ("deleted", ok_json(s, &["delete", "tcp", "5000-5001"])),
+            ("released", one_json_line(&ran)),
+        ];
+        for (result, v) in &objects {
+            assert_eq!(v["result"], *result, "{v}");
+            assert!(v["protocol"].is_string(), "{v}");
+            port_of(v, "start");
+            assert!(field_u64(v, "count") >= 1, "{v}");
+            assert!(v["kind"].is_string(), "{v}");
+        }
+        assert_eq!(objects[4].1["count"], 2);
+        assert_eq!(objects[4].1["kind"], "runtime");
+        // list: an array of the same objects (without "result").
+        ok(s, &["create", "tcp", "5000"]);
+        let list = list_json(s);
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0]["protocol"], "tcp");
+        assert!(list[0].get("result").is_none(), "{:?}", list[0]);
+    }
+);
+
+nstest!(list_filters_by_kind_owner_and_port, |_| {
+    let d = InProcessDaemon::start(|_| {});
+    let s = &d.socket;
+    ok(s, &["create", "tcp", "5000"]);
+    ok(s, &["create", "tcp", "5001-5003", "--owner", "nobody"]);
+    ok(s, &["create", "udp", "5010", "--owner", "@nogroup"]);
+    let c = Client::connect_to(s).expect("connect");
+    let _mine = c.acquire(Protocol::Tcp, 44000, 2).expect("acquire");
+    let mut theirs = Running::spawn(nobody(s, &["acquire", "tcp", "-s", "44100", "--hold"]));
+    assert!(theirs.next_line().starts_with("acquired tcp 44100"));
+    let starts = |args: &[&str], who: Option<u32>| -> Vec<u64> {
+        let mut all = vec!["--json", "list"];
+        all.extend_from_slice(args);
+        let ran = match who {
+            None => portres(s, &all),
+            Some(uid) => run_t(as_user(&cmd(s, &all), uid, uid, &[])),
+        };
+        ran.expect(0);
+        let v = one_json_line(&ran);
+        let mut starts: Vec<u64> = v
+            .as_array()
+            .unwrap_or_else(|| panic!("{ran}"))
+            .iter()
+            .map(|r| field_u64(r, "start"))
+            .collect();
+        starts.sort_unstable();
+        starts
+    };
+    assert_eq!(starts(&[], None), [5000, 5001, 5010, 44000, 44100]);
+    assert_eq!(starts(&["--kind", "runtime"], None), [44000, 44100]);
+    assert_eq!(starts(&["--kind", "persistent"], None), [5000, 5001, 5010]);
+    assert_eq!(starts(&["--kind", "persistent", "udp"], None), [5010]);
+    assert_eq!(starts(&["--port", "5002"], None), [5001]);
+    assert_eq!(starts(&["--port", "44001"], None), [44000]);
+    assert!(starts(&["--port", "44002"], None).is_empty());
+    assert_eq!(starts(&["--mine"], None), [44000]);
+    assert_eq!(starts(&["--mine"], Some(NOBODY)), [5001, 5010, 44100]);
+    assert_eq!(
+        starts(&["--mine", "--kind", "runtime"], Some(NOBODY)),
+        [44100]
+    );
+    // Human, filtered to nothing.
+    assert_eq!(ok(s, &["list", "--port", "6000"]).trim(), "no reservations");
+});
+
+nstest!(list_fits_80_columns_unless_wide, |_| {
+    let d = InProcessDaemon::start(|_| {});
+    let s = &d.socket;
+    let long = "a label long enough to push the table well past eighty columns";
+    ok(s, &["create", "tcp", "5000", "--label", "web"]);
+    ok(
+        s,
+        &[
+            "create",
+            "tcp",
+            "60000-60100",
+            "--owner",
+            "nobody",
+            "--label",
+            long,
+        ],
+    );
+    let c = Client::connect_to(s).expect("connect");
+    let res = c.acquire(Protocol::Tcp, 44000, 10).expect("acquire");
+    let _bound: Vec<_> = (0..6).map(|_| res.bind_tcp(V4).expect("bind")).collect();
+
+    let ran = portres(s, &["list"]);
+    ran.expect(0);
+    for line in ran.stdout.lines() {
+        assert!(
+            line.chars().count() <= 80,
+            "{} columns: {line:?}\n{ran}",
+            line.chars().count()
+        );
+    }
+    assert!(ran.stdout.contains('…'), "nothing elided: {ran}");
+    assert!(ran.stdout.contains("web"), "{ran}");
+    assert!(ran.stdout.contains("owner nobody"), "{ran}");
+    assert!(ran.stdout.contains("44000-44009"), "{ran}");
+    // Root sees the tokens: either in the table or told where they went.
+    let token = c
+        .lookup(Protocol::Tcp, 5000, 1)
+        .expect("lookup")
+        .token
+        .expect("token");
+    assert!(
+        ran.stdout.contains(&token.to_string()) || ran.stderr.contains("TOKEN column is left out"),
+        "{ran}"
+    );
+    // --wide: everything, uncut.
+    let wide = ok(s, &["list", "--wide"]);
+    assert!(wide.contains(long), "{wide}");
+    assert!(wide.contains(&token.to_string()), "{wide}");
+    assert!(!wide.contains('…'), "{wide}");
+    // A narrow table is left alone.
+    drop(_bound);
+    drop(res);
+    ok(s, &["delete", "tcp", "60000-60100"]);
+    let narrow = ok(s, &["list"]);
+    assert!(
+        narrow.contains(&token.to_string()) && !narrow.contains('…'),
+        "{narrow}"
+    );
+});
+
+nstest!(
+    acquire_and_exec_say_not_kernel_reserved_without_kernel_sync,
+    |_| {
+        for sync in [false, true] {
+            let d = InProcessDaemon::start(|c| {
+                c.kernel_sync = if sync {
+                    portres_daemon::KernelSync::On
+                } else {
+                    portres_daemon::KernelSync::Off
+                }
+            });
+            let s = &d.socket;
+            let human = ok(s, &["acquire", "tcp", "--timeout", "1ms"]);
+            assert_eq!(human.contains("(not kernel-reserved)"), !sync, "{human}");
+            let v = ok_json(s, &["acquire", "tcp", "--timeout", "1ms"]);
+            assert_eq!(v["kernel_reserved"], sync, "{v}");
+            let ran = portres(s, &["exec", "tcp", "-c", "2", "--", "true"]);
+            ran.expect(0);
+            assert_eq!(ran.stderr.contains("(not kernel-reserved)"), !sync, "{ran}");
+            assert!(
+                ran.stdout.is_empty(),
+                "exec's stdout is the command's: {ran}"
+            );
+            let human = ok(s, &["create", "tcp", "5000"]);
+            assert_eq!(human.contains("(not kernel-reserved)"), !sync, "{human}");
+        }
     }
 );

@@ -14,6 +14,7 @@
 //! are untouched) and the system daemon's socket can be the real path.
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,28 @@ fn scene(test: &str) -> Option<Scene> {
         rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC,
     )
     .expect("make / private");
+    // The checkout and the built binaries may themselves live under /tmp
+    // (a CI checkout often does): held open here, mounted back below, so
+    // the fresh tmpfs does not hide them.
+    let keep: Vec<(PathBuf, OwnedFd)> = [
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
+        // target/debug/deps/<this test> → target/debug, where the
+        // binaries the tests run are.
+        std::env::current_exe().expect("current_exe").join("../.."),
+    ]
+    .iter()
+    .filter_map(|p| p.canonicalize().ok())
+    .filter(|p| p.starts_with("/tmp") || p.starts_with("/run"))
+    .map(|p| {
+        let fd = rustix::fs::open(
+            &p,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
+        (p, fd)
+    })
+    .collect();
     for dir in ["/tmp", "/run"] {
         rustix::mount::mount(
             "tmpfs",
@@ -63,6 +86,12 @@ fn scene(test: &str) -> Option<Scene> {
         .unwrap_or_else(|e| panic!("mount tmpfs on {dir}: {e}"));
     }
     std::fs::set_permissions("/tmp", std::fs::Permissions::from_mode(0o1777)).expect("chmod /tmp");
+    for (path, fd) in &keep {
+        std::fs::create_dir_all(path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        let from = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        rustix::mount::mount_bind(from.as_str(), path)
+            .unwrap_or_else(|e| panic!("bind {} back over the tmpfs: {e}", path.display()));
+    }
     Some(Scene { _ns: ns })
 }
 
@@ -124,7 +153,19 @@ impl std::fmt::Display for Ran {
 }
 
 fn run(mut c: Command) -> Ran {
-    let out = c.output().expect("run");
+    // A program copied a moment ago (the setuid probe) can fail to exec
+    // with ETXTBSY: another test thread's fork, between its fork and exec,
+    // still holds the copy's write descriptor. That passes; try again.
+    let mut out = c.output().expect("run");
+    for _ in 0..100 {
+        if out.status.code() != Some(126)
+            || !String::from_utf8_lossy(&out.stderr).contains("Text file busy")
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        out = c.output().expect("run");
+    }
     Ran {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -470,7 +511,7 @@ named_test!(
         );
         assert!(ran.stderr.contains(SYSTEM_SOCKET), "{ran}");
         assert!(ran.stderr.contains("Start one"), "{ran}");
-        let ran = portres_as_victim(&["--json", "acquire", "tcp"], &[]);
+        let ran = portres_as_victim(&["--json", "acquire", "tcp", "--hold"], &[]);
         assert_eq!(ran.out.status.code(), Some(2), "{ran}");
         let v: serde_json::Value = serde_json::from_str(ran.stdout.trim()).expect("json");
         assert_eq!(v["error"]["code"], "daemon_untrusted", "{ran}");
@@ -626,15 +667,11 @@ named_test!(
         let dir = portres_tests::open_tempdir();
         let plain = dir.path().join("probe-plain");
         let setuid = dir.path().join("probe-setuid");
-        // Copied by install(1), not std::fs::copy: a writable descriptor of
-        // the copy open in this process would be inherited by any child another
-        // test thread forks meanwhile, and exec would fail with ETXTBSY.
-        for (copy, mode) in [(&plain, "0755"), (&setuid, "4755")] {
-            let mut install = Command::new("install");
-            install.arg("-m").arg(mode).arg(trustkit()).arg(copy);
-            let o = install.output().expect("run install");
-            assert!(o.status.success(), "install: {o:?}");
+        for copy in [&plain, &setuid] {
+            std::fs::copy(trustkit(), copy).unwrap();
         }
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&setuid, std::fs::Permissions::from_mode(0o4755)).unwrap();
         let env = [
             ("PORTRES_SOCKET", listen.to_str().unwrap()),
             ("PORTRES_SESSION_FD", "99"),

@@ -656,8 +656,8 @@ nstest!(
             vec!["list", "udp"],
             vec!["lookup", "udp", "6000", "2"],
             vec!["--json", "lookup", "udp", "6000", "2"],
-            vec!["acquire", "tcp"],
-            vec!["--json", "acquire", "udp", "--count", "3"],
+            vec!["acquire", "tcp", "--hold"],
+            vec!["--json", "acquire", "udp", "--count", "3", "--hold"],
             vec!["create", "tcp", "7000", "1"],
             vec!["delete", "tcp", "7000", "1"],
             vec!["--json", "release", "1"], // refused: the error JSON goes to stdout

@@ -732,7 +732,7 @@ nstest!(unprivileged_users_cannot_touch_what_is_not_theirs, |_| {
         ),
         (
             "acquire a privileged port",
-            vec!["acquire", "tcp", "--start", "80"],
+            vec!["acquire", "tcp", "--start", "80", "--hold"],
             "access_denied",
         ),
         (

@@ -74,7 +74,7 @@ nstest!(owner_delegation_lets_nobody_get_port_80_bound, |_| {
     );
     // ...nor acquire it at runtime...
     let mut acquire = cli(&d.socket);
-    acquire.args(["acquire", "tcp", "--start", "80"]);
+    acquire.args(["acquire", "tcp", "--start", "80", "--hold"]);
     let (out, _, stderr) = run(as_user(&acquire, NOBODY, NOGROUP, &[]));
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("access_denied"), "{stderr}");

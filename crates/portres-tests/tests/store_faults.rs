@@ -175,7 +175,6 @@ named_test!(
 nstest!(
     a_state_file_system_turning_read_only_under_the_daemon_fails_changes_and_keeps_serving,
     |test| {
-        let test = test;
         private_mounts(test);
         let dir = open_tempdir();
         let img = dir.path().join("state.img");

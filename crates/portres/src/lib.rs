@@ -24,7 +24,7 @@ mod client;
 mod reservation;
 mod trust;
 
-pub use client::{Client, CreateOptions};
+pub use client::{Client, CreateOptions, DaemonWatch};
 pub use portres_core::{Block, Error, ErrorCode, Kind, Owner, Protocol, Token};
 pub use portres_proto::paths::SocketKind;
 pub use portres_proto::{HolderInfo, OwnerInfo, OwnerKind, ReservationInfo, StatusReply};

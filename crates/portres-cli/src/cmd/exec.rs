@@ -1,17 +1,47 @@
 //! `portres exec`: hold a runtime reservation while a command runs, hand it
-//! the ports and the session capability, pass its exit status through.
+//! the ports and the session capability, pass its exit status through. A
+//! watcher thread notices the daemon hanging up the session (the
+//! reservation has ended): it warns, and with `--strict-daemon` ends the
+//! command (through a pidfd, so a reused pid is never signalled).
 
+use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use portres::{Client, Error, ErrorCode};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::args::{Cli, ExecArgs};
-use crate::output::errln;
+use crate::args::ExecArgs;
+use crate::cmd::CheckedBlock;
+use crate::output::{errln, reservation_line};
 use crate::{Outcome, cmd};
+
+/// A checked `exec`.
+#[derive(Debug)]
+pub struct Plan {
+    block: CheckedBlock,
+    label: Option<String>,
+    strict_daemon: bool,
+    command: Vec<OsString>,
+}
+
+pub fn check(a: &ExecArgs) -> Result<Plan, Error> {
+    Ok(Plan {
+        block: cmd::acquire::check_block(&a.reservation)?,
+        label: a.reservation.label.clone(),
+        strict_daemon: a.strict_daemon,
+        command: a.command.clone(),
+    })
+}
+
+/// How long `--strict-daemon` lets the command end after SIGTERM before
+/// SIGKILL.
+const STRICT_GRACE: Duration = Duration::from_secs(5);
 
 fn internal(what: &str, e: impl std::fmt::Display) -> Error {
     Error::new(ErrorCode::Internal, format!("{what}: {e}"))
@@ -24,14 +54,21 @@ fn inheritable(fd: &OwnedFd) -> Result<(), Error> {
         .map_err(|e| internal("clearing close-on-exec on the session capability", e))
 }
 
-pub fn run(client: &Client, cli: &Cli, a: &ExecArgs, _json: bool) -> Result<Outcome, Error> {
+pub fn run(client: &Client, plan: Plan) -> Result<Outcome, Error> {
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])
         .map_err(|e| internal("signal setup", e))?;
-    let res = cmd::acquire::acquire(client, &a.reservation)?;
+    let res = cmd::acquire::acquire(client, &plan.block, plan.label.clone())?;
     let capability = client.capability()?;
     inheritable(&capability)?;
+    let watch = client.daemon_watch()?;
+    if cmd::acquire::kernel_reserved(client) == Some(false) {
+        errln!(
+            "portres: {}",
+            reservation_line(res.info(), "holding", Some(false))
+        );
+    }
 
-    let (program, args) = a.command.split_first().expect("clap requires CMD");
+    let (program, args) = plan.command.split_first().expect("clap requires CMD");
     let mut command = Command::new(program);
     command
         .args(args)
@@ -44,7 +81,6 @@ pub fn run(client: &Client, cli: &Cli, a: &ExecArgs, _json: bool) -> Result<Outc
             capability.as_raw_fd().to_string(),
         )
         .env(portres_proto::paths::SOCKET_ENV, client.socket_path());
-    let _ = cli;
     let mut child = match command.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -60,6 +96,46 @@ pub fn run(client: &Client, cli: &Cli, a: &ExecArgs, _json: bool) -> Result<Outc
     // The child has its copy; ours must not leak into anything else.
     drop(capability);
     let pid = child.id() as i32;
+    let child_done = Arc::new(AtomicBool::new(false));
+    let daemon_gone = Arc::new(AtomicBool::new(false));
+    {
+        let child_done = Arc::clone(&child_done);
+        let daemon_gone = Arc::clone(&daemon_gone);
+        // Opened before the child can be reaped, so it names this child.
+        let pidfd = rustix::process::Pid::from_raw(pid).and_then(|p| {
+            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+        });
+        let strict = plan.strict_daemon;
+        std::thread::spawn(move || {
+            if !watch.wait(None) || child_done.load(Ordering::SeqCst) {
+                return;
+            }
+            daemon_gone.store(true, Ordering::SeqCst);
+            if !strict {
+                errln!(
+                    "portres: warning: daemon stopped: reservation ended; the command runs on \
+                     without it (--strict-daemon would end it)"
+                );
+                return;
+            }
+            errln!(
+                "portres: daemon stopped: reservation ended; ending the command (--strict-daemon)"
+            );
+            let Some(pidfd) = pidfd else { return };
+            let send = |sig| {
+                let _ = rustix::process::pidfd_send_signal(&pidfd, sig);
+            };
+            send(rustix::process::Signal::TERM);
+            let deadline = Instant::now() + STRICT_GRACE;
+            while !child_done.load(Ordering::SeqCst) {
+                if Instant::now() > deadline {
+                    send(rustix::process::Signal::KILL);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+    }
     let handle = signals.handle();
     let forwarder = std::thread::spawn(move || {
         for sig in signals.forever() {
@@ -74,10 +150,14 @@ pub fn run(client: &Client, cli: &Cli, a: &ExecArgs, _json: bool) -> Result<Outc
     let status = child
         .wait()
         .map_err(|e| internal("waiting for the command", e))?;
+    child_done.store(true, Ordering::SeqCst);
     handle.close();
     let _ = forwarder.join();
     // The command (or a worker holding the capability) may have released it.
     drop(res);
+    if plan.strict_daemon && daemon_gone.load(Ordering::SeqCst) {
+        return Err(cmd::acquire::daemon_stopped());
+    }
     let code = match (status.code(), status.signal()) {
         (Some(c), _) => c as u8,
         (None, Some(sig)) => 128u8.wrapping_add(sig as u8),

@@ -57,7 +57,7 @@ impl State {
 
 /// Fills `in_use` of each reservation from one socket-table dump per
 /// protocol present. Runs without the state lock.
-pub fn fill_in_use(list: &mut [ReservationInfo]) -> Result<(), Error> {
+pub(super) fn fill_in_use(list: &mut [ReservationInfo]) -> Result<(), Error> {
     for protocol in Protocol::ALL {
         if !list.iter().any(|r| r.protocol == protocol) {
             continue;

@@ -1,7 +1,9 @@
 //! Request handlers, one file per family, each an `impl State` block run
 //! under the state mutex (Acquire and Bind take the mutex themselves, to
-//! make their slow kernel calls outside it); and `dispatch`, which routes a
-//! decoded request to its handler and encodes the answer.
+//! make their slow kernel calls outside it); `handle`, the one entry the
+//! transport calls, which checks a call's descriptors against the method
+//! table, routes it to its handler and encodes the answer; and the jobs a
+//! handler leaves to finish outside the lock (`Job`).
 
 mod info;
 mod persistent;
@@ -10,24 +12,59 @@ mod session;
 
 use std::os::fd::OwnedFd;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use portres_core::{Error, ErrorCode, SessionId};
-use portres_proto::{CallError, Request, encode_error, encode_reply};
+use portres_proto::{CallError, ListReply, Request, encode_error, encode_reply};
 
+use crate::fault::fault;
 use crate::state::{State, lock};
 
-pub use info::fill_in_use;
-
 /// What to send back for one request.
-#[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// An encoded reply frame.
     Reply(Vec<u8>),
     /// An encoded reply frame with a descriptor attached.
     ReplyWithFd(Vec<u8>, OwnedFd),
-    /// A `List` whose `in_use` must still be filled outside the state lock
-    /// (the socket-table dump is the slow part and needs no state).
-    List(Vec<portres_proto::ReservationInfo>),
+    /// Work that makes the reply outside the state lock and off the
+    /// worker's loop (it takes milliseconds and needs no state).
+    Job(Job),
+}
+
+/// Work a handler leaves to finish without the state: the transport runs
+/// it (on a thread of its own when it can) and sends what it returns, in
+/// the connection's order. The transport knows nothing of what it does.
+pub(crate) struct Job {
+    /// What it is, for messages ("the socket-table dump").
+    pub(crate) what: &'static str,
+    /// The name of the thread it runs on.
+    pub(crate) thread: &'static str,
+    work: Box<dyn FnOnce() -> Vec<u8> + Send>,
+}
+
+impl Job {
+    /// Does the work: the encoded reply frame.
+    pub(crate) fn run(self) -> Vec<u8> {
+        (self.work)()
+    }
+}
+
+/// `List`'s second half: the reservations with their `in_use` ports filled
+/// in from a socket-table dump (milliseconds).
+fn list_job(mut list: Vec<portres_proto::ReservationInfo>) -> Job {
+    Job {
+        what: "the socket-table dump",
+        thread: "list-dump",
+        work: Box::new(move || {
+            if fault("slow-list") {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            match info::fill_in_use(&mut list) {
+                Ok(()) => encode_reply(&ListReply { reservations: list }),
+                Err(e) => encode_error(&e),
+            }
+        }),
+    }
 }
 
 fn reply<T: serde::Serialize>(r: Result<T, Error>) -> Outcome {
@@ -37,38 +74,59 @@ fn reply<T: serde::Serialize>(r: Result<T, Error>) -> Outcome {
     }
 }
 
-/// Handles one request from `session`. `fd` is the descriptor that came
-/// with it, if the method takes one.
-pub fn dispatch(
+/// Handles one request from `session` with the descriptors `fds` that came
+/// with it: refuses a wrong number of them (per the method table), and
+/// turns a panic in a handler (a bug) into `internal` for that call, so the
+/// worker and every other connection go on (the panic policy, see
+/// `worker`).
+pub(crate) fn handle(
+    state: &Mutex<State>,
+    session: SessionId,
+    req: Request,
+    mut fds: Vec<OwnedFd>,
+) -> Outcome {
+    if let Err(e) = req.check_fds(fds.len()) {
+        return Outcome::Reply(encode_error(&e));
+    }
+    let method = req.method();
+    let run = std::panic::AssertUnwindSafe(|| {
+        if fault("handler-panic") && matches!(req, Request::Lookup(_)) {
+            panic!("fault injection: a handler panics");
+        }
+        dispatch(state, session, req, fds.pop())
+    });
+    match std::panic::catch_unwind(run) {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            log::error!("{method} panicked (a bug); answering internal");
+            Outcome::Reply(encode_error(&Error::new(
+                ErrorCode::Internal,
+                format!(
+                    "{method} failed unexpectedly (the daemon hit a bug; nothing is known to have changed)"
+                ),
+            )))
+        }
+    }
+}
+
+/// Routes a request to its handler. `fd` is the descriptor that came with
+/// it: present when the method takes one (`handle` checked).
+fn dispatch(
     state: &Mutex<State>,
     session: SessionId,
     req: Request,
     fd: Option<OwnedFd>,
 ) -> Outcome {
-    let need_fd = req.fds_expected() > 0;
-    if need_fd && fd.is_none() {
-        let code = if matches!(req, Request::Bind(_)) {
-            ErrorCode::NotASocket
-        } else {
-            ErrorCode::InvalidParameter
-        };
-        return Outcome::Reply(encode_error(&Error::new(
-            code,
-            format!(
-                "{} needs one descriptor passed with the request (SCM_RIGHTS)",
-                req.method()
-            ),
-        )));
-    }
+    const CHECKED: &str = "handle checked the descriptor count";
     match req {
         Request::Acquire(p) => reply(runtime::acquire(state, session, p)),
         Request::Release(p) => reply(lock(state).release(session, p)),
-        Request::Bind(p) => reply(runtime::bind(state, session, p, fd.expect("checked above"))),
+        Request::Bind(p) => reply(runtime::bind(state, session, p, fd.expect(CHECKED))),
         Request::Create(p) => reply(lock(state).create(session, p)),
         Request::Delete(p) => reply(lock(state).delete(session, p)),
         Request::Lookup(p) => reply(lock(state).lookup(session, p)),
         Request::List(p) => match lock(state).list(session, p) {
-            Ok(list) => Outcome::List(list),
+            Ok(list) => Outcome::Job(list_job(list)),
             Err(e) => Outcome::Reply(encode_error(&e)),
         },
         Request::Status => reply(lock(state).status(session)),
@@ -76,7 +134,7 @@ pub fn dispatch(
             Ok(fd) => Outcome::ReplyWithFd(encode_reply(&portres_proto::Empty {}), fd),
             Err(e) => Outcome::Reply(encode_error(&e)),
         },
-        Request::Attach => reply(lock(state).attach(session, fd.expect("checked above"))),
+        Request::Attach => reply(lock(state).attach(session, fd.expect(CHECKED))),
         Request::GetInfo => reply(Ok(info::varlink_info())),
         Request::GetInterfaceDescription { interface } => {
             match info::interface_description(&interface) {

@@ -1,0 +1,258 @@
+//! The transport's front: one epoll loop on the daemon's own thread that
+//! accepts connections, admits them against the connection limits
+//! (`Limits::admit`), opens each one's session and hands it to a worker
+//! (`worker::Workers`), runs the kernel timers (`kernel_timer.rs`) and
+//! sees the stop. It decides nothing about reservations itself.
+//!
+//! Threads: this loop and the worker loops (by default one per CPU,
+//! pinned), each an epoll loop over its own connections; a connection
+//! starts on the least busy worker and moves to one on its client's CPU
+//! (`worker/placement.rs`). Why hand-written loops rather than an async
+//! runtime: see ARCHITECTURE.md. Measured figures are in bench/README.md.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use portres_core::{Caller, ErrorCode};
+use rustix::event::epoll;
+
+use crate::config::Config;
+use crate::events::{EventFd, epoll_watching, timeout_until};
+use crate::kernel_timer::KernelTimer;
+use crate::limits::{Charged, Limits};
+use crate::state::{State, lock};
+use crate::worker::{NewConn, Shared, Workers, send_parting_error, usable_cpus};
+
+/// How long accepting pauses when the process (EMFILE) or the system
+/// (ENFILE) is out of descriptors: connections wait in the backlog instead
+/// of the loop spinning on a listener that stays readable.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// The front's epoll keys.
+const KEY_LISTENER: u64 = 0;
+const KEY_STOP: u64 = 1;
+const KEY_SHRINK: u64 = 2;
+
+/// The accepting loop and its workers.
+pub(crate) struct Front {
+    shared: Arc<Shared>,
+    config: Config,
+    listener: UnixListener,
+    epoll: OwnedFd,
+    stop: Arc<EventFd>,
+    kernel: KernelTimer,
+    workers: Workers,
+    /// No worker is left to serve (each died of a bug): stop.
+    workers_gone: bool,
+    /// Accepting is paused until then (out of descriptors).
+    accept_resume: Option<Instant>,
+    /// A stop was found asked for while accepting (the workers had already
+    /// ended): return as if its event had come.
+    stop_seen: bool,
+}
+
+impl Front {
+    /// Sets up the loop and starts the workers. On failure the state comes
+    /// back, so the caller can still shut it down cleanly.
+    pub(crate) fn new(
+        state: State,
+        config: Config,
+        listener: UnixListener,
+        stop: Arc<EventFd>,
+        shrink: Arc<EventFd>,
+    ) -> Result<Front, (io::Error, Arc<Shared>)> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            limits: Limits::new(&config),
+        });
+        let setup = || -> io::Result<(OwnedFd, Workers)> {
+            listener.set_nonblocking(true)?;
+            let epoll = epoll_watching(&[
+                (listener.as_fd(), KEY_LISTENER),
+                (stop.as_fd(), KEY_STOP),
+                (shrink.as_fd(), KEY_SHRINK),
+            ])?;
+            let usable = usable_cpus();
+            let cpus = if config.pin_workers && usable.len() > 1 {
+                usable.clone()
+            } else {
+                Vec::new()
+            };
+            let count = config.workers.unwrap_or(usable.len()).max(1);
+            if cpus.is_empty() {
+                log::info!("{count} worker thread(s), not pinned");
+            } else {
+                log::info!("{count} worker thread(s), pinned round-robin to CPUs {cpus:?}");
+            }
+            let workers = Workers::start(count, &cpus, shared.clone(), stop.clone())?;
+            Ok((epoll, workers))
+        };
+        let kernel_sync = lock(&shared.state).kernel_sync();
+        match setup() {
+            Ok((epoll, workers)) => Ok(Front {
+                kernel: KernelTimer::new(shrink, kernel_sync),
+                shared,
+                config,
+                listener,
+                epoll,
+                stop,
+                workers,
+                workers_gone: false,
+                accept_resume: None,
+                stop_seen: false,
+            }),
+            Err(e) => Err((e, shared)),
+        }
+    }
+
+    pub(crate) fn run(&mut self) -> io::Result<()> {
+        let mut events: Vec<epoll::Event> = Vec::with_capacity(16);
+        loop {
+            let next = [self.kernel.next_deadline(), self.accept_resume]
+                .into_iter()
+                .flatten()
+                .min();
+            let timeout = next.map(timeout_until);
+            if !crate::events::wait(&self.epoll, &mut events, timeout.as_ref())? {
+                continue;
+            }
+            // A stop comes first, whatever else is ready with it: the
+            // workers are stopping too and take no new connections.
+            if events.iter().any(|ev| ev.data.u64() == KEY_STOP) {
+                return Ok(());
+            }
+            for ev in &events {
+                match ev.data.u64() {
+                    KEY_LISTENER => self.accept_all(),
+                    KEY_SHRINK => self.kernel.shrink_asked(),
+                    _ => {}
+                }
+            }
+            if self.stop_seen {
+                return Ok(());
+            }
+            if self.workers_gone {
+                return Err(io::Error::other("every worker thread died"));
+            }
+            if self.accept_resume.is_some_and(|t| Instant::now() >= t) {
+                self.accept_resume = None;
+                self.watch_listener(true);
+                self.accept_all();
+            }
+            self.kernel.run_due(&self.shared.state);
+        }
+    }
+
+    /// Makes every worker stop and waits for them; gives back the shared
+    /// part for the final shutdown.
+    pub(crate) fn stop_workers(self) -> Arc<Shared> {
+        self.stop.signal();
+        self.workers.join();
+        self.shared
+    }
+
+    /// Accepts what is waiting, at most `ACCEPT_BATCH` at a time (the
+    /// level-triggered listener brings us back), so a stream of connects
+    /// cannot keep the loop from its timers and from seeing a stop.
+    fn accept_all(&mut self) {
+        const ACCEPT_BATCH: usize = 256;
+        for _ in 0..ACCEPT_BATCH {
+            if self.workers_gone || self.stop_seen {
+                return;
+            }
+            match self.listener.accept() {
+                Ok((stream, _)) => self.accept(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the listener stays
+                    // readable, so retrying at once would spin. Leave the
+                    // rest in the backlog and look again shortly.
+                    self.shared.limits.log_limited("accept", || {
+                        format!(
+                            "accept failed: {e}; pausing new connections for {} ms at a time until descriptors free up",
+                            ACCEPT_PAUSE.as_millis()
+                        )
+                    });
+                    self.watch_listener(false);
+                    self.accept_resume = Some(Instant::now() + ACCEPT_PAUSE);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Starts or stops watching the listener for connections.
+    fn watch_listener(&self, on: bool) {
+        let flags = if on {
+            epoll::EventFlags::IN
+        } else {
+            epoll::EventFlags::empty()
+        };
+        let _ = epoll::modify(
+            &self.epoll,
+            &self.listener,
+            epoll::EventData::new_u64(KEY_LISTENER),
+            flags,
+        );
+    }
+
+    fn accept(&mut self, stream: UnixStream) {
+        let creds = match portres_kernel::creds::peer_creds(stream.as_fd()) {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("dropping a connection whose credentials cannot be read: {e}");
+                return;
+            }
+        };
+        let (uid, pid) = (creds.uid, creds.pid);
+        if let Err(refusal) = self.shared.limits.admit(uid) {
+            self.shared.limits.log_limited(refusal.kind, || {
+                format!(
+                    "{}: refusing a connection from uid {uid} pid {pid}",
+                    refusal.why
+                )
+            });
+            send_parting_error(&stream, ErrorCode::DaemonUnavailable, refusal.why);
+            return;
+        }
+        if let Err(e) = stream.set_nonblocking(true) {
+            log::warn!("dropping a connection: {e}");
+            self.shared
+                .limits
+                .connection_closed(uid, Charged::default());
+            return;
+        }
+        let caller = Caller {
+            admin: State::is_admin(&self.config, uid, creds.gid, &creds.groups),
+            uid,
+            gid: creds.gid,
+            groups: creds.groups,
+            pid,
+        };
+        let session = lock(&self.shared.state).open_session(caller);
+        if let Err(lost) = self.workers.hand_over(NewConn {
+            stream,
+            session,
+            uid,
+        }) {
+            lock(&self.shared.state).close_session(lost.session);
+            self.shared
+                .limits
+                .connection_closed(uid, Charged::default());
+            // The workers also end when the daemon is asked to stop, which
+            // this loop may not have seen yet: that is no failure.
+            if self.stop.is_signalled() {
+                self.stop_seen = true;
+            } else {
+                log::error!(
+                    "every worker thread died; dropping a connection from uid {uid} and stopping, for the service manager to restart portresd"
+                );
+                self.workers_gone = true;
+            }
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! `Limits` on its own: admission caps, charges past a budget, and that
+//! closing a connection gives back everything it charged.
+
+use super::*;
+
+const USER: u32 = 1000;
+
+fn limits(max_connections: usize, per_uid: usize) -> Limits {
+    let mut config = Config::for_current_user();
+    config.max_connections = max_connections;
+    config.max_connections_per_uid = per_uid;
+    Limits::new(&config)
+}
+
+#[test]
+fn admission_counts_connections_total_and_per_user_root_exempt_from_the_latter() {
+    let l = limits(3, 1);
+    l.admit(USER).unwrap();
+    assert_eq!(l.admit(USER).unwrap_err().kind, "per-user");
+    l.admit(0).unwrap();
+    l.admit(0).unwrap();
+    assert_eq!(l.admit(0).unwrap_err().kind, "total");
+    l.connection_closed(USER, Charged::default());
+    l.admit(USER).unwrap();
+}
+
+#[test]
+fn request_bytes_past_the_budget_refuse_and_root_is_exempt() {
+    let l = limits(10, 10);
+    let mut a = Charged::default();
+    let mut b = Charged::default();
+    a.settle(&l, USER, Held::RequestBytes, PER_UID_BUFFER_BUDGET)
+        .unwrap();
+    let why = b
+        .settle(&l, USER, Held::RequestBytes, 1)
+        .expect_err("one byte past the budget");
+    assert!(why.contains("unfinished requests"), "{why}");
+    // The refused connection closes and gives its charge back; the other
+    // shrinks: room again.
+    l.connection_closed(USER, b);
+    a.settle(&l, USER, Held::RequestBytes, 0).unwrap();
+    b = Charged::default();
+    b.settle(&l, USER, Held::RequestBytes, 1).unwrap();
+    let mut root = Charged::default();
+    root.settle(&l, 0, Held::RequestBytes, 4 * PER_UID_BUFFER_BUDGET)
+        .unwrap();
+}
+
+#[test]
+fn unsent_replies_past_the_budget_pause_the_user_until_they_drain() {
+    let l = limits(10, 10);
+    let mut c = Charged::default();
+    c.settle(&l, USER, Held::ReplyBytes, PER_UID_UNSENT_BUDGET)
+        .unwrap();
+    assert!(!l.unsent_over_budget(USER));
+    c.settle(&l, USER, Held::ReplyBytes, PER_UID_UNSENT_BUDGET + 1)
+        .unwrap();
+    assert!(l.unsent_over_budget(USER));
+    assert!(!l.unsent_over_budget(USER + 1));
+    assert_eq!(l.users_over_unsent(), HashSet::from([USER]));
+    l.connection_closed(USER, c);
+    assert!(!l.unsent_over_budget(USER));
+    assert!(l.users_over_unsent().is_empty());
+}
+
+#[test]
+fn parked_descriptors_past_the_per_user_cap_refuse() {
+    let l = limits(10, 10);
+    let mut c = Charged::default();
+    c.settle(&l, USER, Held::ParkedFds, PER_UID_PARKED_FDS)
+        .unwrap();
+    let why = c
+        .settle(&l, USER, Held::ParkedFds, PER_UID_PARKED_FDS + 1)
+        .expect_err("one past the cap");
+    assert!(why.contains("descriptors"), "{why}");
+    c.settle(&l, USER, Held::ParkedFds, 0).unwrap();
+    c.settle(&l, USER, Held::ParkedFds, PER_UID_PARKED_FDS)
+        .unwrap();
+}
+
+#[test]
+fn job_threads_are_capped_per_user() {
+    let l = limits(10, 10);
+    for _ in 0..MAX_JOBS_PER_UID {
+        assert!(l.start_job(USER));
+    }
+    assert!(!l.start_job(USER));
+    assert!(l.start_job(USER + 1));
+    l.end_job(USER);
+    assert!(l.start_job(USER));
+}
