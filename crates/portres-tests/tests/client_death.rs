@@ -132,7 +132,19 @@ fn run(test: &str, kills: u64, strict: bool) {
                 .unwrap()
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Killed mid-burst: once the burst holds reservations.
+    let runtime = || {
+        observer
+            .list(None)
+            .unwrap()
+            .iter()
+            .filter(|r| r.kind == Kind::Runtime)
+            .count()
+    };
+    assert!(
+        portres_tests::eventually(|| runtime() > 0),
+        "the burst never held a reservation"
+    );
     let before = observer
         .list(None)
         .unwrap()

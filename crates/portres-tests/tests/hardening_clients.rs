@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 
 use portres::{CreateOptions, ErrorCode, Owner, Protocol};
 use portres_proto::paths::SYSTEM_SOCKET;
@@ -136,41 +136,10 @@ fn as_uid(program: &Path, args: &[&str], env: &[(&str, &str)], uid: u32) -> Comm
     c
 }
 
-struct Ran {
-    out: Output,
-    stdout: String,
-    stderr: String,
-}
+use portres_tests::Ran;
 
-impl std::fmt::Display for Ran {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}\nstdout:\n{}\nstderr:\n{}",
-            self.out.status, self.stdout, self.stderr
-        )
-    }
-}
-
-fn run(mut c: Command) -> Ran {
-    // A program copied a moment ago (the setuid probe) can fail to exec
-    // with ETXTBSY: another test thread's fork, between its fork and exec,
-    // still holds the copy's write descriptor. That passes; try again.
-    let mut out = c.output().expect("run");
-    for _ in 0..100 {
-        if out.status.code() != Some(126)
-            || !String::from_utf8_lossy(&out.stderr).contains("Text file busy")
-        {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        out = c.output().expect("run");
-    }
-    Ran {
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        out,
-    }
+fn run(c: Command) -> Ran {
+    Ran::of(c)
 }
 
 fn trustkit() -> PathBuf {

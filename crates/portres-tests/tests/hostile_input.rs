@@ -941,20 +941,12 @@ nstest!(
     |_| {
         let dir = open_tempdir();
         let d = ProcessDaemon::start(dir.path(), &[]);
-        let rss = || {
-            let s = std::fs::read_to_string(format!("/proc/{}/status", d.child.id())).unwrap();
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|k| k.parse::<u64>().ok())
-                .unwrap()
-                / 1024
-        };
-        let before = rss();
+        let pid = d.child.id();
+        let before = portres_tests::rss_mib(pid);
         // Default limits: 4096 connections per user, 64 KiB per request.
         let (mut f, opened, refused) = flood(&d.socket, NOBODY, 4000, 60 * 1024);
-        std::thread::sleep(Duration::from_secs(1));
-        let after = rss();
+        // Once the daemon has taken in what it was sent (RSS and CPU quiet).
+        let after = portres_tests::settled_rss_mib(pid);
         let _ = f.kill();
         let _ = f.wait();
         eprintln!(
