@@ -18,12 +18,10 @@
 //! The wire tests need no root (kernel sync off); those that bind sockets
 //! run in a private network namespace.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use portres::{Block, CreateOptions, ErrorCode, Protocol};
 use portres_daemon::KernelSync;
@@ -35,48 +33,37 @@ fn wire_daemon() -> InProcessDaemon {
     InProcessDaemon::start(|c| c.kernel_sync = KernelSync::Off)
 }
 
-/// One raw connection speaking the wire by hand.
-struct Raw(UnixStream);
+use portres_tests::RawClient as Raw;
 
-impl Raw {
-    fn connect(socket: &Path) -> Raw {
-        let s = UnixStream::connect(socket).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Raw(s)
-    }
-
+/// What these tests add to the raw client: frames written without their
+/// NUL, and replies that must come.
+trait Frames {
     /// Sends `frame` (a NUL is appended).
-    fn send(&mut self, frame: &[u8]) {
+    fn send_frame(&mut self, frame: &[u8]);
+    /// Reads one reply; panics if the daemon closed or stalled.
+    fn answer(&mut self) -> Value;
+    /// Sends `frame` and reads its reply.
+    fn exchange(&mut self, frame: &[u8]) -> Value;
+    /// Asserts the connection still works (a Status is answered).
+    fn still_serves(&mut self);
+}
+
+impl Frames for Raw {
+    fn send_frame(&mut self, frame: &[u8]) {
         let mut bytes = frame.to_vec();
         bytes.push(0);
         self.0.write_all(&bytes).unwrap();
     }
 
-    /// Reads one reply.
-    fn reply(&mut self) -> Value {
-        let mut buf = Vec::new();
-        let mut byte = [0u8; 1];
-        loop {
-            match self.0.read(&mut byte) {
-                Ok(1) if byte[0] == 0 => break,
-                Ok(1) => buf.push(byte[0]),
-                other => panic!("the daemon closed or stalled: {other:?}"),
-            }
-        }
-        serde_json::from_slice(&buf).expect("replies are JSON")
+    fn answer(&mut self) -> Value {
+        self.reply().expect("the daemon closed or stalled")
     }
 
     fn exchange(&mut self, frame: &[u8]) -> Value {
-        self.send(frame);
-        self.reply()
+        self.send_frame(frame);
+        self.answer()
     }
 
-    fn call(&mut self, method: &str, parameters: Value) -> Value {
-        let frame = serde_json::to_vec(&json!({"method": method, "parameters": parameters}));
-        self.exchange(&frame.unwrap())
-    }
-
-    /// Asserts the connection still works (a Status is answered).
     #[track_caller]
     fn still_serves(&mut self) {
         let v = self.call("io.portres.Status", json!({}));
@@ -298,14 +285,14 @@ fn more_on_a_method_that_does_not_stream_is_answered_as_a_plain_call() {
     let mut raw = Raw::connect(&d.socket);
     // Pipelined: a `more` List, then a plain Status. Exactly one reply each,
     // in order, neither with `continues`.
-    raw.send(br#"{"method":"io.portres.List","parameters":{},"more":true}"#);
-    raw.send(br#"{"method":"io.portres.Status","more":true}"#);
-    raw.send(br#"{"method":"io.portres.Status"}"#);
-    let list = raw.reply();
+    raw.send_frame(br#"{"method":"io.portres.List","parameters":{},"more":true}"#);
+    raw.send_frame(br#"{"method":"io.portres.Status","more":true}"#);
+    raw.send_frame(br#"{"method":"io.portres.Status"}"#);
+    let list = raw.answer();
     assert!(list["parameters"]["reservations"].is_array(), "{list}");
     assert!(list.get("continues").is_none(), "{list}");
     for _ in 0..2 {
-        let status = raw.reply();
+        let status = raw.answer();
         assert_eq!(status["parameters"]["wire_version"], 1, "{status}");
         assert!(status.get("continues").is_none(), "{status}");
     }
