@@ -116,14 +116,11 @@ impl Daemon {
             ))
         })?;
         let (kernel, kernel_owner) = decide_kernel_sync(&config)?;
-        let cookie = portres_kernel::sock::current_netns_cookie()
-            .map_err(|e| StartError(format!("cannot read our network namespace cookie: {e}")))?;
         let mut state = State::new(
             config.clone(),
             store,
+            Arc::new(crate::kernel::LinuxKernel),
             kernel,
-            Arc::new(portres_kernel::probe::port_in_use),
-            cookie,
         )
         .map_err(|e| StartError(e.message))?;
         let eventfd = || EventFd::new().map_err(|e| StartError(format!("eventfd: {e}")));
@@ -138,13 +135,13 @@ impl Daemon {
             env!("CARGO_PKG_VERSION"),
             config.mode.as_str(),
             config.socket.display(),
-            state.store.path().display(),
-            if state.store.is_read_only() {
+            state.store().path().display(),
+            if state.store().is_read_only() {
                 " (READ-ONLY: persistent changes fail until it is writable)"
             } else {
                 ""
             },
-            if state.kernel.is_some() { "on" } else { "off" },
+            if state.kernel_sync() { "on" } else { "off" },
             persistent,
         );
         Ok(Daemon {

@@ -10,7 +10,9 @@
 //! pool; per worker an epoll loop, per connection the protocol engine:
 //! framing, descriptor attribution, replies) → `handlers` (one per request
 //! family; the one entry `handle`) → `state` (the state owner behind one
-//! mutex: table, sessions, store, sysctl). Beside them: `limits` (what one
+//! mutex: table, sessions, store, sysctl) → `kernel` (the `Kernel`
+//! interface every kernel call goes through, and `KernelMirror`, the
+//! reserved-ports list's keeper). Beside them: `limits` (what one
 //! user may make the daemon hold: charge/uncharge), `socket` (binding the
 //! listening socket safely), `kernel_timer`, `events` (eventfd, epoll).
 //!
@@ -25,6 +27,7 @@ mod events;
 mod fault;
 mod front;
 mod handlers;
+mod kernel;
 mod kernel_timer;
 mod limits;
 mod socket;

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use portres_core::{Error, ErrorCode, Protocol, SessionId};
 use portres_proto::{ListParams, ReservationInfo, StatusReply, VarlinkInfo};
 
+use crate::kernel::Kernel;
 use crate::state::State;
 
 /// The varlink IDL of io.portres, served by GetInterfaceDescription.
@@ -21,7 +22,7 @@ impl State {
     /// List, without `in_use` (filled later, outside the lock).
     pub fn list(&self, session: SessionId, p: ListParams) -> Result<Vec<ReservationInfo>, Error> {
         Ok(self
-            .table
+            .table()
             .iter()
             .filter(|r| p.protocol.is_none_or(|proto| r.protocol == proto))
             .map(|r| self.describe(r, session))
@@ -32,43 +33,42 @@ impl State {
     pub fn status(&self, session: SessionId) -> Result<StatusReply, Error> {
         let caller = &self.session(session)?.caller;
         let (runtime, persistent) = self.counts();
-        let range = portres_kernel::sysctl::local_port_range().unwrap_or((0, 0));
+        let range = self.kernel().local_port_range().unwrap_or((0, 0));
         Ok(StatusReply {
             version: env!("CARGO_PKG_VERSION").to_string(),
             wire_version: portres_proto::WIRE_VERSION,
-            mode: self.config.mode.as_str().to_string(),
-            kernel_sync: self.kernel.is_some(),
-            baseline: self.baseline.to_string(),
-            baseline_origin: self.baseline_origin.clone(),
+            mode: self.config().mode.as_str().to_string(),
+            kernel_sync: self.kernel_sync(),
+            baseline: self.baseline().to_string(),
+            baseline_origin: self.baseline_origin().to_string(),
             reserved_ports: self.kernel_value(),
             dynamic_range: [range.0, range.1],
             runtime,
             persistent,
-            sessions: self.sessions.len(),
-            quota: self.config.quota,
+            sessions: self.session_count(),
+            quota: self.config().quota,
             you_are_admin: caller.admin,
             your_uid: caller.uid,
-            store: self.store.path().display().to_string(),
-            uptime_seconds: self.started.elapsed().as_secs(),
-            store_read_only: self.store.is_read_only(),
+            store: self.store().path().display().to_string(),
+            uptime_seconds: self.started().elapsed().as_secs(),
+            store_read_only: self.store().is_read_only(),
         })
     }
 }
 
 /// Fills `in_use` of each reservation from one socket-table dump per
 /// protocol present. Runs without the state lock.
-pub(super) fn fill_in_use(list: &mut [ReservationInfo]) -> Result<(), Error> {
+pub(super) fn fill_in_use(kernel: &dyn Kernel, list: &mut [ReservationInfo]) -> Result<(), Error> {
     for protocol in Protocol::ALL {
         if !list.iter().any(|r| r.protocol == protocol) {
             continue;
         }
-        let sockets = portres_kernel::diag::bound_sockets(protocol).map_err(|e| {
+        let mut ports = kernel.bound_ports(protocol).map_err(|e| {
             Error::new(
                 ErrorCode::Internal,
                 format!("reading the {protocol} socket table: {e}"),
             )
         })?;
-        let mut ports: Vec<u16> = sockets.iter().map(|s| s.port).collect();
         ports.sort_unstable();
         ports.dedup();
         let mut cache: HashMap<(u16, u16), Vec<u16>> = HashMap::new();

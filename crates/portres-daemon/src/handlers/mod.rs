@@ -9,15 +9,18 @@ mod info;
 mod persistent;
 pub(crate) mod runtime;
 mod session;
+#[cfg(test)]
+mod tests;
 
 use std::os::fd::OwnedFd;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use portres_core::{Error, ErrorCode, SessionId};
 use portres_proto::{CallError, ListReply, Request, encode_error, encode_reply};
 
 use crate::fault::fault;
+use crate::kernel::Kernel;
 use crate::state::{State, lock};
 
 /// What to send back for one request.
@@ -51,7 +54,7 @@ impl Job {
 
 /// `List`'s second half: the reservations with their `in_use` ports filled
 /// in from a socket-table dump (milliseconds).
-fn list_job(mut list: Vec<portres_proto::ReservationInfo>) -> Job {
+fn list_job(mut list: Vec<portres_proto::ReservationInfo>, kernel: Arc<dyn Kernel>) -> Job {
     Job {
         what: "the socket-table dump",
         thread: "list-dump",
@@ -59,7 +62,7 @@ fn list_job(mut list: Vec<portres_proto::ReservationInfo>) -> Job {
             if fault("slow-list") {
                 std::thread::sleep(Duration::from_millis(200));
             }
-            match info::fill_in_use(&mut list) {
+            match info::fill_in_use(&*kernel, &mut list) {
                 Ok(()) => encode_reply(&ListReply { reservations: list }),
                 Err(e) => encode_error(&e),
             }
@@ -125,10 +128,13 @@ fn dispatch(
         Request::Create(p) => reply(lock(state).create(session, p)),
         Request::Delete(p) => reply(lock(state).delete(session, p)),
         Request::Lookup(p) => reply(lock(state).lookup(session, p)),
-        Request::List(p) => match lock(state).list(session, p) {
-            Ok(list) => Outcome::Job(list_job(list)),
-            Err(e) => Outcome::Reply(encode_error(&e)),
-        },
+        Request::List(p) => {
+            let state = lock(state);
+            match state.list(session, p) {
+                Ok(list) => Outcome::Job(list_job(list, state.kernel())),
+                Err(e) => Outcome::Reply(encode_error(&e)),
+            }
+        }
         Request::Status => reply(lock(state).status(session)),
         Request::GetCapability => match lock(state).get_capability(session) {
             Ok(fd) => Outcome::ReplyWithFd(encode_reply(&portres_proto::Empty {}), fd),

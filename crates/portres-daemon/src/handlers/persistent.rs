@@ -35,7 +35,7 @@ impl State {
         let uid = self.require_admin(session, "creating")?;
         let block = Block::new(p.start, p.count)?;
         check_label(&p.label)?;
-        self.table.check_free(p.protocol, block)?;
+        self.table().check_free(p.protocol, block)?;
         self.check_not_in_use(p.protocol, block)?;
         let owner = p.owner.map(Into::into);
         let row = StoredReservation {
@@ -49,30 +49,26 @@ impl State {
                 .map_or(0, |d| d.as_secs() as i64),
         };
         let token = self.new_token()?;
-        self.store.insert(&row).map_err(Error::from)?;
+        self.store_mut().insert(&row).map_err(Error::from)?;
         let res = Reservation::persistent(token, p.protocol, block, owner, p.label);
-        if let Err(e) = self.table.insert(res) {
+        if let Err(e) = self.reserve(res) {
             // Cannot happen (checked under the same lock), but never leave
             // the store and the table disagreeing.
-            let _ = self.store.delete(p.protocol, block);
+            let _ = self.store_mut().delete(p.protocol, block);
             return Err(e);
         }
-        if let Err(e) = self.cover_in_kernel(block) {
-            self.table.remove(token);
-            self.forget_candidate(block);
-            if let Err(undo) = self.store.delete(p.protocol, block) {
+        if let Err(e) = self.cover(block) {
+            self.withdraw(token);
+            if let Err(undo) = self.store_mut().delete(p.protocol, block) {
                 log::error!(
                     "could not undo create of {} {block} after a sysctl failure: {undo}",
                     p.protocol
                 );
             }
-            return Err(Error::new(
-                ErrorCode::Internal,
-                format!("could not update ip_local_reserved_ports: {e}"),
-            ));
+            return Err(e);
         }
         log::info!("uid {uid} created persistent {} {block}", p.protocol);
-        let res = self.table.get(token).expect("just inserted");
+        let res = self.table().get(token).expect("just inserted");
         Ok(ReservationReply {
             reservation: self.describe(res, session),
         })
@@ -80,7 +76,7 @@ impl State {
 
     fn persistent_by_block(&self, p: &BlockParams) -> Result<&Reservation, Error> {
         let block = Block::new(p.start, p.count)?;
-        self.table
+        self.table()
             .by_block(p.protocol, block)
             .filter(|r| r.kind == Kind::Persistent)
             .ok_or_else(|| {
@@ -99,9 +95,10 @@ impl State {
         let uid = self.require_admin(session, "deleting")?;
         let res = self.persistent_by_block(&p)?;
         let (token, block) = (res.token, res.block);
-        self.store.delete(p.protocol, block).map_err(Error::from)?;
-        self.table.remove(token);
-        self.release_in_kernel([block]);
+        self.store_mut()
+            .delete(p.protocol, block)
+            .map_err(Error::from)?;
+        self.end(token);
         log::info!("uid {uid} deleted persistent {} {block}", p.protocol);
         Ok(Empty {})
     }

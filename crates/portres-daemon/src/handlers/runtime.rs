@@ -11,7 +11,8 @@ use portres_core::{
 };
 use portres_proto::{AcquireParams, BindParams, BindReply, Empty, ReleaseParams, ReservationReply};
 
-use crate::state::{InUseProbe, State, check_label, first_port_in_use, lock};
+use crate::kernel::Kernel;
+use crate::state::{State, check_label, first_port_in_use, lock};
 
 /// How many in-use probes one Acquire may make beyond its block's own
 /// ports. Why a bound: a wildcard search walks past every port some socket
@@ -38,19 +39,19 @@ pub(crate) fn acquire(
     p: AcquireParams,
 ) -> Result<ReservationReply, Error> {
     let mut probes_left = EXTRA_PROBES_PER_ACQUIRE + p.count as usize;
-    let (mut token, mut block, probe) = lock(shared).reserve_for_acquire(session, &p, 0)?;
+    let (mut token, mut block, kernel) = lock(shared).reserve_for_acquire(session, &p, 0)?;
     loop {
-        let found = probe_block(&*probe, p.protocol, block, &mut probes_left);
+        let found = probe_block(&*kernel, p.protocol, block, &mut probes_left);
         let mut state = lock(shared);
         let port = match found {
             Ok(None) => return state.finish_acquire(session, token, block),
             Ok(Some(port)) => port,
             Err(e) => {
-                state.give_back_candidate(token, block);
+                state.withdraw(token);
                 return Err(e);
             }
         };
-        state.give_back_candidate(token, block);
+        state.withdraw(token);
         if p.start != 0 {
             return Err(Error::new(
                 ErrorCode::SharingViolation,
@@ -68,7 +69,7 @@ pub(crate) fn acquire(
 /// up one of `probes_left` per port probed; when none are left, the
 /// request is refused with `no_free_block`.
 fn probe_block(
-    probe: &(dyn Fn(Protocol, u16) -> std::io::Result<bool> + Send + Sync),
+    kernel: &dyn Kernel,
     protocol: Protocol,
     block: Block,
     probes_left: &mut usize,
@@ -80,7 +81,7 @@ fn probe_block(
     // The part of the block the budget still allows.
     let head = Block::new(block.start() as u32, allowed as u32)?;
     *probes_left -= allowed;
-    match first_port_in_use(probe, protocol, head)? {
+    match first_port_in_use(kernel, protocol, head)? {
         Some(port) => {
             // Give back what was not used.
             *probes_left += (head.last() - port) as usize;
@@ -116,7 +117,7 @@ impl State {
         session: SessionId,
         p: &AcquireParams,
         from: u16,
-    ) -> Result<(Token, Block, InUseProbe), Error> {
+    ) -> Result<(Token, Block, std::sync::Arc<dyn Kernel>), Error> {
         check_label(&p.label)?;
         let caller = &self.session(session)?.caller;
         // Copied out (not the whole caller: its groups are a Vec).
@@ -129,13 +130,14 @@ impl State {
             ));
         }
         if quota_applies {
-            let held = self.table.runtime_ports_of(uid);
-            if held as u64 + p.count as u64 > self.config.quota as u64 {
+            let held = self.table().runtime_ports_of(uid);
+            let quota = self.config().quota;
+            if held as u64 + p.count as u64 > quota as u64 {
                 return Err(Error::new(
                     ErrorCode::QuotaExceeded,
                     format!(
                         "uid {} holds {held} runtime port(s); {} more would pass the quota of {}",
-                        uid, p.count, self.config.quota
+                        uid, p.count, quota
                     ),
                 ));
             }
@@ -147,15 +149,7 @@ impl State {
                     format!("reading ip_local_port_range: {e}"),
                 )
             })?;
-            self.table
-                .find_free_block(
-                    p.protocol,
-                    p.count as u16,
-                    range,
-                    &self.baseline,
-                    from,
-                    |_| false,
-                )
+            self.find_free_block(p.protocol, p.count as u16, range, from)
                 .ok_or_else(|| {
                     Error::new(
                         ErrorCode::NoFreeBlock,
@@ -168,8 +162,7 @@ impl State {
         } else {
             let block = Block::new(p.start, p.count)?;
             if !admin {
-                let unprivileged =
-                    portres_kernel::sysctl::unprivileged_port_start().unwrap_or(1024);
+                let unprivileged = self.kernel().unprivileged_port_start().unwrap_or(1024);
                 if (block.start() as u32) < unprivileged {
                     return Err(Error::new(
                         ErrorCode::AccessDenied,
@@ -179,10 +172,10 @@ impl State {
                     ));
                 }
             }
-            self.table.check_free(p.protocol, block)?;
-            if self.baseline.intersects(block) {
+            self.table().check_free(p.protocol, block)?;
+            if self.baseline().intersects(block) {
                 let baseline = PortSet::from_ranges(vec![(block.start(), block.last())]);
-                let taken = baseline.difference(&baseline.difference(&self.baseline));
+                let taken = baseline.difference(&baseline.difference(self.baseline()));
                 return Err(Error::new(
                     ErrorCode::SharingViolation,
                     format!(
@@ -196,8 +189,8 @@ impl State {
         let token = self.new_token()?;
         let mut res = Reservation::runtime(token, p.protocol, block, Holder { session, uid, pid });
         res.label = p.label.clone();
-        self.table.insert(res)?;
-        Ok((token, block, self.in_use.clone()))
+        self.reserve(res)?;
+        Ok((token, block, self.kernel()))
     }
 
     /// Acquire's last step, under the lock: the probed block goes into the
@@ -208,32 +201,21 @@ impl State {
         token: Token,
         block: Block,
     ) -> Result<ReservationReply, Error> {
-        if !self.table.contains_token(token) {
+        if !self.table().contains_token(token) {
             // The session ended while its block was probed.
             return Err(Error::new(
                 ErrorCode::Internal,
                 "the session ended during the request",
             ));
         }
-        if let Err(e) = self.cover_in_kernel(block) {
-            self.give_back_candidate(token, block);
-            return Err(Error::new(
-                ErrorCode::Internal,
-                format!("could not update ip_local_reserved_ports: {e}"),
-            ));
+        if let Err(e) = self.cover(block) {
+            self.withdraw(token);
+            return Err(e);
         }
-        let res = self.table.get(token).expect("checked above");
+        let res = self.table().get(token).expect("checked above");
         Ok(ReservationReply {
             reservation: self.describe(res, session),
         })
-    }
-
-    /// A refused Acquire's candidate leaves the table, and the kernel too
-    /// should it have got there (see `State::forget_candidate`).
-    fn give_back_candidate(&mut self, token: Token, block: Block) {
-        if self.table.remove(token).is_some() {
-            self.forget_candidate(block);
-        }
     }
 
     /// Release: ends a runtime reservation this session (or one whose
@@ -241,7 +223,7 @@ impl State {
     pub fn release(&mut self, session: SessionId, p: ReleaseParams) -> Result<Empty, Error> {
         let s = self.session(session)?;
         let res = self
-            .table
+            .table()
             .get(p.token)
             .ok_or_else(|| Error::new(ErrorCode::NotFound, "no reservation has this token"))?;
         if res.kind == Kind::Persistent {
@@ -256,9 +238,7 @@ impl State {
                 "this runtime reservation belongs to another session",
             ));
         }
-        if let Some(gone) = self.table.remove(p.token) {
-            self.release_in_kernel([gone.block]);
-        }
+        self.end(p.token);
         Ok(Empty {})
     }
 
@@ -272,7 +252,7 @@ impl State {
         info: &portres_kernel::sock::SocketInfo,
         cookie: u64,
     ) -> Result<BindOrder, Error> {
-        if cookie != self.netns_cookie {
+        if cookie != self.netns_cookie() {
             return Err(Error::new(
                 ErrorCode::WrongNamespace,
                 "the socket belongs to another network namespace than the daemon's",
@@ -280,7 +260,7 @@ impl State {
         }
         let s = self.session(session)?;
         let res = self
-            .table
+            .table()
             .get(p.token)
             .ok_or_else(|| Error::new(ErrorCode::NotFound, "no reservation has this token"))?;
         if !res.usable_by(&s.caller, &s.speaks_for) {
@@ -318,13 +298,13 @@ pub(crate) fn bind(
     p: BindParams,
     fd: OwnedFd,
 ) -> Result<BindReply, Error> {
-    let info = portres_kernel::sock::inspect(fd.as_fd())?;
-    let cookie = portres_kernel::sock::netns_cookie(fd.as_fd())
+    let kernel = lock(shared).kernel();
+    let info = kernel.inspect_socket(fd.as_fd())?;
+    let cookie = kernel
+        .socket_netns_cookie(fd.as_fd())
         .map_err(|e| Error::new(ErrorCode::Internal, format!("reading SO_NETNS_COOKIE: {e}")))?;
     let order = lock(shared).bind_plan(session, &p, &info, cookie)?;
-    let port = portres_kernel::sock::bind_inspected(fd.as_fd(), &info, p.address, order)?;
-    if let Some(res) = lock(shared).table.get_mut(p.token) {
-        res.advance_past(port);
-    }
+    let port = kernel.bind_socket(fd.as_fd(), &info, p.address, order)?;
+    lock(shared).advance_past(p.token, port);
     Ok(BindReply { port })
 }

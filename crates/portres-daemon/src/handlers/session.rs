@@ -20,43 +20,38 @@ impl State {
                 format!("creating the session capability: {e}"),
             )
         };
-        let s = self
-            .sessions
-            .get_mut(&session)
-            .ok_or_else(|| Error::new(ErrorCode::Internal, "unknown session"))?;
-        if s.capability.is_none() {
-            let fd = portres_kernel::capability::new_capability().map_err(internal)?;
-            let id = portres_kernel::capability::file_id(fd.as_fd()).map_err(internal)?;
-            s.capability = Some((fd, id));
-            self.capabilities.insert(id, session);
+        if self.session(session)?.capability.is_none() {
+            let kernel = self.kernel();
+            let fd = kernel.new_capability().map_err(internal)?;
+            let id = kernel.file_id(fd.as_fd()).map_err(internal)?;
+            self.session_mut(session)?.capability = Some((fd, id));
+            self.register_capability(id, session);
         }
+        let s = self.session(session)?;
         let (fd, _) = s.capability.as_ref().expect("set above");
         fd.try_clone().map_err(internal)
     }
 
     /// Presents a capability: this connection now speaks for its session.
     pub fn attach(&mut self, session: SessionId, fd: OwnedFd) -> Result<AttachReply, Error> {
-        let id = portres_kernel::capability::file_id(fd.as_fd()).map_err(|e| {
+        let id = self.kernel().file_id(fd.as_fd()).map_err(|e| {
             Error::new(
                 ErrorCode::InvalidParameter,
                 format!("not a capability: {e}"),
             )
         })?;
-        let Some(&owner) = self.capabilities.get(&id) else {
+        let Some(owner) = self.capability_owner(&id) else {
             return Err(Error::new(
                 ErrorCode::AccessDenied,
                 "this descriptor is not the capability of a live session",
             ));
         };
-        let s = self
-            .sessions
-            .get_mut(&session)
-            .ok_or_else(|| Error::new(ErrorCode::Internal, "unknown session"))?;
+        let s = self.session_mut(session)?;
         if !s.speaks_for.contains(&owner) {
             s.speaks_for.push(owner);
         }
         let reservations = self
-            .table
+            .table()
             .iter()
             .filter(|r| r.holder.is_some_and(|h| h.session == owner))
             .count();
