@@ -52,7 +52,11 @@ pub struct Config {
     pub max_connections: usize,
     /// Most client connections one non-root uid may hold at once.
     pub max_connections_per_uid: usize,
-    /// Threads serving connections; `None`: one per CPU portresd may use.
+    /// Threads serving connections; `None` (the default): one per CPU
+    /// portresd may use. Measured on 2 vCPUs with connections following their clients' CPUs: 2 workers
+    /// 65-66k ops/s, 4 workers 64-65k, 16 workers 60-61k (8 clients): one
+    /// worker serving several clients on a CPU answers whoever is ready when
+    /// it wakes, with fewer switches.
     pub workers: Option<usize>,
     /// Pin worker threads round-robin to the CPUs the daemon may use.
     pub pin_workers: bool,
@@ -69,11 +73,6 @@ impl Config {
     pub const DEFAULT_MAX_CONNECTIONS: usize = 16384;
     /// Default per-uid connection limit.
     pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 4096;
-    /// Default number of worker threads: one per CPU the daemon may use
-    /// (`workers: None`). Measured on 2 vCPUs with connections following
-    /// their clients' CPUs: 2 workers 65-66k ops/s, 4 workers 64-65k, 16
-    /// workers 60-61k (8 clients): one worker serving several clients on a
-    /// CPU answers whoever is ready when it wakes, with fewer switches.
     /// Most worker threads accepted.
     pub const MAX_WORKERS: usize = 1024;
 

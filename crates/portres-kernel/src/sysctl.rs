@@ -5,8 +5,10 @@
 //!
 //! This module owns reading and writing those files correctly — the
 //! reserved-ports file has unusual read and write rules, handled and
-//! explained below — and an in-memory fake of the reserved-ports list for
-//! tests of upper layers. Deciding *what* to reserve is the daemon's job.
+//! explained below — and an in-memory fake of the reserved-ports list that
+//! keeps the kernel's write rules (for the tests of `converge` here and the
+//! daemon's in-memory kernel, `portres-daemon`'s `kernel::fake`). Deciding
+//! *what* to reserve is the daemon's job.
 //!
 //! Both sysctls are per network namespace: the files under `/proc/sys/net`
 //! belong to the namespace of the thread that opens them.
@@ -323,7 +325,8 @@ fn annotate(e: io::Error, doing: &str, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{doing} {}: {e}", path.display()))
 }
 
-/// In-memory fake for unit tests of upper layers. It models the kernel's
+/// In-memory fake of the list (the tests of `converge`, the daemon's fake
+/// kernel). It models the kernel's
 /// rules — a replacing write of at most [`MAX_WRITE`] bytes, adding writes
 /// of any number — and keeps every value the list ever held, so a test can
 /// check that no port went missing in between.

@@ -216,22 +216,45 @@ mod tests {
 
     #[test]
     fn too_many_descriptors_are_truncated_not_leaked() {
-        use std::os::fd::AsRawFd;
+        // Descriptors of a memfd no other test opens: counting the entries
+        // of /proc/self/fd that point at it is exact even while the other
+        // tests of this binary open and close files in parallel.
+        const NAME: &str = "portres-fdpass-truncation-test";
+        let open_copies = || {
+            std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|target| target.to_string_lossy().contains(NAME))
+                .count()
+        };
         let (a, b) = UnixStream::pair().unwrap();
-        let files: Vec<_> = (0..32)
-            .map(|_| std::fs::File::open("/dev/null").unwrap())
-            .collect();
+        let memfd = rustix::fs::memfd_create(NAME, rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        let files: Vec<OwnedFd> = (0..32).map(|_| memfd.try_clone().unwrap()).collect();
+        drop(memfd);
         let raw: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
         // Send with a raw sendmsg carrying more fds than the receiver allows.
         let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(32))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         assert!(control.push(SendAncillaryMessage::ScmRights(&raw)));
         rustix::net::sendmsg(&a, &[IoSlice::new(b"x")], &mut control, SendFlags::empty()).unwrap();
+        drop(raw);
+        drop(files);
         let mut buf = [0u8; 8];
         let mut fds = VecDeque::new();
         let got = recv_with_fds(&b, &mut buf, &mut fds).unwrap();
         assert!(got.fds_truncated);
         assert!(fds.len() < 32);
-        assert!(fds.iter().all(|f| f.as_raw_fd() >= 0));
+        // The ones past the limit were closed, not installed unseen.
+        assert_eq!(
+            open_copies(),
+            fds.len(),
+            "descriptors open after the receive"
+        );
+        drop(fds);
+        assert_eq!(
+            open_copies(),
+            0,
+            "descriptors open after dropping the received ones"
+        );
     }
 }

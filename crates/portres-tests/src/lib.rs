@@ -25,18 +25,34 @@ use portres_kernel::sysctl::{ProcReservedPorts, ReservedPorts};
 #[derive(Debug)]
 pub struct Netns(());
 
+/// Whether tests that cannot run here must fail instead of skipping
+/// (`PORTRES_REQUIRE_PRIVILEGED_TESTS=1`, set by `.ci/run` as root).
+pub fn skips_are_failures() -> bool {
+    std::env::var_os("PORTRES_REQUIRE_PRIVILEGED_TESTS").is_some_and(|v| v == "1")
+}
+
+/// The skip rule, the one place it lives: `test` cannot run here because
+/// of `why`. Prints `SKIPPED <test>: <why>`, or panics with the same text
+/// when [`skips_are_failures`]. The caller returns after it.
+#[track_caller]
+pub fn skip(test: &str, why: impl std::fmt::Display) {
+    if skips_are_failures() {
+        panic!("{test}: {why} (PORTRES_REQUIRE_PRIVILEGED_TESTS=1: a test that cannot run fails)");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+}
+
 /// Moves this test's thread into a fresh network namespace with loopback
-/// up. `None` (after printing why) when that needs privileges we lack.
+/// up. `None` (after [`skip`]) when that needs privileges we lack.
+#[track_caller]
 pub fn netns(test: &str) -> Option<Netns> {
     match portres_kernel::netns::enter_private_netns() {
         Ok(()) => Some(Netns(())),
         Err(e) => {
-            if std::env::var_os("PORTRES_REQUIRE_PRIVILEGED_TESTS").is_some_and(|v| v == "1") {
-                panic!(
-                    "{test}: cannot enter a private network namespace ({e}) and PORTRES_REQUIRE_PRIVILEGED_TESTS=1"
-                );
-            }
-            eprintln!("SKIPPED {test}: needs root for a private network namespace: {e}");
+            skip(
+                test,
+                format_args!("needs root for a private network namespace: {e}"),
+            );
             None
         }
     }
@@ -190,63 +206,98 @@ impl Drop for InProcessDaemon {
     }
 }
 
-/// `portresd` as a child process (for crash tests and the CLI).
+/// `portresd` as a child of this thread (so it inherits the thread's
+/// private network namespace), its stderr appended to `DIR/portresd.log`
+/// (a file, not a pipe: nobody reads a pipe while the daemon runs, and a
+/// full one would stall its logging). Every incarnation in one directory
+/// appends to the same log. Dropping it kills it.
 #[derive(Debug)]
 pub struct ProcessDaemon {
     /// The child.
     pub child: Child,
-    /// Its socket.
+    /// Its socket, `DIR/portres.sock`.
     pub socket: PathBuf,
-    /// Its state directory.
+    /// Its state directory, `DIR/state`.
     pub state_dir: PathBuf,
+    /// Its log, `DIR/portresd.log`.
+    pub log: PathBuf,
+}
+
+/// The command line of a daemon living in `dir` (socket `dir/portres.sock`,
+/// state `dir/state`, log appended to `dir/portresd.log`), kernel sync on
+/// unless `extra` says otherwise.
+pub fn daemon_command(dir: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(bin("portresd"));
+    cmd.arg("--socket")
+        .arg(dir.join("portres.sock"))
+        .arg("--state-dir")
+        .arg(dir.join("state"));
+    if !extra.contains(&"--kernel-sync") {
+        cmd.args(["--kernel-sync", "on"]);
+    }
+    cmd.args(extra)
+        .env_remove("PORTRES_SOCKET")
+        .env_remove("PORTRES_SESSION_FD")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(append(&dir.join("portresd.log")));
+    cmd
 }
 
 impl ProcessDaemon {
-    /// Starts `portresd --socket DIR/portres.sock --state-dir DIR/state
-    /// --kernel-sync on EXTRA…` and waits until the socket accepts.
+    /// Starts `portresd` in `dir` with `extra` flags (see
+    /// [`daemon_command`]) and waits until its socket accepts.
     pub fn start(dir: &Path, extra: &[&str]) -> ProcessDaemon {
-        let socket = dir.join("portres.sock");
-        let state_dir = dir.join("state");
-        let mut cmd = Command::new(bin("portresd"));
-        cmd.arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(&state_dir)
-            .arg("--kernel-sync")
-            .arg("on")
-            .args(extra)
-            .env_remove("PORTRES_SOCKET")
-            .env_remove("PORTRES_SESSION_FD")
-            .stdout(Stdio::null())
-            // A file, not a pipe: nobody reads a pipe while the daemon runs,
-            // and a full one would block its logging.
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.join("portresd.log")).expect("log file"),
-            ));
-        let log = dir.join("portresd.log");
-        let mut child = cmd.spawn().expect("spawn portresd");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                let err = std::fs::read_to_string(&log).unwrap_or_default();
-                panic!("portresd exited at start ({status}): {err}");
-            }
-            assert!(Instant::now() < deadline, "portresd did not become ready");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        ProcessDaemon::spawn(daemon_command(dir, extra), dir)
+    }
+
+    /// Spawns `cmd`, a daemon living in `dir` (built from
+    /// [`daemon_command`], perhaps wrapped or with a fault injected), and
+    /// waits until its socket accepts.
+    pub fn spawn(mut cmd: Command, dir: &Path) -> ProcessDaemon {
+        let child = cmd.spawn().expect("spawn portresd");
+        let mut d = ProcessDaemon::adopt(child, dir);
+        d.wait_ready(Duration::from_secs(20));
+        d
+    }
+
+    /// The daemon `child`, living in `dir`, started by the caller.
+    pub fn adopt(child: Child, dir: &Path) -> ProcessDaemon {
         ProcessDaemon {
             child,
-            socket,
-            state_dir,
+            socket: dir.join("portres.sock"),
+            state_dir: dir.join("state"),
+            log: dir.join("portresd.log"),
+        }
+    }
+
+    /// Waits until the socket accepts, panicking (with the log) if the
+    /// daemon exits or `limit` passes.
+    pub fn wait_ready(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "portresd exited at start ({status}); log:\n{}",
+                    self.log_tail(40)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "portresd did not become ready; log:\n{}",
+                self.log_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 
     /// A new client session.
     pub fn client(&self) -> Client {
-        Client::connect_to(&self.socket).expect("connect")
+        Client::connect_to(&self.socket).expect("connect to portresd")
     }
 
     /// SIGKILL: a crash.
@@ -255,12 +306,41 @@ impl ProcessDaemon {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM and wait: a clean stop. Returns its stderr.
-    pub fn terminate(mut self) -> String {
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("pid");
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    /// SIGTERM, then SIGKILL `after` later if it is still there (a crash
+    /// in the middle of a clean stop).
+    pub fn term_then_kill(mut self, after: Duration) {
+        self.sigterm();
+        std::thread::sleep(after);
+        let _ = self.child.kill();
         let _ = self.child.wait();
-        std::fs::read_to_string(self.state_dir.with_file_name("portresd.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait: a clean stop. Returns its whole log.
+    pub fn terminate(mut self) -> String {
+        self.sigterm();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn sigterm(&self) {
+        let pid = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .expect("pid");
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+
+    /// The last `n` lines of its log.
+    pub fn log_tail(&self, n: usize) -> String {
+        log_tail(&self.log, n)
+    }
+
+    /// Runs `cmd` (a client of this daemon) to its end; on failure
+    /// [`Ran::success`] shows this daemon's log tail with the command.
+    pub fn run(&self, cmd: Command) -> Ran {
+        let mut ran = Ran::of(cmd);
+        ran.daemon_log = Some(self.log.clone());
+        ran
     }
 }
 
@@ -268,6 +348,91 @@ impl Drop for ProcessDaemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The last `n` lines of a file (empty if it cannot be read).
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Opens (creating) a file for appending.
+pub fn append(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open for append")
+}
+
+/// A command that has run: what it was, how it ended, what it printed,
+/// and (from [`ProcessDaemon::run`]) the log of the daemon it talked to.
+/// Its `Display` shows all of it, so `assert!(…, "{ran}")` explains a
+/// failure on its own.
+#[derive(Debug)]
+pub struct Ran {
+    /// The command line, as run.
+    pub command: String,
+    /// Exit status and raw output.
+    pub out: Output,
+    /// Its stdout, as text.
+    pub stdout: String,
+    /// Its stderr, as text.
+    pub stderr: String,
+    /// The log of the daemon it talked to, if known.
+    pub daemon_log: Option<PathBuf>,
+}
+
+impl Ran {
+    /// Runs `cmd` to its end (stdin closed unless the caller set it).
+    pub fn of(mut cmd: Command) -> Ran {
+        let command = format!("{cmd:?}");
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {command}: {e}"));
+        Ran {
+            command,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            out,
+            daemon_log: None,
+        }
+    }
+
+    /// Asserts that it exited 0; otherwise panics showing everything.
+    #[track_caller]
+    pub fn success(self) -> Ran {
+        assert!(self.out.status.success(), "command failed: {self}");
+        self
+    }
+
+    /// Asserts that it exited with `code`; otherwise panics showing
+    /// everything.
+    #[track_caller]
+    pub fn code(self, code: i32) -> Ran {
+        assert_eq!(self.out.status.code(), Some(code), "{self}");
+        self
+    }
+}
+
+impl std::fmt::Display for Ran {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}\n{}\nstdout:\n{}\nstderr:\n{}",
+            self.command, self.out.status, self.stdout, self.stderr
+        )?;
+        if let Some(log) = &self.daemon_log {
+            write!(
+                f,
+                "\nlast lines of the daemon's log ({}):\n{}",
+                log.display(),
+                log_tail(log, 30)
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -368,4 +533,128 @@ impl Rng {
     pub fn chance_per_mille(&mut self, per_mille: u64) -> bool {
         self.below(1000) < per_mille
     }
+}
+
+/// One connection speaking the wire by hand, for tests of what the client
+/// library would never send: odd framing, descriptors with the wrong
+/// request, pipelining, floods. Replies are read byte by byte (up to the
+/// NUL), with a 10 s read timeout so a silent daemon fails the test.
+#[derive(Debug)]
+pub struct RawClient(pub std::os::unix::net::UnixStream);
+
+impl RawClient {
+    /// Connects to `socket`.
+    pub fn connect(socket: &Path) -> RawClient {
+        let s = std::os::unix::net::UnixStream::connect(socket)
+            .unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        RawClient(s)
+    }
+
+    /// One sendmsg() of `bytes` with `fds` attached (to the first byte).
+    pub fn send(&self, bytes: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) {
+        use std::os::fd::AsFd;
+        portres_proto::fdpass::send_with_fds(self.0.as_fd(), bytes, fds).expect("sendmsg");
+    }
+
+    /// Sends `bytes` with `fds` and reads one reply; `None` if sending
+    /// failed or the daemon closed the connection instead.
+    pub fn request(
+        &mut self,
+        bytes: &[u8],
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Option<serde_json::Value> {
+        use std::os::fd::AsFd;
+        portres_proto::fdpass::send_with_fds(self.0.as_fd(), bytes, fds).ok()?;
+        self.reply()
+    }
+
+    /// The next reply; `None` if the daemon closed the connection (or the
+    /// read timed out).
+    pub fn reply(&mut self) -> Option<serde_json::Value> {
+        use std::io::Read;
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            match self.0.read(&mut byte) {
+                Ok(1) if byte[0] == 0 => break,
+                Ok(1) => buf.push(byte[0]),
+                _ => return None,
+            }
+        }
+        Some(serde_json::from_slice(&buf).expect("replies are JSON"))
+    }
+
+    /// Calls `method` with `params` and returns the reply.
+    #[track_caller]
+    pub fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        self.call_with_fds(method, params, &[])
+    }
+
+    /// Calls `method` with `params` and `fds` attached; the reply.
+    #[track_caller]
+    pub fn call_with_fds(
+        &mut self,
+        method: &str,
+        params: serde_json::Value,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> serde_json::Value {
+        self.request(&frame(method, params, false), fds)
+            .expect("the daemon answered")
+    }
+}
+
+/// One call as a frame (JSON + NUL).
+pub fn frame(method: &str, params: serde_json::Value, oneway: bool) -> Vec<u8> {
+    let mut call = serde_json::json!({"method": method, "parameters": params});
+    if oneway {
+        call["oneway"] = serde_json::json!(true);
+    }
+    let mut v = serde_json::to_vec(&call).expect("JSON");
+    v.push(0);
+    v
+}
+
+/// The daemon's resident memory in MiB.
+pub fn rss_mib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<u64>().ok())
+        .unwrap()
+        / 1024
+}
+
+/// The daemon's CPU time so far, in clock ticks (utime + stime).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Polls until the daemon is done with what it was sent: over the last
+/// second (five samples 200 ms apart) its RSS moved by at most 1 MiB and it
+/// used under a quarter of a CPU; or 60 s pass. Its RSS then, in MiB.
+pub fn settled_rss_mib(pid: u32) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut samples = vec![(rss_mib(pid), cpu_ticks(pid))];
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        samples.push((rss_mib(pid), cpu_ticks(pid)));
+        let last = &samples[samples.len().saturating_sub(6)..];
+        let rss = last.iter().map(|s| s.0);
+        let spread = rss.clone().max().unwrap() - rss.min().unwrap();
+        let ticks = last.last().unwrap().1 - last[0].1;
+        if last.len() == 6 && spread <= 1 && ticks < 25 {
+            break;
+        }
+    }
+    samples.last().unwrap().0
 }

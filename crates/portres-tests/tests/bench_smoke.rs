@@ -6,14 +6,10 @@
 
 use std::process::Command;
 
-use portres_tests::{netns, open_tempdir};
+use portres_tests::open_tempdir;
 
-#[test]
-fn a_quick_benchmark_run_prints_every_row_and_cleans_up() {
+nstest!(a_quick_benchmark_run_prints_every_row_and_cleans_up, |_| {
     // Root only for the namespace the benchmark enters itself.
-    let Some(_ns) = netns("a_quick_benchmark_run_prints_every_row_and_cleans_up") else {
-        return;
-    };
     let tmp = open_tempdir();
     let out = Command::new(portres_tests::bin("portres-bench"))
         .args(["--quick", "--no-portserver"])
@@ -68,4 +64,4 @@ fn a_quick_benchmark_run_prints_every_row_and_cleans_up() {
             );
         }
     }
-}
+});

@@ -8,12 +8,15 @@
 //! against the library of this build profile, which `cargo build
 //! --workspace` (the test command's first step) produces.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use portres::{CreateOptions, Owner, Protocol};
-use portres_tests::{InProcessDaemon, ProcessDaemon, as_user, cli, netns, open_tempdir, run};
+use portres_tests::{InProcessDaemon, ProcessDaemon, as_user, cli, open_tempdir, run};
 
 const NOBODY: u32 = 65534;
 const NOGROUP: u32 = 65534;
@@ -83,7 +86,76 @@ fn compile(source: &str, link: Link, sanitize: bool, dir: &Path) -> PathBuf {
 /// Compiles `source` as `lang` with `-Wall -Wextra -Werror` (and `extra`)
 /// against libportres, into `dir`; returns the program and the compiler's
 /// diagnostics (warnings `extra` keeps from being errors).
+///
+/// Builds are cached for the whole test process by what goes into them
+/// (source, language, link kind, sanitizers, flags): the tests build the
+/// same programs many times, and a sanitizer build is slow. `dir` only
+/// matters to sources that live in it (a test's own edited copies).
 fn compile_as(
+    source: &Path,
+    lang: Lang,
+    link: Link,
+    sanitize: bool,
+    _dir: &Path,
+    extra: &[&str],
+) -> (PathBuf, String) {
+    type Key = (PathBuf, String, Vec<String>);
+    type Built = Arc<OnceLock<(PathBuf, String)>>;
+    static BUILDS: Mutex<BTreeMap<Key, Built>> = Mutex::new(BTreeMap::new());
+    let key = (
+        source.to_path_buf(),
+        format!("{lang:?}-{link:?}-{sanitize}"),
+        extra.iter().map(|s| s.to_string()).collect(),
+    );
+    let (slot, n) = {
+        let mut builds = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
+        let n = builds.len();
+        (builds.entry(key).or_default().clone(), n)
+    };
+    // Others asking for the same build wait here instead of compiling it
+    // again; different builds go on in parallel.
+    slot.get_or_init(|| {
+        build(
+            source,
+            lang,
+            link,
+            sanitize,
+            &build_dir().join(n.to_string()),
+            extra,
+        )
+    })
+    .clone()
+}
+
+/// Where this test process keeps its C builds: under cargo's
+/// CARGO_TARGET_TMPDIR, one directory per process; those of processes that
+/// have exited are removed first.
+fn build_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        if let Ok(entries) = std::fs::read_dir(tmp) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if let Some(pid) = name.strip_prefix("c-builds-")
+                    && !Path::new("/proc").join(pid).exists()
+                {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = tmp.join(format!("c-builds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("C build directory");
+        // Test programs run as other users too.
+        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        dir
+    })
+}
+
+/// One uncached build of [`compile_as`], into `dir` (created).
+fn build(
     source: &Path,
     lang: Lang,
     link: Link,
@@ -91,6 +163,8 @@ fn compile_as(
     dir: &Path,
     extra: &[&str],
 ) -> (PathBuf, String) {
+    std::fs::create_dir_all(dir).expect("C build directory");
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let root = repo_root();
     let lib = lib_dir();
     let stem = source.file_stem().unwrap().to_str().unwrap();
@@ -238,66 +312,64 @@ fn check_persistent_run(bin: &Path, d: &InProcessDaemon, what: &str) {
     assert_no_reservations(d);
 }
 
-#[test]
-fn runtime_example_binds_into_its_block_shared_and_static() {
-    let Some(_ns) = netns("runtime_example_binds_into_its_block_shared_and_static") else {
-        return;
-    };
-    let d = InProcessDaemon::start(|_| {});
-    let dir = open_tempdir();
-    for link in [Link::Shared, Link::Static] {
-        let bin = compile("examples/c/runtime_reservation.c", link, false, dir.path());
-        // AF_INET, SOCK_STREAM, IPPROTO_TCP, any block of 5; the reference
-        // page's UDP example (5000, 20); a specific TCP block.
-        for (args, start) in [
-            (["2", "1", "6", "0", "5"], None),
-            (["2", "2", "17", "5000", "20"], Some(5000)),
-            (["2", "1", "6", "40000", "3"], Some(40000)),
-        ] {
-            let what = format!("runtime_reservation ({link:?})");
-            let stdout = check_runtime_run(&bin, &d, &args, start, &what);
-            assert_eq!(field(&stdout, "bytesReturned = "), 16, "{what}");
+nstest!(
+    runtime_example_binds_into_its_block_shared_and_static,
+    |_| {
+        let d = InProcessDaemon::start(|_| {});
+        let dir = open_tempdir();
+        for link in [Link::Shared, Link::Static] {
+            let bin = compile("examples/c/runtime_reservation.c", link, false, dir.path());
+            // AF_INET, SOCK_STREAM, IPPROTO_TCP, any block of 5; the reference
+            // page's UDP example (5000, 20); a specific TCP block.
+            for (args, start) in [
+                (["2", "1", "6", "0", "5"], None),
+                (["2", "2", "17", "5000", "20"], Some(5000)),
+                (["2", "1", "6", "40000", "3"], Some(40000)),
+            ] {
+                let what = format!("runtime_reservation ({link:?})");
+                let stdout = check_runtime_run(&bin, &d, &args, start, &what);
+                assert_eq!(field(&stdout, "bytesReturned = "), 16, "{what}");
+            }
         }
     }
-}
+);
 
-#[test]
-fn persistent_example_binds_into_its_block_shared_and_static() {
-    let Some(_ns) = netns("persistent_example_binds_into_its_block_shared_and_static") else {
-        return;
-    };
-    let d = InProcessDaemon::start(|_| {});
-    let dir = open_tempdir();
-    for link in [Link::Shared, Link::Static] {
+nstest!(
+    persistent_example_binds_into_its_block_shared_and_static,
+    |_| {
+        let d = InProcessDaemon::start(|_| {});
+        let dir = open_tempdir();
+        for link in [Link::Shared, Link::Static] {
+            let bin = compile(
+                "examples/c/persistent_reservation.c",
+                link,
+                false,
+                dir.path(),
+            );
+            let what = format!("persistent_reservation 5000 20 ({link:?})");
+            check_persistent_run(&bin, &d, &what);
+        }
+        // Not an administrator: ERROR_ACCESS_DENIED, as on Windows.
         let bin = compile(
             "examples/c/persistent_reservation.c",
-            link,
+            Link::Shared,
             false,
             dir.path(),
         );
-        let what = format!("persistent_reservation 5000 20 ({link:?})");
-        check_persistent_run(&bin, &d, &what);
+        let (out, stdout, _) = run(as_user(
+            &program(&bin, &d.socket, &["5000", "20"]),
+            NOBODY,
+            NOGROUP,
+            &[],
+        ));
+        assert_eq!(out.status.code(), Some(1), "{stdout}");
+        assert!(
+            stdout.contains("CreatePersistentTcpPortReservation returned error: 5"),
+            "{stdout}"
+        );
+        assert_no_reservations(&d);
     }
-    // Not an administrator: ERROR_ACCESS_DENIED, as on Windows.
-    let bin = compile(
-        "examples/c/persistent_reservation.c",
-        Link::Shared,
-        false,
-        dir.path(),
-    );
-    let (out, stdout, _) = run(as_user(
-        &program(&bin, &d.socket, &["5000", "20"]),
-        NOBODY,
-        NOGROUP,
-        &[],
-    ));
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(
-        stdout.contains("CreatePersistentTcpPortReservation returned error: 5"),
-        "{stdout}"
-    );
-    assert_no_reservations(&d);
-}
+);
 
 fn conformance(link: Link, sanitize: bool, dir: &Path) -> PathBuf {
     compile(
@@ -319,11 +391,7 @@ fn assert_all_passed(what: &str, stdout: &str) {
     );
 }
 
-#[test]
-fn conformance_as_administrator_under_sanitizers() {
-    let Some(_ns) = netns("conformance_as_administrator_under_sanitizers") else {
-        return;
-    };
+nstest!(conformance_as_administrator_under_sanitizers, |_| {
     let d = InProcessDaemon::start(|_| {});
     let dir = open_tempdir();
     let bin = conformance(Link::Shared, true, dir.path());
@@ -331,13 +399,9 @@ fn conformance_as_administrator_under_sanitizers() {
     check("conformance admin", &out, &stdout, &stderr);
     assert_all_passed("conformance admin", &stdout);
     assert_no_reservations(&d);
-}
+});
 
-#[test]
-fn conformance_as_administrator_linked_statically() {
-    let Some(_ns) = netns("conformance_as_administrator_linked_statically") else {
-        return;
-    };
+nstest!(conformance_as_administrator_linked_statically, |_| {
     let d = InProcessDaemon::start(|_| {});
     let dir = open_tempdir();
     let bin = conformance(Link::Static, false, dir.path());
@@ -345,13 +409,9 @@ fn conformance_as_administrator_linked_statically() {
     check("conformance admin (static)", &out, &stdout, &stderr);
     assert_all_passed("conformance admin (static)", &stdout);
     assert_no_reservations(&d);
-}
+});
 
-#[test]
-fn conformance_as_unprivileged_user_under_sanitizers() {
-    let Some(_ns) = netns("conformance_as_unprivileged_user_under_sanitizers") else {
-        return;
-    };
+nstest!(conformance_as_unprivileged_user_under_sanitizers, |_| {
     let d = InProcessDaemon::start(|c| c.quota = 8);
     let root = d.client();
     let persistent = root
@@ -390,7 +450,7 @@ fn conformance_as_unprivileged_user_under_sanitizers() {
     let left = root.list(None).unwrap();
     assert_eq!(left.len(), 3, "{left:?}");
     assert!(left.iter().any(|r| r.token == Some(foreign.token())));
-}
+});
 
 #[test]
 fn conformance_without_a_daemon_under_sanitizers() {
@@ -402,31 +462,26 @@ fn conformance_without_a_daemon_under_sanitizers() {
     assert_all_passed("conformance nodaemon", &stdout);
 }
 
-#[test]
-fn conformance_under_portres_exec_binds_into_the_exec_reservation() {
-    let Some(_ns) = netns("conformance_under_portres_exec_binds_into_the_exec_reservation") else {
-        return;
-    };
-    let d = InProcessDaemon::start(|_| {});
-    let dir = open_tempdir();
-    let bin = conformance(Link::Shared, true, dir.path());
-    let mut exec = cli(&d.socket);
-    exec.args(["exec", "tcp", "--count", "3", "--"])
-        .arg(&bin)
-        .arg("exec")
-        .env("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1")
-        .env("UBSAN_OPTIONS", "halt_on_error=1:print_stacktrace=1");
-    let (out, stdout, stderr) = run(exec);
-    check("portres exec -- conformance exec", &out, &stdout, &stderr);
-    assert_all_passed("conformance exec", &stdout);
-    assert_no_reservations(&d);
-}
+nstest!(
+    conformance_under_portres_exec_binds_into_the_exec_reservation,
+    |_| {
+        let d = InProcessDaemon::start(|_| {});
+        let dir = open_tempdir();
+        let bin = conformance(Link::Shared, true, dir.path());
+        let mut exec = cli(&d.socket);
+        exec.args(["exec", "tcp", "--count", "3", "--"])
+            .arg(&bin)
+            .arg("exec")
+            .env("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1")
+            .env("UBSAN_OPTIONS", "halt_on_error=1:print_stacktrace=1");
+        let (out, stdout, stderr) = run(exec);
+        check("portres exec -- conformance exec", &out, &stdout, &stderr);
+        assert_all_passed("conformance exec", &stdout);
+        assert_no_reservations(&d);
+    }
+);
 
-#[test]
-fn conformance_reconnects_after_a_daemon_restart() {
-    let Some(_ns) = netns("conformance_reconnects_after_a_daemon_restart") else {
-        return;
-    };
+nstest!(conformance_reconnects_after_a_daemon_restart, |_| {
     let dir = open_tempdir();
     let daemon = ProcessDaemon::start(dir.path(), &[]);
     let socket = daemon.socket.clone();
@@ -451,7 +506,7 @@ fn conformance_reconnects_after_a_daemon_restart() {
     check("conformance restart", &out, &rest, &stderr);
     assert_all_passed("conformance restart", &rest);
     assert!(daemon.client().list(None).unwrap().is_empty());
-}
+});
 
 /// `-fsyntax-only` of `source` with the header: the command's outcome.
 fn syntax_check(source: &Path, compiler: &str, flags: &[&str]) -> (bool, String) {
@@ -545,11 +600,7 @@ fn header_compiles_at_every_claimed_language_level_and_refuses_older_ones() {
     );
 }
 
-#[test]
-fn instance_shapes_of_c_and_cpp_read_a_real_reservation() {
-    let Some(_ns) = netns("instance_shapes_of_c_and_cpp_read_a_real_reservation") else {
-        return;
-    };
+nstest!(instance_shapes_of_c_and_cpp_read_a_real_reservation, |_| {
     let d = InProcessDaemon::start(|_| {});
     let dir = open_tempdir();
     let source = repo_root().join("crates/portres-c/tests/c/shapes.c");
@@ -568,7 +619,7 @@ fn instance_shapes_of_c_and_cpp_read_a_real_reservation() {
             assert_no_reservations(&d);
         }
     }
-}
+});
 
 /// The repository's copies of the two reference pages with example
 /// programs (`../shared/seeds/002_…` and `004_…`, kept byte for byte so
@@ -651,71 +702,68 @@ fn warnings(stderr: &str) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
-#[test]
-fn seed_examples_build_with_the_readme_edits_only_and_bind_into_their_block() {
-    let Some(_ns) =
-        netns("seed_examples_build_with_the_readme_edits_only_and_bind_into_their_block")
-    else {
-        return;
-    };
-    let d = InProcessDaemon::start(|_| {});
-    let dir = open_tempdir();
-    // The warnings the seeds' own code causes, by seed and language; any
-    // other warning is an error.
-    //   format-extra-args: 002's usage text passes argv[0] to a format
-    //     without a conversion;
-    //   unused-variable: 002 declares `status` and never uses it;
-    //   missing-field-initializers (C++): `WSADATA wsaData = { 0 };` and
-    //     the like (C exempts `{ 0 }`);
-    //   format= (C++): 002 prints portRes.Token, a structure in C++, with
-    //     %I64d (in C it is the ULONG64 the format expects).
-    let expected: [(&str, Lang, &[&str]); 4] = [
-        (
-            SEED_RUNTIME,
-            Lang::C,
-            &["format-extra-args", "unused-variable"],
-        ),
-        (
-            SEED_RUNTIME,
-            Lang::Cxx,
-            &[
-                "format-extra-args",
-                "unused-variable",
-                "missing-field-initializers",
-                "format=",
-            ],
-        ),
-        (SEED_PERSISTENT, Lang::C, &[]),
-        (SEED_PERSISTENT, Lang::Cxx, &["missing-field-initializers"]),
-    ];
-    for (seed, lang, allowed) in expected {
-        let stem = &seed[..3];
-        let source = port_from_windows(&seed_example(seed), stem, dir.path());
-        let extra: Vec<String> = allowed.iter().map(|w| format!("-Wno-error={w}")).collect();
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        for (link, sanitize) in [(Link::Shared, true), (Link::Static, false)] {
-            let what = format!("seed {stem} ({lang:?}, {link:?})");
-            let (bin, stderr) = compile_as(&source, lang, link, sanitize, dir.path(), &extra);
-            let seen = warnings(&stderr);
-            let allowed: std::collections::BTreeSet<String> =
-                allowed.iter().map(|w| w.to_string()).collect();
-            assert_eq!(seen, allowed, "{what}: the seed's own warnings\n{stderr}");
-            if seed == SEED_RUNTIME {
-                // AF_INET, SOCK_STREAM, IPPROTO_TCP, any block of 5; the
-                // page's own UDP usage example (5000, 20).
-                for (args, start) in [
-                    (["2", "1", "6", "0", "5"], None),
-                    (["2", "2", "17", "5000", "20"], Some(5000)),
-                ] {
-                    let stdout = check_runtime_run(&bin, &d, &args, start, &what);
-                    assert!(
-                        stdout.contains("WSAIoctl(SIO_RELEASE_PORT_RESERVATION) succeeded"),
-                        "{what}\n{stdout}"
-                    );
+nstest!(
+    seed_examples_build_with_the_readme_edits_only_and_bind_into_their_block,
+    |_| {
+        let d = InProcessDaemon::start(|_| {});
+        let dir = open_tempdir();
+        // The warnings the seeds' own code causes, by seed and language; any
+        // other warning is an error.
+        //   format-extra-args: 002's usage text passes argv[0] to a format
+        //     without a conversion;
+        //   unused-variable: 002 declares `status` and never uses it;
+        //   missing-field-initializers (C++): `WSADATA wsaData = { 0 };` and
+        //     the like (C exempts `{ 0 }`);
+        //   format= (C++): 002 prints portRes.Token, a structure in C++, with
+        //     %I64d (in C it is the ULONG64 the format expects).
+        let expected: [(&str, Lang, &[&str]); 4] = [
+            (
+                SEED_RUNTIME,
+                Lang::C,
+                &["format-extra-args", "unused-variable"],
+            ),
+            (
+                SEED_RUNTIME,
+                Lang::Cxx,
+                &[
+                    "format-extra-args",
+                    "unused-variable",
+                    "missing-field-initializers",
+                    "format=",
+                ],
+            ),
+            (SEED_PERSISTENT, Lang::C, &[]),
+            (SEED_PERSISTENT, Lang::Cxx, &["missing-field-initializers"]),
+        ];
+        for (seed, lang, allowed) in expected {
+            let stem = &seed[..3];
+            let source = port_from_windows(&seed_example(seed), stem, dir.path());
+            let extra: Vec<String> = allowed.iter().map(|w| format!("-Wno-error={w}")).collect();
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            for (link, sanitize) in [(Link::Shared, true), (Link::Static, false)] {
+                let what = format!("seed {stem} ({lang:?}, {link:?})");
+                let (bin, stderr) = compile_as(&source, lang, link, sanitize, dir.path(), &extra);
+                let seen = warnings(&stderr);
+                let allowed: std::collections::BTreeSet<String> =
+                    allowed.iter().map(|w| w.to_string()).collect();
+                assert_eq!(seen, allowed, "{what}: the seed's own warnings\n{stderr}");
+                if seed == SEED_RUNTIME {
+                    // AF_INET, SOCK_STREAM, IPPROTO_TCP, any block of 5; the
+                    // page's own UDP usage example (5000, 20).
+                    for (args, start) in [
+                        (["2", "1", "6", "0", "5"], None),
+                        (["2", "2", "17", "5000", "20"], Some(5000)),
+                    ] {
+                        let stdout = check_runtime_run(&bin, &d, &args, start, &what);
+                        assert!(
+                            stdout.contains("WSAIoctl(SIO_RELEASE_PORT_RESERVATION) succeeded"),
+                            "{what}\n{stdout}"
+                        );
+                    }
+                } else {
+                    check_persistent_run(&bin, &d, &what);
                 }
-            } else {
-                check_persistent_run(&bin, &d, &what);
             }
         }
     }
-}
+);

@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 use portres::{Client, Protocol};
 use portres_core::PortSet;
 use portres_tests::{
-    InProcessDaemon, ProcessDaemon, as_user, bin, cli, kernel_reserved, netns, open_tempdir,
-    testkit,
+    InProcessDaemon, ProcessDaemon, as_user, bin, cli, kernel_reserved, open_tempdir, testkit,
 };
 use serde_json::Value;
 
@@ -386,11 +385,7 @@ impl Drop for Running {
 // acquire
 // ---------------------------------------------------------------------------
 
-#[test]
-fn acquire_json_holds_until_stdin_closes() {
-    let Some(_ns) = netns("acquire_json_holds_until_stdin_closes") else {
-        return;
-    };
+nstest!(acquire_json_holds_until_stdin_closes, |_| {
     let d = InProcessDaemon::start(|_| {});
     let mut held = Running::spawn(cmd(
         &d.socket,
@@ -434,13 +429,9 @@ fn acquire_json_holds_until_stdin_closes() {
         "{start}+3 still in {}",
         kernel_reserved()
     );
-}
+});
 
-#[test]
-fn acquire_human_output_and_signals_release() {
-    let Some(_ns) = netns("acquire_human_output_and_signals_release") else {
-        return;
-    };
+nstest!(acquire_human_output_and_signals_release, |_| {
     let d = InProcessDaemon::start(|_| {});
 
     // Human output, SIGTERM.
@@ -492,13 +483,9 @@ fn acquire_human_output_and_signals_release() {
         "{}",
         kernel_reserved()
     );
-}
+});
 
-#[test]
-fn acquire_refusals_exit_1_without_holding() {
-    let Some(_ns) = netns("acquire_refusals_exit_1_without_holding") else {
-        return;
-    };
+nstest!(acquire_refusals_exit_1_without_holding, |_| {
     let d = InProcessDaemon::start(|_| {});
     let s = &d.socket;
     // Usage errors: found before connecting, exit 2.
@@ -523,19 +510,17 @@ fn acquire_refusals_exit_1_without_holding() {
         "sharing_violation",
     );
     assert_eq!(list_json(s).len(), 1, "a refused acquire left something");
-}
+});
 
 // ---------------------------------------------------------------------------
 // exec
 // ---------------------------------------------------------------------------
 
-#[test]
-fn exec_hands_the_reservation_to_the_command_and_passes_its_status() {
-    let Some(_ns) = netns("exec_hands_the_reservation_to_the_command_and_passes_its_status") else {
-        return;
-    };
-    let d = InProcessDaemon::start(|_| {});
-    let script = r#"echo "$PORTRES_PROTOCOL $PORTRES_START $PORTRES_COUNT $PORTRES_TOKEN"
+nstest!(
+    exec_hands_the_reservation_to_the_command_and_passes_its_status,
+    |_| {
+        let d = InProcessDaemon::start(|_| {});
+        let script = r#"echo "$PORTRES_PROTOCOL $PORTRES_START $PORTRES_COUNT $PORTRES_TOKEN"
 echo "socket=$PORTRES_SOCKET"
 if [ -n "$PORTRES_SESSION_FD" ] && [ -e "/proc/$$/fd/$PORTRES_SESSION_FD" ]; then
   echo "fd=$PORTRES_SESSION_FD open"
@@ -544,80 +529,77 @@ else
 fi
 echo "reserved=$(cat /proc/sys/net/ipv4/ip_local_reserved_ports)"
 exit 7"#;
-    let ran = portres(
-        &d.socket,
-        &["exec", "tcp", "--count", "3", "--", "sh", "-c", script],
-    );
-    ran.expect(7);
-    let lines: Vec<&str> = ran.stdout.lines().collect();
-    assert_eq!(lines.len(), 4, "{ran}");
-    let f: Vec<&str> = lines[0].split(' ').collect();
-    assert_eq!(f.len(), 4, "{ran}");
-    assert_eq!(f[0], "tcp", "{ran}");
-    let start: u16 = f[1]
-        .parse()
-        .unwrap_or_else(|_| panic!("PORTRES_START: {ran}"));
-    assert_ne!(start, 0, "{ran}");
-    assert_eq!(f[2], "3", "{ran}");
-    let token: u64 = f[3]
-        .parse()
-        .unwrap_or_else(|_| panic!("PORTRES_TOKEN: {ran}"));
-    assert_ne!(token, 0, "{ran}");
-    assert_eq!(lines[1], format!("socket={}", d.socket.display()), "{ran}");
-    let fd = lines[2]
-        .strip_prefix("fd=")
-        .and_then(|s| s.strip_suffix(" open"))
-        .unwrap_or_else(|| panic!("PORTRES_SESSION_FD is not an open descriptor: {ran}"));
-    fd.parse::<u32>()
-        .unwrap_or_else(|_| panic!("PORTRES_SESSION_FD not a number: {ran}"));
-    let reserved: PortSet = lines[3]
-        .strip_prefix("reserved=")
-        .expect("reserved=")
-        .parse()
-        .expect("kernel port set");
-    assert!(
-        (start..=start + 2).all(|p| reserved.contains(p)),
-        "the block was not in the kernel while the command ran: {ran}"
-    );
-    // Released once the command is done.
-    assert!(list_json(&d.socket).is_empty());
-    assert!(
-        portres_tests::eventually(|| kernel_has_none(start, 3)),
-        "{}",
-        kernel_reserved()
-    );
+        let ran = portres(
+            &d.socket,
+            &["exec", "tcp", "--count", "3", "--", "sh", "-c", script],
+        );
+        ran.expect(7);
+        let lines: Vec<&str> = ran.stdout.lines().collect();
+        assert_eq!(lines.len(), 4, "{ran}");
+        let f: Vec<&str> = lines[0].split(' ').collect();
+        assert_eq!(f.len(), 4, "{ran}");
+        assert_eq!(f[0], "tcp", "{ran}");
+        let start: u16 = f[1]
+            .parse()
+            .unwrap_or_else(|_| panic!("PORTRES_START: {ran}"));
+        assert_ne!(start, 0, "{ran}");
+        assert_eq!(f[2], "3", "{ran}");
+        let token: u64 = f[3]
+            .parse()
+            .unwrap_or_else(|_| panic!("PORTRES_TOKEN: {ran}"));
+        assert_ne!(token, 0, "{ran}");
+        assert_eq!(lines[1], format!("socket={}", d.socket.display()), "{ran}");
+        let fd = lines[2]
+            .strip_prefix("fd=")
+            .and_then(|s| s.strip_suffix(" open"))
+            .unwrap_or_else(|| panic!("PORTRES_SESSION_FD is not an open descriptor: {ran}"));
+        fd.parse::<u32>()
+            .unwrap_or_else(|_| panic!("PORTRES_SESSION_FD not a number: {ran}"));
+        let reserved: PortSet = lines[3]
+            .strip_prefix("reserved=")
+            .expect("reserved=")
+            .parse()
+            .expect("kernel port set");
+        assert!(
+            (start..=start + 2).all(|p| reserved.contains(p)),
+            "the block was not in the kernel while the command ran: {ran}"
+        );
+        // Released once the command is done.
+        assert!(list_json(&d.socket).is_empty());
+        assert!(
+            portres_tests::eventually(|| kernel_has_none(start, 3)),
+            "{}",
+            kernel_reserved()
+        );
 
-    // A given start, UDP, status 0.
-    let ran = portres(
-        &d.socket,
-        &[
-            "exec",
-            "udp",
-            "--start",
-            "42000",
-            "--count",
-            "2",
-            "--",
-            "sh",
-            "-c",
-            "echo \"$PORTRES_PROTOCOL $PORTRES_START $PORTRES_COUNT\"",
-        ],
-    );
-    ran.expect(0);
-    assert_eq!(ran.stdout, "udp 42000 2\n", "{ran}");
-    assert!(list_json(&d.socket).is_empty());
-    assert!(
-        portres_tests::eventually(|| kernel_has_none(42000, 2)),
-        "{}",
-        kernel_reserved()
-    );
-}
+        // A given start, UDP, status 0.
+        let ran = portres(
+            &d.socket,
+            &[
+                "exec",
+                "udp",
+                "--start",
+                "42000",
+                "--count",
+                "2",
+                "--",
+                "sh",
+                "-c",
+                "echo \"$PORTRES_PROTOCOL $PORTRES_START $PORTRES_COUNT\"",
+            ],
+        );
+        ran.expect(0);
+        assert_eq!(ran.stdout, "udp 42000 2\n", "{ran}");
+        assert!(list_json(&d.socket).is_empty());
+        assert!(
+            portres_tests::eventually(|| kernel_has_none(42000, 2)),
+            "{}",
+            kernel_reserved()
+        );
+    }
+);
 
-#[test]
-fn exec_child_releases_with_the_inherited_capability() {
-    let Some(_ns) = netns("exec_child_releases_with_the_inherited_capability") else {
-        return;
-    };
+nstest!(exec_child_releases_with_the_inherited_capability, |_| {
     let d = InProcessDaemon::start(|_| {});
     let script = r#"echo "$PORTRES_TOKEN"
 "$PR" --json release "$PORTRES_TOKEN" || exit 20
@@ -639,13 +621,9 @@ fn exec_child_releases_with_the_inherited_capability() {
     // Released while the exec still ran.
     assert_eq!(lines[2], "[]", "{ran}");
     assert!(list_json(&d.socket).is_empty());
-}
+});
 
-#[test]
-fn exec_release_needs_the_capability() {
-    let Some(_ns) = netns("exec_release_needs_the_capability") else {
-        return;
-    };
+nstest!(exec_release_needs_the_capability, |_| {
     let d = InProcessDaemon::start(|_| {});
     let script = r#"env -u PORTRES_SESSION_FD "$PR" release "$PORTRES_TOKEN"
 echo "denied-rc=$?"
@@ -677,7 +655,7 @@ echo "token=$PORTRES_TOKEN""#;
     );
     assert_eq!(lines[3], "own-rc=0", "{ran}");
     assert!(list_json(&d.socket).is_empty());
-}
+});
 
 /// Parses "START COUNT" then one port per line; checks every port is inside.
 fn ports_inside(ran: &Ran, expected_ports: usize) -> Vec<u16> {
@@ -702,11 +680,7 @@ fn ports_inside(ran: &Ran, expected_ports: usize) -> Vec<u16> {
     ports
 }
 
-#[test]
-fn exec_testkit_binds_inside_the_block() {
-    let Some(_ns) = netns("exec_testkit_binds_inside_the_block") else {
-        return;
-    };
+nstest!(exec_testkit_binds_inside_the_block, |_| {
     let d = InProcessDaemon::start(|_| {});
     for (proto, addr) in [("tcp", "127.0.0.1"), ("udp", "::1")] {
         let script = format!(
@@ -723,13 +697,9 @@ fn exec_testkit_binds_inside_the_block() {
         ports_inside(&ran, 1);
     }
     assert!(list_json(&d.socket).is_empty());
-}
+});
 
-#[test]
-fn exec_two_parallel_workers_bind_with_the_capability() {
-    let Some(_ns) = netns("exec_two_parallel_workers_bind_with_the_capability") else {
-        return;
-    };
+nstest!(exec_two_parallel_workers_bind_with_the_capability, |_| {
     let d = InProcessDaemon::start(|_| {});
     let script = r#"echo "$PORTRES_START $PORTRES_COUNT"
 "$TK" bind "$PORTRES_TOKEN" tcp 127.0.0.1 & a=$!
@@ -745,13 +715,9 @@ wait $b || exit 12"#;
     ran.expect(0);
     ports_inside(&ran, 2);
     assert!(list_json(&d.socket).is_empty());
-}
+});
 
-#[test]
-fn exec_forwards_sigterm_and_releases() {
-    let Some(_ns) = netns("exec_forwards_sigterm_and_releases") else {
-        return;
-    };
+nstest!(exec_forwards_sigterm_and_releases, |_| {
     let d = InProcessDaemon::start(|_| {});
     let mut running = Running::spawn(cmd(
         &d.socket,
@@ -781,13 +747,9 @@ fn exec_forwards_sigterm_and_releases() {
         "{}",
         kernel_reserved()
     );
-}
+});
 
-#[test]
-fn exec_usage_errors_missing_commands_and_refusals() {
-    let Some(_ns) = netns("exec_usage_errors_missing_commands_and_refusals") else {
-        return;
-    };
+nstest!(exec_usage_errors_missing_commands_and_refusals, |_test| {
     let d = InProcessDaemon::start(|_| {});
     let s = &d.socket;
     // No command: usage error.
@@ -818,17 +780,13 @@ fn exec_usage_errors_missing_commands_and_refusals() {
     );
     clap_refused(s, &["exec", "sctp", "--", "sh", "-c", "echo ran"], "sctp");
     assert!(list_json(s).is_empty());
-}
+});
 
 // ---------------------------------------------------------------------------
 // release
 // ---------------------------------------------------------------------------
 
-#[test]
-fn release_refusals() {
-    let Some(_ns) = netns("release_refusals") else {
-        return;
-    };
+nstest!(release_refusals, |_| {
     let d = InProcessDaemon::start(|_| {});
     let s = &d.socket;
     let c = Client::connect_to(s).expect("connect");
@@ -847,17 +805,13 @@ fn release_refusals() {
     assert!(kernel_has(44000, 2), "{}", kernel_reserved());
     res.release().expect("release");
     refused(s, &["release", &token], "not_found");
-}
+});
 
 // ---------------------------------------------------------------------------
 // create, lookup, delete
 // ---------------------------------------------------------------------------
 
-#[test]
-fn create_lookup_delete() {
-    let Some(_ns) = netns("create_lookup_delete") else {
-        return;
-    };
+nstest!(create_lookup_delete, |_| {
     let d = InProcessDaemon::start(|_| {});
     let s = &d.socket;
     let created = ok_json(s, &["create", "tcp", "5000", "2", "--label", "web"]);
@@ -911,13 +865,9 @@ fn create_lookup_delete() {
     refused(s, &["lookup", "tcp", "7000", "1"], "not_found");
     refused(s, &["delete", "tcp", "7000", "1"], "not_found");
     assert_eq!(list_json(s).len(), 1);
-}
+});
 
-#[test]
-fn create_owner_user_and_group() {
-    let Some(_ns) = netns("create_owner_user_and_group") else {
-        return;
-    };
+nstest!(create_owner_user_and_group, |_| {
     let d = InProcessDaemon::start(|_| {});
     let s = &d.socket;
     let cases = [
@@ -958,13 +908,9 @@ fn create_owner_user_and_group() {
         "{}",
         kernel_reserved()
     );
-}
+});
 
-#[test]
-fn create_lookup_delete_refuse_bad_blocks() {
-    let Some(_ns) = netns("create_lookup_delete_refuse_bad_blocks") else {
-        return;
-    };
+nstest!(create_lookup_delete_refuse_bad_blocks, |_| {
     let d = InProcessDaemon::start(|_| {});
     let s = &d.socket;
     let before = kernel_reserved().to_string();
@@ -992,13 +938,9 @@ fn create_lookup_delete_refuse_bad_blocks() {
         ok(s, &["delete", proto, start, "1"]);
     }
     assert!(list_json(s).is_empty());
-}
+});
 
-#[test]
-fn create_overlapping_is_a_sharing_violation() {
-    let Some(_ns) = netns("create_overlapping_is_a_sharing_violation") else {
-        return;
-    };
+nstest!(create_overlapping_is_a_sharing_violation, |_| {
     let d = InProcessDaemon::start(|_| {});
     let s = &d.socket;
     ok(s, &["create", "tcp", "6000", "10"]);
@@ -1016,17 +958,13 @@ fn create_overlapping_is_a_sharing_violation() {
     let port = listener.local_addr().expect("addr").port().to_string();
     refused(s, &["create", "tcp", &port, "1"], "sharing_violation");
     assert_eq!(list_json(s).len(), 4);
-}
+});
 
 // ---------------------------------------------------------------------------
 // list
 // ---------------------------------------------------------------------------
 
-#[test]
-fn list_human_json_in_use_and_filter() {
-    let Some(_ns) = netns("list_human_json_in_use_and_filter") else {
-        return;
-    };
+nstest!(list_human_json_in_use_and_filter, |_test| {
     let d = InProcessDaemon::start(|_| {});
     let s = &d.socket;
     assert_eq!(ok(s, &["list"]).trim(), "no reservations");
@@ -1125,17 +1063,13 @@ fn list_human_json_in_use_and_filter() {
             .is_none_or(|a| a.is_empty())
     });
     assert!(gone, "closed socket still listed: {:?}", list_json(s));
-}
+});
 
 // ---------------------------------------------------------------------------
 // status
 // ---------------------------------------------------------------------------
 
-#[test]
-fn status_human_and_json() {
-    let Some(_ns) = netns("status_human_and_json") else {
-        return;
-    };
+nstest!(status_human_and_json, |_| {
     // The real daemon binary this time.
     let dir = open_tempdir();
     let d = ProcessDaemon::start(dir.path(), &["--quota", "123"]);
@@ -1192,7 +1126,7 @@ fn status_human_and_json() {
     let ran = run_t(c);
     ran.expect(0);
     assert_eq!(one_json_line(&ran)["quota"], 123, "{ran}");
-}
+});
 
 // ---------------------------------------------------------------------------
 // help, version, usage and connection errors (no daemon needed)
@@ -1327,87 +1261,86 @@ fn unreachable_daemon_exits_2_with_daemon_unavailable() {
 // An ordinary user
 // ---------------------------------------------------------------------------
 
-#[test]
-fn non_admin_is_refused_admin_commands_and_sees_no_foreign_tokens() {
-    let Some(_ns) = netns("non_admin_is_refused_admin_commands_and_sees_no_foreign_tokens") else {
-        return;
-    };
-    let d = InProcessDaemon::start(|_| {});
-    let s = &d.socket;
-    let as_nobody = |args: &[&str]| nobody(s, args);
-    // Root's: a persistent reservation, one owned by nobody, a runtime one.
-    let admin_only = token_of(&ok_json(s, &["create", "tcp", "5000", "1"]));
-    let owned = token_of(&ok_json(
-        s,
-        &["create", "tcp", "5001", "1", "--owner", "nobody"],
-    ));
-    let c = Client::connect_to(s).expect("connect");
-    let runtime = c.acquire(Protocol::Tcp, 44000, 2).expect("acquire");
-    let runtime_token = runtime.token().to_string();
+nstest!(
+    non_admin_is_refused_admin_commands_and_sees_no_foreign_tokens,
+    |_| {
+        let d = InProcessDaemon::start(|_| {});
+        let s = &d.socket;
+        let as_nobody = |args: &[&str]| nobody(s, args);
+        // Root's: a persistent reservation, one owned by nobody, a runtime one.
+        let admin_only = token_of(&ok_json(s, &["create", "tcp", "5000", "1"]));
+        let owned = token_of(&ok_json(
+            s,
+            &["create", "tcp", "5001", "1", "--owner", "nobody"],
+        ));
+        let c = Client::connect_to(s).expect("connect");
+        let runtime = c.acquire(Protocol::Tcp, 44000, 2).expect("acquire");
+        let runtime_token = runtime.token().to_string();
 
-    refused_by(&as_nobody, &["create", "tcp", "5002", "1"], "access_denied");
-    refused_by(&as_nobody, &["delete", "tcp", "5000", "1"], "access_denied");
-    refused_by(&as_nobody, &["lookup", "tcp", "5000", "1"], "access_denied");
-    refused_by(&as_nobody, &["release", &runtime_token], "access_denied");
-    assert_eq!(list_json(s).len(), 3, "a refused command changed something");
-    assert!(
-        portres_tests::eventually(|| kernel_has_none(5002, 1)),
-        "{}",
-        kernel_reserved()
-    );
+        refused_by(&as_nobody, &["create", "tcp", "5002", "1"], "access_denied");
+        refused_by(&as_nobody, &["delete", "tcp", "5000", "1"], "access_denied");
+        refused_by(&as_nobody, &["lookup", "tcp", "5000", "1"], "access_denied");
+        refused_by(&as_nobody, &["release", &runtime_token], "access_denied");
+        assert_eq!(list_json(s).len(), 3, "a refused command changed something");
+        assert!(
+            portres_tests::eventually(|| kernel_has_none(5002, 1)),
+            "{}",
+            kernel_reserved()
+        );
 
-    // The owner may look up its own.
-    let ran = run_t(as_nobody(&["--json", "lookup", "tcp", "5001", "1"]));
-    ran.expect(0);
-    assert_eq!(token_of(&one_json_line(&ran)), owned, "{ran}");
+        // The owner may look up its own.
+        let ran = run_t(as_nobody(&["--json", "lookup", "tcp", "5001", "1"]));
+        ran.expect(0);
+        assert_eq!(token_of(&one_json_line(&ran)), owned, "{ran}");
 
-    // list works; tokens only where nobody may use them.
-    let ran = run_t(as_nobody(&["--json", "list"]));
-    ran.expect(0);
-    let list = one_json_line(&ran);
-    let list = list.as_array().unwrap_or_else(|| panic!("{ran}"));
-    assert_eq!(list.len(), 3, "{ran}");
-    for r in list {
-        if port_of(r, "start") == 5001 {
-            assert_eq!(token_of(r), owned, "{r}");
-        } else {
-            assert!(r.get("token").is_none(), "nobody sees a root token: {r}");
+        // list works; tokens only where nobody may use them.
+        let ran = run_t(as_nobody(&["--json", "list"]));
+        ran.expect(0);
+        let list = one_json_line(&ran);
+        let list = list.as_array().unwrap_or_else(|| panic!("{ran}"));
+        assert_eq!(list.len(), 3, "{ran}");
+        for r in list {
+            if port_of(r, "start") == 5001 {
+                assert_eq!(token_of(r), owned, "{r}");
+            } else {
+                assert!(r.get("token").is_none(), "nobody sees a root token: {r}");
+            }
         }
-    }
-    let ran = run_t(as_nobody(&["list"]));
-    ran.expect(0);
-    assert!(ran.stdout.contains("PROTO"), "{ran}");
-    for secret in [admin_only.to_string(), runtime_token.clone()] {
-        assert!(!ran.stdout.contains(&secret), "token shown: {ran}");
-    }
+        let ran = run_t(as_nobody(&["list"]));
+        ran.expect(0);
+        assert!(ran.stdout.contains("PROTO"), "{ran}");
+        for secret in [admin_only.to_string(), runtime_token.clone()] {
+            assert!(!ran.stdout.contains(&secret), "token shown: {ran}");
+        }
 
-    let ran = run_t(as_nobody(&["--json", "status"]));
-    ran.expect(0);
-    let status = one_json_line(&ran);
-    assert_eq!(status["you_are_admin"], false, "{status}");
-    assert_eq!(status["your_uid"], NOBODY, "{status}");
+        let ran = run_t(as_nobody(&["--json", "status"]));
+        ran.expect(0);
+        let status = one_json_line(&ran);
+        assert_eq!(status["you_are_admin"], false, "{status}");
+        assert_eq!(status["your_uid"], NOBODY, "{status}");
 
-    // Runtime reservations are for everyone.
-    let ran = run_t(as_nobody(&[
-        "exec",
-        "tcp",
-        "--count",
-        "2",
-        "--",
-        "sh",
-        "-c",
-        "echo \"$PORTRES_START\"",
-    ]));
-    ran.expect(0);
-    let start: u16 = ran
-        .stdout
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{ran}"));
-    assert_ne!(start, 0);
-    assert_eq!(list_json(s).len(), 3, "exec left its reservation behind");
-    drop(runtime);
-}
+        // Runtime reservations are for everyone.
+        let ran = run_t(as_nobody(&[
+            "exec",
+            "tcp",
+            "--count",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$PORTRES_START\"",
+        ]));
+        ran.expect(0);
+        let start: u16 = ran
+            .stdout
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{ran}"));
+        assert_ne!(start, 0);
+        assert_eq!(list_json(s).len(), 3, "exec left its reservation behind");
+        drop(runtime);
+    }
+);
 
 // ---------------------------------------------------------------------------
 // A CLI that survives scripts (issue 12, section 4)
@@ -1420,59 +1353,54 @@ fn with_stdin(socket: &Path, args: &[&str], stdin: Stdio) -> Command {
     c
 }
 
-#[test]
-fn acquire_refuses_an_input_that_ends_at_once_and_says_what_to_use() {
-    let Some(_ns) = netns("acquire_refuses_an_input_that_ends_at_once_and_says_what_to_use") else {
-        return;
-    };
-    let d = InProcessDaemon::start(|_| {});
-    let s = &d.socket;
-    let file = open_tempdir();
-    let regular = file.path().join("input");
-    std::fs::write(&regular, "some input\n").expect("write");
-    let closed_pipe = || {
-        let (reader, writer) = std::io::pipe().expect("pipe");
-        drop(writer);
-        Stdio::from(reader)
-    };
-    let inputs: [(&str, &dyn Fn() -> Stdio); 3] = [
-        ("/dev/null (a script's `&`)", &Stdio::null),
-        ("a pipe whose writer has gone", &closed_pipe),
-        ("a regular file", &|| {
-            Stdio::from(std::fs::File::open(&regular).expect("open"))
-        }),
-    ];
-    for (what, stdin) in inputs {
-        for json in [false, true] {
-            let mut args = if json { vec!["--json"] } else { vec![] };
-            args.extend(["acquire", "tcp", "-c", "2"]);
-            let ran = run_t(with_stdin(s, &args, stdin()));
-            ran.expect(2);
-            assert!(ran.stderr.contains("invalid_parameter"), "{what}: {ran}");
-            for hint in ["--hold", "--pid", "--timeout", "portres exec"] {
-                assert!(ran.stderr.contains(hint), "{what}: no {hint} hint: {ran}");
-            }
-            if json {
-                assert_eq!(one_json_line(&ran)["error"]["code"], "invalid_parameter");
-            } else {
-                assert!(ran.stdout.is_empty(), "{what}: {ran}");
+nstest!(
+    acquire_refuses_an_input_that_ends_at_once_and_says_what_to_use,
+    |_| {
+        let d = InProcessDaemon::start(|_| {});
+        let s = &d.socket;
+        let file = open_tempdir();
+        let regular = file.path().join("input");
+        std::fs::write(&regular, "some input\n").expect("write");
+        let closed_pipe = || {
+            let (reader, writer) = std::io::pipe().expect("pipe");
+            drop(writer);
+            Stdio::from(reader)
+        };
+        let inputs: [(&str, &dyn Fn() -> Stdio); 3] = [
+            ("/dev/null (a script's `&`)", &Stdio::null),
+            ("a pipe whose writer has gone", &closed_pipe),
+            ("a regular file", &|| {
+                Stdio::from(std::fs::File::open(&regular).expect("open"))
+            }),
+        ];
+        for (what, stdin) in inputs {
+            for json in [false, true] {
+                let mut args = if json { vec!["--json"] } else { vec![] };
+                args.extend(["acquire", "tcp", "-c", "2"]);
+                let ran = run_t(with_stdin(s, &args, stdin()));
+                ran.expect(2);
+                assert!(ran.stderr.contains("invalid_parameter"), "{what}: {ran}");
+                for hint in ["--hold", "--pid", "--timeout", "portres exec"] {
+                    assert!(ran.stderr.contains(hint), "{what}: no {hint} hint: {ran}");
+                }
+                if json {
+                    assert_eq!(one_json_line(&ran)["error"]["code"], "invalid_parameter");
+                } else {
+                    assert!(ran.stdout.is_empty(), "{what}: {ran}");
+                }
             }
         }
+        // Nothing was ever acquired.
+        assert!(list_json(s).is_empty());
+        // The help points scripts to exec and the holding modes.
+        let help = ok(s, &["acquire", "--help"]);
+        for word in ["portres exec", "--hold", "--pid", "--timeout", "/dev/null"] {
+            assert!(help.contains(word), "acquire --help lacks {word}: {help}");
+        }
     }
-    // Nothing was ever acquired.
-    assert!(list_json(s).is_empty());
-    // The help points scripts to exec and the holding modes.
-    let help = ok(s, &["acquire", "--help"]);
-    for word in ["portres exec", "--hold", "--pid", "--timeout", "/dev/null"] {
-        assert!(help.contains(word), "acquire --help lacks {word}: {help}");
-    }
-}
+);
 
-#[test]
-fn acquire_hold_ignores_input_and_holds_until_a_signal() {
-    let Some(_ns) = netns("acquire_hold_ignores_input_and_holds_until_a_signal") else {
-        return;
-    };
+nstest!(acquire_hold_ignores_input_and_holds_until_a_signal, |_| {
     let d = InProcessDaemon::start(|_| {});
     for sig in [rustix::process::Signal::TERM, rustix::process::Signal::INT] {
         // stdin /dev/null, as for `portres acquire tcp --hold &` in a script.
@@ -1498,13 +1426,9 @@ fn acquire_hold_ignores_input_and_holds_until_a_signal() {
     let ran = portres(&d.socket, &["acquire", "tcp", "--hold", "--timeout", "5s"]);
     ran.expect(2);
     assert!(ran.stderr.contains("cannot be used with"), "{ran}");
-}
+});
 
-#[test]
-fn acquire_pid_holds_until_that_process_exits() {
-    let Some(_ns) = netns("acquire_pid_holds_until_that_process_exits") else {
-        return;
-    };
+nstest!(acquire_pid_holds_until_that_process_exits, |_| {
     let d = InProcessDaemon::start(|_| {});
     let mut sleeper = Command::new("sleep").arg("30").spawn().expect("sleep");
     let pid = sleeper.id().to_string();
@@ -1541,13 +1465,9 @@ fn acquire_pid_holds_until_that_process_exits() {
         "invalid_parameter",
     );
     assert!(list_json(&d.socket).is_empty());
-}
+});
 
-#[test]
-fn acquire_timeout_releases_by_itself() {
-    let Some(_ns) = netns("acquire_timeout_releases_by_itself") else {
-        return;
-    };
+nstest!(acquire_timeout_releases_by_itself, |_| {
     let d = InProcessDaemon::start(|_| {});
     for timeout in ["300ms", "1"] {
         let ran = portres(
@@ -1580,13 +1500,9 @@ fn acquire_timeout_releases_by_itself() {
         );
     }
     assert!(list_json(&d.socket).is_empty());
-}
+});
 
-#[test]
-fn acquire_and_exec_notice_the_daemon_stopping() {
-    let Some(_ns) = netns("acquire_and_exec_notice_the_daemon_stopping") else {
-        return;
-    };
+nstest!(acquire_and_exec_notice_the_daemon_stopping, |_| {
     let dir = open_tempdir();
     // acquire, in each holding mode: exits 2 at once.
     for mode in [&["--hold"][..], &[], &["--timeout", "1h"]] {
@@ -1645,13 +1561,9 @@ echo ran-on; exit 5"#;
     let (status, err) = running.wait();
     assert_eq!(status.code(), Some(2), "{status}: {err}");
     assert!(err.contains("daemon stopped: reservation ended"), "{err}");
-}
+});
 
-#[test]
-fn short_flags_ranges_and_a_default_count() {
-    let Some(_ns) = netns("short_flags_ranges_and_a_default_count") else {
-        return;
-    };
+nstest!(short_flags_ranges_and_a_default_count, |_| {
     let d = InProcessDaemon::start(|_| {});
     let s = &d.socket;
     let env = "echo \"$PORTRES_START $PORTRES_COUNT\"";
@@ -1705,7 +1617,7 @@ fn short_flags_ranges_and_a_default_count() {
     ok(s, &["delete", "tcp", "9000-9009"]);
     ok(s, &["delete", "tcp", "8080"]);
     assert!(list_json(s).is_empty());
-}
+});
 
 #[test]
 fn usage_errors_are_found_before_connecting() {
@@ -1745,109 +1657,105 @@ fn usage_errors_are_found_before_connecting() {
     }
 }
 
-#[test]
-fn output_wording_and_json_shape_are_the_same_for_every_command() {
-    let Some(_ns) = netns("output_wording_and_json_shape_are_the_same_for_every_command") else {
-        return;
-    };
-    let d = InProcessDaemon::start(|_| {});
-    let s = &d.socket;
-    // Human: "(1 port)" / "(3 ports)" in every line about a block.
-    let lines = [
-        ok(s, &["acquire", "tcp", "-s", "46000", "--timeout", "1ms"]),
-        ok(s, &["create", "tcp", "5000"]),
-        ok(s, &["lookup", "tcp", "5000"]),
-        ok(s, &["delete", "tcp", "5000"]),
-        ok(s, &["create", "udp", "5000", "3"]),
-        ok(s, &["lookup", "udp", "5000-5002"]),
-        ok(s, &["delete", "udp", "5000-5002"]),
-    ];
-    for (line, want) in lines.iter().zip([
-        "acquired tcp 46000 (1 port), runtime",
-        "created tcp 5000 (1 port), persistent",
-        "found tcp 5000 (1 port), persistent",
-        "deleted tcp 5000 (1 port), persistent",
-        "created udp 5000-5002 (3 ports), persistent",
-        "found udp 5000-5002 (3 ports), persistent",
-        "deleted udp 5000-5002 (3 ports), persistent",
-    ]) {
-        assert!(line.starts_with(want), "{line:?} is not {want:?}…");
-        assert!(!line.contains("port(s)"), "{line}");
-    }
-    let mut c = cmd(
-        s,
-        &[
-            "exec",
-            "tcp",
-            "-c",
-            "3",
-            "--",
-            "sh",
-            "-c",
-            "\"$PR\" release \"$PORTRES_TOKEN\"",
-        ],
-    );
-    c.env("PR", bin("portres"));
-    let ran = run_t(c);
-    ran.expect(0);
-    assert!(
-        ran.stdout.starts_with("released tcp") && ran.stdout.contains("(3 ports), runtime, token"),
-        "{ran}"
-    );
+nstest!(
+    output_wording_and_json_shape_are_the_same_for_every_command,
+    |_| {
+        let d = InProcessDaemon::start(|_| {});
+        let s = &d.socket;
+        // Human: "(1 port)" / "(3 ports)" in every line about a block.
+        let lines = [
+            ok(s, &["acquire", "tcp", "-s", "46000", "--timeout", "1ms"]),
+            ok(s, &["create", "tcp", "5000"]),
+            ok(s, &["lookup", "tcp", "5000"]),
+            ok(s, &["delete", "tcp", "5000"]),
+            ok(s, &["create", "udp", "5000", "3"]),
+            ok(s, &["lookup", "udp", "5000-5002"]),
+            ok(s, &["delete", "udp", "5000-5002"]),
+        ];
+        for (line, want) in lines.iter().zip([
+            "acquired tcp 46000 (1 port), runtime",
+            "created tcp 5000 (1 port), persistent",
+            "found tcp 5000 (1 port), persistent",
+            "deleted tcp 5000 (1 port), persistent",
+            "created udp 5000-5002 (3 ports), persistent",
+            "found udp 5000-5002 (3 ports), persistent",
+            "deleted udp 5000-5002 (3 ports), persistent",
+        ]) {
+            assert!(line.starts_with(want), "{line:?} is not {want:?}…");
+            assert!(!line.contains("port(s)"), "{line}");
+        }
+        let mut c = cmd(
+            s,
+            &[
+                "exec",
+                "tcp",
+                "-c",
+                "3",
+                "--",
+                "sh",
+                "-c",
+                "\"$PR\" release \"$PORTRES_TOKEN\"",
+            ],
+        );
+        c.env("PR", bin("portres"));
+        let ran = run_t(c);
+        ran.expect(0);
+        assert!(
+            ran.stdout.starts_with("released tcp")
+                && ran.stdout.contains("(3 ports), runtime, token"),
+            "{ran}"
+        );
 
-    // JSON: every single-reservation command prints one reservation object
-    // with "result".
-    let mut c = cmd(
-        s,
-        &[
-            "exec",
-            "udp",
-            "-c",
-            "2",
-            "--",
-            "sh",
-            "-c",
-            "\"$PR\" --json release \"$PORTRES_TOKEN\"",
-        ],
-    );
-    c.env("PR", bin("portres"));
-    let ran = run_t(c);
-    ran.expect(0);
-    let objects = [
-        (
-            "acquired",
-            ok_json(s, &["acquire", "tcp", "--timeout", "1ms"]),
-        ),
-        (
-            "created",
-            ok_json(s, &["create", "tcp", "5000-5001", "--label", "x"]),
-        ),
-        ("found", ok_json(s, &["lookup", "tcp", "5000-5001"])),
-        ("deleted", ok_json(s, &["delete", "tcp", "5000-5001"])),
-        ("released", one_json_line(&ran)),
-    ];
-    for (result, v) in &objects {
-        assert_eq!(v["result"], *result, "{v}");
-        assert!(v["protocol"].is_string(), "{v}");
-        port_of(v, "start");
-        assert!(field_u64(v, "count") >= 1, "{v}");
-        assert!(v["kind"].is_string(), "{v}");
+        // JSON: every single-reservation command prints one reservation object
+        // with "result".
+        let mut c = cmd(
+            s,
+            &[
+                "exec",
+                "udp",
+                "-c",
+                "2",
+                "--",
+                "sh",
+                "-c",
+                "\"$PR\" --json release \"$PORTRES_TOKEN\"",
+            ],
+        );
+        c.env("PR", bin("portres"));
+        let ran = run_t(c);
+        ran.expect(0);
+        let objects = [
+            (
+                "acquired",
+                ok_json(s, &["acquire", "tcp", "--timeout", "1ms"]),
+            ),
+            (
+                "created",
+                ok_json(s, &["create", "tcp", "5000-5001", "--label", "x"]),
+            ),
+            ("found", ok_json(s, &["lookup", "tcp", "5000-5001"])),
+            ("deleted", ok_json(s, &["delete", "tcp", "5000-5001"])),
+            ("released", one_json_line(&ran)),
+        ];
+        for (result, v) in &objects {
+            assert_eq!(v["result"], *result, "{v}");
+            assert!(v["protocol"].is_string(), "{v}");
+            port_of(v, "start");
+            assert!(field_u64(v, "count") >= 1, "{v}");
+            assert!(v["kind"].is_string(), "{v}");
+        }
+        assert_eq!(objects[4].1["count"], 2);
+        assert_eq!(objects[4].1["kind"], "runtime");
+        // list: an array of the same objects (without "result").
+        ok(s, &["create", "tcp", "5000"]);
+        let list = list_json(s);
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0]["protocol"], "tcp");
+        assert!(list[0].get("result").is_none(), "{:?}", list[0]);
     }
-    assert_eq!(objects[4].1["count"], 2);
-    assert_eq!(objects[4].1["kind"], "runtime");
-    // list: an array of the same objects (without "result").
-    ok(s, &["create", "tcp", "5000"]);
-    let list = list_json(s);
-    assert_eq!(list.len(), 1);
-    assert_eq!(list[0]["protocol"], "tcp");
-    assert!(list[0].get("result").is_none(), "{:?}", list[0]);
-}
+);
 
-#[test]
-fn list_filters_by_kind_owner_and_port() {
-    let Some(_ns) = netns("list_filters_by_kind_owner_and_port") else {
-        return;
-    };
+nstest!(list_filters_by_kind_owner_and_port, |_| {
     let d = InProcessDaemon::start(|_| {});
     let s = &d.socket;
     ok(s, &["create", "tcp", "5000"]);
@@ -1890,13 +1798,9 @@ fn list_filters_by_kind_owner_and_port() {
     );
     // Human, filtered to nothing.
     assert_eq!(ok(s, &["list", "--port", "6000"]).trim(), "no reservations");
-}
+});
 
-#[test]
-fn list_fits_80_columns_unless_wide() {
-    let Some(_ns) = netns("list_fits_80_columns_unless_wide") else {
-        return;
-    };
+nstest!(list_fits_80_columns_unless_wide, |_| {
     let d = InProcessDaemon::start(|_| {});
     let s = &d.socket;
     let long = "a label long enough to push the table well past eighty columns";
@@ -1954,34 +1858,33 @@ fn list_fits_80_columns_unless_wide() {
         narrow.contains(&token.to_string()) && !narrow.contains('…'),
         "{narrow}"
     );
-}
+});
 
-#[test]
-fn acquire_and_exec_say_not_kernel_reserved_without_kernel_sync() {
-    let Some(_ns) = netns("acquire_and_exec_say_not_kernel_reserved_without_kernel_sync") else {
-        return;
-    };
-    for sync in [false, true] {
-        let d = InProcessDaemon::start(|c| {
-            c.kernel_sync = if sync {
-                portres_daemon::KernelSync::On
-            } else {
-                portres_daemon::KernelSync::Off
-            }
-        });
-        let s = &d.socket;
-        let human = ok(s, &["acquire", "tcp", "--timeout", "1ms"]);
-        assert_eq!(human.contains("(not kernel-reserved)"), !sync, "{human}");
-        let v = ok_json(s, &["acquire", "tcp", "--timeout", "1ms"]);
-        assert_eq!(v["kernel_reserved"], sync, "{v}");
-        let ran = portres(s, &["exec", "tcp", "-c", "2", "--", "true"]);
-        ran.expect(0);
-        assert_eq!(ran.stderr.contains("(not kernel-reserved)"), !sync, "{ran}");
-        assert!(
-            ran.stdout.is_empty(),
-            "exec's stdout is the command's: {ran}"
-        );
-        let human = ok(s, &["create", "tcp", "5000"]);
-        assert_eq!(human.contains("(not kernel-reserved)"), !sync, "{human}");
+nstest!(
+    acquire_and_exec_say_not_kernel_reserved_without_kernel_sync,
+    |_| {
+        for sync in [false, true] {
+            let d = InProcessDaemon::start(|c| {
+                c.kernel_sync = if sync {
+                    portres_daemon::KernelSync::On
+                } else {
+                    portres_daemon::KernelSync::Off
+                }
+            });
+            let s = &d.socket;
+            let human = ok(s, &["acquire", "tcp", "--timeout", "1ms"]);
+            assert_eq!(human.contains("(not kernel-reserved)"), !sync, "{human}");
+            let v = ok_json(s, &["acquire", "tcp", "--timeout", "1ms"]);
+            assert_eq!(v["kernel_reserved"], sync, "{v}");
+            let ran = portres(s, &["exec", "tcp", "-c", "2", "--", "true"]);
+            ran.expect(0);
+            assert_eq!(ran.stderr.contains("(not kernel-reserved)"), !sync, "{ran}");
+            assert!(
+                ran.stdout.is_empty(),
+                "exec's stdout is the command's: {ran}"
+            );
+            let human = ok(s, &["create", "tcp", "5000"]);
+            assert_eq!(human.contains("(not kernel-reserved)"), !sync, "{human}");
+        }
     }
-}
+);

@@ -9,16 +9,15 @@
 //! CI kills 25 holders; the long run (`scripts/reliability`) 300
 //! (`PORTRES_DEATH_KILLS`).
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::{Rng, knob};
 use portres::{Kind, Protocol};
 use portres_core::PortSet;
+use portres_tests::ProcessDaemon;
 use portres_tests::{as_user, kernel_reserved, netns, open_tempdir, set_kernel_reserved};
-use support::{Daemon, Rng, knob};
 
 const BASELINE: &str = "999";
 
@@ -42,7 +41,7 @@ fn run(test: &str, kills: u64, strict: bool) {
     let mut rng = Rng::new(seed);
     set_kernel_reserved(BASELINE);
     let dir = open_tempdir();
-    let d = Daemon::start(dir.path(), &[]);
+    let d = ProcessDaemon::start(dir.path(), &[]);
     let observer = d.client();
     observer
         .create(Protocol::Tcp, 8080, 1, Default::default())
@@ -133,7 +132,19 @@ fn run(test: &str, kills: u64, strict: bool) {
                 .unwrap()
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Killed mid-burst: once the burst holds reservations.
+    let runtime = || {
+        observer
+            .list(None)
+            .unwrap()
+            .iter()
+            .filter(|r| r.kind == Kind::Runtime)
+            .count()
+    };
+    assert!(
+        portres_tests::eventually(|| runtime() > 0),
+        "the burst never held a reservation"
+    );
     let before = observer
         .list(None)
         .unwrap()
@@ -185,21 +196,17 @@ fn run(test: &str, kills: u64, strict: bool) {
     }
 }
 
-#[test]
-fn a_killed_clients_reservations_leave_list_and_sysctl_within_100_ms() {
-    run(
-        "a_killed_clients_reservations_leave_list_and_sysctl_within_100_ms",
-        knob("PORTRES_DEATH_KILLS_CI", 25),
-        false,
-    );
-}
+named_test!(
+    a_killed_clients_reservations_leave_list_and_sysctl_within_100_ms,
+    |test| {
+        run(test, knob("PORTRES_DEATH_KILLS_CI", 25), false);
+    }
+);
 
-#[test]
-#[ignore = "long run (300 kills, every one within 100 ms): scripts/reliability"]
-fn long_run_300_killed_clients_each_gone_within_100_ms() {
-    run(
-        "long_run_300_killed_clients_each_gone_within_100_ms",
-        knob("PORTRES_DEATH_KILLS", 300),
-        true,
-    );
-}
+named_test!(
+    #[ignore = "long run (300 kills, every one within 100 ms): scripts/reliability"]
+    long_run_300_killed_clients_each_gone_within_100_ms,
+    |test| {
+        run(test, knob("PORTRES_DEATH_KILLS", 300), true);
+    }
+);

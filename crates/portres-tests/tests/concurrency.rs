@@ -23,8 +23,6 @@
 //! CI runs 200 operations per client; the long run (`scripts/reliability`)
 //! 10,000 (`PORTRES_STRESS_OPS`).
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::{Command, Stdio};
@@ -32,11 +30,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::{Rng, knob, mono_ns};
 use portres::{CreateOptions, Kind, Protocol};
+use portres_tests::ProcessDaemon;
 use portres_tests::{
     as_user, kernel_reserved, netns, open_tempdir, set_kernel_reserved, set_local_port_range,
 };
-use support::{Daemon, Rng, knob, mono_ns};
 
 const CLIENTS: usize = 64;
 const USERS: u32 = 8;
@@ -159,7 +158,7 @@ fn run(test: &str, ops: u64) {
     std::fs::create_dir(&logs).unwrap();
     std::fs::set_permissions(&logs, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let quota = QUOTA.to_string();
-    let d = Daemon::start(dir.path(), &["--quota", &quota]);
+    let d = ProcessDaemon::start(dir.path(), &["--quota", &quota]);
     let admin = d.client();
     for (proto, start) in [(Protocol::Tcp, 8080), (Protocol::Udp, 5353)] {
         admin
@@ -182,7 +181,7 @@ fn run(test: &str, ops: u64) {
                 let list = c.list(None).unwrap();
                 monitor_lists.fetch_add(1, Ordering::Relaxed);
                 let mut problems = monitor_problems.lock().unwrap();
-                problems.extend(support::overlaps(&list));
+                problems.extend(crate::support::overlaps(&list));
                 let mut per_uid: HashMap<u32, u32> = HashMap::new();
                 for r in list.iter().filter(|r| r.kind == Kind::Runtime) {
                     let uid = r.holder.map_or(0, |h| h.uid);
@@ -426,19 +425,17 @@ fn settle_within_10s(mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-#[test]
-fn sixty_four_clients_never_share_a_port_and_leave_nothing_behind() {
-    run(
-        "sixty_four_clients_never_share_a_port_and_leave_nothing_behind",
-        knob("PORTRES_STRESS_OPS_CI", 200),
-    );
-}
+named_test!(
+    sixty_four_clients_never_share_a_port_and_leave_nothing_behind,
+    |test| {
+        run(test, knob("PORTRES_STRESS_OPS_CI", 200));
+    }
+);
 
-#[test]
-#[ignore = "long run (64 x 10,000 operations): scripts/reliability"]
-fn long_run_sixty_four_clients_ten_thousand_operations_each() {
-    run(
-        "long_run_sixty_four_clients_ten_thousand_operations_each",
-        knob("PORTRES_STRESS_OPS", 10_000),
-    );
-}
+named_test!(
+    #[ignore = "long run (64 x 10,000 operations): scripts/reliability"]
+    long_run_sixty_four_clients_ten_thousand_operations_each,
+    |test| {
+        run(test, knob("PORTRES_STRESS_OPS", 10_000));
+    }
+);

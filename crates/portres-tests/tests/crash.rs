@@ -13,9 +13,7 @@
 //!
 //! The CI test kills a handful of times; the long run
 //! (`scripts/reliability`, or `PORTRES_CRASH_KILLS=N cargo test --release
-//! -p portres-tests --test crash -- --ignored --nocapture`) kills 1000 times.
-
-mod support;
+//! -p portres-tests --test tests -- --ignored crash::long_run_ --nocapture`) kills 1000 times.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -23,10 +21,11 @@ use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::support::{Rng, knob};
 use portres::{Client, CreateOptions, ErrorCode, Kind, Owner, Protocol};
 use portres_core::PortSet;
+use portres_tests::ProcessDaemon;
 use portres_tests::{kernel_reserved, netns, open_tempdir, set_kernel_reserved};
-use support::{Daemon, Rng, daemon_command, knob};
 
 /// The admin's own reserved ports before portres first starts.
 const BASELINE: &str = "999,1001-1002";
@@ -284,10 +283,10 @@ fn runtime_round(client: Client, rng: &mut Rng, counts: &Mutex<Counts>) {
 
 /// Checks the restarted daemon against the model, resolving unanswered
 /// operations to what the daemon shows. Returns the number of slots checked.
-fn verify(d: &Daemon, model: &mut [Vec<Slot>], counts: &mut Counts, baseline: &PortSet) {
+fn verify(d: &ProcessDaemon, model: &mut [Vec<Slot>], counts: &mut Counts, baseline: &PortSet) {
     let admin = d.client();
     let list = admin.list(None).expect("list after restart");
-    for o in support::overlaps(&list) {
+    for o in crate::support::overlaps(&list) {
         counts.violations.push(format!("after restart: {o}"));
     }
     let mut persistent = BTreeMap::new();
@@ -394,7 +393,9 @@ fn crash_loop(test: &str, kills: u64) {
     while counts.lock().unwrap().kills < kills {
         // Sometimes kill it while it starts (store open, recovery, sysctl).
         if rng.chance(20) {
-            let mut child = daemon_command(dir.path(), &[]).spawn().unwrap();
+            let mut child = portres_tests::daemon_command(dir.path(), &[])
+                .spawn()
+                .unwrap();
             std::thread::sleep(Duration::from_micros(rng.below(15_000)));
             let _ = child.kill();
             let _ = child.wait();
@@ -402,7 +403,7 @@ fn crash_loop(test: &str, kills: u64) {
             c.kills += 1;
             c.startup_kills += 1;
         }
-        let d = Daemon::start(dir.path(), &[]);
+        let d = ProcessDaemon::start(dir.path(), &[]);
         {
             let mut c = counts.lock().unwrap();
             verify(&d, &mut model, &mut c, &baseline);
@@ -443,7 +444,7 @@ fn crash_loop(test: &str, kills: u64) {
         });
     }
     // Final restart and check, then a clean stop.
-    let d = Daemon::start(dir.path(), &[]);
+    let d = ProcessDaemon::start(dir.path(), &[]);
     let mut c = counts.into_inner().unwrap();
     verify(&d, &mut model, &mut c, &baseline);
     let log = d.log_tail(30);
@@ -485,19 +486,17 @@ fn crash_loop(test: &str, kills: u64) {
     );
 }
 
-#[test]
-fn acknowledged_persistent_changes_survive_sigkill_at_random_moments() {
-    crash_loop(
-        "acknowledged_persistent_changes_survive_sigkill_at_random_moments",
-        knob("PORTRES_CRASH_KILLS_CI", 20),
-    );
-}
+named_test!(
+    acknowledged_persistent_changes_survive_sigkill_at_random_moments,
+    |test| {
+        crash_loop(test, knob("PORTRES_CRASH_KILLS_CI", 20));
+    }
+);
 
-#[test]
-#[ignore = "long run (1000 kills, ~30 s in release): scripts/reliability"]
-fn long_run_acknowledged_persistent_changes_survive_1000_sigkills() {
-    crash_loop(
-        "long_run_acknowledged_persistent_changes_survive_1000_sigkills",
-        knob("PORTRES_CRASH_KILLS", 1000),
-    );
-}
+named_test!(
+    #[ignore = "long run (1000 kills, ~30 s in release): scripts/reliability"]
+    long_run_acknowledged_persistent_changes_survive_1000_sigkills,
+    |test| {
+        crash_loop(test, knob("PORTRES_CRASH_KILLS", 1000));
+    }
+);

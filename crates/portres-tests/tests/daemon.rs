@@ -6,18 +6,14 @@ use std::os::fd::AsFd;
 
 use portres::{CreateOptions, ErrorCode, Kind, Owner, Protocol};
 use portres_tests::{
-    InProcessDaemon, assert_kernel_settles_to, kernel_reserved, netns, set_kernel_reserved,
+    InProcessDaemon, assert_kernel_settles_to, kernel_reserved, set_kernel_reserved,
     set_local_port_range,
 };
 
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
 
-#[test]
-fn acquire_bind_release_tcp_and_udp_v4_and_v6() {
-    let Some(_ns) = netns("acquire_bind_release_tcp_and_udp_v4_and_v6") else {
-        return;
-    };
+nstest!(acquire_bind_release_tcp_and_udp_v4_and_v6, |_| {
     let d = InProcessDaemon::start(|_| {});
     let c = d.client();
     for proto in [Protocol::Tcp, Protocol::Udp] {
@@ -45,34 +41,29 @@ fn acquire_bind_release_tcp_and_udp_v4_and_v6() {
         assert_eq!(c.release(token).unwrap_err().code, ErrorCode::NotFound);
     }
     assert!(c.list(None).unwrap().is_empty());
-}
+});
 
-#[test]
-fn bind_fails_with_block_exhausted_when_every_port_is_bound() {
-    let Some(_ns) = netns("bind_fails_with_block_exhausted_when_every_port_is_bound") else {
-        return;
-    };
-    let d = InProcessDaemon::start(|_| {});
-    let c = d.client();
-    let res = c.acquire(Protocol::Tcp, 0, 2).unwrap();
-    let a = res.bind_tcp(V4).unwrap();
-    let b = res.bind_tcp(V4).unwrap();
-    assert_ne!(
-        a.local_addr().unwrap().port(),
-        b.local_addr().unwrap().port()
-    );
-    let err = res.bind_tcp(V4).unwrap_err();
-    assert_eq!(err.code, ErrorCode::BlockExhausted, "{err}");
-    drop(a);
-    // A freed port is usable again.
-    res.bind_tcp(V4).unwrap();
-}
+nstest!(
+    bind_fails_with_block_exhausted_when_every_port_is_bound,
+    |_| {
+        let d = InProcessDaemon::start(|_| {});
+        let c = d.client();
+        let res = c.acquire(Protocol::Tcp, 0, 2).unwrap();
+        let a = res.bind_tcp(V4).unwrap();
+        let b = res.bind_tcp(V4).unwrap();
+        assert_ne!(
+            a.local_addr().unwrap().port(),
+            b.local_addr().unwrap().port()
+        );
+        let err = res.bind_tcp(V4).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BlockExhausted, "{err}");
+        drop(a);
+        // A freed port is usable again.
+        res.bind_tcp(V4).unwrap();
+    }
+);
 
-#[test]
-fn specific_start_and_sharing_violations() {
-    let Some(_ns) = netns("specific_start_and_sharing_violations") else {
-        return;
-    };
+nstest!(specific_start_and_sharing_violations, |_| {
     let d = InProcessDaemon::start(|_| {});
     let c = d.client();
     let res = c.acquire(Protocol::Tcp, 40000, 10).unwrap();
@@ -103,13 +94,9 @@ fn specific_start_and_sharing_violations() {
             ErrorCode::InvalidParameter
         );
     }
-}
+});
 
-#[test]
-fn wildcard_never_picks_a_busy_or_reserved_block() {
-    let Some(_ns) = netns("wildcard_never_picks_a_busy_or_reserved_block") else {
-        return;
-    };
+nstest!(wildcard_never_picks_a_busy_or_reserved_block, |_| {
     set_local_port_range(50000, 50009);
     set_kernel_reserved("50001");
     let d = InProcessDaemon::start(|_| {});
@@ -128,13 +115,9 @@ fn wildcard_never_picks_a_busy_or_reserved_block() {
     assert_eq!(e.code, ErrorCode::NoFreeBlock, "{e}");
     // Each candidate the search tried (and probed) is gone again.
     assert_eq!(c.list(None).unwrap().len(), 2);
-}
+});
 
-#[test]
-fn sysctl_tracks_reservations_and_keeps_the_baseline() {
-    let Some(_ns) = netns("sysctl_tracks_reservations_and_keeps_the_baseline") else {
-        return;
-    };
+nstest!(sysctl_tracks_reservations_and_keeps_the_baseline, |_| {
     set_kernel_reserved("7,1000-1002");
     let d = InProcessDaemon::start(|_| {});
     let c = d.client();
@@ -158,13 +141,9 @@ fn sysctl_tracks_reservations_and_keeps_the_baseline() {
     d.stop();
     // Clean shutdown: baseline + persistent.
     assert_eq!(kernel_reserved().to_string(), "7,1000-1002,2000-2004");
-}
+});
 
-#[test]
-fn session_end_releases_its_runtime_reservations() {
-    let Some(_ns) = netns("session_end_releases_its_runtime_reservations") else {
-        return;
-    };
+nstest!(session_end_releases_its_runtime_reservations, |_| {
     let d = InProcessDaemon::start(|_| {});
     let observer = d.client();
     {
@@ -184,52 +163,47 @@ fn session_end_releases_its_runtime_reservations() {
     assert!(portres_tests::eventually(
         || !kernel_reserved().contains(42000)
     ));
-}
+});
 
-#[test]
-fn only_the_holding_session_may_use_a_runtime_reservation() {
-    let Some(_ns) = netns("only_the_holding_session_may_use_a_runtime_reservation") else {
-        return;
-    };
-    let d = InProcessDaemon::start(|_| {});
-    let holder = d.client();
-    let other = d.client();
-    let res = holder.acquire(Protocol::Tcp, 0, 2).unwrap();
-    assert_eq!(
-        other.release(res.token()).unwrap_err().code,
-        ErrorCode::AccessDenied
-    );
-    assert_eq!(
-        other.bind_tcp(res.token(), V4).unwrap_err().code,
-        ErrorCode::AccessDenied
-    );
-    // Tokens are hidden from sessions that may not use them.
-    let seen = other.list(None).unwrap();
-    assert_eq!(seen.len(), 1);
-    assert_eq!(seen[0].token, None);
-    assert_eq!(holder.list(None).unwrap()[0].token, Some(res.token()));
-    // A guessed token is simply not found.
-    let guess = portres::Token::new(res.token().get() ^ 1).unwrap();
-    assert_eq!(other.release(guess).unwrap_err().code, ErrorCode::NotFound);
-    // The capability makes another connection speak for the session.
-    let cap = holder.capability().unwrap();
-    assert_eq!(other.attach(cap.as_fd()).unwrap(), 1);
-    let port = other
-        .bind_tcp(res.token(), V4)
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    assert!(res.ports().contains(&port));
-    other.release(res.token()).unwrap();
-    assert!(holder.list(None).unwrap().is_empty());
-}
+nstest!(
+    only_the_holding_session_may_use_a_runtime_reservation,
+    |_| {
+        let d = InProcessDaemon::start(|_| {});
+        let holder = d.client();
+        let other = d.client();
+        let res = holder.acquire(Protocol::Tcp, 0, 2).unwrap();
+        assert_eq!(
+            other.release(res.token()).unwrap_err().code,
+            ErrorCode::AccessDenied
+        );
+        assert_eq!(
+            other.bind_tcp(res.token(), V4).unwrap_err().code,
+            ErrorCode::AccessDenied
+        );
+        // Tokens are hidden from sessions that may not use them.
+        let seen = other.list(None).unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].token, None);
+        assert_eq!(holder.list(None).unwrap()[0].token, Some(res.token()));
+        // A guessed token is simply not found.
+        let guess = portres::Token::new(res.token().get() ^ 1).unwrap();
+        assert_eq!(other.release(guess).unwrap_err().code, ErrorCode::NotFound);
+        // The capability makes another connection speak for the session.
+        let cap = holder.capability().unwrap();
+        assert_eq!(other.attach(cap.as_fd()).unwrap(), 1);
+        let port = other
+            .bind_tcp(res.token(), V4)
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        assert!(res.ports().contains(&port));
+        other.release(res.token()).unwrap();
+        assert!(holder.list(None).unwrap().is_empty());
+    }
+);
 
-#[test]
-fn attach_refuses_a_descriptor_that_is_not_a_capability() {
-    let Some(_ns) = netns("attach_refuses_a_descriptor_that_is_not_a_capability") else {
-        return;
-    };
+nstest!(attach_refuses_a_descriptor_that_is_not_a_capability, |_| {
     let d = InProcessDaemon::start(|_| {});
     let c = d.client();
     let f = std::fs::File::open("/dev/null").unwrap();
@@ -242,13 +216,9 @@ fn attach_refuses_a_descriptor_that_is_not_a_capability() {
         c.attach(memfd.as_fd()).unwrap_err().code,
         ErrorCode::AccessDenied
     );
-}
+});
 
-#[test]
-fn bind_refuses_bad_descriptors() {
-    let Some(_ns) = netns("bind_refuses_bad_descriptors") else {
-        return;
-    };
+nstest!(bind_refuses_bad_descriptors, |_| {
     let d = InProcessDaemon::start(|_| {});
     let c = d.client();
     let res = c.acquire(Protocol::Tcp, 0, 2).unwrap();
@@ -298,95 +268,86 @@ fn bind_refuses_bad_descriptors() {
     let ok = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     let port = c.bind_socket(t, &ok, V4).unwrap();
     assert!(res.ports().contains(&port));
-}
+});
 
-#[test]
-fn persistent_create_lookup_delete_and_restore_across_restart() {
-    let Some(_ns) = netns("persistent_create_lookup_delete_and_restore_across_restart") else {
-        return;
-    };
-    let dir = portres_tests::open_tempdir();
-    let d = InProcessDaemon::start_in(dir.path(), |_| {});
-    let c = d.client();
-    let created = c
-        .create(
-            Protocol::Udp,
-            5353,
-            2,
-            CreateOptions {
-                owner: Some(Owner::User(65534)),
-                label: Some("mdns".into()),
-            },
-        )
-        .unwrap();
-    assert_eq!(created.kind, Kind::Persistent);
-    let token = created.token.unwrap();
-    assert_eq!(c.lookup(Protocol::Udp, 5353, 2).unwrap().token, Some(token));
-    assert_eq!(
-        c.lookup(Protocol::Udp, 5353, 1).unwrap_err().code,
-        ErrorCode::NotFound
-    );
-    assert_eq!(
-        c.lookup(Protocol::Tcp, 5353, 2).unwrap_err().code,
-        ErrorCode::NotFound
-    );
-    assert_eq!(
-        c.create(Protocol::Udp, 5354, 1, CreateOptions::default())
-            .unwrap_err()
-            .code,
-        ErrorCode::SharingViolation
-    );
-    c.create(Protocol::Tcp, 6000, 1, CreateOptions::default())
-        .unwrap();
-    for (s, n) in [(0u16, 1u16), (1, 0), (65535, 2)] {
+nstest!(
+    persistent_create_lookup_delete_and_restore_across_restart,
+    |_| {
+        let dir = portres_tests::open_tempdir();
+        let d = InProcessDaemon::start_in(dir.path(), |_| {});
+        let c = d.client();
+        let created = c
+            .create(
+                Protocol::Udp,
+                5353,
+                2,
+                CreateOptions {
+                    owner: Some(Owner::User(65534)),
+                    label: Some("mdns".into()),
+                },
+            )
+            .unwrap();
+        assert_eq!(created.kind, Kind::Persistent);
+        let token = created.token.unwrap();
+        assert_eq!(c.lookup(Protocol::Udp, 5353, 2).unwrap().token, Some(token));
         assert_eq!(
-            c.create(Protocol::Tcp, s, n, CreateOptions::default())
+            c.lookup(Protocol::Udp, 5353, 1).unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            c.lookup(Protocol::Tcp, 5353, 2).unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            c.create(Protocol::Udp, 5354, 1, CreateOptions::default())
                 .unwrap_err()
                 .code,
-            ErrorCode::InvalidParameter
+            ErrorCode::SharingViolation
         );
+        c.create(Protocol::Tcp, 6000, 1, CreateOptions::default())
+            .unwrap();
+        for (s, n) in [(0u16, 1u16), (1, 0), (65535, 2)] {
+            assert_eq!(
+                c.create(Protocol::Tcp, s, n, CreateOptions::default())
+                    .unwrap_err()
+                    .code,
+                ErrorCode::InvalidParameter
+            );
+        }
+        drop(c);
+        d.stop();
+        let d = InProcessDaemon::start_in(dir.path(), |_| {});
+        let c = d.client();
+        let again = c.lookup(Protocol::Udp, 5353, 2).unwrap();
+        assert_eq!(again.label.as_deref(), Some("mdns"));
+        assert_eq!(again.owner, Some(Owner::User(65534).into()));
+        assert!(kernel_reserved().contains(5353) && kernel_reserved().contains(6000));
+        c.delete(Protocol::Tcp, 6000, 1).unwrap();
+        assert_eq!(
+            c.delete(Protocol::Tcp, 6000, 1).unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        assert!(portres_tests::eventually(
+            || !kernel_reserved().contains(6000)
+        ));
+        drop(c);
+        d.stop();
+        let d = InProcessDaemon::start_in(dir.path(), |_| {});
+        let list = d.client().list(None).unwrap();
+        assert_eq!(list.len(), 1, "{list:?}");
+        assert_eq!((list[0].protocol, list[0].start), (Protocol::Udp, 5353));
     }
-    drop(c);
-    d.stop();
-    let d = InProcessDaemon::start_in(dir.path(), |_| {});
-    let c = d.client();
-    let again = c.lookup(Protocol::Udp, 5353, 2).unwrap();
-    assert_eq!(again.label.as_deref(), Some("mdns"));
-    assert_eq!(again.owner, Some(Owner::User(65534).into()));
-    assert!(kernel_reserved().contains(5353) && kernel_reserved().contains(6000));
-    c.delete(Protocol::Tcp, 6000, 1).unwrap();
-    assert_eq!(
-        c.delete(Protocol::Tcp, 6000, 1).unwrap_err().code,
-        ErrorCode::NotFound
-    );
-    assert!(portres_tests::eventually(
-        || !kernel_reserved().contains(6000)
-    ));
-    drop(c);
-    d.stop();
-    let d = InProcessDaemon::start_in(dir.path(), |_| {});
-    let list = d.client().list(None).unwrap();
-    assert_eq!(list.len(), 1, "{list:?}");
-    assert_eq!((list[0].protocol, list[0].start), (Protocol::Udp, 5353));
-}
+);
 
-#[test]
-fn quota_limits_runtime_ports_per_user_but_not_root() {
-    let Some(_ns) = netns("quota_limits_runtime_ports_per_user_but_not_root") else {
-        return;
-    };
+nstest!(quota_limits_runtime_ports_per_user_but_not_root, |_| {
     let d = InProcessDaemon::start(|c| c.quota = 4);
     let c = d.client();
     // Root is exempt.
     let _big = c.acquire(Protocol::Tcp, 0, 10).unwrap();
     assert_eq!(c.status().unwrap().quota, 4);
-}
+});
 
-#[test]
-fn list_shows_ports_in_use_and_holders() {
-    let Some(_ns) = netns("list_shows_ports_in_use_and_holders") else {
-        return;
-    };
+nstest!(list_shows_ports_in_use_and_holders, |_| {
     let d = InProcessDaemon::start(|_| {});
     let c = d.client();
     let res = c
@@ -411,23 +372,21 @@ fn list_shows_ports_in_use_and_holders() {
         Some(&[s1.local_addr().unwrap().port()][..])
     );
     assert_eq!(c.list(Some(Protocol::Udp)).unwrap().len(), 1);
-}
+});
 
-#[test]
-fn a_thousand_kernel_bind0_calls_never_land_in_a_reserved_block() {
-    let Some(_ns) = netns("a_thousand_kernel_bind0_calls_never_land_in_a_reserved_block") else {
-        return;
-    };
-    set_local_port_range(40000, 43999);
-    let d = InProcessDaemon::start(|_| {});
-    let c = d.client();
-    let runtime = c.acquire(Protocol::Tcp, 40000, 1500).unwrap();
-    c.create(Protocol::Udp, 41500, 1000, CreateOptions::default())
-        .unwrap();
-    // A process that knows nothing of portres binds port 0 a thousand
-    // times (TCP v4 and UDP v6 alternately), keeping every socket open so
-    // each bind takes a distinct port: 1000 of the 1500 unreserved ones.
-    let script = r#"
+nstest!(
+    a_thousand_kernel_bind0_calls_never_land_in_a_reserved_block,
+    |_| {
+        set_local_port_range(40000, 43999);
+        let d = InProcessDaemon::start(|_| {});
+        let c = d.client();
+        let runtime = c.acquire(Protocol::Tcp, 40000, 1500).unwrap();
+        c.create(Protocol::Udp, 41500, 1000, CreateOptions::default())
+            .unwrap();
+        // A process that knows nothing of portres binds port 0 a thousand
+        // times (TCP v4 and UDP v6 alternately), keeping every socket open so
+        // each bind takes a distinct port: 1000 of the 1500 unreserved ones.
+        let script = r#"
 import socket
 keep = []
 for i in range(1000):
@@ -438,30 +397,31 @@ for i in range(1000):
     keep.append(s)
     print(s.getsockname()[1])
 "#;
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ports: Vec<u16> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
-    assert_eq!(ports.len(), 1000);
-    for (i, port) in ports.iter().enumerate() {
+        let out = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
         assert!(
-            !(40000..=42499).contains(port),
-            "bind(0) #{i} got reserved port {port}"
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        assert!(
-            (42500..=43999).contains(port),
-            "bind(0) #{i} got {port}, outside the dynamic range"
-        );
+        let ports: Vec<u16> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        assert_eq!(ports.len(), 1000);
+        for (i, port) in ports.iter().enumerate() {
+            assert!(
+                !(40000..=42499).contains(port),
+                "bind(0) #{i} got reserved port {port}"
+            );
+            assert!(
+                (42500..=43999).contains(port),
+                "bind(0) #{i} got {port}, outside the dynamic range"
+            );
+        }
+        drop(runtime);
     }
-    drop(runtime);
-}
+);

@@ -8,11 +8,9 @@
 #[path = "../../../fuzz/src/lib.rs"]
 mod props;
 
-mod support;
-
 use std::path::PathBuf;
 
-use support::{Rng, knob};
+use crate::support::{Rng, knob};
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

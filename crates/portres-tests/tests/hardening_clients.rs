@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 
 use portres::{CreateOptions, ErrorCode, Owner, Protocol};
 use portres_proto::paths::SYSTEM_SOCKET;
@@ -136,41 +136,10 @@ fn as_uid(program: &Path, args: &[&str], env: &[(&str, &str)], uid: u32) -> Comm
     c
 }
 
-struct Ran {
-    out: Output,
-    stdout: String,
-    stderr: String,
-}
+use portres_tests::Ran;
 
-impl std::fmt::Display for Ran {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}\nstdout:\n{}\nstderr:\n{}",
-            self.out.status, self.stdout, self.stderr
-        )
-    }
-}
-
-fn run(mut c: Command) -> Ran {
-    // A program copied a moment ago (the setuid probe) can fail to exec
-    // with ETXTBSY: another test thread's fork, between its fork and exec,
-    // still holds the copy's write descriptor. That passes; try again.
-    let mut out = c.output().expect("run");
-    for _ in 0..100 {
-        if out.status.code() != Some(126)
-            || !String::from_utf8_lossy(&out.stderr).contains("Text file busy")
-        {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        out = c.output().expect("run");
-    }
-    Ran {
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        out,
-    }
+fn run(c: Command) -> Ran {
+    Ran::of(c)
 }
 
 fn trustkit() -> PathBuf {
@@ -237,194 +206,204 @@ fn probe_as_victim(env: &[(&str, &str)]) -> Ran {
 // The Rust library
 // ---------------------------------------------------------------------------
 
-#[test]
-fn library_refuses_a_relay_planted_at_the_user_socket_path_and_uses_the_system_daemon() {
-    let Some(_s) = scene("library_refuses_a_relay_planted_at_the_user_socket_path") else {
-        return;
-    };
-    let d = system_daemon();
-    let relay = Relay::plant(&victim_socket(), &d.socket);
-    let ran = probe_as_victim(&[]);
-    assert!(ran.out.status.success(), "{ran}");
-    assert!(
-        ran.stdout.contains(&format!(
-            "socket {SYSTEM_SOCKET}\nkind system\ndaemon-uid 0\n"
-        )),
-        "{ran}"
-    );
-    // Why the user socket was passed over is kept.
-    assert!(
-        ran.stdout.contains(&format!(
-            "passed-over {} (your own daemon): daemon_untrusted: refusing the socket",
-            victim_socket().display()
-        )),
-        "{ran}"
-    );
-    assert!(ran.stdout.contains("owned by uid 65534"), "{ran}");
-    assert!(ran.stdout.contains(&format!("your-uid {VICTIM}")), "{ran}");
-    assert!(ran.stdout.contains("bound "), "{ran}");
-    assert_untouched(relay);
-}
-
-#[test]
-fn library_without_a_system_daemon_says_daemon_untrusted_and_lists_every_socket_tried() {
-    let Some(_s) = scene("library_without_a_system_daemon_says_daemon_untrusted") else {
-        return;
-    };
-    let d = elsewhere_daemon();
-    let relay = Relay::plant(&victim_socket(), &d.socket);
-    let ran = probe_as_victim(&[]);
-    assert_eq!(ran.out.status.code(), Some(1), "{ran}");
-    assert!(ran.stdout.contains("error daemon_untrusted\n"), "{ran}");
-    for expected in [
-        format!(
-            "{} (your own daemon): daemon_untrusted",
-            victim_socket().display()
-        ),
-        format!("{SYSTEM_SOCKET} (the system daemon): daemon_unavailable"),
-        "Start one: `portresd` as yourself".to_string(),
-        "PORTRES_SOCKET or --socket".to_string(),
-    ] {
-        assert!(ran.stdout.contains(&expected), "no {expected:?}: {ran}");
-    }
-    assert_untouched(relay);
-    // And with nothing at either path: daemon_unavailable, both listed.
-    std::fs::remove_dir_all(victim_socket().parent().unwrap()).unwrap();
-    let ran = probe_as_victim(&[]);
-    assert!(ran.stdout.contains("error daemon_unavailable\n"), "{ran}");
-    assert!(
-        ran.stdout.contains(&format!(
-            "{} (your own daemon): daemon_unavailable",
-            victim_socket().display()
-        )),
-        "{ran}"
-    );
-}
-
-/// A socket the path checks would pass (the victim's own private
-/// directory, the socket chowned to the victim) whose listener is someone
-/// else: refused by the daemon's credentials. Same for the system socket
-/// answered by a non-root listener.
-#[test]
-fn sockets_answered_by_the_wrong_uid_are_refused_by_peer_credentials() {
-    let Some(_s) = scene("sockets_answered_by_the_wrong_uid_are_refused_by_peer_credentials")
-    else {
-        return;
-    };
-    let d = elsewhere_daemon();
-    // The relay listens in its own directory; root moves the bound socket
-    // into the victim's private directory and gives it to the victim.
-    let relay = Relay::plant(Path::new("/tmp/other/portres.sock"), &d.socket);
-    let own_dir = victim_socket().parent().unwrap().to_path_buf();
-    std::fs::create_dir(&own_dir).unwrap();
-    std::fs::set_permissions(&own_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    std::fs::rename("/tmp/other/portres.sock", victim_socket()).unwrap();
-    std::os::unix::fs::chown(&own_dir, Some(VICTIM), Some(VICTIM)).unwrap();
-    std::os::unix::fs::chown(victim_socket(), Some(VICTIM), Some(VICTIM)).unwrap();
-    let ran = probe_as_victim(&[]);
-    assert!(ran.stdout.contains("error daemon_untrusted\n"), "{ran}");
-    assert!(
-        ran.stdout.contains(&format!(
-            "uid {OTHER} (not root, not you), but your own daemon runs as you (uid {VICTIM})"
-        )),
-        "{ran}"
-    );
-    // The credentials are read before anything is sent.
-    let saw = relay.stop();
-    assert!(
-        !saw.contains("client bytes"),
-        "the victim sent the relay something:\n{saw}"
-    );
-
-    // The system socket, answered by a non-root listener.
-    let relay = Relay::plant(Path::new("/run/other/portres.sock"), &d.socket);
-    std::fs::create_dir(Path::new(SYSTEM_SOCKET).parent().unwrap()).unwrap();
-    std::fs::rename("/run/other/portres.sock", SYSTEM_SOCKET).unwrap();
-    std::fs::remove_dir_all(&own_dir).unwrap();
-    let ran = probe_as_victim(&[]);
-    assert!(ran.stdout.contains("error daemon_untrusted\n"), "{ran}");
-    assert!(
-        ran.stdout.contains(&format!(
-            "{SYSTEM_SOCKET} (the system daemon): daemon_untrusted: refusing the socket {SYSTEM_SOCKET}: answered by pid"
-        )),
-        "{ran}"
-    );
-    assert!(
-        ran.stdout.contains("but the system daemon runs as root"),
-        "{ran}"
-    );
-    let saw = relay.stop();
-    assert!(
-        !saw.contains("client bytes"),
-        "the victim sent the relay something:\n{saw}"
-    );
-}
-
-#[test]
-fn the_victims_own_user_daemon_at_the_tmp_path_is_used() {
-    let Some(_s) = scene("the_victims_own_user_daemon_at_the_tmp_path_is_used") else {
-        return;
-    };
-    let mut daemon = as_uid(&bin("portresd"), &[], &[], VICTIM)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the victim's portresd");
-    let sock = victim_socket();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+named_test!(
+    library_refuses_a_relay_planted_at_the_user_socket_path_and_uses_the_system_daemon,
+    |test| {
+        let Some(_s) = scene(test) else {
+            return;
+        };
+        let d = system_daemon();
+        let relay = Relay::plant(&victim_socket(), &d.socket);
+        let ran = probe_as_victim(&[]);
+        assert!(ran.out.status.success(), "{ran}");
         assert!(
-            daemon.try_wait().unwrap().is_none(),
-            "the victim's user-mode portresd exited"
+            ran.stdout.contains(&format!(
+                "socket {SYSTEM_SOCKET}\nkind system\ndaemon-uid 0\n"
+            )),
+            "{ran}"
+        );
+        // Why the user socket was passed over is kept.
+        assert!(
+            ran.stdout.contains(&format!(
+                "passed-over {} (your own daemon): daemon_untrusted: refusing the socket",
+                victim_socket().display()
+            )),
+            "{ran}"
+        );
+        assert!(ran.stdout.contains("owned by uid 65534"), "{ran}");
+        assert!(ran.stdout.contains(&format!("your-uid {VICTIM}")), "{ran}");
+        assert!(ran.stdout.contains("bound "), "{ran}");
+        assert_untouched(relay);
+    }
+);
+
+named_test!(
+    library_without_a_system_daemon_says_daemon_untrusted_and_lists_every_socket_tried,
+    |test| {
+        let Some(_s) = scene(test) else {
+            return;
+        };
+        let d = elsewhere_daemon();
+        let relay = Relay::plant(&victim_socket(), &d.socket);
+        let ran = probe_as_victim(&[]);
+        assert_eq!(ran.out.status.code(), Some(1), "{ran}");
+        assert!(ran.stdout.contains("error daemon_untrusted\n"), "{ran}");
+        for expected in [
+            format!(
+                "{} (your own daemon): daemon_untrusted",
+                victim_socket().display()
+            ),
+            format!("{SYSTEM_SOCKET} (the system daemon): daemon_unavailable"),
+            "Start one: `portresd` as yourself".to_string(),
+            "PORTRES_SOCKET or --socket".to_string(),
+        ] {
+            assert!(ran.stdout.contains(&expected), "no {expected:?}: {ran}");
+        }
+        assert_untouched(relay);
+        // And with nothing at either path: daemon_unavailable, both listed.
+        std::fs::remove_dir_all(victim_socket().parent().unwrap()).unwrap();
+        let ran = probe_as_victim(&[]);
+        assert!(ran.stdout.contains("error daemon_unavailable\n"), "{ran}");
+        assert!(
+            ran.stdout.contains(&format!(
+                "{} (your own daemon): daemon_unavailable",
+                victim_socket().display()
+            )),
+            "{ran}"
+        );
+    }
+);
+
+named_test!(
+    /// A socket the path checks would pass (the victim's own private
+    /// directory, the socket chowned to the victim) whose listener is someone
+    /// else: refused by the daemon's credentials. Same for the system socket
+    /// answered by a non-root listener.
+    sockets_answered_by_the_wrong_uid_are_refused_by_peer_credentials,
+    |test| {
+        let Some(_s) = scene(test)
+        else {
+            return;
+        };
+        let d = elsewhere_daemon();
+        // The relay listens in its own directory; root moves the bound socket
+        // into the victim's private directory and gives it to the victim.
+        let relay = Relay::plant(Path::new("/tmp/other/portres.sock"), &d.socket);
+        let own_dir = victim_socket().parent().unwrap().to_path_buf();
+        std::fs::create_dir(&own_dir).unwrap();
+        std::fs::set_permissions(&own_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::rename("/tmp/other/portres.sock", victim_socket()).unwrap();
+        std::os::unix::fs::chown(&own_dir, Some(VICTIM), Some(VICTIM)).unwrap();
+        std::os::unix::fs::chown(victim_socket(), Some(VICTIM), Some(VICTIM)).unwrap();
+        let ran = probe_as_victim(&[]);
+        assert!(ran.stdout.contains("error daemon_untrusted\n"), "{ran}");
+        assert!(
+            ran.stdout.contains(&format!(
+                "uid {OTHER} (not root, not you), but your own daemon runs as you (uid {VICTIM})"
+            )),
+            "{ran}"
+        );
+        // The credentials are read before anything is sent.
+        let saw = relay.stop();
+        assert!(
+            !saw.contains("client bytes"),
+            "the victim sent the relay something:\n{saw}"
+        );
+
+        // The system socket, answered by a non-root listener.
+        let relay = Relay::plant(Path::new("/run/other/portres.sock"), &d.socket);
+        std::fs::create_dir(Path::new(SYSTEM_SOCKET).parent().unwrap()).unwrap();
+        std::fs::rename("/run/other/portres.sock", SYSTEM_SOCKET).unwrap();
+        std::fs::remove_dir_all(&own_dir).unwrap();
+        let ran = probe_as_victim(&[]);
+        assert!(ran.stdout.contains("error daemon_untrusted\n"), "{ran}");
+        assert!(
+            ran.stdout.contains(&format!(
+                "{SYSTEM_SOCKET} (the system daemon): daemon_untrusted: refusing the socket {SYSTEM_SOCKET}: answered by pid"
+            )),
+            "{ran}"
         );
         assert!(
-            std::time::Instant::now() < deadline,
-            "the victim's user-mode portresd did not start"
+            ran.stdout.contains("but the system daemon runs as root"),
+            "{ran}"
         );
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        let saw = relay.stop();
+        assert!(
+            !saw.contains("client bytes"),
+            "the victim sent the relay something:\n{saw}"
+        );
     }
-    let ran = probe_as_victim(&[]);
-    let _ = daemon.kill();
-    let _ = daemon.wait();
-    assert!(ran.out.status.success(), "{ran}");
-    assert!(
-        ran.stdout.contains(&format!(
-            "socket {}\nkind user\ndaemon-uid {VICTIM}\n",
-            sock.display()
-        )),
-        "{ran}"
-    );
-    assert!(!ran.stdout.contains("passed-over"), "{ran}");
-}
+);
 
-/// Unit-level: the checks by kind, in one process (root), against a
-/// listener run by another uid.
-#[test]
-fn connect_checked_refuses_by_kind_and_explicit_reports_who_answered() {
-    let Some(_s) = scene("connect_checked_refuses_by_kind") else {
-        return;
-    };
-    let d = elsewhere_daemon();
-    let relay = Relay::plant(Path::new("/run/other/portres.sock"), &d.socket);
-    let path = Path::new("/run/other/portres.sock");
-    // Root's own user-mode socket would have to be root's.
-    let e = portres::Client::connect_checked(path, portres::SocketKind::User).unwrap_err();
-    assert_eq!(e.code, ErrorCode::DaemonUntrusted, "{e}");
-    assert!(e.message.contains("owned by uid 65534"), "{e}");
-    let e = portres::Client::connect_checked(path, portres::SocketKind::System).unwrap_err();
-    assert_eq!(e.code, ErrorCode::DaemonUntrusted, "{e}");
-    let c = portres::Client::connect_to(path).expect("an explicit socket is used");
-    assert_eq!(c.socket_kind(), portres::SocketKind::Explicit);
-    assert_eq!(c.daemon().uid, OTHER);
-    assert_eq!(
-        c.daemon().describe(0),
-        format!("pid {}, uid {OTHER} (not root, not you)", relay.child.id())
-    );
-    // It works (relayed), and a second session is checked the same way.
-    c.status().unwrap();
-    c.connect_again().unwrap().status().unwrap();
-    drop(c);
-    relay.stop();
-}
+named_test!(
+    the_victims_own_user_daemon_at_the_tmp_path_is_used,
+    |test| {
+        let Some(_s) = scene(test) else {
+            return;
+        };
+        let mut daemon = as_uid(&bin("portresd"), &[], &[], VICTIM)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the victim's portresd");
+        let sock = victim_socket();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            assert!(
+                daemon.try_wait().unwrap().is_none(),
+                "the victim's user-mode portresd exited"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the victim's user-mode portresd did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let ran = probe_as_victim(&[]);
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+        assert!(ran.out.status.success(), "{ran}");
+        assert!(
+            ran.stdout.contains(&format!(
+                "socket {}\nkind user\ndaemon-uid {VICTIM}\n",
+                sock.display()
+            )),
+            "{ran}"
+        );
+        assert!(!ran.stdout.contains("passed-over"), "{ran}");
+    }
+);
+
+named_test!(
+    /// Unit-level: the checks by kind, in one process (root), against a
+    /// listener run by another uid.
+    connect_checked_refuses_by_kind_and_explicit_reports_who_answered,
+    |test| {
+        let Some(_s) = scene(test) else {
+            return;
+        };
+        let d = elsewhere_daemon();
+        let relay = Relay::plant(Path::new("/run/other/portres.sock"), &d.socket);
+        let path = Path::new("/run/other/portres.sock");
+        // Root's own user-mode socket would have to be root's.
+        let e = portres::Client::connect_checked(path, portres::SocketKind::User).unwrap_err();
+        assert_eq!(e.code, ErrorCode::DaemonUntrusted, "{e}");
+        assert!(e.message.contains("owned by uid 65534"), "{e}");
+        let e = portres::Client::connect_checked(path, portres::SocketKind::System).unwrap_err();
+        assert_eq!(e.code, ErrorCode::DaemonUntrusted, "{e}");
+        let c = portres::Client::connect_to(path).expect("an explicit socket is used");
+        assert_eq!(c.socket_kind(), portres::SocketKind::Explicit);
+        assert_eq!(c.daemon().uid, OTHER);
+        assert_eq!(
+            c.daemon().describe(0),
+            format!("pid {}, uid {OTHER} (not root, not you)", relay.child.id())
+        );
+        // It works (relayed), and a second session is checked the same way.
+        c.status().unwrap();
+        c.connect_again().unwrap().status().unwrap();
+        drop(c);
+        relay.stop();
+    }
+);
 
 // ---------------------------------------------------------------------------
 // The CLI
@@ -434,115 +413,121 @@ fn portres_as_victim(args: &[&str], env: &[(&str, &str)]) -> Ran {
     run(as_uid(&bin("portres"), args, env, VICTIM))
 }
 
-#[test]
-fn cli_refuses_a_relay_planted_at_the_user_socket_path_and_status_says_who_answered() {
-    let Some(_s) = scene("cli_refuses_a_relay_planted_at_the_user_socket_path") else {
-        return;
-    };
-    let d = system_daemon();
-    let relay = Relay::plant(&victim_socket(), &d.socket);
-    let ran = portres_as_victim(&["status"], &[]);
-    assert!(ran.out.status.success(), "{ran}");
-    for expected in [
-        format!("socket:          {SYSTEM_SOCKET} (the system daemon)\n"),
-        "daemon:          pid ".to_string(),
-        ", uid 0 (root)\n".to_string(),
-        format!(
-            "passed over:     {} (your own daemon): daemon_untrusted: ",
-            victim_socket().display()
-        ),
-        format!("you:             uid {VICTIM}"),
-    ] {
-        assert!(ran.stdout.contains(&expected), "no {expected:?}: {ran}");
-    }
-    let ran = portres_as_victim(&["--json", "status"], &[]);
-    assert!(ran.out.status.success(), "{ran}");
-    let v: serde_json::Value = serde_json::from_str(ran.stdout.trim()).expect("json");
-    assert_eq!(v["socket"]["kind"], "system", "{ran}");
-    assert_eq!(v["socket"]["path"], SYSTEM_SOCKET, "{ran}");
-    assert_eq!(v["daemon"]["uid"], 0, "{ran}");
-    assert_eq!(v["daemon"]["who"], "root", "{ran}");
-    assert_eq!(v["your_uid"], VICTIM, "{ran}");
-    assert!(
-        v["passed_over"][0]
-            .as_str()
-            .is_some_and(|s| s.contains("daemon_untrusted")),
-        "{ran}"
-    );
-    // An acquire goes to the system daemon too.
-    let ran = portres_as_victim(
-        &["exec", "tcp", "--", "sh", "-c", "echo $PORTRES_START"],
-        &[],
-    );
-    assert!(ran.out.status.success(), "{ran}");
-    assert_untouched(relay);
-}
-
-#[test]
-fn cli_without_a_system_daemon_exits_2_with_daemon_untrusted_naming_both_sockets() {
-    let Some(_s) = scene("cli_without_a_system_daemon_exits_2_with_daemon_untrusted") else {
-        return;
-    };
-    let d = elsewhere_daemon();
-    let relay = Relay::plant(&victim_socket(), &d.socket);
-    let ran = portres_as_victim(&["status"], &[]);
-    assert_eq!(ran.out.status.code(), Some(2), "{ran}");
-    assert!(
-        ran.stderr
-            .contains("portres: daemon_untrusted: no portres daemon"),
-        "{ran}"
-    );
-    assert!(
-        ran.stderr.contains(&victim_socket().display().to_string()),
-        "{ran}"
-    );
-    assert!(ran.stderr.contains(SYSTEM_SOCKET), "{ran}");
-    assert!(ran.stderr.contains("Start one"), "{ran}");
-    let ran = portres_as_victim(&["--json", "acquire", "tcp", "--hold"], &[]);
-    assert_eq!(ran.out.status.code(), Some(2), "{ran}");
-    let v: serde_json::Value = serde_json::from_str(ran.stdout.trim()).expect("json");
-    assert_eq!(v["error"]["code"], "daemon_untrusted", "{ran}");
-    assert_untouched(relay);
-}
-
-/// Someone else's daemon named on purpose is used — and `status` says who
-/// answered.
-#[test]
-fn cli_uses_someone_elses_daemon_only_when_named_and_says_who_answered() {
-    let Some(_s) = scene("cli_uses_someone_elses_daemon_only_when_named") else {
-        return;
-    };
-    let d = elsewhere_daemon();
-    let listen = Path::new("/tmp/other/portres.sock");
-    let relay = Relay::plant(listen, &d.socket);
-    let by_flag = portres_as_victim(&["--socket", listen.to_str().unwrap(), "status"], &[]);
-    let by_env = portres_as_victim(&["status"], &[("PORTRES_SOCKET", listen.to_str().unwrap())]);
-    for ran in [&by_flag, &by_env] {
+named_test!(
+    cli_refuses_a_relay_planted_at_the_user_socket_path_and_status_says_who_answered,
+    |test| {
+        let Some(_s) = scene(test) else {
+            return;
+        };
+        let d = system_daemon();
+        let relay = Relay::plant(&victim_socket(), &d.socket);
+        let ran = portres_as_victim(&["status"], &[]);
         assert!(ran.out.status.success(), "{ran}");
+        for expected in [
+            format!("socket:          {SYSTEM_SOCKET} (the system daemon)\n"),
+            "daemon:          pid ".to_string(),
+            ", uid 0 (root)\n".to_string(),
+            format!(
+                "passed over:     {} (your own daemon): daemon_untrusted: ",
+                victim_socket().display()
+            ),
+            format!("you:             uid {VICTIM}"),
+        ] {
+            assert!(ran.stdout.contains(&expected), "no {expected:?}: {ran}");
+        }
+        let ran = portres_as_victim(&["--json", "status"], &[]);
+        assert!(ran.out.status.success(), "{ran}");
+        let v: serde_json::Value = serde_json::from_str(ran.stdout.trim()).expect("json");
+        assert_eq!(v["socket"]["kind"], "system", "{ran}");
+        assert_eq!(v["socket"]["path"], SYSTEM_SOCKET, "{ran}");
+        assert_eq!(v["daemon"]["uid"], 0, "{ran}");
+        assert_eq!(v["daemon"]["who"], "root", "{ran}");
+        assert_eq!(v["your_uid"], VICTIM, "{ran}");
         assert!(
-            ran.stdout.contains(&format!(
-                "socket:          {} (named by PORTRES_SOCKET or --socket)\n",
-                listen.display()
-            )),
+            v["passed_over"][0]
+                .as_str()
+                .is_some_and(|s| s.contains("daemon_untrusted")),
             "{ran}"
         );
-        assert!(
-            ran.stdout.contains(&format!(
-                "daemon:          pid {}, uid {OTHER} (not root, not you)\n",
-                relay.child.id()
-            )),
-            "{ran}"
+        // An acquire goes to the system daemon too.
+        let ran = portres_as_victim(
+            &["exec", "tcp", "--", "sh", "-c", "echo $PORTRES_START"],
+            &[],
         );
+        assert!(ran.out.status.success(), "{ran}");
+        assert_untouched(relay);
     }
-    let ran = portres_as_victim(
-        &["--json", "status"],
-        &[("PORTRES_SOCKET", listen.to_str().unwrap())],
-    );
-    let v: serde_json::Value = serde_json::from_str(ran.stdout.trim()).expect("json");
-    assert_eq!(v["socket"]["kind"], "explicit", "{ran}");
-    assert_eq!(v["daemon"]["who"], "other", "{ran}");
-    relay.stop();
-}
+);
+
+named_test!(
+    cli_without_a_system_daemon_exits_2_with_daemon_untrusted_naming_both_sockets,
+    |test| {
+        let Some(_s) = scene(test) else {
+            return;
+        };
+        let d = elsewhere_daemon();
+        let relay = Relay::plant(&victim_socket(), &d.socket);
+        let ran = portres_as_victim(&["status"], &[]);
+        assert_eq!(ran.out.status.code(), Some(2), "{ran}");
+        assert!(
+            ran.stderr
+                .contains("portres: daemon_untrusted: no portres daemon"),
+            "{ran}"
+        );
+        assert!(
+            ran.stderr.contains(&victim_socket().display().to_string()),
+            "{ran}"
+        );
+        assert!(ran.stderr.contains(SYSTEM_SOCKET), "{ran}");
+        assert!(ran.stderr.contains("Start one"), "{ran}");
+        let ran = portres_as_victim(&["--json", "acquire", "tcp", "--hold"], &[]);
+        assert_eq!(ran.out.status.code(), Some(2), "{ran}");
+        let v: serde_json::Value = serde_json::from_str(ran.stdout.trim()).expect("json");
+        assert_eq!(v["error"]["code"], "daemon_untrusted", "{ran}");
+        assert_untouched(relay);
+    }
+);
+
+named_test!(
+    /// Someone else's daemon named on purpose is used — and `status` says who
+    /// answered.
+    cli_uses_someone_elses_daemon_only_when_named_and_says_who_answered,
+    |test| {
+        let Some(_s) = scene(test) else {
+            return;
+        };
+        let d = elsewhere_daemon();
+        let listen = Path::new("/tmp/other/portres.sock");
+        let relay = Relay::plant(listen, &d.socket);
+        let by_flag = portres_as_victim(&["--socket", listen.to_str().unwrap(), "status"], &[]);
+        let by_env = portres_as_victim(&["status"], &[("PORTRES_SOCKET", listen.to_str().unwrap())]);
+        for ran in [&by_flag, &by_env] {
+            assert!(ran.out.status.success(), "{ran}");
+            assert!(
+                ran.stdout.contains(&format!(
+                    "socket:          {} (named by PORTRES_SOCKET or --socket)\n",
+                    listen.display()
+                )),
+                "{ran}"
+            );
+            assert!(
+                ran.stdout.contains(&format!(
+                    "daemon:          pid {}, uid {OTHER} (not root, not you)\n",
+                    relay.child.id()
+                )),
+                "{ran}"
+            );
+        }
+        let ran = portres_as_victim(
+            &["--json", "status"],
+            &[("PORTRES_SOCKET", listen.to_str().unwrap())],
+        );
+        let v: serde_json::Value = serde_json::from_str(ran.stdout.trim()).expect("json");
+        assert_eq!(v["socket"]["kind"], "explicit", "{ran}");
+        assert_eq!(v["daemon"]["who"], "other", "{ran}");
+        relay.stop();
+    }
+);
 
 // ---------------------------------------------------------------------------
 // The C library
@@ -588,96 +573,100 @@ fn lookup_program(dir: &Path) -> PathBuf {
     out
 }
 
-#[test]
-fn c_library_refuses_a_relay_planted_at_the_user_socket_path() {
-    let Some(_s) = scene("c_library_refuses_a_relay_planted_at_the_user_socket_path") else {
-        return;
-    };
-    let dir = portres_tests::open_tempdir();
-    let program = lookup_program(dir.path());
-    let d = system_daemon();
-    let created = d
-        .client()
-        .create(
-            Protocol::Tcp,
-            5000,
-            2,
-            CreateOptions {
-                owner: Some(Owner::User(VICTIM)),
-                label: None,
-            },
-        )
-        .unwrap();
-    let relay = Relay::plant(&victim_socket(), &d.socket);
-    // The victim's lookup falls through to the system daemon.
-    let ran = run(as_uid(&program, &["5000", "2"], &[], VICTIM));
-    assert!(ran.out.status.success(), "{ran}");
-    assert!(
-        ran.stdout
-            .contains(&format!("token={}", created.token.expect("token"))),
-        "{ran}"
-    );
-    assert_untouched(relay);
-    d.stop();
+named_test!(
+    c_library_refuses_a_relay_planted_at_the_user_socket_path,
+    |test| {
+        let Some(_s) = scene(test) else {
+            return;
+        };
+        let dir = portres_tests::open_tempdir();
+        let program = lookup_program(dir.path());
+        let d = system_daemon();
+        let created = d
+            .client()
+            .create(
+                Protocol::Tcp,
+                5000,
+                2,
+                CreateOptions {
+                    owner: Some(Owner::User(VICTIM)),
+                    label: None,
+                },
+            )
+            .unwrap();
+        let relay = Relay::plant(&victim_socket(), &d.socket);
+        // The victim's lookup falls through to the system daemon.
+        let ran = run(as_uid(&program, &["5000", "2"], &[], VICTIM));
+        assert!(ran.out.status.success(), "{ran}");
+        assert!(
+            ran.stdout
+                .contains(&format!("token={}", created.token.expect("token"))),
+            "{ran}"
+        );
+        assert_untouched(relay);
+        d.stop();
 
-    // No system daemon: ERROR_SERVICE_NOT_ACTIVE, and still nothing sent to
-    // the relay.
-    let d = elsewhere_daemon();
-    let relay = Relay::plant(&victim_socket(), &d.socket);
-    let ran = run(as_uid(&program, &["5000", "2"], &[], VICTIM));
-    assert!(ran.stdout.contains("rc=1062 "), "{ran}");
-    assert_untouched(relay);
-}
+        // No system daemon: ERROR_SERVICE_NOT_ACTIVE, and still nothing sent to
+        // the relay.
+        let d = elsewhere_daemon();
+        let relay = Relay::plant(&victim_socket(), &d.socket);
+        let ran = run(as_uid(&program, &["5000", "2"], &[], VICTIM));
+        assert!(ran.stdout.contains("rc=1062 "), "{ran}");
+        assert_untouched(relay);
+    }
+);
 
 // ---------------------------------------------------------------------------
 // 9.14: setuid
 // ---------------------------------------------------------------------------
 
-/// A setuid-root copy of the probe, run by another user with
-/// PORTRES_SOCKET pointing at their relay and a bogus PORTRES_SESSION_FD:
-/// both are ignored (AT_SECURE), it talks to the system daemon. The same
-/// copy without the setuid bit obeys both (the test can tell).
-#[test]
-fn setuid_client_ignores_portres_socket_and_portres_session_fd() {
-    let Some(_s) = scene("setuid_client_ignores_portres_socket_and_portres_session_fd") else {
-        return;
-    };
-    let d = system_daemon();
-    let listen = Path::new("/tmp/other/portres.sock");
-    let relay = Relay::plant(listen, &d.socket);
-    let dir = portres_tests::open_tempdir();
-    let plain = dir.path().join("probe-plain");
-    let setuid = dir.path().join("probe-setuid");
-    for copy in [&plain, &setuid] {
-        std::fs::copy(trustkit(), copy).unwrap();
+named_test!(
+    /// A setuid-root copy of the probe, run by another user with
+    /// PORTRES_SOCKET pointing at their relay and a bogus PORTRES_SESSION_FD:
+    /// both are ignored (AT_SECURE), it talks to the system daemon. The same
+    /// copy without the setuid bit obeys both (the test can tell).
+    setuid_client_ignores_portres_socket_and_portres_session_fd,
+    |test| {
+        let Some(_s) = scene(test) else {
+            return;
+        };
+        let d = system_daemon();
+        let listen = Path::new("/tmp/other/portres.sock");
+        let relay = Relay::plant(listen, &d.socket);
+        let dir = portres_tests::open_tempdir();
+        let plain = dir.path().join("probe-plain");
+        let setuid = dir.path().join("probe-setuid");
+        for copy in [&plain, &setuid] {
+            std::fs::copy(trustkit(), copy).unwrap();
+        }
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&setuid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        let env = [
+            ("PORTRES_SOCKET", listen.to_str().unwrap()),
+            ("PORTRES_SESSION_FD", "99"),
+        ];
+
+        let ran = run(as_uid(&setuid, &["probe"], &env, OTHER));
+        assert!(ran.out.status.success(), "{ran}");
+        assert!(
+            ran.stdout.contains(&format!(
+                "socket {SYSTEM_SOCKET}\nkind system\ndaemon-uid 0\n"
+            )),
+            "{ran}"
+        );
+        // The daemon sees the effective uid (root).
+        assert!(ran.stdout.contains("your-uid 0\n"), "{ran}");
+        assert_untouched(relay);
+
+        // Control: without the bit both variables count.
+        let relay = Relay::plant(listen, &d.socket);
+        let ran = run(as_uid(&plain, &["probe"], &env, OTHER));
+        assert!(ran.stdout.contains("error invalid_parameter\n"), "{ran}");
+        assert!(ran.stdout.contains("PORTRES_SESSION_FD=99"), "{ran}");
+        let ran = run(as_uid(&plain, &["probe"], &env[..1], OTHER));
+        let saw = relay.stop();
+        assert!(ran.out.status.success(), "{ran}\nthe relay saw:\n{saw}");
+        assert!(ran.stdout.contains("kind explicit\n"), "{ran}");
+        assert!(saw.contains("connection"), "{saw}");
     }
-    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&setuid, std::fs::Permissions::from_mode(0o4755)).unwrap();
-    let env = [
-        ("PORTRES_SOCKET", listen.to_str().unwrap()),
-        ("PORTRES_SESSION_FD", "99"),
-    ];
-
-    let ran = run(as_uid(&setuid, &["probe"], &env, OTHER));
-    assert!(ran.out.status.success(), "{ran}");
-    assert!(
-        ran.stdout.contains(&format!(
-            "socket {SYSTEM_SOCKET}\nkind system\ndaemon-uid 0\n"
-        )),
-        "{ran}"
-    );
-    // The daemon sees the effective uid (root).
-    assert!(ran.stdout.contains("your-uid 0\n"), "{ran}");
-    assert_untouched(relay);
-
-    // Control: without the bit both variables count.
-    let relay = Relay::plant(listen, &d.socket);
-    let ran = run(as_uid(&plain, &["probe"], &env, OTHER));
-    assert!(ran.stdout.contains("error invalid_parameter\n"), "{ran}");
-    assert!(ran.stdout.contains("PORTRES_SESSION_FD=99"), "{ran}");
-    let ran = run(as_uid(&plain, &["probe"], &env[..1], OTHER));
-    let saw = relay.stop();
-    assert!(ran.out.status.success(), "{ran}\nthe relay saw:\n{saw}");
-    assert!(ran.stdout.contains("kind explicit\n"), "{ran}");
-    assert!(saw.contains("connection"), "{saw}");
-}
+);

@@ -5,65 +5,17 @@
 //! flood are bounded per user and cannot lock root out; a failure inside a
 //! request (a refused thread, a panic) costs that call only.
 
-mod support;
-
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use portres::Protocol;
-use portres_tests::{
-    InProcessDaemon, ProcessDaemon, eventually, kernel_reserved, netns, open_tempdir,
-};
+use portres_tests::{InProcessDaemon, ProcessDaemon, eventually, kernel_reserved, open_tempdir};
 use rustix::net::{AddressFamily, SocketType};
 use serde_json::{Value, json};
 
-/// One raw connection speaking the wire by hand.
-struct Raw(UnixStream);
-
-impl Raw {
-    fn connect(socket: &std::path::Path) -> Raw {
-        let s = UnixStream::connect(socket).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Raw(s)
-    }
-
-    /// One sendmsg() of `bytes` with `fds` attached.
-    fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
-        portres_proto::fdpass::send_with_fds(self.0.as_fd(), bytes, fds).unwrap();
-    }
-
-    /// The next reply; `None` if the daemon closed the connection.
-    fn reply(&mut self) -> Option<Value> {
-        let mut buf = Vec::new();
-        let mut byte = [0u8; 1];
-        loop {
-            match self.0.read(&mut byte) {
-                Ok(1) if byte[0] == 0 => break,
-                Ok(1) => buf.push(byte[0]),
-                _ => return None,
-            }
-        }
-        Some(serde_json::from_slice(&buf).expect("replies are JSON"))
-    }
-
-    fn call(&mut self, method: &str, params: Value) -> Value {
-        self.send(&frame(method, params, false), &[]);
-        self.reply().expect("the daemon answered")
-    }
-}
-
-/// One call as a frame (JSON + NUL).
-fn frame(method: &str, params: Value, oneway: bool) -> Vec<u8> {
-    let mut call = json!({"method": method, "parameters": params});
-    if oneway {
-        call["oneway"] = json!(true);
-    }
-    let mut v = serde_json::to_vec(&call).unwrap();
-    v.push(0);
-    v
-}
+use portres_tests::{RawClient as Raw, frame};
 
 fn code(v: &Value) -> &str {
     v["parameters"]["code"].as_str().unwrap_or("<success>")
@@ -135,136 +87,131 @@ enum Cut {
     TailWithNext,
 }
 
-#[test]
-fn pipelined_descriptors_belong_to_the_request_they_were_sent_with() {
-    let Some(_ns) = netns("pipelined_descriptors_belong_to_the_request_they_were_sent_with") else {
-        return;
-    };
-    let dir = open_tempdir();
-    let d = ProcessDaemon::start(dir.path(), &[]);
-    let pid = d.child.id();
-    let mut raw = Raw::connect(&d.socket);
-    let r = raw.call(
-        "io.portres.Acquire",
-        json!({"protocol": "tcp", "count": 64}),
-    );
-    let block = &r["parameters"]["reservation"];
-    let (token, start) = (
-        block["token"].as_str().unwrap().to_string(),
-        block["start"].as_u64().unwrap() as u16,
-    );
-    let ports = start..start + 64;
-    let kinds = [
-        Kind::Status,
-        Kind::StatusWithFd,
-        Kind::Bind,
-        Kind::BindWithoutFd,
-    ];
-    let stray = std::fs::File::open("/dev/null").unwrap();
-    let mut trials = 0;
-    let mut failures = Vec::new();
-    for a in kinds {
-        for b in kinds {
-            for oneway in [(false, false), (true, false), (false, true), (true, true)] {
-                for cut in [Cut::Whole, Cut::Halves, Cut::TailWithNext] {
-                    trials += 1;
-                    let steps = [(a, oneway.0), (b, oneway.1)];
-                    let socks = [tcp4(), tcp4()];
-                    let frames: Vec<Vec<u8>> = steps
-                        .iter()
-                        .map(|&(kind, oneway)| match kind {
-                            Kind::Status | Kind::StatusWithFd => {
-                                frame("io.portres.Status", json!({}), oneway)
+nstest!(
+    pipelined_descriptors_belong_to_the_request_they_were_sent_with,
+    |_| {
+        let dir = open_tempdir();
+        let d = ProcessDaemon::start(dir.path(), &[]);
+        let pid = d.child.id();
+        let mut raw = Raw::connect(&d.socket);
+        let r = raw.call(
+            "io.portres.Acquire",
+            json!({"protocol": "tcp", "count": 64}),
+        );
+        let block = &r["parameters"]["reservation"];
+        let (token, start) = (
+            block["token"].as_str().unwrap().to_string(),
+            block["start"].as_u64().unwrap() as u16,
+        );
+        let ports = start..start + 64;
+        let kinds = [
+            Kind::Status,
+            Kind::StatusWithFd,
+            Kind::Bind,
+            Kind::BindWithoutFd,
+        ];
+        let stray = std::fs::File::open("/dev/null").unwrap();
+        let mut trials = 0;
+        let mut failures = Vec::new();
+        for a in kinds {
+            for b in kinds {
+                for oneway in [(false, false), (true, false), (false, true), (true, true)] {
+                    for cut in [Cut::Whole, Cut::Halves, Cut::TailWithNext] {
+                        trials += 1;
+                        let steps = [(a, oneway.0), (b, oneway.1)];
+                        let socks = [tcp4(), tcp4()];
+                        let frames: Vec<Vec<u8>> = steps
+                            .iter()
+                            .map(|&(kind, oneway)| match kind {
+                                Kind::Status | Kind::StatusWithFd => {
+                                    frame("io.portres.Status", json!({}), oneway)
+                                }
+                                Kind::Bind | Kind::BindWithoutFd => frame(
+                                    "io.portres.Bind",
+                                    json!({"token": token, "address": "127.0.0.1"}),
+                                    oneway,
+                                ),
+                            })
+                            .collect();
+                        let fds = |i: usize| -> Vec<BorrowedFd<'_>> {
+                            match steps[i].0 {
+                                Kind::StatusWithFd => vec![stray.as_fd()],
+                                Kind::Bind => vec![socks[i].as_fd()],
+                                _ => vec![],
                             }
-                            Kind::Bind | Kind::BindWithoutFd => frame(
-                                "io.portres.Bind",
-                                json!({"token": token, "address": "127.0.0.1"}),
-                                oneway,
-                            ),
-                        })
-                        .collect();
-                    let fds = |i: usize| -> Vec<BorrowedFd<'_>> {
-                        match steps[i].0 {
-                            Kind::StatusWithFd => vec![stray.as_fd()],
-                            Kind::Bind => vec![socks[i].as_fd()],
-                            _ => vec![],
-                        }
-                    };
-                    freeze(pid);
-                    let (h0, h1) = (frames[0].len() / 2, frames[1].len() / 2);
-                    match cut {
-                        Cut::Whole => {
-                            raw.send(&frames[0], &fds(0));
-                            raw.send(&frames[1], &fds(1));
-                        }
-                        Cut::Halves => {
-                            raw.send(&frames[0][..h0], &fds(0));
-                            raw.send(&frames[0][h0..], &[]);
-                            raw.send(&frames[1][..h1], &fds(1));
-                            raw.send(&frames[1][h1..], &[]);
-                        }
-                        Cut::TailWithNext => {
-                            raw.send(&frames[0][..h0], &fds(0));
-                            let rest = [&frames[0][h0..], &frames[1][..]].concat();
-                            raw.send(&rest, &fds(1));
-                        }
-                    }
-                    // A synchronising call; its reply comes last.
-                    raw.send(&frame("io.portres.Status", json!({}), false), &[]);
-                    thaw(pid);
-                    let what = format!(
-                        "{a:?}{} then {b:?}{}, {cut:?}",
-                        if oneway.0 { " (oneway)" } else { "" },
-                        if oneway.1 { " (oneway)" } else { "" }
-                    );
-                    let mut got = Vec::new();
-                    for &(kind, oneway) in &steps {
-                        if !oneway {
-                            got.push((kind, raw.reply().expect("the daemon answered")));
-                        }
-                    }
-                    let sync = raw.reply().expect("the daemon answered");
-                    if !is_status_reply(&sync) {
-                        failures.push(format!("{what}: the synchronising Status got {sync}"));
-                        continue;
-                    }
-                    for (kind, reply) in got {
-                        let ok = match kind {
-                            Kind::Status => is_status_reply(&reply),
-                            Kind::StatusWithFd => code(&reply) == "invalid_parameter",
-                            Kind::Bind => reply["parameters"]["port"]
-                                .as_u64()
-                                .is_some_and(|p| ports.contains(&(p as u16))),
-                            Kind::BindWithoutFd => code(&reply) == "not_a_socket",
                         };
-                        if !ok {
-                            failures.push(format!("{what}: {kind:?} got {reply}"));
+                        freeze(pid);
+                        let (h0, h1) = (frames[0].len() / 2, frames[1].len() / 2);
+                        match cut {
+                            Cut::Whole => {
+                                raw.send(&frames[0], &fds(0));
+                                raw.send(&frames[1], &fds(1));
+                            }
+                            Cut::Halves => {
+                                raw.send(&frames[0][..h0], &fds(0));
+                                raw.send(&frames[0][h0..], &[]);
+                                raw.send(&frames[1][..h1], &fds(1));
+                                raw.send(&frames[1][h1..], &[]);
+                            }
+                            Cut::TailWithNext => {
+                                raw.send(&frames[0][..h0], &fds(0));
+                                let rest = [&frames[0][h0..], &frames[1][..]].concat();
+                                raw.send(&rest, &fds(1));
+                            }
                         }
-                    }
-                    for (i, &(kind, _)) in steps.iter().enumerate() {
-                        let port = local_port(socks[i].as_fd());
-                        if (kind == Kind::Bind) != ports.contains(&port) {
-                            failures.push(format!(
-                                "{what}: request {i} ({kind:?}) left its socket on port {port}"
-                            ));
+                        // A synchronising call; its reply comes last.
+                        raw.send(&frame("io.portres.Status", json!({}), false), &[]);
+                        thaw(pid);
+                        let what = format!(
+                            "{a:?}{} then {b:?}{}, {cut:?}",
+                            if oneway.0 { " (oneway)" } else { "" },
+                            if oneway.1 { " (oneway)" } else { "" }
+                        );
+                        let mut got = Vec::new();
+                        for &(kind, oneway) in &steps {
+                            if !oneway {
+                                got.push((kind, raw.reply().expect("the daemon answered")));
+                            }
+                        }
+                        let sync = raw.reply().expect("the daemon answered");
+                        if !is_status_reply(&sync) {
+                            failures.push(format!("{what}: the synchronising Status got {sync}"));
+                            continue;
+                        }
+                        for (kind, reply) in got {
+                            let ok = match kind {
+                                Kind::Status => is_status_reply(&reply),
+                                Kind::StatusWithFd => code(&reply) == "invalid_parameter",
+                                Kind::Bind => reply["parameters"]["port"]
+                                    .as_u64()
+                                    .is_some_and(|p| ports.contains(&(p as u16))),
+                                Kind::BindWithoutFd => code(&reply) == "not_a_socket",
+                            };
+                            if !ok {
+                                failures.push(format!("{what}: {kind:?} got {reply}"));
+                            }
+                        }
+                        for (i, &(kind, _)) in steps.iter().enumerate() {
+                            let port = local_port(socks[i].as_fd());
+                            if (kind == Kind::Bind) != ports.contains(&port) {
+                                failures.push(format!(
+                                    "{what}: request {i} ({kind:?}) left its socket on port {port}"
+                                ));
+                            }
                         }
                     }
                 }
             }
         }
+        eprintln!(
+            "{trials} pipelined pairs, {} wrong attributions",
+            failures.len()
+        );
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
-    eprintln!(
-        "{trials} pipelined pairs, {} wrong attributions",
-        failures.len()
-    );
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
+);
 
-#[test]
-fn a_oneway_call_is_never_answered_even_when_it_fails() {
-    let Some(_ns) = netns("a_oneway_call_is_never_answered_even_when_it_fails") else {
-        return;
-    };
+nstest!(a_oneway_call_is_never_answered_even_when_it_fails, |_| {
     let d = InProcessDaemon::start(|_| {});
     let mut raw = Raw::connect(&d.socket);
     let stray = std::fs::File::open("/dev/null").unwrap();
@@ -364,60 +311,54 @@ fn a_oneway_call_is_never_answered_even_when_it_fails() {
         failures.len()
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
+});
 
-#[test]
-fn more_than_four_descriptors_in_one_message_close_the_connection() {
-    let Some(_ns) = netns("more_than_four_descriptors_in_one_message_close_the_connection") else {
-        return;
-    };
-    let d = InProcessDaemon::start(|_| {});
-    let files: Vec<_> = (0..8)
-        .map(|_| std::fs::File::open("/dev/null").unwrap())
-        .collect();
-    let status = frame("io.portres.Status", json!({}), false);
-    let mut failures = Vec::new();
-    for n in 1..=8 {
-        let mut raw = Raw::connect(&d.socket);
-        let fds: Vec<BorrowedFd<'_>> = files[..n].iter().map(|f| f.as_fd()).collect();
-        // send_with_fds refuses more than the limit itself: a raw sendmsg.
-        let mut space = vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
-        let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
-        assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
-        rustix::net::sendmsg(
-            &raw.0,
-            &[std::io::IoSlice::new(&status)],
-            &mut control,
-            rustix::net::SendFlags::empty(),
-        )
-        .unwrap();
-        let first = raw.reply();
-        let closed = match &first {
-            None => true,
-            Some(v) => code(v) != "invalid_parameter" || raw.reply_to_status().is_none(),
-        };
-        if closed != (n > 4) {
-            failures.push(format!(
-                "{n} descriptors: connection {} (first reply {first:?})",
-                if closed { "closed" } else { "kept open" }
-            ));
+nstest!(
+    more_than_four_descriptors_in_one_message_close_the_connection,
+    |_| {
+        let d = InProcessDaemon::start(|_| {});
+        let files: Vec<_> = (0..8)
+            .map(|_| std::fs::File::open("/dev/null").unwrap())
+            .collect();
+        let status = frame("io.portres.Status", json!({}), false);
+        let mut failures = Vec::new();
+        for n in 1..=8 {
+            let mut raw = Raw::connect(&d.socket);
+            let fds: Vec<BorrowedFd<'_>> = files[..n].iter().map(|f| f.as_fd()).collect();
+            // send_with_fds refuses more than the limit itself: a raw sendmsg.
+            let mut space =
+                vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
+            let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+            assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
+            rustix::net::sendmsg(
+                &raw.0,
+                &[std::io::IoSlice::new(&status)],
+                &mut control,
+                rustix::net::SendFlags::empty(),
+            )
+            .unwrap();
+            let first = raw.reply();
+            let closed = match &first {
+                None => true,
+                Some(v) => code(v) != "invalid_parameter" || reply_to_status(&mut raw).is_none(),
+            };
+            if closed != (n > 4) {
+                failures.push(format!(
+                    "{n} descriptors: connection {} (first reply {first:?})",
+                    if closed { "closed" } else { "kept open" }
+                ));
+            }
         }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
+);
 
 /// `portresd` in `dir` with the test-only fault `fault` injected
 /// (`PORTRES_TEST_FAULT`, see worker.rs).
-fn faulty_daemon(dir: &std::path::Path, fault: &str, extra: &[&str]) -> support::Daemon {
-    let mut cmd = support::daemon_command(dir, extra);
+fn faulty_daemon(dir: &std::path::Path, fault: &str, extra: &[&str]) -> ProcessDaemon {
+    let mut cmd = portres_tests::daemon_command(dir, extra);
     cmd.env("PORTRES_TEST_FAULT", fault);
-    let mut d = support::Daemon {
-        child: cmd.spawn().expect("spawn portresd"),
-        socket: dir.join("portres.sock"),
-        log: dir.join("portresd.log"),
-    };
-    d.wait_ready(Duration::from_secs(20));
-    d
+    ProcessDaemon::spawn(cmd, dir)
 }
 
 /// An exact-block Lookup of `start`+1 (the call the faults trigger on).
@@ -429,11 +370,7 @@ fn lookup(start: u64) -> Vec<u8> {
     )
 }
 
-#[test]
-fn a_refused_list_thread_fails_that_call_only() {
-    let Some(_ns) = netns("a_refused_list_thread_fails_that_call_only") else {
-        return;
-    };
+nstest!(a_refused_list_thread_fails_that_call_only, |_| {
     let dir = open_tempdir();
     let d = faulty_daemon(dir.path(), "list-thread", &["--workers", "1"]);
     let c = d.client();
@@ -447,153 +384,109 @@ fn a_refused_list_thread_fails_that_call_only() {
     assert!(d.client().status().is_ok());
     let err = d.client().list(None).unwrap_err();
     assert_eq!(err.code, portres::ErrorCode::Internal, "{err}");
-}
+});
 
-#[test]
-fn a_panicking_handler_answers_internal_and_the_worker_goes_on() {
-    let Some(_ns) = netns("a_panicking_handler_answers_internal_and_the_worker_goes_on") else {
-        return;
-    };
-    let dir = open_tempdir();
-    let d = faulty_daemon(dir.path(), "handler-panic", &["--workers", "1"]);
-    let mut raw = Raw::connect(&d.socket);
-    let r = raw.call("io.portres.Acquire", json!({"protocol": "tcp", "count": 2}));
-    let start = r["parameters"]["reservation"]["start"].as_u64().unwrap();
-    let kernel = kernel_reserved().to_string();
-    raw.send(&lookup(start), &[]);
-    let v = raw.reply().expect("answered, not closed");
-    assert_eq!(code(&v), "internal", "{v}");
-    // Same connection, same session, same reservation; other clients too.
-    assert!(is_status_reply(&raw.call("io.portres.Status", json!({}))));
-    let other = d.client();
-    assert_eq!(other.list(None).unwrap().len(), 1);
-    assert_eq!(kernel_reserved().to_string(), kernel);
-    assert!(
-        std::fs::read_to_string(&d.log)
-            .unwrap()
-            .contains("panicked (a bug)")
-    );
-}
-
-#[test]
-fn a_dead_worker_ends_its_sessions_and_gets_no_new_connections() {
-    let Some(_ns) = netns("a_dead_worker_ends_its_sessions_and_gets_no_new_connections") else {
-        return;
-    };
-    let dir = open_tempdir();
-    let d = faulty_daemon(
-        dir.path(),
-        "worker-panic",
-        &["--workers", "2", "--pin-workers", "off"],
-    );
-    let survivor = d.client();
-    let kept = survivor.acquire(Protocol::Udp, 0, 1).unwrap();
-    let mut victim = Raw::connect(&d.socket);
-    let r = victim.call("io.portres.Acquire", json!({"protocol": "tcp", "count": 3}));
-    let start = r["parameters"]["reservation"]["start"].as_u64().unwrap();
-    victim.send(&lookup(start), &[]);
-    assert!(
-        victim.reply().is_none(),
-        "the dying worker's connection closes"
-    );
-    // Its session ended: the reservation is gone, from the table and the
-    // kernel (which keeps the survivor's one UDP port).
-    assert!(
-        eventually(|| survivor.list(Some(Protocol::Tcp)).unwrap().is_empty()),
-        "the dead worker's reservation stayed: {:?}",
-        survivor.list(None)
-    );
-    assert!(
-        eventually(|| kernel_reserved().len() == 1),
-        "kernel {} log {}",
-        kernel_reserved(),
-        d.log_tail(20)
-    );
-    // New connections all go to the live worker and are served.
-    let clients: Vec<_> = (0..8).map(|_| d.client()).collect();
-    for c in &clients {
+nstest!(
+    a_panicking_handler_answers_internal_and_the_worker_goes_on,
+    |_| {
+        let dir = open_tempdir();
+        let d = faulty_daemon(dir.path(), "handler-panic", &["--workers", "1"]);
+        let mut raw = Raw::connect(&d.socket);
+        let r = raw.call("io.portres.Acquire", json!({"protocol": "tcp", "count": 2}));
+        let start = r["parameters"]["reservation"]["start"].as_u64().unwrap();
+        let kernel = kernel_reserved().to_string();
+        raw.send(&lookup(start), &[]);
+        let v = raw.reply().expect("answered, not closed");
+        assert_eq!(code(&v), "internal", "{v}");
+        // Same connection, same session, same reservation; other clients too.
+        assert!(is_status_reply(&raw.call("io.portres.Status", json!({}))));
+        let other = d.client();
+        assert_eq!(other.list(None).unwrap().len(), 1);
+        assert_eq!(kernel_reserved().to_string(), kernel);
         assert!(
-            c.status().is_ok(),
-            "a new connection went to the dead worker"
+            std::fs::read_to_string(&d.log)
+                .unwrap()
+                .contains("panicked (a bug)")
         );
     }
-    assert_eq!(survivor.list(None).unwrap().len(), 1);
-    drop(kept);
-    let log = std::fs::read_to_string(&d.log).unwrap();
-    assert!(log.contains("died (a bug); closing the"), "{log}");
-}
+);
 
-#[test]
-fn with_every_worker_dead_the_daemon_exits_for_its_service_manager() {
-    let Some(_ns) = netns("with_every_worker_dead_the_daemon_exits_for_its_service_manager") else {
-        return;
-    };
-    let dir = open_tempdir();
-    let mut d = faulty_daemon(dir.path(), "worker-panic", &["--workers", "1"]);
-    let mut victim = Raw::connect(&d.socket);
-    let r = victim.call("io.portres.Acquire", json!({"protocol": "tcp", "count": 3}));
-    let start = r["parameters"]["reservation"]["start"].as_u64().unwrap();
-    victim.send(&lookup(start), &[]);
-    assert!(victim.reply().is_none());
-    // The next connection finds no worker: the daemon stops, non-zero.
-    let _ = UnixStream::connect(&d.socket);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = d.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "portresd kept running without workers"
+nstest!(
+    a_dead_worker_ends_its_sessions_and_gets_no_new_connections,
+    |_| {
+        let dir = open_tempdir();
+        let d = faulty_daemon(
+            dir.path(),
+            "worker-panic",
+            &["--workers", "2", "--pin-workers", "off"],
         );
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    assert!(!status.success(), "{status}");
-    assert!(!kernel_reserved().contains(start as u16));
-}
-
-/// The daemon's resident memory in MiB.
-fn rss_mib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|k| k.parse::<u64>().ok())
-        .unwrap()
-        / 1024
-}
-
-/// The daemon's CPU time so far, in clock ticks (utime + stime).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let f: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-/// Polls until the daemon is done with what it was sent: over the last
-/// second (five samples 200 ms apart) its RSS moved by at most 1 MiB and it
-/// used under a quarter of a CPU; or 60 s pass. Its RSS then, in MiB.
-fn settled_rss_mib(pid: u32) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut samples = vec![(rss_mib(pid), cpu_ticks(pid))];
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-        samples.push((rss_mib(pid), cpu_ticks(pid)));
-        let last = &samples[samples.len().saturating_sub(6)..];
-        let rss = last.iter().map(|s| s.0);
-        let spread = rss.clone().max().unwrap() - rss.min().unwrap();
-        let ticks = last.last().unwrap().1 - last[0].1;
-        if last.len() == 6 && spread <= 1 && ticks < 25 {
-            break;
+        let survivor = d.client();
+        let kept = survivor.acquire(Protocol::Udp, 0, 1).unwrap();
+        let mut victim = Raw::connect(&d.socket);
+        let r = victim.call("io.portres.Acquire", json!({"protocol": "tcp", "count": 3}));
+        let start = r["parameters"]["reservation"]["start"].as_u64().unwrap();
+        victim.send(&lookup(start), &[]);
+        assert!(
+            victim.reply().is_none(),
+            "the dying worker's connection closes"
+        );
+        // Its session ended: the reservation is gone, from the table and the
+        // kernel (which keeps the survivor's one UDP port).
+        assert!(
+            eventually(|| survivor.list(Some(Protocol::Tcp)).unwrap().is_empty()),
+            "the dead worker's reservation stayed: {:?}",
+            survivor.list(None)
+        );
+        assert!(
+            eventually(|| kernel_reserved().len() == 1),
+            "kernel {} log {}",
+            kernel_reserved(),
+            d.log_tail(20)
+        );
+        // New connections all go to the live worker and are served.
+        let clients: Vec<_> = (0..8).map(|_| d.client()).collect();
+        for c in &clients {
+            assert!(
+                c.status().is_ok(),
+                "a new connection went to the dead worker"
+            );
         }
+        assert_eq!(survivor.list(None).unwrap().len(), 1);
+        drop(kept);
+        let log = std::fs::read_to_string(&d.log).unwrap();
+        assert!(log.contains("died (a bug); closing the"), "{log}");
     }
-    samples.last().unwrap().0
-}
+);
+
+nstest!(
+    with_every_worker_dead_the_daemon_exits_for_its_service_manager,
+    |_| {
+        let dir = open_tempdir();
+        let mut d = faulty_daemon(dir.path(), "worker-panic", &["--workers", "1"]);
+        let mut victim = Raw::connect(&d.socket);
+        let r = victim.call("io.portres.Acquire", json!({"protocol": "tcp", "count": 3}));
+        let start = r["parameters"]["reservation"]["start"].as_u64().unwrap();
+        victim.send(&lookup(start), &[]);
+        assert!(victim.reply().is_none());
+        // The next connection finds no worker: the daemon stops, non-zero.
+        let _ = UnixStream::connect(&d.socket);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = d.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "portresd kept running without workers"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(!status.success(), "{status}");
+        assert!(!kernel_reserved().contains(start as u16));
+    }
+);
+
+use portres_tests::{cpu_ticks, rss_mib, settled_rss_mib};
 
 /// Starts `portres-stress ARGS…` as uid `uid` (root: as is) against
 /// `socket`; returns the child and its first line of output.
@@ -618,49 +511,47 @@ fn stress_as(socket: &std::path::Path, uid: u32, args: &[&str]) -> (std::process
 
 const NOBODY: u32 = 65534;
 
-#[test]
-fn one_unprivileged_user_cannot_pin_daemon_memory_with_unread_replies() {
-    let Some(_ns) = netns("one_unprivileged_user_cannot_pin_daemon_memory_with_unread_replies")
-    else {
-        return;
-    };
-    let dir = open_tempdir();
-    let d = ProcessDaemon::start(dir.path(), &[]);
-    let pid = d.child.id();
-    let before = rss_mib(pid);
-    // 300 connections, each pipelining ~36 KiB of calls whose replies
-    // (the interface description, ~3 KiB each) nobody reads: ~400 MiB of
-    // replies if the daemon produced them all.
-    let (mut flood, line) = stress_as(&d.socket, NOBODY, &["unread", "300", "36864"]);
-    let during = settled_rss_mib(pid);
-    // Everyone else is served meanwhile.
-    assert!(d.client().status().is_ok());
-    let _ = flood.kill();
-    let _ = flood.wait();
-    // Once they leave, the memory comes back.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut after = rss_mib(pid);
-    while after > before + 16 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-        after = rss_mib(pid);
+nstest!(
+    one_unprivileged_user_cannot_pin_daemon_memory_with_unread_replies,
+    |_| {
+        let dir = open_tempdir();
+        let d = ProcessDaemon::start(dir.path(), &[]);
+        let pid = d.child.id();
+        let before = rss_mib(pid);
+        // 300 connections, each pipelining ~36 KiB of calls whose replies
+        // (the interface description, ~3 KiB each) nobody reads: ~400 MiB of
+        // replies if the daemon produced them all.
+        let (mut flood, line) = stress_as(&d.socket, NOBODY, &["unread", "300", "36864"]);
+        let during = settled_rss_mib(pid);
+        // Everyone else is served meanwhile.
+        assert!(d.client().status().is_ok());
+        let _ = flood.kill();
+        let _ = flood.wait();
+        // Once they leave, the memory comes back.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut after = rss_mib(pid);
+        while after > before + 16 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            after = rss_mib(pid);
+        }
+        eprintln!(
+            "unread replies ({line}): daemon RSS {before} MiB -> {during} MiB under the flood -> {after} MiB after it left"
+        );
+        assert!(
+            during < before + 64,
+            "one user's unread replies grew the daemon from {before} to {during} MiB"
+        );
+        assert!(
+            after <= before + 16,
+            "RSS did not come back after the flood: {before} -> {after} MiB"
+        );
     }
-    eprintln!(
-        "unread replies ({line}): daemon RSS {before} MiB -> {during} MiB under the flood -> {after} MiB after it left"
-    );
-    assert!(
-        during < before + 64,
-        "one user's unread replies grew the daemon from {before} to {during} MiB"
-    );
-    assert!(
-        after <= before + 16,
-        "RSS did not come back after the flood: {before} -> {after} MiB"
-    );
-}
+);
 
 /// `portresd` in `dir` under RLIMIT_NOFILE `nofile` (soft and hard, via
 /// `prlimit`), log in `dir/portresd.log`.
-fn daemon_with_nofile(dir: &std::path::Path, nofile: u32) -> support::Daemon {
-    let inner = support::daemon_command(dir, &[]);
+fn daemon_with_nofile(dir: &std::path::Path, nofile: u32) -> ProcessDaemon {
+    let inner = portres_tests::daemon_command(dir, &[]);
     let mut cmd = std::process::Command::new("prlimit");
     cmd.arg(format!("--nofile={nofile}:{nofile}"))
         .arg("--")
@@ -671,14 +562,8 @@ fn daemon_with_nofile(dir: &std::path::Path, nofile: u32) -> support::Daemon {
         .env_remove("RUST_LOG")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(support::append(&dir.join("portresd.log")));
-    let mut d = support::Daemon {
-        child: cmd.spawn().expect("spawn prlimit portresd"),
-        socket: dir.join("portres.sock"),
-        log: dir.join("portresd.log"),
-    };
-    d.wait_ready(Duration::from_secs(20));
-    d
+        .stderr(portres_tests::append(&dir.join("portresd.log")));
+    ProcessDaemon::spawn(cmd, dir)
 }
 
 /// Root's whole round trip on a fresh connection, with a deadline (a
@@ -722,11 +607,7 @@ fn root_is_served(socket: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-#[test]
-fn a_descriptor_flood_by_one_user_leaves_root_served() {
-    let Some(_ns) = netns("a_descriptor_flood_by_one_user_leaves_root_served") else {
-        return;
-    };
+nstest!(a_descriptor_flood_by_one_user_leaves_root_served, |_| {
     let dir = open_tempdir();
     let d = daemon_with_nofile(dir.path(), 256);
     let pid = d.child.id();
@@ -756,55 +637,53 @@ fn a_descriptor_flood_by_one_user_leaves_root_served() {
         "{}",
         d.log_tail(20)
     );
-}
+});
 
-#[test]
-fn out_of_descriptors_accepting_pauses_instead_of_spinning_and_resumes() {
-    let Some(_ns) = netns("out_of_descriptors_accepting_pauses_instead_of_spinning_and_resumes")
-    else {
-        return;
-    };
-    let dir = open_tempdir();
-    let d = daemon_with_nofile(dir.path(), 128);
-    let pid = d.child.id();
-    // Root is exempt from the unprivileged budget: its 200 connections
-    // run the daemon out of descriptors.
-    let (mut flood, line) = stress_as(&d.socket, 0, &["flood", "200", "0"]);
-    let accept_lines = |log: &str| log.lines().filter(|l| l.contains("accept failed")).count();
-    let log_before = std::fs::read_to_string(&d.log).unwrap();
-    let ticks_before = cpu_ticks(pid);
-    let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(3));
-    let ticks = cpu_ticks(pid) - ticks_before;
-    let secs = t0.elapsed().as_secs_f64();
-    let log = std::fs::read_to_string(&d.log).unwrap();
-    let lines = accept_lines(&log) - accept_lines(&log_before);
-    let _ = flood.kill();
-    let _ = flood.wait();
-    // Once the flood is gone, new connections are accepted and served.
-    assert!(
-        eventually(|| root_is_served(&d.socket).is_ok()),
-        "accepting never resumed: {}",
-        d.log_tail(10)
-    );
-    let tck = 100.0; // USER_HZ on Linux
-    let cpu = ticks as f64 / tck / secs;
-    eprintln!(
-        "out of descriptors ({line}): {:.0}% of a CPU, {lines} accept log line(s) in {secs:.1} s, {} bytes of log",
-        cpu * 100.0,
-        log.len()
-    );
-    assert!(
-        accept_lines(&log) >= 1,
-        "EMFILE was never hit: {}",
-        d.log_tail(10)
-    );
-    assert!(
-        lines as f64 <= secs + 1.0,
-        "{lines} accept log lines in {secs:.1} s"
-    );
-    assert!(cpu < 0.2, "the daemon spun at {:.0}% of a CPU", cpu * 100.0);
-}
+nstest!(
+    out_of_descriptors_accepting_pauses_instead_of_spinning_and_resumes,
+    |_| {
+        let dir = open_tempdir();
+        let d = daemon_with_nofile(dir.path(), 128);
+        let pid = d.child.id();
+        // Root is exempt from the unprivileged budget: its 200 connections
+        // run the daemon out of descriptors.
+        let (mut flood, line) = stress_as(&d.socket, 0, &["flood", "200", "0"]);
+        let accept_lines = |log: &str| log.lines().filter(|l| l.contains("accept failed")).count();
+        let log_before = std::fs::read_to_string(&d.log).unwrap();
+        let ticks_before = cpu_ticks(pid);
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs(3));
+        let ticks = cpu_ticks(pid) - ticks_before;
+        let secs = t0.elapsed().as_secs_f64();
+        let log = std::fs::read_to_string(&d.log).unwrap();
+        let lines = accept_lines(&log) - accept_lines(&log_before);
+        let _ = flood.kill();
+        let _ = flood.wait();
+        // Once the flood is gone, new connections are accepted and served.
+        assert!(
+            eventually(|| root_is_served(&d.socket).is_ok()),
+            "accepting never resumed: {}",
+            d.log_tail(10)
+        );
+        let tck = 100.0; // USER_HZ on Linux
+        let cpu = ticks as f64 / tck / secs;
+        eprintln!(
+            "out of descriptors ({line}): {:.0}% of a CPU, {lines} accept log line(s) in {secs:.1} s, {} bytes of log",
+            cpu * 100.0,
+            log.len()
+        );
+        assert!(
+            accept_lines(&log) >= 1,
+            "EMFILE was never hit: {}",
+            d.log_tail(10)
+        );
+        assert!(
+            lines as f64 <= secs + 1.0,
+            "{lines} accept log lines in {secs:.1} s"
+        );
+        assert!(cpu < 0.2, "the daemon spun at {:.0}% of a CPU", cpu * 100.0);
+    }
+);
 
 /// Uids no other test runs processes as, one per test: RLIMIT_NPROC counts
 /// every thread of the uid.
@@ -840,7 +719,7 @@ fn daemon_under_nproc(
         .env_remove("RUST_LOG")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(support::append(&dir.join("portresd.log")));
+        .stderr(portres_tests::append(&dir.join("portresd.log")));
     let mut child = cmd.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -848,7 +727,7 @@ fn daemon_under_nproc(
         // start, and one that cannot start them exits.
         if let Ok(s) = UnixStream::connect(home.join("portres.sock")) {
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let answered = Raw(s).reply_to_status().is_some();
+            let answered = reply_to_status(&mut Raw(s)).is_some();
             if answered && child.try_wait().unwrap().is_none() {
                 return Some(child);
             }
@@ -883,142 +762,131 @@ fn thread_limited_daemon(
     (child, dir.join("home/portres.sock"))
 }
 
-#[test]
-fn under_a_thread_limit_list_answers_internal_and_the_worker_survives() {
-    let Some(_ns) = netns("under_a_thread_limit_list_answers_internal_and_the_worker_survives")
-    else {
-        return;
-    };
-    let dir = open_tempdir();
-    // No thread to spare: the List dump's thread is refused by the OS, as
-    // under a pids limit.
-    let (mut child, socket) = thread_limited_daemon(THREAD_LIMITED_UIDS[0], dir.path(), 0, "");
-    let mut raw = Raw::connect(&socket);
-    let v = raw.call("io.portres.Acquire", json!({"protocol": "tcp", "count": 2}));
-    assert_eq!(v["parameters"]["reservation"]["count"], 2, "{v}");
-    raw.send(&frame("io.portres.List", json!({}), false), &[]);
-    let listed = raw.reply();
-    let status = raw.reply_to_status();
-    let other = Raw::connect(&socket).reply_to_status();
-    let _ = child.kill();
-    let _ = child.wait();
-    let listed = listed.expect("List is answered, the connection stays");
-    assert_eq!(code(&listed), "internal", "{listed}");
-    assert!(
-        listed["parameters"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("thread")),
-        "{listed}"
-    );
-    let status = status.expect("the same connection goes on");
-    assert_eq!(status["parameters"]["runtime"], 1, "{status}");
-    assert!(
-        other.is_some_and(|v| is_status_reply(&v)),
-        "a new connection is served (its worker is alive)"
-    );
-}
-
-#[test]
-fn one_user_gets_at_most_four_list_dump_threads_at_once() {
-    let Some(_ns) = netns("one_user_gets_at_most_four_list_dump_threads_at_once") else {
-        return;
-    };
-    let dir = open_tempdir();
-    // Room for four dump threads; twelve Lists, each dump 200 ms long
-    // (a test-only fault), arrive at once.
-    let (mut child, socket) =
-        thread_limited_daemon(THREAD_LIMITED_UIDS[1], dir.path(), 4, "slow-list");
-    let mut conns: Vec<Raw> = (0..12).map(|_| Raw::connect(&socket)).collect();
-    for c in &mut conns {
-        assert!(c.reply_to_status().is_some());
-    }
-    // Something to list, so each List makes a socket-table dump (ms).
-    for proto in ["tcp", "udp"] {
-        let v = conns[0].call("io.portres.Acquire", json!({"protocol": proto, "count": 8}));
-        assert_eq!(v["parameters"]["reservation"]["count"], 8, "{v}");
-    }
-    freeze(child.id());
-    for c in &conns {
-        c.send(&frame("io.portres.List", json!({}), false), &[]);
-    }
-    thaw(child.id());
-    let replies: Vec<Option<Value>> = conns.iter_mut().map(Raw::reply).collect();
-    let _ = child.kill();
-    let _ = child.wait();
-    let failed: Vec<String> = replies
-        .iter()
-        .filter(|r| {
-            r.as_ref()
-                .is_none_or(|v| v["parameters"]["reservations"].is_null())
-        })
-        .map(|r| format!("{r:?}"))
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "{} of 12 Lists failed: {failed:?}",
-        failed.len()
-    );
-}
-
-impl Raw {
-    /// Sends Status and reads its reply (`None`: closed or timed out).
-    fn reply_to_status(&mut self) -> Option<Value> {
-        portres_proto::fdpass::send_with_fds(
-            self.0.as_fd(),
-            &frame("io.portres.Status", json!({}), false),
-            &[],
-        )
-        .ok()?;
-        self.reply()
-    }
-}
-
-#[test]
-fn a_daemon_stopping_while_clients_connect_exits_cleanly() {
-    let Some(_ns) = netns("a_daemon_stopping_while_clients_connect_exits_cleanly") else {
-        return;
-    };
-    // The workers stop with the daemon; a connection accepted meanwhile
-    // must neither spin the front (handing it to stopped workers) nor turn
-    // the clean stop into a failure.
-    for round in 0..10 {
+nstest!(
+    under_a_thread_limit_list_answers_internal_and_the_worker_survives,
+    |_| {
         let dir = open_tempdir();
-        let mut d = support::Daemon::start(dir.path(), &["--workers", "2"]);
-        let socket = d.socket.clone();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let hammer = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let _ = UnixStream::connect(&socket);
-                }
-            })
-        };
-        std::thread::sleep(Duration::from_millis(20));
-        let pid = rustix::process::Pid::from_raw(d.child.id() as i32).unwrap();
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = d.child.try_wait().unwrap() {
-                break Some(status);
-            }
-            if Instant::now() > deadline {
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        hammer.join().unwrap();
-        let status = status.unwrap_or_else(|| {
-            panic!(
-                "round {round}: portresd did not stop within 10 s; log:\n{}",
-                d.log_tail(10)
-            )
-        });
+        // No thread to spare: the List dump's thread is refused by the OS, as
+        // under a pids limit.
+        let (mut child, socket) = thread_limited_daemon(THREAD_LIMITED_UIDS[0], dir.path(), 0, "");
+        let mut raw = Raw::connect(&socket);
+        let v = raw.call("io.portres.Acquire", json!({"protocol": "tcp", "count": 2}));
+        assert_eq!(v["parameters"]["reservation"]["count"], 2, "{v}");
+        raw.send(&frame("io.portres.List", json!({}), false), &[]);
+        let listed = raw.reply();
+        let status = reply_to_status(&mut raw);
+        let other = reply_to_status(&mut Raw::connect(&socket));
+        let _ = child.kill();
+        let _ = child.wait();
+        let listed = listed.expect("List is answered, the connection stays");
+        assert_eq!(code(&listed), "internal", "{listed}");
         assert!(
-            status.success(),
-            "round {round}: {status}; log:\n{}",
-            d.log_tail(10)
+            listed["parameters"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("thread")),
+            "{listed}"
+        );
+        let status = status.expect("the same connection goes on");
+        assert_eq!(status["parameters"]["runtime"], 1, "{status}");
+        assert!(
+            other.is_some_and(|v| is_status_reply(&v)),
+            "a new connection is served (its worker is alive)"
         );
     }
+);
+
+nstest!(
+    one_user_gets_at_most_four_list_dump_threads_at_once,
+    |_test| {
+        let dir = open_tempdir();
+        // Room for four dump threads; twelve Lists, each dump 200 ms long
+        // (a test-only fault), arrive at once.
+        let (mut child, socket) =
+            thread_limited_daemon(THREAD_LIMITED_UIDS[1], dir.path(), 4, "slow-list");
+        let mut conns: Vec<Raw> = (0..12).map(|_| Raw::connect(&socket)).collect();
+        for c in &mut conns {
+            assert!(reply_to_status(c).is_some());
+        }
+        // Something to list, so each List makes a socket-table dump (ms).
+        for proto in ["tcp", "udp"] {
+            let v = conns[0].call("io.portres.Acquire", json!({"protocol": proto, "count": 8}));
+            assert_eq!(v["parameters"]["reservation"]["count"], 8, "{v}");
+        }
+        freeze(child.id());
+        for c in &conns {
+            c.send(&frame("io.portres.List", json!({}), false), &[]);
+        }
+        thaw(child.id());
+        let replies: Vec<Option<Value>> = conns.iter_mut().map(Raw::reply).collect();
+        let _ = child.kill();
+        let _ = child.wait();
+        let failed: Vec<String> = replies
+            .iter()
+            .filter(|r| {
+                r.as_ref()
+                    .is_none_or(|v| v["parameters"]["reservations"].is_null())
+            })
+            .map(|r| format!("{r:?}"))
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{} of 12 Lists failed: {failed:?}",
+            failed.len()
+        );
+    }
+);
+
+/// Sends Status on `raw` and reads its reply (`None`: closed or timed
+/// out).
+fn reply_to_status(raw: &mut Raw) -> Option<Value> {
+    raw.request(&frame("io.portres.Status", json!({}), false), &[])
 }
+
+nstest!(
+    a_daemon_stopping_while_clients_connect_exits_cleanly,
+    |_| {
+        // The workers stop with the daemon; a connection accepted meanwhile
+        // must neither spin the front (handing it to stopped workers) nor turn
+        // the clean stop into a failure.
+        for round in 0..10 {
+            let dir = open_tempdir();
+            let mut d = ProcessDaemon::start(dir.path(), &["--workers", "2"]);
+            let socket = d.socket.clone();
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let hammer = {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = UnixStream::connect(&socket);
+                    }
+                })
+            };
+            std::thread::sleep(Duration::from_millis(20));
+            let pid = rustix::process::Pid::from_raw(d.child.id() as i32).unwrap();
+            rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let status = loop {
+                if let Some(status) = d.child.try_wait().unwrap() {
+                    break Some(status);
+                }
+                if Instant::now() > deadline {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            hammer.join().unwrap();
+            let status = status.unwrap_or_else(|| {
+                panic!(
+                    "round {round}: portresd did not stop within 10 s; log:\n{}",
+                    d.log_tail(10)
+                )
+            });
+            assert!(
+                status.success(),
+                "round {round}: {status}; log:\n{}",
+                d.log_tail(10)
+            );
+        }
+    }
+);

@@ -137,126 +137,120 @@ fn window_run(test: &str, reservations: u16, seconds: u64) -> Option<WindowFigur
     Some(figures)
 }
 
-#[test]
-fn a_long_reserved_list_never_lacks_a_reserved_port_while_another_session_churns() {
-    let Some(f) = window_run(
-        "a_long_reserved_list_never_lacks_a_reserved_port_while_another_session_churns",
-        4000,
-        3,
-    ) else {
-        return;
-    };
-    assert_eq!((f.reads_missing, f.stranger_hits), (0, 0), "{f:?}");
-}
-
-#[test]
-#[ignore = "long run (4000 reservations, 60 s): scripts/reliability window"]
-fn long_run_window_4000_reservations_no_stray_ports() {
-    let Some(f) = window_run(
-        "long_run_window_4000_reservations_no_stray_ports",
-        knob("PORTRES_WINDOW_RESERVATIONS", 4000) as u16,
-        knob("PORTRES_WINDOW_SECONDS", 60),
-    ) else {
-        return;
-    };
-    assert_eq!((f.reads_missing, f.stranger_hits), (0, 0), "{f:?}");
-}
-
-#[test]
-fn a_refused_acquire_leaves_no_block_in_the_kernel_and_status_shows_the_kernels_value() {
-    let Some(_ns) =
-        netns("a_refused_acquire_leaves_no_block_in_the_kernel_and_status_shows_the_kernels_value")
-    else {
-        return;
-    };
-    set_kernel_reserved("1000");
-    let d = InProcessDaemon::start(|_| {});
-    // A stranger's socket on the last port of the block asked for: every
-    // Acquire of it probes 16384 ports (tens of milliseconds) and is
-    // refused.
-    let _stranger = TcpListener::bind((Ipv4Addr::LOCALHOST, 57387)).unwrap();
-    let churn = d.client();
-    let asker = d.client();
-    for _ in 0..5 {
-        // A release just before: the shrink flushes that follow run while
-        // the candidate sits in the table, and write it into the kernel.
-        churn
-            .acquire(Protocol::Tcp, 0, 1)
-            .unwrap()
-            .release()
-            .unwrap();
-        let err = asker.acquire(Protocol::Tcp, 41004, 16384).unwrap_err();
-        assert_eq!(err.code, ErrorCode::SharingViolation, "{err:?}");
+named_test!(
+    a_long_reserved_list_never_lacks_a_reserved_port_while_another_session_churns,
+    |test| {
+        let Some(f) = window_run(test, 4000, 3) else {
+            return;
+        };
+        assert_eq!((f.reads_missing, f.stranger_hits), (0, 0), "{f:?}");
     }
-    let client = d.client();
-    let held = client.acquire(Protocol::Udp, 50000, 2).unwrap();
-    let ok = eventually(|| kernel_reserved().to_string() == "1000,50000-50001");
-    let status = client.status().unwrap();
-    assert!(
-        ok,
-        "after the refusals the kernel holds {}",
-        kernel_reserved()
-    );
-    assert_eq!(status.reserved_ports, kernel_reserved().to_string());
-    drop(held);
-}
+);
 
-#[test]
-fn a_list_someone_else_rewrote_is_restored_within_a_second_and_logged() {
-    let Some(_ns) = netns("a_list_someone_else_rewrote_is_restored_within_a_second_and_logged")
-    else {
-        return;
-    };
-    set_kernel_reserved("1000");
-    let dir = open_tempdir();
-    let d = ProcessDaemon::start(dir.path(), &[]);
-    let client = d.client();
-    let held = client.acquire(Protocol::Tcp, 40000, 100).unwrap();
-    assert_eq!(kernel_reserved().to_string(), "1000,40000-40099");
-    // The admin's `sysctl --system`, as far as this list goes.
-    set_kernel_reserved("1000,2000");
-    let changed = Instant::now();
-    let restored = eventually(|| kernel_reserved().to_string() == "1000,40000-40099");
-    let took = changed.elapsed();
-    assert!(restored, "still {}", kernel_reserved());
-    assert!(took < Duration::from_secs(2), "took {took:?}");
-    eprintln!("restored after {took:?}");
-    // Status agrees, and a second check finds nothing to do.
-    assert_eq!(client.status().unwrap().reserved_ports, "1000,40000-40099");
-    std::thread::sleep(Duration::from_millis(1200));
-    drop(held);
-    drop(client);
-    let log = d.terminate();
-    let incidents: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("someone else changed ip_local_reserved_ports"))
-        .collect();
-    assert_eq!(incidents.len(), 1, "one line per incident: {log}");
-    assert!(
-        incidents[0].contains("\"1000,40000-40099\"") && incidents[0].contains("\"1000,2000\""),
-        "old and new value: {}",
-        incidents[0]
-    );
-}
+named_test!(
+    #[ignore = "long run (4000 reservations, 60 s): scripts/reliability window"]
+    long_run_window_4000_reservations_no_stray_ports,
+    |test| {
+        let Some(f) = window_run(
+            test,
+            knob("PORTRES_WINDOW_RESERVATIONS", 4000) as u16,
+            knob("PORTRES_WINDOW_SECONDS", 60),
+        ) else {
+            return;
+        };
+        assert_eq!((f.reads_missing, f.stranger_hits), (0, 0), "{f:?}");
+    }
+);
 
-#[test]
-fn the_baselines_ports_cannot_be_acquired_with_an_explicit_start() {
-    let Some(_ns) = netns("the_baselines_ports_cannot_be_acquired_with_an_explicit_start") else {
-        return;
-    };
-    set_kernel_reserved("40000-40009");
-    let d = InProcessDaemon::start(|_| {});
-    let client = d.client();
-    for (start, count) in [(40000, 1), (39995, 10), (40009, 5)] {
-        let err = client.acquire(Protocol::Tcp, start, count).unwrap_err();
-        assert_eq!(
-            err.code,
-            ErrorCode::SharingViolation,
-            "{start}+{count}: {err:?}"
+nstest!(
+    a_refused_acquire_leaves_no_block_in_the_kernel_and_status_shows_the_kernels_value,
+    |_| {
+        set_kernel_reserved("1000");
+        let d = InProcessDaemon::start(|_| {});
+        // A stranger's socket on the last port of the block asked for: every
+        // Acquire of it probes 16384 ports (tens of milliseconds) and is
+        // refused.
+        let _stranger = TcpListener::bind((Ipv4Addr::LOCALHOST, 57387)).unwrap();
+        let churn = d.client();
+        let asker = d.client();
+        for _ in 0..5 {
+            // A release just before: the shrink flushes that follow run while
+            // the candidate sits in the table, and write it into the kernel.
+            churn
+                .acquire(Protocol::Tcp, 0, 1)
+                .unwrap()
+                .release()
+                .unwrap();
+            let err = asker.acquire(Protocol::Tcp, 41004, 16384).unwrap_err();
+            assert_eq!(err.code, ErrorCode::SharingViolation, "{err:?}");
+        }
+        let client = d.client();
+        let held = client.acquire(Protocol::Udp, 50000, 2).unwrap();
+        let ok = eventually(|| kernel_reserved().to_string() == "1000,50000-50001");
+        let status = client.status().unwrap();
+        assert!(
+            ok,
+            "after the refusals the kernel holds {}",
+            kernel_reserved()
         );
-        assert!(err.message.contains("baseline"), "{}", err.message);
+        assert_eq!(status.reserved_ports, kernel_reserved().to_string());
+        drop(held);
     }
-    // Beside it is fine, and nothing leaked into the list.
-    let _next = client.acquire(Protocol::Tcp, 40010, 1).unwrap();
-    assert_eq!(kernel_reserved().to_string(), "40000-40010");
-}
+);
+
+nstest!(
+    a_list_someone_else_rewrote_is_restored_within_a_second_and_logged,
+    |_| {
+        set_kernel_reserved("1000");
+        let dir = open_tempdir();
+        let d = ProcessDaemon::start(dir.path(), &[]);
+        let client = d.client();
+        let held = client.acquire(Protocol::Tcp, 40000, 100).unwrap();
+        assert_eq!(kernel_reserved().to_string(), "1000,40000-40099");
+        // The admin's `sysctl --system`, as far as this list goes.
+        set_kernel_reserved("1000,2000");
+        let changed = Instant::now();
+        let restored = eventually(|| kernel_reserved().to_string() == "1000,40000-40099");
+        let took = changed.elapsed();
+        assert!(restored, "still {}", kernel_reserved());
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        eprintln!("restored after {took:?}");
+        // Status agrees, and a second check finds nothing to do.
+        assert_eq!(client.status().unwrap().reserved_ports, "1000,40000-40099");
+        std::thread::sleep(Duration::from_millis(1200));
+        drop(held);
+        drop(client);
+        let log = d.terminate();
+        let incidents: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("someone else changed ip_local_reserved_ports"))
+            .collect();
+        assert_eq!(incidents.len(), 1, "one line per incident: {log}");
+        assert!(
+            incidents[0].contains("\"1000,40000-40099\"") && incidents[0].contains("\"1000,2000\""),
+            "old and new value: {}",
+            incidents[0]
+        );
+    }
+);
+
+nstest!(
+    the_baselines_ports_cannot_be_acquired_with_an_explicit_start,
+    |_| {
+        set_kernel_reserved("40000-40009");
+        let d = InProcessDaemon::start(|_| {});
+        let client = d.client();
+        for (start, count) in [(40000, 1), (39995, 10), (40009, 5)] {
+            let err = client.acquire(Protocol::Tcp, start, count).unwrap_err();
+            assert_eq!(
+                err.code,
+                ErrorCode::SharingViolation,
+                "{start}+{count}: {err:?}"
+            );
+            assert!(err.message.contains("baseline"), "{}", err.message);
+        }
+        // Beside it is fine, and nothing leaked into the list.
+        let _next = client.acquire(Protocol::Tcp, 40010, 1).unwrap();
+        assert_eq!(kernel_reserved().to_string(), "40000-40010");
+    }
+);

@@ -18,16 +18,14 @@
 //! The wire tests need no root (kernel sync off); those that bind sockets
 //! run in a private network namespace.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use portres::{Block, CreateOptions, ErrorCode, Protocol};
 use portres_daemon::KernelSync;
-use portres_tests::{InProcessDaemon, cli, netns, open_tempdir, run};
+use portres_tests::{InProcessDaemon, cli, open_tempdir, run};
 use serde_json::{Value, json};
 
 /// A daemon that leaves the kernel alone: the wire tests run without root.
@@ -35,48 +33,37 @@ fn wire_daemon() -> InProcessDaemon {
     InProcessDaemon::start(|c| c.kernel_sync = KernelSync::Off)
 }
 
-/// One raw connection speaking the wire by hand.
-struct Raw(UnixStream);
+use portres_tests::RawClient as Raw;
 
-impl Raw {
-    fn connect(socket: &Path) -> Raw {
-        let s = UnixStream::connect(socket).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Raw(s)
-    }
-
+/// What these tests add to the raw client: frames written without their
+/// NUL, and replies that must come.
+trait Frames {
     /// Sends `frame` (a NUL is appended).
-    fn send(&mut self, frame: &[u8]) {
+    fn send_frame(&mut self, frame: &[u8]);
+    /// Reads one reply; panics if the daemon closed or stalled.
+    fn answer(&mut self) -> Value;
+    /// Sends `frame` and reads its reply.
+    fn exchange(&mut self, frame: &[u8]) -> Value;
+    /// Asserts the connection still works (a Status is answered).
+    fn still_serves(&mut self);
+}
+
+impl Frames for Raw {
+    fn send_frame(&mut self, frame: &[u8]) {
         let mut bytes = frame.to_vec();
         bytes.push(0);
         self.0.write_all(&bytes).unwrap();
     }
 
-    /// Reads one reply.
-    fn reply(&mut self) -> Value {
-        let mut buf = Vec::new();
-        let mut byte = [0u8; 1];
-        loop {
-            match self.0.read(&mut byte) {
-                Ok(1) if byte[0] == 0 => break,
-                Ok(1) => buf.push(byte[0]),
-                other => panic!("the daemon closed or stalled: {other:?}"),
-            }
-        }
-        serde_json::from_slice(&buf).expect("replies are JSON")
+    fn answer(&mut self) -> Value {
+        self.reply().expect("the daemon closed or stalled")
     }
 
     fn exchange(&mut self, frame: &[u8]) -> Value {
-        self.send(frame);
-        self.reply()
+        self.send_frame(frame);
+        self.answer()
     }
 
-    fn call(&mut self, method: &str, parameters: Value) -> Value {
-        let frame = serde_json::to_vec(&json!({"method": method, "parameters": parameters}));
-        self.exchange(&frame.unwrap())
-    }
-
-    /// Asserts the connection still works (a Status is answered).
     #[track_caller]
     fn still_serves(&mut self) {
         let v = self.call("io.portres.Status", json!({}));
@@ -298,14 +285,14 @@ fn more_on_a_method_that_does_not_stream_is_answered_as_a_plain_call() {
     let mut raw = Raw::connect(&d.socket);
     // Pipelined: a `more` List, then a plain Status. Exactly one reply each,
     // in order, neither with `continues`.
-    raw.send(br#"{"method":"io.portres.List","parameters":{},"more":true}"#);
-    raw.send(br#"{"method":"io.portres.Status","more":true}"#);
-    raw.send(br#"{"method":"io.portres.Status"}"#);
-    let list = raw.reply();
+    raw.send_frame(br#"{"method":"io.portres.List","parameters":{},"more":true}"#);
+    raw.send_frame(br#"{"method":"io.portres.Status","more":true}"#);
+    raw.send_frame(br#"{"method":"io.portres.Status"}"#);
+    let list = raw.answer();
     assert!(list["parameters"]["reservations"].is_array(), "{list}");
     assert!(list.get("continues").is_none(), "{list}");
     for _ in 0..2 {
-        let status = raw.reply();
+        let status = raw.answer();
         assert_eq!(status["parameters"]["wire_version"], 1, "{status}");
         assert!(status.get("continues").is_none(), "{status}");
     }
@@ -401,10 +388,7 @@ fn varlink_python(test: &str) -> Option<PathBuf> {
     };
     let how = "run the varlink step of .ci/run (python3 -m venv target/venv-varlink && \
                target/venv-varlink/bin/pip install varlink==31.0.0) or set PORTRES_VARLINK_PYTHON";
-    if std::env::var_os("PORTRES_REQUIRE_PRIVILEGED_TESTS").is_some_and(|v| v == "1") {
-        panic!("{test}: {why}; {how} (PORTRES_REQUIRE_PRIVILEGED_TESTS=1)");
-    }
-    eprintln!("SKIPPED {test}: {why}; {how}");
+    portres_tests::skip(test, format_args!("{why}; {how}"));
     None
 }
 
@@ -418,139 +402,138 @@ fn varlink_cli(python: &Path, args: &[&str]) -> (bool, String, String) {
     (out.status.success(), stdout, stderr)
 }
 
-#[test]
-fn the_official_python_varlink_package_drives_the_daemon() {
-    let test = "the_official_python_varlink_package_drives_the_daemon";
-    let Some(python) = varlink_python(test) else {
-        return;
-    };
-    let d = wire_daemon();
-    let address = format!("unix:{}", d.socket.display());
-
-    // `varlink info`.
-    let (ok, out, err) = varlink_cli(&python, &["info", &address]);
-    assert!(ok, "info failed: {err}");
-    for line in [
-        "Vendor: portres",
-        "Product: portresd",
-        "org.varlink.service",
-        "io.portres",
-    ] {
-        assert!(out.contains(line), "info lacks {line:?}: {out}");
-    }
-    assert!(!out.contains("example.invalid"), "{out}");
-
-    // `varlink help` of both interfaces: the description, parsed by the
-    // package's own IDL parser, printed back.
-    for (interface, file) in [
-        ("io.portres", "io.portres.varlink"),
-        ("org.varlink.service", "org.varlink.service.varlink"),
-    ] {
-        let (ok, out, err) = varlink_cli(&python, &["help", &format!("{address}/{interface}")]);
-        assert!(ok && err.is_empty(), "help {interface} failed: {err}");
-        let want = std::fs::read_to_string(docs().join(file)).unwrap();
-        assert_eq!(out.trim_end(), want.trim_end(), "help {interface}");
-    }
-
-    // `varlink call`, plain and with --more.
-    for more in [&[][..], &["--more"][..]] {
-        let mut args = vec!["call"];
-        args.extend_from_slice(more);
-        let method = format!("{address}/io.portres.Status");
-        args.push(&method);
-        let (ok, out, err) = varlink_cli(&python, &args);
-        assert!(ok && err.is_empty(), "call Status {more:?} failed: {err}");
-        let v: Value = serde_json::from_str(&out).expect("one JSON reply");
-        assert_eq!(v["wire_version"], 1, "{out}");
-    }
-    let (_, out, err) = varlink_cli(
-        &python,
-        &["call", &format!("{address}/io.portres.Frobnicate")],
-    );
-    assert!(
-        err.contains("org.varlink.service.MethodNotFound") && err.contains("io.portres.Frobnicate"),
-        "stdout {out}, stderr {err}"
-    );
-    let (_, out, err) = varlink_cli(
-        &python,
-        &[
-            "call",
-            &format!("{address}/io.portres.Acquire"),
-            r#"{"protocol":"sctp"}"#,
-        ],
-    );
-    assert!(
-        err.contains("org.varlink.service.InvalidParameter") && err.contains("protocol"),
-        "stdout {out}, stderr {err}"
-    );
-    let (_, out, err) = varlink_cli(
-        &python,
-        &["call", &format!("{address}/com.example.Thing.Do")],
-    );
-    assert!(
-        err.contains("org.varlink.service.InterfaceNotFound"),
-        "stdout {out}, stderr {err}"
-    );
-
-    // varlink.Client from a script: typed calls, MethodNotFound,
-    // InvalidParameter and InterfaceNotFound as the package's exceptions.
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/varlink/client_check.py");
-    let mut cmd = Command::new(&python);
-    cmd.arg(&script).arg(&address).stdin(Stdio::null());
-    let (out, stdout, stderr) = run(cmd);
-    assert!(
-        out.status.success() && stdout.contains("all checks passed"),
-        "client_check.py failed:\n{stdout}\n{stderr}"
-    );
-    // Every session the tools opened is gone again.
-    assert!(
-        portres_tests::eventually(|| d.client().status().unwrap().sessions == 1),
-        "sessions left behind"
-    );
-}
-
-#[test]
-fn a_v4_mapped_address_on_a_v6only_socket_is_invalid_parameter_and_leaves_it_unbound() {
-    let Some(_ns) =
-        netns("a_v4_mapped_address_on_a_v6only_socket_is_invalid_parameter_and_leaves_it_unbound")
-    else {
-        return;
-    };
-    let d = InProcessDaemon::start(|_| {});
-    let client = d.client();
-    for protocol in Protocol::ALL {
-        let res = client.acquire(protocol, 0, 2).unwrap();
-        let kind = match protocol {
-            Protocol::Tcp => socket2::Type::STREAM,
-            Protocol::Udp => socket2::Type::DGRAM,
+named_test!(
+    the_official_python_varlink_package_drives_the_daemon,
+    |test| {
+        let Some(python) = varlink_python(test) else {
+            return;
         };
-        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-        let v6only = socket2::Socket::new(socket2::Domain::IPV6, kind, None).unwrap();
-        v6only.set_only_v6(true).unwrap();
-        let err = res.bind_socket(&v6only, mapped).unwrap_err();
-        assert_eq!(err.code, ErrorCode::InvalidParameter, "{protocol}: {err}");
-        assert!(
-            err.message.contains("IPV6_V6ONLY") && err.message.contains("v4-mapped"),
-            "{err}"
+        let d = wire_daemon();
+        let address = format!("unix:{}", d.socket.display());
+
+        // `varlink info`.
+        let (ok, out, err) = varlink_cli(&python, &["info", &address]);
+        assert!(ok, "info failed: {err}");
+        for line in [
+            "Vendor: portres",
+            "Product: portresd",
+            "org.varlink.service",
+            "io.portres",
+        ] {
+            assert!(out.contains(line), "info lacks {line:?}: {out}");
+        }
+        assert!(!out.contains("example.invalid"), "{out}");
+
+        // `varlink help` of both interfaces: the description, parsed by the
+        // package's own IDL parser, printed back.
+        for (interface, file) in [
+            ("io.portres", "io.portres.varlink"),
+            ("org.varlink.service", "org.varlink.service.varlink"),
+        ] {
+            let (ok, out, err) = varlink_cli(&python, &["help", &format!("{address}/{interface}")]);
+            assert!(ok && err.is_empty(), "help {interface} failed: {err}");
+            let want = std::fs::read_to_string(docs().join(file)).unwrap();
+            assert_eq!(out.trim_end(), want.trim_end(), "help {interface}");
+        }
+
+        // `varlink call`, plain and with --more.
+        for more in [&[][..], &["--more"][..]] {
+            let mut args = vec!["call"];
+            args.extend_from_slice(more);
+            let method = format!("{address}/io.portres.Status");
+            args.push(&method);
+            let (ok, out, err) = varlink_cli(&python, &args);
+            assert!(ok && err.is_empty(), "call Status {more:?} failed: {err}");
+            let v: Value = serde_json::from_str(&out).expect("one JSON reply");
+            assert_eq!(v["wire_version"], 1, "{out}");
+        }
+        let (_, out, err) = varlink_cli(
+            &python,
+            &["call", &format!("{address}/io.portres.Frobnicate")],
         );
-        let local = v6only.local_addr().unwrap().as_socket().unwrap();
-        assert_eq!(local.port(), 0, "the refused socket stays unbound");
-        // The same socket still binds to an IPv6 address.
-        let port = res.bind_socket(&v6only, "::1".parse().unwrap()).unwrap();
-        assert!(res.ports().contains(&port));
-        // A dual-stack socket takes the v4-mapped address, as documented.
-        let dual = socket2::Socket::new(socket2::Domain::IPV6, kind, None).unwrap();
-        dual.set_only_v6(false).unwrap();
-        let port = res.bind_socket(&dual, mapped).unwrap();
-        assert!(res.ports().contains(&port));
-        // A link-local address needs a scope id a Bind cannot carry.
-        let other = socket2::Socket::new(socket2::Domain::IPV6, kind, None).unwrap();
-        let err = client
-            .bind_socket(res.token(), &other, "fe80::1".parse().unwrap())
-            .unwrap_err();
-        assert_eq!(err.code, ErrorCode::InvalidParameter, "{err}");
+        assert!(
+            err.contains("org.varlink.service.MethodNotFound")
+                && err.contains("io.portres.Frobnicate"),
+            "stdout {out}, stderr {err}"
+        );
+        let (_, out, err) = varlink_cli(
+            &python,
+            &[
+                "call",
+                &format!("{address}/io.portres.Acquire"),
+                r#"{"protocol":"sctp"}"#,
+            ],
+        );
+        assert!(
+            err.contains("org.varlink.service.InvalidParameter") && err.contains("protocol"),
+            "stdout {out}, stderr {err}"
+        );
+        let (_, out, err) = varlink_cli(
+            &python,
+            &["call", &format!("{address}/com.example.Thing.Do")],
+        );
+        assert!(
+            err.contains("org.varlink.service.InterfaceNotFound"),
+            "stdout {out}, stderr {err}"
+        );
+
+        // varlink.Client from a script: typed calls, MethodNotFound,
+        // InvalidParameter and InterfaceNotFound as the package's exceptions.
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/varlink/client_check.py");
+        let mut cmd = Command::new(&python);
+        cmd.arg(&script).arg(&address).stdin(Stdio::null());
+        let (out, stdout, stderr) = run(cmd);
+        assert!(
+            out.status.success() && stdout.contains("all checks passed"),
+            "client_check.py failed:\n{stdout}\n{stderr}"
+        );
+        // Every session the tools opened is gone again.
+        assert!(
+            portres_tests::eventually(|| d.client().status().unwrap().sessions == 1),
+            "sessions left behind"
+        );
     }
-}
+);
+
+nstest!(
+    a_v4_mapped_address_on_a_v6only_socket_is_invalid_parameter_and_leaves_it_unbound,
+    |_| {
+        let d = InProcessDaemon::start(|_| {});
+        let client = d.client();
+        for protocol in Protocol::ALL {
+            let res = client.acquire(protocol, 0, 2).unwrap();
+            let kind = match protocol {
+                Protocol::Tcp => socket2::Type::STREAM,
+                Protocol::Udp => socket2::Type::DGRAM,
+            };
+            let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+            let v6only = socket2::Socket::new(socket2::Domain::IPV6, kind, None).unwrap();
+            v6only.set_only_v6(true).unwrap();
+            let err = res.bind_socket(&v6only, mapped).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidParameter, "{protocol}: {err}");
+            assert!(
+                err.message.contains("IPV6_V6ONLY") && err.message.contains("v4-mapped"),
+                "{err}"
+            );
+            let local = v6only.local_addr().unwrap().as_socket().unwrap();
+            assert_eq!(local.port(), 0, "the refused socket stays unbound");
+            // The same socket still binds to an IPv6 address.
+            let port = res.bind_socket(&v6only, "::1".parse().unwrap()).unwrap();
+            assert!(res.ports().contains(&port));
+            // A dual-stack socket takes the v4-mapped address, as documented.
+            let dual = socket2::Socket::new(socket2::Domain::IPV6, kind, None).unwrap();
+            dual.set_only_v6(false).unwrap();
+            let port = res.bind_socket(&dual, mapped).unwrap();
+            assert!(res.ports().contains(&port));
+            // A link-local address needs a scope id a Bind cannot carry.
+            let other = socket2::Socket::new(socket2::Domain::IPV6, kind, None).unwrap();
+            let err = client
+                .bind_socket(res.token(), &other, "fe80::1".parse().unwrap())
+                .unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidParameter, "{err}");
+        }
+    }
+);
 
 /// Labels no reservation may carry: each would hide or reorder what
 /// `portres list` shows.
@@ -643,82 +626,81 @@ fn portres_list_escapes_invisible_characters_in_labels_stored_before_the_rule() 
     assert_eq!(list[0]["label"], "web\u{202e}exe.txt\u{200b}");
 }
 
-#[test]
-fn every_cli_command_exits_quietly_when_its_reader_has_gone() {
-    let Some(_ns) = netns("every_cli_command_exits_quietly_when_its_reader_has_gone") else {
-        return;
-    };
-    let d = InProcessDaemon::start(|_| {});
-    let admin = d.client();
-    let held = admin.acquire(Protocol::Tcp, 0, 1).unwrap();
-    admin
-        .create(Protocol::Udp, 6000, 2, CreateOptions::default())
-        .unwrap();
-    let commands: Vec<Vec<&str>> = vec![
-        vec!["status"],
-        vec!["--json", "status"],
-        vec!["list"],
-        vec!["--json", "list"],
-        vec!["list", "udp"],
-        vec!["lookup", "udp", "6000", "2"],
-        vec!["--json", "lookup", "udp", "6000", "2"],
-        vec!["acquire", "tcp", "--hold"],
-        vec!["--json", "acquire", "udp", "--count", "3", "--hold"],
-        vec!["create", "tcp", "7000", "1"],
-        vec!["delete", "tcp", "7000", "1"],
-        vec!["--json", "release", "1"], // refused: the error JSON goes to stdout
-        vec!["--help"],
-        vec!["list", "--help"],
-    ];
-    for args in commands {
-        // A pipe whose reader is gone before the command starts: its first
-        // write gets EPIPE, every time.
-        let (reader, writer) = std::io::pipe().unwrap();
-        drop(reader);
-        let mut cmd = cli(&d.socket);
-        cmd.args(&args).stdout(Stdio::from(writer));
-        let (out, _, stderr) = run(cmd);
-        // 141 (128 + SIGPIPE) as documented; clap's --help ignores the
-        // failed write and exits 0.
-        let want = if args.contains(&"--help") { 0 } else { 141 };
-        assert_eq!(
-            out.status.code(),
-            Some(want),
-            "portres {args:?}: status {:?}, stderr {stderr}",
-            out.status
+nstest!(
+    every_cli_command_exits_quietly_when_its_reader_has_gone,
+    |_| {
+        let d = InProcessDaemon::start(|_| {});
+        let admin = d.client();
+        let held = admin.acquire(Protocol::Tcp, 0, 1).unwrap();
+        admin
+            .create(Protocol::Udp, 6000, 2, CreateOptions::default())
+            .unwrap();
+        let commands: Vec<Vec<&str>> = vec![
+            vec!["status"],
+            vec!["--json", "status"],
+            vec!["list"],
+            vec!["--json", "list"],
+            vec!["list", "udp"],
+            vec!["lookup", "udp", "6000", "2"],
+            vec!["--json", "lookup", "udp", "6000", "2"],
+            vec!["acquire", "tcp", "--hold"],
+            vec!["--json", "acquire", "udp", "--count", "3", "--hold"],
+            vec!["create", "tcp", "7000", "1"],
+            vec!["delete", "tcp", "7000", "1"],
+            vec!["--json", "release", "1"], // refused: the error JSON goes to stdout
+            vec!["--help"],
+            vec!["list", "--help"],
+        ];
+        for args in commands {
+            // A pipe whose reader is gone before the command starts: its first
+            // write gets EPIPE, every time.
+            let (reader, writer) = std::io::pipe().unwrap();
+            drop(reader);
+            let mut cmd = cli(&d.socket);
+            cmd.args(&args).stdout(Stdio::from(writer));
+            let (out, _, stderr) = run(cmd);
+            // 141 (128 + SIGPIPE) as documented; clap's --help ignores the
+            // failed write and exits 0.
+            let want = if args.contains(&"--help") { 0 } else { 141 };
+            assert_eq!(
+                out.status.code(),
+                Some(want),
+                "portres {args:?}: status {:?}, stderr {stderr}",
+                out.status
+            );
+            assert!(
+                !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+                "portres {args:?}: {stderr}"
+            );
+        }
+        // The pipeline of the issue, as a user types it (whether portres gets
+        // EPIPE here depends on timing; it must never panic either way).
+        let shell = format!(
+            "{} --socket {} status | head -1",
+            portres_tests::bin("portres").display(),
+            d.socket.display()
+        );
+        for _ in 0..20 {
+            let mut sh = Command::new("sh");
+            sh.args(["-c", &shell]).stdin(Stdio::null());
+            let (out, stdout, stderr) = run(sh);
+            assert!(out.status.success(), "{stderr}");
+            assert!(
+                stdout.starts_with("portresd ") && stdout.lines().count() == 1,
+                "{stdout}"
+            );
+            assert_eq!(stderr, "", "quiet");
+        }
+        // What the commands did they did; the daemon is unharmed.
+        assert!(
+            admin.lookup(Protocol::Tcp, 7000, 1).is_err(),
+            "deleted again"
         );
         assert!(
-            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
-            "portres {args:?}: {stderr}"
+            portres_tests::eventually(|| admin.list(None).unwrap().len() == 2),
+            "the exited commands' reservations end: {:?} besides {:?}",
+            admin.list(None).unwrap(),
+            held.info()
         );
     }
-    // The pipeline of the issue, as a user types it (whether portres gets
-    // EPIPE here depends on timing; it must never panic either way).
-    let shell = format!(
-        "{} --socket {} status | head -1",
-        portres_tests::bin("portres").display(),
-        d.socket.display()
-    );
-    for _ in 0..20 {
-        let mut sh = Command::new("sh");
-        sh.args(["-c", &shell]).stdin(Stdio::null());
-        let (out, stdout, stderr) = run(sh);
-        assert!(out.status.success(), "{stderr}");
-        assert!(
-            stdout.starts_with("portresd ") && stdout.lines().count() == 1,
-            "{stdout}"
-        );
-        assert_eq!(stderr, "", "quiet");
-    }
-    // What the commands did they did; the daemon is unharmed.
-    assert!(
-        admin.lookup(Protocol::Tcp, 7000, 1).is_err(),
-        "deleted again"
-    );
-    assert!(
-        portres_tests::eventually(|| admin.list(None).unwrap().len() == 2),
-        "the exited commands' reservations end: {:?} besides {:?}",
-        admin.list(None).unwrap(),
-        held.info()
-    );
-}
+);

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use portres_tests::{bin, netns, open_tempdir};
+use portres_tests::{bin, open_tempdir};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -62,145 +62,140 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-#[test]
-fn install_into_a_destdir_runs_from_there_and_uninstall_removes_it() {
-    let Some(_ns) = netns("install_into_a_destdir_runs_from_there_and_uninstall_removes_it") else {
-        return;
-    };
-    let stage = open_tempdir();
-    let destdir = stage.path().join("dest");
-    let d = destdir.to_str().expect("utf-8 path");
-    ok(install(&["--destdir", d, "--prefix", "/usr/local"]));
-    let root = destdir.join("usr/local");
-    for f in [
-        "bin/portres",
-        "bin/portresd",
-        "lib/libportres.so",
-        "lib/libportres.a",
-        "include/portres/winsock.h",
-        "lib/systemd/system/portresd.service",
-        "lib/systemd/user/portresd.service",
-        "share/man/man1/portres.1",
-        "share/man/man1/portres-acquire.1",
-        "share/man/man8/portresd.8",
-        "share/bash-completion/completions/portres",
-        "share/zsh/site-functions/_portres",
-        "share/fish/vendor_completions.d/portres.fish",
-        "share/bash-completion/completions/portresd",
-    ] {
-        assert!(root.join(f).is_file(), "{f} not installed");
-    }
-    // The unit names the installed path (the prefix, not the DESTDIR).
-    let unit = std::fs::read_to_string(root.join("lib/systemd/system/portresd.service")).unwrap();
-    assert!(
-        unit.contains("\nExecStart=/usr/local/bin/portresd\n"),
-        "{unit}"
-    );
-
-    // The installed binaries work from there.
-    let portres = root.join("bin/portres");
-    let portresd = root.join("bin/portresd");
-    let version = format!("portres {}", env!("CARGO_PKG_VERSION"));
-    assert_eq!(ok(Command::new(&portres).arg("--version")).trim(), version);
-    assert_eq!(
-        ok(Command::new(&portresd).arg("--version")).trim(),
-        format!("portresd {}", env!("CARGO_PKG_VERSION"))
-    );
-    let run = stage.path().join("run");
-    std::fs::create_dir(&run).unwrap();
-    let socket = run.join("portres.sock");
-    let mut daemon = Command::new(&portresd)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--state-dir")
-        .arg(run.join("state"))
-        .args(["--kernel-sync", "on"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("installed portresd");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+nstest!(
+    install_into_a_destdir_runs_from_there_and_uninstall_removes_it,
+    |_| {
+        let stage = open_tempdir();
+        let destdir = stage.path().join("dest");
+        let d = destdir.to_str().expect("utf-8 path");
+        ok(install(&["--destdir", d, "--prefix", "/usr/local"]));
+        let root = destdir.join("usr/local");
+        for f in [
+            "bin/portres",
+            "bin/portresd",
+            "lib/libportres.so",
+            "lib/libportres.a",
+            "include/portres/winsock.h",
+            "lib/systemd/system/portresd.service",
+            "lib/systemd/user/portresd.service",
+            "share/man/man1/portres.1",
+            "share/man/man1/portres-acquire.1",
+            "share/man/man8/portresd.8",
+            "share/bash-completion/completions/portres",
+            "share/zsh/site-functions/_portres",
+            "share/fish/vendor_completions.d/portres.fish",
+            "share/bash-completion/completions/portresd",
+        ] {
+            assert!(root.join(f).is_file(), "{f} not installed");
+        }
+        // The unit names the installed path (the prefix, not the DESTDIR).
+        let unit =
+            std::fs::read_to_string(root.join("lib/systemd/system/portresd.service")).unwrap();
         assert!(
-            Instant::now() < deadline,
-            "the installed portresd never listened"
+            unit.contains("\nExecStart=/usr/local/bin/portresd\n"),
+            "{unit}"
         );
-        assert!(
-            daemon.try_wait().unwrap().is_none(),
-            "the installed portresd exited"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let mut acquire = Command::new(&portres);
-    acquire
-        .arg("--socket")
-        .arg(&socket)
-        .args(["--json", "acquire", "tcp", "-c", "2", "--timeout", "1ms"])
-        .env_remove("PORTRES_SOCKET");
-    let v: serde_json::Value = serde_json::from_str(&ok(acquire)).expect("JSON");
-    assert_eq!(v["result"], "acquired", "{v}");
-    assert_eq!(v["kernel_reserved"], true, "{v}");
 
-    // A C program builds against the installed header and library.
-    if Command::new("cc").arg("--version").output().is_ok() {
-        let src = stage.path().join("prog.c");
-        std::fs::write(
+        // The installed binaries work from there.
+        let portres = root.join("bin/portres");
+        let portresd = root.join("bin/portresd");
+        let version = format!("portres {}", env!("CARGO_PKG_VERSION"));
+        assert_eq!(ok(Command::new(&portres).arg("--version")).trim(), version);
+        assert_eq!(
+            ok(Command::new(&portresd).arg("--version")).trim(),
+            format!("portresd {}", env!("CARGO_PKG_VERSION"))
+        );
+        let run = stage.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        let socket = run.join("portres.sock");
+        let mut daemon = Command::new(&portresd)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(run.join("state"))
+            .args(["--kernel-sync", "on"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("installed portresd");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the installed portresd never listened"
+            );
+            assert!(
+                daemon.try_wait().unwrap().is_none(),
+                "the installed portresd exited"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut acquire = Command::new(&portres);
+        acquire
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--json", "acquire", "tcp", "-c", "2", "--timeout", "1ms"])
+            .env_remove("PORTRES_SOCKET");
+        let v: serde_json::Value = serde_json::from_str(&ok(acquire)).expect("JSON");
+        assert_eq!(v["result"], "acquired", "{v}");
+        assert_eq!(v["kernel_reserved"], true, "{v}");
+
+        // A C program builds against the installed header and library.
+        if Command::new("cc").arg("--version").output().is_ok() {
+            let src = stage.path().join("prog.c");
+            std::fs::write(
             &src,
             "#include <portres/winsock.h>\nint main(void) { WSADATA d; return WSAStartup(MAKEWORD(2, 2), &d); }\n",
         )
         .unwrap();
-        let exe = stage.path().join("prog");
-        let mut cc = Command::new("cc");
-        cc.arg(&src)
-            .arg("-I")
-            .arg(root.join("include"))
-            .arg("-L")
-            .arg(root.join("lib"))
-            .arg("-lportres")
-            .arg("-o")
-            .arg(&exe);
-        ok(cc);
-        let mut prog = Command::new(&exe);
-        prog.env("LD_LIBRARY_PATH", root.join("lib"));
-        ok(prog);
-    }
-    // The man pages render.
-    if Command::new("man").arg("--version").output().is_ok() {
-        for (page, name) in [
-            ("share/man/man1/portres.1", "portres"),
-            ("share/man/man1/portres-acquire.1", "--hold"),
-            ("share/man/man8/portresd.8", "portresd"),
-        ] {
-            let mut man = Command::new("man");
-            man.arg("-l")
-                .arg(root.join(page))
-                .env("MANPAGER", "cat")
-                .env("PAGER", "cat");
-            let text = ok(man);
-            assert!(text.contains(name), "{page}: {text}");
+            let exe = stage.path().join("prog");
+            let mut cc = Command::new("cc");
+            cc.arg(&src)
+                .arg("-I")
+                .arg(root.join("include"))
+                .arg("-L")
+                .arg(root.join("lib"))
+                .arg("-lportres")
+                .arg("-o")
+                .arg(&exe);
+            ok(cc);
+            let mut prog = Command::new(&exe);
+            prog.env("LD_LIBRARY_PATH", root.join("lib"));
+            ok(prog);
         }
+        // The man pages render.
+        if Command::new("man").arg("--version").output().is_ok() {
+            for (page, name) in [
+                ("share/man/man1/portres.1", "portres"),
+                ("share/man/man1/portres-acquire.1", "--hold"),
+                ("share/man/man8/portresd.8", "portresd"),
+            ] {
+                let mut man = Command::new("man");
+                man.arg("-l")
+                    .arg(root.join(page))
+                    .env("MANPAGER", "cat")
+                    .env("PAGER", "cat");
+                let text = ok(man);
+                assert!(text.contains(name), "{page}: {text}");
+            }
+        }
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+
+        // Uninstall: every file gone.
+        let mut uninstall = Command::new(repo().join("scripts/uninstall"));
+        uninstall.args(["--destdir", d, "--prefix", "/usr/local"]);
+        ok(uninstall);
+        assert_eq!(files_under(&destdir), Vec::<PathBuf>::new());
     }
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+);
 
-    // Uninstall: every file gone.
-    let mut uninstall = Command::new(repo().join("scripts/uninstall"));
-    uninstall.args(["--destdir", d, "--prefix", "/usr/local"]);
-    ok(uninstall);
-    assert_eq!(files_under(&destdir), Vec::<PathBuf>::new());
-}
-
-#[test]
-fn installed_units_pass_systemd_analyze_verify() {
+named_test!(installed_units_pass_systemd_analyze_verify, |test| {
     let Some(analyze) = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"]
         .into_iter()
         .find(|p| Path::new(p).exists())
     else {
-        assert!(
-            std::env::var_os("PORTRES_REQUIRE_PRIVILEGED_TESTS").is_none_or(|v| v != "1"),
-            "systemd-analyze is missing and PORTRES_REQUIRE_PRIVILEGED_TESTS=1 (.ci/run installs systemd)"
-        );
-        eprintln!("SKIPPED installed_units_pass_systemd_analyze_verify: no systemd-analyze");
+        portres_tests::skip(test, "no systemd-analyze (.ci/run installs systemd)");
         return;
     };
     // Installed into a real prefix (no DESTDIR), so ExecStart names a file
@@ -258,4 +253,4 @@ fn installed_units_pass_systemd_analyze_verify() {
         )),
         "{unit}"
     );
-}
+});

@@ -3,48 +3,42 @@
 //! admin group — all judged from the kernel's peer credentials.
 
 use portres::{CreateOptions, Owner, Protocol};
-use portres_tests::{InProcessDaemon, as_user, cli, netns, run, testkit};
+use portres_tests::{InProcessDaemon, as_user, cli, run, testkit};
 use std::process::Command;
 
 const NOBODY: u32 = 65534;
 const NOGROUP: u32 = 65534;
 
-#[test]
-fn non_admin_create_and_delete_are_access_denied_and_change_nothing() {
-    let Some(_ns) = netns("non_admin_create_and_delete_are_access_denied_and_change_nothing")
-    else {
-        return;
-    };
-    let d = InProcessDaemon::start(|_| {});
-    d.client()
-        .create(Protocol::Tcp, 7000, 1, CreateOptions::default())
-        .unwrap();
-    let mut create = cli(&d.socket);
-    create.args(["--json", "create", "tcp", "5000", "1"]);
-    let (out, stdout, stderr) = run(as_user(&create, NOBODY, NOGROUP, &[]));
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("access_denied"), "{stderr}");
-    assert!(stdout.contains("\"code\":\"access_denied\""), "{stdout}");
-    let mut delete = cli(&d.socket);
-    delete.args(["delete", "tcp", "7000", "1"]);
-    let (out, _, stderr) = run(as_user(&delete, NOBODY, NOGROUP, &[]));
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("access_denied"), "{stderr}");
-    let mut lookup = cli(&d.socket);
-    lookup.args(["lookup", "tcp", "7000", "1"]);
-    let (out, _, stderr) = run(as_user(&lookup, NOBODY, NOGROUP, &[]));
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("access_denied"), "{stderr}");
-    let list = d.client().list(None).unwrap();
-    assert_eq!(list.len(), 1);
-    assert_eq!(list[0].start, 7000);
-}
+nstest!(
+    non_admin_create_and_delete_are_access_denied_and_change_nothing,
+    |_| {
+        let d = InProcessDaemon::start(|_| {});
+        d.client()
+            .create(Protocol::Tcp, 7000, 1, CreateOptions::default())
+            .unwrap();
+        let mut create = cli(&d.socket);
+        create.args(["--json", "create", "tcp", "5000", "1"]);
+        let (out, stdout, stderr) = run(as_user(&create, NOBODY, NOGROUP, &[]));
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("access_denied"), "{stderr}");
+        assert!(stdout.contains("\"code\":\"access_denied\""), "{stdout}");
+        let mut delete = cli(&d.socket);
+        delete.args(["delete", "tcp", "7000", "1"]);
+        let (out, _, stderr) = run(as_user(&delete, NOBODY, NOGROUP, &[]));
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr.contains("access_denied"), "{stderr}");
+        let mut lookup = cli(&d.socket);
+        lookup.args(["lookup", "tcp", "7000", "1"]);
+        let (out, _, stderr) = run(as_user(&lookup, NOBODY, NOGROUP, &[]));
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr.contains("access_denied"), "{stderr}");
+        let list = d.client().list(None).unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].start, 7000);
+    }
+);
 
-#[test]
-fn another_sessions_token_is_access_denied() {
-    let Some(_ns) = netns("another_sessions_token_is_access_denied") else {
-        return;
-    };
+nstest!(another_sessions_token_is_access_denied, |_| {
     let d = InProcessDaemon::start(|_| {});
     let c = d.client();
     let res = c.acquire(Protocol::Tcp, 0, 2).unwrap();
@@ -63,13 +57,9 @@ fn another_sessions_token_is_access_denied() {
     assert!(stderr.contains("access_denied"), "{stderr}");
     // Still held by its session.
     assert_eq!(c.list(None).unwrap()[0].token, Some(res.token()));
-}
+});
 
-#[test]
-fn owner_delegation_lets_nobody_get_port_80_bound() {
-    let Some(_ns) = netns("owner_delegation_lets_nobody_get_port_80_bound") else {
-        return;
-    };
+nstest!(owner_delegation_lets_nobody_get_port_80_bound, |_| {
     let d = InProcessDaemon::start(|_| {});
     // Without a reservation nobody cannot bind port 80 itself...
     let mut plain = Command::new("python3");
@@ -139,35 +129,30 @@ fn owner_delegation_lets_nobody_get_port_80_bound() {
     let (out, stdout, stderr) = run(as_user(&bind443, NOBODY, NOGROUP, &[4242]));
     assert!(out.status.success(), "member: {stderr}");
     assert_eq!(stdout.trim(), "443");
-}
+});
 
-#[test]
-fn admin_group_members_may_create_persistent_reservations() {
-    let Some(_ns) = netns("admin_group_members_may_create_persistent_reservations") else {
-        return;
-    };
-    let d = InProcessDaemon::start(|c| c.admin_gid = Some(4343));
-    let mut create = cli(&d.socket);
-    create.args([
-        "--json", "create", "udp", "6000", "4", "--label", "by group",
-    ]);
-    let (out, _, _) = run(as_user(&create, NOBODY, NOGROUP, &[]));
-    assert_eq!(out.status.code(), Some(1), "not a member yet");
-    let (out, stdout, stderr) = run(as_user(&create, NOBODY, NOGROUP, &[4343]));
-    assert!(out.status.success(), "{stderr}");
-    assert!(stdout.contains("\"kind\":\"persistent\""), "{stdout}");
-    // Primary group counts too.
-    let mut delete = cli(&d.socket);
-    delete.args(["delete", "udp", "6000", "4"]);
-    let (out, _, stderr) = run(as_user(&delete, NOBODY, 4343, &[]));
-    assert!(out.status.success(), "{stderr}");
-}
+nstest!(
+    admin_group_members_may_create_persistent_reservations,
+    |_| {
+        let d = InProcessDaemon::start(|c| c.admin_gid = Some(4343));
+        let mut create = cli(&d.socket);
+        create.args([
+            "--json", "create", "udp", "6000", "4", "--label", "by group",
+        ]);
+        let (out, _, _) = run(as_user(&create, NOBODY, NOGROUP, &[]));
+        assert_eq!(out.status.code(), Some(1), "not a member yet");
+        let (out, stdout, stderr) = run(as_user(&create, NOBODY, NOGROUP, &[4343]));
+        assert!(out.status.success(), "{stderr}");
+        assert!(stdout.contains("\"kind\":\"persistent\""), "{stdout}");
+        // Primary group counts too.
+        let mut delete = cli(&d.socket);
+        delete.args(["delete", "udp", "6000", "4"]);
+        let (out, _, stderr) = run(as_user(&delete, NOBODY, 4343, &[]));
+        assert!(out.status.success(), "{stderr}");
+    }
+);
 
-#[test]
-fn the_runtime_quota_holds_per_user_across_sessions() {
-    let Some(_ns) = netns("the_runtime_quota_holds_per_user_across_sessions") else {
-        return;
-    };
+nstest!(the_runtime_quota_holds_per_user_across_sessions, |_| {
     let d = InProcessDaemon::start(|c| c.quota = 5);
     // Two sessions of nobody: 3 + 2 fit, 1 more does not.
     let hold = |count: &str| {
@@ -214,4 +199,4 @@ fn the_runtime_quota_holds_per_user_across_sessions() {
     }
     b.kill().unwrap();
     b.wait().unwrap();
-}
+});

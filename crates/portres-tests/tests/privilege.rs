@@ -4,8 +4,6 @@
 //! or admin flag change nothing), and tokens are unpredictable 64-bit
 //! values from the OS random source.
 
-mod support;
-
 use std::collections::HashSet;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
@@ -13,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use portres::{Client, CreateOptions, Protocol};
-use portres_tests::{as_user, cli, netns, open_tempdir, run};
+use portres_tests::{as_user, cli, open_tempdir, run};
 use serde_json::Value;
 
 const NOBODY: u32 = 65534;
@@ -46,104 +44,97 @@ fn wait_for_socket(socket: &Path, child: &mut std::process::Child) {
     }
 }
 
-#[test]
-fn system_mode_socket_state_directory_and_database_have_the_documented_modes() {
-    let Some(_ns) =
-        netns("system_mode_socket_state_directory_and_database_have_the_documented_modes")
-    else {
-        return;
-    };
-    let dir = open_tempdir();
-    let run_dir = dir.path().join("run/portres");
-    let state = dir.path().join("lib/portres");
-    let socket = run_dir.join("portres.sock");
-    // Like systemd's RuntimeDirectory=: portresd creates no directory for
-    // a --socket outside its defaults.
-    std::fs::create_dir_all(&run_dir).unwrap();
-    std::fs::set_permissions(
-        &run_dir,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let mut child = Command::new(portres_tests::bin("portresd"))
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--state-dir")
-        .arg(&state)
-        .args(["--kernel-sync", "on"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
+nstest!(
+    system_mode_socket_state_directory_and_database_have_the_documented_modes,
+    |_| {
+        let dir = open_tempdir();
+        let run_dir = dir.path().join("run/portres");
+        let state = dir.path().join("lib/portres");
+        let socket = run_dir.join("portres.sock");
+        // Like systemd's RuntimeDirectory=: portresd creates no directory for
+        // a --socket outside its defaults.
+        std::fs::create_dir_all(&run_dir).unwrap();
+        std::fs::set_permissions(
+            &run_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
         .unwrap();
-    wait_for_socket(&socket, &mut child);
-    let c = Client::connect_to(&socket).unwrap();
-    c.create(Protocol::Tcp, 8080, 1, CreateOptions::default())
-        .unwrap();
-    let db = state.join("portres.db");
-    let expect = [
-        (run_dir.clone(), ("dir", 0o755)),
-        (socket.clone(), ("socket", 0o666)),
-        (state.clone(), ("dir", 0o700)),
-        (db.clone(), ("file", 0o600)),
-        (state.join("portres.db-wal"), ("file", 0o600)),
-        (state.join("portres.db-shm"), ("file", 0o600)),
-    ];
-    let mut report = Vec::new();
-    for (path, (kind, mode)) in &expect {
-        let got = stat(path);
+        let mut child = Command::new(portres_tests::bin("portresd"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--kernel-sync", "on"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_socket(&socket, &mut child);
+        let c = Client::connect_to(&socket).unwrap();
+        c.create(Protocol::Tcp, 8080, 1, CreateOptions::default())
+            .unwrap();
+        let db = state.join("portres.db");
+        let expect = [
+            (run_dir.clone(), ("dir", 0o755)),
+            (socket.clone(), ("socket", 0o666)),
+            (state.clone(), ("dir", 0o700)),
+            (db.clone(), ("file", 0o600)),
+            (state.join("portres.db-wal"), ("file", 0o600)),
+            (state.join("portres.db-shm"), ("file", 0o600)),
+        ];
+        let mut report = Vec::new();
+        for (path, (kind, mode)) in &expect {
+            let got = stat(path);
+            assert_eq!(
+                got,
+                (*kind, *mode, 0, 0),
+                "{}: (type, mode, uid, gid)",
+                path.display()
+            );
+            report.push(format!("{} {mode:04o} root:root {}", kind, path.display()));
+        }
+        // Nothing else in the state directory.
+        let mut names: Vec<String> = std::fs::read_dir(&state)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
         assert_eq!(
-            got,
-            (*kind, *mode, 0, 0),
-            "{}: (type, mode, uid, gid)",
-            path.display()
+            names,
+            [
+                "portres.db",
+                "portres.db-shm",
+                "portres.db-wal",
+                "portres.lock"
+            ]
         );
-        report.push(format!("{} {mode:04o} root:root {}", kind, path.display()));
+        assert_eq!(stat(&state.join("portres.lock")), ("file", 0o600, 0, 0));
+        // Nothing but the socket in its directory (the private directory the
+        // socket was bound in is gone).
+        let names: Vec<String> = std::fs::read_dir(&run_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["portres.sock"]);
+        // Any user may connect (requests are judged by peer credentials)...
+        let mut status = cli(&socket);
+        status.args(["--json", "status"]);
+        let (out, stdout, stderr) = run(as_user(&status, NOBODY, NOBODY, &[]));
+        assert!(out.status.success(), "{stderr}");
+        let v: Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(v["you_are_admin"], false, "{stdout}");
+        // ...but cannot read or write the database.
+        let mut cat = Command::new("cat");
+        cat.arg(&db);
+        let (out, _, stderr) = run(as_user(&cat, NOBODY, NOBODY, &[]));
+        assert!(!out.status.success(), "nobody read the database");
+        assert!(stderr.contains("Permission denied"), "{stderr}");
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!("system mode:\n{}", report.join("\n"));
     }
-    // Nothing else in the state directory.
-    let mut names: Vec<String> = std::fs::read_dir(&state)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert_eq!(
-        names,
-        [
-            "portres.db",
-            "portres.db-shm",
-            "portres.db-wal",
-            "portres.lock"
-        ]
-    );
-    assert_eq!(stat(&state.join("portres.lock")), ("file", 0o600, 0, 0));
-    // Nothing but the socket in its directory (the private directory the
-    // socket was bound in is gone).
-    let names: Vec<String> = std::fs::read_dir(&run_dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(names, ["portres.sock"]);
-    // Any user may connect (requests are judged by peer credentials)...
-    let mut status = cli(&socket);
-    status.args(["--json", "status"]);
-    let (out, stdout, stderr) = run(as_user(&status, NOBODY, NOBODY, &[]));
-    assert!(out.status.success(), "{stderr}");
-    let v: Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(v["you_are_admin"], false, "{stdout}");
-    // ...but cannot read or write the database.
-    let mut cat = Command::new("cat");
-    cat.arg(&db);
-    let (out, _, stderr) = run(as_user(&cat, NOBODY, NOBODY, &[]));
-    assert!(!out.status.success(), "nobody read the database");
-    assert!(stderr.contains("Permission denied"), "{stderr}");
-    let _ = child.kill();
-    let _ = child.wait();
-    eprintln!("system mode:\n{}", report.join("\n"));
-}
+);
 
-#[test]
-fn user_mode_socket_and_state_are_private_to_the_user() {
-    let Some(_ns) = netns("user_mode_socket_and_state_are_private_to_the_user") else {
-        return;
-    };
+nstest!(user_mode_socket_and_state_are_private_to_the_user, |_| {
     let dir = open_tempdir();
     let home = dir.path().join("home");
     std::fs::create_dir(&home).unwrap();
@@ -198,16 +189,14 @@ fn user_mode_socket_and_state_are_private_to_the_user() {
     let _ = child.kill();
     let _ = child.wait();
     eprintln!("user mode:\n{}", report.join("\n"));
-}
+});
 
-#[test]
-fn identity_comes_from_the_kernel_not_from_what_the_client_says() {
-    let Some(_ns) = netns("identity_comes_from_the_kernel_not_from_what_the_client_says") else {
-        return;
-    };
-    let d = portres_tests::InProcessDaemon::start(|_| {});
-    // A client claiming to be root, pid 1 and admin, in every field it can.
-    let py = "import json,os,socket,sys\n\
+nstest!(
+    identity_comes_from_the_kernel_not_from_what_the_client_says,
+    |_| {
+        let d = portres_tests::InProcessDaemon::start(|_| {});
+        // A client claiming to be root, pid 1 and admin, in every field it can.
+        let py = "import json,os,socket,sys\n\
               s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1])\n\
               def call(m,p):\n\
               \x20 s.sendall(json.dumps({'method':m,'parameters':p,'uid':0,'pid':1}).encode()+b'\\0');b=b''\n\
@@ -219,38 +208,35 @@ fn identity_comes_from_the_kernel_not_from_what_the_client_says() {
               print(json.dumps(call('io.portres.Create',dict(claims,protocol='tcp',start=5000,count=1))))\n\
               print(json.dumps(call('io.portres.Acquire',dict(claims,protocol='tcp',start=80,count=1))))\n\
               print(json.dumps(call('io.portres.Status',claims)))\n";
-    let mut c = Command::new("/usr/bin/python3");
-    c.arg("-c").arg(py).arg(&d.socket);
-    let (out, stdout, stderr) = run(as_user(&c, NOBODY, NOBODY, &[]));
-    assert!(out.status.success(), "{stderr}");
-    let lines: Vec<&str> = stdout.lines().collect();
-    let pid: i64 = lines[0].parse().unwrap();
-    let v: Vec<Value> = lines[1..]
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let holder = &v[0]["parameters"]["reservation"]["holder"];
-    assert_eq!(holder["uid"], NOBODY, "{stdout}");
-    assert_eq!(holder["pid"], pid, "{stdout}");
-    assert_eq!(v[1]["parameters"]["code"], "access_denied", "{stdout}");
-    assert_eq!(v[2]["parameters"]["code"], "access_denied", "{stdout}");
-    assert_eq!(v[3]["parameters"]["your_uid"], NOBODY, "{stdout}");
-    assert_eq!(v[3]["parameters"]["you_are_admin"], false, "{stdout}");
-    // Nothing was created.
-    assert!(
-        d.client()
-            .list(None)
-            .unwrap()
+        let mut c = Command::new("/usr/bin/python3");
+        c.arg("-c").arg(py).arg(&d.socket);
+        let (out, stdout, stderr) = run(as_user(&c, NOBODY, NOBODY, &[]));
+        assert!(out.status.success(), "{stderr}");
+        let lines: Vec<&str> = stdout.lines().collect();
+        let pid: i64 = lines[0].parse().unwrap();
+        let v: Vec<Value> = lines[1..]
             .iter()
-            .all(|r| r.kind == portres::Kind::Runtime)
-    );
-}
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let holder = &v[0]["parameters"]["reservation"]["holder"];
+        assert_eq!(holder["uid"], NOBODY, "{stdout}");
+        assert_eq!(holder["pid"], pid, "{stdout}");
+        assert_eq!(v[1]["parameters"]["code"], "access_denied", "{stdout}");
+        assert_eq!(v[2]["parameters"]["code"], "access_denied", "{stdout}");
+        assert_eq!(v[3]["parameters"]["your_uid"], NOBODY, "{stdout}");
+        assert_eq!(v[3]["parameters"]["you_are_admin"], false, "{stdout}");
+        // Nothing was created.
+        assert!(
+            d.client()
+                .list(None)
+                .unwrap()
+                .iter()
+                .all(|r| r.kind == portres::Kind::Runtime)
+        );
+    }
+);
 
-#[test]
-fn tokens_are_unpredictable_64_bit_values() {
-    let Some(_ns) = netns("tokens_are_unpredictable_64_bit_values") else {
-        return;
-    };
+nstest!(tokens_are_unpredictable_64_bit_values, |_| {
     let d = portres_tests::InProcessDaemon::start(|_| {});
     let c = d.client();
     let mut tokens = Vec::new();
@@ -290,4 +276,4 @@ fn tokens_are_unpredictable_64_bit_values() {
         "{} tokens: all distinct, no repeated step, every bit set in 40-60 % (worst {worst:.3})",
         tokens.len()
     );
-}
+});

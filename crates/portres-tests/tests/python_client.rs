@@ -53,10 +53,7 @@ fn pytest_python(test: &str) -> Option<PathBuf> {
     };
     let how = "run the python step of .ci/run (target/venv-pytest with pytest, pytest-xdist \
                and `pip install ./clients/python`) or set PORTRES_PYTEST_PYTHON";
-    if std::env::var_os("PORTRES_REQUIRE_PRIVILEGED_TESTS").is_some_and(|v| v == "1") {
-        panic!("{test}: {why}; {how} (PORTRES_REQUIRE_PRIVILEGED_TESTS=1)");
-    }
-    eprintln!("SKIPPED {test}: {why}; {how}");
+    portres_tests::skip(test, format_args!("{why}; {how}"));
     None
 }
 
@@ -190,9 +187,7 @@ fn assert_no_shared_ports(holds: &[Hold]) -> BTreeSet<String> {
     holds.iter().map(|h| h.worker.clone()).collect()
 }
 
-#[test]
-fn the_python_suite_passes_against_a_real_daemon() {
-    let test = "the_python_suite_passes_against_a_real_daemon";
+named_test!(the_python_suite_passes_against_a_real_daemon, |test| {
     let Some(python) = pytest_python(test) else {
         return;
     };
@@ -210,11 +205,9 @@ fn the_python_suite_passes_against_a_real_daemon() {
             "{test}: unexpected skip: {line}"
         );
     }
-}
+});
 
-#[test]
-fn xdist_workers_never_hold_the_same_port() {
-    let test = "xdist_workers_never_hold_the_same_port";
+named_test!(xdist_workers_never_hold_the_same_port, |test| {
     let Some(python) = pytest_python(test) else {
         return;
     };
@@ -254,11 +247,9 @@ fn xdist_workers_never_hold_the_same_port() {
             .all(|h| h.ports.len() == 3),
         "{test}: --portres-session-count 3"
     );
-}
+});
 
-#[test]
-fn xdist_workers_under_portres_exec_share_its_block() {
-    let test = "xdist_workers_under_portres_exec_share_its_block";
+named_test!(xdist_workers_under_portres_exec_share_its_block, |test| {
     let Some(python) = pytest_python(test) else {
         return;
     };
@@ -336,81 +327,83 @@ fn xdist_workers_under_portres_exec_share_its_block() {
         "{test}: block {start}-{}, workers bound {ports:?}",
         start + count - 1
     );
-}
+});
 
-#[test]
-fn pip_builds_the_package_offline_at_the_workspace_version() {
-    let test = "pip_builds_the_package_offline_at_the_workspace_version";
-    let Some(python) = pytest_python(test) else {
-        return;
-    };
-    let out_dir = open_tempdir();
-    let out = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "wheel",
-            "--no-index",
-            "--no-deps",
-            "--disable-pip-version-check",
-        ])
-        .arg("--wheel-dir")
-        .arg(out_dir.path())
-        .arg(package_dir())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run pip");
-    assert!(
-        out.status.success(),
-        "{test}: pip wheel --no-index failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let wheel = format!("portres-{}-py3-none-any.whl", env!("CARGO_PKG_VERSION"));
-    assert!(
-        out_dir.path().join(&wheel).exists(),
-        "{test}: no {wheel} (the Python package's __version__ must be the workspace's)"
-    );
-}
+named_test!(
+    pip_builds_the_package_offline_at_the_workspace_version,
+    |test| {
+        let Some(python) = pytest_python(test) else {
+            return;
+        };
+        let out_dir = open_tempdir();
+        let out = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "wheel",
+                "--no-index",
+                "--no-deps",
+                "--disable-pip-version-check",
+            ])
+            .arg("--wheel-dir")
+            .arg(out_dir.path())
+            .arg(package_dir())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run pip");
+        assert!(
+            out.status.success(),
+            "{test}: pip wheel --no-index failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let wheel = format!("portres-{}-py3-none-any.whl", env!("CARGO_PKG_VERSION"));
+        assert!(
+            out_dir.path().join(&wheel).exists(),
+            "{test}: no {wheel} (the Python package's __version__ must be the workspace's)"
+        );
+    }
+);
 
-#[test]
-fn pytest_under_portres_exec_without_xdist_attaches_the_capability() {
-    let test = "pytest_under_portres_exec_without_xdist_attaches_the_capability";
-    let Some(python) = pytest_python(test) else {
-        return;
-    };
-    let Some(_ns) = netns(test) else {
-        return;
-    };
-    let dir = open_tempdir();
-    let record = open_tempdir();
-    let daemon = ProcessDaemon::start(dir.path(), &[]);
-    let mut cmd = Command::new(bin("portres"));
-    cmd.arg("--socket")
-        .arg(&daemon.socket)
-        .args(["exec", "tcp", "--count", "2", "--"])
-        .arg(&python)
-        .args([
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "-q",
-            "-rfEs",
-            "-W",
-            "error",
-        ])
-        .arg("tests/test_exec.py")
-        .env_remove("PORTRES_SOCKET");
-    pytest_env(&mut cmd, Some(record.path()));
-    let out = passes(test, cmd);
-    assert!(
-        !out.contains("SKIPPED"),
-        "{test}: nothing may skip under exec:\n{out}"
-    );
-    let recs = records(record.path());
-    let exec: Vec<&Value> = recs.iter().filter(|r| r["kind"] == "exec").collect();
-    assert_eq!(exec.len(), 1, "{test}: one process, one binding: {exec:?}");
-    assert_eq!(exec[0]["worker"], "main");
-    assert_eq!(exec[0]["count"], 2);
-}
+named_test!(
+    pytest_under_portres_exec_without_xdist_attaches_the_capability,
+    |test| {
+        let Some(python) = pytest_python(test) else {
+            return;
+        };
+        let Some(_ns) = netns(test) else {
+            return;
+        };
+        let dir = open_tempdir();
+        let record = open_tempdir();
+        let daemon = ProcessDaemon::start(dir.path(), &[]);
+        let mut cmd = Command::new(bin("portres"));
+        cmd.arg("--socket")
+            .arg(&daemon.socket)
+            .args(["exec", "tcp", "--count", "2", "--"])
+            .arg(&python)
+            .args([
+                "-m",
+                "pytest",
+                "-p",
+                "no:cacheprovider",
+                "-q",
+                "-rfEs",
+                "-W",
+                "error",
+            ])
+            .arg("tests/test_exec.py")
+            .env_remove("PORTRES_SOCKET");
+        pytest_env(&mut cmd, Some(record.path()));
+        let out = passes(test, cmd);
+        assert!(
+            !out.contains("SKIPPED"),
+            "{test}: nothing may skip under exec:\n{out}"
+        );
+        let recs = records(record.path());
+        let exec: Vec<&Value> = recs.iter().filter(|r| r["kind"] == "exec").collect();
+        assert_eq!(exec.len(), 1, "{test}: one process, one binding: {exec:?}");
+        assert_eq!(exec[0]["worker"], "main");
+        assert_eq!(exec[0]["count"], 2);
+    }
+);
