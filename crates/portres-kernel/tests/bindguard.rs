@@ -137,6 +137,8 @@ struct Attempt {
     port: u16,
     reuseaddr: bool,
     reuseport: bool,
+    /// An MPTCP socket (IPPROTO_MPTCP) instead of plain TCP.
+    mptcp: bool,
 }
 
 impl Attempt {
@@ -147,6 +149,7 @@ impl Attempt {
             port,
             reuseaddr: false,
             reuseport: false,
+            mptcp: false,
         }
     }
 
@@ -273,7 +276,7 @@ unsafe fn child_main(p: &Prepared, channel: RawFd) -> ! {
         for (step, addr) in &p.steps {
             match step {
                 Step::Bind(a) => {
-                    let fd = new_socket(a.protocol, addr.is_ipv6());
+                    let fd = new_socket(a.protocol, addr.is_ipv6(), a.mptcp);
                     let one: libc::c_int = 1;
                     let opt = |name| {
                         libc::setsockopt(
@@ -300,7 +303,7 @@ unsafe fn child_main(p: &Prepared, channel: RawFd) -> ! {
                     libc::write(3, (&raw const result).cast(), 4);
                 }
                 Step::SendSocket(protocol, v6) => {
-                    let fd = new_socket(*protocol, *v6);
+                    let fd = new_socket(*protocol, *v6, false);
                     send_fd(3, fd);
                     libc::close(fd);
                 }
@@ -314,14 +317,15 @@ unsafe fn child_main(p: &Prepared, channel: RawFd) -> ! {
 ///
 /// # Safety
 /// Async-signal-safe; callable in a forked child.
-unsafe fn new_socket(protocol: Protocol, v6: bool) -> RawFd {
+unsafe fn new_socket(protocol: Protocol, v6: bool, mptcp: bool) -> RawFd {
     let domain = if v6 { libc::AF_INET6 } else { libc::AF_INET };
     let ty = match protocol {
         Protocol::Tcp => libc::SOCK_STREAM,
         Protocol::Udp => libc::SOCK_DGRAM,
     };
+    let proto = if mptcp { libc::IPPROTO_MPTCP } else { 0 };
     // SAFETY: socket(2) takes no pointers.
-    unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, 0) }
+    unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, proto) }
 }
 
 /// Sends `fd` over the Unix socket `channel` (SCM_RIGHTS, one data byte).
@@ -461,6 +465,7 @@ fn every_way(protocol: Protocol, port: u16) -> Vec<Attempt> {
                 port,
                 reuseaddr,
                 reuseport,
+                mptcp: false,
             });
         }
     }
@@ -598,6 +603,27 @@ fn foreign_binds_into_guarded_ports_get_eacces_every_way() {
         bind_one(&cg.path, None, Attempt::new(Protocol::Tcp, Addr::V4, 41000)),
         EACCES
     );
+}
+
+#[test]
+fn mptcp_binds_count_as_tcp() {
+    let (mut guard, cg) = setup_or_skip!("mptcp_binds_count_as_tcp");
+    guard.attach(&cg.path).expect("attach");
+    guard
+        .insert(block(), Protocol::Tcp, cookie(), &daemon_only())
+        .expect("insert");
+    for addr in [Addr::V4, Addr::V6, Addr::Any6] {
+        let mut a = Attempt::new(Protocol::Tcp, addr, 40006);
+        a.mptcp = true;
+        let r = bind_one(&cg.path, None, a);
+        if r == libc::EPROTONOSUPPORT || r == libc::ENOPROTOOPT || r == libc::EBADF {
+            eprintln!("SKIPPED mptcp_binds_count_as_tcp: no MPTCP here (errno {r})");
+            return;
+        }
+        assert_eq!(r, EACCES, "{a:?}");
+        a.port = 40010;
+        assert_eq!(bind_one(&cg.path, None, a), 0, "outside the block: {a:?}");
+    }
 }
 
 #[test]

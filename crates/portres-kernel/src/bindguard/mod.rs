@@ -452,11 +452,11 @@ fn load_program(
     // refused bind fails with EPERM.
     match load(DenyErrno::Eperm) {
         Ok(fd) => Ok((fd, DenyErrno::Eperm)),
-        Err(e) => Err(classify_load_error(e, eacces)),
+        Err(e) => Err(classify_load_error(e, &eacces.log)),
     }
 }
 
-fn classify_load_error(e: sys::LoadError, eacces: sys::LoadError) -> GuardError {
+fn classify_load_error(e: sys::LoadError, eacces_log: &str) -> GuardError {
     let sys::LoadError { error, log } = e;
     match error.raw_os_error() {
         Some(libc::EPERM) | Some(libc::EACCES) if log.is_empty() => GuardError::NotPermitted(
@@ -468,15 +468,21 @@ fn classify_load_error(e: sys::LoadError, eacces: sys::LoadError) -> GuardError 
         Some(libc::EINVAL) if log.is_empty() => GuardError::BpfUnavailable(format!(
             "the kernel refuses BPF_PROG_TYPE_CGROUP_SOCK_ADDR bind programs: {error}"
         )),
-        _ if log.contains("unknown func") || log.contains("cannot use helper") => {
+        // "unknown func bpf_x#N" (a helper this program type may not
+        // call), "invalid func unknown#N" (a helper id the kernel does
+        // not have), "cannot use helper" (older kernels).
+        _ if ["unknown func", "invalid func", "cannot use helper"]
+            .iter()
+            .any(|m| log.contains(m)) =>
+        {
             GuardError::HelperMissing { log }
         }
         _ => GuardError::VerifierRefused {
             error,
-            log: if eacces.log.is_empty() || eacces.log == log {
+            log: if eacces_log.is_empty() || eacces_log == log {
                 log
             } else {
-                format!("{log}\n(the EACCES variant: {})", eacces.log)
+                format!("{log}\n(the EACCES variant: {eacces_log})")
             },
         },
     }
@@ -600,6 +606,84 @@ mod tests {
         assert_eq!(m.mount_point, Path::new("/mnt/cg two"));
         assert_eq!(components(&m.root), 2);
         assert!(parse_cgroup2_mount("25 1 0:23 / /sys rw - sysfs sysfs rw\n").is_none());
+    }
+
+    /// Whether a privileged unit test may run; panics instead of skipping
+    /// under PORTRES_REQUIRE_PRIVILEGED_TESTS=1.
+    fn privileged(test: &str) -> bool {
+        match check_capabilities() {
+            Ok(()) => true,
+            Err(e) => {
+                if std::env::var_os("PORTRES_REQUIRE_PRIVILEGED_TESTS").is_some_and(|v| v == "1") {
+                    panic!("{test}: {e} and PORTRES_REQUIRE_PRIVILEGED_TESTS=1");
+                }
+                eprintln!("SKIPPED {test}: {e}");
+                false
+            }
+        }
+    }
+
+    #[test]
+    fn a_refused_program_brings_the_verifier_log() {
+        if !privileged("a_refused_program_brings_the_verifier_log") {
+            return;
+        }
+        // A bind hook must return 0..=3.
+        let bad = [insn::mov64_imm(insn::R0, 7), insn::exit()];
+        let err = sys::prog_load(
+            sys::BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+            sys::BPF_CGROUP_INET4_BIND,
+            &bad,
+            "portres_bad",
+        )
+        .expect_err("the verifier refuses it");
+        assert_eq!(err.error.raw_os_error(), Some(libc::EINVAL));
+        assert!(err.log.contains("R0"), "{}", err.log);
+        let text = classify_load_error(err, "").to_string();
+        assert!(text.starts_with("the BPF verifier refused"), "{text}");
+        assert!(text.contains("R0"), "{text}");
+    }
+
+    #[test]
+    fn an_unknown_helper_is_named_missing() {
+        if !privileged("an_unknown_helper_is_named_missing") {
+            return;
+        }
+        let bad = [
+            insn::call(100_000),
+            insn::mov64_imm(insn::R0, 1),
+            insn::exit(),
+        ];
+        let err = sys::prog_load(
+            sys::BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+            sys::BPF_CGROUP_INET4_BIND,
+            &bad,
+            "portres_bad",
+        )
+        .expect_err("the verifier refuses it");
+        let e = classify_load_error(err, "");
+        assert!(matches!(e, GuardError::HelperMissing { .. }), "{e}");
+    }
+
+    #[test]
+    fn both_variants_load_here() {
+        if !privileged("both_variants_load_here") {
+            return;
+        }
+        let guard = BindGuard::load().expect("load");
+        assert_eq!(guard.denies_with(), DenyErrno::Eacces);
+        use std::os::fd::AsRawFd;
+        for attach in [sys::BPF_CGROUP_INET4_BIND, sys::BPF_CGROUP_INET6_BIND] {
+            let eperm = program::bind_program(guard.map.as_raw_fd(), DenyErrno::Eperm);
+            sys::prog_load(
+                sys::BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+                attach,
+                &eperm,
+                "portres_eperm",
+            )
+            .map_err(|e| e.log)
+            .expect("the EPERM fallback loads too");
+        }
     }
 
     #[test]
