@@ -879,6 +879,26 @@ fn guards_in_sequence_do_not_stack() {
         first.attach(&cg.path),
         Err(GuardError::AlreadyAttached(_))
     ));
+    // Detach and attach again: still one each, and the entries stayed.
+    first
+        .insert(block(), Protocol::Tcp, cookie(), &daemon_only())
+        .expect("insert");
+    first.detach();
+    eventually_binds(
+        &cg.path,
+        Attempt::new(Protocol::Tcp, Addr::V4, 40000),
+        "detached",
+    );
+    first.attach(&cg.path).expect("attach again");
+    assert_eq!(
+        bindguard::attached_bind_programs(&cg.path).expect("query"),
+        (1, 1)
+    );
+    assert_eq!(
+        bind_one(&cg.path, None, Attempt::new(Protocol::Tcp, Addr::V4, 40000)),
+        EACCES,
+        "attached again"
+    );
     drop(first);
     // A restart: a new guard, new links.
     let mut second = BindGuard::load().expect("load again");

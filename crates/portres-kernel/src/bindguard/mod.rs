@@ -330,6 +330,12 @@ impl BindGuard {
         Ok(())
     }
 
+    /// Detaches both programs (closes the links); the map and its entries
+    /// stay, and [`BindGuard::attach`] may attach again.
+    pub fn detach(&mut self) {
+        self.links = None;
+    }
+
     /// The cgroup the programs are attached to, if they are.
     pub fn attached_to(&self) -> Option<&Path> {
         self.links.as_ref().map(|(at, _)| at.as_path())
