@@ -791,12 +791,15 @@ fn binds_work_again_after_remove_and_after_the_guard_drops() {
     let tcp = Attempt::new(Protocol::Tcp, Addr::V4, 40007);
     let udp = Attempt::new(Protocol::Udp, Addr::V6, 40007);
     assert_eq!(bind_one(&cg.path, None, tcp), EACCES);
-    assert_eq!(
-        guard
-            .remove(block(), Protocol::Tcp, cookie)
-            .expect("remove"),
-        10
-    );
+    // Removing part, then the whole: absent ports are skipped, not errors.
+    let part = guard.remove(Block::from_range(40001, 40002), Protocol::Tcp, cookie);
+    assert_eq!(part.expect("remove part"), 2);
+    let one = guard.remove(Block::from_range(40005, 40005), Protocol::Tcp, cookie);
+    assert_eq!(one.expect("remove one"), 1);
+    let rest = guard.remove(block(), Protocol::Tcp, cookie);
+    assert_eq!(rest.expect("remove the rest"), 7);
+    let again = guard.remove(block(), Protocol::Tcp, cookie);
+    assert_eq!(again.expect("remove again"), 0);
     assert!(
         guard
             .allowed(40007, Protocol::Tcp, cookie)
@@ -921,6 +924,40 @@ fn guards_in_sequence_do_not_stack() {
         EACCES,
         "the second guard enforces"
     );
+}
+
+#[test]
+fn a_whole_port_space_fits_and_leaves_again() {
+    let (guard, _cg) = setup_or_skip!("a_whole_port_space_fits_and_leaves_again");
+    let all = Block::from_range(1, 65535);
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        guard
+            .insert(all, protocol, cookie(), &daemon_only())
+            .expect("every port of both protocols fits");
+    }
+    let last = guard.allowed(65535, Protocol::Udp, cookie());
+    assert_eq!(last.expect("lookup"), Some(daemon_only()));
+    // Another holder replaces the entries in place.
+    let owner = AllowedBinders {
+        uid: Some(1000),
+        ..Default::default()
+    };
+    guard
+        .insert(
+            Block::from_range(8000, 8009),
+            Protocol::Tcp,
+            cookie(),
+            &owner,
+        )
+        .expect("replace");
+    let replaced = guard.allowed(8005, Protocol::Tcp, cookie());
+    assert_eq!(replaced.expect("lookup"), Some(owner));
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        assert_eq!(
+            guard.remove(all, protocol, cookie()).expect("remove"),
+            65535
+        );
+    }
 }
 
 #[test]

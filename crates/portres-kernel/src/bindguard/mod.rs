@@ -36,8 +36,13 @@ use program::{GuardKey, GuardValue};
 /// namespace (a guard serves one daemon, which serves one namespace), so
 /// the map can never fill up from reservations alone. Entries are
 /// allocated on insert (BPF_F_NO_PREALLOC): an idle guard costs next to
-/// nothing, a fully reserved namespace about 13 MB of kernel memory.
+/// nothing, a fully reserved namespace some 15 MB of kernel memory
+/// (about 100 bytes of key, value and hash node per entry).
 pub const MAX_GUARDED_PORTS: u32 = 2 * 65536;
+
+/// Entries per batch system call: a bound on the kernel's temporary
+/// copy of keys and values (4096 × 48 bytes).
+const BATCH: usize = 4096;
 
 /// Why the guard cannot be loaded, attached or updated.
 #[derive(Debug)]
@@ -349,7 +354,13 @@ impl BindGuard {
 
     /// Guards every port of `block` for `protocol` in the network
     /// namespace `netns_cookie` (SO_NETNS_COOKIE), replacing any earlier
-    /// entry. On failure the entries are as they were before the call.
+    /// entry for those ports (a lazily removed one, or a holder change).
+    ///
+    /// One bpf(2) call per 4096 ports (BPF_MAP_UPDATE_BATCH). On failure
+    /// (out of kernel memory) no port of the block is left guarded: the
+    /// entries this call wrote are deleted again, so a caller that never
+    /// inserts over a live holder's ports (reservations do not overlap)
+    /// finds the map as it was.
     pub fn insert(
         &self,
         block: Block,
@@ -358,31 +369,23 @@ impl BindGuard {
         allowed: &AllowedBinders,
     ) -> Result<(), GuardError> {
         let value = allowed.to_value();
-        let mut done: Vec<(GuardKey, Option<GuardValue>)> = Vec::new();
-        for port in block.ports() {
-            let key = key(protocol, netns_cookie, port);
-            let result =
-                sys::map_lookup::<_, GuardValue>(self.map.as_fd(), &key).and_then(|before| {
-                    sys::map_update(self.map.as_fd(), &key, &value)?;
-                    Ok(before)
+        let keys: Vec<GuardKey> = block
+            .ports()
+            .map(|port| key(protocol, netns_cookie, port))
+            .collect();
+        let values = vec![value; BATCH.min(keys.len())];
+        for (i, chunk) in keys.chunks(BATCH).enumerate() {
+            let (written, error) =
+                sys::map_update_batch(self.map.as_fd(), chunk, &values[..chunk.len()]);
+            if let Some(e) = error {
+                let undo = &keys[..i * BATCH + written.min(chunk.len())];
+                // Best effort: deleting an entry just written does not fail.
+                let _ = sys::map_delete_batch(self.map.as_fd(), undo);
+                return Err(if e.raw_os_error() == Some(libc::E2BIG) {
+                    GuardError::MapFull
+                } else {
+                    GuardError::Map(e)
                 });
-            match result {
-                Ok(before) => done.push((key, before)),
-                Err(e) => {
-                    // Undo, newest first; best effort (the undo of an
-                    // update that just succeeded does not fail).
-                    for (key, before) in done.iter().rev() {
-                        let _ = match before {
-                            Some(v) => sys::map_update(self.map.as_fd(), key, v),
-                            None => sys::map_delete(self.map.as_fd(), key).map(drop),
-                        };
-                    }
-                    return Err(if e.raw_os_error() == Some(libc::E2BIG) {
-                        GuardError::MapFull
-                    } else {
-                        GuardError::Map(e)
-                    });
-                }
             }
         }
         Ok(())
@@ -396,14 +399,13 @@ impl BindGuard {
         protocol: Protocol,
         netns_cookie: u64,
     ) -> Result<usize, GuardError> {
-        let mut removed = 0;
-        for port in block.ports() {
-            let key = key(protocol, netns_cookie, port);
-            if sys::map_delete(self.map.as_fd(), &key).map_err(GuardError::Map)? {
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        let keys: Vec<GuardKey> = block
+            .ports()
+            .map(|port| key(protocol, netns_cookie, port))
+            .collect();
+        keys.chunks(BATCH).try_fold(0, |n, chunk| {
+            Ok(n + sys::map_delete_batch(self.map.as_fd(), chunk).map_err(GuardError::Map)?)
+        })
     }
 
     /// Who may bind `port`, if it is guarded.

@@ -17,6 +17,8 @@ const BPF_MAP_UPDATE_ELEM: libc::c_int = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_int = 3;
 const BPF_PROG_LOAD: libc::c_int = 5;
 const BPF_PROG_QUERY: libc::c_int = 16;
+const BPF_MAP_UPDATE_BATCH: libc::c_int = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_int = 27;
 const BPF_LINK_CREATE: libc::c_int = 28;
 
 pub(crate) const BPF_MAP_TYPE_HASH: u32 = 1;
@@ -48,6 +50,19 @@ struct MapElemAttr {
     pad: u32,
     key: u64,
     value: u64,
+    flags: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct MapBatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
     flags: u64,
 }
 
@@ -191,6 +206,55 @@ pub(crate) fn map_update<K, V>(map: BorrowedFd<'_>, key: &K, value: &V) -> io::R
     // live references the kernel reads key_size/value_size bytes from
     // (the callers pass the map's own key and value types).
     unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.map(drop)
+}
+
+/// BPF_MAP_UPDATE_BATCH of `keys[i]` → `values[i]` (Linux 5.6): one
+/// system call for many entries. Returns how many were written, in
+/// order, and the error that stopped it, if any.
+pub(crate) fn map_update_batch<K, V>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> (usize, Option<io::Error>) {
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    let mut attr = MapBatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: map.as_raw_fd() as u32,
+        elem_flags: BPF_ANY,
+        ..Default::default()
+    };
+    // SAFETY: MapBatchAttr is the batch attr; the kernel reads `count`
+    // keys and values from the two live slices of the map's key and value
+    // types, and writes back only `count`.
+    let result = unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) };
+    (attr.count as usize, result.err())
+}
+
+/// BPF_MAP_DELETE_BATCH of `keys`. The kernel stops at the first key that
+/// is absent; this resumes after it. Returns how many were deleted.
+pub(crate) fn map_delete_batch<K>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
+    let mut deleted = 0;
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let mut attr = MapBatchAttr {
+            keys: rest.as_ptr() as u64,
+            count: rest.len() as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        // SAFETY: as in map_update_batch; the kernel reads only keys.
+        let result = unsafe { bpf(BPF_MAP_DELETE_BATCH, &mut attr) };
+        let done = (attr.count as usize).min(rest.len());
+        deleted += done;
+        match result {
+            Ok(_) => break,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => rest = &rest[done + 1..],
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
 }
 
 /// BPF_MAP_DELETE_ELEM of `key`. A missing key is Ok(false).
