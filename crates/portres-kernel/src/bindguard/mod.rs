@@ -260,7 +260,7 @@ pub fn probe() -> Result<Capable, GuardError> {
 /// The loaded programs and their map, attached to at most one cgroup.
 #[derive(Debug)]
 pub struct BindGuard {
-    map: OwnedFd,
+    map: sys::GuardMap,
     bind4: OwnedFd,
     bind6: OwnedFd,
     deny: DenyErrno,
@@ -280,21 +280,14 @@ impl BindGuard {
         }
         check_capabilities()?;
         cgroup2_mount()?;
-        let map = sys::map_create(
-            sys::BPF_MAP_TYPE_HASH,
-            std::mem::size_of::<GuardKey>() as u32,
-            std::mem::size_of::<GuardValue>() as u32,
-            MAX_GUARDED_PORTS,
-            sys::BPF_F_NO_PREALLOC,
-            "portres_guard",
-        )
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::EPERM) => GuardError::NotPermitted(format!(
-                "bpf(BPF_MAP_CREATE): {e}: needs CAP_BPF (or root)"
-            )),
-            Some(libc::ENOSYS) => GuardError::BpfUnavailable(format!("bpf(2): {e}")),
-            _ => GuardError::BpfUnavailable(format!("bpf(BPF_MAP_CREATE): {e}")),
-        })?;
+        let map = sys::guard_map_create(MAX_GUARDED_PORTS, sys::BPF_F_NO_PREALLOC, "portres_guard")
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::EPERM) => GuardError::NotPermitted(format!(
+                    "bpf(BPF_MAP_CREATE): {e}: needs CAP_BPF (or root)"
+                )),
+                Some(libc::ENOSYS) => GuardError::BpfUnavailable(format!("bpf(2): {e}")),
+                _ => GuardError::BpfUnavailable(format!("bpf(BPF_MAP_CREATE): {e}")),
+            })?;
         let (bind4, deny) = load_program(&map, sys::BPF_CGROUP_INET4_BIND, "portres_bind4")?;
         let (bind6, _) = load_program(&map, sys::BPF_CGROUP_INET6_BIND, "portres_bind6")?;
         Ok(BindGuard {
@@ -375,12 +368,11 @@ impl BindGuard {
             .collect();
         let values = vec![value; BATCH.min(keys.len())];
         for (i, chunk) in keys.chunks(BATCH).enumerate() {
-            let (written, error) =
-                sys::map_update_batch(self.map.as_fd(), chunk, &values[..chunk.len()]);
+            let (written, error) = sys::map_update_batch(&self.map, chunk, &values[..chunk.len()]);
             if let Some(e) = error {
                 let undo = &keys[..i * BATCH + written.min(chunk.len())];
                 // Best effort: deleting an entry just written does not fail.
-                let _ = sys::map_delete_batch(self.map.as_fd(), undo);
+                let _ = sys::map_delete_batch(&self.map, undo);
                 return Err(if e.raw_os_error() == Some(libc::E2BIG) {
                     GuardError::MapFull
                 } else {
@@ -404,7 +396,7 @@ impl BindGuard {
             .map(|port| key(protocol, netns_cookie, port))
             .collect();
         keys.chunks(BATCH).try_fold(0, |n, chunk| {
-            Ok(n + sys::map_delete_batch(self.map.as_fd(), chunk).map_err(GuardError::Map)?)
+            Ok(n + sys::map_delete_batch(&self.map, chunk).map_err(GuardError::Map)?)
         })
     }
 
@@ -416,8 +408,7 @@ impl BindGuard {
         netns_cookie: u64,
     ) -> Result<Option<AllowedBinders>, GuardError> {
         let key = key(protocol, netns_cookie, port);
-        let value =
-            sys::map_lookup::<_, GuardValue>(self.map.as_fd(), &key).map_err(GuardError::Map)?;
+        let value = sys::map_lookup(&self.map, &key).map_err(GuardError::Map)?;
         Ok(value.map(AllowedBinders::from_value))
     }
 
@@ -439,7 +430,7 @@ fn key(protocol: Protocol, netns_cookie: u64, port: u16) -> GuardKey {
 }
 
 fn load_program(
-    map: &OwnedFd,
+    map: &sys::GuardMap,
     attach_type: u32,
     name: &str,
 ) -> Result<(OwnedFd, DenyErrno), GuardError> {
@@ -448,7 +439,7 @@ fn load_program(
         sys::prog_load(
             sys::BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
             attach_type,
-            &program::bind_program(map.as_raw_fd(), deny),
+            &program::bind_program(map.as_fd().as_raw_fd(), deny),
             name,
         )
     };
@@ -682,7 +673,7 @@ mod tests {
         assert_eq!(guard.denies_with(), DenyErrno::Eacces);
         use std::os::fd::AsRawFd;
         for attach in [sys::BPF_CGROUP_INET4_BIND, sys::BPF_CGROUP_INET6_BIND] {
-            let eperm = program::bind_program(guard.map.as_raw_fd(), DenyErrno::Eperm);
+            let eperm = program::bind_program(guard.map.as_fd().as_raw_fd(), DenyErrno::Eperm);
             sys::prog_load(
                 sys::BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
                 attach,

@@ -10,18 +10,17 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use super::insn::Insn;
+use super::program::{GuardKey, GuardValue};
 
 const BPF_MAP_CREATE: libc::c_int = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_int = 1;
-const BPF_MAP_UPDATE_ELEM: libc::c_int = 2;
-const BPF_MAP_DELETE_ELEM: libc::c_int = 3;
 const BPF_PROG_LOAD: libc::c_int = 5;
 const BPF_PROG_QUERY: libc::c_int = 16;
 const BPF_MAP_UPDATE_BATCH: libc::c_int = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_int = 27;
 const BPF_LINK_CREATE: libc::c_int = 28;
 
-pub(crate) const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_HASH: u32 = 1;
 /// Allocate hash entries on insert, not all `max_entries` up front.
 pub(crate) const BPF_F_NO_PREALLOC: u32 = 1;
 pub(crate) const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
@@ -171,77 +170,76 @@ fn name16(name: &str) -> [u8; 16] {
     out
 }
 
-/// BPF_MAP_CREATE.
-pub(crate) fn map_create(
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
+/// The guard's hash map: made only by [`guard_map_create`], so its key
+/// and value types are [`GuardKey`] and [`GuardValue`].
+#[derive(Debug)]
+pub(crate) struct GuardMap(OwnedFd);
+
+impl GuardMap {
+    pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.0)
+    }
+}
+
+/// BPF_MAP_CREATE of a guard map: a hash of GuardKey → GuardValue.
+pub(crate) fn guard_map_create(
     max_entries: u32,
     map_flags: u32,
     name: &str,
-) -> io::Result<OwnedFd> {
+) -> io::Result<GuardMap> {
     let mut attr = MapCreateAttr {
-        map_type,
-        key_size,
-        value_size,
+        map_type: BPF_MAP_TYPE_HASH,
+        key_size: std::mem::size_of::<GuardKey>() as u32,
+        value_size: std::mem::size_of::<GuardValue>() as u32,
         max_entries,
         map_flags,
         map_name: name16(name),
         ..Default::default()
     };
     // SAFETY: MapCreateAttr is BPF_MAP_CREATE's attr and holds no pointers.
-    unsafe { bpf(BPF_MAP_CREATE, &mut attr) }.map(owned_fd)
-}
-
-/// BPF_MAP_UPDATE_ELEM of `key` → `value`.
-pub(crate) fn map_update<K, V>(map: BorrowedFd<'_>, key: &K, value: &V) -> io::Result<()> {
-    let mut attr = MapElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        key: key as *const K as u64,
-        value: value as *const V as u64,
-        flags: BPF_ANY,
-        ..Default::default()
-    };
-    // SAFETY: MapElemAttr is the map-element attr; `key` and `value` are
-    // live references the kernel reads key_size/value_size bytes from
-    // (the callers pass the map's own key and value types).
-    unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.map(drop)
+    unsafe { bpf(BPF_MAP_CREATE, &mut attr) }
+        .map(owned_fd)
+        .map(GuardMap)
 }
 
 /// BPF_MAP_UPDATE_BATCH of `keys[i]` → `values[i]` (Linux 5.6): one
 /// system call for many entries. Returns how many were written, in
 /// order, and the error that stopped it, if any.
-pub(crate) fn map_update_batch<K, V>(
-    map: BorrowedFd<'_>,
-    keys: &[K],
-    values: &[V],
+///
+/// `map` must be a guard map (from [`guard_map_create`]): the kernel
+/// reads its key and value sizes from it.
+pub(crate) fn map_update_batch(
+    map: &GuardMap,
+    keys: &[GuardKey],
+    values: &[GuardValue],
 ) -> (usize, Option<io::Error>) {
     assert_eq!(keys.len(), values.len(), "one value per key");
     let mut attr = MapBatchAttr {
         keys: keys.as_ptr() as u64,
         values: values.as_ptr() as u64,
         count: keys.len() as u32,
-        map_fd: map.as_raw_fd() as u32,
+        map_fd: map.0.as_raw_fd() as u32,
         elem_flags: BPF_ANY,
         ..Default::default()
     };
     // SAFETY: MapBatchAttr is the batch attr; the kernel reads `count`
-    // keys and values from the two live slices of the map's key and value
-    // types, and writes back only `count`.
+    // keys and values from the two live slices, of the map's own key and
+    // value types (a GuardMap is only made by guard_map_create), and
+    // writes back only `count`.
     let result = unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) };
     (attr.count as usize, result.err())
 }
 
 /// BPF_MAP_DELETE_BATCH of `keys`. The kernel stops at the first key that
 /// is absent; this resumes after it. Returns how many were deleted.
-pub(crate) fn map_delete_batch<K>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
+pub(crate) fn map_delete_batch(map: &GuardMap, keys: &[GuardKey]) -> io::Result<usize> {
     let mut deleted = 0;
     let mut rest = keys;
     while !rest.is_empty() {
         let mut attr = MapBatchAttr {
             keys: rest.as_ptr() as u64,
             count: rest.len() as u32,
-            map_fd: map.as_raw_fd() as u32,
+            map_fd: map.0.as_raw_fd() as u32,
             ..Default::default()
         };
         // SAFETY: as in map_update_batch; the kernel reads only keys.
@@ -257,32 +255,19 @@ pub(crate) fn map_delete_batch<K>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result
     Ok(deleted)
 }
 
-/// BPF_MAP_DELETE_ELEM of `key`. A missing key is Ok(false).
-pub(crate) fn map_delete<K>(map: BorrowedFd<'_>, key: &K) -> io::Result<bool> {
-    let mut attr = MapElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        key: key as *const K as u64,
-        ..Default::default()
-    };
-    // SAFETY: as in map_update; the kernel only reads the key.
-    match unsafe { bpf(BPF_MAP_DELETE_ELEM, &mut attr) } {
-        Ok(_) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
 /// BPF_MAP_LOOKUP_ELEM of `key`; None when absent.
-pub(crate) fn map_lookup<K, V: Default>(map: BorrowedFd<'_>, key: &K) -> io::Result<Option<V>> {
-    let mut value = V::default();
+pub(crate) fn map_lookup(map: &GuardMap, key: &GuardKey) -> io::Result<Option<GuardValue>> {
+    let mut value = GuardValue::default();
     let mut attr = MapElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        key: key as *const K as u64,
-        value: &mut value as *mut V as u64,
+        map_fd: map.0.as_raw_fd() as u32,
+        key: key as *const GuardKey as u64,
+        value: &mut value as *mut GuardValue as u64,
         ..Default::default()
     };
-    // SAFETY: as in map_update; the kernel writes value_size bytes into
-    // `value`, a live, exclusively borrowed V of the map's value type.
+    // SAFETY: MapElemAttr is the map-element attr; the kernel reads
+    // key_size bytes from the live `key` and writes value_size bytes into
+    // `value`, a live, exclusively borrowed GuardValue: the map's value
+    // type, since a GuardMap is only made by guard_map_create.
     match unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) } {
         Ok(_) => Ok(Some(value)),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
