@@ -333,23 +333,13 @@ unsafe fn new_socket(protocol: Protocol, v6: bool, mptcp: bool) -> RawFd {
 /// # Safety
 /// Async-signal-safe; callable in a forked child.
 unsafe fn send_fd(channel: RawFd, fd: RawFd) {
-    #[repr(C, align(8))]
-    struct Cmsg([u8; 64]);
     let mut space = Cmsg([0; 64]);
-    let byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_ptr() as *mut libc::c_void,
-        iov_len: 1,
-    };
-    // SAFETY: msghdr is plain data; zeroed is valid. The control buffer
-    // is 64 aligned bytes, more than CMSG_SPACE(4); the header written is
-    // within it.
+    let mut byte = [0u8; 1];
+    let mut iov = one_byte_iov(&mut byte);
+    // SAFETY: the control buffer is 64 aligned bytes, more than
+    // CMSG_SPACE(4); the header and descriptor written are within it.
     unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &raw mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = space.0.as_mut_ptr().cast();
-        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+        let msg = msghdr(&mut iov, &mut space, libc::CMSG_SPACE(4) as usize);
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
@@ -357,6 +347,30 @@ unsafe fn send_fd(channel: RawFd, fd: RawFd) {
         std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
         libc::sendmsg(channel, &msg, 0);
     }
+}
+
+/// A control-message buffer, aligned for `cmsghdr`.
+#[repr(C, align(8))]
+struct Cmsg([u8; 64]);
+
+fn one_byte_iov(byte: &mut [u8; 1]) -> libc::iovec {
+    libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    }
+}
+
+/// A msghdr over one iovec and `controllen` bytes of `space`.
+/// Async-signal-safe (no allocation).
+fn msghdr(iov: &mut libc::iovec, space: &mut Cmsg, controllen: usize) -> libc::msghdr {
+    // SAFETY: msghdr is plain data (pointers and integers); all-zero is a
+    // valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = space.0.as_mut_ptr().cast();
+    msg.msg_controllen = controllen.min(space.0.len());
+    msg
 }
 
 impl Child {
@@ -384,22 +398,14 @@ impl Child {
 
     /// The next socket the child sent.
     fn socket(&self) -> socket2::Socket {
-        #[repr(C, align(8))]
-        struct Cmsg([u8; 64]);
         let mut space = Cmsg([0; 64]);
         let mut byte = [0u8; 1];
-        let mut iov = libc::iovec {
-            iov_base: byte.as_mut_ptr().cast(),
-            iov_len: 1,
-        };
-        // SAFETY: msghdr is plain data; zeroed is valid. The kernel writes
-        // at most msg_controllen bytes of control data into `space`.
+        let mut iov = one_byte_iov(&mut byte);
+        let mut msg = msghdr(&mut iov, &mut space, 64);
+        // SAFETY: the kernel writes at most msg_controllen bytes of
+        // control data into `space` and one byte into `byte`; the
+        // descriptor read from a SCM_RIGHTS message is new and ours.
         unsafe {
-            let mut msg: libc::msghdr = std::mem::zeroed();
-            msg.msg_iov = &raw mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = space.0.as_mut_ptr().cast();
-            msg.msg_controllen = space.0.len();
             let n = libc::recvmsg(self.channel.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
             assert_eq!(n, 1, "recvmsg");
             let cmsg = libc::CMSG_FIRSTHDR(&msg);

@@ -622,20 +622,24 @@ mod tests {
         }
     }
 
+    /// Loads `insns` as a bind4 program, expecting a refusal.
+    fn refusal(insns: &[insn::Insn]) -> sys::LoadError {
+        sys::prog_load(
+            sys::BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+            sys::BPF_CGROUP_INET4_BIND,
+            insns,
+            "portres_bad",
+        )
+        .expect_err("the verifier refuses it")
+    }
+
     #[test]
     fn a_refused_program_brings_the_verifier_log() {
         if !privileged("a_refused_program_brings_the_verifier_log") {
             return;
         }
         // A bind hook must return 0..=3.
-        let bad = [insn::mov64_imm(insn::R0, 7), insn::exit()];
-        let err = sys::prog_load(
-            sys::BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
-            sys::BPF_CGROUP_INET4_BIND,
-            &bad,
-            "portres_bad",
-        )
-        .expect_err("the verifier refuses it");
+        let err = refusal(&[insn::mov64_imm(insn::R0, 7), insn::exit()]);
         assert_eq!(err.error.raw_os_error(), Some(libc::EINVAL));
         assert!(err.log.contains("R0"), "{}", err.log);
         let text = classify_load_error(err, "").to_string();
@@ -648,20 +652,20 @@ mod tests {
         if !privileged("an_unknown_helper_is_named_missing") {
             return;
         }
-        let bad = [
-            insn::call(100_000),
-            insn::mov64_imm(insn::R0, 1),
-            insn::exit(),
-        ];
-        let err = sys::prog_load(
-            sys::BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
-            sys::BPF_CGROUP_INET4_BIND,
-            &bad,
-            "portres_bad",
-        )
-        .expect_err("the verifier refuses it");
-        let e = classify_load_error(err, "");
-        assert!(matches!(e, GuardError::HelperMissing { .. }), "{e}");
+        // An id no kernel has, and bpf_skb_load_bytes (26), which bind
+        // hooks may not call.
+        for helper in [100_000, 26] {
+            let err = refusal(&[
+                insn::call(helper),
+                insn::mov64_imm(insn::R0, 1),
+                insn::exit(),
+            ]);
+            let e = classify_load_error(err, "");
+            assert!(
+                matches!(e, GuardError::HelperMissing { .. }),
+                "{helper}: {e}"
+            );
+        }
     }
 
     #[test]
