@@ -182,7 +182,10 @@ fn components(path: &Path) -> u32 {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AllowedBinders {
     /// A process (thread group id): the daemon, which binds clients'
-    /// sockets for them (the associate path).
+    /// sockets for them (the associate path). The id in the initial pid
+    /// namespace, which is what the program sees: `std::process::id()`
+    /// only when the daemon runs there (a daemon in a container's pid
+    /// namespace would find its own binds refused — fail-closed).
     pub tgid: Option<u32>,
     /// A real uid (in the initial user namespace): a user owner.
     pub uid: Option<u32>,
