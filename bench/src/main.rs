@@ -6,6 +6,7 @@
 //! `unshare -rn`) so kernel sync never touches the machine's settings.
 //! Prints figures; never fails on a slow machine.
 
+mod bindguard;
 mod floors;
 mod portres;
 mod portserver;
@@ -52,6 +53,9 @@ fn main() {
     if args.first().map(String::as_str) == Some("--echo-server") {
         floors::echo_server(std::path::Path::new(&args[1]));
     }
+    if args.first().map(String::as_str) == Some("--bindguard-child") {
+        bindguard::child(args.get(1).map(String::as_str) == Some("quick"));
+    }
     let quick = args.iter().any(|a| a == "--quick");
     // A single scenario (for profiling) never needs portserver.
     let skip_portserver = args.iter().any(|a| a == "--no-portserver")
@@ -87,6 +91,12 @@ fn main() {
     raise_fd_limit();
     if let Ok(only) = std::env::var("PORTRES_BENCH_ONLY") {
         // For profiling one scenario: `PORTRES_BENCH_ONLY=abr1|abr8 perf record ...`.
+        if only == "bindguard" {
+            for r in bindguard_rows(false) {
+                println!("{}: {}", r.name, r.note);
+            }
+            return;
+        }
         let d = portres::Daemon::start(&dir.path().join("only"));
         if only == "list" {
             let m = portres::many(&d, 1000, 10);
@@ -160,6 +170,8 @@ fn main() {
         &bind0,
         String::new(),
     ));
+    eprintln!("measuring the strict-mode bind hooks...");
+    rows.extend(bindguard_rows(quick));
     let rtt1 = floors::unix_rtt(1, false, dur);
     rows.push(row(
         "floor: Unix round trip, 16 B, 1 client",
@@ -350,6 +362,33 @@ fn main() {
         Err(e) => rows.push(text_row("portserver", format!("not measured: {e}"))),
     }
     print_table(&rows, quick);
+}
+
+/// The rows for what strict mode's bind hooks add to a plain bind().
+fn bindguard_rows(quick: bool) -> Vec<Row> {
+    let target_ns = 300.0;
+    match bindguard::measure(quick) {
+        Ok(f) => [
+            ("strict mode: bind(unreserved port) hook cost", f.unreserved),
+            ("strict mode: bind(port 0) hook cost", f.port0),
+        ]
+        .into_iter()
+        .map(|(name, c)| {
+            let added = c.on_ns - c.off_ns;
+            text_row(
+                name,
+                format!(
+                    "bind() {:.0} ns without the hooks, {:.0} ns with: {:+.0} ns (target < {target_ns:.0} ns: {})",
+                    c.off_ns,
+                    c.on_ns,
+                    added,
+                    verdict(added < target_ns)
+                ),
+            )
+        })
+        .collect(),
+        Err(e) => vec![text_row("strict mode: bind hook cost", format!("not measured: {e}"))],
+    }
 }
 
 /// Ordinary sockets at the bottom of the dynamic range in the busy-ports

@@ -13,13 +13,16 @@
 //!   a reserved block, and network-namespace cookies;
 //! - [`capability`]: unforgeable session capabilities (anonymous files);
 //! - [`netns`]: private network namespaces for tests and benchmarks;
-//! - [`owner`]: one kernel-syncing daemon per network namespace.
+//! - [`owner`]: one kernel-syncing daemon per network namespace;
+//! - [`bindguard`]: strict mode's cgroup bind hooks (eBPF), which refuse
+//!   binds into guarded ports to all but their allowed binders.
 //!
 //! It knows nothing of reservations, policy or the wire protocol: it depends
 //! only on `portres-core` for the domain types (protocols, port sets, error
 //! codes). Kernel quirks are handled here, each with a comment saying why.
 #![deny(missing_docs)]
 
+pub mod bindguard;
 pub mod capability;
 pub mod creds;
 pub mod diag;

@@ -49,6 +49,27 @@ nstest!(a_quick_benchmark_run_prints_every_row_and_cleans_up, |_| {
             "row without a figure: {line}"
         );
     }
+    // Strict mode's bind-hook rows: measured where the bind guard can
+    // load (root, cgroup v2, BPF), otherwise one row saying why not.
+    let strict_rows = [
+        "strict mode: bind(unreserved port) hook cost",
+        "strict mode: bind(port 0) hook cost",
+    ];
+    let measured = strict_rows.iter().all(|row| {
+        stdout
+            .lines()
+            .any(|l| l.starts_with(row) && l.contains(" ns with: "))
+    });
+    let require = std::env::var_os("PORTRES_REQUIRE_PRIVILEGED_TESTS").is_some_and(|v| v == "1");
+    assert!(
+        measured
+            || (!require
+                && stdout
+                    .lines()
+                    .any(|l| l.starts_with("strict mode: bind hook cost")
+                        && l.contains("not measured"))),
+        "no strict-mode rows:\n{stdout}"
+    );
     assert!(stdout.contains("target <= 4x:"), "{stdout}");
     assert!(stdout.contains("skipped (--no-portserver)"), "{stdout}");
     // Everything it started is gone, and so are its temporary directories.

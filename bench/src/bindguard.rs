@@ -1,0 +1,170 @@
+//! What strict mode's bind hooks cost a plain `bind()`: an unreserved port
+//! and port 0, with and without the programs attached, in one process,
+//! in one private cgroup.
+//!
+//! The measurement runs in a child process (`portres-bench
+//! --bindguard-child`), because the hooks judge sockets by the cgroup of
+//! the process that creates them and a process moves into a cgroup whole:
+//! the child, single-threaded, creates `portres-bench-<pid>` under the
+//! cgroup v2 mount, moves itself in, loads a guard with a 1000-port block
+//! guarded (so the map lookup is a real one), and alternates rounds with
+//! the programs detached and attached, timing each `bind()` call alone
+//! (the socket is made before and closed after the clock). It moves back
+//! to its original cgroup, removes the one it made and prints one line
+//! per case: `case off_ns on_ns`, the median single bind() of all rounds
+//! (medians, not means: on a shared 2-CPU machine preemption makes the
+//! mean mostly noise).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use portres_core::{Block, Protocol};
+use portres_kernel::bindguard::{self, AllowedBinders, BindGuard};
+
+/// One case's figures: nanoseconds per bind, without and with the hooks.
+pub struct Cost {
+    pub off_ns: f64,
+    pub on_ns: f64,
+}
+
+/// Both cases, or why they could not be measured.
+pub struct Figures {
+    pub unreserved: Cost,
+    pub port0: Cost,
+}
+
+const UNRESERVED_PORT: u16 = 45000;
+
+/// Runs the child and parses its lines.
+pub fn measure(quick: bool) -> Result<Figures, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = std::process::Command::new(exe)
+        .arg("--bindguard-child")
+        .arg(if quick { "quick" } else { "full" })
+        .output()
+        .map_err(|e| e.to_string())?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "{}{}",
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let cost = |case: &str| -> Result<Cost, String> {
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(case)?.strip_prefix(' '))
+            .ok_or_else(|| format!("no {case} line in {stdout:?}"))?;
+        let mut it = line.split(' ').map(str::parse::<f64>);
+        match (it.next(), it.next()) {
+            (Some(Ok(off_ns)), Some(Ok(on_ns))) => Ok(Cost { off_ns, on_ns }),
+            _ => Err(format!("bad line {line:?}")),
+        }
+    };
+    Ok(Figures {
+        unreserved: cost("unreserved")?,
+        port0: cost("port0")?,
+    })
+}
+
+/// The child: exits 0 after printing the figures, 1 with a reason.
+pub fn child(quick: bool) -> ! {
+    match run_child(quick) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            println!("not measured: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
+fn run_child(quick: bool) -> Result<(), String> {
+    let mut guard = BindGuard::load().map_err(|e| e.to_string())?;
+    let mount = bindguard::cgroup2_mount().map_err(|e| e.to_string())?;
+    let original = own_cgroup(&mount)?;
+    let cgroup = mount.join(format!("portres-bench-{}", std::process::id()));
+    std::fs::create_dir(&cgroup).map_err(|e| format!("{}: {e}", cgroup.display()))?;
+    let result = (|| {
+        join(&cgroup)?;
+        let cookie = portres_kernel::sock::current_netns_cookie().map_err(|e| e.to_string())?;
+        let allowed = AllowedBinders {
+            tgid: Some(1),
+            ..Default::default()
+        };
+        guard
+            .insert(
+                Block::from_range(40000, 40999),
+                Protocol::Tcp,
+                cookie,
+                &allowed,
+            )
+            .map_err(|e| e.to_string())?;
+        let (rounds, per_round) = if quick { (4, 2_000) } else { (40, 10_000) };
+        let cases = [("unreserved", UNRESERVED_PORT), ("port0", 0)];
+        let mut off = [Vec::new(), Vec::new()];
+        let mut on = [Vec::new(), Vec::new()];
+        // Cases and states interleaved round by round, so drift (CPU
+        // frequency, other load) falls on all four alike.
+        for _ in 0..rounds {
+            guard.detach();
+            for (i, (_, port)) in cases.iter().enumerate() {
+                time_binds(*port, per_round, &mut off[i])?;
+            }
+            guard.attach(&cgroup).map_err(|e| e.to_string())?;
+            for (i, (_, port)) in cases.iter().enumerate() {
+                time_binds(*port, per_round, &mut on[i])?;
+            }
+        }
+        for (i, (case, _)) in cases.iter().enumerate() {
+            println!(
+                "{case} {:.1} {:.1}",
+                median(&mut off[i]),
+                median(&mut on[i])
+            );
+        }
+        Ok(())
+    })();
+    guard.close();
+    let back = join(&original);
+    let removed = std::fs::remove_dir(&cgroup).map_err(|e| format!("{}: {e}", cgroup.display()));
+    result.and(back).and(removed)
+}
+
+/// Times `n` single `bind()`s of fresh TCP sockets to 127.0.0.1:`port`,
+/// appending each in nanoseconds to `out`.
+fn time_binds(port: u16, n: u32, out: &mut Vec<u32>) -> Result<(), String> {
+    let addr = socket2::SockAddr::from(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    for _ in 0..n {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        let r = s.bind(&addr);
+        let ns = t.elapsed().as_nanos();
+        r.map_err(|e| format!("bind :{port}: {e}"))?;
+        out.push(u32::try_from(ns).unwrap_or(u32::MAX));
+    }
+    Ok(())
+}
+
+fn median(v: &mut [u32]) -> f64 {
+    v.sort_unstable();
+    f64::from(v[v.len() / 2])
+}
+
+/// The calling process's cgroup v2 directory, from /proc/self/cgroup.
+fn own_cgroup(mount: &Path) -> Result<PathBuf, String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or("no cgroup v2 line in /proc/self/cgroup")?;
+    Ok(mount.join(rel.trim_start_matches('/')))
+}
+
+/// Moves the whole (single-threaded) process into `cgroup`.
+fn join(cgroup: &Path) -> Result<(), String> {
+    std::fs::write(cgroup.join("cgroup.procs"), "0")
+        .map_err(|e| format!("join {}: {e}", cgroup.display()))
+}
