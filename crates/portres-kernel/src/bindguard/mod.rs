@@ -16,19 +16,24 @@
 //! crashed daemon never leaves binds blocked. A new guard makes new links
 //! with a new map; nothing stacks.
 
+mod cgroup;
 mod insn;
+mod load;
 mod program;
 mod sys;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use portres_core::{Block, Protocol};
 
+pub use cgroup::{CgroupRef, attached_bind_programs, cgroup2_mount};
+use load::{check_capabilities, load_program};
 pub use program::DenyErrno;
 use program::{GuardKey, GuardValue};
 
@@ -124,58 +129,6 @@ impl fmt::Display for GuardError {
 }
 
 impl std::error::Error for GuardError {}
-
-/// A cgroup v2 directory as the program sees it: its id and its depth
-/// (the root is level 0), for `bpf_get_current_ancestor_cgroup_id`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct CgroupRef {
-    /// The cgroup id: the directory's inode number on cgroupfs (kernfs
-    /// node id, the same number since Linux 5.5 on 64-bit hosts).
-    pub id: u64,
-    /// Its depth below the hierarchy's root.
-    pub level: u32,
-}
-
-impl CgroupRef {
-    /// The cgroup at `dir`, a directory under a cgroup v2 mount.
-    ///
-    /// The level is the directory's depth below the mount point plus the
-    /// depth of the mount's root in the hierarchy (mountinfo's root
-    /// field). Inside a cgroup namespace that root shows as "/" although
-    /// it is not the real root, and the level comes out too small: then
-    /// the ancestor check compares the wrong ancestor and fails — it can
-    /// refuse the cgroup's own processes, never allow anyone else, as
-    /// cgroup ids are unique.
-    pub fn of_dir(dir: &Path) -> Result<CgroupRef, GuardError> {
-        let attach_err = |error: io::Error| GuardError::Attach {
-            cgroup: dir.to_owned(),
-            error,
-        };
-        let dir = dir.canonicalize().map_err(attach_err)?;
-        let meta = std::fs::metadata(&dir).map_err(attach_err)?;
-        let mount = cgroup2_mount_info()?;
-        let below = dir.strip_prefix(&mount.mount_point).map_err(|_| {
-            attach_err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "not under the cgroup v2 mount {}",
-                    mount.mount_point.display()
-                ),
-            ))
-        })?;
-        let level = components(&mount.root) + components(below);
-        Ok(CgroupRef {
-            id: meta.ino(),
-            level,
-        })
-    }
-}
-
-fn components(path: &Path) -> u32 {
-    path.components()
-        .filter(|c| matches!(c, std::path::Component::Normal(_)))
-        .count() as u32
-}
 
 /// Who may bind a guarded port. Any one match allows the bind; a value
 /// with nothing set allows nobody.
@@ -429,279 +382,5 @@ fn key(protocol: Protocol, netns_cookie: u64, port: u16) -> GuardKey {
             Protocol::Udp => libc::IPPROTO_UDP as u8,
         },
         pad: [0; 5],
-    }
-}
-
-fn load_program(
-    map: &sys::GuardMap,
-    attach_type: u32,
-    name: &str,
-) -> Result<(OwnedFd, DenyErrno), GuardError> {
-    use std::os::fd::AsRawFd;
-    let load = |deny| {
-        sys::prog_load(
-            sys::BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
-            attach_type,
-            &program::bind_program(map.as_fd().as_raw_fd(), deny),
-            name,
-        )
-    };
-    let eacces = match load(DenyErrno::Eacces) {
-        Ok(fd) => return Ok((fd, DenyErrno::Eacces)),
-        Err(e) => e,
-    };
-    // bpf_set_retval in bind hooks came in Linux 5.18; without it a
-    // refused bind fails with EPERM.
-    match load(DenyErrno::Eperm) {
-        Ok(fd) => Ok((fd, DenyErrno::Eperm)),
-        Err(e) => Err(classify_load_error(e, &eacces.log)),
-    }
-}
-
-fn classify_load_error(e: sys::LoadError, eacces_log: &str) -> GuardError {
-    let sys::LoadError { error, log } = e;
-    match error.raw_os_error() {
-        Some(libc::EPERM) | Some(libc::EACCES) if log.is_empty() => GuardError::NotPermitted(
-            format!("bpf(BPF_PROG_LOAD): {error}: needs CAP_BPF and CAP_NET_ADMIN (or root)"),
-        ),
-        Some(libc::ENOSYS) => GuardError::BpfUnavailable(format!("bpf(2): {error}")),
-        // An unknown program or attach type is refused before the
-        // verifier runs, so without a log.
-        Some(libc::EINVAL) if log.is_empty() => GuardError::BpfUnavailable(format!(
-            "the kernel refuses BPF_PROG_TYPE_CGROUP_SOCK_ADDR bind programs: {error}"
-        )),
-        // "unknown func bpf_x#N" (a helper this program type may not
-        // call), "invalid func unknown#N" (a helper id the kernel does
-        // not have), "cannot use helper" (older kernels).
-        _ if ["unknown func", "invalid func", "cannot use helper"]
-            .iter()
-            .any(|m| log.contains(m)) =>
-        {
-            GuardError::HelperMissing { log }
-        }
-        _ => GuardError::VerifierRefused {
-            error,
-            log: if eacces_log.is_empty() || eacces_log == log {
-                log
-            } else {
-                format!("{log}\n(the EACCES variant: {eacces_log})")
-            },
-        },
-    }
-}
-
-/// CAP_BPF (39) or CAP_SYS_ADMIN (21) to load, and CAP_NET_ADMIN (12) or
-/// CAP_SYS_ADMIN for a socket program and its cgroup attachment: checked
-/// up front from /proc/self/status so the reason is exact.
-fn check_capabilities() -> Result<(), GuardError> {
-    let status = std::fs::read_to_string("/proc/self/status")
-        .map_err(|e| GuardError::NotPermitted(format!("cannot read /proc/self/status: {e}")))?;
-    let eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .ok_or_else(|| GuardError::NotPermitted("no CapEff in /proc/self/status".into()))?;
-    let has = |cap: u32| eff & (1u64 << cap) != 0;
-    let sys_admin = has(21);
-    let mut missing = Vec::new();
-    if !(has(39) || sys_admin) {
-        missing.push("CAP_BPF");
-    }
-    if !(has(12) || sys_admin) {
-        missing.push("CAP_NET_ADMIN");
-    }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(GuardError::NotPermitted(format!(
-            "the bind hooks need CAP_BPF and CAP_NET_ADMIN (or root); this process lacks {}",
-            missing.join(" and ")
-        )))
-    }
-}
-
-struct MountInfo {
-    mount_point: PathBuf,
-    root: PathBuf,
-}
-
-/// The cgroup v2 mount point, from /proc/self/mountinfo (the first
-/// `cgroup2` entry: `/sys/fs/cgroup` on unified hosts,
-/// `/sys/fs/cgroup/unified` on hybrid ones).
-pub fn cgroup2_mount() -> Result<PathBuf, GuardError> {
-    Ok(cgroup2_mount_info()?.mount_point)
-}
-
-fn cgroup2_mount_info() -> Result<MountInfo, GuardError> {
-    let text =
-        std::fs::read_to_string("/proc/self/mountinfo").map_err(|_| GuardError::NoCgroup2)?;
-    parse_cgroup2_mount(&text).ok_or(GuardError::NoCgroup2)
-}
-
-/// mountinfo lines: `id parent major:minor root mount-point options
-/// [optional fields] - fstype source super-options`, paths with spaces,
-/// tabs, newlines and backslashes escaped as octal `\NNN`.
-fn parse_cgroup2_mount(text: &str) -> Option<MountInfo> {
-    text.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        if right.split(' ').next()? != "cgroup2" {
-            return None;
-        }
-        let mut fields = left.split(' ');
-        let root = fields.nth(3)?;
-        let mount_point = fields.next()?;
-        Some(MountInfo {
-            mount_point: PathBuf::from(unescape_octal(mount_point)),
-            root: PathBuf::from(unescape_octal(root)),
-        })
-    })
-}
-
-fn unescape_octal(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let n = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(n);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// How many programs are attached directly to the cgroup directory
-/// `cgroup` for the bind4 and for the bind6 hook (BPF_PROG_QUERY; not
-/// counting those of its ancestors). Needs the same privileges as
-/// attaching.
-pub fn attached_bind_programs(cgroup: &Path) -> io::Result<(u32, u32)> {
-    let dir = File::open(cgroup)?;
-    Ok((
-        sys::prog_query_count(dir.as_fd(), sys::BPF_CGROUP_INET4_BIND)?,
-        sys::prog_query_count(dir.as_fd(), sys::BPF_CGROUP_INET6_BIND)?,
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_cgroup2_mount_on_hybrid_and_unified_hosts() {
-        let hybrid = "25 1 0:23 / /sys rw - sysfs sysfs rw\n\
-            35 25 0:30 / /sys/fs/cgroup ro shared:9 - tmpfs tmpfs ro,mode=755\n\
-            41 35 0:38 / /sys/fs/cgroup/unified rw,relatime shared:10 - cgroup2 cgroup2 rw\n";
-        let m = parse_cgroup2_mount(hybrid).expect("found");
-        assert_eq!(m.mount_point, Path::new("/sys/fs/cgroup/unified"));
-        assert_eq!(m.root, Path::new("/"));
-        let nested = "30 1 0:26 /system.slice/x\\040y /mnt/cg\\040two rw - cgroup2 cgroup2 rw\n";
-        let m = parse_cgroup2_mount(nested).expect("found");
-        assert_eq!(m.mount_point, Path::new("/mnt/cg two"));
-        assert_eq!(components(&m.root), 2);
-        assert!(parse_cgroup2_mount("25 1 0:23 / /sys rw - sysfs sysfs rw\n").is_none());
-    }
-
-    /// Whether a privileged unit test may run; panics instead of skipping
-    /// under PORTRES_REQUIRE_PRIVILEGED_TESTS=1.
-    fn privileged(test: &str) -> bool {
-        match check_capabilities() {
-            Ok(()) => true,
-            Err(e) => {
-                if std::env::var_os("PORTRES_REQUIRE_PRIVILEGED_TESTS").is_some_and(|v| v == "1") {
-                    panic!("{test}: {e} and PORTRES_REQUIRE_PRIVILEGED_TESTS=1");
-                }
-                eprintln!("SKIPPED {test}: {e}");
-                false
-            }
-        }
-    }
-
-    /// Loads `insns` as a bind4 program, expecting a refusal.
-    fn refusal(insns: &[insn::Insn]) -> sys::LoadError {
-        sys::prog_load(
-            sys::BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
-            sys::BPF_CGROUP_INET4_BIND,
-            insns,
-            "portres_bad",
-        )
-        .expect_err("the verifier refuses it")
-    }
-
-    #[test]
-    fn a_refused_program_brings_the_verifier_log() {
-        if !privileged("a_refused_program_brings_the_verifier_log") {
-            return;
-        }
-        // A bind hook must return 0..=3.
-        let err = refusal(&[insn::mov64_imm(insn::R0, 7), insn::exit()]);
-        assert_eq!(err.error.raw_os_error(), Some(libc::EINVAL));
-        assert!(err.log.contains("R0"), "{}", err.log);
-        let text = classify_load_error(err, "").to_string();
-        assert!(text.starts_with("the BPF verifier refused"), "{text}");
-        assert!(text.contains("R0"), "{text}");
-    }
-
-    #[test]
-    fn an_unknown_helper_is_named_missing() {
-        if !privileged("an_unknown_helper_is_named_missing") {
-            return;
-        }
-        // An id no kernel has, and bpf_skb_load_bytes (26), which bind
-        // hooks may not call.
-        for helper in [100_000, 26] {
-            let err = refusal(&[
-                insn::call(helper),
-                insn::mov64_imm(insn::R0, 1),
-                insn::exit(),
-            ]);
-            let e = classify_load_error(err, "");
-            assert!(
-                matches!(e, GuardError::HelperMissing { .. }),
-                "{helper}: {e}"
-            );
-        }
-    }
-
-    #[test]
-    fn both_variants_load_here() {
-        if !privileged("both_variants_load_here") {
-            return;
-        }
-        let guard = BindGuard::load().expect("load");
-        assert_eq!(guard.denies_with(), DenyErrno::Eacces);
-        use std::os::fd::AsRawFd;
-        for attach in [sys::BPF_CGROUP_INET4_BIND, sys::BPF_CGROUP_INET6_BIND] {
-            let eperm = program::bind_program(guard.map.as_fd().as_raw_fd(), DenyErrno::Eperm);
-            sys::prog_load(
-                sys::BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
-                attach,
-                &eperm,
-                "portres_eperm",
-            )
-            .map_err(|e| e.log)
-            .expect("the EPERM fallback loads too");
-        }
-    }
-
-    #[test]
-    fn allowed_binders_round_trip_and_empty_allows_nobody() {
-        assert_eq!(AllowedBinders::default().to_value(), GuardValue::default());
-        let a = AllowedBinders {
-            tgid: Some(7),
-            uid: Some(0),
-            gid: None,
-            cgroup: Some(CgroupRef { id: 99, level: 2 }),
-            skip_bind_service_cap: true,
-        };
-        assert_eq!(AllowedBinders::from_value(a.to_value()), a);
     }
 }
