@@ -1,5 +1,9 @@
 //! Unit tests for the SQLite store (store.rs).
 
+use portres_core::PortSet;
+use rusqlite::types::ValueRef;
+
+use super::rows::parse_row;
 use super::*;
 
 #[test]
