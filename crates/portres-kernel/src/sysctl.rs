@@ -5,9 +5,10 @@
 //!
 //! This module owns reading and writing those files correctly — the
 //! reserved-ports file has unusual read and write rules, handled and
-//! explained below — and an in-memory fake of the reserved-ports list that
-//! keeps the kernel's write rules (for the tests of `converge` here and the
-//! daemon's in-memory kernel, `portres-daemon`'s `kernel::fake`). Deciding
+//! explained below — and (in `fake`) an in-memory fake of the reserved-ports
+//! list that keeps the kernel's write rules (for the tests of `converge`
+//! here and the daemon's in-memory kernel, `portres-daemon`'s
+//! `kernel::fake`). Deciding
 //! *what* to reserve is the daemon's job.
 //!
 //! Both sysctls are per network namespace: the files under `/proc/sys/net`
@@ -19,6 +20,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use portres_core::PortSet;
+
+mod fake;
+
+pub use fake::FakeReservedPorts;
 
 /// The kernel's reserved-ports list (net.ipv4.ip_local_reserved_ports), per
 /// network namespace, shared by TCP and UDP.
@@ -323,69 +328,6 @@ fn read_whole(path: &Path) -> io::Result<String> {
 
 fn annotate(e: io::Error, doing: &str, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{doing} {}: {e}", path.display()))
-}
-
-/// In-memory fake of the list (the tests of `converge`, the daemon's fake
-/// kernel). It models the kernel's
-/// rules — a replacing write of at most [`MAX_WRITE`] bytes, adding writes
-/// of any number — and keeps every value the list ever held, so a test can
-/// check that no port went missing in between.
-#[derive(Clone, Debug, Default)]
-pub struct FakeReservedPorts {
-    /// The current list.
-    pub value: PortSet,
-    /// How many write() calls succeeded (an add of a long list counts one
-    /// per piece, as on the kernel).
-    pub writes: usize,
-    /// Every value the list held after each write() call, oldest first.
-    pub history: Vec<PortSet>,
-    /// When true, every write fails (with `ErrorKind::PermissionDenied`) and
-    /// changes nothing.
-    pub fail_writes: bool,
-}
-
-impl FakeReservedPorts {
-    fn check(&self) -> io::Result<()> {
-        if self.fail_writes {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "FakeReservedPorts: writes are set to fail",
-            ));
-        }
-        Ok(())
-    }
-
-    fn record(&mut self) {
-        self.writes += 1;
-        self.history.push(self.value.clone());
-    }
-}
-
-impl ReservedPorts for FakeReservedPorts {
-    fn read(&self) -> io::Result<PortSet> {
-        Ok(self.value.clone())
-    }
-
-    fn add(&mut self, ports: &PortSet) -> io::Result<()> {
-        self.check()?;
-        if ports.is_empty() {
-            return Ok(());
-        }
-        for piece in ports.render_chunks(MAX_WRITE) {
-            let piece: PortSet = piece.parse().map_err(invalid)?;
-            self.value.extend(&piece);
-            self.record();
-        }
-        Ok(())
-    }
-
-    fn replace(&mut self, ports: &PortSet) -> io::Result<()> {
-        self.check()?;
-        replacing_text(ports)?;
-        self.value = ports.clone();
-        self.record();
-        Ok(())
-    }
 }
 
 /// Where the kernel exposes the dynamic port range.
