@@ -101,8 +101,7 @@ fn nlmsg_error_is_an_error_and_ack_is_not() {
     let mut ack = 0i32.to_ne_bytes().to_vec();
     ack.extend_from_slice(&[0; 16]);
     assert_eq!(
-        parse_datagram(&message(ERROR, 1, &ack), 1, Protocol::Udp, &mut Vec::new())
-            .expect("ack"),
+        parse_datagram(&message(ERROR, 1, &ack), 1, Protocol::Udp, &mut Vec::new()).expect("ack"),
         Dump::More
     );
 }
