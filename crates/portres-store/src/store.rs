@@ -1,35 +1,23 @@
 //! [`Store`]: the open database and its operations (open with checks and
-//! migrations, load, insert, delete, kernel baseline), and
-//! [`StoredReservation`], the row it keeps per persistent reservation.
+//! migrations, load, insert, delete). The kernel baseline is in `baseline`,
+//! the row type and reading rows back in `rows`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use portres_core::{Block, Owner, PortSet, Protocol};
-use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, ffi, params};
+use portres_core::{Block, Owner, Protocol};
+use rusqlite::{Connection, OpenFlags, ffi, params};
 
 use crate::error::Cause;
-use crate::schema::{self, BASELINE_AT_KEY, BASELINE_KEY, BASELINE_ORIGIN_KEY, MigrateError};
+use crate::schema::{self, MigrateError};
 use crate::{StoreError, files};
 
-/// One persistent reservation as the store keeps it. Tokens are not stored:
-/// the daemon draws a fresh one for each reservation when it loads them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredReservation {
-    /// TCP or UDP.
-    pub protocol: Protocol,
-    /// The reserved ports. `(protocol, block.start())` identifies the row.
-    pub block: Block,
-    /// The user or group that may bind it without being admin, if any.
-    pub owner: Option<Owner>,
-    /// Free text from the admin, if any.
-    pub label: Option<String>,
-    /// Uid of the admin who created it.
-    pub created_by: u32,
-    /// When it was created, in unix seconds, as supplied by the caller.
-    pub created_at: i64,
-}
+mod baseline;
+mod rows;
+
+pub use baseline::BaselineRecord;
+pub use rows::StoredReservation;
+use rows::{SELECT_ALL, load_rows, quick_check};
 
 /// The open store: one SQLite connection to `<state_dir>/portres.db`.
 #[derive(Debug)]
@@ -41,8 +29,6 @@ pub struct Store {
     read_only: bool,
 }
 
-const SELECT_ALL: &str = "SELECT rowid, protocol, start, count, owner_kind, owner_id, label, \
-     created_by, created_at FROM persistent ORDER BY protocol, start";
 const INSERT: &str = "INSERT INTO persistent \
      (protocol, start, count, owner_kind, owner_id, label, created_by, created_at) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
@@ -314,123 +300,6 @@ impl Store {
             })?;
         Ok(changed > 0)
     }
-
-    /// The admin's baseline value of `net.ipv4.ip_local_reserved_ports`,
-    /// recorded the first time the daemon started, if it has been recorded.
-    pub fn baseline(&self) -> Result<Option<PortSet>, StoreError> {
-        let reading = "reading the kernel baseline";
-        let value: Option<rusqlite::types::Value> = self
-            .conn
-            .prepare_cached(GET_META)
-            .and_then(|mut stmt| stmt.query_row([BASELINE_KEY], |row| row.get(0)).optional())
-            .map_err(|e| StoreError::sqlite(&self.path, reading, e))?;
-        let Some(value) = value else {
-            return Ok(None);
-        };
-        let bad = |why: String| {
-            StoreError::invalid(
-                &self.path,
-                reading,
-                format!("meta key {BASELINE_KEY:?} holds {why}"),
-            )
-        };
-        match value {
-            rusqlite::types::Value::Text(text) => text
-                .parse::<PortSet>()
-                .map(Some)
-                .map_err(|e| bad(format!("{text:?}, which is not a port list: {}", e.message))),
-            other => Err(bad(format!("{other:?}, which is not text"))),
-        }
-    }
-
-    /// Records the baseline (inserting or replacing it), in the kernel's
-    /// text form, without provenance (any recorded before is removed, so
-    /// it cannot describe another value). Durable when it returns.
-    pub fn set_baseline(&mut self, ports: &PortSet) -> Result<(), StoreError> {
-        self.write_baseline(ports, None)
-    }
-}
-
-/// The recorded baseline with where it came from (see
-/// [`Store::baseline_record`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BaselineRecord {
-    /// The baseline itself.
-    pub ports: PortSet,
-    /// When it was recorded, unix seconds; `None` in a store written before
-    /// portres kept this.
-    pub recorded_at: Option<i64>,
-    /// How it was recorded, a sentence for the admin; `None` like the time.
-    pub origin: Option<String>,
-}
-
-impl Store {
-    /// The baseline with its provenance, if a baseline has been recorded.
-    /// Provenance that is unreadable (not text, a time that is not a
-    /// number) reads as unknown: it only informs the admin.
-    pub fn baseline_record(&self) -> Result<Option<BaselineRecord>, StoreError> {
-        let Some(ports) = self.baseline()? else {
-            return Ok(None);
-        };
-        let text = |key: &str| -> Result<Option<String>, StoreError> {
-            let value: Option<rusqlite::types::Value> = self
-                .conn
-                .prepare_cached(GET_META)
-                .and_then(|mut stmt| stmt.query_row([key], |row| row.get(0)).optional())
-                .map_err(|e| StoreError::sqlite(&self.path, "reading the kernel baseline", e))?;
-            Ok(match value {
-                Some(rusqlite::types::Value::Text(t)) => Some(t),
-                _ => None,
-            })
-        };
-        Ok(Some(BaselineRecord {
-            ports,
-            recorded_at: text(BASELINE_AT_KEY)?.and_then(|t| t.parse().ok()),
-            origin: text(BASELINE_ORIGIN_KEY)?,
-        }))
-    }
-
-    /// Records the baseline with its provenance (`origin`, a sentence for
-    /// the admin, and `at`, unix seconds), replacing any earlier one, in one
-    /// transaction. Durable when it returns.
-    pub fn record_baseline(
-        &mut self,
-        ports: &PortSet,
-        origin: &str,
-        at: i64,
-    ) -> Result<(), StoreError> {
-        self.write_baseline(ports, Some((origin, at)))
-    }
-
-    fn write_baseline(
-        &mut self,
-        ports: &PortSet,
-        provenance: Option<(&str, i64)>,
-    ) -> Result<(), StoreError> {
-        self.reopen_if_read_only();
-        let path = self.path.clone();
-        let err = |e| StoreError::sqlite(&path, "recording the kernel baseline", e);
-        let tx = self.conn.transaction().map_err(err)?;
-        let set = |key: &str, value: String| {
-            tx.prepare_cached(SET_META)
-                .and_then(|mut stmt| stmt.execute(params![key, value]))
-        };
-        set(BASELINE_KEY, ports.to_string()).map_err(err)?;
-        match provenance {
-            Some((origin, at)) => {
-                set(BASELINE_AT_KEY, at.to_string()).map_err(err)?;
-                set(BASELINE_ORIGIN_KEY, origin.to_string()).map_err(err)?;
-            }
-            None => {
-                tx.execute(
-                    "DELETE FROM meta WHERE key IN (?1, ?2)",
-                    params![BASELINE_AT_KEY, BASELINE_ORIGIN_KEY],
-                )
-                .map_err(err)?;
-            }
-        }
-        tx.commit().map_err(err)
-    }
 }
 
 /// `path` for an SQLite `file:` URI: every byte but unreserved ones and
@@ -448,243 +317,5 @@ fn uri_path(path: &Path) -> String {
     out
 }
 
-/// Reads and validates every row of `persistent` (see [`Store::load`]).
-fn load_rows(conn: &Connection, path: &Path) -> Result<Vec<StoredReservation>, StoreError> {
-    let loading = "loading the persistent reservations";
-    let sql_err = |e| StoreError::sqlite(path, loading, e);
-    let mut stmt = conn.prepare_cached(SELECT_ALL).map_err(sql_err)?;
-    let mut rows = stmt.query([]).map_err(sql_err)?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next().map_err(sql_err)? {
-        let mut values = [ValueRef::Null; 9];
-        for (i, v) in values.iter_mut().enumerate() {
-            *v = row.get_ref(i).map_err(sql_err)?;
-        }
-        let [rowid, fields @ ..] = values;
-        match parse_row(&fields) {
-            Ok(r) => out.push(r),
-            Err(why) => {
-                return Err(StoreError::invalid(
-                    path,
-                    loading,
-                    format!(
-                        "row {} of table persistent (protocol {}, start {}, count {}) \
-                         is not a valid reservation: {why}",
-                        describe(rowid),
-                        describe(fields[0]),
-                        describe(fields[1]),
-                        describe(fields[2]),
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Runs `PRAGMA quick_check` and fails unless it answers exactly "ok".
-fn quick_check(conn: &Connection, path: &Path) -> Result<(), StoreError> {
-    let checking = "checking the database's integrity";
-    let mut problems = Vec::new();
-    conn.pragma_query(None, "quick_check", |row| {
-        let line = describe_text(row.get_ref(0)?);
-        if line != "ok" {
-            problems.push(line);
-        }
-        Ok(())
-    })
-    .map_err(|e| StoreError::sqlite(path, checking, e))?;
-    if problems.is_empty() {
-        return Ok(());
-    }
-    const SHOWN: usize = 5;
-    let more = problems.len().saturating_sub(SHOWN);
-    let mut why = format!(
-        "PRAGMA quick_check found the file damaged: {}",
-        problems[..problems.len().min(SHOWN)].join("; ")
-    );
-    if more > 0 {
-        why.push_str(&format!("; and {more} more"));
-    }
-    // quick_check says which table breaks a CHECK constraint, not which
-    // row: name the first row that is not a valid reservation, if readable.
-    if let Some(row) = load_rows(conn, path)
-        .err()
-        .as_ref()
-        .and_then(|e| e.invalid_reason())
-    {
-        why.push_str(&format!("; {row}"));
-    }
-    why.push_str(" (restore it from a backup, or move it aside to start with an empty store)");
-    Err(StoreError::invalid(path, checking, why))
-}
-
-/// A stored value as it would read in SQL, for error messages.
-fn describe(v: ValueRef<'_>) -> String {
-    match v {
-        ValueRef::Null => "NULL".to_string(),
-        ValueRef::Integer(i) => i.to_string(),
-        ValueRef::Real(f) => f.to_string(),
-        ValueRef::Text(t) => format!("'{}'", String::from_utf8_lossy(t)),
-        ValueRef::Blob(b) => format!("a blob of {} bytes", b.len()),
-    }
-}
-
-/// A text value as is (anything else described).
-fn describe_text(v: ValueRef<'_>) -> String {
-    match v {
-        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
-        other => describe(other),
-    }
-}
-
-/// An INTEGER column that must fit a `u32`.
-fn u32_column(v: ValueRef<'_>, column: &str) -> Result<u32, String> {
-    match v {
-        ValueRef::Integer(i) => u32::try_from(i)
-            .map_err(|_| format!("{column} {i} is out of range (0 to {})", u32::MAX)),
-        other => Err(format!("{column} is {}, not an integer", describe(other))),
-    }
-}
-
-/// Validates one row's columns (protocol .. created_at, without the rowid).
-fn parse_row(v: &[ValueRef<'_>; 8]) -> Result<StoredReservation, String> {
-    let [
-        protocol,
-        start,
-        count,
-        owner_kind,
-        owner_id,
-        label,
-        created_by,
-        created_at,
-    ] = *v;
-    let protocol = match protocol {
-        ValueRef::Text(b"tcp") => Protocol::Tcp,
-        ValueRef::Text(b"udp") => Protocol::Udp,
-        other => {
-            return Err(format!(
-                "protocol {} is not 'tcp' or 'udp'",
-                describe(other)
-            ));
-        }
-    };
-    let block = Block::new(u32_column(start, "start")?, u32_column(count, "count")?)
-        .map_err(|e| e.message)?;
-    let owner = match (owner_kind, owner_id) {
-        (ValueRef::Null, ValueRef::Null) => None,
-        (ValueRef::Text(b"user"), id @ ValueRef::Integer(_)) => {
-            Some(Owner::User(u32_column(id, "owner_id")?))
-        }
-        (ValueRef::Text(b"group"), id @ ValueRef::Integer(_)) => {
-            Some(Owner::Group(u32_column(id, "owner_id")?))
-        }
-        (kind, id) => {
-            return Err(format!(
-                "owner_kind {} with owner_id {} is not an owner (expected both NULL, or \
-                 'user' or 'group' with an id)",
-                describe(kind),
-                describe(id)
-            ));
-        }
-    };
-    let label = match label {
-        ValueRef::Null => None,
-        ValueRef::Text(t) => Some(
-            std::str::from_utf8(t)
-                .map_err(|e| format!("label is not valid UTF-8: {e}"))?
-                .to_string(),
-        ),
-        other => return Err(format!("label is {}, not text", describe(other))),
-    };
-    let created_by = u32_column(created_by, "created_by")?;
-    let created_at = match created_at {
-        ValueRef::Integer(i) => i,
-        other => return Err(format!("created_at is {}, not an integer", describe(other))),
-    };
-    Ok(StoredReservation {
-        protocol,
-        block,
-        owner,
-        label,
-        created_by,
-        created_at,
-    })
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn baseline_provenance_is_recorded_with_the_value_and_cleared_by_set_baseline() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("s")).unwrap();
-        assert_eq!(store.baseline_record().unwrap(), None);
-        let ports: PortSet = "999,5000-5009".parse().unwrap();
-        store
-            .record_baseline(
-                &ports,
-                "read from the kernel at the first start",
-                1_700_000_000,
-            )
-            .unwrap();
-        let record = store.baseline_record().unwrap().unwrap();
-        assert_eq!(record.ports, ports);
-        assert_eq!(record.recorded_at, Some(1_700_000_000));
-        assert_eq!(
-            record.origin.as_deref(),
-            Some("read from the kernel at the first start")
-        );
-        drop(store);
-        let mut store = Store::open(&dir.path().join("s")).unwrap();
-        assert_eq!(
-            store.baseline_record().unwrap().unwrap().recorded_at,
-            Some(1_700_000_000)
-        );
-        store.set_baseline(&PortSet::new()).unwrap();
-        let record = store.baseline_record().unwrap().unwrap();
-        assert_eq!((record.recorded_at, record.origin), (None, None));
-    }
-
-    #[test]
-    fn store_can_move_to_another_thread() {
-        fn send<T: Send + 'static>() {}
-        send::<Store>();
-    }
-
-    #[test]
-    fn parse_row_rejects_each_bad_column_without_panicking() {
-        let good = [
-            ValueRef::Text(b"tcp"),
-            ValueRef::Integer(5000),
-            ValueRef::Integer(10),
-            ValueRef::Text(b"group"),
-            ValueRef::Integer(100),
-            ValueRef::Text(b"web"),
-            ValueRef::Integer(0),
-            ValueRef::Integer(1_700_000_000),
-        ];
-        let r = parse_row(&good).unwrap();
-        assert_eq!(r.block, Block::new(5000, 10).unwrap());
-        assert_eq!(r.owner, Some(Owner::Group(100)));
-        let cases: [(usize, ValueRef<'static>, &str); 10] = [
-            (0, ValueRef::Text(b"sctp"), "protocol 'sctp'"),
-            (0, ValueRef::Null, "protocol NULL"),
-            (1, ValueRef::Integer(0), "start port 0"),
-            (1, ValueRef::Integer(-1), "start -1 is out of range"),
-            (2, ValueRef::Integer(70000), "past 65535"),
-            (2, ValueRef::Real(1.5), "count is 1.5"),
-            (3, ValueRef::Null, "owner_kind NULL with owner_id 100"),
-            (4, ValueRef::Integer(1 << 40), "owner_id 1099511627776"),
-            (5, ValueRef::Text(b"\xff"), "UTF-8"),
-            (7, ValueRef::Blob(b"x"), "created_at is a blob"),
-        ];
-        for (i, value, expect) in cases {
-            let mut row = good;
-            row[i] = value;
-            let why = parse_row(&row).unwrap_err();
-            assert!(why.contains(expect), "{why:?} lacks {expect:?}");
-        }
-    }
-}
+mod tests;

@@ -1,140 +1,29 @@
-//! The connection to the daemon and every call it offers.
+//! The connection to the daemon and every call it offers. The connection
+//! itself is in `conn`, the bind calls in `bind`, [`DaemonWatch`] in `watch`.
 
 use std::collections::VecDeque;
-use std::io;
-use std::net::{IpAddr, TcpListener, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use portres_core::{Error, ErrorCode, Owner, Protocol, Token};
-use portres_proto::fdpass::{send_with_fds, try_recv_with_fds};
 use portres_proto::paths::{SOCKET_ENV, SocketCandidate, SocketKind};
 use portres_proto::{
-    AcquireParams, AttachReply, BindParams, BindReply, BlockParams, CreateParams, Empty,
-    FrameBuffer, ListParams, ListReply, MAX_REPLY_BYTES, ReleaseParams, Request, ReservationInfo,
-    ReservationReply, StatusReply, decode_reply,
+    AcquireParams, AttachReply, BlockParams, CreateParams, Empty, FrameBuffer, ListParams,
+    ListReply, MAX_REPLY_BYTES, ReleaseParams, Request, ReservationInfo, ReservationReply,
+    StatusReply,
 };
 use serde::de::DeserializeOwned;
-use socket2::{Domain, Socket, Type};
 
 use crate::Reservation;
-use crate::trust::{self, DaemonIdentity, unavailable};
+use crate::trust::{self, DaemonIdentity};
 
-struct Conn {
-    stream: UnixStream,
-    frames: FrameBuffer,
-    fds: VecDeque<OwnedFd>,
-    path: PathBuf,
-    kind: SocketKind,
-    daemon: DaemonIdentity,
-    /// Default sockets tried before this one, each with why it was not used.
-    passed_over: Vec<String>,
-}
+mod bind;
+mod conn;
+mod watch;
 
-impl Conn {
-    /// An error reply already sent by a daemon that then closed the
-    /// connection, if there is one.
-    fn parting_words(&mut self) -> Option<Error> {
-        loop {
-            if let Ok(Some(frame)) = self.frames.next_frame() {
-                return decode_reply::<Empty>(frame).err();
-            }
-            let spare = self.frames.spare(4096);
-            match try_recv_with_fds(&self.stream, spare, &mut self.fds) {
-                Ok(got) if got.bytes > 0 => self.frames.commit(got.bytes, 4096),
-                _ => {
-                    self.frames.commit(0, 4096);
-                    return None;
-                }
-            }
-        }
-    }
-
-    fn call<T: DeserializeOwned>(
-        &mut self,
-        req: &Request,
-        fd: Option<BorrowedFd<'_>>,
-    ) -> Result<(T, Option<OwnedFd>), Error> {
-        let bytes = req.encode_with_cpu(current_cpu());
-        let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
-        if let Err(e) = send_with_fds(self.stream.as_fd(), &bytes, &fds) {
-            // The daemon may have refused the connection (e.g. a connection
-            // limit) and closed it; its reason is waiting to be read.
-            return Err(self
-                .parting_words()
-                .unwrap_or_else(|| unavailable(&self.path, e)));
-        }
-        self.fds.clear();
-        loop {
-            match self.frames.next_frame() {
-                Ok(Some(frame)) => {
-                    let v = decode_reply::<T>(frame)?;
-                    return Ok((v, self.fds.pop_front()));
-                }
-                Ok(None) => {}
-                Err(e) => return Err(unavailable(&self.path, e)),
-            }
-            let spare_len = 16 * 1024;
-            let spare = self.frames.spare(spare_len);
-            let got = recv_when_readable(&self.stream, spare, &mut self.fds);
-            let got = match got {
-                Ok(g) => {
-                    self.frames.commit(g.bytes, spare_len);
-                    g
-                }
-                Err(e) => {
-                    self.frames.commit(0, spare_len);
-                    return Err(unavailable(&self.path, e));
-                }
-            };
-            if got.bytes == 0 {
-                return Err(unavailable(&self.path, "the daemon closed the connection"));
-            }
-        }
-    }
-}
-
-/// Waits for the reply with poll(POLLIN), then reads without blocking.
-///
-/// Why not a blocking recv: a reader blocked in recvmsg() sleeps on the
-/// socket's one wait queue and is woken by *every* wakeup on it — including
-/// the "write space" wakeup the kernel sends when the daemon consumes our
-/// request. poll()'s waiter is filtered by event mask, so only the reply
-/// wakes us. On a 2-vCPU VM each spurious wakeup is an inter-processor
-/// interrupt; avoiding it measurably raised throughput (bench/README.md).
-fn recv_when_readable(
-    stream: &UnixStream,
-    buf: &mut [u8],
-    fds: &mut VecDeque<OwnedFd>,
-) -> io::Result<portres_proto::fdpass::Received> {
-    use rustix::event::{PollFd, PollFlags, poll};
-    loop {
-        let mut pfd = [PollFd::new(stream, PollFlags::IN)];
-        match poll(&mut pfd, None) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-        match try_recv_with_fds(stream, buf, fds) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            other => return other,
-        }
-    }
-}
-
-/// The CPU the calling thread runs on, sent with each call as a placement
-/// hint: the daemon serves the connection from a worker pinned to that CPU,
-/// so the request and its reply wake threads on one CPU instead of crossing
-/// to the other (bench/README.md: 2.2x more CPU per operation when every
-/// round trip crosses).
-fn current_cpu() -> Option<u32> {
-    // SAFETY: sched_getcpu takes no arguments and has no preconditions; it
-    // returns -1 on failure. glibc reads it from the thread's rseq area, so
-    // it costs no system call (rustix's version makes one).
-    let cpu = unsafe { libc::sched_getcpu() };
-    u32::try_from(cpu).ok()
-}
+use conn::Conn;
+pub use watch::DaemonWatch;
 
 /// Options of a persistent reservation.
 #[derive(Clone, Debug, Default)]
@@ -418,47 +307,6 @@ impl Client {
         Ok(())
     }
 
-    /// Has the daemon bind `socket` (unbound TCP or UDP, IPv4 or IPv6) to
-    /// `address` and a free port of the reservation `token`; returns the
-    /// port.
-    pub fn bind_fd(
-        &self,
-        token: Token,
-        socket: BorrowedFd<'_>,
-        address: IpAddr,
-    ) -> Result<u16, Error> {
-        let r: BindReply =
-            self.call_with_fd(Request::Bind(BindParams { token, address }), socket)?;
-        Ok(r.port)
-    }
-
-    /// `bind_fd` for a `socket2::Socket`.
-    pub fn bind_socket(
-        &self,
-        token: Token,
-        socket: &Socket,
-        address: IpAddr,
-    ) -> Result<u16, Error> {
-        self.bind_fd(token, socket.as_fd(), address)
-    }
-
-    /// A TCP listener on `address` and a port of the reservation (with
-    /// SO_REUSEADDR, as std's `TcpListener::bind` sets it).
-    pub fn bind_tcp(&self, token: Token, address: IpAddr) -> Result<TcpListener, Error> {
-        let sock = new_socket(address, Type::STREAM)?;
-        sock.set_reuse_address(true).map_err(io_err)?;
-        self.bind_socket(token, &sock, address)?;
-        sock.listen(1024).map_err(io_err)?;
-        Ok(sock.into())
-    }
-
-    /// A UDP socket bound to `address` and a port of the reservation.
-    pub fn bind_udp(&self, token: Token, address: IpAddr) -> Result<UdpSocket, Error> {
-        let sock = new_socket(address, Type::DGRAM)?;
-        self.bind_socket(token, &sock, address)?;
-        Ok(sock.into())
-    }
-
     /// Creates a persistent reservation (administrators only).
     pub fn create(
         &self,
@@ -522,24 +370,6 @@ impl Client {
     }
 }
 
-fn io_err(e: io::Error) -> Error {
-    Error::new(ErrorCode::Internal, format!("socket: {e}"))
-}
-
-fn new_socket(address: IpAddr, ty: Type) -> Result<Socket, Error> {
-    let domain = if address.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let proto = if ty == Type::STREAM {
-        socket2::Protocol::TCP
-    } else {
-        socket2::Protocol::UDP
-    };
-    Socket::new(domain, ty.cloexec(), Some(proto)).map_err(io_err)
-}
-
 /// Borrows a descriptor number taken from the environment. The caller has
 /// checked that it is open; it stays open for the duration of the borrow
 /// because nothing in this library closes it.
@@ -548,73 +378,4 @@ fn unsafe_borrow<'a>(fd: RawFd) -> BorrowedFd<'a> {
     // (or is about to be, and a closed number only makes the syscall fail
     // with EBADF); we never close it, so it outlives the borrow.
     unsafe { BorrowedFd::borrow_raw(fd) }
-}
-
-/// Tells when the daemon hangs up a session (see [`Client::daemon_watch`]).
-/// Dropping it closes only its duplicate descriptor; the session lives on
-/// in its `Client`.
-#[derive(Debug)]
-pub struct DaemonWatch {
-    fd: OwnedFd,
-}
-
-impl DaemonWatch {
-    /// The poll events that mean the daemon has gone.
-    pub const EVENTS: rustix::event::PollFlags = rustix::event::PollFlags::RDHUP;
-
-    /// Whether `revents` (from a poll of this watch's descriptor with
-    /// [`DaemonWatch::EVENTS`]) says the daemon has gone.
-    pub fn gone_in(revents: rustix::event::PollFlags) -> bool {
-        use rustix::event::PollFlags;
-        revents.intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR)
-    }
-
-    /// Whether the daemon has gone already (does not wait).
-    pub fn is_gone(&self) -> bool {
-        self.poll(Some(std::time::Duration::ZERO))
-    }
-
-    /// Waits until the daemon has gone (`true`) or `timeout` passed
-    /// (`false`; `None` waits for ever).
-    pub fn wait(&self, timeout: Option<std::time::Duration>) -> bool {
-        self.poll(timeout)
-    }
-
-    fn poll(&self, timeout: Option<std::time::Duration>) -> bool {
-        use rustix::event::{PollFd, PollFlags, Timespec, poll};
-        let deadline = timeout.map(|t| std::time::Instant::now() + t);
-        loop {
-            let left = deadline.map(|d| {
-                let left = d.saturating_duration_since(std::time::Instant::now());
-                Timespec {
-                    tv_sec: left.as_secs() as _,
-                    tv_nsec: left.subsec_nanos() as _,
-                }
-            });
-            let mut pfd = [PollFd::new(&self.fd, Self::EVENTS)];
-            match poll(&mut pfd, left.as_ref()) {
-                Ok(0) => return false,
-                Ok(_) => {
-                    let revents = pfd[0].revents();
-                    if Self::gone_in(revents) {
-                        return true;
-                    }
-                    // Woken without a hang-up (cannot happen for RDHUP alone,
-                    // but never spin): treat as not gone yet.
-                    if revents == PollFlags::empty() {
-                        continue;
-                    }
-                    return false;
-                }
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(_) => return true,
-            }
-        }
-    }
-}
-
-impl AsFd for DaemonWatch {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
 }

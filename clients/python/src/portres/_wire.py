@@ -5,8 +5,8 @@ one NUL byte; a descriptor (``Bind``, ``Attach``) travels as ``SCM_RIGHTS``
 with the first byte of its request, and one may come back with a reply
 (``GetCapability``). Calls on a connection are serialised by a lock (one
 connection is one session; replies come in order). Mirrors the Rust client's
-``Conn`` (crates/portres/src/client.rs): an error the daemon wrote before
-closing is reported rather than a bare "connection closed".
+``Conn`` (crates/portres/src/client/conn.rs): an error the daemon wrote
+before closing is reported rather than a bare "connection closed".
 """
 
 from __future__ import annotations
