@@ -15,6 +15,7 @@
 //! (medians, not means: on a shared 2-CPU machine preemption makes the
 //! mean mostly noise).
 
+use crate::report::{Row, text_row, verdict};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -167,4 +168,31 @@ fn own_cgroup(mount: &Path) -> Result<PathBuf, String> {
 fn join(cgroup: &Path) -> Result<(), String> {
     std::fs::write(cgroup.join("cgroup.procs"), "0")
         .map_err(|e| format!("join {}: {e}", cgroup.display()))
+}
+
+/// The rows for what strict mode's bind hooks add to a plain bind().
+pub(crate) fn bindguard_rows(quick: bool) -> Vec<Row> {
+    let target_ns = 300.0;
+    match measure(quick) {
+        Ok(f) => [
+            ("strict mode: bind(unreserved port) hook cost", f.unreserved),
+            ("strict mode: bind(port 0) hook cost", f.port0),
+        ]
+        .into_iter()
+        .map(|(name, c)| {
+            let added = c.on_ns - c.off_ns;
+            text_row(
+                name,
+                format!(
+                    "bind() {:.0} ns without the hooks, {:.0} ns with: {:+.0} ns (target < {target_ns:.0} ns: {})",
+                    c.off_ns,
+                    c.on_ns,
+                    added,
+                    verdict(added < target_ns)
+                ),
+            )
+        })
+        .collect(),
+        Err(e) => vec![text_row("strict mode: bind hook cost", format!("not measured: {e}"))],
+    }
 }

@@ -10,43 +10,14 @@ mod bindguard;
 mod floors;
 mod portres;
 mod portserver;
+mod report;
 mod stats;
 
 use std::time::Duration;
 
+use bindguard::bindguard_rows;
+use report::{print_table, row, text_row, verdict};
 use stats::{Samples, fmt_dur, fmt_rate};
-
-struct Row {
-    name: String,
-    rate: Option<f64>,
-    p50: Option<Duration>,
-    p99: Option<Duration>,
-    note: String,
-}
-
-fn row(name: &str, s: &Samples, note: String) -> Row {
-    Row {
-        name: name.into(),
-        rate: Some(s.rate()),
-        p50: Some(s.q(0.5)),
-        p99: Some(s.q(0.99)),
-        note,
-    }
-}
-
-fn text_row(name: &str, note: String) -> Row {
-    Row {
-        name: name.into(),
-        rate: None,
-        p50: None,
-        p99: None,
-        note,
-    }
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "MET" } else { "MISSED" }
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -364,33 +335,6 @@ fn main() {
     print_table(&rows, quick);
 }
 
-/// The rows for what strict mode's bind hooks add to a plain bind().
-fn bindguard_rows(quick: bool) -> Vec<Row> {
-    let target_ns = 300.0;
-    match bindguard::measure(quick) {
-        Ok(f) => [
-            ("strict mode: bind(unreserved port) hook cost", f.unreserved),
-            ("strict mode: bind(port 0) hook cost", f.port0),
-        ]
-        .into_iter()
-        .map(|(name, c)| {
-            let added = c.on_ns - c.off_ns;
-            text_row(
-                name,
-                format!(
-                    "bind() {:.0} ns without the hooks, {:.0} ns with: {:+.0} ns (target < {target_ns:.0} ns: {})",
-                    c.off_ns,
-                    c.on_ns,
-                    added,
-                    verdict(added < target_ns)
-                ),
-            )
-        })
-        .collect(),
-        Err(e) => vec![text_row("strict mode: bind hook cost", format!("not measured: {e}"))],
-    }
-}
-
 /// Ordinary sockets at the bottom of the dynamic range in the busy-ports
 /// row (issue 9: one acquire past 8000 of them took 0.67 s, and another
 /// client's status 1.3 s).
@@ -398,39 +342,6 @@ const BUSY_PORTS: usize = 8000;
 
 fn ratio(a: Duration, b: Duration) -> f64 {
     a.as_secs_f64() / b.as_secs_f64().max(1e-12)
-}
-
-fn print_table(rows: &[Row], quick: bool) {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!(
-        "portres benchmark: kernel {}, {cpus} CPUs{}",
-        kernel.trim(),
-        if quick {
-            ", QUICK run (smaller, shorter)"
-        } else {
-            ""
-        }
-    );
-    let w = rows
-        .iter()
-        .map(|r| r.name.chars().count())
-        .max()
-        .unwrap_or(10);
-    println!(
-        "{:<w$}  {:>10}  {:>10}  {:>10}  notes",
-        "scenario", "ops/s", "p50", "p99"
-    );
-    for r in rows {
-        println!(
-            "{:<w$}  {:>10}  {:>10}  {:>10}  {}",
-            r.name,
-            r.rate.map_or("-".into(), fmt_rate),
-            r.p50.map_or("-".into(), fmt_dur),
-            r.p99.map_or("-".into(), fmt_dur),
-            r.note
-        );
-    }
 }
 
 fn raise_fd_limit() {
