@@ -61,19 +61,44 @@ fn pytest_python(test: &str) -> Option<PathBuf> {
 /// into `record` if given.
 fn pytest(python: &Path, daemon: &ProcessDaemon, record: Option<&Path>, args: &[&str]) -> Command {
     let mut cmd = Command::new(python);
-    cmd.args([
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "-q",
-        "-rfEs",
-        "-W",
-        "error",
-    ]);
-    cmd.args(args);
+    cmd.args(PYTEST).args(args);
     pytest_env(&mut cmd, record);
     cmd.env("PORTRES_SOCKET", &daemon.socket);
+    cmd
+}
+
+/// `python -m pytest` with the suite's fixed options: no cache files,
+/// quiet, a line for every failure, error, skip, and warnings as errors.
+const PYTEST: [&str; 8] = [
+    "-m",
+    "pytest",
+    "-p",
+    "no:cacheprovider",
+    "-q",
+    "-rfEs",
+    "-W",
+    "error",
+];
+
+/// `portres exec tcp --count COUNT -- python -m pytest ARGS…` against
+/// `daemon`, recording into `record`: the suite sees only the exec's
+/// capability, not the daemon's socket.
+fn pytest_under_exec(
+    python: &Path,
+    daemon: &ProcessDaemon,
+    count: u16,
+    record: &Path,
+    args: &[&str],
+) -> Command {
+    let mut cmd = Command::new(bin("portres"));
+    cmd.arg("--socket")
+        .arg(&daemon.socket)
+        .args(["exec", "tcp", "--count", &count.to_string(), "--"])
+        .arg(python)
+        .args(PYTEST)
+        .args(args)
+        .env_remove("PORTRES_SOCKET");
+    pytest_env(&mut cmd, Some(record));
     cmd
 }
 
@@ -259,26 +284,13 @@ named_test!(xdist_workers_under_portres_exec_share_its_block, |test| {
     let dir = open_tempdir();
     let record = open_tempdir();
     let daemon = ProcessDaemon::start(dir.path(), &[]);
-    let mut cmd = Command::new(bin("portres"));
-    cmd.arg("--socket")
-        .arg(&daemon.socket)
-        .args(["exec", "tcp", "--count", "4", "--"])
-        .arg(&python)
-        .args([
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "-q",
-            "-rfEs",
-            "-W",
-            "error",
-            "-n",
-            "4",
-        ])
-        .args(["tests/test_exec.py", "tests/test_parallel.py"])
-        .env_remove("PORTRES_SOCKET");
-    pytest_env(&mut cmd, Some(record.path()));
+    let cmd = pytest_under_exec(
+        &python,
+        &daemon,
+        4,
+        record.path(),
+        &["-n", "4", "tests/test_exec.py", "tests/test_parallel.py"],
+    );
     let out = passes(test, cmd);
     assert!(
         !out.contains("SKIPPED"),
@@ -377,24 +389,7 @@ named_test!(
         let dir = open_tempdir();
         let record = open_tempdir();
         let daemon = ProcessDaemon::start(dir.path(), &[]);
-        let mut cmd = Command::new(bin("portres"));
-        cmd.arg("--socket")
-            .arg(&daemon.socket)
-            .args(["exec", "tcp", "--count", "2", "--"])
-            .arg(&python)
-            .args([
-                "-m",
-                "pytest",
-                "-p",
-                "no:cacheprovider",
-                "-q",
-                "-rfEs",
-                "-W",
-                "error",
-            ])
-            .arg("tests/test_exec.py")
-            .env_remove("PORTRES_SOCKET");
-        pytest_env(&mut cmd, Some(record.path()));
+        let cmd = pytest_under_exec(&python, &daemon, 2, record.path(), &["tests/test_exec.py"]);
         let out = passes(test, cmd);
         assert!(
             !out.contains("SKIPPED"),
