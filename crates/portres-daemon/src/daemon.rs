@@ -1,8 +1,10 @@
 //! The daemon's life: `Daemon::start` locks the state directory, opens the
 //! store, decides kernel sync (claiming the network namespace's sysctl),
-//! restores persistent reservations and binds the socket; `Daemon::run`
-//! serves (`front.rs` and its workers) until a `StopHandle` says stop, then
-//! shuts down cleanly and only then lets go of the locks.
+//! restores persistent reservations and binds the socket (or takes the one
+//! the service manager passed, `systemd::PassedSockets`); `Daemon::run`
+//! tells the service manager it is ready (`systemd::Notifier`), serves
+//! (`front.rs` and its workers) until a `StopHandle` says stop, then shuts
+//! down cleanly and only then lets go of the locks.
 
 use std::fmt;
 use std::io;
@@ -15,6 +17,7 @@ use crate::events::EventFd;
 use crate::front::Front;
 use crate::socket::{SocketFile, bind_socket, default_socket, missing_socket_dir};
 use crate::state::{State, lock};
+use crate::systemd::{CLIENT_SOCKET_NAME, Notifier, PassedSockets};
 
 /// Why the daemon could not start.
 #[derive(Debug)]
@@ -55,6 +58,8 @@ pub struct Daemon {
     stop: Arc<EventFd>,
     /// Signalled when a release left the kernel a shrink to do.
     shrink: Arc<EventFd>,
+    /// The service manager, told READY=1, STATUS= and STOPPING=1.
+    notifier: Notifier,
 }
 
 impl fmt::Debug for Daemon {
@@ -76,11 +81,12 @@ fn raise_fd_limit() {
 
 /// What a daemon holds until it has stopped: the state directory's lock,
 /// the claim on the namespace's sysctl, and what it needs to remove its
-/// socket file (and only that file) at the end.
+/// socket file (and only that file) at the end — none for a socket the
+/// service manager passed: that one is the manager's, never unlinked.
 struct Guards {
     _state_dir: portres_store::StateDirLock,
     _kernel_owner: Option<portres_kernel::owner::KernelOwner>,
-    socket_file: SocketFile,
+    socket_file: Option<SocketFile>,
 }
 
 impl Daemon {
@@ -90,9 +96,36 @@ impl Daemon {
     /// persistent reservations, writes the kernel's value, and binds the
     /// socket.
     pub fn start(config: Config) -> Result<Daemon, StartError> {
+        Daemon::start_with(config, &mut PassedSockets::none())
+    }
+
+    /// `start`, serving on the client socket the service manager passed
+    /// (`CLIENT_SOCKET_NAME`, see `PassedSockets::take_listener`) if there
+    /// is one: then `config.socket` becomes that socket's path, nothing is
+    /// bound, made or checked at the configured path, and the socket file
+    /// is left in place at the end.
+    pub fn start_with(
+        mut config: Config,
+        passed: &mut PassedSockets,
+    ) -> Result<Daemon, StartError> {
+        let passed_listener = passed.take_listener(CLIENT_SOCKET_NAME)?;
+        if let Some(listener) = &passed_listener
+            && let Ok(addr) = listener.local_addr()
+            && let Some(path) = addr.as_pathname()
+        {
+            if config.socket != path {
+                log::info!(
+                    "serving on the socket the service manager passed, {}, not {}",
+                    path.display(),
+                    config.socket.display()
+                );
+            }
+            config.socket = path.to_path_buf();
+        }
         // A socket directory we may not create fails before anything is
         // made (the state directory included); `bind_socket` checks again.
-        if let Some(dir) = config.socket.parent().filter(|d| !d.as_os_str().is_empty())
+        if passed_listener.is_none()
+            && let Some(dir) = config.socket.parent().filter(|d| !d.as_os_str().is_empty())
             && !dir.exists()
             && config.socket != default_socket(config.mode)
         {
@@ -128,13 +161,24 @@ impl Daemon {
         let hook = shrink.clone();
         state.set_on_shrink_pending(Box::new(move || hook.signal()));
         let stop = Arc::new(eventfd()?);
-        let (listener, socket_file) = bind_socket(&config.socket, config.mode)?;
+        let (listener, socket_file) = match passed_listener {
+            Some(listener) => (listener, None),
+            None => {
+                let (listener, file) = bind_socket(&config.socket, config.mode)?;
+                (listener, Some(file))
+            }
+        };
         let (_, persistent) = state.counts();
         log::info!(
-            "portresd {} ({} mode) listening on {}; store {}{}; kernel sync {}; {} persistent reservation(s) restored",
+            "portresd {} ({} mode) listening on {}{}; store {}{}; kernel sync {}; {} persistent reservation(s) restored",
             env!("CARGO_PKG_VERSION"),
             config.mode.as_str(),
             config.socket.display(),
+            if socket_file.is_none() {
+                " (passed by the service manager)"
+            } else {
+                ""
+            },
             state.store().path().display(),
             if state.store().is_read_only() {
                 " (READ-ONLY: persistent changes fail until it is writable)"
@@ -156,6 +200,7 @@ impl Daemon {
             }),
             stop,
             shrink,
+            notifier: Notifier::from_env(),
         })
     }
 
@@ -182,17 +227,20 @@ impl Daemon {
             listener,
             stop,
             shrink,
+            notifier,
             ..
         } = self;
-        let (result, shared) = match Front::new(state, config, listener, stop, shrink) {
-            Ok(mut front) => {
-                let result = front.run();
-                (result, front.stop_workers())
-            }
-            Err((e, shared)) => (Err(e), shared),
-        };
-        if let Some(g) = &guards {
-            g.socket_file.remove();
+        let (result, shared) =
+            match Front::new(state, config, listener, stop, shrink, notifier.clone()) {
+                Ok(mut front) => {
+                    let result = front.run();
+                    notifier.stopping();
+                    (result, front.stop_workers())
+                }
+                Err((e, shared)) => (Err(e), shared),
+            };
+        if let Some(file) = guards.as_ref().and_then(|g| g.socket_file.as_ref()) {
+            file.remove();
         }
         lock(&shared.state).shutdown();
         log::info!("portresd stopped");

@@ -9,6 +9,10 @@
 //! starts on the least busy worker and moves to one on its client's CPU
 //! (`worker/placement.rs`). Why hand-written loops rather than an async
 //! runtime: see ARCHITECTURE.md. Measured figures are in bench/README.md.
+//!
+//! It also tells the service manager (`systemd::Notifier`) READY=1 once
+//! the loop and its workers run, and refreshes STATUS= when the summary
+//! changed, at most every `STATUS_REFRESH` (not per request).
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -24,12 +28,18 @@ use crate::events::{EventFd, epoll_watching, timeout_until};
 use crate::kernel_timer::KernelTimer;
 use crate::limits::{Charged, Limits};
 use crate::state::{State, lock};
+use crate::systemd::Notifier;
 use crate::worker::{NewConn, Shared, Workers, send_parting_error, usable_cpus};
 
 /// How long accepting pauses when the process (EMFILE) or the system
 /// (ENFILE) is out of descriptors: connections wait in the backlog instead
 /// of the loop spinning on a listener that stays readable.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// How often the service manager's STATUS= line is brought up to date (if
+/// it changed): `systemctl status` is read by people, not polled per
+/// request.
+const STATUS_REFRESH: Duration = Duration::from_secs(10);
 
 /// The front's epoll keys.
 const KEY_LISTENER: u64 = 0;
@@ -52,6 +62,29 @@ pub(crate) struct Front {
     /// A stop was found asked for while accepting (the workers had already
     /// ended): return as if its event had come.
     stop_seen: bool,
+    /// The service manager, and the STATUS= it was last told and when it is
+    /// next looked at (`None`: no service manager).
+    notifier: Notifier,
+    status_sent: String,
+    status_due: Option<Instant>,
+}
+
+/// The one-line STATUS= summary: how many reservations of each kind the
+/// daemon holds and whether the kernel honours them.
+fn status_summary(state: &Mutex<State>) -> String {
+    let (runtime, persistent, kernel_sync) = {
+        let state = lock(state);
+        let (runtime, persistent) = state.counts();
+        (runtime, persistent, state.kernel_sync())
+    };
+    format!(
+        "{persistent} persistent and {runtime} runtime reservation(s); kernel sync {}",
+        if kernel_sync {
+            "on"
+        } else {
+            "off (not kernel-reserved)"
+        }
+    )
 }
 
 impl Front {
@@ -63,6 +96,7 @@ impl Front {
         listener: UnixListener,
         stop: Arc<EventFd>,
         shrink: Arc<EventFd>,
+        notifier: Notifier,
     ) -> Result<Front, (io::Error, Arc<Shared>)> {
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -103,6 +137,9 @@ impl Front {
                 workers_gone: false,
                 accept_resume: None,
                 stop_seen: false,
+                notifier,
+                status_sent: String::new(),
+                status_due: None,
             }),
             Err(e) => Err((e, shared)),
         }
@@ -110,11 +147,23 @@ impl Front {
 
     pub(crate) fn run(&mut self) -> io::Result<()> {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(16);
+        // The socket accepts (connections wait in its backlog for this
+        // loop), the workers run, and `Daemon::start` has written baseline
+        // ∪ persistent to the kernel: ready.
+        if self.notifier.is_active() {
+            self.status_sent = status_summary(&self.shared.state);
+            self.notifier.ready(&self.status_sent);
+            self.status_due = Some(Instant::now() + STATUS_REFRESH);
+        }
         loop {
-            let next = [self.kernel.next_deadline(), self.accept_resume]
-                .into_iter()
-                .flatten()
-                .min();
+            let next = [
+                self.kernel.next_deadline(),
+                self.accept_resume,
+                self.status_due,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let timeout = next.map(timeout_until);
             if !crate::events::wait(&self.epoll, &mut events, timeout.as_ref())? {
                 continue;
@@ -143,6 +192,22 @@ impl Front {
                 self.accept_all();
             }
             self.kernel.run_due(&self.shared.state);
+            self.refresh_status();
+        }
+    }
+
+    /// Tells the service manager the summary if it changed, when due.
+    fn refresh_status(&mut self) {
+        let Some(due) = self.status_due else { return };
+        let now = Instant::now();
+        if now < due {
+            return;
+        }
+        self.status_due = Some(now + STATUS_REFRESH);
+        let summary = status_summary(&self.shared.state);
+        if summary != self.status_sent {
+            self.notifier.status(&summary);
+            self.status_sent = summary;
         }
     }
 

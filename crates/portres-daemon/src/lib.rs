@@ -14,7 +14,8 @@
 //! interface every kernel call goes through, and `KernelMirror`, the
 //! reserved-ports list's keeper). Beside them: `limits` (what one
 //! user may make the daemon hold: charge/uncharge), `socket` (binding the
-//! listening socket safely), `kernel_timer`, `events` (eventfd, epoll).
+//! listening socket safely), `systemd` (sd_notify, sockets passed by
+//! socket activation), `kernel_timer`, `events` (eventfd, epoll).
 //!
 //! Lock rule: two mutexes, the state's and the limits'; never hold both
 //! (see `worker::Shared`).
@@ -32,8 +33,10 @@ mod kernel_timer;
 mod limits;
 mod socket;
 mod state;
+mod systemd;
 mod worker;
 
 pub use baseline::reset as reset_baseline;
 pub use config::{Config, KernelSync, Mode};
 pub use daemon::{Daemon, StartError, StopHandle};
+pub use systemd::{CLIENT_SOCKET_NAME, Notifier, PassedSockets};

@@ -1,6 +1,6 @@
 //! `portresd`: the portres daemon's command line. Parses flags into a
-//! `Config`, sets up logging to stderr, and runs the daemon until SIGTERM or
-//! SIGINT.
+//! `Config`, sets up logging to stderr, takes the sockets a service manager
+//! passed (socket activation), and runs the daemon until SIGTERM or SIGINT.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +43,8 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format_target(false)
         .init();
+    // Before anything opens a descriptor: the passed ones start at 3.
+    let mut passed = portres_daemon::PassedSockets::from_env();
 
     let mut config = Config::for_current_user();
     if let Some(s) = args.socket {
@@ -107,13 +109,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let daemon = match Daemon::start(config) {
+    let daemon = match Daemon::start_with(config, &mut passed) {
         Ok(d) => d,
         Err(e) => {
             log::error!("{e}");
             return ExitCode::from(1);
         }
     };
+    // Passed sockets nobody serves are closed (and named in the log).
+    drop(passed);
     let stop = daemon.stop_handle();
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
