@@ -78,6 +78,8 @@ nstest!(
             "include/portres/winsock.h",
             "lib/systemd/system/portresd.service",
             "lib/systemd/user/portresd.service",
+            "lib/systemd/system/portresd.socket",
+            "lib/systemd/user/portresd.socket",
             "share/man/man1/portres.1",
             "share/man/man1/portres-acquire.1",
             "share/man/man8/portresd.8",
@@ -210,7 +212,9 @@ named_test!(installed_units_pass_systemd_analyze_verify, |test| {
     std::fs::create_dir(&xdg).unwrap();
     for (unit, user) in [
         ("lib/systemd/system/portresd.service", false),
+        ("lib/systemd/system/portresd.socket", false),
         ("lib/systemd/user/portresd.service", true),
+        ("lib/systemd/user/portresd.socket", true),
     ] {
         let mut verify = Command::new(analyze);
         if user {
@@ -243,8 +247,30 @@ named_test!(installed_units_pass_systemd_analyze_verify, |test| {
         "After=local-fs.target",
         "Before=network-pre.target shutdown.target",
         "Conflicts=shutdown.target",
+        "Type=notify",
+        "RuntimeDirectoryPreserve=yes",
     ] {
         assert!(unit.lines().any(|l| l == line), "no {line:?} in the unit");
+    }
+    let user_unit =
+        std::fs::read_to_string(prefix.join("lib/systemd/user/portresd.service")).unwrap();
+    assert!(user_unit.lines().any(|l| l == "Type=notify"), "{user_unit}");
+    // The socket units pass the socket under the name portresd takes.
+    for socket in [
+        "lib/systemd/system/portresd.socket",
+        "lib/systemd/user/portresd.socket",
+    ] {
+        let text = std::fs::read_to_string(prefix.join(socket)).unwrap();
+        let name = format!("FileDescriptorName={}", portres_daemon::CLIENT_SOCKET_NAME);
+        assert!(text.lines().any(|l| l == name), "{socket}: no {name:?}");
+    }
+    let socket =
+        std::fs::read_to_string(prefix.join("lib/systemd/system/portresd.socket")).unwrap();
+    for line in ["ListenStream=/run/portres/portres.sock", "SocketMode=0666"] {
+        assert!(
+            socket.lines().any(|l| l == line),
+            "no {line:?} in portresd.socket"
+        );
     }
     assert!(
         unit.contains(&format!(
