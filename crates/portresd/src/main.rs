@@ -33,6 +33,50 @@ fn resolve_group(name: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("--admin-group: no group named {name:?} in /etc/group"))
 }
 
+/// Whether stderr is connected to the journal: systemd sets
+/// `JOURNAL_STREAM=DEVICE:INODE` to the stream it gave the service, and
+/// stderr is still that stream (not redirected by whoever started us).
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some((dev, ino)) = std::env::var("JOURNAL_STREAM").ok().and_then(|v| {
+        let (dev, ino) = v.split_once(':')?;
+        Some((dev.parse::<u64>().ok()?, ino.parse::<u64>().ok()?))
+    }) else {
+        return false;
+    };
+    let Ok(stderr) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    std::fs::File::from(stderr)
+        .metadata()
+        .is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+}
+
+/// Logging to stderr at `level` (RUST_LOG overrides): `[TIME LEVEL] text`,
+/// or, when stderr is the journal, `<N>text` with N the syslog priority
+/// (sd-daemon(3)) and no timestamp (the journal keeps its own).
+fn init_logging(level: &str) {
+    use std::io::Write;
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level));
+    builder.format_target(false);
+    if stderr_is_journal() {
+        builder
+            .write_style(env_logger::WriteStyle::Never)
+            .format(|buf, record| {
+                let priority = match record.level() {
+                    log::Level::Error => 3,
+                    log::Level::Warn => 4,
+                    log::Level::Info => 6,
+                    log::Level::Debug | log::Level::Trace => 7,
+                };
+                writeln!(buf, "<{priority}>{}", record.args())
+            });
+    }
+    builder.init();
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let level = match args.verbose {
@@ -40,9 +84,7 @@ fn main() -> ExitCode {
         1 => "debug",
         _ => "trace",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_target(false)
-        .init();
+    init_logging(level);
     // Before anything opens a descriptor: the passed ones start at 3.
     let mut passed = portres_daemon::PassedSockets::from_env();
 
