@@ -16,7 +16,8 @@ pub enum KernelSync {
     Off,
 }
 
-/// System mode (root) or user mode (anyone else).
+/// System mode (root of the machine) or user mode (anyone else, uid 0 of
+/// a user namespace of one's own included).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// Run as root: serves every user of the machine.
@@ -76,8 +77,11 @@ impl Config {
     /// Most worker threads accepted.
     pub const MAX_WORKERS: usize = 1024;
 
-    /// The defaults for whoever runs this process: system mode for root,
-    /// user mode otherwise; paths from `portres_proto::paths`.
+    /// The defaults for whoever runs this process: system mode for root of
+    /// the machine (`portres_proto::paths::is_system_root`: uid 0 of a user
+    /// namespace of one's own, `unshare -rn`, is user mode, with user
+    /// paths instead of /run and /var/lib it cannot write), user mode
+    /// otherwise; paths from `portres_proto::paths`.
     pub fn for_current_user() -> Config {
         let uid = rustix::process::geteuid().as_raw();
         Config {
@@ -90,7 +94,11 @@ impl Config {
             max_connections_per_uid: Config::DEFAULT_MAX_CONNECTIONS_PER_UID,
             workers: None,
             pin_workers: true,
-            mode: if uid == 0 { Mode::System } else { Mode::User },
+            mode: if portres_proto::paths::is_system_root() {
+                Mode::System
+            } else {
+                Mode::User
+            },
             daemon_uid: uid,
         }
     }

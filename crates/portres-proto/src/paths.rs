@@ -7,6 +7,9 @@
 //! (fallback `$HOME/.local/state/portres/` if `$HOME` exists, then
 //! `/tmp/portres-$UID/state`).
 //! `PORTRES_SOCKET` and `PORTRES_STATE_DIR` override them.
+//! "Root" means root of the machine (`is_system_root`): uid 0 in a user
+//! namespace of one's own (`unshare -rn`) is an ordinary user here, with
+//! user mode's paths.
 //!
 //! Also which sockets a client tries, and what each must prove
 //! (`SocketKind`; the client library does the checking). In a setuid or
@@ -40,6 +43,35 @@ fn euid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
+/// Whether this process is root of the machine: effective uid 0 in the
+/// initial user namespace. In a user namespace someone made (`unshare -r`,
+/// rootless containers) uid 0 is only that someone, without power over
+/// /run or /var/lib: they get user mode's paths, daemon and client alike.
+pub fn is_system_root() -> bool {
+    euid() == 0 && in_initial_user_namespace()
+}
+
+/// Whether this process's user namespace is the initial one: its uid map
+/// is the identity over every uid (`0 0 4294967295`), which no other
+/// namespace can have (a child's map is a subset of its parent's range
+/// and the initial one holds all of it). Without a readable
+/// /proc/self/uid_map (no /proc): assumed initial, as before namespaces.
+fn in_initial_user_namespace() -> bool {
+    match std::fs::read_to_string("/proc/self/uid_map") {
+        Ok(map) => is_identity_uid_map(&map),
+        Err(_) => true,
+    }
+}
+
+fn is_identity_uid_map(map: &str) -> bool {
+    let lines: Vec<Vec<&str>> = map
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .filter(|f: &Vec<&str>| !f.is_empty())
+        .collect();
+    lines.len() == 1 && lines[0] == ["0", "0", "4294967295"]
+}
+
 /// The user-mode socket path for the current user.
 pub fn user_socket() -> PathBuf {
     user_socket_of(nonempty_env("XDG_RUNTIME_DIR"), euid())
@@ -66,10 +98,11 @@ pub fn user_state_dir() -> PathBuf {
 }
 
 /// The socket the daemon should listen on when not told: `PORTRES_SOCKET`,
-/// else system mode's path for root, else the user-mode path.
+/// else system mode's path for root (`is_system_root`), else the
+/// user-mode path.
 pub fn daemon_socket() -> PathBuf {
     nonempty_env(SOCKET_ENV).unwrap_or_else(|| {
-        if euid() == 0 {
+        if is_system_root() {
             PathBuf::from(SYSTEM_SOCKET)
         } else {
             user_socket()
@@ -80,7 +113,7 @@ pub fn daemon_socket() -> PathBuf {
 /// The state directory the daemon should use when not told.
 pub fn daemon_state_dir() -> PathBuf {
     nonempty_env(STATE_DIR_ENV).unwrap_or_else(|| {
-        if euid() == 0 {
+        if is_system_root() {
             PathBuf::from(SYSTEM_STATE_DIR)
         } else {
             user_state_dir()
@@ -148,18 +181,36 @@ pub fn client_env(name: &str) -> Option<OsString> {
 }
 
 /// The sockets a client tries, in order: `PORTRES_SOCKET` alone if set
-/// (and the process is not setuid/setcap); otherwise, for root the system
-/// socket; for anyone else their own user daemon's socket first (they
-/// started it on purpose), then the system one.
+/// (and the process is not setuid/setcap); otherwise, for root (of the
+/// machine, `is_system_root`) the system socket; for anyone else their own
+/// user daemon's socket first (they started it on purpose), then the
+/// system one.
 pub fn client_sockets() -> Vec<SocketCandidate> {
-    client_sockets_for(|name| env::var_os(name), euid(), is_secure())
+    client_sockets_as(
+        |name| env::var_os(name),
+        euid(),
+        is_system_root(),
+        is_secure(),
+    )
 }
 
 /// `client_sockets` for a given environment, effective uid and AT_SECURE
-/// flag (testable without touching the process's own).
+/// flag (testable without touching the process's own), uid 0 taken as
+/// root of the machine.
 pub fn client_sockets_for(
     env: impl Fn(&str) -> Option<OsString>,
     euid: u32,
+    secure: bool,
+) -> Vec<SocketCandidate> {
+    client_sockets_as(env, euid, euid == 0, secure)
+}
+
+/// `client_sockets_for`, saying whether the caller is root of the machine
+/// (`is_system_root`) rather than deriving it from `euid`.
+pub fn client_sockets_as(
+    env: impl Fn(&str) -> Option<OsString>,
+    euid: u32,
+    system_root: bool,
     secure: bool,
 ) -> Vec<SocketCandidate> {
     let get = |name: &str| env(name).filter(|v| !v.is_empty()).map(PathBuf::from);
@@ -173,7 +224,7 @@ pub fn client_sockets_for(
         path: PathBuf::from(SYSTEM_SOCKET),
         kind: SocketKind::System,
     };
-    if euid == 0 {
+    if system_root {
         return vec![system];
     }
     vec![
@@ -228,6 +279,36 @@ mod tests {
         );
         assert_eq!(
             paths(&client_sockets_for(&env, 0, true)),
+            [(SYSTEM_SOCKET.to_string(), SocketKind::System)]
+        );
+    }
+
+    #[test]
+    fn only_the_identity_uid_map_is_the_initial_namespace() {
+        assert!(is_identity_uid_map("         0          0 4294967295\n"));
+        // unshare -r as uid 1000; a rootless container; nothing mapped.
+        assert!(!is_identity_uid_map("         0       1000          1\n"));
+        assert!(!is_identity_uid_map("0 1000 1\n1 100000 65536\n"));
+        assert!(!is_identity_uid_map(""));
+        assert!(!is_identity_uid_map("0 0 65536\n"));
+    }
+
+    #[test]
+    fn root_of_a_user_namespace_tries_the_user_socket_first() {
+        let env = env_of(&[("XDG_RUNTIME_DIR", "/run/user/1000")]);
+        let c = client_sockets_as(&env, 0, false, false);
+        assert_eq!(
+            paths(&c),
+            [
+                (
+                    "/run/user/1000/portres/portres.sock".to_string(),
+                    SocketKind::User
+                ),
+                (SYSTEM_SOCKET.to_string(), SocketKind::System),
+            ]
+        );
+        assert_eq!(
+            paths(&client_sockets_as(&env, 0, true, false)),
             [(SYSTEM_SOCKET.to_string(), SocketKind::System)]
         );
     }
