@@ -16,6 +16,16 @@
 /// It is ready when the socket accepts connections. SIGTERM or SIGINT stop
 /// it cleanly: runtime reservations end, the kernel keeps the baseline plus
 /// persistent blocks, the socket file is removed.
+/// (uid 0 of a user namespace of one's own, as in `unshare -rn`, is an
+/// ordinary user: user mode.)
+///
+/// Under a service manager (systemd's conventions): NOTIFY_SOCKET gets
+/// READY=1 once the socket accepts and the kernel holds baseline plus
+/// persistent blocks, a STATUS= summary and STOPPING=1; a listening Unix
+/// socket passed with LISTEN_FDS/LISTEN_PID (named "varlink" in
+/// LISTEN_FDNAMES, or unnamed) is served instead of --socket and never
+/// removed; when JOURNAL_STREAM names stderr, log lines carry <N> syslog
+/// priorities and no timestamps.
 #[derive(Parser, Debug)]
 #[command(name = "portresd", version, max_term_width = 100)]
 struct Args {
