@@ -109,6 +109,13 @@ impl Daemon {
         passed: &mut PassedSockets,
     ) -> Result<Daemon, StartError> {
         let passed_listener = passed.take_listener(CLIENT_SOCKET_NAME)?;
+        if passed_listener.is_none() && !passed.is_empty() {
+            log::info!(
+                "the service manager passed socket(s) named {:?} but none named {CLIENT_SOCKET_NAME:?} (FileDescriptorName=): binding {} itself",
+                passed.untaken(),
+                config.socket.display()
+            );
+        }
         if let Some(listener) = &passed_listener
             && let Ok(addr) = listener.local_addr()
             && let Some(path) = addr.as_pathname()

@@ -28,7 +28,7 @@ use crate::events::{EventFd, epoll_watching, timeout_until};
 use crate::kernel_timer::KernelTimer;
 use crate::limits::{Charged, Limits};
 use crate::state::{State, lock};
-use crate::systemd::Notifier;
+use crate::systemd::{Notifier, status_summary};
 use crate::worker::{NewConn, Shared, Workers, send_parting_error, usable_cpus};
 
 /// How long accepting pauses when the process (EMFILE) or the system
@@ -39,7 +39,7 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// How often the service manager's STATUS= line is brought up to date (if
 /// it changed): `systemctl status` is read by people, not polled per
 /// request.
-const STATUS_REFRESH: Duration = Duration::from_secs(10);
+pub(crate) const STATUS_REFRESH: Duration = Duration::from_secs(10);
 
 /// The front's epoll keys.
 const KEY_LISTENER: u64 = 0;
@@ -67,24 +67,6 @@ pub(crate) struct Front {
     notifier: Notifier,
     status_sent: String,
     status_due: Option<Instant>,
-}
-
-/// The one-line STATUS= summary: how many reservations of each kind the
-/// daemon holds and whether the kernel honours them.
-fn status_summary(state: &Mutex<State>) -> String {
-    let (runtime, persistent, kernel_sync) = {
-        let state = lock(state);
-        let (runtime, persistent) = state.counts();
-        (runtime, persistent, state.kernel_sync())
-    };
-    format!(
-        "{persistent} persistent and {runtime} runtime reservation(s); kernel sync {}",
-        if kernel_sync {
-            "on"
-        } else {
-            "off (not kernel-reserved)"
-        }
-    )
 }
 
 impl Front {
@@ -151,7 +133,7 @@ impl Front {
         // loop), the workers run, and `Daemon::start` has written baseline
         // ∪ persistent to the kernel: ready.
         if self.notifier.is_active() {
-            self.status_sent = status_summary(&self.shared.state);
+            self.status_sent = status_summary(&lock(&self.shared.state));
             self.notifier.ready(&self.status_sent);
             self.status_due = Some(Instant::now() + STATUS_REFRESH);
         }
@@ -204,7 +186,7 @@ impl Front {
             return;
         }
         self.status_due = Some(now + STATUS_REFRESH);
-        let summary = status_summary(&self.shared.state);
+        let summary = status_summary(&lock(&self.shared.state));
         if summary != self.status_sent {
             self.notifier.status(&summary);
             self.status_sent = summary;

@@ -15,6 +15,7 @@ use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::daemon::StartError;
+use crate::state::State;
 
 /// The name (`FileDescriptorName=`) of the passed socket the daemon serves
 /// its clients on (`contrib/portresd.socket`), as systemd's own varlink
@@ -95,6 +96,23 @@ impl Notifier {
     pub fn stopping(&self) {
         self.send("STOPPING=1\nSTATUS=stopping");
     }
+}
+
+/// The one-line STATUS= summary (`systemctl status`): how many
+/// reservations of each kind the daemon holds and whether the kernel
+/// honours them. Sent with READY=1, then by the front when it changed
+/// (at most every `front::STATUS_REFRESH`); a reload's READY=1 sends it
+/// too.
+pub(crate) fn status_summary(state: &State) -> String {
+    let (runtime, persistent) = state.counts();
+    format!(
+        "{persistent} persistent and {runtime} runtime reservation(s); kernel sync {}",
+        if state.kernel_sync() {
+            "on"
+        } else {
+            "off (not kernel-reserved)"
+        }
+    )
 }
 
 /// A STATUS= value must not break the message's `KEY=value` lines.
@@ -232,16 +250,20 @@ impl PassedSockets {
     pub fn is_empty(&self) -> bool {
         self.fds.is_empty()
     }
+
+    /// The names of the passed sockets nobody has taken yet.
+    pub fn untaken(&self) -> Vec<&str> {
+        self.fds
+            .iter()
+            .filter(|(_, fd)| fd.is_some())
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
 }
 
 impl Drop for PassedSockets {
     fn drop(&mut self) {
-        let left: Vec<&str> = self
-            .fds
-            .iter()
-            .filter(|(_, fd)| fd.is_some())
-            .map(|(n, _)| n.as_str())
-            .collect();
+        let left = self.untaken();
         if !left.is_empty() {
             log::warn!(
                 "the service manager passed socket(s) named {left:?} that portresd does not serve; closed"

@@ -395,3 +395,25 @@ named_test!(root_of_a_user_namespace_falls_back_to_user_paths, |test| {
     assert!(ran.stdout.contains("kernel sync:     on"), "{ran}");
     assert!(eventually(|| !socket.exists()), "socket left behind");
 });
+
+nstest!(
+    socket_activation_without_a_client_socket_binds_its_own,
+    |_| {
+        let dir = open_tempdir();
+        let passed_path = dir.path().join("other.sock");
+        let listener = UnixListener::bind(&passed_path).expect("bind");
+        let mut daemon = activated(dir.path(), &listener, Some("something-else"), None, &[]);
+        daemon.wait_ready(Duration::from_secs(20));
+        daemon.client().status().expect("status on its own socket");
+        let log = daemon.terminate();
+        assert!(
+            log.contains("passed socket(s) named [\"something-else\"] but none named \"varlink\""),
+            "{log}"
+        );
+        assert!(
+            log.contains("named [\"something-else\"] that portresd does not serve; closed"),
+            "{log}"
+        );
+        assert!(passed_path.exists());
+    }
+);
