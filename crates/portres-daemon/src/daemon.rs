@@ -10,7 +10,7 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{Config, KernelSync};
+use crate::config::{Config, Enforce, KernelSync};
 use crate::events::EventFd;
 use crate::front::Front;
 use crate::socket::{SocketFile, bind_socket, default_socket, missing_socket_dir};
@@ -123,6 +123,9 @@ impl Daemon {
             kernel,
         )
         .map_err(|e| StartError(e.message))?;
+        state
+            .set_enforcer(decide_enforcement(&config)?)
+            .map_err(|e| StartError(e.message))?;
         let eventfd = || EventFd::new().map_err(|e| StartError(format!("eventfd: {e}")));
         let shrink = Arc::new(eventfd()?);
         let hook = shrink.clone();
@@ -131,7 +134,7 @@ impl Daemon {
         let (listener, socket_file) = bind_socket(&config.socket, config.mode)?;
         let (_, persistent) = state.counts();
         log::info!(
-            "portresd {} ({} mode) listening on {}; store {}{}; kernel sync {}; {} persistent reservation(s) restored",
+            "portresd {} ({} mode) listening on {}; store {}{}; kernel sync {}; enforcement {}; {} persistent reservation(s) restored",
             env!("CARGO_PKG_VERSION"),
             config.mode.as_str(),
             config.socket.display(),
@@ -142,6 +145,7 @@ impl Daemon {
                 ""
             },
             if state.kernel_sync() { "on" } else { "off" },
+            state.enforcement_summary(),
             persistent,
         );
         Ok(Daemon {
@@ -201,6 +205,32 @@ impl Daemon {
         drop(shared);
         drop(guards);
         result
+    }
+}
+
+/// Strict mode, per `--enforce`: `auto` attaches the bind hooks when it
+/// can, else goes on without them after one warning saying why; `strict`
+/// refuses to start instead; `off` never loads them.
+fn decide_enforcement(
+    config: &Config,
+) -> Result<Box<dyn crate::kernel::Enforcer>, StartError> {
+    use crate::kernel::{LinuxEnforcer, NoEnforcer};
+    if config.enforce == Enforce::Off {
+        return Ok(Box::new(NoEnforcer::new("--enforce off")));
+    }
+    match LinuxEnforcer::attach(config.enforce_cgroup.as_deref()) {
+        Ok(enforcer) => Ok(Box::new(enforcer)),
+        Err(e) if config.enforce == Enforce::Strict => Err(StartError(format!(
+            "--enforce strict, but the bind hooks cannot be attached: {e}"
+        ))),
+        Err(e) => {
+            log::warn!(
+                "enforcement off: the bind hooks cannot be attached ({e}); reservations keep the kernel's automatic choice off their ports, but any process may still bind them explicitly"
+            );
+            Ok(Box::new(NoEnforcer::new(format!(
+                "the bind hooks cannot be attached: {e}"
+            ))))
+        }
     }
 }
 

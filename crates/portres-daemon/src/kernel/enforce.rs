@@ -1,0 +1,318 @@
+//! Strict mode's side of the kernel interface: the `Enforcer` trait (who
+//! may explicitly `bind()` a reserved block, per block, and the exec
+//! sessions' cgroups), `LinuxEnforcer` (the bind guard of
+//! `portres_kernel::bindguard`, attached to a cgroup v2 directory),
+//! `NoEnforcer` (enforcement off, with the reason) and, for unit tests,
+//! `FakeEnforcer`.
+//!
+//! A sibling of `Kernel` rather than more methods on it: enforcement is
+//! decided once at start (`--enforce`) and may be absent, and the state
+//! owner calls it under its lock (each call is one or a few bpf(2)
+//! calls, microseconds), while `Kernel` is called outside the lock.
+//! Like `Kernel`, it owns no policy: the state decides who is allowed
+//! (`State::allowed_binders`).
+
+use std::fmt;
+use std::os::fd::BorrowedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use portres_core::{Block, Protocol};
+pub use portres_kernel::bindguard::{AllowedBinders, CgroupRef};
+use portres_kernel::bindguard::{BindGuard, GuardError};
+
+/// Whether explicit binds into reserved blocks are enforced, and why not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Enforcement {
+    /// The bind hooks are attached to this cgroup v2 directory.
+    Strict {
+        /// The cgroup directory the hooks judge (its whole subtree).
+        cgroup: PathBuf,
+    },
+    /// Not enforced.
+    Off {
+        /// Why: `--enforce off`, or what made `auto` fall back.
+        reason: String,
+    },
+}
+
+impl Enforcement {
+    /// "strict" or "off".
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Enforcement::Strict { .. } => "strict",
+            Enforcement::Off { .. } => "off",
+        }
+    }
+}
+
+/// Who may bind which reserved block, as the kernel enforces it.
+pub trait Enforcer: Send + Sync + fmt::Debug {
+    /// On or off, and why.
+    fn enforcement(&self) -> &Enforcement;
+
+    /// Guards every port of `block` for `protocol` in the network namespace
+    /// `netns_cookie`, allowing `allowed` (replacing an earlier entry). On
+    /// failure nothing of the block is guarded.
+    fn guard(
+        &self,
+        protocol: Protocol,
+        block: Block,
+        netns_cookie: u64,
+        allowed: &AllowedBinders,
+    ) -> Result<(), String>;
+
+    /// Stops guarding `block`. Best effort: a stale entry only refuses
+    /// strangers a port nobody holds until it is reserved again.
+    fn unguard(&self, protocol: Protocol, block: Block, netns_cookie: u64);
+
+    /// Makes the cgroup of exec session `session` (`name` unique per
+    /// daemon) and moves the process `pidfd` names into it, once it is
+    /// checked to be the process `peer_pid` (the connection's peer).
+    fn enter_session_cgroup(
+        &self,
+        session: u64,
+        pidfd: BorrowedFd<'_>,
+        peer_pid: i32,
+    ) -> Result<CgroupRef, String>;
+
+    /// The session's cgroup is no longer needed: removed now if empty,
+    /// else at a later call (when its processes have left).
+    fn remove_session_cgroup(&self, session: u64);
+}
+
+/// Enforcement off: every call succeeds and does nothing.
+#[derive(Debug)]
+pub struct NoEnforcer(Enforcement);
+
+impl NoEnforcer {
+    /// Off, for `reason`.
+    pub fn new(reason: impl Into<String>) -> NoEnforcer {
+        NoEnforcer(Enforcement::Off {
+            reason: reason.into(),
+        })
+    }
+}
+
+impl Enforcer for NoEnforcer {
+    fn enforcement(&self) -> &Enforcement {
+        &self.0
+    }
+
+    fn guard(&self, _: Protocol, _: Block, _: u64, _: &AllowedBinders) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn unguard(&self, _: Protocol, _: Block, _: u64) {}
+
+    fn enter_session_cgroup(
+        &self,
+        _: u64,
+        _: BorrowedFd<'_>,
+        _: i32,
+    ) -> Result<CgroupRef, String> {
+        Err("enforcement is off: exec sessions need no cgroup".into())
+    }
+
+    fn remove_session_cgroup(&self, _: u64) {}
+}
+
+/// The directory, under the cgroup the hooks are attached to, that holds
+/// the exec sessions' cgroups (`s<session>`).
+pub const SESSIONS_DIR: &str = "portres-sessions";
+
+/// The real bind guard, attached.
+#[derive(Debug)]
+pub struct LinuxEnforcer {
+    guard: BindGuard,
+    enforcement: Enforcement,
+    /// Where exec sessions' cgroups are made.
+    sessions: PathBuf,
+    /// Session cgroups that were still busy when their session ended.
+    lingering: Mutex<Vec<PathBuf>>,
+}
+
+impl LinuxEnforcer {
+    /// Loads the guard and attaches it to `cgroup` (the cgroup v2 root
+    /// when `None`). Session cgroups go under the daemon's own cgroup when
+    /// that lies inside `cgroup` (a systemd unit with `Delegate=yes`),
+    /// else under `cgroup` itself.
+    pub fn attach(cgroup: Option<&Path>) -> Result<LinuxEnforcer, GuardError> {
+        let mut guard = BindGuard::load()?;
+        let mount = portres_kernel::bindguard::cgroup2_mount()?;
+        let at = cgroup.map_or_else(|| mount.clone(), Path::to_path_buf);
+        guard.attach(&at)?;
+        let parent = own_cgroup(&mount)
+            .filter(|own| own.starts_with(&at))
+            .unwrap_or_else(|| at.clone());
+        let sessions = parent.join(SESSIONS_DIR);
+        let enforcer = LinuxEnforcer {
+            guard,
+            enforcement: Enforcement::Strict { cgroup: at },
+            sessions,
+            lingering: Mutex::new(Vec::new()),
+        };
+        enforcer.sweep_leftovers();
+        Ok(enforcer)
+    }
+
+    /// Session cgroups a previous daemon left (it was killed): removed when
+    /// empty, else kept for later.
+    fn sweep_leftovers(&self) {
+        if let Ok(dir) = std::fs::read_dir(&self.sessions) {
+            let mut lingering = self.lingering();
+            lingering.extend(dir.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+        }
+        self.retry_lingering();
+    }
+
+    fn lingering(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
+        self.lingering
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn retry_lingering(&self) {
+        self.lingering()
+            .retain(|p| std::fs::remove_dir(p).is_err() && p.exists());
+    }
+}
+
+impl Drop for LinuxEnforcer {
+    /// A clean stop: the links close with the guard (detaching the
+    /// programs); the sessions' directory goes if it is empty.
+    fn drop(&mut self) {
+        self.retry_lingering();
+        let _ = std::fs::remove_dir(&self.sessions);
+    }
+}
+
+/// The daemon's own cgroup directory (/proc/self/cgroup's `0::` line).
+fn own_cgroup(mount: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(mount.join(rel.trim_start_matches('/')))
+}
+
+impl Enforcer for LinuxEnforcer {
+    fn enforcement(&self) -> &Enforcement {
+        &self.enforcement
+    }
+
+    fn guard(
+        &self,
+        protocol: Protocol,
+        block: Block,
+        netns_cookie: u64,
+        allowed: &AllowedBinders,
+    ) -> Result<(), String> {
+        self.guard
+            .insert(block, protocol, netns_cookie, allowed)
+            .map_err(|e| e.to_string())
+    }
+
+    fn unguard(&self, protocol: Protocol, block: Block, netns_cookie: u64) {
+        if let Err(e) = self.guard.remove(block, protocol, netns_cookie) {
+            log::warn!("could not unguard {protocol} {block}: {e}");
+        }
+    }
+
+    fn enter_session_cgroup(
+        &self,
+        session: u64,
+        pidfd: BorrowedFd<'_>,
+        peer_pid: i32,
+    ) -> Result<CgroupRef, String> {
+        self.retry_lingering();
+        let dir = self.sessions.join(format!("s{session}"));
+        for d in [&self.sessions, &dir] {
+            match std::fs::create_dir(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(format!("cannot create {}: {e}", d.display())),
+            }
+        }
+        let cgroup = CgroupRef::of_dir(&dir).map_err(|e| e.to_string())?;
+        if let Err(e) = portres_kernel::bindguard::move_into_cgroup(&dir, pidfd, peer_pid) {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(e.to_string());
+        }
+        Ok(cgroup)
+    }
+
+    fn remove_session_cgroup(&self, session: u64) {
+        let dir = self.sessions.join(format!("s{session}"));
+        if std::fs::remove_dir(&dir).is_err() && dir.exists() {
+            self.lingering().push(dir);
+        }
+        self.retry_lingering();
+    }
+}
+
+/// Enforcement in memory, for unit tests: the guarded blocks, the session
+/// cgroups made, and a switch that makes the next guards fail.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct FakeEnforcer {
+    pub(crate) state: std::sync::Arc<Mutex<FakeEnforcerState>>,
+}
+
+/// What `FakeEnforcer` holds.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct FakeEnforcerState {
+    /// Guarded blocks and who may bind them.
+    pub(crate) guarded: std::collections::BTreeMap<(Protocol, u16, u16), AllowedBinders>,
+    /// Make `guard` fail (a full or broken map).
+    pub(crate) fail: bool,
+    /// Sessions with a cgroup.
+    pub(crate) cgroups: std::collections::BTreeSet<u64>,
+}
+
+#[cfg(test)]
+impl Enforcer for FakeEnforcer {
+    fn enforcement(&self) -> &Enforcement {
+        static STRICT: std::sync::OnceLock<Enforcement> = std::sync::OnceLock::new();
+        STRICT.get_or_init(|| Enforcement::Strict {
+            cgroup: PathBuf::from("/fake"),
+        })
+    }
+
+    fn guard(
+        &self,
+        protocol: Protocol,
+        block: Block,
+        _: u64,
+        allowed: &AllowedBinders,
+    ) -> Result<(), String> {
+        let mut s = self.state.lock().unwrap();
+        if s.fail {
+            return Err("fake: the map refuses".into());
+        }
+        s.guarded
+            .insert((protocol, block.start(), block.count()), *allowed);
+        Ok(())
+    }
+
+    fn unguard(&self, protocol: Protocol, block: Block, _: u64) {
+        let mut s = self.state.lock().unwrap();
+        s.guarded.remove(&(protocol, block.start(), block.count()));
+    }
+
+    fn enter_session_cgroup(
+        &self,
+        session: u64,
+        _: BorrowedFd<'_>,
+        _: i32,
+    ) -> Result<CgroupRef, String> {
+        self.state.lock().unwrap().cgroups.insert(session);
+        Ok(CgroupRef {
+            id: 1000 + session,
+            level: 2,
+        })
+    }
+
+    fn remove_session_cgroup(&self, session: u64) {
+        self.state.lock().unwrap().cgroups.remove(&session);
+    }
+}
