@@ -14,7 +14,7 @@ complete -c portresd -l reset-baseline -d 'Record PORTS (kernel list form, e.g. 
 complete -c portresd -l enforce -d 'Strict mode: the kernel refuses an explicit bind() into a reserved block (EACCES) to everyone but the daemon, the persistent reservation\'s owner and the exec command holding a runtime one. auto = when the bind hooks can be attached (root or CAP_BPF + CAP_NET_ADMIN, cgroup v2, BPF), else off with a warning; strict = refuse to start otherwise; off = never [env: PORTRES_ENFORCE]' -r -f -a "auto\t''
 strict\t''
 off\t''"
-complete -c portresd -l enforce-cgroup -d 'The cgroup v2 directory strict mode\'s bind hooks attach to: they judge sockets made in it and below [default: the cgroup v2 root, i.e. every process of the machine]. Exec sessions\' cgroups are made under it (or under portresd\'s own cgroup when that lies inside it)' -r -F
+complete -c portresd -l enforce-cgroup -d 'The cgroup v2 directory strict mode\'s bind hooks attach to: they judge sockets made in it and below [default: the cgroup v2 root, i.e. every process of the machine]. `portres exec` commands run in a cgroup portresd makes below the caller\'s own' -r -F
 complete -c portresd -s v -l verbose -d 'Log more (-v: debug, -vv: trace); RUST_LOG overrides'
 complete -c portresd -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c portresd -s V -l version -d 'Print version'

@@ -93,8 +93,8 @@ struct Args {
 
     /// The cgroup v2 directory strict mode's bind hooks attach to: they
     /// judge sockets made in it and below [default: the cgroup v2 root,
-    /// i.e. every process of the machine]. Exec sessions' cgroups are made
-    /// under it (or under portresd's own cgroup when that lies inside it)
+    /// i.e. every process of the machine]. `portres exec` commands run in a
+    /// cgroup portresd makes below the caller's own
     #[arg(long, value_name = "DIR")]
     enforce_cgroup: Option<PathBuf>,
 

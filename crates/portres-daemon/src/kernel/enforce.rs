@@ -12,6 +12,7 @@
 //! Like `Kernel`, it owns no policy: the state decides who is allowed
 //! (`State::allowed_binders`).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
@@ -117,81 +118,68 @@ impl Enforcer for NoEnforcer {
     fn remove_session_cgroup(&self, _: u64) {}
 }
 
-/// The directory, under the cgroup the hooks are attached to, that holds
-/// the exec sessions' cgroups (`s<session>`).
-pub const SESSIONS_DIR: &str = "portres-sessions";
-
 /// The real bind guard, attached.
 #[derive(Debug)]
 pub struct LinuxEnforcer {
     guard: BindGuard,
     enforcement: Enforcement,
-    /// Where exec sessions' cgroups are made.
-    sessions: PathBuf,
+    /// The cgroup v2 mount point.
+    mount: PathBuf,
+    /// The exec sessions' cgroups, by session.
+    sessions: Mutex<HashMap<u64, PathBuf>>,
     /// Session cgroups that were still busy when their session ended.
     lingering: Mutex<Vec<PathBuf>>,
 }
 
 impl LinuxEnforcer {
     /// Loads the guard and attaches it to `cgroup` (the cgroup v2 root
-    /// when `None`). Session cgroups go under the daemon's own cgroup when
-    /// that lies inside `cgroup` (a systemd unit with `Delegate=yes`),
-    /// else under `cgroup` itself.
+    /// when `None`).
     pub fn attach(cgroup: Option<&Path>) -> Result<LinuxEnforcer, GuardError> {
         let mut guard = BindGuard::load()?;
         let mount = portres_kernel::bindguard::cgroup2_mount()?;
         let at = cgroup.map_or_else(|| mount.clone(), Path::to_path_buf);
         guard.attach(&at)?;
-        let parent = own_cgroup(&mount)
-            .filter(|own| own.starts_with(&at))
-            .unwrap_or_else(|| at.clone());
-        let sessions = parent.join(SESSIONS_DIR);
-        let enforcer = LinuxEnforcer {
+        Ok(LinuxEnforcer {
             guard,
             enforcement: Enforcement::Strict { cgroup: at },
-            sessions,
+            mount,
+            sessions: Mutex::new(HashMap::new()),
             lingering: Mutex::new(Vec::new()),
-        };
-        enforcer.sweep_leftovers();
-        Ok(enforcer)
-    }
-
-    /// Session cgroups a previous daemon left (it was killed): removed when
-    /// empty, else kept for later.
-    fn sweep_leftovers(&self) {
-        if let Ok(dir) = std::fs::read_dir(&self.sessions) {
-            let mut lingering = self.lingering();
-            lingering.extend(dir.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
-        }
-        self.retry_lingering();
-    }
-
-    fn lingering(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
-        self.lingering
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        })
     }
 
     fn retry_lingering(&self) {
-        self.lingering()
-            .retain(|p| std::fs::remove_dir(p).is_err() && p.exists());
+        unpoison(self.lingering.lock()).retain(|p| std::fs::remove_dir(p).is_err() && p.exists());
     }
+}
+
+fn unpoison<T>(r: std::sync::LockResult<T>) -> T {
+    r.unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Drop for LinuxEnforcer {
     /// A clean stop: the links close with the guard (detaching the
-    /// programs); the sessions' directory goes if it is empty.
+    /// programs); the sessions' cgroups go if they are empty.
     fn drop(&mut self) {
+        let dirs: Vec<PathBuf> = unpoison(self.sessions.lock()).drain().map(|(_, d)| d).collect();
+        unpoison(self.lingering.lock()).extend(dirs);
         self.retry_lingering();
-        let _ = std::fs::remove_dir(&self.sessions);
     }
 }
 
-/// The daemon's own cgroup directory (/proc/self/cgroup's `0::` line).
-fn own_cgroup(mount: &Path) -> Option<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    Some(mount.join(rel.trim_start_matches('/')))
+/// The cgroup directory of process `pid` (its /proc/PID/cgroup `0::`
+/// line, under `mount`).
+fn cgroup_of(pid: i32, mount: &Path) -> Result<PathBuf, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|e| format!("cannot read the caller's cgroup: {e}"))?;
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or("the caller is in no cgroup v2 cgroup")?;
+    if rel.split('/').any(|c| c == "..") {
+        return Err(format!("the caller's cgroup {rel:?} is not a plain path"));
+    }
+    Ok(mount.join(rel.trim_start_matches('/')))
 }
 
 impl Enforcer for LinuxEnforcer {
@@ -217,6 +205,9 @@ impl Enforcer for LinuxEnforcer {
         }
     }
 
+    /// The session's cgroup is made below the caller's own cgroup, so
+    /// the caller stays under every limit it was under (a cgroup of the
+    /// daemon's would let a user escape its slice's memory or pid limits).
     fn enter_session_cgroup(
         &self,
         session: u64,
@@ -224,26 +215,38 @@ impl Enforcer for LinuxEnforcer {
         peer_pid: i32,
     ) -> Result<CgroupRef, String> {
         self.retry_lingering();
-        let dir = self.sessions.join(format!("s{session}"));
-        for d in [&self.sessions, &dir] {
-            match std::fs::create_dir(d) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(format!("cannot create {}: {e}", d.display())),
+        let parent = cgroup_of(peer_pid, &self.mount)?;
+        let dir = parent.join(format!("portres-{}-{session}", std::process::id()));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("cannot create the cgroup {}: {e}", dir.display())),
+        }
+        let made = CgroupRef::of_dir(&dir)
+            .map_err(|e| e.to_string())
+            .and_then(|cgroup| {
+                portres_kernel::bindguard::move_into_cgroup(&dir, pidfd, peer_pid)
+                    .map(|()| cgroup)
+                    .map_err(|e| format!("cannot move the caller into {}: {e}", dir.display()))
+            });
+        match made {
+            Ok(cgroup) => {
+                unpoison(self.sessions.lock()).insert(session, dir);
+                Ok(cgroup)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                Err(e)
             }
         }
-        let cgroup = CgroupRef::of_dir(&dir).map_err(|e| e.to_string())?;
-        if let Err(e) = portres_kernel::bindguard::move_into_cgroup(&dir, pidfd, peer_pid) {
-            let _ = std::fs::remove_dir(&dir);
-            return Err(e.to_string());
-        }
-        Ok(cgroup)
     }
 
     fn remove_session_cgroup(&self, session: u64) {
-        let dir = self.sessions.join(format!("s{session}"));
-        if std::fs::remove_dir(&dir).is_err() && dir.exists() {
-            self.lingering().push(dir);
+        if let Some(dir) = unpoison(self.sessions.lock()).remove(&session)
+            && std::fs::remove_dir(&dir).is_err()
+            && dir.exists()
+        {
+            unpoison(self.lingering.lock()).push(dir);
         }
         self.retry_lingering();
     }
