@@ -211,9 +211,7 @@ impl Daemon {
 /// Strict mode, per `--enforce`: `auto` attaches the bind hooks when it
 /// can, else goes on without them after one warning saying why; `strict`
 /// refuses to start instead; `off` never loads them.
-fn decide_enforcement(
-    config: &Config,
-) -> Result<Box<dyn crate::kernel::Enforcer>, StartError> {
+fn decide_enforcement(config: &Config) -> Result<Box<dyn crate::kernel::Enforcer>, StartError> {
     use crate::kernel::{LinuxEnforcer, NoEnforcer};
     if config.enforce == Enforce::Off {
         return Ok(Box::new(NoEnforcer::new("--enforce off")));

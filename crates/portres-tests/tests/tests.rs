@@ -63,3 +63,4 @@ mod permissions;
 mod privilege;
 mod python_client;
 mod store_faults;
+mod strict;

@@ -106,12 +106,7 @@ impl Enforcer for NoEnforcer {
 
     fn unguard(&self, _: Protocol, _: Block, _: u64) {}
 
-    fn enter_session_cgroup(
-        &self,
-        _: u64,
-        _: BorrowedFd<'_>,
-        _: i32,
-    ) -> Result<CgroupRef, String> {
+    fn enter_session_cgroup(&self, _: u64, _: BorrowedFd<'_>, _: i32) -> Result<CgroupRef, String> {
         Err("enforcement is off: exec sessions need no cgroup".into())
     }
 
@@ -161,7 +156,10 @@ impl Drop for LinuxEnforcer {
     /// A clean stop: the links close with the guard (detaching the
     /// programs); the sessions' cgroups go if they are empty.
     fn drop(&mut self) {
-        let dirs: Vec<PathBuf> = unpoison(self.sessions.lock()).drain().map(|(_, d)| d).collect();
+        let dirs: Vec<PathBuf> = unpoison(self.sessions.lock())
+            .drain()
+            .map(|(_, d)| d)
+            .collect();
         unpoison(self.lingering.lock()).extend(dirs);
         self.retry_lingering();
     }

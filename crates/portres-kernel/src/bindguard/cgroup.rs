@@ -176,7 +176,9 @@ pub fn move_into_cgroup(
         Ok(n == 0)
     };
     if pid <= 0 || !alive()? {
-        return Err(refused(format!("the caller (pid {expected_pid}) has exited")));
+        return Err(refused(format!(
+            "the caller (pid {expected_pid}) has exited"
+        )));
     }
     std::fs::write(dir.join("cgroup.procs"), pid.to_string())?;
     if !alive()? {

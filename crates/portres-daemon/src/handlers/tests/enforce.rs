@@ -42,7 +42,10 @@ fn acquire_guards_its_block_for_the_daemon_before_the_answer_and_release_unguard
     let e = strict(&h);
     let s = h.stranger();
     let token = h.acquire_token(s, 40000, 4);
-    assert_eq!(guarded(&e), vec![((Protocol::Tcp, 40000, 4), daemon_only())]);
+    assert_eq!(
+        guarded(&e),
+        vec![((Protocol::Tcp, 40000, 4), daemon_only())]
+    );
     h.release(s, token).unwrap();
     assert_eq!(guarded(&e), vec![]);
 }
@@ -134,7 +137,11 @@ fn enter_cgroup_allows_the_sessions_cgroup_on_its_blocks_and_closing_removes_it(
     lock(&h.state).enter_cgroup(s, pidfd).unwrap();
     let g = guarded(&e);
     assert_eq!(g[0].1.cgroup.map(|c| c.id), Some(1000 + s.0));
-    assert_eq!(g[1].1, daemon_only(), "another session's block is untouched");
+    assert_eq!(
+        g[1].1,
+        daemon_only(),
+        "another session's block is untouched"
+    );
     // Blocks acquired afterwards allow the cgroup too.
     h.acquire(s, 40020, 1).unwrap();
     assert!(guarded(&e)[2].1.cgroup.is_some());
