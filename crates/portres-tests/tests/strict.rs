@@ -424,3 +424,53 @@ nstest!(
         assert_eq!(warnings, 1, "{log}");
     }
 );
+
+nstest!(strict_enter_cgroup_moves_only_the_caller_itself, |test| {
+    if !guard_or_skip(test) {
+        return;
+    }
+    use std::os::fd::AsFd;
+    let cg = TestCgroup::new();
+    let dir = open_tempdir();
+    let d = strict_daemon(dir.path(), &cg);
+    let mut other = in_cgroup(&cg, &{
+        let mut c = Command::new("sleep");
+        c.arg("60");
+        c
+    })
+    .spawn()
+    .unwrap();
+    let pid = rustix::process::Pid::from_raw(other.id() as i32).unwrap();
+    let cgroup_of = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let name = cg.path().file_name().unwrap().to_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cgroup_of(other.id()).contains(&name) {
+        assert!(Instant::now() < deadline, "the shell never moved");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let cgroup_before = cgroup_of(other.id());
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).unwrap();
+    let mut raw = portres_tests::RawClient::connect(&d.socket);
+    let v = raw.call_with_fds(
+        "io.portres.EnterCgroup",
+        serde_json::json!({}),
+        &[pidfd.as_fd()],
+    );
+    assert_eq!(v["error"], "io.portres.AccessDenied", "{v}");
+    let devnull = std::fs::File::open("/dev/null").unwrap();
+    let v = raw.call_with_fds(
+        "io.portres.EnterCgroup",
+        serde_json::json!({}),
+        &[devnull.as_fd()],
+    );
+    assert_eq!(v["error"], "io.portres.AccessDenied", "{v}");
+    let v = raw.call("io.portres.EnterCgroup", serde_json::json!({}));
+    assert!(v["error"].is_string(), "no descriptor: {v}");
+    assert_eq!(
+        cgroup_of(other.id()),
+        cgroup_before,
+        "the other process was not moved"
+    );
+    let _ = other.kill();
+    let _ = other.wait();
+});

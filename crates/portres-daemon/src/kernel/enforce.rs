@@ -67,14 +67,14 @@ pub trait Enforcer: Send + Sync + fmt::Debug {
     /// strangers a port nobody holds until it is reserved again.
     fn unguard(&self, protocol: Protocol, block: Block, netns_cookie: u64);
 
-    /// Makes the cgroup of exec session `session` (`name` unique per
-    /// daemon) and moves the process `pidfd` names into it, once it is
-    /// checked to be the process `peer_pid` (the connection's peer).
+    /// Makes the cgroup of exec session `session` and moves the process
+    /// `pidfd` names into it, once it is checked to be the process
+    /// `peer.0` running as effective uid `peer.1` (the connection's peer).
     fn enter_session_cgroup(
         &self,
         session: u64,
         pidfd: BorrowedFd<'_>,
-        peer_pid: i32,
+        peer: (i32, u32),
     ) -> Result<CgroupRef, String>;
 
     /// The session's cgroup is no longer needed: removed now if empty,
@@ -106,7 +106,12 @@ impl Enforcer for NoEnforcer {
 
     fn unguard(&self, _: Protocol, _: Block, _: u64) {}
 
-    fn enter_session_cgroup(&self, _: u64, _: BorrowedFd<'_>, _: i32) -> Result<CgroupRef, String> {
+    fn enter_session_cgroup(
+        &self,
+        _: u64,
+        _: BorrowedFd<'_>,
+        _: (i32, u32),
+    ) -> Result<CgroupRef, String> {
         Err("enforcement is off: exec sessions need no cgroup".into())
     }
 
@@ -165,6 +170,16 @@ impl Drop for LinuxEnforcer {
     }
 }
 
+/// The effective uid of process `pid` (/proc/PID/status).
+fn effective_uid(pid: i32) -> Result<u32, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("cannot read the caller's status: {e}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1)?.parse().ok())
+        .ok_or_else(|| format!("no Uid line in /proc/{pid}/status"))
+}
+
 /// The cgroup directory of process `pid` (its /proc/PID/cgroup `0::`
 /// line, under `mount`).
 fn cgroup_of(pid: i32, mount: &Path) -> Result<PathBuf, String> {
@@ -210,9 +225,17 @@ impl Enforcer for LinuxEnforcer {
         &self,
         session: u64,
         pidfd: BorrowedFd<'_>,
-        peer_pid: i32,
+        (peer_pid, peer_uid): (i32, u32),
     ) -> Result<CgroupRef, String> {
         self.retry_lingering();
+        // A pid reused by another user's process (the peer exited, its
+        // connection lives on elsewhere) is not the caller.
+        let euid = effective_uid(peer_pid)?;
+        if euid != peer_uid {
+            return Err(format!(
+                "pid {peer_pid} runs as uid {euid}, not as the caller (uid {peer_uid})"
+            ));
+        }
         let parent = cgroup_of(peer_pid, &self.mount)?;
         let dir = parent.join(format!("portres-{}-{session}", std::process::id()));
         match std::fs::create_dir(&dir) {
@@ -304,7 +327,7 @@ impl Enforcer for FakeEnforcer {
         &self,
         session: u64,
         _: BorrowedFd<'_>,
-        _: i32,
+        _: (i32, u32),
     ) -> Result<CgroupRef, String> {
         self.state.lock().unwrap().cgroups.insert(session);
         Ok(CgroupRef {

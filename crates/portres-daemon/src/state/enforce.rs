@@ -112,10 +112,10 @@ impl State {
                 "this session already has its cgroup",
             ));
         }
-        let pid = s.caller.pid;
+        let peer = (s.caller.pid, s.caller.uid);
         let cgroup = self
             .enforcer
-            .enter_session_cgroup(session.0, pidfd.as_fd(), pid)
+            .enter_session_cgroup(session.0, pidfd.as_fd(), peer)
             .map_err(|e| Error::new(ErrorCode::AccessDenied, format!("EnterCgroup: {e}")))?;
         self.session_mut(session)?.cgroup = Some(cgroup);
         // The session's blocks now allow its cgroup too.
