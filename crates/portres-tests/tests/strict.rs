@@ -155,20 +155,34 @@ fn guard_or_skip(test: &str) -> bool {
     }
 }
 
-fn root_client(d: &ProcessDaemon) -> Client {
-    d.client()
+/// A strict daemon attached to a fresh private cgroup, and its
+/// directory. Fields drop in this order: the daemon, its directory, the
+/// cgroup.
+struct Setup {
+    d: ProcessDaemon,
+    _dir: tempfile::TempDir,
+    cg: TestCgroup,
+}
+
+/// A `Setup`, or `None` after the skip rule where the hooks cannot load.
+fn strict_setup(test: &str) -> Option<Setup> {
+    if !guard_or_skip(test) {
+        return None;
+    }
+    let cg = TestCgroup::new();
+    let dir = open_tempdir();
+    let d = strict_daemon(dir.path(), &cg);
+    Some(Setup { d, _dir: dir, cg })
 }
 
 nstest!(
     strict_foreign_binds_into_runtime_and_persistent_blocks_fail_with_eacces_and_the_daemons_bind_works,
     |test| {
-        if !guard_or_skip(test) {
+        let Some(setup) = strict_setup(test) else {
             return;
-        }
-        let cg = TestCgroup::new();
-        let dir = open_tempdir();
-        let d = strict_daemon(dir.path(), &cg);
-        let c = root_client(&d);
+        };
+        let (d, cg) = (&setup.d, &setup.cg);
+        let c = d.client();
         let status = c.status().unwrap();
         assert_eq!(status.enforcement, "strict");
         assert_eq!(status.enforcement_reason, None);
@@ -183,12 +197,12 @@ nstest!(
         for protocol in ["tcp", "udp"] {
             // Every address form, with and without the reuse options.
             all(
-                Ran::of(in_cgroup(&cg, &try_bind_cmd(protocol, "40000,40003,5000,5001", ""))),
+                Ran::of(in_cgroup(cg, &try_bind_cmd(protocol, "40000,40003,5000,5001", ""))),
                 "EACCES",
             );
             // Outside the blocks, and port 0: untouched.
             all(
-                Ran::of(in_cgroup(&cg, &try_bind_cmd(protocol, "40004,4999,5002,0", ""))),
+                Ran::of(in_cgroup(cg, &try_bind_cmd(protocol, "40004,4999,5002,0", ""))),
                 "ok",
             );
         }
@@ -202,31 +216,28 @@ nstest!(
         c.bind_udp(p_udp.token.unwrap(), any).unwrap();
         // After the reservation ends, binds work again.
         rt_tcp.release().unwrap();
-        binds_work_again(&cg, "tcp", 40001);
+        binds_work_again(cg, "tcp", 40001);
         c.delete(Protocol::Udp, 5000, 2).unwrap();
-        binds_work_again(&cg, "udp", 5000);
-        drop(d);
+        binds_work_again(cg, "udp", 5000);
     }
 );
 
 nstest!(
     strict_an_exec_childs_bind_into_its_own_block_works_and_into_another_execs_fails,
     |test| {
-        if !guard_or_skip(test) {
+        let Some(setup) = strict_setup(test) else {
             return;
-        }
-        let cg = TestCgroup::new();
-        let dir = open_tempdir();
-        let d = strict_daemon(dir.path(), &cg);
+        };
+        let (d, cg) = (&setup.d, &setup.cg);
         // The first exec holds 41000 while its command sleeps.
         let mut first = cli(&d.socket);
         first.args(["exec", "tcp", "--start", "41000", "--", "sleep", "60"]);
-        let mut first = in_cgroup(&cg, &first)
+        let mut first = in_cgroup(cg, &first)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let c = root_client(&d);
+        let c = d.client();
         let deadline = Instant::now() + Duration::from_secs(20);
         while !c.list(None).unwrap().iter().any(|r| r.start == 41000) {
             assert!(Instant::now() < deadline, "the first exec never reserved");
@@ -243,7 +254,7 @@ nstest!(
                 "{} try-bind tcp 41010,41011,41000 v4,any6",
                 testkit().display()
             ));
-        let got = results(d.run(in_cgroup(&cg, &second)));
+        let got = results(d.run(in_cgroup(cg, &second)));
         for (what, result) in &got {
             let expected = if what.starts_with("41000 ") {
                 "EACCES"
@@ -256,20 +267,18 @@ nstest!(
         let pid = rustix::process::Pid::from_raw(first.id() as i32).expect("pid");
         rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
         let _ = first.wait();
-        binds_work_again(&cg, "tcp", 41000);
+        binds_work_again(cg, "tcp", 41000);
     }
 );
 
 nstest!(
     strict_a_persistent_owner_binds_port_80_without_privilege_and_nobody_else_can,
     |test| {
-        if !guard_or_skip(test) {
+        let Some(setup) = strict_setup(test) else {
             return;
-        }
-        let cg = TestCgroup::new();
-        let dir = open_tempdir();
-        let d = strict_daemon(dir.path(), &cg);
-        let c = root_client(&d);
+        };
+        let (d, cg) = (&setup.d, &setup.cg);
+        let c = d.client();
         let owned = |owner| CreateOptions {
             owner: Some(owner),
             label: None,
@@ -280,7 +289,7 @@ nstest!(
             .unwrap();
         let bind = |protocol, port, uid, gid, groups: &[u32]| {
             Ran::of(in_cgroup(
-                &cg,
+                cg,
                 &as_user(&try_bind_cmd(protocol, port, "v4,any6"), uid, gid, groups),
             ))
         };
@@ -289,27 +298,24 @@ nstest!(
         // Another user, and root (admins are excluded, as on Windows).
         all(bind("tcp", "80", 65533, 65533, &[]), "EACCES");
         all(
-            Ran::of(in_cgroup(&cg, &try_bind_cmd("tcp", "80", "v4,any6"))),
+            Ran::of(in_cgroup(cg, &try_bind_cmd("tcp", "80", "v4,any6"))),
             "EACCES",
         );
         // A group owner: its primary gid, not a supplementary one.
         all(bind("udp", "81", 65533, 65534, &[]), "ok");
         all(bind("udp", "81", 65533, 65533, &[65534]), "EACCES");
-        drop(d);
     }
 );
 
 nstest!(strict_another_network_namespace_is_unaffected, |test| {
-    if !guard_or_skip(test) {
+    let Some(setup) = strict_setup(test) else {
         return;
-    }
-    let cg = TestCgroup::new();
-    let dir = open_tempdir();
-    let d = strict_daemon(dir.path(), &cg);
-    let c = root_client(&d);
+    };
+    let (d, cg) = (&setup.d, &setup.cg);
+    let c = d.client();
     let _held = c.acquire(Protocol::Tcp, 42000, 1).unwrap();
     all(
-        Ran::of(in_cgroup(&cg, &try_bind_cmd("tcp", "42000", "any4,any6"))),
+        Ran::of(in_cgroup(cg, &try_bind_cmd("tcp", "42000", "any4,any6"))),
         "EACCES",
     );
     let mut elsewhere = Command::new("unshare");
@@ -317,7 +323,7 @@ nstest!(strict_another_network_namespace_is_unaffected, |test| {
         .arg("-n")
         .arg(testkit())
         .args(["try-bind", "tcp", "42000", "any4,any6"]);
-    all(Ran::of(in_cgroup(&cg, &elsewhere)), "ok");
+    all(Ran::of(in_cgroup(cg, &elsewhere)), "ok");
 });
 
 nstest!(
@@ -332,7 +338,7 @@ nstest!(
         assert_eq!(programs(), (0, 0));
         let d = strict_daemon(dir.path(), &cg);
         assert_eq!(programs(), (1, 1));
-        root_client(&d)
+        d.client()
             .create(Protocol::Tcp, 6000, 1, CreateOptions::default())
             .unwrap();
         all(
@@ -426,14 +432,12 @@ nstest!(
 );
 
 nstest!(strict_enter_cgroup_moves_only_the_caller_itself, |test| {
-    if !guard_or_skip(test) {
-        return;
-    }
     use std::os::fd::AsFd;
-    let cg = TestCgroup::new();
-    let dir = open_tempdir();
-    let d = strict_daemon(dir.path(), &cg);
-    let mut other = in_cgroup(&cg, &{
+    let Some(setup) = strict_setup(test) else {
+        return;
+    };
+    let (d, cg) = (&setup.d, &setup.cg);
+    let mut other = in_cgroup(cg, &{
         let mut c = Command::new("sleep");
         c.arg("60");
         c
