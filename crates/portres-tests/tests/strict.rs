@@ -42,28 +42,31 @@ impl Drop for TestCgroup {
     fn drop(&mut self) {
         // Whatever a test left running in it (cgroup.kill: Linux 5.14).
         let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let children: Vec<PathBuf> = std::fs::read_dir(&self.0)
-                .map(|d| {
-                    d.flatten()
-                        .map(|e| e.path())
-                        .filter(|p| p.is_dir())
-                        .collect()
-                })
-                .unwrap_or_default();
-            for child in children {
-                let _ = std::fs::remove_dir(child);
-            }
-            match std::fs::remove_dir(&self.0) {
-                Ok(()) => return,
-                Err(e) if Instant::now() > deadline => {
-                    eprintln!("cannot remove {}: {e}", self.0.display());
-                    return;
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
+        remove_cgroup_tree(&self.0);
+    }
+}
+
+/// Removes the cgroup `dir` and every cgroup below it, deepest first,
+/// retrying while a just-killed process still holds one.
+fn remove_cgroup_tree(dir: &Path) {
+    let children: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    for child in children {
+        remove_cgroup_tree(&child);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = std::fs::remove_dir(dir) {
+        if Instant::now() > deadline {
+            eprintln!("cannot remove {}: {e}", dir.display());
+            return;
         }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -478,3 +481,23 @@ nstest!(strict_enter_cgroup_moves_only_the_caller_itself, |test| {
     let _ = other.kill();
     let _ = other.wait();
 });
+
+nstest!(
+    strict_a_cgroup_the_exec_command_makes_below_its_own_may_bind_too,
+    |test| {
+        let Some(setup) = strict_setup(test) else {
+            return;
+        };
+        let (d, cg) = (&setup.d, &setup.cg);
+        let mount = cgroup2_mount().unwrap();
+        // The command moves itself one cgroup further down, then binds.
+        let script = format!(
+            r#"cg="{}$(sed -n 's/^0:://p' /proc/self/cgroup)" && mkdir "$cg/nested" && echo $$ > "$cg/nested/cgroup.procs" && exec {} try-bind tcp 43000 v4,any6"#,
+            mount.display(),
+            testkit().display()
+        );
+        let mut exec = cli(&d.socket);
+        exec.args(["exec", "tcp", "--start", "43000", "--", "sh", "-c", &script]);
+        all(d.run(in_cgroup(cg, &exec)), "ok");
+    }
+);
