@@ -1,6 +1,7 @@
 //! The daemon's life: `Daemon::start` locks the state directory, opens the
-//! store, decides kernel sync (claiming the network namespace's sysctl),
-//! restores persistent reservations and binds the socket; `Daemon::run`
+//! store, attaches strict mode's bind hooks (`--enforce`), decides kernel
+//! sync (claiming the network namespace's sysctl), restores persistent
+//! reservations (guarded before anyone can ask) and binds the socket; `Daemon::run`
 //! serves (`front.rs` and its workers) until a `StopHandle` says stop, then
 //! shuts down cleanly and only then lets go of the locks.
 
@@ -85,10 +86,10 @@ struct Guards {
 
 impl Daemon {
     /// Locks the state directory (before anything else: a second daemon on
-    /// it is refused here, naming the first), opens the store, decides
-    /// kernel sync (claiming the network namespace's sysctl), restores
-    /// persistent reservations, writes the kernel's value, and binds the
-    /// socket.
+    /// it is refused here, naming the first), opens the store, attaches
+    /// strict mode's hooks, decides kernel sync (claiming the network
+    /// namespace's sysctl), restores persistent reservations (and guards
+    /// them), writes the kernel's value, and binds the socket.
     pub fn start(config: Config) -> Result<Daemon, StartError> {
         // A socket directory we may not create fails before anything is
         // made (the state directory included); `bind_socket` checks again.
@@ -115,6 +116,9 @@ impl Daemon {
                 config.state_dir.display()
             ))
         })?;
+        // Before the kernel's list is touched: `--enforce strict` that
+        // cannot attach refuses to start having changed nothing.
+        let enforcer = decide_enforcement(&config)?;
         let (kernel, kernel_owner) = decide_kernel_sync(&config)?;
         let mut state = State::new(
             config.clone(),
@@ -124,7 +128,7 @@ impl Daemon {
         )
         .map_err(|e| StartError(e.message))?;
         state
-            .set_enforcer(decide_enforcement(&config)?)
+            .set_enforcer(enforcer)
             .map_err(|e| StartError(e.message))?;
         let eventfd = || EventFd::new().map_err(|e| StartError(format!("eventfd: {e}")));
         let shrink = Arc::new(eventfd()?);
