@@ -118,6 +118,9 @@ impl Enforcer for NoEnforcer {
     fn remove_session_cgroup(&self, _: u64) {}
 }
 
+/// Most ended sessions' cgroups kept for a later removal attempt.
+const MAX_LINGERING: usize = 1024;
+
 /// The real bind guard, attached.
 #[derive(Debug)]
 pub struct LinuxEnforcer {
@@ -267,7 +270,17 @@ impl Enforcer for LinuxEnforcer {
             && std::fs::remove_dir(&dir).is_err()
             && dir.exists()
         {
-            unpoison(self.lingering.lock()).push(dir);
+            let mut lingering = unpoison(self.lingering.lock());
+            // Bounded: a command may leave a process behind for good; its
+            // cgroup is then left to whoever ends that process.
+            if lingering.len() >= MAX_LINGERING {
+                let given_up = lingering.remove(0);
+                log::info!(
+                    "leaving the busy exec cgroup {} (more than {MAX_LINGERING} wait for removal)",
+                    given_up.display()
+                );
+            }
+            lingering.push(dir);
         }
         self.retry_lingering();
     }
