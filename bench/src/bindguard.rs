@@ -1,6 +1,10 @@
 //! What strict mode's bind hooks cost a plain `bind()`: an unreserved port
 //! and port 0, with and without the programs attached, in one process,
-//! in one private cgroup.
+//! in one private cgroup. And what strict mode costs acquire+bind+release
+//! through the daemon (`daemon_rows`): the same clients against a daemon
+//! with `--enforce off` and then one with `--enforce strict` attached to a
+//! private cgroup the benchmark process has moved into (so the daemon's
+//! Bind of its sockets runs the hooks too), in this run.
 //!
 //! The measurement runs in a child process (`portres-bench
 //! --bindguard-child`), because the hooks judge sockets by the cgroup of
@@ -15,7 +19,8 @@
 //! (medians, not means: on a shared 2-CPU machine preemption makes the
 //! mean mostly noise).
 
-use crate::report::{Row, text_row, verdict};
+use crate::report::{Row, row, text_row, verdict};
+use crate::stats::Samples;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -195,4 +200,68 @@ pub(crate) fn bindguard_rows(quick: bool) -> Vec<Row> {
         .collect(),
         Err(e) => vec![text_row("strict mode: bind hook cost", format!("not measured: {e}"))],
     }
+}
+
+/// acquire+bind+release through the daemon, 1 and 8 clients, with
+/// enforcement off and on; each daemon in turn (one keeps the sysctl at
+/// a time). Moves this process into a private cgroup for the duration.
+pub(crate) fn daemon_rows(dir: &Path, dur: std::time::Duration) -> Vec<Row> {
+    match daemon_abr(dir, dur) {
+        Ok([off1, on1, off8, on8]) => {
+            let note = |off: &Samples, on: &Samples| {
+                let added = on.q(0.5).as_secs_f64() * 1e9 - off.q(0.5).as_secs_f64() * 1e9;
+                format!(
+                    "off: {} p50 {}; strict: {:+.0} ns per acquire+bind+release at p50, rate {:+.1}%",
+                    crate::stats::fmt_rate(off.rate()),
+                    crate::stats::fmt_dur(off.q(0.5)),
+                    added,
+                    (on.rate() / off.rate() - 1.0) * 100.0
+                )
+            };
+            vec![
+                row(
+                    "strict mode: acquire+bind+release, 1 client, enforcement on",
+                    &on1,
+                    note(&off1, &on1),
+                ),
+                row(
+                    "strict mode: acquire+bind+release, 8 clients, enforcement on",
+                    &on8,
+                    note(&off8, &on8),
+                ),
+            ]
+        }
+        Err(e) => vec![text_row(
+            "strict mode: acquire+bind+release on vs off",
+            format!("not measured: {e}"),
+        )],
+    }
+}
+
+fn daemon_abr(dir: &Path, dur: std::time::Duration) -> Result<[Samples; 4], String> {
+    use crate::portres::{Daemon, acquire_bind_release, run_clients};
+    bindguard::probe().map_err(|e| e.to_string())?;
+    let mount = bindguard::cgroup2_mount().map_err(|e| e.to_string())?;
+    let original = own_cgroup(&mount)?;
+    let cgroup = mount.join(format!("portres-bench-daemon-{}", std::process::id()));
+    std::fs::create_dir(&cgroup).map_err(|e| format!("{}: {e}", cgroup.display()))?;
+    let cg = cgroup.to_str().ok_or("cgroup path not UTF-8")?.to_string();
+    let result = join(&cgroup).map(|()| {
+        let measure = |name: &str, extra: &[&str]| {
+            let d = Daemon::start_with(&dir.join(name), extra);
+            let one = run_clients(&d, 1, dur, acquire_bind_release);
+            let eight = run_clients(&d, 8, dur, acquire_bind_release);
+            d.stop();
+            (one, eight)
+        };
+        let (off1, off8) = measure("strict-off", &["--enforce", "off"]);
+        let (on1, on8) = measure(
+            "strict-on",
+            &["--enforce", "strict", "--enforce-cgroup", &cg],
+        );
+        [off1, on1, off8, on8]
+    });
+    let back = join(&original);
+    let removed = std::fs::remove_dir(&cgroup).map_err(|e| format!("{}: {e}", cgroup.display()));
+    result.and_then(|r| back.and(removed).map(|()| r))
 }

@@ -15,7 +15,7 @@ mod stats;
 
 use std::time::Duration;
 
-use bindguard::bindguard_rows;
+use bindguard::{bindguard_rows, daemon_rows};
 use report::{print_table, row, text_row, verdict};
 use stats::{Samples, fmt_dur, fmt_rate};
 
@@ -62,8 +62,13 @@ fn main() {
     raise_fd_limit();
     if let Ok(only) = std::env::var("PORTRES_BENCH_ONLY") {
         // For profiling one scenario: `PORTRES_BENCH_ONLY=abr1|abr8 perf record ...`.
-        if only == "bindguard" {
-            for r in bindguard_rows(false) {
+        if only == "bindguard" || only == "strict" {
+            let rows = if only == "strict" {
+                daemon_rows(dir.path(), Duration::from_secs(3))
+            } else {
+                bindguard_rows(false)
+            };
+            for r in rows {
                 println!("{}: {}", r.name, r.note);
             }
             return;
@@ -196,6 +201,9 @@ fn main() {
     let cd = portres::create_delete(&d, dur);
     d.stop();
 
+    eprintln!("measuring strict mode through the daemon...");
+    let strict_rows = daemon_rows(dir.path(), dur);
+
     eprintln!("measuring portserver {}...", portserver::VERSION);
     let ps = ps_venv.and_then(|venv| {
         portserver::PortServer::start(&venv, &dir.path().join("ps")).map(|server| {
@@ -266,6 +274,7 @@ fn main() {
         &ar8,
         ps_note(&ar8, ps8),
     ));
+    rows.extend(strict_rows);
     rows.push(row(
         "portres bind into a held block, 1 client",
         &bind,

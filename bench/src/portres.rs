@@ -23,9 +23,14 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `portresd` on `dir` (socket and state inside) and waits until
-    /// its socket accepts.
+    /// Starts `portresd` on `dir` (socket and state inside), strict mode
+    /// off, and waits until its socket accepts.
     pub fn start(dir: &Path) -> Daemon {
+        Daemon::start_with(dir, &["--enforce", "off"])
+    }
+
+    /// `start` with `extra` flags.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Daemon {
         let socket = dir.join("portres.sock");
         // portresd creates no directory for a --socket outside its defaults.
         std::fs::create_dir_all(dir).expect("the daemon's directory");
@@ -46,6 +51,7 @@ impl Daemon {
             .arg("on")
             .arg("--max-connections-per-user")
             .arg("100000")
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

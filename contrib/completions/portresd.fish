@@ -11,6 +11,10 @@ complete -c portresd -l workers -d 'Threads serving client connections: "auto" (
 complete -c portresd -l pin-workers -d 'Pin workers round-robin to the CPUs portresd may use (on), or let the kernel place them (off). With pinning, a connection moves to a worker on its client\'s CPU, so a request and its reply rarely cross CPUs' -r -f -a "on\t''
 off\t''"
 complete -c portresd -l reset-baseline -d 'Record PORTS (kernel list form, e.g. "999,5000-5009"; empty for none) as the admin\'s baseline of the store in --state-dir, print the old and new value, and exit. Without a value: the kernel\'s current list less the store\'s persistent blocks. The baseline is read from the kernel at the first start on a store and kept for good; reset it when that value held blocks of another portres daemon (after a crash, or one on another state directory). Refused while a daemon runs on the state directory: stop it first; its next start writes baseline + persistent blocks. `portres status` and the log at every start say where the baseline came from' -r
+complete -c portresd -l enforce -d 'Strict mode: the kernel refuses an explicit bind() into a reserved block (EACCES) to everyone but the daemon, the persistent reservation\'s owner and the exec command holding a runtime one. auto = when the bind hooks can be attached (root or CAP_BPF + CAP_NET_ADMIN, cgroup v2, BPF), else off with a warning; strict = refuse to start otherwise; off = never [env: PORTRES_ENFORCE]' -r -f -a "auto\t''
+strict\t''
+off\t''"
+complete -c portresd -l enforce-cgroup -d 'The cgroup v2 directory strict mode\'s bind hooks attach to: they judge sockets made in it and below [default: the cgroup v2 root, i.e. every process of the machine]. `portres exec` commands run in a cgroup portresd makes below the caller\'s own' -r -F
 complete -c portresd -s v -l verbose -d 'Log more (-v: debug, -vv: trace); RUST_LOG overrides'
 complete -c portresd -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c portresd -s V -l version -d 'Print version'

@@ -13,8 +13,9 @@ pub struct Caller {
     pub gid: u32,
     /// Supplementary groups of the peer.
     pub groups: Vec<u32>,
-    /// Pid of the peer at connect time (informational: shown in `list`,
-    /// never used to grant anything).
+    /// Pid of the peer at connect time (shown in `list`; never grants
+    /// anything by itself — EnterCgroup only checks that a pidfd the
+    /// client sent names it).
     pub pid: i32,
     /// Whether the daemon's configuration makes this caller an administrator
     /// (root, the daemon's own user in user mode, or a member of the admin

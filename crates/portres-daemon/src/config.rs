@@ -1,5 +1,5 @@
-//! The daemon's configuration: paths, kernel sync mode, admin group, quota
-//! and connection limits, with the defaults of system and user mode.
+//! The daemon's configuration: paths, kernel sync mode, strict mode, admin
+//! group, quota and connection limits, with the defaults of system and user mode.
 
 use std::path::PathBuf;
 
@@ -13,6 +13,21 @@ pub enum KernelSync {
     /// daemon keeps it in this network namespace.
     On,
     /// Off: reservations arbitrate between portres users only.
+    Off,
+}
+
+/// Whether to enforce reservations on explicit binds (strict mode,
+/// `--enforce`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enforce {
+    /// Strict when the bind hooks can be attached, else off with one
+    /// logged warning saying why.
+    Auto,
+    /// Strict; refuse to start, with the reason, when the hooks cannot be
+    /// attached.
+    Strict,
+    /// Never: reservations keep only the kernel's automatic choice off
+    /// their ports.
     Off,
 }
 
@@ -65,6 +80,11 @@ pub struct Config {
     pub mode: Mode,
     /// The uid the daemon runs as.
     pub daemon_uid: u32,
+    /// Strict mode.
+    pub enforce: Enforce,
+    /// The cgroup v2 directory the bind hooks attach to (they judge the
+    /// sockets made in it and below); `None`: the cgroup v2 root.
+    pub enforce_cgroup: Option<PathBuf>,
 }
 
 impl Config {
@@ -100,6 +120,8 @@ impl Config {
                 Mode::User
             },
             daemon_uid: uid,
+            enforce: Enforce::Auto,
+            enforce_cgroup: None,
         }
     }
 }

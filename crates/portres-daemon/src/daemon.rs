@@ -1,10 +1,12 @@
 //! The daemon's life: `Daemon::start` locks the state directory, opens the
-//! store, decides kernel sync (claiming the network namespace's sysctl),
-//! restores persistent reservations and binds the socket (or takes the one
-//! the service manager passed, `systemd::PassedSockets`); `Daemon::run`
-//! tells the service manager it is ready (`systemd::Notifier`), serves
-//! (`front.rs` and its workers) until a `StopHandle` says stop, then shuts
-//! down cleanly and only then lets go of the locks.
+//! store, attaches strict mode's bind hooks (`--enforce`), decides kernel
+//! sync (claiming the network namespace's sysctl), restores persistent
+//! reservations (guarded before anyone can ask) and binds the socket (or
+//! takes the one the service manager passed, `systemd::PassedSockets`);
+//! `Daemon::run` tells the service manager it is ready
+//! (`systemd::Notifier`), serves (`front.rs` and its workers) until a
+//! `StopHandle` says stop, then shuts down cleanly and only then lets go
+//! of the locks.
 
 use std::fmt;
 use std::io;
@@ -12,7 +14,7 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{Config, KernelSync};
+use crate::config::{Config, Enforce, KernelSync};
 use crate::events::EventFd;
 use crate::front::Front;
 use crate::socket::{SocketFile, bind_socket, default_socket, missing_socket_dir};
@@ -91,10 +93,10 @@ struct Guards {
 
 impl Daemon {
     /// Locks the state directory (before anything else: a second daemon on
-    /// it is refused here, naming the first), opens the store, decides
-    /// kernel sync (claiming the network namespace's sysctl), restores
-    /// persistent reservations, writes the kernel's value, and binds the
-    /// socket.
+    /// it is refused here, naming the first), opens the store, attaches
+    /// strict mode's hooks, decides kernel sync (claiming the network
+    /// namespace's sysctl), restores persistent reservations (and guards
+    /// them), writes the kernel's value, and binds the socket.
     pub fn start(config: Config) -> Result<Daemon, StartError> {
         Daemon::start_with(config, &mut PassedSockets::none())
     }
@@ -155,6 +157,9 @@ impl Daemon {
                 config.state_dir.display()
             ))
         })?;
+        // Before the kernel's list is touched: `--enforce strict` that
+        // cannot attach refuses to start having changed nothing.
+        let enforcer = decide_enforcement(&config)?;
         let (kernel, kernel_owner) = decide_kernel_sync(&config)?;
         let mut state = State::new(
             config.clone(),
@@ -163,6 +168,9 @@ impl Daemon {
             kernel,
         )
         .map_err(|e| StartError(e.message))?;
+        state
+            .set_enforcer(enforcer)
+            .map_err(|e| StartError(e.message))?;
         let eventfd = || EventFd::new().map_err(|e| StartError(format!("eventfd: {e}")));
         let shrink = Arc::new(eventfd()?);
         let hook = shrink.clone();
@@ -177,7 +185,7 @@ impl Daemon {
         };
         let (_, persistent) = state.counts();
         log::info!(
-            "portresd {} ({} mode) listening on {}{}; store {}{}; kernel sync {}; {} persistent reservation(s) restored",
+            "portresd {} ({} mode) listening on {}{}; store {}{}; kernel sync {}; enforcement {}; {} persistent reservation(s) restored",
             env!("CARGO_PKG_VERSION"),
             config.mode.as_str(),
             config.socket.display(),
@@ -193,6 +201,7 @@ impl Daemon {
                 ""
             },
             if state.kernel_sync() { "on" } else { "off" },
+            state.enforcement_summary(),
             persistent,
         );
         Ok(Daemon {
@@ -256,6 +265,30 @@ impl Daemon {
         drop(shared);
         drop(guards);
         result
+    }
+}
+
+/// Strict mode, per `--enforce`: `auto` attaches the bind hooks when it
+/// can, else goes on without them after one warning saying why; `strict`
+/// refuses to start instead; `off` never loads them.
+fn decide_enforcement(config: &Config) -> Result<Box<dyn crate::kernel::Enforcer>, StartError> {
+    use crate::kernel::{LinuxEnforcer, NoEnforcer};
+    if config.enforce == Enforce::Off {
+        return Ok(Box::new(NoEnforcer::new("--enforce off")));
+    }
+    match LinuxEnforcer::attach(config.enforce_cgroup.as_deref()) {
+        Ok(enforcer) => Ok(Box::new(enforcer)),
+        Err(e) if config.enforce == Enforce::Strict => Err(StartError(format!(
+            "--enforce strict, but the bind hooks cannot be attached: {e}"
+        ))),
+        Err(e) => {
+            log::warn!(
+                "enforcement off: the bind hooks cannot be attached ({e}); reservations keep the kernel's automatic choice off their ports, but any process may still bind them explicitly"
+            );
+            Ok(Box::new(NoEnforcer::new(format!(
+                "the bind hooks cannot be attached: {e}"
+            ))))
+        }
     }
 }
 

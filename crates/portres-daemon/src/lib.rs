@@ -37,6 +37,6 @@ mod systemd;
 mod worker;
 
 pub use baseline::reset as reset_baseline;
-pub use config::{Config, KernelSync, Mode};
+pub use config::{Config, Enforce, KernelSync, Mode};
 pub use daemon::{Daemon, StartError, StopHandle};
 pub use systemd::{CLIENT_SOCKET_NAME, Notifier, PassedSockets};

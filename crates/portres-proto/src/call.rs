@@ -50,6 +50,10 @@ pub enum Request {
         /// The interface asked about.
         interface: String,
     },
+    /// io.portres.EnterCgroup (+1 descriptor: a pidfd of the caller
+    /// itself): strict mode moves the caller into a cgroup of this
+    /// session's; its processes may bind the session's runtime blocks.
+    EnterCgroup,
 }
 
 #[derive(Deserialize)]
@@ -328,6 +332,7 @@ impl Request {
             Request::Attach => &m::ATTACH,
             Request::GetInfo => &m::GET_INFO,
             Request::GetInterfaceDescription { .. } => &m::GET_INTERFACE_DESCRIPTION,
+            Request::EnterCgroup => &m::ENTER_CGROUP,
         }
     }
 
@@ -397,6 +402,7 @@ impl Request {
             Request::GetInterfaceDescription { interface } => {
                 call(m, &serde_json::json!({ "interface": interface }), cpu)
             }
+            Request::EnterCgroup => call(m, &Empty {}, cpu),
         }
     }
 }

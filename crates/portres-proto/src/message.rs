@@ -233,6 +233,15 @@ pub struct StatusReply {
     /// it is writable again. Absent from daemons before this field existed.
     #[serde(default)]
     pub store_read_only: bool,
+    /// Strict mode: "strict" (explicit binds into reserved blocks are
+    /// refused to all but their holders) or "off". Absent (empty) from
+    /// daemons before this field existed.
+    #[serde(default)]
+    pub enforcement: String,
+    /// Why enforcement is off (`--enforce off`, or why the bind hooks
+    /// could not be attached); absent when strict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcement_reason: Option<String>,
 }
 
 /// Reply of Attach.

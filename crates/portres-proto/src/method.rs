@@ -122,8 +122,14 @@ pub static GET_INTERFACE_DESCRIPTION: Method =
         })
     });
 
+/// io.portres.EnterCgroup: one descriptor, a pidfd of the caller itself.
+pub static ENTER_CGROUP: Method = Method {
+    fds: 1,
+    ..method("io.portres.EnterCgroup", |_, _, _| Ok(Request::EnterCgroup))
+};
+
 /// Every method served, `io.portres` and `org.varlink.service` alike.
-pub static METHODS: [&Method; 12] = [
+pub static METHODS: [&Method; 13] = [
     &ACQUIRE,
     &RELEASE,
     &BIND,
@@ -136,6 +142,7 @@ pub static METHODS: [&Method; 12] = [
     &ATTACH,
     &GET_INFO,
     &GET_INTERFACE_DESCRIPTION,
+    &ENTER_CGROUP,
 ];
 
 #[cfg(test)]
@@ -235,6 +242,8 @@ mod tests {
             store: String::new(),
             uptime_seconds: 0,
             store_read_only: false,
+            enforcement: String::new(),
+            enforcement_reason: Some(String::new()),
         };
         let value = serde_json::to_value(&status).unwrap();
         let fields: BTreeSet<String> = value.as_object().unwrap().keys().cloned().collect();

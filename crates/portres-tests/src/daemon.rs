@@ -25,7 +25,7 @@ pub struct InProcessDaemon {
 }
 
 impl InProcessDaemon {
-    /// Starts a daemon with kernel sync on and default limits, tweaked by
+    /// Starts a daemon with kernel sync on, strict mode off and default limits, tweaked by
     /// `tweak`.
     pub fn start(tweak: impl FnOnce(&mut Config)) -> InProcessDaemon {
         let dir = open_tempdir();
@@ -41,6 +41,8 @@ impl InProcessDaemon {
         config.socket = dir.join("portres.sock");
         config.state_dir = dir.join("state");
         config.kernel_sync = KernelSync::On;
+        // Never the machine's root cgroup: strict mode's tests say where.
+        config.enforce = portres_daemon::Enforce::Off;
         tweak(&mut config);
         let socket = config.socket.clone();
         let state_dir = config.state_dir.clone();
@@ -101,7 +103,8 @@ pub struct ProcessDaemon {
 
 /// The command line of a daemon living in `dir` (socket `dir/portres.sock`,
 /// state `dir/state`, log appended to `dir/portresd.log`), kernel sync on
-/// unless `extra` says otherwise.
+/// unless `extra` says otherwise, strict mode off unless `extra` has
+/// `--enforce`.
 pub fn daemon_command(dir: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(bin("portresd"));
     cmd.arg("--socket")
@@ -110,6 +113,10 @@ pub fn daemon_command(dir: &Path, extra: &[&str]) -> Command {
         .arg(dir.join("state"));
     if !extra.contains(&"--kernel-sync") {
         cmd.args(["--kernel-sync", "on"]);
+    }
+    // Never the machine's root cgroup: strict mode's tests say where.
+    if !extra.contains(&"--enforce") {
+        cmd.args(["--enforce", "off"]);
     }
     cmd.args(extra)
         .env_remove("PORTRES_SOCKET")

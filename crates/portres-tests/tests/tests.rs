@@ -63,4 +63,5 @@ mod permissions;
 mod privilege;
 mod python_client;
 mod store_faults;
+mod strict;
 mod systemd;

@@ -263,6 +263,34 @@ impl Client {
         Ok(r.reservations)
     }
 
+    /// Strict mode: moves this process into a cgroup of this session's
+    /// (the daemon checks it is the connection's peer, by a pidfd of it);
+    /// from then on it and every process it starts may `bind()` this
+    /// session's runtime blocks themselves. `portres exec` calls it before
+    /// starting the command. With enforcement off the daemon does nothing
+    /// and says yes; a daemon from before this call (it has no strict
+    /// mode) answers MethodNotFound, which is a yes here too.
+    pub fn enter_cgroup(&self) -> Result<(), Error> {
+        let pidfd = rustix::process::pidfd_open(
+            rustix::process::getpid(),
+            rustix::process::PidfdFlags::empty(),
+        )
+        .map_err(|e| Error::new(ErrorCode::Internal, format!("pidfd_open: {e}")))?;
+        match self.call_with_fd::<Empty>(Request::EnterCgroup, pidfd.as_fd()) {
+            Ok(_) => Ok(()),
+            // Service errors arrive as invalid_parameter: portresd's
+            // ("unknown method ...") or a bare varlink one.
+            Err(e)
+                if e.code == ErrorCode::InvalidParameter
+                    && (e.message.contains("unknown method")
+                        || e.message.contains("MethodNotFound")) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// A descriptor standing for this session, to hand to child processes
     /// (clear its close-on-exec flag first). Whoever holds it may `attach`.
     pub fn capability(&self) -> Result<OwnedFd, Error> {

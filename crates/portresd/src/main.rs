@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use portres_daemon::{Config, Daemon, KernelSync};
+use portres_daemon::{Config, Daemon, Enforce, KernelSync};
 
 // The command line (`Args` and its value types) lives in
 // portresd_args.rs, pasted here by include!, so that the man page and
@@ -100,6 +100,12 @@ fn main() -> ExitCode {
         SyncArg::On => KernelSync::On,
         SyncArg::Off => KernelSync::Off,
     };
+    config.enforce = match args.enforce {
+        EnforceArg::Auto => Enforce::Auto,
+        EnforceArg::Strict => Enforce::Strict,
+        EnforceArg::Off => Enforce::Off,
+    };
+    config.enforce_cgroup = args.enforce_cgroup;
     config.quota = args.quota;
     config.max_connections = args.max_connections.max(1);
     config.max_connections_per_uid = args.max_connections_per_user.max(1);

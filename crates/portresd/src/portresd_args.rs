@@ -92,6 +92,22 @@ struct Args {
     #[arg(long, value_name = "PORTS", num_args = 0..=1, require_equals = true)]
     reset_baseline: Option<Option<String>>,
 
+    /// Strict mode: the kernel refuses an explicit bind() into a reserved
+    /// block (EACCES) to everyone but the daemon, the persistent
+    /// reservation's owner and the exec command holding a runtime one.
+    /// auto = when the bind hooks can be attached (root or CAP_BPF +
+    /// CAP_NET_ADMIN, cgroup v2, BPF), else off with a warning; strict =
+    /// refuse to start otherwise; off = never [env: PORTRES_ENFORCE]
+    #[arg(long, value_enum, default_value_t = EnforceArg::Auto, value_name = "MODE", env = "PORTRES_ENFORCE")]
+    enforce: EnforceArg,
+
+    /// The cgroup v2 directory strict mode's bind hooks attach to: they
+    /// judge sockets made in it and below [default: the cgroup v2 root,
+    /// i.e. every process of the machine]. `portres exec` commands run in a
+    /// cgroup portresd makes below the caller's own
+    #[arg(long, value_name = "DIR")]
+    enforce_cgroup: Option<PathBuf>,
+
     /// Log more (-v: debug, -vv: trace); RUST_LOG overrides
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -124,5 +140,12 @@ enum OnOff {
 enum SyncArg {
     Auto,
     On,
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum EnforceArg {
+    Auto,
+    Strict,
     Off,
 }

@@ -58,6 +58,12 @@ pub fn run(client: &Client, plan: Plan) -> Result<Outcome, Error> {
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])
         .map_err(|e| internal("signal setup", e))?;
     let res = cmd::acquire::acquire(client, &plan.block, plan.label.clone())?;
+    // Strict mode: the command's tree may bind the block itself (a no-op
+    // when enforcement is off). Without it the command can still bind
+    // through the daemon (the session capability), so only warn.
+    if let Err(e) = client.enter_cgroup() {
+        errln!("portres: the command may not bind its ports itself under strict mode: {e}");
+    }
     let capability = client.capability()?;
     inheritable(&capability)?;
     let watch = client.daemon_watch()?;

@@ -107,6 +107,15 @@ pub fn run(client: &Client, json: bool) -> Result<Outcome, Error> {
                 }
             );
         }
+        if !s.enforcement.is_empty() {
+            outln!(
+                "enforcement:     {}{}",
+                s.enforcement,
+                s.enforcement_reason
+                    .as_ref()
+                    .map_or(String::new(), |why| format!(" ({why})"))
+            );
+        }
         outln!(
             "dynamic range:   {}-{}",
             s.dynamic_range[0],

@@ -52,6 +52,11 @@ impl State {
             store: self.store().path().display().to_string(),
             uptime_seconds: self.started().elapsed().as_secs(),
             store_read_only: self.store().is_read_only(),
+            enforcement: self.enforcement().as_str().to_string(),
+            enforcement_reason: match self.enforcement() {
+                crate::kernel::Enforcement::Off { reason } => Some(reason.clone()),
+                crate::kernel::Enforcement::Strict { .. } => None,
+            },
         })
     }
 }

@@ -148,5 +148,6 @@ fn dispatch(
                 None => Outcome::Reply(encode_error(&CallError::interface_not_found(&interface))),
             }
         }
+        Request::EnterCgroup => reply(lock(state).enter_cgroup(session, fd.expect(CHECKED))),
     }
 }

@@ -10,11 +10,12 @@
 //! fit, refusals that change nothing) then has unit tests that run in
 //! milliseconds without root; the real kernel is tested by the namespace
 //! integration tests. Modelled on netavark's `FirewallDriver` and its
-//! `fwnone` driver. Strict mode's enforcement adapter (BPF) is meant to
-//! sit behind this interface too, as a further group of methods.
+//! `fwnone` driver. Strict mode's enforcement adapter (BPF) sits beside it,
+//! behind the sibling interface `Enforcer` (see `enforce`).
 //!
 //! Owns no state and decides nothing: it answers and does what it is told.
 
+pub(crate) mod enforce;
 #[cfg(test)]
 pub(crate) mod fake;
 pub(crate) mod mirror;
@@ -27,6 +28,7 @@ use portres_core::{BindOrder, Error, Protocol};
 use portres_kernel::capability::FileId;
 use portres_kernel::sock::SocketInfo;
 
+pub use enforce::{Enforcement, Enforcer, LinuxEnforcer, NoEnforcer};
 pub use mirror::KernelMirror;
 
 /// Every kernel call the handlers make, for the daemon's own network

@@ -16,6 +16,7 @@
 //! front's side of the kernel mirror: flush, check, shutdown).
 
 mod checks;
+mod enforce;
 mod open;
 mod sync;
 
@@ -32,7 +33,8 @@ use portres_proto::{HolderInfo, OwnerInfo, ReservationInfo};
 use portres_store::Store;
 
 use crate::config::{Config, Mode};
-use crate::kernel::{Kernel, KernelMirror};
+use crate::kernel::enforce::CgroupRef;
+use crate::kernel::{Enforcer, Kernel, KernelMirror};
 
 #[cfg(test)]
 pub use checks::MAX_LABEL_BYTES;
@@ -59,6 +61,9 @@ pub struct Session {
     /// This session's id followed by every session whose capability this
     /// connection presented (their runtime reservations are usable here).
     pub speaks_for: Vec<SessionId>,
+    /// The cgroup this session's exec command runs in (strict mode:
+    /// its processes may bind the session's runtime blocks).
+    pub cgroup: Option<CgroupRef>,
 }
 
 /// The daemon's whole state. Not thread-safe by itself: the daemon keeps it
@@ -70,6 +75,8 @@ pub struct State {
     kernel: Arc<dyn Kernel>,
     /// The kernel's reserved-ports list (inert when kernel sync is off).
     mirror: KernelMirror,
+    /// Strict mode's bind guard (`NoEnforcer` when off).
+    enforcer: Box<dyn Enforcer>,
     baseline: PortSet,
     /// Where the baseline came from (empty when kernel sync is off).
     baseline_origin: String,
@@ -115,6 +122,7 @@ impl State {
                 caller,
                 capability: None,
                 speaks_for: vec![id],
+                cgroup: None,
             },
         );
         id
@@ -123,12 +131,16 @@ impl State {
     /// Ends a connection: its runtime reservations go, and the kernel is
     /// told before this returns.
     pub fn close_session(&mut self, id: SessionId) {
-        if let Some(session) = self.sessions.remove(&id)
-            && let Some((_, file_id)) = session.capability
-        {
-            self.capabilities.remove(&file_id);
+        if let Some(session) = self.sessions.remove(&id) {
+            if let Some((_, file_id)) = session.capability {
+                self.capabilities.remove(&file_id);
+            }
+            if session.cgroup.is_some() {
+                self.enforcer.remove_session_cgroup(id.0);
+            }
         }
         let gone = self.table.remove_session(id);
+        self.unguard_all(&gone);
         if !gone.is_empty() {
             log::debug!(
                 "session {} closed, released {} reservation(s)",
@@ -226,9 +238,18 @@ impl State {
             .union(&self.table.reserved_ports(persistent_only))
     }
 
-    /// Puts `res` in the table; the kernel learns of it by `cover`.
+    /// Puts `res` in the table and guards its block (strict mode) before
+    /// anything can answer with it; the kernel's list learns of it by
+    /// `cover`. A refused guard takes it out again: nothing changed.
     pub(crate) fn reserve(&mut self, res: Reservation) -> Result<(), Error> {
-        self.table.insert(res)
+        let token = res.token;
+        self.table.insert(res)?;
+        let res = self.table.get(token).expect("just inserted");
+        if let Err(e) = self.guard(res) {
+            self.table.remove(token);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Before answering a request that reserved `block`: the kernel
@@ -249,6 +270,7 @@ impl State {
     /// the quiet window.
     pub(crate) fn end(&mut self, token: Token) -> Option<Reservation> {
         let gone = self.table.remove(token)?;
+        self.unguard_all(std::slice::from_ref(&gone));
         self.mirror.release([gone.block]);
         Some(gone)
     }
@@ -258,6 +280,7 @@ impl State {
     /// a flush have written it meanwhile.
     pub(crate) fn withdraw(&mut self, token: Token) {
         if let Some(gone) = self.table.remove(token) {
+            self.unguard_all(std::slice::from_ref(&gone));
             self.mirror.forget_candidate(gone.block);
         }
     }

@@ -13,7 +13,7 @@ use portres_store::Store;
 
 use super::{State, TokenPool};
 use crate::config::Config;
-use crate::kernel::{Kernel, KernelMirror};
+use crate::kernel::{Kernel, KernelMirror, NoEnforcer};
 
 impl State {
     /// Builds the state from an opened store and the kernel; `reserved`
@@ -36,6 +36,7 @@ impl State {
             store,
             kernel,
             mirror: KernelMirror::new(reserved),
+            enforcer: Box::new(NoEnforcer::new("not configured")),
             baseline: PortSet::new(),
             baseline_origin: String::new(),
             sessions: HashMap::new(),

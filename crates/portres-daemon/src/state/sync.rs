@@ -73,9 +73,11 @@ impl State {
     /// At clean shutdown: the kernel keeps the baseline plus persistent
     /// blocks (runtime reservations end with the daemon).
     pub fn shutdown(&mut self) {
+        self.remove_session_cgroups();
         let ids: Vec<_> = self.sessions.keys().copied().collect();
         for id in ids {
-            self.table.remove_session(id);
+            let gone = self.table.remove_session(id);
+            self.unguard_all(&gone);
         }
         self.sessions.clear();
         let desired = self.desired_kernel_value(true);

@@ -132,3 +132,59 @@ pub fn attached_bind_programs(cgroup: &Path) -> io::Result<(u32, u32)> {
         sys::prog_query_count(dir.as_fd(), sys::BPF_CGROUP_INET6_BIND)?,
     ))
 }
+
+/// Moves the process `pidfd` names into the cgroup v2 directory `dir`,
+/// only if it is the process `expected_pid` (a connection's peer, from
+/// SO_PEERCRED) and alive: exec sessions put themselves into their cgroup
+/// this way, and nothing else can be moved.
+///
+/// Race-free as far as cgroup.procs allows: the pid written is the one
+/// the pidfd holds (its fdinfo), checked alive before the write and again
+/// after it. A pid is not reused while its process lives, so when the
+/// second check passes the process moved is the one the pidfd names; when
+/// it fails (the process died meanwhile) the call fails too.
+pub fn move_into_cgroup(
+    dir: &Path,
+    pidfd: std::os::fd::BorrowedFd<'_>,
+    expected_pid: i32,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let refused = |why: String| io::Error::new(io::ErrorKind::PermissionDenied, why);
+    let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))?;
+    let pid = fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|v| v.trim().parse::<i32>().ok())
+        .ok_or_else(|| refused("the descriptor is not a pidfd".into()))?;
+    if pid != expected_pid {
+        return Err(refused(format!(
+            "the pidfd names pid {pid}, not the caller (pid {expected_pid}): only the caller itself may be moved"
+        )));
+    }
+    let alive = || -> io::Result<bool> {
+        let mut pfd = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, borrowed for the call; timeout 0. A
+        // pidfd polls readable once its process has exited.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n == 0)
+    };
+    if pid <= 0 || !alive()? {
+        return Err(refused(format!(
+            "the caller (pid {expected_pid}) has exited"
+        )));
+    }
+    std::fs::write(dir.join("cgroup.procs"), pid.to_string())?;
+    if !alive()? {
+        return Err(refused(format!(
+            "the caller (pid {expected_pid}) exited while it was moved"
+        )));
+    }
+    Ok(())
+}

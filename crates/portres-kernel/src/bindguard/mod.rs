@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 use portres_core::{Block, Protocol};
 
-pub use cgroup::{CgroupRef, attached_bind_programs, cgroup2_mount};
+pub use cgroup::{CgroupRef, attached_bind_programs, cgroup2_mount, move_into_cgroup};
 use load::{check_capabilities, load_program};
 pub use program::DenyErrno;
 use program::{GuardKey, GuardValue};

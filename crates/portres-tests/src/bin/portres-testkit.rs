@@ -3,7 +3,8 @@
 //! killed, bind into a reservation by token, bind into a persistent
 //! reservation found by lookup. Connects like any client (`PORTRES_SOCKET`,
 //! `PORTRES_SESSION_FD`). Prints results as one line on stdout; on refusal
-//! prints the error code on stderr and exits 1.
+//! prints the error code on stderr and exits 1. `try-bind` makes plain
+//! binds without the daemon (strict mode's tests).
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -66,8 +67,73 @@ fn run(args: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
+/// `try-bind PROTO PORT[,PORT…] [ADDRS]`: plain `bind()` calls, no daemon
+/// (strict mode's tests): for each port, each address of ADDRS (a comma
+/// list of v4, v6, mapped, any6, any4; default all) and each of no option,
+/// SO_REUSEADDR and SO_REUSEPORT, a fresh socket is bound and closed.
+/// Prints one line per attempt, `PORT ADDR OPTION ok|EACCES|errno N`.
+fn try_bind(args: &[String]) -> ExitCode {
+    use socket2::{Domain, Protocol as SockProto, SockAddr, Socket, Type};
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
+    let tcp = match arg(1) {
+        "tcp" => true,
+        "udp" => false,
+        other => panic!("try-bind: protocol {other:?}"),
+    };
+    let ports: Vec<u16> = arg(2)
+        .split(',')
+        .map(|p| p.parse().expect("port"))
+        .collect();
+    let addrs = if arg(3).is_empty() {
+        "v4,v6,mapped,any6,any4"
+    } else {
+        arg(3)
+    };
+    for port in ports {
+        for addr in addrs.split(',') {
+            let sa: SocketAddr = match addr {
+                "v4" => (Ipv4Addr::LOCALHOST, port).into(),
+                "any4" => (Ipv4Addr::UNSPECIFIED, port).into(),
+                "v6" => (Ipv6Addr::LOCALHOST, port).into(),
+                "any6" => (Ipv6Addr::UNSPECIFIED, port).into(),
+                "mapped" => (Ipv4Addr::LOCALHOST.to_ipv6_mapped(), port).into(),
+                other => panic!("try-bind: address {other:?}"),
+            };
+            for option in ["plain", "reuseaddr", "reuseport"] {
+                let (ty, proto) = if tcp {
+                    (Type::STREAM, SockProto::TCP)
+                } else {
+                    (Type::DGRAM, SockProto::UDP)
+                };
+                let socket = Socket::new(Domain::for_address(sa), ty, Some(proto)).expect("socket");
+                match option {
+                    "reuseaddr" => socket.set_reuse_address(true).expect("SO_REUSEADDR"),
+                    "reuseport" => socket.set_reuse_port(true).expect("SO_REUSEPORT"),
+                    _ => {}
+                }
+                let result = match socket.bind(&SockAddr::from(sa)) {
+                    Ok(()) => "ok".to_string(),
+                    Err(e) if e.raw_os_error() == Some(libc_eacces()) => "EACCES".to_string(),
+                    Err(e) => format!("errno {}", e.raw_os_error().unwrap_or(0)),
+                };
+                println!("{port} {addr} {option} {result}");
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// EACCES (13 on every Linux architecture).
+fn libc_eacces() -> i32 {
+    13
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("try-bind") {
+        return try_bind(&args);
+    }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

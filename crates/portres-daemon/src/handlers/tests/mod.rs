@@ -11,6 +11,7 @@
 
 mod acquire;
 mod capability;
+mod enforce;
 mod kernel_sync;
 mod matrix;
 mod persistent;

@@ -1,0 +1,355 @@
+//! Strict mode's side of the kernel interface: the `Enforcer` trait (who
+//! may explicitly `bind()` a reserved block, per block, and the exec
+//! sessions' cgroups), `LinuxEnforcer` (the bind guard of
+//! `portres_kernel::bindguard`, attached to a cgroup v2 directory),
+//! `NoEnforcer` (enforcement off, with the reason) and, for unit tests,
+//! `FakeEnforcer`.
+//!
+//! A sibling of `Kernel` rather than more methods on it: enforcement is
+//! decided once at start (`--enforce`) and may be absent, and the state
+//! owner calls it under its lock (each call is one or a few bpf(2)
+//! calls, microseconds), while `Kernel` is called outside the lock.
+//! Like `Kernel`, it owns no policy: the state decides who is allowed
+//! (`State::allowed_binders`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::os::fd::BorrowedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use portres_core::{Block, Protocol};
+pub use portres_kernel::bindguard::{AllowedBinders, CgroupRef};
+use portres_kernel::bindguard::{BindGuard, GuardError};
+
+/// Whether explicit binds into reserved blocks are enforced, and why not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Enforcement {
+    /// The bind hooks are attached to this cgroup v2 directory.
+    Strict {
+        /// The cgroup directory the hooks judge (its whole subtree).
+        cgroup: PathBuf,
+    },
+    /// Not enforced.
+    Off {
+        /// Why: `--enforce off`, or what made `auto` fall back.
+        reason: String,
+    },
+}
+
+impl Enforcement {
+    /// "strict" or "off".
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Enforcement::Strict { .. } => "strict",
+            Enforcement::Off { .. } => "off",
+        }
+    }
+}
+
+/// Who may bind which reserved block, as the kernel enforces it.
+pub trait Enforcer: Send + Sync + fmt::Debug {
+    /// On or off, and why.
+    fn enforcement(&self) -> &Enforcement;
+
+    /// Guards every port of `block` for `protocol` in the network namespace
+    /// `netns_cookie`, allowing `allowed` (replacing an earlier entry). On
+    /// failure nothing of the block is guarded.
+    fn guard(
+        &self,
+        protocol: Protocol,
+        block: Block,
+        netns_cookie: u64,
+        allowed: &AllowedBinders,
+    ) -> Result<(), String>;
+
+    /// Stops guarding `block`. Best effort: a stale entry only refuses
+    /// strangers a port nobody holds until it is reserved again.
+    fn unguard(&self, protocol: Protocol, block: Block, netns_cookie: u64);
+
+    /// Makes the cgroup of exec session `session` and moves the process
+    /// `pidfd` names into it, once it is checked to be the process
+    /// `peer.0` running as effective uid `peer.1` (the connection's peer).
+    fn enter_session_cgroup(
+        &self,
+        session: u64,
+        pidfd: BorrowedFd<'_>,
+        peer: (i32, u32),
+    ) -> Result<CgroupRef, String>;
+
+    /// The session's cgroup is no longer needed: removed now if empty,
+    /// else at a later call (when its processes have left).
+    fn remove_session_cgroup(&self, session: u64);
+}
+
+/// Enforcement off: every call succeeds and does nothing.
+#[derive(Debug)]
+pub struct NoEnforcer(Enforcement);
+
+impl NoEnforcer {
+    /// Off, for `reason`.
+    pub fn new(reason: impl Into<String>) -> NoEnforcer {
+        NoEnforcer(Enforcement::Off {
+            reason: reason.into(),
+        })
+    }
+}
+
+impl Enforcer for NoEnforcer {
+    fn enforcement(&self) -> &Enforcement {
+        &self.0
+    }
+
+    fn guard(&self, _: Protocol, _: Block, _: u64, _: &AllowedBinders) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn unguard(&self, _: Protocol, _: Block, _: u64) {}
+
+    fn enter_session_cgroup(
+        &self,
+        _: u64,
+        _: BorrowedFd<'_>,
+        _: (i32, u32),
+    ) -> Result<CgroupRef, String> {
+        Err("enforcement is off: exec sessions need no cgroup".into())
+    }
+
+    fn remove_session_cgroup(&self, _: u64) {}
+}
+
+/// Most ended sessions' cgroups kept for a later removal attempt.
+const MAX_LINGERING: usize = 1024;
+
+/// The real bind guard, attached.
+#[derive(Debug)]
+pub struct LinuxEnforcer {
+    guard: BindGuard,
+    enforcement: Enforcement,
+    /// The cgroup v2 mount point.
+    mount: PathBuf,
+    /// The exec sessions' cgroups, by session.
+    sessions: Mutex<HashMap<u64, PathBuf>>,
+    /// Session cgroups that were still busy when their session ended.
+    lingering: Mutex<Vec<PathBuf>>,
+}
+
+impl LinuxEnforcer {
+    /// Loads the guard and attaches it to `cgroup` (the cgroup v2 root
+    /// when `None`).
+    pub fn attach(cgroup: Option<&Path>) -> Result<LinuxEnforcer, GuardError> {
+        let mut guard = BindGuard::load()?;
+        let mount = portres_kernel::bindguard::cgroup2_mount()?;
+        let at = cgroup.map_or_else(|| mount.clone(), Path::to_path_buf);
+        guard.attach(&at)?;
+        Ok(LinuxEnforcer {
+            guard,
+            enforcement: Enforcement::Strict { cgroup: at },
+            mount,
+            sessions: Mutex::new(HashMap::new()),
+            lingering: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn retry_lingering(&self) {
+        unpoison(self.lingering.lock()).retain(|p| std::fs::remove_dir(p).is_err() && p.exists());
+    }
+}
+
+fn unpoison<T>(r: std::sync::LockResult<T>) -> T {
+    r.unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Drop for LinuxEnforcer {
+    /// A clean stop: the links close with the guard (detaching the
+    /// programs); the sessions' cgroups go if they are empty.
+    fn drop(&mut self) {
+        let dirs: Vec<PathBuf> = unpoison(self.sessions.lock())
+            .drain()
+            .map(|(_, d)| d)
+            .collect();
+        unpoison(self.lingering.lock()).extend(dirs);
+        self.retry_lingering();
+    }
+}
+
+/// The effective uid of process `pid` (/proc/PID/status).
+fn effective_uid(pid: i32) -> Result<u32, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("cannot read the caller's status: {e}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1)?.parse().ok())
+        .ok_or_else(|| format!("no Uid line in /proc/{pid}/status"))
+}
+
+/// The cgroup directory of process `pid` (its /proc/PID/cgroup `0::`
+/// line, under `mount`).
+fn cgroup_of(pid: i32, mount: &Path) -> Result<PathBuf, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|e| format!("cannot read the caller's cgroup: {e}"))?;
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or("the caller is in no cgroup v2 cgroup")?;
+    if rel.split('/').any(|c| c == "..") {
+        return Err(format!("the caller's cgroup {rel:?} is not a plain path"));
+    }
+    Ok(mount.join(rel.trim_start_matches('/')))
+}
+
+impl Enforcer for LinuxEnforcer {
+    fn enforcement(&self) -> &Enforcement {
+        &self.enforcement
+    }
+
+    fn guard(
+        &self,
+        protocol: Protocol,
+        block: Block,
+        netns_cookie: u64,
+        allowed: &AllowedBinders,
+    ) -> Result<(), String> {
+        self.guard
+            .insert(block, protocol, netns_cookie, allowed)
+            .map_err(|e| e.to_string())
+    }
+
+    fn unguard(&self, protocol: Protocol, block: Block, netns_cookie: u64) {
+        if let Err(e) = self.guard.remove(block, protocol, netns_cookie) {
+            log::warn!("could not unguard {protocol} {block}: {e}");
+        }
+    }
+
+    /// The session's cgroup is made below the caller's own cgroup, so
+    /// the caller stays under every limit it was under (a cgroup of the
+    /// daemon's would let a user escape its slice's memory or pid limits).
+    fn enter_session_cgroup(
+        &self,
+        session: u64,
+        pidfd: BorrowedFd<'_>,
+        (peer_pid, peer_uid): (i32, u32),
+    ) -> Result<CgroupRef, String> {
+        self.retry_lingering();
+        // A pid reused by another user's process (the peer exited, its
+        // connection lives on elsewhere) is not the caller.
+        let euid = effective_uid(peer_pid)?;
+        if euid != peer_uid {
+            return Err(format!(
+                "pid {peer_pid} runs as uid {euid}, not as the caller (uid {peer_uid})"
+            ));
+        }
+        let parent = cgroup_of(peer_pid, &self.mount)?;
+        let dir = parent.join(format!("portres-{}-{session}", std::process::id()));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("cannot create the cgroup {}: {e}", dir.display())),
+        }
+        let made = CgroupRef::of_dir(&dir)
+            .map_err(|e| e.to_string())
+            .and_then(|cgroup| {
+                portres_kernel::bindguard::move_into_cgroup(&dir, pidfd, peer_pid)
+                    .map(|()| cgroup)
+                    .map_err(|e| format!("cannot move the caller into {}: {e}", dir.display()))
+            });
+        match made {
+            Ok(cgroup) => {
+                unpoison(self.sessions.lock()).insert(session, dir);
+                Ok(cgroup)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    fn remove_session_cgroup(&self, session: u64) {
+        if let Some(dir) = unpoison(self.sessions.lock()).remove(&session)
+            && std::fs::remove_dir(&dir).is_err()
+            && dir.exists()
+        {
+            let mut lingering = unpoison(self.lingering.lock());
+            // Bounded: a command may leave a process behind for good; its
+            // cgroup is then left to whoever ends that process.
+            if lingering.len() >= MAX_LINGERING {
+                let given_up = lingering.remove(0);
+                log::info!(
+                    "leaving the busy exec cgroup {} (more than {MAX_LINGERING} wait for removal)",
+                    given_up.display()
+                );
+            }
+            lingering.push(dir);
+        }
+        self.retry_lingering();
+    }
+}
+
+/// Enforcement in memory, for unit tests: the guarded blocks, the session
+/// cgroups made, and a switch that makes the next guards fail.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct FakeEnforcer {
+    pub(crate) state: std::sync::Arc<Mutex<FakeEnforcerState>>,
+}
+
+/// What `FakeEnforcer` holds.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct FakeEnforcerState {
+    /// Guarded blocks and who may bind them.
+    pub(crate) guarded: std::collections::BTreeMap<(Protocol, u16, u16), AllowedBinders>,
+    /// Make `guard` fail (a full or broken map).
+    pub(crate) fail: bool,
+    /// Sessions with a cgroup.
+    pub(crate) cgroups: std::collections::BTreeSet<u64>,
+}
+
+#[cfg(test)]
+impl Enforcer for FakeEnforcer {
+    fn enforcement(&self) -> &Enforcement {
+        static STRICT: std::sync::OnceLock<Enforcement> = std::sync::OnceLock::new();
+        STRICT.get_or_init(|| Enforcement::Strict {
+            cgroup: PathBuf::from("/fake"),
+        })
+    }
+
+    fn guard(
+        &self,
+        protocol: Protocol,
+        block: Block,
+        _: u64,
+        allowed: &AllowedBinders,
+    ) -> Result<(), String> {
+        let mut s = self.state.lock().unwrap();
+        if s.fail {
+            return Err("fake: the map refuses".into());
+        }
+        s.guarded
+            .insert((protocol, block.start(), block.count()), *allowed);
+        Ok(())
+    }
+
+    fn unguard(&self, protocol: Protocol, block: Block, _: u64) {
+        let mut s = self.state.lock().unwrap();
+        s.guarded.remove(&(protocol, block.start(), block.count()));
+    }
+
+    fn enter_session_cgroup(
+        &self,
+        session: u64,
+        _: BorrowedFd<'_>,
+        _: (i32, u32),
+    ) -> Result<CgroupRef, String> {
+        self.state.lock().unwrap().cgroups.insert(session);
+        Ok(CgroupRef {
+            id: 1000 + session,
+            level: 2,
+        })
+    }
+
+    fn remove_session_cgroup(&self, session: u64) {
+        self.state.lock().unwrap().cgroups.remove(&session);
+    }
+}
