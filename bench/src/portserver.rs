@@ -35,6 +35,21 @@ impl Address {
             None => UnixStream::connect(&self.0),
         }
     }
+
+    /// Waits until something accepts here (a daemon may open its varlink
+    /// socket first); `Err` after `limit`.
+    pub fn wait_ready(&self, limit: Duration) -> Result<(), String> {
+        let t = Instant::now();
+        loop {
+            match self.connect() {
+                Ok(_) => return Ok(()),
+                Err(e) if t.elapsed() > limit => {
+                    return Err(format!("{} does not accept: {e}", self.0));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    }
 }
 
 /// Requests made for one holder process before the next replaces it.

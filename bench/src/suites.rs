@@ -135,6 +135,10 @@ fn endpoint(
         }
     };
     let address = Address(name.clone());
+    if let Err(e) = address.wait_ready(Duration::from_secs(10)) {
+        let why = format!("not available: {e}");
+        return (Err(why.clone()), Err(why));
+    }
     let one = portserver::measure(&address, 1, dur);
     let eight = portserver::measure(&address, 8, dur);
     let python = match py_venv {
