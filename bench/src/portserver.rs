@@ -96,14 +96,16 @@ pub struct Requests {
     pub unanswered: usize,
 }
 
-/// One request as portpicker's client makes it; the port, or `None` if the
-/// server closed without answering.
+/// One request as portpicker's client makes it — send the pid, read once
+/// (not to the end: the answer is one write), parse the first line; the
+/// port, or `None` if the server closed without answering.
 fn request(address: &Address, pid: u32) -> Option<u16> {
     let mut s = address.connect().ok()?;
     s.write_all(format!("{pid}\n").as_bytes()).ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    buf.trim().parse().ok().filter(|&p| p != 0)
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).ok()?;
+    let text = std::str::from_utf8(&buf[..n]).ok()?;
+    text.lines().next()?.trim().parse().ok().filter(|&p| p != 0)
 }
 
 /// `clients` threads making requests to `address` for `dur`, each naming
