@@ -397,3 +397,57 @@ nstest!(exec_listen_refuses_bad_input_before_connecting, |_| {
         assert_eq!(ran.stdout, "1\n", "{ran}");
     }
 });
+
+nstest!(
+    exec_listen_finds_and_runs_the_command_as_execvp_would,
+    |_| {
+        let d = InProcessDaemon::start(|_| {});
+        // Found on PATH by name; a script without a #! line runs under /bin/sh.
+        let dir = portres_tests::open_tempdir();
+        let script = dir.path().join("no-shebang");
+        std::fs::write(&script, "echo \"$LISTEN_FDS $LISTEN_FDNAMES $1\"\n").expect("script");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let path = format!(
+            "/nonexistent:{}:{}",
+            dir.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut c = cmd(
+            &d.socket,
+            &[
+                "exec",
+                "tcp",
+                "-s",
+                "42200",
+                "-c",
+                "2",
+                "--listen",
+                "127.0.0.1",
+                "--",
+                "no-shebang",
+                "arg",
+            ],
+        );
+        c.env("PATH", path);
+        let ran = run_t(c);
+        ran.expect(0);
+        assert_eq!(ran.stdout, "2 42200:42201 arg\n", "{ran}");
+        // Not executable: 126.
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .expect("chmod");
+        let ran = run_t(cmd(
+            &d.socket,
+            &[
+                "exec",
+                "tcp",
+                "--listen",
+                "127.0.0.1",
+                "--",
+                &script.to_string_lossy(),
+            ],
+        ));
+        ran.expect(126);
+        assert!(list_json(&d.socket).is_empty(), "{ran}");
+    }
+);

@@ -153,6 +153,8 @@ const LISTEN_VARS: [&str; 3] = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
 const PID_PREFIX: &[u8] = b"LISTEN_PID=";
 /// Room for a pid's digits (10 for i32) and the terminating NUL.
 const PID_DIGITS: usize = 11;
+/// The shell execvp runs a file without a `#!` line with.
+const SH: &std::ffi::CStr = c"/bin/sh";
 
 /// Everything the child needs to exec, prepared before the fork (see the
 /// module doc). The pointer arrays point into the `CString`s and `pid_env`
@@ -164,6 +166,9 @@ struct ExecImage {
     candidates: Vec<CString>,
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
+    /// execvp's fallback for a file without a `#!` line (ENOEXEC):
+    /// `/bin/sh FILE ARGS…`; slot 1 is set to the candidate that failed.
+    sh_argv_ptrs: Vec<*const libc::c_char>,
     _env: Vec<CString>,
     /// `LISTEN_PID=` and room for the digits; written only through
     /// `pid_digits`.
@@ -243,6 +248,8 @@ impl ExecImage {
                 .collect()
         };
         let argv_ptrs = nul_terminated(&argv);
+        let mut sh_argv_ptrs = argv_ptrs.clone();
+        sh_argv_ptrs.insert(0, SH.as_ptr());
         let mut env_ptrs = nul_terminated(&env);
         env_ptrs.insert(env_ptrs.len() - 1, pid_env_ptr as *const libc::c_char);
         Ok(ExecImage {
@@ -250,6 +257,7 @@ impl ExecImage {
             candidates,
             _argv: argv,
             argv_ptrs,
+            sh_argv_ptrs,
             _env: env,
             _pid_env: pid_env,
             pid_digits,
@@ -301,6 +309,19 @@ impl ExecImage {
             };
             last = io::Error::last_os_error();
             match last.raw_os_error() {
+                Some(libc::ENOEXEC) => {
+                    // As execvp: a script without `#!` runs under /bin/sh.
+                    self.sh_argv_ptrs[1] = path.as_ptr();
+                    // SAFETY: as above; SH is a NUL-terminated constant.
+                    unsafe {
+                        libc::execve(
+                            SH.as_ptr(),
+                            self.sh_argv_ptrs.as_ptr(),
+                            self.env_ptrs.as_ptr(),
+                        )
+                    };
+                    return Err(io::Error::last_os_error());
+                }
                 Some(libc::EACCES) => denied = true,
                 Some(libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV) => {}
                 // As execvp: any other failure is the answer.
