@@ -184,6 +184,14 @@ fn exits_0(running: &mut Running) {
     assert_eq!(status.code(), Some(0), "exec: {status}; stderr:\n{err}");
 }
 
+/// Waits for `running` to exit with status 0, and its reservation to end.
+fn ends_releasing(running: &mut Running, socket: &std::path::Path) {
+    exits_0(running);
+    wait_until("the reservation to end with the command", || {
+        list_json(socket).is_empty()
+    });
+}
+
 nstest!(exec_listen_tcp_child_accepts_on_fd_3, |_| {
     let d = InProcessDaemon::start(|_| {});
     // LISTEN_* of portres' own environment are replaced, not passed on.
@@ -205,10 +213,7 @@ nstest!(exec_listen_tcp_child_accepts_on_fd_3, |_| {
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["in_use"], serde_json::json!([start]), "{list:?}");
     assert_eq!(greet_tcp(start), format!("hello {start}\n"));
-    exits_0(&mut running);
-    wait_until("the reservation to end with the command", || {
-        list_json(&d.socket).is_empty()
-    });
+    ends_releasing(&mut running, &d.socket);
 });
 
 nstest!(exec_listen_three_tcp_ports_and_the_capability, |_| {
@@ -232,10 +237,7 @@ nstest!(exec_listen_three_tcp_ports_and_the_capability, |_| {
     for port in &ports {
         assert_eq!(greet_tcp(*port), format!("hello {port}\n"));
     }
-    exits_0(&mut running);
-    wait_until("the reservation to end with the command", || {
-        list_json(&d.socket).is_empty()
-    });
+    ends_releasing(&mut running, &d.socket);
 });
 
 nstest!(exec_listen_udp_sockets_are_bound, |_| {
@@ -249,10 +251,7 @@ nstest!(exec_listen_udp_sockets_are_bound, |_| {
     for port in &ports {
         assert_eq!(greet_udp(*port), format!("hello {port} there"));
     }
-    exits_0(&mut running);
-    wait_until("the reservation to end with the command", || {
-        list_json(&d.socket).is_empty()
-    });
+    ends_releasing(&mut running, &d.socket);
 });
 
 nstest!(exec_listen_persistent_port_80_for_its_owner, |_| {
@@ -310,54 +309,36 @@ nstest!(exec_listen_persistent_port_80_for_its_owner, |_| {
 nstest!(exec_listen_refuses_bad_input_before_connecting, |_| {
     let d = InProcessDaemon::start(|_| {});
     let s = &d.socket;
-    let l = |extra: &[&'static str]| -> Vec<&'static str> {
+    // Each: the arguments between `exec` and `-- CMD`, split at spaces.
+    let bad = [
+        "tcp --listen localhost",
+        "tcp --listen 127.0.0.1:8080",
+        "tcp --listen [::1]:8080",
+        "tcp --listen fe80::1",
+        "tcp --listen udp://127.0.0.1",
+        "udp --listen tcp:127.0.0.1",
+        "tcp --count 0 --listen 127.0.0.1",
+        "tcp 80 --listen 127.0.0.1",
+        "--persistent tcp 80",
+        "--persistent tcp --listen 127.0.0.1",
+        "--persistent tcp 80 -c 2 --listen 127.0.0.1",
+        "--persistent tcp 80 --label x --listen 127.0.0.1",
+        "--persistent tcp 80 --strict-daemon --listen ::1",
+        "--persistent tcp 0 --listen 127.0.0.1",
+        "--persistent tcp 9000-8999 --listen 127.0.0.1",
+    ];
+    let as_args = |between: Vec<&'static str>| {
         let mut v = vec!["exec"];
-        v.extend_from_slice(extra);
-        v.extend_from_slice(&["--", "/bin/sh", "-c", "echo ran"]);
+        v.extend(between);
+        v.extend(["--", "/bin/sh", "-c", "echo ran"]);
         v
     };
-    for bad in [
-        l(&["tcp", "--listen", "localhost"]),
-        l(&["tcp", "--listen", ""]),
-        l(&["tcp", "--listen", "127.0.0.1:8080"]),
-        l(&["tcp", "--listen", "[::1]:8080"]),
-        l(&["tcp", "--listen", "fe80::1"]),
-        l(&["tcp", "--listen", "udp://127.0.0.1"]),
-        l(&["udp", "--listen", "tcp:127.0.0.1"]),
-        l(&["tcp", "--count", "0", "--listen", "127.0.0.1"]),
-        l(&["tcp", "80", "--listen", "127.0.0.1"]),
-        l(&["--persistent", "tcp", "80"]),
-        l(&["--persistent", "tcp", "--listen", "127.0.0.1"]),
-        l(&[
-            "--persistent",
-            "tcp",
-            "80",
-            "-c",
-            "2",
-            "--listen",
-            "127.0.0.1",
-        ]),
-        l(&[
-            "--persistent",
-            "tcp",
-            "80",
-            "--label",
-            "x",
-            "--listen",
-            "127.0.0.1",
-        ]),
-        l(&[
-            "--persistent",
-            "tcp",
-            "80",
-            "--strict-daemon",
-            "--listen",
-            "::1",
-        ]),
-        l(&["--persistent", "tcp", "0", "--listen", "127.0.0.1"]),
-        l(&["--persistent", "tcp", "9000-8999", "--listen", "127.0.0.1"]),
-    ] {
-        usage_refused(s, &bad, "invalid_parameter");
+    for between in bad
+        .map(|b| b.split(' ').collect())
+        .into_iter()
+        .chain([vec!["tcp", "--listen", ""]])
+    {
+        usage_refused(s, &as_args(between), "invalid_parameter");
     }
     assert!(list_json(s).is_empty(), "a refused exec left something");
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use portres::{Client, Error, ErrorCode, Protocol, Reservation, Token};
+use portres::{Client, Error, ErrorCode, Reservation, ReservationInfo, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -105,15 +105,10 @@ pub fn check(a: &ExecArgs) -> Result<Plan, Error> {
 }
 
 /// The block the command gets: held for it (runtime), or looked up
-/// (persistent: nothing to hold).
+/// (persistent: nothing to hold), with the token to bind into it.
 enum Held {
     Runtime(Reservation),
-    Persistent {
-        protocol: Protocol,
-        start: u16,
-        count: u16,
-        token: Token,
-    },
+    Persistent(ReservationInfo, Token),
 }
 
 impl Held {
@@ -130,41 +125,22 @@ impl Held {
                         "the daemon did not hand out the persistent reservation's token",
                     )
                 })?;
-                Held::Persistent {
-                    protocol: info.protocol,
-                    start: info.start,
-                    count: info.count,
-                    token,
-                }
+                Held::Persistent(info, token)
             }
         })
     }
 
-    fn protocol(&self) -> Protocol {
+    fn info(&self) -> &ReservationInfo {
         match self {
-            Held::Runtime(r) => r.protocol(),
-            Held::Persistent { protocol, .. } => *protocol,
-        }
-    }
-
-    fn start(&self) -> u16 {
-        match self {
-            Held::Runtime(r) => r.start(),
-            Held::Persistent { start, .. } => *start,
-        }
-    }
-
-    fn count(&self) -> u16 {
-        match self {
-            Held::Runtime(r) => r.count(),
-            Held::Persistent { count, .. } => *count,
+            Held::Runtime(r) => r.info(),
+            Held::Persistent(info, _) => info,
         }
     }
 
     fn token(&self) -> Token {
         match self {
             Held::Runtime(r) => r.token(),
-            Held::Persistent { token, .. } => *token,
+            Held::Persistent(_, token) => *token,
         }
     }
 }
@@ -208,13 +184,14 @@ pub fn run(client: &Client, plan: Plan) -> Result<Outcome, Error> {
             }
             (Some(capability), Some(watch))
         }
-        Held::Persistent { .. } => (None, None),
+        Held::Persistent(..) => (None, None),
     };
 
+    let info = held.info();
     let mut env: Vec<(&str, OsString)> = vec![
-        ("PORTRES_PROTOCOL", held.protocol().as_str().into()),
-        ("PORTRES_START", held.start().to_string().into()),
-        ("PORTRES_COUNT", held.count().to_string().into()),
+        ("PORTRES_PROTOCOL", info.protocol.as_str().into()),
+        ("PORTRES_START", info.start.to_string().into()),
+        ("PORTRES_COUNT", info.count.to_string().into()),
         ("PORTRES_TOKEN", held.token().to_string().into()),
     ];
     if let Some(capability) = &capability {
@@ -231,9 +208,9 @@ pub fn run(client: &Client, plan: Plan) -> Result<Outcome, Error> {
     let mut command = Command::new(program);
     let spawned = match plan.listen {
         Some(address) => {
-            let first_free = listen::FIRST_FD + i32::from(held.count());
+            let first_free = listen::FIRST_FD + i32::from(info.count);
             let sockets =
-                listen::bind_block(client, held.token(), held.protocol(), held.count(), address)?
+                listen::bind_block(client, held.token(), info.protocol, info.count, address)?
                     .into_iter()
                     .map(|(port, fd)| Ok((port, listen::move_above(fd, first_free)?)))
                     .collect::<Result<Vec<(u16, OwnedFd)>, Error>>()?;
