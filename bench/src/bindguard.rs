@@ -248,7 +248,7 @@ fn daemon_abr(dir: &Path, dur: std::time::Duration) -> Result<[Samples; 4], Stri
     let cg = cgroup.to_str().ok_or("cgroup path not UTF-8")?.to_string();
     let result = join(&cgroup).map(|()| {
         let measure = |name: &str, extra: &[&str]| {
-            let d = Daemon::start_with(&dir.join(name), extra);
+            let d = Daemon::start_with(&dir.join(name), extra).unwrap_or_else(|e| panic!("{e}"));
             let one = run_clients(&d, 1, dur, acquire_bind_release);
             let eight = run_clients(&d, 8, dur, acquire_bind_release);
             d.stop();

@@ -10,8 +10,10 @@ mod bindguard;
 mod floors;
 mod portres;
 mod portserver;
+mod python;
 mod report;
 mod stats;
+mod suites;
 
 use std::time::Duration;
 
@@ -28,9 +30,11 @@ fn main() {
         bindguard::child(args.get(1).map(String::as_str) == Some("quick"));
     }
     let quick = args.iter().any(|a| a == "--quick");
-    // A single scenario (for profiling) never needs portserver.
+    let only = std::env::var("PORTRES_BENCH_ONLY").ok();
+    // A single scenario (for profiling) needs portserver only if it is
+    // portserver's.
     let skip_portserver = args.iter().any(|a| a == "--no-portserver")
-        || std::env::var_os("PORTRES_BENCH_ONLY").is_some();
+        || only.as_deref().is_some_and(|o| o != "portserver");
     let dur = if quick {
         Duration::from_millis(700)
     } else {
@@ -60,8 +64,15 @@ fn main() {
         std::process::exit(2);
     }
     raise_fd_limit();
-    if let Ok(only) = std::env::var("PORTRES_BENCH_ONLY") {
+    if let Some(only) = only {
         // For profiling one scenario: `PORTRES_BENCH_ONLY=abr1|abr8 perf record ...`.
+        if only == "portserver" {
+            // portserver.py, the endpoint and the Python rows only.
+            let mut rows = Vec::new();
+            suites::portserver_stage(&mut rows, ps_venv, dir.path(), dur);
+            print_table(&rows, quick);
+            return;
+        }
         if only == "bindguard" || only == "strict" {
             let rows = if only == "strict" {
                 daemon_rows(dir.path(), Duration::from_secs(3))
@@ -204,14 +215,8 @@ fn main() {
     eprintln!("measuring strict mode through the daemon...");
     let strict_rows = daemon_rows(dir.path(), dur);
 
-    eprintln!("measuring portserver {}...", portserver::VERSION);
-    let ps = ps_venv.and_then(|venv| {
-        portserver::PortServer::start(&venv, &dir.path().join("ps")).map(|server| {
-            let one = server.measure(1, dur);
-            let eight = server.measure(8, dur);
-            (one, eight)
-        })
-    });
+    let mut ps_rows = Vec::new();
+    let ps_rates = suites::portserver_stage(&mut ps_rows, ps_venv, dir.path(), dur);
 
     eprintln!(
         "measuring scale ({} sessions x {} reservations, {} persistent)...",
@@ -248,8 +253,8 @@ fn main() {
         Some(r) => format!("{:.1}x portserver", s.rate() / r),
         None => String::new(),
     };
-    let ps8 = ps.as_ref().ok().map(|(_, e)| e.rate());
-    let ps1 = ps.as_ref().ok().map(|(o, _)| o.rate());
+    let ps1 = ps_rates.map(|(one, _)| one);
+    let ps8 = ps_rates.map(|(_, eight)| eight);
     rows.push(row(
         "portres acquire+bind+release, 8 clients",
         &abr8,
@@ -326,21 +331,7 @@ fn main() {
             fmt_dur(fill)
         ),
     ));
-    match &ps {
-        Ok((one, eight)) => {
-            rows.push(row(
-                &format!("portserver {} request, 1 client", portserver::VERSION),
-                one,
-                String::new(),
-            ));
-            rows.push(row(
-                &format!("portserver {} request, 8 clients", portserver::VERSION),
-                eight,
-                String::new(),
-            ));
-        }
-        Err(e) => rows.push(text_row("portserver", format!("not measured: {e}"))),
-    }
+    rows.extend(ps_rows);
     print_table(&rows, quick);
 }
 

@@ -26,11 +26,13 @@ impl Daemon {
     /// Starts `portresd` on `dir` (socket and state inside), strict mode
     /// off, and waits until its socket accepts.
     pub fn start(dir: &Path) -> Daemon {
-        Daemon::start_with(dir, &["--enforce", "off"])
+        Daemon::start_with(dir, &[]).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// `start` with `extra` flags.
-    pub fn start_with(dir: &Path, extra: &[&str]) -> Daemon {
+    /// `start` with more flags for portresd (strict mode off unless they
+    /// say `--enforce`); `Err` says why it did not come up (it exited: the
+    /// first line of its stderr, e.g. a flag this build does not know).
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Result<Daemon, String> {
         let socket = dir.join("portres.sock");
         // portresd creates no directory for a --socket outside its defaults.
         std::fs::create_dir_all(dir).expect("the daemon's directory");
@@ -41,8 +43,17 @@ impl Daemon {
             "{} missing: build it (bench/run does)",
             portresd.display()
         );
+        // With extra flags, stderr goes to a file, to tell why it exited.
+        let log = dir.join("portresd.err");
+        let stderr = if extra.is_empty() {
+            Stdio::inherit()
+        } else {
+            std::fs::File::create(&log)
+                .map(Stdio::from)
+                .map_err(|e| format!("{}: {e}", log.display()))?
+        };
         let t = Instant::now();
-        let child = Command::new(portresd)
+        let mut child = Command::new(portresd)
             .arg("--socket")
             .arg(&socket)
             .arg("--state-dir")
@@ -52,23 +63,34 @@ impl Daemon {
             .arg("--max-connections-per-user")
             .arg("100000")
             .args(extra)
+            .args(if extra.contains(&"--enforce") {
+                &[][..]
+            } else {
+                &["--enforce", "off"][..]
+            })
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn portresd");
         while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "portresd did not start"
-            );
+            if let Ok(Some(status)) = child.try_wait() {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let why = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+                return Err(format!("portresd exited ({status}): {}", why.trim()));
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("portresd did not start within 60 s".into());
+            }
             std::thread::sleep(Duration::from_micros(200));
         }
-        Daemon {
+        Ok(Daemon {
             child,
             socket,
             start_to_ready: t.elapsed(),
-        }
+        })
     }
 
     /// A new session.

@@ -185,7 +185,7 @@ _portres() {
             return 0
             ;;
         portres__subcmd__exec)
-            opts="-s -c -h --start --count --label --strict-daemon --socket --json --help tcp udp"
+            opts="-s -c -h --start --count --label --listen --persistent --strict-daemon --socket --json --help tcp udp"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -208,6 +208,10 @@ _portres() {
                     return 0
                     ;;
                 --label)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --listen)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -49,7 +49,9 @@ complete -c portres -n "__fish_portres_using_subcommand acquire" -s h -l help -d
 complete -c portres -n "__fish_portres_using_subcommand exec" -s s -l start -d 'First port, or the whole block as START-END; 0 or absent: any free block in the kernel\'s dynamic range' -r
 complete -c portres -n "__fish_portres_using_subcommand exec" -s c -l count -d 'How many consecutive ports [default: 1, or the size of START-END]' -r
 complete -c portres -n "__fish_portres_using_subcommand exec" -l label -d 'Free text shown in `list`' -r
+complete -c portres -n "__fish_portres_using_subcommand exec" -l listen -d 'Bind one socket per port of the block on ADDRESS (an IP address: 127.0.0.1, ::1, 0.0.0.0, ::) and pass them systemd-style: descriptors 3, 4, … (TCP listening, UDP bound; by port), LISTEN_FDS=N, LISTEN_PID=the command\'s pid, LISTEN_FDNAMES=the ports joined by \':\'' -r
 complete -c portres -n "__fish_portres_using_subcommand exec" -l socket -d 'The daemon\'s socket, used whoever runs the daemon (`status` says who) [env: PORTRES_SOCKET; default: your user daemon\'s socket if one runs and passes the trust checks, else /run/portres/portres.sock]' -r -F
+complete -c portres -n "__fish_portres_using_subcommand exec" -l persistent -d 'Hand out an existing persistent reservation (you are an administrator or its owner) instead of acquiring one: `exec --persistent PROTOCOL START [COUNT] --listen ADDRESS -- CMD`; needs --listen'
 complete -c portres -n "__fish_portres_using_subcommand exec" -l strict-daemon -d 'If the daemon stops while the command runs (the reservation has ended), end the command: SIGTERM, SIGKILL 5 s later, then exit 2'
 complete -c portres -n "__fish_portres_using_subcommand exec" -l json -d 'Print JSON: one line; a reservation object (see `portres --help`), `list` an array'
 complete -c portres -n "__fish_portres_using_subcommand exec" -s h -l help -d 'Print help (see more with \'--help\')'

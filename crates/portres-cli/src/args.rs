@@ -57,6 +57,14 @@ Examples:
     )
 }
 
+/// `exec --help`'s examples.
+const EXEC_EXAMPLES: &str = "\
+Examples:
+  portres exec tcp -c 4 -- ./run-tests.sh            # PORTRES_START..+3 are the tests'
+  portres exec tcp -c 2 --listen 127.0.0.1 -- ./srv  # fds 3 and 4 listen, LISTEN_FDS=2
+  portres exec udp --listen ::1 -- ./srv             # fd 3: a UDP socket bound on ::1
+  portres exec --persistent tcp 80 --listen 0.0.0.0 -- nginx   # as the owner of tcp 80";
+
 /// The protocols, for the man page, completions and clap's check.
 const PROTOCOLS: [&str; 2] = ["tcp", "udp"];
 
@@ -111,6 +119,18 @@ pub enum Command {
     /// If the daemon stops while the command runs, the reservation has
     /// ended: portres warns on stderr and lets the command run on, or with
     /// --strict-daemon ends it.
+    ///
+    /// With --listen ADDRESS the daemon binds one socket per port on ADDRESS
+    /// and the command starts with them, systemd socket activation style:
+    /// descriptors 3..3+N-1 in port order (TCP listening, UDP bound),
+    /// LISTEN_FDS=N, LISTEN_PID=its own pid, LISTEN_FDNAMES=the ports joined
+    /// by ':' (for servers that take sd_listen_fds(), and for languages that
+    /// cannot pass descriptors to the daemon). `exec --persistent PROTOCOL
+    /// START [COUNT] --listen ADDRESS` does the same with an existing
+    /// persistent reservation, for an administrator or its owner (a port
+    /// below 1024 delegated with `create --owner` needs no root); nothing is
+    /// acquired, and the reservation stays when the command ends.
+    #[command(after_help = EXEC_EXAMPLES)]
     Exec(ExecArgs),
     /// Release a runtime reservation (inside `exec`: uses the inherited
     /// session capability)
@@ -183,6 +203,24 @@ pub struct HoldArgs {
 pub struct ExecArgs {
     #[command(flatten)]
     pub reservation: AcquireArgs,
+    /// With --persistent: the persistent reservation's first port, or its
+    /// whole block as START-END
+    #[arg(value_name = "START", allow_negative_numbers = true)]
+    pub persistent_start: Option<String>,
+    /// With --persistent: how many ports [default: 1, or the size of START-END]
+    #[arg(value_name = "COUNT", allow_negative_numbers = true)]
+    pub persistent_count: Option<i64>,
+    /// Bind one socket per port of the block on ADDRESS (an IP address:
+    /// 127.0.0.1, ::1, 0.0.0.0, ::) and pass them systemd-style: descriptors
+    /// 3, 4, … (TCP listening, UDP bound; by port), LISTEN_FDS=N,
+    /// LISTEN_PID=the command's pid, LISTEN_FDNAMES=the ports joined by ':'
+    #[arg(long, value_name = "ADDRESS")]
+    pub listen: Option<String>,
+    /// Hand out an existing persistent reservation (you are an administrator
+    /// or its owner) instead of acquiring one: `exec --persistent PROTOCOL
+    /// START [COUNT] --listen ADDRESS -- CMD`; needs --listen
+    #[arg(long)]
+    pub persistent: bool,
     /// If the daemon stops while the command runs (the reservation has
     /// ended), end the command: SIGTERM, SIGKILL 5 s later, then exit 2
     #[arg(long)]

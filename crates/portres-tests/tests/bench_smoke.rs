@@ -72,6 +72,37 @@ nstest!(a_quick_benchmark_run_prints_every_row_and_cleans_up, |_| {
     );
     assert!(stdout.contains("target <= 4x:"), "{stdout}");
     assert!(stdout.contains("skipped (--no-portserver)"), "{stdout}");
+    // portres' portserver endpoint needs no PyPI: measured, or (with a
+    // portresd from before `--portserver`) one clear "not available" each.
+    for row in [
+        "portresd --portserver request, 1 client",
+        "portresd --portserver request, 8 clients",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("no row {row:?} in:\n{stdout}"));
+        assert!(
+            line.contains("/s")
+                || line.contains("not available: portresd exited")
+                    && line.contains("unexpected argument '--portserver'"),
+            "row neither measured nor unavailable for want of the flag: {line}"
+        );
+    }
+    // The Python rows need the venv bench/run makes: skipped here.
+    for row in [
+        "python: portpicker.pick_unused_port(), no server",
+        "python: pick_unused_port() via portserver.py",
+        "python: pick_unused_port() via portresd --portserver",
+        "python: portres.Client().acquire(\"tcp\")",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(row) && l.contains("not ")),
+            "no row {row:?} saying why it was not measured:\n{stdout}"
+        );
+    }
     // Everything it started is gone, and so are its temporary directories.
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");

@@ -5,7 +5,8 @@
 //! `exec` handing the reservation and the session capability to a command,
 //! and an ordinary (non-admin) user.
 //!
-//! Binaries must be built first: `cargo build --workspace --bins`.
+//! Binaries must be built first: `cargo build --workspace --bins`. The
+//! helpers marked `pub(crate)` serve `exec_listen` too.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
@@ -22,8 +23,8 @@ use portres_tests::{
 use serde_json::Value;
 
 /// The longest any single CLI run may take before the test fails.
-const TIMEOUT: Duration = Duration::from_secs(10);
-const NOBODY: u32 = 65534;
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const NOBODY: u32 = 65534;
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 // ---------------------------------------------------------------------------
@@ -31,11 +32,11 @@ const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 // ---------------------------------------------------------------------------
 
 /// A finished command and what it printed.
-struct Ran {
+pub(crate) struct Ran {
     what: String,
     status: ExitStatus,
-    stdout: String,
-    stderr: String,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl std::fmt::Display for Ran {
@@ -50,14 +51,14 @@ impl std::fmt::Display for Ran {
 
 impl Ran {
     /// The exit status; panics if it died of a signal.
-    fn code(&self) -> i32 {
+    pub(crate) fn code(&self) -> i32 {
         self.status
             .code()
             .unwrap_or_else(|| panic!("died of a signal: {self}"))
     }
 
     /// Asserts the exit status.
-    fn expect(&self, code: i32) -> &Ran {
+    pub(crate) fn expect(&self, code: i32) -> &Ran {
         assert_eq!(self.code(), code, "unexpected exit status: {self}");
         self
     }
@@ -105,7 +106,7 @@ fn wait_exit(child: &mut Child, what: &str) -> ExitStatus {
 }
 
 /// Runs `cmd` to completion (at most `TIMEOUT`), capturing its output.
-fn run_t(mut cmd: Command) -> Ran {
+pub(crate) fn run_t(mut cmd: Command) -> Ran {
     let what = describe(&cmd);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd
@@ -128,18 +129,18 @@ fn run_t(mut cmd: Command) -> Ran {
 }
 
 /// `portres --socket SOCKET ARGS…`.
-fn cmd(socket: &Path, args: &[&str]) -> Command {
+pub(crate) fn cmd(socket: &Path, args: &[&str]) -> Command {
     let mut c = cli(socket);
     c.args(args);
     c
 }
 
 /// `cmd` as uid/gid 65534 without supplementary groups.
-fn nobody(socket: &Path, args: &[&str]) -> Command {
+pub(crate) fn nobody(socket: &Path, args: &[&str]) -> Command {
     as_user(&cmd(socket, args), NOBODY, NOBODY, &[])
 }
 
-fn portres(socket: &Path, args: &[&str]) -> Ran {
+pub(crate) fn portres(socket: &Path, args: &[&str]) -> Ran {
     run_t(cmd(socket, args))
 }
 
@@ -149,14 +150,14 @@ fn ok(socket: &Path, args: &[&str]) -> String {
 }
 
 /// The single line of JSON a command printed.
-fn one_json_line(ran: &Ran) -> Value {
+pub(crate) fn one_json_line(ran: &Ran) -> Value {
     let lines: Vec<&str> = ran.stdout.lines().collect();
     assert_eq!(lines.len(), 1, "expected exactly one line of JSON: {ran}");
     serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {ran}"))
 }
 
 /// Runs `--json ARGS…`, asserts exit status 0, returns its one line of JSON.
-fn ok_json(socket: &Path, args: &[&str]) -> Value {
+pub(crate) fn ok_json(socket: &Path, args: &[&str]) -> Value {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
     let ran = portres(socket, &all);
@@ -165,7 +166,7 @@ fn ok_json(socket: &Path, args: &[&str]) -> Value {
 }
 
 /// `list --json` as an array.
-fn list_json(socket: &Path) -> Vec<Value> {
+pub(crate) fn list_json(socket: &Path) -> Vec<Value> {
     match ok_json(socket, &["list"]) {
         Value::Array(a) => a,
         other => panic!("list --json printed {other}, not an array"),
@@ -175,7 +176,7 @@ fn list_json(socket: &Path) -> Vec<Value> {
 /// Asserts that `make(args)` is refused with `code`, both in human form
 /// (exit 1, the code on stderr, nothing on stdout) and with `--json` (exit
 /// 1, `{"error":{"code":…,"message":…}}` on stdout).
-fn refused_by(make: &dyn Fn(&[&str]) -> Command, args: &[&str], code: &str) {
+pub(crate) fn refused_by(make: &dyn Fn(&[&str]) -> Command, args: &[&str], code: &str) {
     refused_with(make, args, code, 1);
 }
 
@@ -222,7 +223,7 @@ fn refused(socket: &Path, args: &[&str], code: &str) {
 
 /// A usage error found before connecting: exit 2, `code` on stderr, and
 /// with `--json` the error object on stdout.
-fn usage_refused(socket: &Path, args: &[&str], code: &str) {
+pub(crate) fn usage_refused(socket: &Path, args: &[&str], code: &str) {
     refused_with(&|a| cmd(socket, a), args, code, 2);
 }
 
@@ -240,7 +241,7 @@ fn clap_refused(socket: &Path, args: &[&str], needle: &str) {
 }
 
 /// Polls `cond` until it holds; panics with `what` after `TIMEOUT`.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + TIMEOUT;
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting: {what}");
@@ -271,7 +272,7 @@ fn port_of(v: &Value, key: &str) -> u16 {
 }
 
 /// A token in JSON: a decimal string of a non-zero u64.
-fn token_of(v: &Value) -> u64 {
+pub(crate) fn token_of(v: &Value) -> u64 {
     let t = v["token"]
         .as_str()
         .unwrap_or_else(|| panic!("token is not a string in {v}"));
@@ -284,7 +285,7 @@ fn token_of(v: &Value) -> u64 {
 
 /// A long-running CLI process (acquire, exec) with piped stdin, its stdout
 /// line by line and its stderr; killed if the test ends early.
-struct Running {
+pub(crate) struct Running {
     what: String,
     child: Child,
     stdin: Option<ChildStdin>,
@@ -293,7 +294,7 @@ struct Running {
 }
 
 impl Running {
-    fn spawn(cmd: Command) -> Running {
+    pub(crate) fn spawn(cmd: Command) -> Running {
         Running::spawn_with_stderr(cmd, None)
     }
 
@@ -328,12 +329,12 @@ impl Running {
         }
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// The next line of stdout, waiting at most `TIMEOUT`.
-    fn next_line(&mut self) -> String {
+    pub(crate) fn next_line(&mut self) -> String {
         match self.lines.recv_timeout(TIMEOUT) {
             Ok(line) => line,
             Err(e) => {
@@ -361,7 +362,7 @@ impl Running {
     }
 
     /// Waits for it to exit (at most `TIMEOUT`): its status and stderr.
-    fn wait(&mut self) -> (ExitStatus, String) {
+    pub(crate) fn wait(&mut self) -> (ExitStatus, String) {
         let status = wait_exit(&mut self.child, &self.what);
         let err = self
             .stderr

@@ -7,6 +7,7 @@
 pub mod acquire;
 pub mod exec;
 pub mod list;
+pub mod listen;
 pub mod persistent;
 pub mod release;
 pub mod status;
@@ -76,7 +77,7 @@ pub struct CheckedBlock {
     pub count: u16,
 }
 
-fn invalid(message: impl Into<String>) -> Error {
+pub(crate) fn invalid(message: impl Into<String>) -> Error {
     Error::new(ErrorCode::InvalidParameter, message)
 }
 
