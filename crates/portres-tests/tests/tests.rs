@@ -42,6 +42,7 @@ macro_rules! named_test {
 mod support;
 
 mod bench_smoke;
+mod bind_reuse;
 mod c_api;
 mod cli;
 mod client_death;
