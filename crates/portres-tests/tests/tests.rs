@@ -41,6 +41,7 @@ macro_rules! named_test {
 
 mod support;
 
+mod acquire_socket;
 mod bench_smoke;
 mod bind_reuse;
 mod c_api;
