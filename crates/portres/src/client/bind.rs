@@ -44,13 +44,16 @@ impl Client {
     }
 
     /// A TCP listener on `address` and the port of a new one-port
-    /// reservation, in one round trip (SO_REUSEADDR set, as std's
-    /// `TcpListener::bind` does). The port is the listener's
+    /// reservation, in one round trip (SO_REUSEADDR set once bound, as
+    /// std's `TcpListener::bind` has it). The port is the listener's
     /// `local_addr()`; it stays reserved while the `Reservation` is held.
     pub fn listen_tcp(&self, address: IpAddr) -> Result<(TcpListener, Reservation), Error> {
         let sock = new_socket(address, Type::STREAM)?;
-        sock.set_reuse_address(true).map_err(io_err)?;
         let (res, _) = self.acquire_with_fd(Protocol::Tcp, 0, 1, sock.as_fd(), address)?;
+        // Set after the bind: the port was probed free just now (not even
+        // in TIME_WAIT), so the flag could not change which port is bound,
+        // and the daemon is spared clearing and restoring it.
+        sock.set_reuse_address(true).map_err(io_err)?;
         sock.listen(1024).map_err(io_err)?;
         Ok((sock.into(), res))
     }
