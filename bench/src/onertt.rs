@@ -179,7 +179,7 @@ pub fn rows(o: &OneRtt, held: &Held, y: &Yardsticks<'_>) -> Vec<Row> {
         ),
         &held.acquire_full,
         format!(
-            "{:.2}x the rate with none held (same daemon: {}/s); filled in {}",
+            "{:.2}x the rate with none held (same daemon: {}); filled in {}",
             held.acquire_full.rate() / held.acquire_empty.rate(),
             crate::stats::fmt_rate(held.acquire_empty.rate()),
             crate::stats::fmt_dur(held.setup)

@@ -85,7 +85,9 @@ pub fn run(client: &Client, plan: Plan) -> Result<Outcome, Error> {
         Ok(c) => c,
         Err(e) => {
             errln!("portres: cannot run {}: {e}", program.to_string_lossy());
-            drop(res);
+            // Released (and waited for) before exiting, so the ports are
+            // free once `portres exec` has returned.
+            let _ = res.release();
             return Ok(Outcome::Exit(if e.kind() == std::io::ErrorKind::NotFound {
                 127
             } else {
@@ -153,8 +155,10 @@ pub fn run(client: &Client, plan: Plan) -> Result<Outcome, Error> {
     child_done.store(true, Ordering::SeqCst);
     handle.close();
     let _ = forwarder.join();
-    // The command (or a worker holding the capability) may have released it.
-    drop(res);
+    // Released and waited for (a dropped handle does not wait), so the
+    // ports are free once `portres exec` has returned. The command (or a
+    // worker holding the capability) may have released it already.
+    let _ = res.release();
     if plan.strict_daemon && daemon_gone.load(Ordering::SeqCst) {
         return Err(cmd::acquire::daemon_stopped());
     }
