@@ -112,12 +112,7 @@ fn main() {
             let s = portres::run_clients(&d, clients, Duration::from_secs(3), |c| {
                 c.status().expect("status");
             });
-            println!(
-                "{only}: {} p50 {} p99 {}",
-                fmt_rate(s.rate()),
-                fmt_dur(s.q(0.5)),
-                fmt_dur(s.q(0.99))
-            );
+            print_only(&only, &s);
             return;
         }
         if only == "held" {
@@ -139,12 +134,7 @@ fn main() {
             let clients = n.parse().unwrap_or(1);
             let s =
                 portres::run_clients(&d, clients, Duration::from_secs(5), onertt::listen_release);
-            println!(
-                "{only}: {} p50 {} p99 {}",
-                fmt_rate(s.rate()),
-                fmt_dur(s.q(0.5)),
-                fmt_dur(s.q(0.99))
-            );
+            print_only(&only, &s);
             return;
         }
         let clients = if only == "abr8" { 8 } else { 1 };
@@ -154,12 +144,7 @@ fn main() {
             Duration::from_secs(5),
             portres::acquire_bind_release,
         );
-        println!(
-            "{only}: {} p50 {} p99 {}",
-            fmt_rate(s.rate()),
-            fmt_dur(s.q(0.5)),
-            fmt_dur(s.q(0.99))
-        );
+        print_only(&only, &s);
         return;
     }
     let mut rows = Vec::new();
@@ -386,6 +371,16 @@ const BUSY_PORTS: usize = 8000;
 
 /// Runtime reservations held in the large-table rows (issue 15).
 const HELD: usize = 100_000;
+
+/// One scenario's figures, for `PORTRES_BENCH_ONLY`.
+fn print_only(only: &str, s: &Samples) {
+    println!(
+        "{only}: {} p50 {} p99 {}",
+        fmt_rate(s.rate()),
+        fmt_dur(s.q(0.5)),
+        fmt_dur(s.q(0.99))
+    );
+}
 
 fn ratio(a: Duration, b: Duration) -> f64 {
     a.as_secs_f64() / b.as_secs_f64().max(1e-12)
