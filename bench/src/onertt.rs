@@ -192,7 +192,7 @@ pub fn rows(o: &OneRtt, held: &Held, y: &Yardsticks<'_>) -> Vec<Row> {
         ),
         &held.one_rtt_full,
         format!(
-            "{:.2}x the same with a small table (row above)",
+            "{:.2}x the 1-client one-RTT rate with a small table",
             held.one_rtt_full.rate() / o.one.rate()
         ),
     ));
