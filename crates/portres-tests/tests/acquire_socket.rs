@@ -1,6 +1,7 @@
 //! Acquire with a socket (one round trip: a new reservation and the socket
 //! bound into it) and the oneway Release a dropped `Reservation` sends,
-//! through the Rust client against the real kernel.
+//! through the Rust client (and by hand, pipelined) against the real
+//! kernel.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
@@ -119,5 +120,48 @@ nstest!(
         assert!(eventually(|| other
             .acquire(Protocol::Tcp, 40000, 1)
             .is_ok()));
+    }
+);
+
+nstest!(
+    a_oneway_release_pipelined_with_the_next_call_is_done_before_it,
+    |_| {
+        use portres_tests::{RawClient, frame};
+        let d = InProcessDaemon::start(|_| {});
+        let mut raw = RawClient::connect(&d.socket);
+        let acquire = serde_json::json!({"protocol": "tcp", "start": 40000, "count": 1});
+        for _ in 0..200 {
+            let r = raw.call("io.portres.Acquire", acquire.clone());
+            let token = r["parameters"]["reservation"]["token"].clone();
+            assert!(token.is_string(), "{r}");
+            // The oneway Release and the next Acquire of the same block in one
+            // write: the Acquire is answered (the only reply) and finds the
+            // block free.
+            let mut bytes = frame(
+                "io.portres.Release",
+                serde_json::json!({"token": token}),
+                true,
+            );
+            bytes.extend(frame("io.portres.Acquire", acquire.clone(), false));
+            let again = raw.request(&bytes, &[]).expect("a reply");
+            assert!(again["error"].is_null(), "{again}");
+            let token = again["parameters"]["reservation"]["token"].clone();
+            let bytes = frame(
+                "io.portres.Release",
+                serde_json::json!({"token": token}),
+                true,
+            );
+            raw.send(&bytes, &[]);
+        }
+        // A oneway call's refusal is not answered either: the next reply is
+        // the Status asked after it.
+        let mut bytes = frame(
+            "io.portres.Release",
+            serde_json::json!({"token": "12345"}),
+            true,
+        );
+        bytes.extend(frame("io.portres.Status", serde_json::json!({}), false));
+        let status = raw.request(&bytes, &[]).expect("a reply");
+        assert!(status["parameters"]["wire_version"].is_number(), "{status}");
     }
 );
