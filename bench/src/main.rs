@@ -8,6 +8,7 @@
 
 mod bindguard;
 mod floors;
+mod onertt;
 mod portres;
 mod portserver;
 mod python;
@@ -42,6 +43,7 @@ fn main() {
     };
     let (sessions, per_session) = if quick { (100, 10) } else { (1000, 10) };
     let persistent_n = if quick { 1000 } else { 10_000 };
+    let held_n = if quick { 10_000 } else { HELD };
 
     // Install portserver while this thread can still reach PyPI (the
     // private namespace has loopback only).
@@ -126,12 +128,29 @@ fn main() {
             let s = portres::run_clients(&d, clients, Duration::from_secs(3), |c| {
                 c.status().expect("status");
             });
+            print_only(&only, &s);
+            return;
+        }
+        if only == "held" {
+            let h = onertt::held_table(&d, HELD, Duration::from_secs(3));
             println!(
-                "{only}: {} p50 {} p99 {}",
-                fmt_rate(s.rate()),
-                fmt_dur(s.q(0.5)),
-                fmt_dur(s.q(0.99))
+                "held {}: acquire+release {} (empty {}), one-RTT {} p50 {}, list p50 {} (filled in {})",
+                h.held,
+                fmt_rate(h.acquire_full.rate()),
+                fmt_rate(h.acquire_empty.rate()),
+                fmt_rate(h.one_rtt_full.rate()),
+                fmt_dur(h.one_rtt_full.q(0.5)),
+                fmt_dur(h.list.q(0.5)),
+                fmt_dur(h.setup)
             );
+            return;
+        }
+        if let Some(n) = only.strip_prefix("one") {
+            // one1, one8, one64: the one-round-trip path.
+            let clients = n.parse().unwrap_or(1);
+            let s =
+                portres::run_clients(&d, clients, Duration::from_secs(5), onertt::listen_release);
+            print_only(&only, &s);
             return;
         }
         let clients = if only == "abr8" { 8 } else { 1 };
@@ -141,12 +160,7 @@ fn main() {
             Duration::from_secs(5),
             portres::acquire_bind_release,
         );
-        println!(
-            "{only}: {} p50 {} p99 {}",
-            fmt_rate(s.rate()),
-            fmt_dur(s.q(0.5)),
-            fmt_dur(s.q(0.99))
-        );
+        print_only(&only, &s);
         return;
     }
     let mut rows = Vec::new();
@@ -208,6 +222,7 @@ fn main() {
     let abr8 = portres::run_clients(&d, 8, dur, portres::acquire_bind_release);
     let ar1 = portres::run_clients(&d, 1, dur, portres::acquire_release);
     let ar8 = portres::run_clients(&d, 8, dur, portres::acquire_release);
+    let one_rtt = onertt::measure(&d, dur);
     let bind = portres::bind_held(&d, dur);
     let cd = portres::create_delete(&d, dur);
     d.stop();
@@ -228,6 +243,10 @@ fn main() {
     eprintln!("measuring acquire past {BUSY_PORTS} busy ports...");
     let d = portres::Daemon::start(&dir.path().join("busy"));
     let busy = portres::busy_ports(&d, BUSY_PORTS, dur);
+    d.stop();
+    eprintln!("measuring with {} reservations held...", held_n);
+    let d = portres::Daemon::start(&dir.path().join("held"));
+    let held = onertt::held_table(&d, held_n, dur);
     d.stop();
     let d = portres::Daemon::start(&dir.path().join("c"));
     let fill = portres::fill_persistent(&d, persistent_n);
@@ -285,6 +304,16 @@ fn main() {
         &bind,
         String::new(),
     ));
+    rows.extend(onertt::rows(
+        &one_rtt,
+        &held,
+        &onertt::Yardsticks {
+            fd1: &fd1,
+            fd8: &fd8,
+            ps1,
+            ps8,
+        },
+    ));
     rows.push(row(
         "portres create+delete persistent (durable)",
         &cd,
@@ -339,6 +368,19 @@ fn main() {
 /// row (issue 9: one acquire past 8000 of them took 0.67 s, and another
 /// client's status 1.3 s).
 const BUSY_PORTS: usize = 8000;
+
+/// Runtime reservations held in the large-table rows (issue 15).
+const HELD: usize = 100_000;
+
+/// One scenario's figures, for `PORTRES_BENCH_ONLY`.
+fn print_only(only: &str, s: &Samples) {
+    println!(
+        "{only}: {} p50 {} p99 {}",
+        fmt_rate(s.rate()),
+        fmt_dur(s.q(0.5)),
+        fmt_dur(s.q(0.99))
+    );
+}
 
 fn ratio(a: Duration, b: Duration) -> f64 {
     a.as_secs_f64() / b.as_secs_f64().max(1e-12)

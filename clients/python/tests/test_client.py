@@ -129,6 +129,50 @@ def test_bind_refusals_have_their_codes(client: portres.Client) -> None:
         udp_r.listen()
 
 
+@pytest.mark.parametrize(
+    "protocol,host",
+    [("tcp", "127.0.0.1"), ("tcp", "::1"), ("udp", "127.0.0.1"), ("udp", "::1")],
+)
+def test_client_bind_gives_a_bound_socket_and_its_reservation_in_one_call(
+    client: portres.Client, protocol: str, host: str
+) -> None:
+    s, r = client.bind(protocol, host)
+    with s, r:
+        assert (r.protocol, r.count) == (protocol, 1)
+        assert s.getsockname()[0] == host and s.getsockname()[1] == r.start
+        assert held(client, r)
+    assert not held(client, r)
+
+
+def test_client_listen_accepts_connections(client: portres.Client) -> None:
+    server, r = client.listen(backlog=4)
+    with server, r:
+        port = server.getsockname()[1]
+        assert port == r.start
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            conn, _ = server.accept()
+            conn.close()
+
+
+def test_acquire_socket_refusals_leave_no_reservation(client: portres.Client) -> None:
+    before = client.list()
+    with socket.socket() as s:
+        # The bind fails (not an address of this host): the block is given back.
+        with pytest.raises(portres.InvalidParameterError):
+            client.acquire_socket("tcp", s, "192.0.2.1")
+        with pytest.raises(portres.InvalidParameterError, match="udp"):
+            client.acquire_socket("udp", s)
+        with socket.socket() as bound:
+            bound.bind(("127.0.0.1", 0))
+            with pytest.raises(portres.AlreadyBoundError):
+                client.acquire_socket("tcp", bound)
+        assert client.list() == before
+        # The socket is still unbound: it can be used again.
+        r, port = client.acquire_socket("tcp", s, count=2)
+        with r:
+            assert port == r.start and s.getsockname()[1] == port
+
+
 def test_other_sessions_reservations_are_not_yours(
     client: portres.Client, daemon_socket: str
 ) -> None:

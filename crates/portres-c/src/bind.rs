@@ -65,7 +65,7 @@ fn real_bind(fd: c_int, addr: *const libc::sockaddr, len: libc::socklen_t) -> c_
 }
 
 /// What an associated socket's bind asks for.
-enum Target {
+pub(crate) enum Target {
     /// Port 0: a port of the reservation, at this address.
     Reserved(IpAddr),
     /// A specific port, or not an IPv4/IPv6 address: the ordinary bind.
@@ -76,7 +76,10 @@ enum Target {
 ///
 /// # Safety
 /// `addr` is NULL or points to `len` readable bytes.
-unsafe fn target(addr: *const libc::sockaddr, len: libc::socklen_t) -> Result<Target, c_int> {
+pub(crate) unsafe fn target(
+    addr: *const libc::sockaddr,
+    len: libc::socklen_t,
+) -> Result<Target, c_int> {
     if addr.is_null() {
         return Err(libc::EFAULT);
     }

@@ -151,6 +151,68 @@ pub extern "C" fn WSASetLastError(iError: c_int) {
     )
 }
 
+/// libportres' own extension (Windows has no such call): acquires a
+/// runtime reservation of one port for socket `s` — as
+/// `SIO_ACQUIRE_PORT_RESERVATION` with `StartPort` 0 and `NumberOfPorts` 1
+/// on `s`, so it lives as long as `s` — and has the daemon bind `s` to the
+/// address in `name` (port 0; IPv4 or IPv6, the socket's family) and that
+/// port, in one call to the daemon instead of three (acquire, associate,
+/// bind). Writes the reservation to `*lpReservation` unless it is NULL.
+/// Returns 0, or `SOCKET_ERROR` with `WSAGetLastError`: `WSAENOTSOCK` (not
+/// an open socket), `WSAEOPNOTSUPP` (not TCP/UDP), `WSAEFAULT` (`name`
+/// NULL), `WSAEINVAL` (`name` too short, a port other than 0, another
+/// family than IPv4/IPv6 or than the socket's, a scoped IPv6 address, not
+/// an address of this host, the socket already bound), `WSAEADDRINUSE`
+/// (no free port), `WSAEACCES`, `WSAENOBUFS` (quota), `WSAENETDOWN` (no
+/// daemon). On failure nothing is reserved and `s` is left unbound.
+///
+/// # Safety
+/// `name` is NULL or points to `namelen` readable bytes; `lpReservation`
+/// is NULL or points to a writable `INET_PORT_RESERVATION_INSTANCE`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn PortresAcquireAndBind(
+    s: SOCKET,
+    name: *const libc::sockaddr,
+    namelen: c_int,
+    lpReservation: *mut std::ffi::c_void,
+) -> c_int {
+    guard(socket_error_on_panic, || {
+        let run = || -> Result<INET_PORT_RESERVATION_INSTANCE, c_int> {
+            let (fd, id) = sock::socket(s)?;
+            let protocol = sock::protocol(fd)?;
+            let len = libc::socklen_t::try_from(namelen).map_err(|_| libc::EINVAL)?;
+            // SAFETY: the caller's contract for `name` and `namelen`.
+            let ip = match unsafe { crate::bind::target(name, len) }? {
+                crate::bind::Target::Reserved(ip) => ip,
+                crate::bind::Target::Ordinary => return Err(libc::EINVAL),
+            };
+            if sock::is_bound(fd) {
+                return Err(libc::EINVAL);
+            }
+            state::sweep();
+            reservation::acquire_and_bind(s, id, protocol, fd, ip)
+        };
+        match run() {
+            Ok(out) => {
+                if !lpReservation.is_null() {
+                    // SAFETY: the caller's contract: writable when not NULL.
+                    unsafe {
+                        ptr::write_unaligned(
+                            lpReservation.cast::<INET_PORT_RESERVATION_INSTANCE>(),
+                            out,
+                        )
+                    };
+                }
+                0
+            }
+            Err(e) => {
+                set_errno(e);
+                SOCKET_ERROR
+            }
+        }
+    })
+}
+
 /// Closes socket `s`. Runtime reservations acquired on `s` end first
 /// (released by the time this returns), and any association of `s` is
 /// forgotten. Not a socket (or not open): `SOCKET_ERROR`, `WSAENOTSOCK`,

@@ -104,6 +104,28 @@ impl PortSet {
         self.ranges.splice(lo..hi, [(a, b)]);
     }
 
+    /// Removes every port of `first..=last`.
+    pub fn remove_range(&mut self, first: u16, last: u16) {
+        if first > last {
+            return;
+        }
+        // The ranges holding some port of [first, last].
+        let lo = self.ranges.partition_point(|&(_, b)| b < first);
+        let hi = self.ranges.partition_point(|&(a, _)| a <= last);
+        if lo >= hi {
+            return;
+        }
+        let (a, b) = (self.ranges[lo].0, self.ranges[hi - 1].1);
+        let mut kept = Vec::with_capacity(2);
+        if a < first {
+            kept.push((a, first - 1));
+        }
+        if b > last {
+            kept.push((last + 1, b));
+        }
+        self.ranges.splice(lo..hi, kept);
+    }
+
     /// Adds every port of `block`.
     pub fn insert_block(&mut self, block: Block) {
         self.insert_range(block.start(), block.last());
@@ -116,11 +138,35 @@ impl PortSet {
         }
     }
 
-    /// The union of two sets.
+    /// The union of two sets, in one pass over both (linear in their
+    /// ranges: the daemon takes the union of the TCP and UDP reservations
+    /// and the baseline at every kernel write).
     pub fn union(&self, other: &PortSet) -> PortSet {
-        let mut out = self.clone();
-        out.extend(other);
-        out
+        let (mut i, mut j) = (0, 0);
+        let (a, b) = (&self.ranges, &other.ranges);
+        let mut merged: Vec<(u16, u16)> = Vec::with_capacity(a.len() + b.len());
+        loop {
+            let next = match (a.get(i), b.get(j)) {
+                (Some(&x), Some(&y)) if x.0 <= y.0 => {
+                    i += 1;
+                    x
+                }
+                (_, Some(&y)) => {
+                    j += 1;
+                    y
+                }
+                (Some(&x), None) => {
+                    i += 1;
+                    x
+                }
+                (None, None) => break,
+            };
+            match merged.last_mut() {
+                Some(last) if (last.1 as u32) + 1 >= next.0 as u32 => last.1 = last.1.max(next.1),
+                _ => merged.push(next),
+            }
+        }
+        PortSet { ranges: merged }
     }
 
     /// The ports of `self` that are not in `other`.

@@ -176,8 +176,9 @@ fn not_a_socket(fd: BorrowedFd<'_>) -> Error {
 /// BPF bind hook) => AccessDenied; the socket already bound (EINVAL) =>
 /// AlreadyBound; anything else => Internal naming the errno.
 ///
-/// Never sets socket options on the socket: the client's options (e.g.
-/// SO_REUSEADDR, IPV6_V6ONLY) apply to the bind as the client set them.
+/// Leaves the client's socket options as it set them (IPV6_V6ONLY, etc.
+/// apply to the bind). One exception, undone before returning: the bind
+/// itself is made with SO_REUSEADDR off (see [`bind_in_domain`]).
 pub fn bind_into(
     fd: BorrowedFd<'_>,
     addr: IpAddr,
@@ -189,7 +190,11 @@ pub fn bind_into(
             format!("cannot read the socket's address family: {}", errno_text(e)),
         )
     })?;
-    bind_in_domain(fd, domain, addr, ports)
+    let protocol = match sockopt::socket_type(fd) {
+        Ok(SocketType::STREAM) => Protocol::Tcp,
+        _ => Protocol::Udp,
+    };
+    bind_in_domain(fd, domain, protocol, addr, ports)
 }
 
 /// `bind_into` for a socket `inspect` has already described (saves asking
@@ -205,12 +210,35 @@ pub fn bind_inspected(
     } else {
         AddressFamily::INET
     };
-    bind_in_domain(fd, domain, addr, ports)
+    bind_in_domain(fd, domain, info.protocol, addr, ports)
 }
 
+/// How many busy ports of a block the TIME_WAIT fallback examines (one
+/// port-filtered sock_diag dump each, tens of µs): bounds the work one
+/// Bind into a fully bound, large block can cause.
+const TIME_WAIT_CHECKS: usize = 64;
+
+/// The bind loop. The bind is made with SO_REUSEADDR *off*, and the
+/// client's setting is put back afterwards, whatever the outcome.
+///
+/// Why: with SO_REUSEADDR on both, Linux lets a second TCP socket bind a
+/// port another socket holds as long as neither listens, and UDP lets any
+/// number of SO_REUSEADDR sockets share a port. Either way the bind would
+/// succeed on a port of the block someone else already holds (for TCP the
+/// second `listen()` then fails with EADDRINUSE; for UDP the two sockets
+/// share the port's datagrams). With the flag off every bound socket makes
+/// its port busy and the next port of the block is tried. Restoring the flag
+/// afterwards keeps what the client asked for at `listen()` time.
+///
+/// The cost: a port in TIME_WAIT is busy too. When every port of the block
+/// was busy, the client had SO_REUSEADDR on and the socket is TCP, each busy
+/// port (up to [`TIME_WAIT_CHECKS`]) whose only sockets are TIME_WAIT
+/// entries is tried again with the flag on — reusing a TIME_WAIT port is
+/// what SO_REUSEADDR is for; a port some live socket holds is never taken.
 fn bind_in_domain(
     fd: BorrowedFd<'_>,
     domain: AddressFamily,
+    protocol: Protocol,
     addr: IpAddr,
     ports: impl Iterator<Item = u16>,
 ) -> Result<u16, Error> {
@@ -240,6 +268,60 @@ fn bind_in_domain(
             ));
         }
     }
+    let reuse = sockopt::socket_reuseaddr(fd).map_err(|e| {
+        Error::new(
+            ErrorCode::Internal,
+            format!("cannot read the socket's SO_REUSEADDR: {}", errno_text(e)),
+        )
+    })?;
+    if !reuse {
+        return bind_first_free(fd, addr, ports, None);
+    }
+    set_reuseaddr(fd, false)?;
+    let mut busy = Vec::new();
+    let collect = (protocol == Protocol::Tcp).then_some(&mut busy);
+    let mut result = bind_first_free(fd, addr, ports, collect);
+    if matches!(&result, Err(e) if e.code == ErrorCode::BlockExhausted) && !busy.is_empty() {
+        set_reuseaddr(fd, true)?;
+        let only_time_wait = busy
+            .into_iter()
+            .filter(|&port| held_only_in_time_wait(port));
+        if let Ok(port) = bind_first_free(fd, addr, only_time_wait, None) {
+            result = Ok(port);
+        }
+    }
+    // Put the client's flag back. It cannot fail on a socket whose option
+    // was just read and written; if it somehow did, the socket would listen
+    // without SO_REUSEADDR, which is only stricter.
+    let _ = sockopt::set_socket_reuseaddr(fd, true);
+    result
+}
+
+/// Whether every socket holding TCP `port` is a TIME_WAIT entry (and the
+/// dump could be read at all).
+fn held_only_in_time_wait(port: u16) -> bool {
+    const TCP_TIME_WAIT: u8 = 6;
+    crate::diag::sockets_on_port(Protocol::Tcp, port)
+        .is_ok_and(|s| !s.is_empty() && s.iter().all(|s| s.state == TCP_TIME_WAIT))
+}
+
+fn set_reuseaddr(fd: BorrowedFd<'_>, on: bool) -> Result<(), Error> {
+    sockopt::set_socket_reuseaddr(fd, on).map_err(|e| {
+        Error::new(
+            ErrorCode::Internal,
+            format!("cannot set the socket's SO_REUSEADDR: {}", errno_text(e)),
+        )
+    })
+}
+
+/// Binds to the first port of `ports` the kernel accepts (EADDRINUSE moves
+/// on, recording the port in `busy` if given).
+fn bind_first_free(
+    fd: BorrowedFd<'_>,
+    addr: IpAddr,
+    ports: impl Iterator<Item = u16>,
+    mut busy: Option<&mut Vec<u16>>,
+) -> Result<u16, Error> {
     let mut tried = 0usize;
     for port in ports {
         if port == 0 {
@@ -255,7 +337,12 @@ fn bind_in_domain(
         tried += 1;
         match bind_retrying(fd, &target) {
             Ok(()) => return Ok(port),
-            Err(Errno::ADDRINUSE) => continue,
+            Err(Errno::ADDRINUSE) => {
+                if let Some(busy) = busy.as_deref_mut().filter(|b| b.len() < TIME_WAIT_CHECKS) {
+                    busy.push(port);
+                }
+                continue;
+            }
             Err(e) => return Err(bind_error(fd, &target, e)),
         }
     }

@@ -99,6 +99,8 @@ struct OutCall<'a, T> {
     parameters: &'a T,
     #[serde(skip_serializing_if = "Option::is_none")]
     cpu: Option<u32>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    oneway: bool,
 }
 
 /// A decoded call: the request and what the envelope said about it.
@@ -320,6 +322,7 @@ impl Request {
     pub fn spec(&self) -> &'static Method {
         use crate::method as m;
         match self {
+            Request::Acquire(p) if p.address.is_some() => &m::ACQUIRE_WITH_SOCKET,
             Request::Acquire(_) => &m::ACQUIRE,
             Request::Release(_) => &m::RELEASE,
             Request::Bind(_) => &m::BIND,
@@ -378,11 +381,24 @@ impl Request {
     /// Encodes the request as one frame, with the placement hint `cpu`
     /// (the CPU the calling thread runs on) if given.
     pub fn encode_with_cpu(&self, cpu: Option<u32>) -> Vec<u8> {
-        fn call<T: Serialize>(method: &str, parameters: &T, cpu: Option<u32>) -> Vec<u8> {
+        self.encode_call(cpu, false)
+    }
+
+    /// Encodes the request as one frame with the placement hint `cpu` and,
+    /// when `oneway`, varlink's `"oneway": true` (the daemon sends no reply,
+    /// not even an error).
+    pub fn encode_call(&self, cpu: Option<u32>, oneway: bool) -> Vec<u8> {
+        fn frame<T: Serialize>(
+            method: &str,
+            parameters: &T,
+            cpu: Option<u32>,
+            oneway: bool,
+        ) -> Vec<u8> {
             let mut v = serde_json::to_vec(&OutCall {
                 method,
                 parameters,
                 cpu,
+                oneway,
             })
             .expect("request types always serialize");
             v.push(0);
@@ -390,19 +406,22 @@ impl Request {
         }
         let m = self.method();
         match self {
-            Request::Acquire(p) => call(m, p, cpu),
-            Request::Release(p) => call(m, p, cpu),
-            Request::Bind(p) => call(m, p, cpu),
-            Request::Create(p) => call(m, p, cpu),
-            Request::Delete(p) | Request::Lookup(p) => call(m, p, cpu),
-            Request::List(p) => call(m, p, cpu),
+            Request::Acquire(p) => frame(m, p, cpu, oneway),
+            Request::Release(p) => frame(m, p, cpu, oneway),
+            Request::Bind(p) => frame(m, p, cpu, oneway),
+            Request::Create(p) => frame(m, p, cpu, oneway),
+            Request::Delete(p) | Request::Lookup(p) => frame(m, p, cpu, oneway),
+            Request::List(p) => frame(m, p, cpu, oneway),
             Request::Status | Request::GetCapability | Request::Attach | Request::GetInfo => {
-                call(m, &Empty {}, cpu)
+                frame(m, &Empty {}, cpu, oneway)
             }
-            Request::GetInterfaceDescription { interface } => {
-                call(m, &serde_json::json!({ "interface": interface }), cpu)
-            }
-            Request::EnterCgroup => call(m, &Empty {}, cpu),
+            Request::EnterCgroup => frame(m, &Empty {}, cpu, oneway),
+            Request::GetInterfaceDescription { interface } => frame(
+                m,
+                &serde_json::json!({ "interface": interface }),
+                cpu,
+                oneway,
+            ),
         }
     }
 }

@@ -28,6 +28,12 @@ pub struct AcquireParams {
     /// Free text shown in `list`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// Acquire with a socket: the call carries one descriptor (an unbound
+    /// socket of `protocol`) and the daemon binds it to this address and a
+    /// free port of the new block before answering (the reply's `port`).
+    /// If the bind fails, no reservation is left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<IpAddr>,
 }
 
 fn one() -> u32 {
@@ -174,6 +180,9 @@ pub struct ReservationInfo {
 pub struct ReservationReply {
     /// The reservation.
     pub reservation: ReservationInfo,
+    /// Acquire with a socket only: the port the socket is now bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 /// Reply of Bind.

@@ -65,6 +65,16 @@ const fn method(name: &'static str, decode: Decode) -> Method {
 pub static ACQUIRE: Method = method("io.portres.Acquire", |m, p, ow| {
     Ok(Request::Acquire(params(m, p, ow)?))
 });
+/// io.portres.Acquire with an `address`: then it carries one descriptor,
+/// the socket to bind (none is `not_a_socket`). Not in `METHODS` (the same
+/// method); `Request::spec` picks it for such a call.
+pub static ACQUIRE_WITH_SOCKET: Method = Method {
+    fds: 1,
+    missing_fds: ErrorCode::NotASocket,
+    ..method("io.portres.Acquire", |m, p, ow| {
+        Ok(Request::Acquire(params(m, p, ow)?))
+    })
+};
 /// io.portres.Release
 pub static RELEASE: Method = method("io.portres.Release", |m, p, ow| {
     Ok(Request::Release(params(m, p, ow)?))
@@ -199,6 +209,29 @@ mod tests {
             BIND.check_fds(0).unwrap_err().message,
             "io.portres.Bind needs one descriptor passed with the request (SCM_RIGHTS)"
         );
+    }
+
+    #[test]
+    fn an_acquire_with_an_address_carries_one_socket_and_one_without_none() {
+        let call = |params: &str| {
+            let frame = format!(r#"{{"method":"io.portres.Acquire","parameters":{params}}}"#);
+            Request::decode_call(frame.as_bytes()).unwrap().request
+        };
+        let with = call(r#"{"protocol":"tcp","address":"127.0.0.1"}"#);
+        assert!(with.check_fds(1).is_ok());
+        let e = with.check_fds(0).unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotASocket);
+        assert_eq!(
+            e.message,
+            "io.portres.Acquire needs one descriptor passed with the request (SCM_RIGHTS)"
+        );
+        let without = call(r#"{"protocol":"tcp"}"#);
+        assert!(without.check_fds(0).is_ok());
+        assert_eq!(
+            without.check_fds(1).unwrap_err().code,
+            ErrorCode::InvalidParameter
+        );
+        assert_eq!(with.method(), "io.portres.Acquire");
     }
 
     #[test]

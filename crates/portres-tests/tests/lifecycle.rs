@@ -393,6 +393,7 @@ nstest!(
                 start,
                 count: 1,
                 label: Some(format!("at {start}")),
+                address: None,
             })
             .encode_with_cpu(Some(cpu))
         };

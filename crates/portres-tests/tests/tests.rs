@@ -41,7 +41,9 @@ macro_rules! named_test {
 
 mod support;
 
+mod acquire_socket;
 mod bench_smoke;
+mod bind_reuse;
 mod c_api;
 mod cli;
 mod client_death;

@@ -324,6 +324,7 @@ impl Client {
             start: start as u32,
             count: count as u32,
             label,
+            address: None,
         }))?;
         Reservation::new(self.clone(), r.reservation)
     }
@@ -333,6 +334,16 @@ impl Client {
     pub fn release(&self, token: Token) -> Result<(), Error> {
         let _: Empty = self.call(Request::Release(ReleaseParams { token }))?;
         Ok(())
+    }
+
+    /// Releases a runtime reservation without waiting for the answer (a
+    /// oneway call: the daemon sends none, so an error goes unreported).
+    /// Every later call on this connection sees it done; another
+    /// connection may see it a moment later. Errs only if it could not be
+    /// sent.
+    pub fn release_oneway(&self, token: Token) -> Result<(), Error> {
+        self.lock()
+            .send_oneway(&Request::Release(ReleaseParams { token }))
     }
 
     /// Creates a persistent reservation (administrators only).

@@ -8,8 +8,16 @@
 //! let listener = res.bind_tcp("127.0.0.1".parse().unwrap())?; // a port of the block
 //! println!("listening on {}", listener.local_addr().unwrap());
 //! drop(res); // released (also when the process exits)
+//!
+//! // One port and a listener on it in one round trip with the daemon.
+//! let (listener, res) = client.listen_tcp("127.0.0.1".parse().unwrap())?;
+//! assert_eq!(listener.local_addr().unwrap().port(), res.start());
 //! # Ok::<(), portres::Error>(())
 //! ```
+//!
+//! Dropping a [`Reservation`] releases it without waiting for the daemon
+//! (a oneway call); later calls on the same `Client` see it released.
+//! [`Reservation::release`] waits and reports errors.
 //!
 //! A `Client` is one connection (one session) to the daemon; clones share
 //! it. Runtime reservations live as long as the session. Inside

@@ -11,7 +11,10 @@ use socket2::Socket;
 use crate::Client;
 
 /// A runtime reservation held by a `Client`'s session. Dropping it releases
-/// it; so does the end of the session (process exit included).
+/// it (a oneway Release: drop does not wait for the daemon; later calls on
+/// the same `Client` see it released, another connection may see it a
+/// moment later — use [`Reservation::release`] to wait); so does the end
+/// of the session (process exit included).
 #[derive(Debug)]
 pub struct Reservation {
     client: Client,
@@ -85,7 +88,8 @@ impl Reservation {
         self.client.bind_fd(self.token, socket, address)
     }
 
-    /// Releases it now, reporting any error (drop releases silently).
+    /// Releases it now and waits for the daemon's answer, reporting any
+    /// error (drop releases without waiting).
     pub fn release(mut self) -> Result<(), Error> {
         self.held = false;
         self.client.release(self.token)
@@ -102,8 +106,11 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if self.held {
-            // The session may already be gone (then so is the reservation).
-            let _ = self.client.release(self.token);
+            // A oneway Release: nothing to wait for. Later calls on this
+            // connection see it done (the daemon keeps a connection's
+            // order). The session may already be gone (then so is the
+            // reservation).
+            let _ = self.client.release_oneway(self.token);
         }
     }
 }

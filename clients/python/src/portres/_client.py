@@ -17,7 +17,7 @@ import ipaddress
 import os
 import socket
 from types import TracebackType
-from typing import Any, Dict, List, Optional, Type, Union
+from typing import Any, Dict, List, Optional, Tuple, Type, Union
 
 from ._discovery import (
     EXPLICIT,
@@ -236,6 +236,70 @@ class Client:
         if info.token is None:
             raise InternalError("the daemon did not return the token")
         return Reservation(self, info)
+
+    def acquire_socket(
+        self,
+        protocol: str,
+        sock: SocketLike,
+        host: str = "127.0.0.1",
+        count: int = 1,
+        start: int = 0,
+        label: Optional[str] = None,
+    ) -> Tuple[Reservation, int]:
+        """A runtime reservation (as ``acquire``) with ``sock`` (an unbound
+        socket of ``protocol``, or its descriptor) bound by the daemon to
+        ``host`` and a free port of it, in one round trip; returns the
+        reservation and the port. If the socket is refused or the bind
+        fails, no reservation is left."""
+        params: Dict[str, Any] = {
+            "protocol": _check_protocol(protocol),
+            "start": start,
+            "count": count,
+            "address": host,
+        }
+        if label is not None:
+            params["label"] = label
+        reply = self.call("io.portres.Acquire", params, fd=_fileno(sock))
+        info = ReservationInfo.from_wire(reply.get("reservation"))
+        port = reply.get("port")
+        if info.token is None or not isinstance(port, int):
+            raise InternalError(
+                f"unexpected Acquire reply (a daemon without Acquire with a socket?): {reply!r}"
+            )
+        return Reservation(self, info), port
+
+    def bind(
+        self, protocol: str = "tcp", host: str = "127.0.0.1"
+    ) -> Tuple[socket.socket, Reservation]:
+        """A new socket of ``protocol`` (TCP: with ``SO_REUSEADDR``, as
+        ``socket.create_server`` sets it) bound to ``host`` and the port of a
+        new one-port reservation, in one round trip: ``(sock, reservation)``.
+        The port is ``sock.getsockname()[1]`` (and ``reservation.start``)."""
+        _check_protocol(protocol)
+        kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+        sock = socket.socket(_family(host), kind)
+        try:
+            if protocol == "tcp":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            reservation, _ = self.acquire_socket(protocol, sock, host)
+        except BaseException:
+            sock.close()
+            raise
+        return sock, reservation
+
+    def listen(
+        self, host: str = "127.0.0.1", backlog: int = 128
+    ) -> Tuple[socket.socket, Reservation]:
+        """A listening TCP socket on ``host`` and the port of a new one-port
+        reservation, in one round trip: ``(sock, reservation)``."""
+        sock, reservation = self.bind("tcp", host)
+        try:
+            sock.listen(backlog)
+        except BaseException:
+            sock.close()
+            reservation.release()
+            raise
+        return sock, reservation
 
     def release(self, token: int) -> None:
         """Releases a runtime reservation by token (held by this session or

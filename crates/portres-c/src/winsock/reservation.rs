@@ -26,13 +26,41 @@ pub(super) fn acquire(
     if count == 0 || u32::from(start) + u32::from(count) - 1 > 65535 {
         return Err(libc::EINVAL);
     }
+    acquire_for(s, id, protocol, |c| c.acquire(protocol, start, count))
+}
+
+/// `PortresAcquireAndBind`: a one-port runtime reservation for socket `s`
+/// (as `acquire`), with `s` itself bound by the daemon to `ip` and that
+/// port in the same call (Acquire with a socket). Refused: nothing
+/// reserved, `s` left unbound.
+pub(super) fn acquire_and_bind(
+    s: SOCKET,
+    id: SockId,
+    protocol: Protocol,
+    fd: std::os::fd::BorrowedFd<'_>,
+    ip: std::net::IpAddr,
+) -> Result<INET_PORT_RESERVATION_INSTANCE, c_int> {
+    acquire_for(s, id, protocol, |c| {
+        c.acquire_with_fd(protocol, 0, 1, fd, ip).map(|(r, _)| r)
+    })
+}
+
+/// Runs `attempt` on `s`'s session (made, or remade after a daemon
+/// restart, as needed) and records what it acquired as `s`'s.
+fn acquire_for(
+    s: SOCKET,
+    id: SockId,
+    protocol: Protocol,
+    attempt: impl Fn(
+        &portres_client::Client,
+    ) -> Result<portres_client::Reservation, portres_client::Error>,
+) -> Result<INET_PORT_RESERVATION_INSTANCE, c_int> {
     let _ops = ops();
     let existing = state()
         .sessions
         .get(&s)
         .filter(|x| x.id == id)
         .map(|x| x.client.clone());
-    let attempt = |client: &portres_client::Client| client.acquire(protocol, start, count);
     let (client, res) = match existing {
         Some(c) => match attempt(&c) {
             // The daemon went away (and its reservations with it): this

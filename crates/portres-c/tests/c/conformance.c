@@ -30,6 +30,7 @@
  */
 #include <portres/winsock.h>
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -1161,6 +1162,63 @@ static void test_exec(void)
     close_(s);
 }
 
+/* ---- PortresAcquireAndBind: libportres' one-call acquire + bind ---- */
+
+static int acquire_and_bind4(SOCKET s, const char *ip, INET_PORT_RESERVATION_INSTANCE *res)
+{
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    inet_pton(AF_INET, ip, &a.sin_addr);
+    return PortresAcquireAndBind(s, (SOCKADDR *) &a, sizeof a, res) == SOCKET_ERROR
+               ? WSAGetLastError()
+               : 0;
+}
+
+static void test_acquire_and_bind(void)
+{
+    INET_PORT_RESERVATION_INSTANCE r, again;
+    struct sockaddr_in6 a6;
+    SOCKET s = tcp4(), u = udp4(), v6 = tcp6(), other = tcp4(), bound = tcp4();
+    int e;
+
+    CHECK((e = acquire_and_bind4(s, "127.0.0.1", &r)) == 0, "acquire and bind: %d", e);
+    CHECK(r.NumberOfPorts == 1 && r.Token != 0 && port_of(s) == start_of(&r),
+          "one port, the socket bound to it: %d of %d", port_of(s), start_of(&r));
+    CHECK(listen(s, 4) == 0, "listen on it");
+    /* The block is reserved: nobody else gets it. */
+    CHECK(acquire(other, start_of(&r), 1, &again) == WSAEADDRINUSE, "reserved");
+    /* It ends with the socket. */
+    close_(s);
+    CHECK((e = acquire(other, start_of(&r), 1, &again)) == 0, "released with the socket: %d", e);
+    CHECK(release(other, again.Token) == 0, "release");
+    CHECK((e = acquire_and_bind4(u, "0.0.0.0", NULL)) == 0 && port_of(u) > 0,
+          "UDP, no output wanted: %d", e);
+    memset(&a6, 0, sizeof a6);
+    a6.sin6_family = AF_INET6;
+    a6.sin6_addr = in6addr_loopback;
+    CHECK(PortresAcquireAndBind(v6, (SOCKADDR *) &a6, sizeof a6, &r) == 0
+              && port_of(v6) == start_of(&r),
+          "IPv6: %d", WSAGetLastError());
+    /* Refusals leave the socket unbound and nothing reserved. */
+    CHECK(bind4(bound, 0) == 0, "bind");
+    CHECK((e = acquire_and_bind4(bound, "127.0.0.1", &r)) == WSAEINVAL, "bound socket: %d", e);
+    s = tcp4();
+    CHECK((e = acquire_and_bind4(s, "192.0.2.1", &r)) == WSAEINVAL, "not our address: %d", e);
+    CHECK(port_of(s) == 0, "left unbound: %d", port_of(s));
+    CHECK(PortresAcquireAndBind(s, NULL, 0, &r) == SOCKET_ERROR && WSAGetLastError() == WSAEFAULT,
+          "NULL name");
+    CHECK(PortresAcquireAndBind(-1, NULL, 0, &r) == SOCKET_ERROR
+              && WSAGetLastError() == WSAENOTSOCK,
+          "not a socket");
+    CHECK((e = acquire_and_bind4(s, "127.0.0.1", &r)) == 0, "then it works: %d", e);
+    close_(s);
+    close_(u);
+    close_(v6);
+    close_(other);
+    close_(bound);
+}
+
 /* ---- across a daemon restart ---- */
 
 static void test_restart(void)
@@ -1214,6 +1272,7 @@ int main(int argc, char **argv)
         test_lifetimes();
         test_threads_and_fork();
         test_persistent_admin();
+        test_acquire_and_bind();
         CHECK(WSACleanup() == 0, "WSACleanup");
     } else if (strcmp(mode, "user") == 0 && argc == 6) {
         CHECK(WSAStartup(MAKEWORD(2, 2), &d) == 0, "WSAStartup");

@@ -130,6 +130,17 @@ impl Held {
         })
     }
 
+    /// Ends a runtime reservation and waits for the daemon to confirm (a
+    /// dropped handle releases without waiting), so its ports are free once
+    /// `portres exec` has returned. A persistent one is left alone.
+    fn release(self) {
+        if let Held::Runtime(r) = self {
+            // The command (or a worker holding the capability) may have
+            // released it already: nothing to report.
+            let _ = r.release();
+        }
+    }
+
     fn info(&self) -> &ReservationInfo {
         match self {
             Held::Runtime(r) => r.info(),
@@ -234,7 +245,7 @@ pub fn run(client: &Client, plan: Plan) -> Result<Outcome, Error> {
         Ok(c) => c,
         Err(e) => {
             errln!("portres: cannot run {}: {e}", program.to_string_lossy());
-            drop(held);
+            held.release();
             return Ok(Outcome::Exit(if e.kind() == std::io::ErrorKind::NotFound {
                 127
             } else {
@@ -302,8 +313,7 @@ pub fn run(client: &Client, plan: Plan) -> Result<Outcome, Error> {
     child_done.store(true, Ordering::SeqCst);
     handle.close();
     let _ = forwarder.join();
-    // The command (or a worker holding the capability) may have released it.
-    drop(held);
+    held.release();
     if plan.strict_daemon && daemon_gone.load(Ordering::SeqCst) {
         return Err(cmd::acquire::daemon_stopped());
     }

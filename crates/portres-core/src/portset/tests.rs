@@ -45,6 +45,39 @@ fn chunks_cut_between_entries() {
 
 proptest! {
     #[test]
+    fn union_and_remove_range_agree_with_the_port_by_port_model(
+        a in prop::collection::vec((1u16..600, 0u16..40), 0..30),
+        b in prop::collection::vec((1u16..600, 0u16..40), 0..30),
+        cut in (0u16..650, 0u16..80),
+    ) {
+        let set = |v: &[(u16, u16)]| {
+            let mut s = PortSet::new();
+            for &(x, len) in v {
+                s.insert_range(x, x.saturating_add(len));
+            }
+            s
+        };
+        let (sa, sb) = (set(&a), set(&b));
+        let model = |s: &PortSet| (1u16..700).filter(|&p| s.contains(p)).collect::<Vec<_>>();
+        let union = sa.union(&sb);
+        let mut expected: Vec<u16> = model(&sa).into_iter().chain(model(&sb)).collect();
+        expected.sort_unstable();
+        expected.dedup();
+        prop_assert_eq!(model(&union), expected);
+        let mut extended = sa.clone();
+        extended.extend(&sb);
+        prop_assert_eq!(&union, &extended);
+        let (first, last) = (cut.0, cut.0.saturating_add(cut.1));
+        let mut cut_set = union.clone();
+        cut_set.remove_range(first, last);
+        let expected: Vec<u16> = model(&union).into_iter().filter(|p| *p < first || *p > last).collect();
+        prop_assert_eq!(model(&cut_set), expected);
+        for w in cut_set.ranges().windows(2) {
+            prop_assert!(w[0].1 as u32 + 1 < w[1].0 as u32);
+        }
+    }
+
+    #[test]
     fn render_parse_round_trips(ranges in prop::collection::vec((1u16..=65535, 0u16..200), 0..60)) {
         let mut set = PortSet::new();
         for (a, len) in ranges {

@@ -151,6 +151,11 @@ proptest! {
                 }
                 let held: u32 = all.iter().map(|r| r.block.count() as u32).sum();
                 prop_assert_eq!(t.runtime_ports_of(7), held);
+                // The incrementally kept port sets say what the blocks say.
+                let blocks = PortSet::from_ranges(
+                    all.iter().map(|r| (r.block.start(), r.block.last())).collect(),
+                );
+                prop_assert_eq!(t.reserved_ports(false), blocks);
             }
         }
 

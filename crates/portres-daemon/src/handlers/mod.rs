@@ -122,7 +122,7 @@ fn dispatch(
 ) -> Outcome {
     const CHECKED: &str = "handle checked the descriptor count";
     match req {
-        Request::Acquire(p) => reply(runtime::acquire(state, session, p)),
+        Request::Acquire(p) => reply(runtime::acquire(state, session, p, fd)),
         Request::Release(p) => reply(lock(state).release(session, p)),
         Request::Bind(p) => reply(runtime::bind(state, session, p, fd.expect(CHECKED))),
         Request::Create(p) => reply(lock(state).create(session, p)),

@@ -71,6 +71,7 @@ impl State {
         let res = self.table().get(token).expect("just inserted");
         Ok(ReservationReply {
             reservation: self.describe(res, session),
+            port: None,
         })
     }
 
@@ -123,6 +124,7 @@ impl State {
         }
         Ok(ReservationReply {
             reservation: self.describe(res, session),
+            port: None,
         })
     }
 }

@@ -33,18 +33,42 @@ pub(crate) const EXTRA_PROBES_PER_ACQUIRE: usize = 16384;
 /// and — for a wildcard request — the search goes on *after* the busy port:
 /// every block that starts at or below a busy port `p` and above the
 /// candidate's start holds `p`, and those below were refused before.
+///
+/// With a socket (`fd`, and `p.address`; `handle` checked they come
+/// together) the socket is checked once the first candidate is in the
+/// table, and bound into the block found before it is covered and
+/// answered: a refused socket or a failed bind withdraws the candidate, so
+/// nothing is left (no reservation, no quota used, no kernel write).
 pub(crate) fn acquire(
     shared: &Mutex<State>,
     session: SessionId,
     p: AcquireParams,
+    fd: Option<OwnedFd>,
 ) -> Result<ReservationReply, Error> {
     let mut probes_left = EXTRA_PROBES_PER_ACQUIRE + p.count as usize;
     let (mut token, mut block, kernel) = lock(shared).reserve_for_acquire(session, &p, 0)?;
+    let socket = match (fd, p.address) {
+        (Some(fd), Some(address)) => match AcquireSocket::check(&*kernel, &p, fd, address) {
+            Ok(socket) => Some(socket),
+            Err(e) => {
+                lock(shared).withdraw(token);
+                return Err(e);
+            }
+        },
+        _ => None,
+    };
     loop {
         let found = probe_block(&*kernel, p.protocol, block, &mut probes_left);
         let mut state = lock(shared);
         let port = match found {
-            Ok(None) => return state.finish_acquire(session, token, block),
+            Ok(None) => {
+                let Some(socket) = socket else {
+                    return state.finish_acquire(session, token, block);
+                };
+                let order = state.acquired_bind_plan(token, socket.cookie)?;
+                drop(state);
+                return socket.bind_acquired(shared, &*kernel, session, token, block, order);
+            }
             Ok(Some(port)) => port,
             Err(e) => {
                 state.withdraw(token);
@@ -63,6 +87,83 @@ pub(crate) fn acquire(
         };
         (token, block, _) = state.reserve_for_acquire(session, &p, resume)?;
     }
+}
+
+/// The socket an Acquire carries, checked (an unbound socket of the
+/// request's protocol; its namespace is compared under the lock).
+struct AcquireSocket {
+    fd: OwnedFd,
+    info: portres_kernel::sock::SocketInfo,
+    cookie: u64,
+    address: std::net::IpAddr,
+}
+
+impl AcquireSocket {
+    fn check(
+        kernel: &dyn Kernel,
+        p: &AcquireParams,
+        fd: OwnedFd,
+        address: std::net::IpAddr,
+    ) -> Result<AcquireSocket, Error> {
+        let info = kernel.inspect_socket(fd.as_fd())?;
+        let cookie = socket_cookie(kernel, &fd)?;
+        if info.protocol != p.protocol {
+            return Err(Error::new(
+                ErrorCode::InvalidParameter,
+                format!(
+                    "the socket is {} but the request is for {} ports",
+                    info.protocol, p.protocol
+                ),
+            ));
+        }
+        Ok(AcquireSocket {
+            fd,
+            info,
+            cookie,
+            address,
+        })
+    }
+
+    /// Binds the socket into the probed candidate `block` (outside the
+    /// lock), then covers and answers it with the port; a failed bind
+    /// withdraws the candidate.
+    fn bind_acquired(
+        self,
+        shared: &Mutex<State>,
+        kernel: &dyn Kernel,
+        session: SessionId,
+        token: Token,
+        block: Block,
+        order: BindOrder,
+    ) -> Result<ReservationReply, Error> {
+        let first = Reservation::first_port(&order);
+        match kernel.bind_socket(self.fd.as_fd(), &self.info, self.address, order) {
+            Ok(port) => {
+                let mut state = lock(shared);
+                state.bound(token, first, port);
+                let mut reply = state.finish_acquire(session, token, block)?;
+                reply.port = Some(port);
+                Ok(reply)
+            }
+            Err(e) => {
+                lock(shared).withdraw(token);
+                Err(e)
+            }
+        }
+    }
+}
+
+fn socket_cookie(kernel: &dyn Kernel, fd: &OwnedFd) -> Result<u64, Error> {
+    kernel
+        .socket_netns_cookie(fd.as_fd())
+        .map_err(|e| Error::new(ErrorCode::Internal, format!("reading SO_NETNS_COOKIE: {e}")))
+}
+
+fn wrong_namespace() -> Error {
+    Error::new(
+        ErrorCode::WrongNamespace,
+        "the socket belongs to another network namespace than the daemon's",
+    )
 }
 
 /// The lowest port of `block` some socket holds right now, if any, using
@@ -215,6 +316,22 @@ impl State {
         let res = self.table().get(token).expect("checked above");
         Ok(ReservationReply {
             reservation: self.describe(res, session),
+            port: None,
+        })
+    }
+
+    /// Acquire with a socket, under the lock once the candidate is probed:
+    /// the socket's namespace must be the daemon's; the ports to try, in
+    /// order (the rotation cursor moved past the first). A refusal
+    /// withdraws the candidate.
+    fn acquired_bind_plan(&mut self, token: Token, cookie: u64) -> Result<BindOrder, Error> {
+        if cookie != self.netns_cookie() {
+            self.withdraw(token);
+            return Err(wrong_namespace());
+        }
+        self.claim_bind_order(token).ok_or_else(|| {
+            // The session ended while its block was probed.
+            Error::new(ErrorCode::Internal, "the session ended during the request")
         })
     }
 
@@ -254,10 +371,7 @@ impl State {
         cookie: u64,
     ) -> Result<BindOrder, Error> {
         if cookie != self.netns_cookie() {
-            return Err(Error::new(
-                ErrorCode::WrongNamespace,
-                "the socket belongs to another network namespace than the daemon's",
-            ));
+            return Err(wrong_namespace());
         }
         let s = self.session(session)?;
         let res = self
@@ -303,12 +417,13 @@ pub(crate) fn bind(
 ) -> Result<BindReply, Error> {
     let kernel = lock(shared).kernel();
     let info = kernel.inspect_socket(fd.as_fd())?;
-    let cookie = kernel
-        .socket_netns_cookie(fd.as_fd())
-        .map_err(|e| Error::new(ErrorCode::Internal, format!("reading SO_NETNS_COOKIE: {e}")))?;
+    let cookie = socket_cookie(&*kernel, &fd)?;
     let order = lock(shared).bind_plan(session, &p, &info, cookie)?;
-    let first = portres_core::Reservation::first_port(&order);
+    let first = Reservation::first_port(&order);
     let port = kernel.bind_socket(fd.as_fd(), &info, p.address, order)?;
-    lock(shared).bound(p.token, first, port);
+    if port != first {
+        // Only then does the cursor move again (`Reservation::bound`).
+        lock(shared).bound(p.token, first, port);
+    }
     Ok(BindReply { port })
 }

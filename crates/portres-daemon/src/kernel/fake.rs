@@ -48,6 +48,9 @@ pub(crate) struct FakeKernelState {
     /// Called (without the fake's lock) before each in-use probe, with the
     /// port: lets a test act while a handler is between two locks.
     pub on_probe: Option<ProbeHook>,
+    /// When set, every bind fails with this code (as a real bind can fail
+    /// on a port the probe found free: another socket took it meanwhile).
+    pub bind_refusal: Option<ErrorCode>,
 }
 
 /// See `FakeKernelState::on_probe`.
@@ -76,6 +79,7 @@ impl Default for FakeKernel {
             sockets: HashMap::new(),
             reserved: FakeReservedPorts::default(),
             on_probe: None,
+            bind_refusal: None,
         })))
     }
 }
@@ -197,6 +201,9 @@ impl Kernel for FakeKernel {
     ) -> Result<u16, Error> {
         let (id, _) = self.socket(fd)?;
         let mut state = self.state();
+        if let Some(code) = state.bind_refusal {
+            return Err(Error::new(code, "bind refused (fake)"));
+        }
         let taken = |state: &FakeKernelState, port: u16| {
             state
                 .busy

@@ -12,6 +12,7 @@ fn requests_round_trip() {
             start: 0,
             count: 3,
             label: Some("x".into()),
+            address: None,
         }),
         Request::Bind(BindParams {
             token: Token::new(u64::MAX).unwrap(),

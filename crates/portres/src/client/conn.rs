@@ -45,6 +45,14 @@ impl Conn {
         }
     }
 
+    /// Sends `req` as a oneway call: the daemon answers nothing, not even
+    /// an error, so nothing is waited for. The connection's order still
+    /// holds: the daemon handles it before any call sent after it.
+    pub(super) fn send_oneway(&mut self, req: &Request) -> Result<(), Error> {
+        let bytes = req.encode_call(current_cpu(), true);
+        send_with_fds(self.stream.as_fd(), &bytes, &[]).map_err(|e| unavailable(&self.path, e))
+    }
+
     pub(super) fn call<T: DeserializeOwned>(
         &mut self,
         req: &Request,

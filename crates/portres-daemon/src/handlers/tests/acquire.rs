@@ -103,7 +103,7 @@ fn an_overlap_with_another_reservation_is_a_sharing_violation() {
         protocol: Protocol::Udp,
         ..p
     };
-    super::runtime::acquire(&h.state, s, udp).unwrap();
+    super::runtime::acquire(&h.state, s, udp, None).unwrap();
 }
 
 #[test]
@@ -203,13 +203,13 @@ fn a_label_with_control_characters_is_refused() {
         ..super::tcp(40000, 1)
     };
     h.refused(ErrorCode::InvalidParameter, || {
-        unit(super::runtime::acquire(&h.state, s, p))
+        unit(super::runtime::acquire(&h.state, s, p, None))
     });
     let long = portres_proto::AcquireParams {
         label: Some("x".repeat(crate::state::MAX_LABEL_BYTES + 1)),
         ..super::tcp(40000, 1)
     };
     h.refused(ErrorCode::InvalidParameter, || {
-        unit(super::runtime::acquire(&h.state, s, long))
+        unit(super::runtime::acquire(&h.state, s, long, None))
     });
 }

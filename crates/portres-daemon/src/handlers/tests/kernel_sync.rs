@@ -206,7 +206,7 @@ fn without_kernel_sync_requests_work_and_the_kernel_list_is_untouched() {
         pid: 1,
         admin: false,
     });
-    let r = super::runtime::acquire(&state, s, super::tcp(0, 4)).unwrap();
+    let r = super::runtime::acquire(&state, s, super::tcp(0, 4), None).unwrap();
     assert_eq!(r.reservation.start, 32768);
     let status = lock(&state).status(s).unwrap();
     assert!(!status.kernel_sync);

@@ -10,6 +10,7 @@
 //! unchanged (table, kernel list and its writes, store).
 
 mod acquire;
+mod acquire_socket;
 mod capability;
 mod enforce;
 mod kernel_sync;
@@ -128,7 +129,7 @@ impl Harness {
         start: u32,
         count: u32,
     ) -> Result<ReservationInfo, Error> {
-        runtime::acquire(&self.state, session, tcp(start, count)).map(|r| r.reservation)
+        runtime::acquire(&self.state, session, tcp(start, count), None).map(|r| r.reservation)
     }
 
     fn acquire_token(&self, session: SessionId, start: u32, count: u32) -> Token {
@@ -261,6 +262,7 @@ fn tcp(start: u32, count: u32) -> AcquireParams {
         start,
         count,
         label: None,
+        address: None,
     }
 }
 
