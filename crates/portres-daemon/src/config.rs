@@ -64,6 +64,12 @@ pub struct Config {
     pub mode: Mode,
     /// The uid the daemon runs as.
     pub daemon_uid: u32,
+    /// The portres.d directories declared reservations are read from,
+    /// lowest precedence first (a file in a later one replaces the same
+    /// name in an earlier one). System mode: `/usr/lib/portres.d`,
+    /// `/run/portres.d`, `/etc/portres.d`; user mode:
+    /// `$XDG_CONFIG_HOME/portres.d` (`~/.config/portres.d`). Empty: none.
+    pub config_dirs: Vec<PathBuf>,
 }
 
 impl Config {
@@ -75,11 +81,34 @@ impl Config {
     pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 4096;
     /// Most worker threads accepted.
     pub const MAX_WORKERS: usize = 1024;
+    /// The system daemon's portres.d directories, lowest precedence first.
+    pub const SYSTEM_CONFIG_DIRS: [&'static str; 3] =
+        ["/usr/lib/portres.d", "/run/portres.d", "/etc/portres.d"];
+
+    /// The default portres.d directories of a mode (see `config_dirs`).
+    pub fn default_config_dirs(mode: Mode) -> Vec<PathBuf> {
+        match mode {
+            Mode::System => Self::SYSTEM_CONFIG_DIRS.iter().map(PathBuf::from).collect(),
+            Mode::User => {
+                let base = std::env::var_os("XDG_CONFIG_HOME")
+                    .map(PathBuf::from)
+                    .filter(|p| p.is_absolute())
+                    .or_else(|| {
+                        std::env::var_os("HOME")
+                            .map(PathBuf::from)
+                            .filter(|p| p.is_absolute())
+                            .map(|h| h.join(".config"))
+                    });
+                base.map(|b| vec![b.join("portres.d")]).unwrap_or_default()
+            }
+        }
+    }
 
     /// The defaults for whoever runs this process: system mode for root,
     /// user mode otherwise; paths from `portres_proto::paths`.
     pub fn for_current_user() -> Config {
         let uid = rustix::process::geteuid().as_raw();
+        let mode = if uid == 0 { Mode::System } else { Mode::User };
         Config {
             socket: portres_proto::paths::daemon_socket(),
             state_dir: portres_proto::paths::daemon_state_dir(),
@@ -90,8 +119,9 @@ impl Config {
             max_connections_per_uid: Config::DEFAULT_MAX_CONNECTIONS_PER_UID,
             workers: None,
             pin_workers: true,
-            mode: if uid == 0 { Mode::System } else { Mode::User },
+            mode,
             daemon_uid: uid,
+            config_dirs: Config::default_config_dirs(mode),
         }
     }
 }

@@ -42,6 +42,21 @@ impl StopHandle {
     }
 }
 
+/// Asks a running daemon to re-read its portres.d files, as
+/// `io.portres.Reload` does (for SIGHUP). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ReloadHandle {
+    reload: Arc<EventFd>,
+}
+
+impl ReloadHandle {
+    /// Makes the daemon reload soon (on its front thread); several asks
+    /// before it gets to it make one reload.
+    pub fn reload(&self) {
+        self.reload.signal();
+    }
+}
+
 /// A started daemon: store open, kernel in sync, socket bound.
 pub struct Daemon {
     state: State,
@@ -55,6 +70,8 @@ pub struct Daemon {
     stop: Arc<EventFd>,
     /// Signalled when a release left the kernel a shrink to do.
     shrink: Arc<EventFd>,
+    /// Signalled to re-read the portres.d files (`ReloadHandle`).
+    reload: Arc<EventFd>,
 }
 
 impl fmt::Debug for Daemon {
@@ -123,11 +140,15 @@ impl Daemon {
             kernel,
         )
         .map_err(|e| StartError(e.message))?;
+        // Declared reservations are in place before anyone can connect;
+        // what cannot be applied is logged and in `status`, never fatal.
+        crate::declared::reload_unlocked(&mut state);
         let eventfd = || EventFd::new().map_err(|e| StartError(format!("eventfd: {e}")));
         let shrink = Arc::new(eventfd()?);
         let hook = shrink.clone();
         state.set_on_shrink_pending(Box::new(move || hook.signal()));
         let stop = Arc::new(eventfd()?);
+        let reload = Arc::new(eventfd()?);
         let (listener, socket_file) = bind_socket(&config.socket, config.mode)?;
         let (_, persistent) = state.counts();
         log::info!(
@@ -156,6 +177,7 @@ impl Daemon {
             }),
             stop,
             shrink,
+            reload,
         })
     }
 
@@ -171,6 +193,13 @@ impl Daemon {
         }
     }
 
+    /// A handle that makes the running daemon reload its portres.d files.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle {
+            reload: self.reload.clone(),
+        }
+    }
+
     /// Serves on the calling thread until `StopHandle::stop`, then stops
     /// cleanly: runtime reservations end, the kernel keeps baseline +
     /// persistent blocks, the socket file is removed.
@@ -182,9 +211,10 @@ impl Daemon {
             listener,
             stop,
             shrink,
+            reload,
             ..
         } = self;
-        let (result, shared) = match Front::new(state, config, listener, stop, shrink) {
+        let (result, shared) = match Front::new(state, config, listener, stop, shrink, reload) {
             Ok(mut front) => {
                 let result = front.run();
                 (result, front.stop_workers())

@@ -35,6 +35,7 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const KEY_LISTENER: u64 = 0;
 const KEY_STOP: u64 = 1;
 const KEY_SHRINK: u64 = 2;
+const KEY_RELOAD: u64 = 3;
 
 /// The accepting loop and its workers.
 pub(crate) struct Front {
@@ -43,6 +44,8 @@ pub(crate) struct Front {
     listener: UnixListener,
     epoll: OwnedFd,
     stop: Arc<EventFd>,
+    /// Signalled to re-read the portres.d files (SIGHUP).
+    reload: Arc<EventFd>,
     kernel: KernelTimer,
     workers: Workers,
     /// No worker is left to serve (each died of a bug): stop.
@@ -63,6 +66,7 @@ impl Front {
         listener: UnixListener,
         stop: Arc<EventFd>,
         shrink: Arc<EventFd>,
+        reload: Arc<EventFd>,
     ) -> Result<Front, (io::Error, Arc<Shared>)> {
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -74,6 +78,7 @@ impl Front {
                 (listener.as_fd(), KEY_LISTENER),
                 (stop.as_fd(), KEY_STOP),
                 (shrink.as_fd(), KEY_SHRINK),
+                (reload.as_fd(), KEY_RELOAD),
             ])?;
             let usable = usable_cpus();
             let cpus = if config.pin_workers && usable.len() > 1 {
@@ -99,6 +104,7 @@ impl Front {
                 listener,
                 epoll,
                 stop,
+                reload,
                 workers,
                 workers_gone: false,
                 accept_resume: None,
@@ -128,6 +134,10 @@ impl Front {
                 match ev.data.u64() {
                     KEY_LISTENER => self.accept_all(),
                     KEY_SHRINK => self.kernel.shrink_asked(),
+                    KEY_RELOAD => {
+                        self.reload.clear();
+                        crate::declared::reload(&self.shared.state, "SIGHUP");
+                    }
                     _ => {}
                 }
             }

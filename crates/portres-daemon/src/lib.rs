@@ -23,6 +23,7 @@
 mod baseline;
 mod config;
 mod daemon;
+mod declared;
 mod events;
 mod fault;
 mod front;
@@ -36,4 +37,4 @@ mod worker;
 
 pub use baseline::reset as reset_baseline;
 pub use config::{Config, KernelSync, Mode};
-pub use daemon::{Daemon, StartError, StopHandle};
+pub use daemon::{Daemon, ReloadHandle, StartError, StopHandle};

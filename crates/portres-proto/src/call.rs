@@ -50,6 +50,9 @@ pub enum Request {
         /// The interface asked about.
         interface: String,
     },
+    /// io.portres.Reload (admin): re-read the portres.d files and apply
+    /// them.
+    Reload,
 }
 
 #[derive(Deserialize)]
@@ -328,6 +331,7 @@ impl Request {
             Request::Attach => &m::ATTACH,
             Request::GetInfo => &m::GET_INFO,
             Request::GetInterfaceDescription { .. } => &m::GET_INTERFACE_DESCRIPTION,
+            Request::Reload => &m::RELOAD,
         }
     }
 
@@ -391,9 +395,11 @@ impl Request {
             Request::Create(p) => call(m, p, cpu),
             Request::Delete(p) | Request::Lookup(p) => call(m, p, cpu),
             Request::List(p) => call(m, p, cpu),
-            Request::Status | Request::GetCapability | Request::Attach | Request::GetInfo => {
-                call(m, &Empty {}, cpu)
-            }
+            Request::Status
+            | Request::GetCapability
+            | Request::Attach
+            | Request::GetInfo
+            | Request::Reload => call(m, &Empty {}, cpu),
             Request::GetInterfaceDescription { interface } => {
                 call(m, &serde_json::json!({ "interface": interface }), cpu)
             }

@@ -122,8 +122,11 @@ pub static GET_INTERFACE_DESCRIPTION: Method =
         })
     });
 
+/// io.portres.Reload (admin): re-read the portres.d files.
+pub static RELOAD: Method = method("io.portres.Reload", |_, _, _| Ok(Request::Reload));
+
 /// Every method served, `io.portres` and `org.varlink.service` alike.
-pub static METHODS: [&Method; 12] = [
+pub static METHODS: [&Method; 13] = [
     &ACQUIRE,
     &RELEASE,
     &BIND,
@@ -136,6 +139,7 @@ pub static METHODS: [&Method; 12] = [
     &ATTACH,
     &GET_INFO,
     &GET_INTERFACE_DESCRIPTION,
+    &RELOAD,
 ];
 
 #[cfg(test)]
@@ -235,6 +239,8 @@ mod tests {
             store: String::new(),
             uptime_seconds: 0,
             store_read_only: false,
+            config_dirs: Vec::new(),
+            declared_problems: Vec::new(),
         };
         let value = serde_json::to_value(&status).unwrap();
         let fields: BTreeSet<String> = value.as_object().unwrap().keys().cloned().collect();

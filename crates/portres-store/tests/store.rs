@@ -354,7 +354,8 @@ fn a_version_1_store_is_migrated_keeping_its_rows_as_api_created() {
     fs::create_dir_all(&dir).unwrap();
     {
         let conn = raw(&dir);
-        conn.execute_batch(portres_store::schema::SCHEMA_V1).unwrap();
+        conn.execute_batch(portres_store::schema::SCHEMA_V1)
+            .unwrap();
         conn.execute(
             "INSERT INTO persistent (protocol, start, count, owner_kind, owner_id, label, \
              created_by, created_at) VALUES ('tcp', 8080, 2, 'user', 33, 'web', 0, 5)",
@@ -405,7 +406,13 @@ fn update_changes_owner_label_and_source_of_exactly_one_block_durably() {
     let block = Block::new(8000, 5).unwrap();
     assert!(
         !store
-            .update(Protocol::Tcp, Block::new(8000, 4).unwrap(), None, Some("x"), None)
+            .update(
+                Protocol::Tcp,
+                Block::new(8000, 4).unwrap(),
+                None,
+                Some("x"),
+                None
+            )
             .unwrap()
     );
     assert!(

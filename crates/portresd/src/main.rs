@@ -1,6 +1,6 @@
 //! `portresd`: the portres daemon's command line. Parses flags into a
 //! `Config`, sets up logging to stderr, and runs the daemon until SIGTERM or
-//! SIGINT.
+//! SIGINT; SIGHUP re-reads the portres.d files.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +61,9 @@ fn main() -> ExitCode {
     config.max_connections_per_uid = args.max_connections_per_user.max(1);
     config.workers = args.workers.0;
     config.pin_workers = matches!(args.pin_workers, OnOff::On);
+    if !args.config_dir.is_empty() {
+        config.config_dirs = args.config_dir;
+    }
     if let Some(g) = args.admin_group {
         match resolve_group(&g) {
             Ok(gid) => config.admin_gid = Some(gid),
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ]) {
         Ok(s) => s,
         Err(e) => {
@@ -115,8 +119,14 @@ fn main() -> ExitCode {
         }
     };
     let stop = daemon.stop_handle();
+    let reload = daemon.reload_handle();
     std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
+        for sig in signals.forever() {
+            if sig == signal_hook::consts::SIGHUP {
+                // Re-read the portres.d files (the daemon's front does it).
+                reload.reload();
+                continue;
+            }
             let name = if sig == signal_hook::consts::SIGTERM {
                 "SIGTERM"
             } else {
@@ -124,6 +134,7 @@ fn main() -> ExitCode {
             };
             log::info!("{name}: stopping");
             stop.stop();
+            break;
         }
     });
     let result = daemon.run();

@@ -52,6 +52,13 @@ impl State {
             store: self.store().path().display().to_string(),
             uptime_seconds: self.started().elapsed().as_secs(),
             store_read_only: self.store().is_read_only(),
+            config_dirs: self
+                .config()
+                .config_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect(),
+            declared_problems: self.declared_problems().to_vec(),
         })
     }
 }
