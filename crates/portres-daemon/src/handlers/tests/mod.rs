@@ -11,6 +11,7 @@
 
 mod acquire;
 mod capability;
+mod declared;
 mod kernel_sync;
 mod matrix;
 mod persistent;
@@ -70,6 +71,8 @@ impl Harness {
         config.mode = Mode::System;
         config.daemon_uid = 0;
         config.admin_gid = Some(ADMIN_GID);
+        // Never the machine's own /etc/portres.d.
+        config.config_dirs = vec![dir.path().join("lib.d"), dir.path().join("etc.d")];
         configure(&mut config);
         let mut store = Store::open(&config.state_dir).unwrap();
         store.set_baseline(&baseline.parse().unwrap()).unwrap();
