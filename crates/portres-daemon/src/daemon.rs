@@ -140,13 +140,15 @@ impl Daemon {
             kernel,
         )
         .map_err(|e| StartError(e.message))?;
-        // Declared reservations are in place before anyone can connect;
-        // what cannot be applied is logged and in `status`, never fatal.
-        crate::declared::reload_unlocked(&mut state);
         let eventfd = || EventFd::new().map_err(|e| StartError(format!("eventfd: {e}")));
         let shrink = Arc::new(eventfd()?);
         let hook = shrink.clone();
         state.set_on_shrink_pending(Box::new(move || hook.signal()));
+        // Declared reservations are in place before anyone can connect
+        // (after the shrink hook: deleting one leaves the kernel a shrink
+        // to do); what cannot be applied is logged and in `status`, never
+        // fatal.
+        crate::declared::reload_unlocked(&mut state);
         let stop = Arc::new(eventfd()?);
         let reload = Arc::new(eventfd()?);
         let (listener, socket_file) = bind_socket(&config.socket, config.mode)?;

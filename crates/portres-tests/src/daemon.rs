@@ -41,6 +41,8 @@ impl InProcessDaemon {
         config.socket = dir.join("portres.sock");
         config.state_dir = dir.join("state");
         config.kernel_sync = KernelSync::On;
+        // Never the machine's own /etc/portres.d.
+        config.config_dirs = vec![dir.join("portres.d")];
         tweak(&mut config);
         let socket = config.socket.clone();
         let state_dir = config.state_dir.clone();
@@ -100,8 +102,9 @@ pub struct ProcessDaemon {
 }
 
 /// The command line of a daemon living in `dir` (socket `dir/portres.sock`,
-/// state `dir/state`, log appended to `dir/portresd.log`), kernel sync on
-/// unless `extra` says otherwise.
+/// state `dir/state`, log appended to `dir/portresd.log`, declared
+/// reservations from `dir/portres.d`), kernel sync on unless `extra` says
+/// otherwise (and `--config-dir` as `extra` says, if it does).
 pub fn daemon_command(dir: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(bin("portresd"));
     cmd.arg("--socket")
@@ -110,6 +113,9 @@ pub fn daemon_command(dir: &Path, extra: &[&str]) -> Command {
         .arg(dir.join("state"));
     if !extra.contains(&"--kernel-sync") {
         cmd.args(["--kernel-sync", "on"]);
+    }
+    if !extra.contains(&"--config-dir") {
+        cmd.arg("--config-dir").arg(dir.join("portres.d"));
     }
     cmd.args(extra)
         .env_remove("PORTRES_SOCKET")

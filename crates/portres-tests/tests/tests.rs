@@ -48,6 +48,7 @@ mod client_death;
 mod concurrency;
 mod crash;
 mod daemon;
+mod declared;
 mod fuzz_smoke;
 mod generated_docs;
 mod hardening_clients;
