@@ -218,7 +218,12 @@ struct Layout {
 
 impl Layout {
     fn shows(&self, col: usize) -> bool {
-        !(self.token_dropped && col == TOKEN) && !(self.source_dropped && col == SOURCE)
+        let dropped = match col {
+            TOKEN => self.token_dropped,
+            SOURCE => self.source_dropped,
+            _ => false,
+        };
+        !dropped
     }
 }
 
