@@ -200,34 +200,28 @@ pub(crate) fn read(dirs: &[PathBuf], daemon_uid: u32) -> Declared {
 /// one that cannot be listed is a problem that forbids deleting anything.
 fn list_dir(dir: &Path, out: &mut Declared) -> Vec<DirEntry> {
     let shown = dir.display().to_string();
+    let mut cannot_list = |e: std::io::Error| {
+        out.problems.push(problem(
+            &shown,
+            None,
+            "unreadable",
+            format!(
+                "cannot list the directory: {e}; no declared reservation is deleted until it can be"
+            ),
+        ));
+        out.keep_all = true;
+        Vec::new()
+    };
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
-        Err(e) => {
-            out.problems.push(problem(
-                &shown,
-                None,
-                "unreadable",
-                format!("cannot list the directory: {e}; no declared reservation is deleted until it can be"),
-            ));
-            out.keep_all = true;
-            return Vec::new();
-        }
+        Err(e) => return cannot_list(e),
     };
     let mut listing = Vec::new();
     for entry in entries {
         let entry = match entry {
             Ok(e) => e,
-            Err(e) => {
-                out.problems.push(problem(
-                    &shown,
-                    None,
-                    "unreadable",
-                    format!("cannot list the directory: {e}; no declared reservation is deleted until it can be"),
-                ));
-                out.keep_all = true;
-                return Vec::new();
-            }
+            Err(e) => return cannot_list(e),
         };
         let Some(name) = entry.file_name().to_str().map(str::to_string) else {
             continue; // Not UTF-8: cannot be a name we read.
