@@ -292,3 +292,35 @@ nstest!(
         );
     }
 );
+
+nstest!(
+    a_declared_port_in_use_is_a_conflict_until_its_socket_closes,
+    |_| {
+        let dir = open_tempdir();
+        let conf = conf_dir(dir.path(), "portres.d");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let file = write(&conf.join("a.conf"), &format!("tcp {port}\n"));
+        let d = ProcessDaemon::start(dir.path(), &[]);
+        // At start: reported, not fatal, nothing reserved.
+        let status = d.client().status().unwrap();
+        assert_eq!(
+            status.declared_problems.len(),
+            1,
+            "{:?}",
+            status.declared_problems
+        );
+        let p = &status.declared_problems[0];
+        assert_eq!(
+            (p.file.as_str(), p.line, p.kind.as_str()),
+            (file.as_str(), Some(1), "conflict")
+        );
+        assert!(p.message.contains("in use"), "{p:?}");
+        assert!(declared(&d).is_empty());
+        drop(listener);
+        let r = d.client().reload().unwrap();
+        assert_eq!(r.created, 1, "{:?}", r.problems);
+        assert!(d.client().status().unwrap().declared_problems.is_empty());
+        assert_kernel_settles_to(&port.to_string());
+    }
+);
