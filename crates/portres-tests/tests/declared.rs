@@ -324,3 +324,33 @@ nstest!(
         assert_kernel_settles_to(&port.to_string());
     }
 );
+
+nstest!(
+    list_shows_the_source_file_within_80_columns_cut_from_the_front,
+    |_| {
+        let dir = open_tempdir();
+        let conf = conf_dir(dir.path(), "portres.d");
+        let name = "50-a-rather-long-vendor-file-name.conf";
+        let file = write(
+            &conf.join(name),
+            "tcp 8080 owner=0 label=a label that is long enough to need cutting down\n",
+        );
+        let d = ProcessDaemon::start(dir.path(), &[]);
+        let _runtime = d.client().acquire(Protocol::Tcp, 44000, 10).unwrap();
+        let ran = portres(&d, &["list"]).success();
+        for line in ran.stdout.lines() {
+            assert!(line.chars().count() <= 80, "{line:?}\n{ran}");
+        }
+        assert!(
+            ran.stdout.lines().next().unwrap().ends_with("SOURCE"),
+            "{ran}"
+        );
+        let row = ran.stdout.lines().find(|l| l.contains("8080")).unwrap();
+        assert!(row.contains('…') && row.ends_with(".conf"), "{ran}");
+        // The runtime one has no file.
+        let row = ran.stdout.lines().find(|l| l.contains("44000")).unwrap();
+        assert!(row.trim_end().ends_with('-'), "{ran}");
+        let wide = portres(&d, &["list", "--wide"]).success();
+        assert!(wide.stdout.contains(&file), "{wide}");
+    }
+);
