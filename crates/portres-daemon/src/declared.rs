@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -249,7 +249,14 @@ fn is_dev_null(path: &Path) -> bool {
 /// (whoever could write it could declare reservations), at most
 /// `MAX_FILE_BYTES`, UTF-8.
 fn read_file(path: &Path, daemon_uid: u32) -> Result<String, String> {
-    let mut file = fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    // O_NONBLOCK: opening a FIFO named *.conf must not hang the reload
+    // (and the front thread, for SIGHUP) until someone writes to it; on
+    // the regular file it then must be, the flag changes nothing.
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("cannot open: {e}"))?;
     let m = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
     if !m.file_type().is_file() {
         return Err("not a regular file; ignored".into());

@@ -358,3 +358,26 @@ fn files_others_may_write_are_ignored() {
     assert_eq!(r.problems[0].kind, "unreadable");
     assert!(r.problems[0].message.contains("writable by everyone"));
 }
+
+#[test]
+fn a_fifo_named_conf_is_ignored_without_hanging_the_reload() {
+    let h = harness();
+    let fifo = h.conf_dir("etc.d").join("a.conf");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    h.write_conf("etc.d", "b.conf", "tcp 8080\n");
+    let r = h.reload();
+    assert_eq!(r.created, 1);
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    assert!(
+        r.problems[0].message.contains("not a regular file"),
+        "{:?}",
+        r.problems
+    );
+}
