@@ -31,6 +31,9 @@ _portres() {
             portres,help)
                 cmd="portres__subcmd__help"
                 ;;
+            portres,import-sysctl)
+                cmd="portres__subcmd__import__subcmd__sysctl"
+                ;;
             portres,list)
                 cmd="portres__subcmd__list"
                 ;;
@@ -39,6 +42,9 @@ _portres() {
                 ;;
             portres,release)
                 cmd="portres__subcmd__release"
+                ;;
+            portres,reload)
+                cmd="portres__subcmd__reload"
                 ;;
             portres,status)
                 cmd="portres__subcmd__status"
@@ -58,6 +64,9 @@ _portres() {
             portres__subcmd__help,help)
                 cmd="portres__subcmd__help__subcmd__help"
                 ;;
+            portres__subcmd__help,import-sysctl)
+                cmd="portres__subcmd__help__subcmd__import__subcmd__sysctl"
+                ;;
             portres__subcmd__help,list)
                 cmd="portres__subcmd__help__subcmd__list"
                 ;;
@@ -66,6 +75,9 @@ _portres() {
                 ;;
             portres__subcmd__help,release)
                 cmd="portres__subcmd__help__subcmd__release"
+                ;;
+            portres__subcmd__help,reload)
+                cmd="portres__subcmd__help__subcmd__reload"
                 ;;
             portres__subcmd__help,status)
                 cmd="portres__subcmd__help__subcmd__status"
@@ -77,7 +89,7 @@ _portres() {
 
     case "${cmd}" in
         portres)
-            opts="-h -V --socket --json --help --version acquire exec release create delete lookup list status help"
+            opts="-h -V --socket --json --help --version acquire exec release create delete lookup list status reload import-sysctl help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -227,7 +239,7 @@ _portres() {
             return 0
             ;;
         portres__subcmd__help)
-            opts="acquire exec release create delete lookup list status help"
+            opts="acquire exec release create delete lookup list status reload import-sysctl help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -310,6 +322,20 @@ _portres() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        portres__subcmd__help__subcmd__import__subcmd__sysctl)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         portres__subcmd__help__subcmd__list)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -352,6 +378,20 @@ _portres() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        portres__subcmd__help__subcmd__reload)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         portres__subcmd__help__subcmd__status)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -359,6 +399,28 @@ _portres() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        portres__subcmd__import__subcmd__sysctl)
+            opts="-h --baseline --label --socket --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --label)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -411,6 +473,24 @@ _portres() {
             return 0
             ;;
         portres__subcmd__release)
+            opts="-h --socket --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --socket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        portres__subcmd__reload)
             opts="-h --socket --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

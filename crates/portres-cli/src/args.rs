@@ -152,6 +152,35 @@ pub enum Command {
     /// Show the daemon's mode, kernel sync, counts and limits, and who
     /// answered on which socket
     Status,
+    /// Re-read the daemon's portres.d files and apply them (administrators;
+    /// as SIGHUP to portresd)
+    ///
+    /// Declared reservations are created, updated and deleted as the files
+    /// say, each change durable on its own. What cannot be applied (a bad
+    /// line, a conflict with another reservation, a port in use) is printed
+    /// on stderr as FILE:LINE: MESSAGE, kept in `portres status` and retried
+    /// at the next reload; the rest is applied and the exit status is 0.
+    Reload,
+    /// Print net.ipv4.ip_local_reserved_ports as a portres.d file
+    ///
+    /// Reads the kernel's current value (without asking the daemon), or
+    /// with --baseline the baseline the daemon recorded, and prints one
+    /// `both` line per block, for /etc/portres.d/: `portres import-sysctl >
+    /// /etc/portres.d/50-sysctl.conf && portres reload`. While portresd
+    /// keeps the sysctl, the kernel's value includes every reserved block:
+    /// use --baseline then.
+    ImportSysctl(ImportSysctlArgs),
+}
+
+/// `import-sysctl`.
+#[derive(Args, Debug)]
+pub struct ImportSysctlArgs {
+    /// The daemon's recorded baseline instead of the kernel's current value
+    #[arg(long)]
+    pub baseline: bool,
+    /// The label of every line [default: "from ip_local_reserved_ports"]
+    #[arg(long)]
+    pub label: Option<String>,
 }
 
 /// `acquire` and the reservation part of `exec`.

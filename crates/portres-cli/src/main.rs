@@ -44,7 +44,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match connect(&cli).and_then(|c| plan.run(&c, json)) {
+    let result = match plan.run_alone() {
+        Some(result) => result,
+        None => connect(&cli).and_then(|c| plan.run(&c, json)),
+    };
+    match result {
         Ok(Outcome::Exit(code)) => ExitCode::from(code),
         Err(e) => {
             output::error(&e, json);

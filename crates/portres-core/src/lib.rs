@@ -4,12 +4,13 @@
 //! This crate owns protocols, port blocks, port sets (and the kernel's text
 //! form of them), tokens, reservations, the reservation table with its
 //! invariant (no two reservations of one protocol overlap), the first-fit
-//! allocator, who-may-do-what, the characters a label may hold, and the
-//! stable error codes. It does no I/O:
+//! allocator, who-may-do-what, the characters a label may hold, the
+//! `portres.d` file format (`declared`), and the stable error codes. It does no I/O:
 //! randomness, time, the kernel and the disk are all supplied by callers.
 #![deny(missing_docs)]
 
 mod block;
+pub mod declared;
 mod error;
 mod label;
 mod policy;

@@ -85,6 +85,12 @@ pub struct Config {
     /// The cgroup v2 directory the bind hooks attach to (they judge the
     /// sockets made in it and below); `None`: the cgroup v2 root.
     pub enforce_cgroup: Option<PathBuf>,
+    /// The portres.d directories declared reservations are read from,
+    /// lowest precedence first (a file in a later one replaces the same
+    /// name in an earlier one). System mode: `/usr/lib/portres.d`,
+    /// `/run/portres.d`, `/etc/portres.d`; user mode:
+    /// `$XDG_CONFIG_HOME/portres.d` (`~/.config/portres.d`). Empty: none.
+    pub config_dirs: Vec<PathBuf>,
 }
 
 impl Config {
@@ -96,6 +102,28 @@ impl Config {
     pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 4096;
     /// Most worker threads accepted.
     pub const MAX_WORKERS: usize = 1024;
+    /// The system daemon's portres.d directories, lowest precedence first.
+    pub const SYSTEM_CONFIG_DIRS: [&'static str; 3] =
+        ["/usr/lib/portres.d", "/run/portres.d", "/etc/portres.d"];
+
+    /// The default portres.d directories of a mode (see `config_dirs`).
+    pub fn default_config_dirs(mode: Mode) -> Vec<PathBuf> {
+        match mode {
+            Mode::System => Self::SYSTEM_CONFIG_DIRS.iter().map(PathBuf::from).collect(),
+            Mode::User => {
+                let base = std::env::var_os("XDG_CONFIG_HOME")
+                    .map(PathBuf::from)
+                    .filter(|p| p.is_absolute())
+                    .or_else(|| {
+                        std::env::var_os("HOME")
+                            .map(PathBuf::from)
+                            .filter(|p| p.is_absolute())
+                            .map(|h| h.join(".config"))
+                    });
+                base.map(|b| vec![b.join("portres.d")]).unwrap_or_default()
+            }
+        }
+    }
 
     /// The defaults for whoever runs this process: system mode for root of
     /// the machine (`portres_proto::paths::is_system_root`: uid 0 of a user
@@ -104,6 +132,11 @@ impl Config {
     /// otherwise; paths from `portres_proto::paths`.
     pub fn for_current_user() -> Config {
         let uid = rustix::process::geteuid().as_raw();
+        let mode = if portres_proto::paths::is_system_root() {
+            Mode::System
+        } else {
+            Mode::User
+        };
         Config {
             socket: portres_proto::paths::daemon_socket(),
             state_dir: portres_proto::paths::daemon_state_dir(),
@@ -114,14 +147,11 @@ impl Config {
             max_connections_per_uid: Config::DEFAULT_MAX_CONNECTIONS_PER_UID,
             workers: None,
             pin_workers: true,
-            mode: if portres_proto::paths::is_system_root() {
-                Mode::System
-            } else {
-                Mode::User
-            },
+            mode,
             daemon_uid: uid,
             enforce: Enforce::Auto,
             enforce_cgroup: None,
+            config_dirs: Config::default_config_dirs(mode),
         }
     }
 }

@@ -47,6 +47,21 @@ impl StopHandle {
     }
 }
 
+/// Asks a running daemon to re-read its portres.d files, as
+/// `io.portres.Reload` does (for SIGHUP). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ReloadHandle {
+    reload: Arc<EventFd>,
+}
+
+impl ReloadHandle {
+    /// Makes the daemon reload soon (on its front thread); several asks
+    /// before it gets to it make one reload.
+    pub fn reload(&self) {
+        self.reload.signal();
+    }
+}
+
 /// A started daemon: store open, kernel in sync, socket bound.
 pub struct Daemon {
     state: State,
@@ -62,6 +77,8 @@ pub struct Daemon {
     shrink: Arc<EventFd>,
     /// The service manager, told READY=1, STATUS= and STOPPING=1.
     notifier: Notifier,
+    /// Signalled to re-read the portres.d files (`ReloadHandle`).
+    reload: Arc<EventFd>,
 }
 
 impl fmt::Debug for Daemon {
@@ -175,7 +192,13 @@ impl Daemon {
         let shrink = Arc::new(eventfd()?);
         let hook = shrink.clone();
         state.set_on_shrink_pending(Box::new(move || hook.signal()));
+        // Declared reservations are in place before anyone can connect
+        // (after the shrink hook: deleting one leaves the kernel a shrink
+        // to do); what cannot be applied is logged and in `status`, never
+        // fatal.
+        crate::declared::reload_unlocked(&mut state);
         let stop = Arc::new(eventfd()?);
+        let reload = Arc::new(eventfd()?);
         let (listener, socket_file) = match passed_listener {
             Some(listener) => (listener, None),
             None => {
@@ -217,6 +240,7 @@ impl Daemon {
             stop,
             shrink,
             notifier: Notifier::from_env(),
+            reload,
         })
     }
 
@@ -232,6 +256,13 @@ impl Daemon {
         }
     }
 
+    /// A handle that makes the running daemon reload its portres.d files.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle {
+            reload: self.reload.clone(),
+        }
+    }
+
     /// Serves on the calling thread until `StopHandle::stop`, then stops
     /// cleanly: runtime reservations end, the kernel keeps baseline +
     /// persistent blocks, the socket file is removed.
@@ -244,10 +275,11 @@ impl Daemon {
             stop,
             shrink,
             notifier,
+            reload,
             ..
         } = self;
         let (result, shared) =
-            match Front::new(state, config, listener, stop, shrink, notifier.clone()) {
+            match Front::new(state, config, listener, stop, shrink, notifier.clone(), reload) {
                 Ok(mut front) => {
                     let result = front.run();
                     notifier.stopping();

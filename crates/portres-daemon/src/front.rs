@@ -45,6 +45,7 @@ pub(crate) const STATUS_REFRESH: Duration = Duration::from_secs(10);
 const KEY_LISTENER: u64 = 0;
 const KEY_STOP: u64 = 1;
 const KEY_SHRINK: u64 = 2;
+const KEY_RELOAD: u64 = 3;
 
 /// The accepting loop and its workers.
 pub(crate) struct Front {
@@ -53,6 +54,8 @@ pub(crate) struct Front {
     listener: UnixListener,
     epoll: OwnedFd,
     stop: Arc<EventFd>,
+    /// Signalled to re-read the portres.d files (SIGHUP).
+    reload: Arc<EventFd>,
     kernel: KernelTimer,
     workers: Workers,
     /// No worker is left to serve (each died of a bug): stop.
@@ -79,6 +82,7 @@ impl Front {
         stop: Arc<EventFd>,
         shrink: Arc<EventFd>,
         notifier: Notifier,
+        reload: Arc<EventFd>,
     ) -> Result<Front, (io::Error, Arc<Shared>)> {
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -90,6 +94,7 @@ impl Front {
                 (listener.as_fd(), KEY_LISTENER),
                 (stop.as_fd(), KEY_STOP),
                 (shrink.as_fd(), KEY_SHRINK),
+                (reload.as_fd(), KEY_RELOAD),
             ])?;
             let usable = usable_cpus();
             let cpus = if config.pin_workers && usable.len() > 1 {
@@ -115,6 +120,7 @@ impl Front {
                 listener,
                 epoll,
                 stop,
+                reload,
                 workers,
                 workers_gone: false,
                 accept_resume: None,
@@ -159,6 +165,10 @@ impl Front {
                 match ev.data.u64() {
                     KEY_LISTENER => self.accept_all(),
                     KEY_SHRINK => self.kernel.shrink_asked(),
+                    KEY_RELOAD => {
+                        self.reload.clear();
+                        crate::declared::reload(&self.shared.state, "SIGHUP");
+                    }
                     _ => {}
                 }
             }

@@ -24,6 +24,7 @@
 mod baseline;
 mod config;
 mod daemon;
+mod declared;
 mod events;
 mod fault;
 mod front;
@@ -38,5 +39,5 @@ mod worker;
 
 pub use baseline::reset as reset_baseline;
 pub use config::{Config, Enforce, KernelSync, Mode};
-pub use daemon::{Daemon, StartError, StopHandle};
+pub use daemon::{Daemon, ReloadHandle, StartError, StopHandle};
 pub use systemd::{CLIENT_SOCKET_NAME, Notifier, PassedSockets};

@@ -105,12 +105,18 @@ impl Notifier {
 /// too.
 pub(crate) fn status_summary(state: &State) -> String {
     let (runtime, persistent) = state.counts();
+    let problems = state.declared_problems().len();
     format!(
-        "{persistent} persistent and {runtime} runtime reservation(s); kernel sync {}",
+        "{persistent} persistent and {runtime} runtime reservation(s); kernel sync {}{}",
         if state.kernel_sync() {
             "on"
         } else {
             "off (not kernel-reserved)"
+        },
+        if problems > 0 {
+            format!("; {problems} portres.d problem(s), see portres status")
+        } else {
+            String::new()
         }
     )
 }

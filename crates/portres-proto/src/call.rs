@@ -54,6 +54,9 @@ pub enum Request {
     /// itself): strict mode moves the caller into a cgroup of this
     /// session's; its processes may bind the session's runtime blocks.
     EnterCgroup,
+    /// io.portres.Reload (admin): re-read the portres.d files and apply
+    /// them.
+    Reload,
 }
 
 #[derive(Deserialize)]
@@ -336,6 +339,7 @@ impl Request {
             Request::GetInfo => &m::GET_INFO,
             Request::GetInterfaceDescription { .. } => &m::GET_INTERFACE_DESCRIPTION,
             Request::EnterCgroup => &m::ENTER_CGROUP,
+            Request::Reload => &m::RELOAD,
         }
     }
 
@@ -412,7 +416,11 @@ impl Request {
             Request::Create(p) => frame(m, p, cpu, oneway),
             Request::Delete(p) | Request::Lookup(p) => frame(m, p, cpu, oneway),
             Request::List(p) => frame(m, p, cpu, oneway),
-            Request::Status | Request::GetCapability | Request::Attach | Request::GetInfo => {
+            Request::Status
+            | Request::GetCapability
+            | Request::Attach
+            | Request::GetInfo
+            | Request::Reload => {
                 frame(m, &Empty {}, cpu, oneway)
             }
             Request::EnterCgroup => frame(m, &Empty {}, cpu, oneway),

@@ -173,6 +173,11 @@ pub struct ReservationInfo {
     /// `List` only: the ports of the block some socket holds right now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_use: Option<Vec<u16>>,
+    /// Declared persistent reservations: the portres.d file that declares
+    /// it (absent for those created through the API and from daemons
+    /// before this field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// Reply of Acquire, Create and Lookup.
@@ -251,6 +256,50 @@ pub struct StatusReply {
     /// could not be attached); absent when strict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enforcement_reason: Option<String>,
+    /// The portres.d directories read, lowest precedence first (absent
+    /// from daemons before declared reservations).
+    #[serde(default)]
+    pub config_dirs: Vec<String>,
+    /// What the last reload (or the start) could not apply: bad lines,
+    /// conflicts, unreadable files; retried at the next reload.
+    #[serde(default)]
+    pub declared_problems: Vec<DeclaredProblem>,
+}
+
+/// Something in the portres.d files a reload could not apply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeclaredProblem {
+    /// The file (or directory) it is about.
+    pub file: String,
+    /// The line, when it is about one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    /// `bad_line` (the line is not a reservation), `conflict` (overlaps
+    /// another declaration or reservation, or a port is in use: retried at
+    /// the next reload), `kept` (a reservation the file no longer declares
+    /// stays, because the file has bad lines or cannot be read),
+    /// `unreadable` (the file or directory cannot be read), `failed` (the
+    /// store or the kernel refused the change; nothing changed).
+    pub kind: String,
+    /// What is wrong, for humans.
+    pub message: String,
+}
+
+/// Reply of Reload.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReply {
+    /// The files read, in reading order.
+    pub files: Vec<String>,
+    /// Declared reservations in force after the reload.
+    pub declared: usize,
+    /// Reservations created, updated (owner, label or file) and deleted.
+    pub created: usize,
+    /// See `created`.
+    pub updated: usize,
+    /// See `created`.
+    pub deleted: usize,
+    /// What could not be applied (also in `Status`, until the next reload).
+    pub problems: Vec<DeclaredProblem>,
 }
 
 /// Reply of Attach.

@@ -137,9 +137,11 @@ pub static ENTER_CGROUP: Method = Method {
     fds: 1,
     ..method("io.portres.EnterCgroup", |_, _, _| Ok(Request::EnterCgroup))
 };
+/// io.portres.Reload (admin): re-read the portres.d files.
+pub static RELOAD: Method = method("io.portres.Reload", |_, _, _| Ok(Request::Reload));
 
 /// Every method served, `io.portres` and `org.varlink.service` alike.
-pub static METHODS: [&Method; 13] = [
+pub static METHODS: [&Method; 14] = [
     &ACQUIRE,
     &RELEASE,
     &BIND,
@@ -153,6 +155,7 @@ pub static METHODS: [&Method; 13] = [
     &GET_INFO,
     &GET_INTERFACE_DESCRIPTION,
     &ENTER_CGROUP,
+    &RELOAD,
 ];
 
 #[cfg(test)]
@@ -277,6 +280,8 @@ mod tests {
             store_read_only: false,
             enforcement: String::new(),
             enforcement_reason: Some(String::new()),
+            config_dirs: Vec::new(),
+            declared_problems: Vec::new(),
         };
         let value = serde_json::to_value(&status).unwrap();
         let fields: BTreeSet<String> = value.as_object().unwrap().keys().cloned().collect();

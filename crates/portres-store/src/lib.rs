@@ -3,7 +3,7 @@
 //! `<state_dir>/portres.db`.
 //!
 //! The store runs SQLite in WAL journal mode with `synchronous=FULL`, and
-//! every change ([`Store::insert`], [`Store::delete`],
+//! every change ([`Store::insert`], [`Store::update`], [`Store::delete`],
 //! [`Store::set_baseline`], [`Store::record_baseline`]) is its own
 //! transaction: when such a call returns `Ok`, the commit is on disk, so
 //! the daemon may acknowledge the request. When it returns `Err`, nothing

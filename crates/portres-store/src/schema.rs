@@ -35,13 +35,22 @@
 //!   ("read from the kernel at the first start of portresd 0.1.0 pid 42",
 //!   "set by portresd --reset-baseline"); absent like the time.
 //!
+//! # Version 2
+//!
+//! ```sql
+//! -- Where a persistent reservation comes from: NULL for one created
+//! -- through the API (`portres create`), else the path of the portres.d
+//! -- file that declares it (the daemon adds, updates and deletes those).
+//! ALTER TABLE persistent ADD COLUMN source TEXT;
+//! ```
+//!
 //! New `meta` keys need no migration: the table is key/value, and a build
 //! that does not know a key ignores it.
 
 use rusqlite::{Connection, TransactionBehavior};
 
 /// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The `meta` key under which the kernel baseline is kept.
 pub const BASELINE_KEY: &str = "baseline.ip_local_reserved_ports";
@@ -71,8 +80,13 @@ CREATE TABLE meta (
 );
 ";
 
+/// Schema version 2: the source of declared reservations (see the module
+/// documentation). Additive: a version-1 file keeps its rows, each with
+/// source NULL (created through the API).
+pub const SCHEMA_V2: &str = "ALTER TABLE persistent ADD COLUMN source TEXT;";
+
 /// `MIGRATIONS[n]` takes a file from version `n` to version `n + 1`.
-pub const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [SCHEMA_V1];
+pub const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [SCHEMA_V1, SCHEMA_V2];
 
 /// Why a migration could not run.
 pub(crate) enum MigrateError {

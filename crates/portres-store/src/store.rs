@@ -30,8 +30,10 @@ pub struct Store {
 }
 
 const INSERT: &str = "INSERT INTO persistent \
-     (protocol, start, count, owner_kind, owner_id, label, created_by, created_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+     (protocol, start, count, owner_kind, owner_id, label, created_by, created_at, source) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+const UPDATE: &str = "UPDATE persistent SET owner_kind = ?4, owner_id = ?5, label = ?6, source = ?7 \
+     WHERE protocol = ?1 AND start = ?2 AND count = ?3";
 const DELETE: &str = "DELETE FROM persistent WHERE protocol = ?1 AND start = ?2 AND count = ?3";
 const GET_META: &str = "SELECT value FROM meta WHERE key = ?1";
 const SET_META: &str = "INSERT INTO meta (key, value) VALUES (?1, ?2) \
@@ -135,7 +137,7 @@ impl Store {
         }
         // Compile every statement now: a file whose tables do not have the
         // expected columns fails at startup rather than on the first request.
-        for sql in [SELECT_ALL, INSERT, DELETE, GET_META, SET_META] {
+        for sql in [SELECT_ALL, INSERT, UPDATE, DELETE, GET_META, SET_META] {
             conn.prepare_cached(sql)
                 .map_err(|e| sql_err("checking the schema", e))?;
         }
@@ -194,7 +196,7 @@ impl Store {
                 ),
             ));
         }
-        for sql in [SELECT_ALL, INSERT, DELETE, GET_META, SET_META] {
+        for sql in [SELECT_ALL, INSERT, UPDATE, DELETE, GET_META, SET_META] {
             conn.prepare_cached(sql)
                 .map_err(|e| sql_err("checking the schema", e))?;
         }
@@ -254,11 +256,7 @@ impl Store {
     pub fn insert(&mut self, r: &StoredReservation) -> Result<(), StoreError> {
         self.reopen_if_read_only();
         let action = format!("recording {} {}", r.protocol, r.block);
-        let (owner_kind, owner_id) = match r.owner {
-            None => (None, None),
-            Some(Owner::User(uid)) => (Some("user"), Some(i64::from(uid))),
-            Some(Owner::Group(gid)) => (Some("group"), Some(i64::from(gid))),
-        };
+        let (owner_kind, owner_id) = owner_columns(r.owner);
         let result = self.conn.prepare_cached(INSERT).and_then(|mut stmt| {
             stmt.execute(params![
                 r.protocol.as_str(),
@@ -269,6 +267,7 @@ impl Store {
                 r.label.as_deref(),
                 i64::from(r.created_by),
                 r.created_at,
+                r.source.as_deref(),
             ])
         });
         match result {
@@ -278,6 +277,39 @@ impl Store {
             }
             Err(e) => Err(StoreError::sqlite(&self.path, action, e)),
         }
+    }
+
+    /// Sets the owner, label and source of the row of exactly (`protocol`,
+    /// `block`), in its own transaction: `Ok(true)` if a row was changed
+    /// (durable when it returns), `Ok(false)` if none matched.
+    pub fn update(
+        &mut self,
+        protocol: Protocol,
+        block: Block,
+        owner: Option<Owner>,
+        label: Option<&str>,
+        source: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.reopen_if_read_only();
+        let (owner_kind, owner_id) = owner_columns(owner);
+        let changed = self
+            .conn
+            .prepare_cached(UPDATE)
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    protocol.as_str(),
+                    i64::from(block.start()),
+                    i64::from(block.count()),
+                    owner_kind,
+                    owner_id,
+                    label,
+                    source,
+                ])
+            })
+            .map_err(|e| {
+                StoreError::sqlite(&self.path, format!("updating {protocol} {block}"), e)
+            })?;
+        Ok(changed > 0)
     }
 
     /// Deletes the row of exactly (`protocol`, `block`): `Ok(true)` if a row
@@ -299,6 +331,15 @@ impl Store {
                 StoreError::sqlite(&self.path, format!("deleting {protocol} {block}"), e)
             })?;
         Ok(changed > 0)
+    }
+}
+
+/// The `owner_kind` and `owner_id` columns of an owner.
+fn owner_columns(owner: Option<Owner>) -> (Option<&'static str>, Option<i64>) {
+    match owner {
+        None => (None, None),
+        Some(Owner::User(uid)) => (Some("user"), Some(i64::from(uid))),
+        Some(Owner::Group(gid)) => (Some("group"), Some(i64::from(gid))),
     }
 }
 

@@ -23,6 +23,7 @@ fn res(protocol: Protocol, start: u32, count: u32) -> StoredReservation {
         label: None,
         created_by: 0,
         created_at: 1_700_000_000,
+        source: None,
     }
 }
 
@@ -53,6 +54,7 @@ fn samples() -> Vec<StoredReservation> {
         StoredReservation {
             owner: Some(Owner::Group(4_000_000_000)),
             label: Some(String::new()),
+            source: Some("/etc/portres.d/10-ünï.conf".into()),
             ..res(Protocol::Tcp, 1, 1024)
         },
         res(Protocol::Udp, 1, 65535),
@@ -291,7 +293,7 @@ fn row_breaking_a_check_constraint_fails_open_naming_it() {
     drop(Store::open(&dir).unwrap());
     insert_raw_unchecked(
         &dir,
-        "INSERT INTO persistent VALUES ('tcp', 65535, 2, NULL, NULL, NULL, 0, 0)",
+        "INSERT INTO persistent VALUES ('tcp', 65535, 2, NULL, NULL, NULL, 0, 0, NULL)",
     );
     let err = Store::open(&dir).unwrap_err();
     let text = err.to_string();
@@ -313,16 +315,16 @@ fn invalid_row_on_load_is_an_error_naming_it() {
     // are not valid reservations.
     for (sql, expect) in [
         (
-            "INSERT INTO persistent VALUES ('udp', 1.5, 1, NULL, NULL, NULL, 0, 0)",
+            "INSERT INTO persistent VALUES ('udp', 1.5, 1, NULL, NULL, NULL, 0, 0, NULL)",
             "row 1 of table persistent (protocol 'udp', start 1.5, count 1) is not a valid \
              reservation: start is 1.5, not an integer",
         ),
         (
-            "INSERT INTO persistent VALUES ('tcp', 80, 1, 'user', NULL, 'x', 0, 0)",
+            "INSERT INTO persistent VALUES ('tcp', 80, 1, 'user', NULL, 'x', 0, 0, NULL)",
             "owner_kind 'user' with owner_id NULL is not an owner",
         ),
         (
-            "INSERT INTO persistent VALUES ('tcp', 80, 1, NULL, NULL, NULL, -1, 0)",
+            "INSERT INTO persistent VALUES ('tcp', 80, 1, NULL, NULL, NULL, -1, 0, NULL)",
             "created_by -1 is out of range",
         ),
     ] {
@@ -344,6 +346,100 @@ fn a_newer_schema_version_is_refused() {
     raw(&dir).pragma_update(None, "user_version", 7).unwrap();
     let text = Store::open(&dir).unwrap_err().to_string();
     assert!(text.contains("schema version 7"), "{text}");
+}
+
+#[test]
+fn a_version_1_store_is_migrated_keeping_its_rows_as_api_created() {
+    let (_tmp, dir) = state_dir();
+    fs::create_dir_all(&dir).unwrap();
+    {
+        let conn = raw(&dir);
+        conn.execute_batch(portres_store::schema::SCHEMA_V1)
+            .unwrap();
+        conn.execute(
+            "INSERT INTO persistent (protocol, start, count, owner_kind, owner_id, label, \
+             created_by, created_at) VALUES ('tcp', 8080, 2, 'user', 33, 'web', 0, 5)",
+            [],
+        )
+        .unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+    }
+    let mut store = Store::open(&dir).unwrap();
+    let rows = store.load().unwrap();
+    assert_eq!(
+        rows,
+        vec![StoredReservation {
+            owner: Some(Owner::User(33)),
+            label: Some("web".into()),
+            created_at: 5,
+            ..res(Protocol::Tcp, 8080, 2)
+        }]
+    );
+    let version: i64 = raw(&dir)
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    // And the new column works.
+    assert!(
+        store
+            .update(
+                Protocol::Tcp,
+                Block::new(8080, 2).unwrap(),
+                None,
+                None,
+                Some("/etc/portres.d/a.conf")
+            )
+            .unwrap()
+    );
+    assert_eq!(
+        store.load().unwrap()[0].source.as_deref(),
+        Some("/etc/portres.d/a.conf")
+    );
+}
+
+#[test]
+fn update_changes_owner_label_and_source_of_exactly_one_block_durably() {
+    let (_tmp, dir) = state_dir();
+    let mut store = Store::open(&dir).unwrap();
+    store.insert(&res(Protocol::Tcp, 8000, 5)).unwrap();
+    store.insert(&res(Protocol::Udp, 8000, 5)).unwrap();
+    let block = Block::new(8000, 5).unwrap();
+    assert!(
+        !store
+            .update(
+                Protocol::Tcp,
+                Block::new(8000, 4).unwrap(),
+                None,
+                Some("x"),
+                None
+            )
+            .unwrap()
+    );
+    assert!(
+        store
+            .update(
+                Protocol::Tcp,
+                block,
+                Some(Owner::Group(7)),
+                Some("new"),
+                Some("/run/portres.d/b.conf")
+            )
+            .unwrap()
+    );
+    drop(store);
+    let rows = Store::open(&dir).unwrap().load().unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            StoredReservation {
+                owner: Some(Owner::Group(7)),
+                label: Some("new".into()),
+                source: Some("/run/portres.d/b.conf".into()),
+                ..res(Protocol::Tcp, 8000, 5)
+            },
+            res(Protocol::Udp, 8000, 5),
+        ]
+    );
 }
 
 #[test]
@@ -600,6 +696,7 @@ fn reservation() -> impl Strategy<Value = StoredReservation> {
                 label,
                 created_by,
                 created_at,
+                source: None,
             }
         })
 }

@@ -43,6 +43,8 @@ impl InProcessDaemon {
         config.kernel_sync = KernelSync::On;
         // Never the machine's root cgroup: strict mode's tests say where.
         config.enforce = portres_daemon::Enforce::Off;
+        // Never the machine's own /etc/portres.d.
+        config.config_dirs = vec![dir.join("portres.d")];
         tweak(&mut config);
         let socket = config.socket.clone();
         let state_dir = config.state_dir.clone();
@@ -102,9 +104,10 @@ pub struct ProcessDaemon {
 }
 
 /// The command line of a daemon living in `dir` (socket `dir/portres.sock`,
-/// state `dir/state`, log appended to `dir/portresd.log`), kernel sync on
-/// unless `extra` says otherwise, strict mode off unless `extra` has
-/// `--enforce`.
+/// state `dir/state`, log appended to `dir/portresd.log`, declared
+/// reservations from `dir/portres.d`), kernel sync on unless `extra` says
+/// otherwise, strict mode off unless `extra` has `--enforce`, and
+/// `--config-dir` as `extra` says, if it does.
 pub fn daemon_command(dir: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(bin("portresd"));
     cmd.arg("--socket")
@@ -117,6 +120,9 @@ pub fn daemon_command(dir: &Path, extra: &[&str]) -> Command {
     // Never the machine's root cgroup: strict mode's tests say where.
     if !extra.contains(&"--enforce") {
         cmd.args(["--enforce", "off"]);
+    }
+    if !extra.contains(&"--config-dir") {
+        cmd.arg("--config-dir").arg(dir.join("portres.d"));
     }
     cmd.args(extra)
         .env_remove("PORTRES_SOCKET")

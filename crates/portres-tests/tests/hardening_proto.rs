@@ -598,6 +598,7 @@ fn portres_list_escapes_invisible_characters_in_labels_stored_before_the_rule() 
                 label: Some("web\u{202e}exe.txt\u{200b}".to_string()),
                 created_by: 0,
                 created_at: 0,
+                source: None,
             })
             .unwrap();
     }

@@ -133,6 +133,48 @@ nstest!(sd_notify_reaches_an_abstract_notify_socket, |test| {
     notify.wait_for("STOPPING=1");
 });
 
+nstest!(a_reload_is_announced_with_reloading_then_ready, |_| {
+    let dir = open_tempdir();
+    let notify_path = dir.path().join("notify");
+    let mut notify = NotifySocket::bind(&SocketAddr::from_pathname(&notify_path).expect("addr"));
+    let conf = dir.path().join("portres.d");
+    std::fs::create_dir_all(&conf).unwrap();
+    let mut cmd = daemon_command(dir.path(), &[]);
+    cmd.env("NOTIFY_SOCKET", &notify_path);
+    let child = cmd.spawn().expect("spawn portresd");
+    let daemon = ProcessDaemon::adopt(child, dir.path());
+    notify.wait_for("READY=1");
+
+    // SIGHUP: RELOADING=1 (with MONOTONIC_USEC, as systemd 253+ wants),
+    // then READY=1 whose STATUS= counts the declared reservation.
+    std::fs::write(conf.join("50-web.conf"), "tcp 7200-7201 label=web\n").unwrap();
+    let pid = rustix::process::Pid::from_raw(daemon.child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    let reloading = notify.wait_for("RELOADING=1");
+    assert!(
+        reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{reloading:?}"
+    );
+    let ready = notify.wait_for("READY=1");
+    assert_eq!(
+        status_of(&ready),
+        "1 persistent and 0 runtime reservation(s); kernel sync on",
+        "{ready:?}"
+    );
+
+    // `portres reload` announces itself the same way; a bad line shows in
+    // the summary.
+    std::fs::write(conf.join("60-bad.conf"), "tcp nonsense\n").unwrap();
+    daemon.client().reload().expect("reload");
+    notify.wait_for("RELOADING=1");
+    let ready = notify.wait_for("READY=1");
+    assert!(
+        status_of(&ready).ends_with("; 1 portres.d problem(s), see portres status"),
+        "{ready:?}"
+    );
+    daemon.terminate();
+});
+
 nstest!(without_notify_socket_portresd_starts_as_before, |_| {
     let dir = open_tempdir();
     let mut cmd = daemon_command(dir.path(), &[]);

@@ -50,6 +50,7 @@ mod client_death;
 mod concurrency;
 mod crash;
 mod daemon;
+mod declared;
 mod exec_listen;
 mod fuzz_smoke;
 mod generated_docs;

@@ -402,6 +402,12 @@ impl Client {
         self.call(Request::Status)
     }
 
+    /// Re-reads the daemon's portres.d files and applies them
+    /// (administrators): what changed and what could not be applied.
+    pub fn reload(&self) -> Result<crate::ReloadReply, Error> {
+        self.call(Request::Reload)
+    }
+
     /// Sends a raw request and returns the raw reply parameters (for tools
     /// that speak the wire interface directly).
     pub fn raw_call(&self, req: Request) -> Result<serde_json::Value, Error> {

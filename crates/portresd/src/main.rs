@@ -1,6 +1,7 @@
 //! `portresd`: the portres daemon's command line. Parses flags into a
 //! `Config`, sets up logging to stderr, takes the sockets a service manager
-//! passed (socket activation), and runs the daemon until SIGTERM or SIGINT.
+//! passed (socket activation), and runs the daemon until SIGTERM or SIGINT;
+//! SIGHUP re-reads the portres.d files.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -111,6 +112,9 @@ fn main() -> ExitCode {
     config.max_connections_per_uid = args.max_connections_per_user.max(1);
     config.workers = args.workers.0;
     config.pin_workers = matches!(args.pin_workers, OnOff::On);
+    if !args.config_dir.is_empty() {
+        config.config_dirs = args.config_dir;
+    }
     if let Some(g) = args.admin_group {
         match resolve_group(&g) {
             Ok(gid) => config.admin_gid = Some(gid),
@@ -150,6 +154,7 @@ fn main() -> ExitCode {
     let mut signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ]) {
         Ok(s) => s,
         Err(e) => {
@@ -167,8 +172,14 @@ fn main() -> ExitCode {
     // Passed sockets nobody serves are closed (and named in the log).
     drop(passed);
     let stop = daemon.stop_handle();
+    let reload = daemon.reload_handle();
     std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
+        for sig in signals.forever() {
+            if sig == signal_hook::consts::SIGHUP {
+                // Re-read the portres.d files (the daemon's front does it).
+                reload.reload();
+                continue;
+            }
             let name = if sig == signal_hook::consts::SIGTERM {
                 "SIGTERM"
             } else {
@@ -176,6 +187,7 @@ fn main() -> ExitCode {
             };
             log::info!("{name}: stopping");
             stop.stop();
+            break;
         }
     });
     let result = daemon.run();

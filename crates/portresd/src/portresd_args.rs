@@ -108,6 +108,16 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     enforce_cgroup: Option<PathBuf>,
 
+    /// A portres.d directory of declared reservations (*.conf files, one
+    /// reservation per line); repeat it, lowest precedence first: a file in
+    /// a later directory replaces the same name in an earlier one, a
+    /// symlink to /dev/null masks the name. Replaces the defaults
+    /// (/usr/lib/portres.d /run/portres.d /etc/portres.d; user mode
+    /// $XDG_CONFIG_HOME/portres.d). Read at start and at SIGHUP or
+    /// `portres reload`
+    #[arg(long, value_name = "DIR")]
+    config_dir: Vec<PathBuf>,
+
     /// Log more (-v: debug, -vv: trace); RUST_LOG overrides
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,

@@ -67,6 +67,8 @@ class ReservationInfo:
     holder: Optional[Holder] = None
     label: Optional[str] = None
     in_use: Optional[Tuple[int, ...]] = None
+    #: Declared reservations: the portres.d file that declares it.
+    source: Optional[str] = None
     raw: Dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -83,6 +85,7 @@ class ReservationInfo:
         holder = d.get("holder")
         in_use = d.get("in_use")
         label = d.get("label")
+        source = d.get("source")
         return cls(
             protocol=str(d.get("protocol")),
             start=_int(d, "start"),
@@ -93,6 +96,7 @@ class ReservationInfo:
             holder=Holder(_int(holder, "uid"), _int(holder, "pid")) if isinstance(holder, dict) else None,
             label=label if isinstance(label, str) else None,
             in_use=tuple(p for p in in_use if isinstance(p, int)) if isinstance(in_use, list) else None,
+            source=source if isinstance(source, str) else None,
             raw=d,
         )
 

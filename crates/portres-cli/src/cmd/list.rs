@@ -93,11 +93,13 @@ pub fn run(client: &Client, plan: Plan, json: bool) -> Result<Outcome, Error> {
                 in_use(r.in_use.as_deref().unwrap_or(&[])),
                 r.token.map_or_else(|| "-".to_string(), |t| t.to_string()),
                 output::label(r),
+                r.source.clone().unwrap_or_else(|| "-".to_string()),
             ]
         })
         .collect();
     let limit = if plan.wide { None } else { Some(width_limit()) };
-    let layout = fit(&rows, limit);
+    // SOURCE only when some reservation is declared in a portres.d file.
+    let layout = fit(&rows, limit, list.iter().any(|r| r.source.is_some()));
     if layout.token_dropped && list.iter().any(|r| r.token.is_some()) {
         errln!(
             "portres: the TOKEN column is left out to fit {} columns (portres list --wide, or --json)",
@@ -109,8 +111,15 @@ pub fn run(client: &Client, plan: Plan, json: bool) -> Result<Outcome, Error> {
             .iter()
             .zip(layout.widths)
             .enumerate()
-            .filter(|(i, _)| !(layout.token_dropped && *i == TOKEN))
-            .map(|(_, (c, w))| format!("{:<w$}", elide(c, w)))
+            .filter(|(i, _)| layout.shows(*i))
+            .map(|(i, (c, w))| {
+                let c = if i == SOURCE {
+                    elide_front(c, w)
+                } else {
+                    elide(c, w)
+                };
+                format!("{c:<w$}")
+            })
             .collect();
         outln!("{}", line.join("  ").trim_end());
     };
@@ -121,7 +130,7 @@ pub fn run(client: &Client, plan: Plan, json: bool) -> Result<Outcome, Error> {
     Ok(Outcome::Exit(0))
 }
 
-const COLUMNS: usize = 7;
+const COLUMNS: usize = 8;
 const HEADER: [&str; COLUMNS] = [
     "PROTO",
     "PORTS",
@@ -130,11 +139,14 @@ const HEADER: [&str; COLUMNS] = [
     "IN USE",
     "TOKEN",
     "LABEL",
+    "SOURCE",
 ];
 const HOLDER: usize = 3;
 const IN_USE: usize = 4;
 const TOKEN: usize = 5;
 const LABEL: usize = 6;
+/// The portres.d file of a declared reservation.
+const SOURCE: usize = 7;
 
 /// The ports some socket holds, runs of consecutive ports as ranges:
 /// "43000-43002,43010", or "-".
@@ -184,10 +196,35 @@ fn elide(s: &str, w: usize) -> String {
     out
 }
 
+/// `s` cut to its last `w` characters, the first one "…" if anything was
+/// cut (the end of a path is the part that tells files apart).
+fn elide_front(s: &str, w: usize) -> String {
+    let n = s.chars().count();
+    if n <= w {
+        return s.to_string();
+    }
+    let mut out = String::from("…");
+    out.extend(s.chars().skip(n - w.saturating_sub(1)));
+    out
+}
+
 #[derive(Debug)]
 struct Layout {
     widths: [usize; COLUMNS],
     token_dropped: bool,
+    /// No reservation has a source: the SOURCE column is not shown.
+    source_dropped: bool,
+}
+
+impl Layout {
+    fn shows(&self, col: usize) -> bool {
+        let dropped = match col {
+            TOKEN => self.token_dropped,
+            SOURCE => self.source_dropped,
+            _ => false,
+        };
+        !dropped
+    }
 }
 
 /// Column widths that fit `limit`, giving up the least useful first: port
@@ -195,7 +232,7 @@ struct Layout {
 /// out (a cut token is useless, and programs use --json), then labels,
 /// port lists and holders are shortened down to about their headers'
 /// width. What is still too wide (nothing else can give) overflows.
-fn fit(rows: &[[String; COLUMNS]], limit: Option<usize>) -> Layout {
+fn fit(rows: &[[String; COLUMNS]], limit: Option<usize>, with_source: bool) -> Layout {
     let mut widths = HEADER.map(str::len);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -205,12 +242,13 @@ fn fit(rows: &[[String; COLUMNS]], limit: Option<usize>) -> Layout {
     let mut layout = Layout {
         widths,
         token_dropped: false,
+        source_dropped: !with_source,
     };
     let Some(limit) = limit else {
         return layout;
     };
     let total = |l: &Layout| {
-        let cols = (0..COLUMNS).filter(|&i| !(l.token_dropped && i == TOKEN));
+        let cols = (0..COLUMNS).filter(|&i| l.shows(i));
         let n = cols.clone().count();
         cols.map(|i| l.widths[i]).sum::<usize>() + 2 * (n - 1)
     };
@@ -221,13 +259,20 @@ fn fit(rows: &[[String; COLUMNS]], limit: Option<usize>) -> Layout {
             l.widths[col] = l.widths[col].saturating_sub(excess).max(floor);
         }
     };
-    shrink(&mut layout, &[(IN_USE, 12), (HOLDER, 16)]);
+    shrink(&mut layout, &[(SOURCE, 24), (IN_USE, 12), (HOLDER, 16)]);
     if total(&layout) > limit {
         layout.token_dropped = true;
     }
     shrink(
         &mut layout,
-        &[(LABEL, 10), (IN_USE, 6), (HOLDER, 12), (LABEL, 5)],
+        &[
+            (LABEL, 10),
+            (SOURCE, 16),
+            (IN_USE, 6),
+            (HOLDER, 12),
+            (LABEL, 5),
+            (SOURCE, 8),
+        ],
     );
     layout
 }

@@ -5,6 +5,7 @@
 //! daemon is never asked.
 
 pub mod acquire;
+pub mod declared;
 pub mod exec;
 pub mod list;
 pub mod listen;
@@ -36,6 +37,10 @@ pub enum Plan {
     List(list::Plan),
     /// `status`.
     Status,
+    /// `reload`.
+    Reload,
+    /// `import-sysctl`.
+    ImportSysctl(declared::ImportPlan),
 }
 
 /// Checks `cli`'s subcommand without talking to the daemon.
@@ -49,6 +54,8 @@ pub fn check(cli: &Cli) -> Result<Plan, Error> {
         Command::Lookup(b) => Plan::Lookup(persistent::check_block(b)?),
         Command::List(a) => Plan::List(list::check(a)?),
         Command::Status => Plan::Status,
+        Command::Reload => Plan::Reload,
+        Command::ImportSysctl(a) => Plan::ImportSysctl(declared::check_import(a)?),
     })
 }
 
@@ -64,6 +71,16 @@ impl Plan {
             Plan::Lookup(b) => persistent::lookup(client, b, json),
             Plan::List(p) => list::run(client, p, json),
             Plan::Status => status::run(client, json),
+            Plan::Reload => declared::reload(client, json),
+            Plan::ImportSysctl(p) => declared::import_sysctl(Some(client), p),
+        }
+    }
+
+    /// Runs it without a daemon, if it needs none (`None`: it needs one).
+    pub fn run_alone(&self) -> Option<Result<Outcome, Error>> {
+        match self {
+            Plan::ImportSysctl(p) if !p.baseline => Some(declared::import_sysctl(None, p.clone())),
+            _ => None,
         }
     }
 }

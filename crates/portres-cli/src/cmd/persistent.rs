@@ -66,6 +66,7 @@ pub fn delete(client: &Client, b: CheckedBlock, json: bool) -> Result<Outcome, E
         holder: None,
         label: None,
         in_use: None,
+        source: None,
     };
     output::reservation(&gone, json, "deleted", None);
     Ok(Outcome::Exit(0))

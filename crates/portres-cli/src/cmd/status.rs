@@ -146,6 +146,12 @@ pub fn run(client: &Client, json: bool) -> Result<Outcome, Error> {
                 ""
             }
         );
+        if !s.config_dirs.is_empty() {
+            outln!("declared from:   {}", s.config_dirs.join(" "));
+        }
+        for p in &s.declared_problems {
+            outln!("declared:        {}", crate::cmd::declared::problem_line(p));
+        }
     }
     Ok(Outcome::Exit(0))
 }

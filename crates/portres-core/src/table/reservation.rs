@@ -55,6 +55,9 @@ pub struct Reservation {
     pub owner: Option<Owner>,
     /// Free text chosen by whoever made it.
     pub label: Option<String>,
+    /// Persistent reservations declared in a portres.d file: its path
+    /// (`None`: made through the API).
+    pub source: Option<String>,
     /// Offset into the block where the next bind starts looking, so a port
     /// just closed (perhaps still in TIME_WAIT) is not the first one retried.
     pub next_offset: u16,
@@ -94,6 +97,7 @@ impl Reservation {
             holder: Some(holder),
             owner: None,
             label: None,
+            source: None,
             next_offset: 0,
         }
     }
@@ -114,6 +118,7 @@ impl Reservation {
             holder: None,
             owner,
             label,
+            source: None,
             next_offset: 0,
         }
     }

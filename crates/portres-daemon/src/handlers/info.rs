@@ -57,6 +57,13 @@ impl State {
                 crate::kernel::Enforcement::Off { reason } => Some(reason.clone()),
                 crate::kernel::Enforcement::Strict { .. } => None,
             },
+            config_dirs: self
+                .config()
+                .config_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect(),
+            declared_problems: self.declared_problems().to_vec(),
         })
     }
 }

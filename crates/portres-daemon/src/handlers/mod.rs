@@ -142,6 +142,10 @@ fn dispatch(
         },
         Request::Attach => reply(lock(state).attach(session, fd.expect(CHECKED))),
         Request::GetInfo => reply(Ok(info::varlink_info())),
+        Request::Reload => {
+            let allowed = lock(state).check_reload(session);
+            reply(allowed.map(|()| crate::declared::reload(state, "portres reload")))
+        }
         Request::GetInterfaceDescription { interface } => {
             match info::interface_description(&interface) {
                 Some(description) => reply(Ok(description)),

@@ -1,6 +1,8 @@
 //! Persistent reservations: Create, Delete and Lookup (the seeds'
-//! Create/Delete/LookupPersistent{Tcp,Udp}PortReservation). A change is
-//! acknowledged only after the store has it on disk.
+//! Create/Delete/LookupPersistent{Tcp,Udp}PortReservation), and Reload
+//! (the portres.d files' declared ones). A change is acknowledged only
+//! after the store has it on disk; a declared reservation is not deleted
+//! through the API (its file is where it changes).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -47,6 +49,7 @@ impl State {
             created_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64),
+            source: None,
         };
         let token = self.new_token()?;
         self.store_mut().insert(&row).map_err(Error::from)?;
@@ -95,6 +98,17 @@ impl State {
     pub fn delete(&mut self, session: SessionId, p: BlockParams) -> Result<Empty, Error> {
         let uid = self.require_admin(session, "deleting")?;
         let res = self.persistent_by_block(&p)?;
+        if let Some(file) = &res.source {
+            // Why: the file would bring it back at the next reload; the
+            // file is where it is changed.
+            return Err(Error::new(
+                ErrorCode::AccessDenied,
+                format!(
+                    "{} {} is declared in {file}: remove its line there and run `portres reload`",
+                    p.protocol, res.block
+                ),
+            ));
+        }
         let (token, block) = (res.token, res.block);
         self.store_mut()
             .delete(p.protocol, block)
@@ -102,6 +116,21 @@ impl State {
         self.end(token);
         log::info!("uid {uid} deleted persistent {} {block}", p.protocol);
         Ok(Empty {})
+    }
+
+    /// Reload's permission check: admin only.
+    pub(crate) fn check_reload(&self, session: SessionId) -> Result<(), Error> {
+        let caller = &self.session(session)?.caller;
+        if caller.admin {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorCode::AccessDenied,
+            format!(
+                "reloading the portres.d files is for administrators (root or the admin group); uid {} is not one",
+                caller.uid
+            ),
+        ))
     }
 
     /// Lookup: admin or the reservation's owner; by the exact block.

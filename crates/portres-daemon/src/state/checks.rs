@@ -6,7 +6,7 @@ use portres_core::{Block, Error, ErrorCode, Protocol};
 use crate::kernel::Kernel;
 
 /// Longest label accepted, in bytes.
-pub const MAX_LABEL_BYTES: usize = 256;
+pub use portres_core::declared::MAX_LABEL_BYTES;
 
 /// Tokens drawn from the OS random source, 64 per getrandom() call (one
 /// system call per 64 reservations instead of one each). Nothing about a

@@ -13,9 +13,11 @@
 //!
 //! Split: `open` (building the state: baseline, restored reservations),
 //! `checks` (request checks that need no state, tokens), `sync` (the
-//! front's side of the kernel mirror: flush, check, shutdown).
+//! front's side of the kernel mirror: flush, check, shutdown), `declared`
+//! (applying the portres.d files).
 
 mod checks;
+mod declared;
 mod enforce;
 mod open;
 mod sync;
@@ -88,6 +90,8 @@ pub struct State {
     tokens: TokenPool,
     /// ip_local_port_range and when it was read.
     range_cache: Option<(Instant, (u16, u16))>,
+    /// What the last reading of the portres.d files could not apply.
+    declared_problems: Vec<portres_proto::DeclaredProblem>,
 }
 
 impl std::fmt::Debug for State {
@@ -345,6 +349,7 @@ impl State {
             }),
             label: res.label.clone(),
             in_use: None,
+            source: res.source.clone(),
         }
     }
 

@@ -46,18 +46,20 @@ impl State {
             started: Instant::now(),
             tokens: TokenPool::default(),
             range_cache: None,
+            declared_problems: Vec::new(),
         };
         if state.mirror.is_on() {
             state.load_baseline()?;
         }
         for row in state.store.load().map_err(Error::from)? {
-            let res = Reservation::persistent(
+            let mut res = Reservation::persistent(
                 state.new_token()?,
                 row.protocol,
                 row.block,
                 row.owner,
                 row.label,
             );
+            res.source = row.source;
             state.table.insert(res).map_err(|e| {
                 Error::new(
                     ErrorCode::Internal,

@@ -31,6 +31,7 @@ fn requests_round_trip() {
         Request::List(ListParams::default()),
         Request::Status,
         Request::Attach,
+        Request::Reload,
     ];
     for r in reqs {
         let frame = r.encode();

@@ -26,10 +26,13 @@ pub struct StoredReservation {
     pub created_by: u32,
     /// When it was created, in unix seconds, as supplied by the caller.
     pub created_at: i64,
+    /// `None`: created through the API; else the path of the portres.d
+    /// file that declares it.
+    pub source: Option<String>,
 }
 
 pub(super) const SELECT_ALL: &str = "SELECT rowid, protocol, start, count, owner_kind, owner_id, label, \
-     created_by, created_at FROM persistent ORDER BY protocol, start";
+     created_by, created_at, source FROM persistent ORDER BY protocol, start";
 
 /// Reads and validates every row of `persistent` (see [`Store::load`]).
 pub(super) fn load_rows(
@@ -42,7 +45,7 @@ pub(super) fn load_rows(
     let mut rows = stmt.query([]).map_err(sql_err)?;
     let mut out = Vec::new();
     while let Some(row) = rows.next().map_err(sql_err)? {
-        let mut values = [ValueRef::Null; 9];
+        let mut values = [ValueRef::Null; 10];
         for (i, v) in values.iter_mut().enumerate() {
             *v = row.get_ref(i).map_err(sql_err)?;
         }
@@ -133,8 +136,8 @@ fn u32_column(v: ValueRef<'_>, column: &str) -> Result<u32, String> {
     }
 }
 
-/// Validates one row's columns (protocol .. created_at, without the rowid).
-pub(super) fn parse_row(v: &[ValueRef<'_>; 8]) -> Result<StoredReservation, String> {
+/// Validates one row's columns (protocol .. source, without the rowid).
+pub(super) fn parse_row(v: &[ValueRef<'_>; 9]) -> Result<StoredReservation, String> {
     let [
         protocol,
         start,
@@ -144,6 +147,7 @@ pub(super) fn parse_row(v: &[ValueRef<'_>; 8]) -> Result<StoredReservation, Stri
         label,
         created_by,
         created_at,
+        source,
     ] = *v;
     let protocol = match protocol {
         ValueRef::Text(b"tcp") => Protocol::Tcp,
@@ -188,6 +192,15 @@ pub(super) fn parse_row(v: &[ValueRef<'_>; 8]) -> Result<StoredReservation, Stri
         ValueRef::Integer(i) => i,
         other => return Err(format!("created_at is {}, not an integer", describe(other))),
     };
+    let source = match source {
+        ValueRef::Null => None,
+        ValueRef::Text(t) => Some(
+            std::str::from_utf8(t)
+                .map_err(|e| format!("source is not valid UTF-8: {e}"))?
+                .to_string(),
+        ),
+        other => return Err(format!("source is {}, not text", describe(other))),
+    };
     Ok(StoredReservation {
         protocol,
         block,
@@ -195,5 +208,6 @@ pub(super) fn parse_row(v: &[ValueRef<'_>; 8]) -> Result<StoredReservation, Stri
         label,
         created_by,
         created_at,
+        source,
     })
 }

@@ -54,11 +54,13 @@ fn parse_row_rejects_each_bad_column_without_panicking() {
         ValueRef::Text(b"web"),
         ValueRef::Integer(0),
         ValueRef::Integer(1_700_000_000),
+        ValueRef::Text(b"/etc/portres.d/web.conf"),
     ];
     let r = parse_row(&good).unwrap();
+    assert_eq!(r.source.as_deref(), Some("/etc/portres.d/web.conf"));
     assert_eq!(r.block, Block::new(5000, 10).unwrap());
     assert_eq!(r.owner, Some(Owner::Group(100)));
-    let cases: [(usize, ValueRef<'static>, &str); 10] = [
+    let cases: [(usize, ValueRef<'static>, &str); 11] = [
         (0, ValueRef::Text(b"sctp"), "protocol 'sctp'"),
         (0, ValueRef::Null, "protocol NULL"),
         (1, ValueRef::Integer(0), "start port 0"),
@@ -69,6 +71,7 @@ fn parse_row_rejects_each_bad_column_without_panicking() {
         (4, ValueRef::Integer(1 << 40), "owner_id 1099511627776"),
         (5, ValueRef::Text(b"\xff"), "UTF-8"),
         (7, ValueRef::Blob(b"x"), "created_at is a blob"),
+        (8, ValueRef::Integer(3), "source is 3"),
     ];
     for (i, value, expect) in cases {
         let mut row = good;

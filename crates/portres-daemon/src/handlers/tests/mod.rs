@@ -12,6 +12,7 @@
 mod acquire;
 mod acquire_socket;
 mod capability;
+mod declared;
 mod enforce;
 mod kernel_sync;
 mod matrix;
@@ -72,6 +73,8 @@ impl Harness {
         config.mode = Mode::System;
         config.daemon_uid = 0;
         config.admin_gid = Some(ADMIN_GID);
+        // Never the machine's own /etc/portres.d.
+        config.config_dirs = vec![dir.path().join("lib.d"), dir.path().join("etc.d")];
         configure(&mut config);
         let mut store = Store::open(&config.state_dir).unwrap();
         store.set_baseline(&baseline.parse().unwrap()).unwrap();

@@ -1,0 +1,245 @@
+//! Applying the portres.d files (`State::apply_declared`): declared
+//! reservations are persistent reservations whose source is a file. Those
+//! the files no longer declare are deleted, those whose owner, label or
+//! file changed are updated, new ones are created — each change on its own
+//! and whole (store first, durably, then table and kernel; a failure
+//! undoes that change and is reported), never one half-done. A new one
+//! that overlaps another reservation or whose port is in use is a conflict:
+//! reported and retried at the next reload. Reservations made through the
+//! API are never touched.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use portres_core::{Block, Error, Kind, Protocol, Reservation, Token};
+use portres_proto::{DeclaredProblem, ReloadReply};
+use portres_store::StoredReservation;
+
+use super::State;
+use crate::declared::{Declared, Wanted, problem};
+
+/// A declared reservation in the table now.
+struct Current {
+    token: Token,
+    protocol: Protocol,
+    block: Block,
+    owner: Option<portres_core::Owner>,
+    label: Option<String>,
+    source: String,
+}
+
+impl State {
+    /// What the last reload (or the start) could not apply.
+    pub(crate) fn declared_problems(&self) -> &[DeclaredProblem] {
+        &self.declared_problems
+    }
+
+    /// Brings the declared reservations to what `declared` (the files, as
+    /// just read) says, and remembers its problems for `Status`.
+    pub(crate) fn apply_declared(&mut self, declared: Declared) -> ReloadReply {
+        let Declared {
+            files,
+            wanted,
+            mut problems,
+            keep_from,
+            keep_all,
+        } = declared;
+        let mut reply = ReloadReply {
+            files,
+            ..ReloadReply::default()
+        };
+        let current: Vec<Current> = self
+            .table
+            .iter()
+            .filter(|r| r.kind == Kind::Persistent)
+            .filter_map(|r| {
+                Some(Current {
+                    token: r.token,
+                    protocol: r.protocol,
+                    block: r.block,
+                    owner: r.owner,
+                    label: r.label.clone(),
+                    source: r.source.clone()?,
+                })
+            })
+            .collect();
+        let by_key: HashMap<(Protocol, Block), &Wanted> =
+            wanted.iter().map(|w| ((w.protocol, w.block), w)).collect();
+
+        // Deletions first: a line whose block changed frees its old ports
+        // for its new block.
+        for c in current
+            .iter()
+            .filter(|c| !by_key.contains_key(&(c.protocol, c.block)))
+        {
+            if keep_all || keep_from.contains(&c.source) {
+                problems.push(problem(
+                    &c.source,
+                    None,
+                    "kept",
+                    format!(
+                        "{} {} stays reserved although the file no longer declares it: {}; fix that and reload",
+                        c.protocol,
+                        c.block,
+                        if keep_all {
+                            "a portres.d directory cannot be listed"
+                        } else {
+                            "the file has problems or cannot be read"
+                        }
+                    ),
+                ));
+                continue;
+            }
+            match self.store.delete(c.protocol, c.block) {
+                Ok(_) => {
+                    self.end(c.token);
+                    reply.deleted += 1;
+                    log::info!(
+                        "portres.d: deleted declared {} {} (no longer in {})",
+                        c.protocol,
+                        c.block,
+                        c.source
+                    );
+                }
+                Err(e) => problems.push(problem(
+                    &c.source,
+                    None,
+                    "failed",
+                    format!("could not delete {} {}: {e}", c.protocol, c.block),
+                )),
+            }
+        }
+
+        // Updates: the same block, another owner, label or file.
+        let existing: HashMap<(Protocol, Block), &Current> =
+            current.iter().map(|c| ((c.protocol, c.block), c)).collect();
+        for w in &wanted {
+            let Some(c) = existing.get(&(w.protocol, w.block)) else {
+                continue;
+            };
+            if c.owner == w.owner && c.label == w.label && c.source == w.file {
+                continue;
+            }
+            match self.store.update(
+                w.protocol,
+                w.block,
+                w.owner,
+                w.label.as_deref(),
+                Some(&w.file),
+            ) {
+                Ok(_) => {
+                    if let Some(r) = self.table.get_mut(c.token) {
+                        r.owner = w.owner;
+                        r.label = w.label.clone();
+                        r.source = Some(w.file.clone());
+                    }
+                    reply.updated += 1;
+                    log::info!(
+                        "portres.d: updated declared {} {} ({}:{})",
+                        w.protocol,
+                        w.block,
+                        w.file,
+                        w.line
+                    );
+                }
+                Err(e) => problems.push(problem(
+                    &w.file,
+                    Some(w.line),
+                    "failed",
+                    format!("could not update {} {}: {e}", w.protocol, w.block),
+                )),
+            }
+        }
+
+        // Creations: checked like Create, plus what they conflict with.
+        for w in wanted
+            .iter()
+            .filter(|w| !existing.contains_key(&(w.protocol, w.block)))
+        {
+            match self.create_declared(w) {
+                Ok(()) => {
+                    reply.created += 1;
+                    log::info!(
+                        "portres.d: created declared {} {} ({}:{})",
+                        w.protocol,
+                        w.block,
+                        w.file,
+                        w.line
+                    );
+                }
+                Err((kind, message)) => {
+                    problems.push(problem(&w.file, Some(w.line), kind, message));
+                }
+            }
+        }
+        reply.declared = self
+            .table
+            .iter()
+            .filter(|r| r.kind == Kind::Persistent && r.source.is_some())
+            .count();
+        self.declared_problems = problems.clone();
+        reply.problems = problems;
+        reply
+    }
+
+    /// One new declared reservation, whole or not at all: (kind, why) if not.
+    fn create_declared(&mut self, w: &Wanted) -> Result<(), (&'static str, String)> {
+        let what = format!("{} {}", w.protocol, w.block);
+        if let Some(other) = self.table.overlapping(w.protocol, w.block) {
+            let whose = match (other.kind, &other.source, other.holder) {
+                (Kind::Persistent, Some(file), _) => format!("declared in {file}"),
+                (Kind::Persistent, None, _) => {
+                    "a persistent reservation made through the API (portres create); delete it for the file to take over".to_string()
+                }
+                (Kind::Runtime, _, Some(h)) => {
+                    format!("held by uid {} (pid {}) until it releases it", h.uid, h.pid)
+                }
+                (Kind::Runtime, _, None) => "a runtime reservation".to_string(),
+            };
+            return Err((
+                "conflict",
+                format!(
+                    "{what} is not reserved: it overlaps {} {} ({whose}); retried at the next reload",
+                    other.protocol, other.block
+                ),
+            ));
+        }
+        if let Err(e) = self.check_not_in_use(w.protocol, w.block) {
+            return Err((
+                "conflict",
+                format!(
+                    "{what} is not reserved: {}; retried at the next reload",
+                    e.message
+                ),
+            ));
+        }
+        let failed = |e: Error| ("failed", format!("{what} is not reserved: {}", e.message));
+        let row = StoredReservation {
+            protocol: w.protocol,
+            block: w.block,
+            owner: w.owner,
+            label: w.label.clone(),
+            created_by: self.config.daemon_uid,
+            created_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+            source: Some(w.file.clone()),
+        };
+        let token = self.new_token().map_err(failed)?;
+        self.store.insert(&row).map_err(|e| failed(e.into()))?;
+        let mut res = Reservation::persistent(token, w.protocol, w.block, w.owner, w.label.clone());
+        res.source = Some(w.file.clone());
+        if let Err(e) = self.reserve(res) {
+            let _ = self.store.delete(w.protocol, w.block);
+            return Err(failed(e));
+        }
+        if let Err(e) = self.cover(w.block) {
+            self.withdraw(token);
+            if let Err(undo) = self.store.delete(w.protocol, w.block) {
+                log::error!("could not undo declared {what} after a sysctl failure: {undo}");
+            }
+            return Err(failed(e));
+        }
+        Ok(())
+    }
+}
