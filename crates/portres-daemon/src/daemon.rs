@@ -278,15 +278,22 @@ impl Daemon {
             reload,
             ..
         } = self;
-        let (result, shared) =
-            match Front::new(state, config, listener, stop, shrink, notifier.clone(), reload) {
-                Ok(mut front) => {
-                    let result = front.run();
-                    notifier.stopping();
-                    (result, front.stop_workers())
-                }
-                Err((e, shared)) => (Err(e), shared),
-            };
+        let (result, shared) = match Front::new(
+            state,
+            config,
+            listener,
+            stop,
+            shrink,
+            notifier.clone(),
+            reload,
+        ) {
+            Ok(mut front) => {
+                let result = front.run();
+                notifier.stopping();
+                (result, front.stop_workers())
+            }
+            Err((e, shared)) => (Err(e), shared),
+        };
         if let Some(file) = guards.as_ref().and_then(|g| g.socket_file.as_ref()) {
             file.remove();
         }

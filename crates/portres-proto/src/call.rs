@@ -420,9 +420,7 @@ impl Request {
             | Request::GetCapability
             | Request::Attach
             | Request::GetInfo
-            | Request::Reload => {
-                frame(m, &Empty {}, cpu, oneway)
-            }
+            | Request::Reload => frame(m, &Empty {}, cpu, oneway),
             Request::EnterCgroup => frame(m, &Empty {}, cpu, oneway),
             Request::GetInterfaceDescription { interface } => frame(
                 m,

@@ -120,6 +120,23 @@ impl State {
             if c.owner == w.owner && c.label == w.label && c.source == w.file {
                 continue;
             }
+            // Strict mode: the new owner may bind before the change is
+            // stored (a guard the map refuses changes nothing); if the
+            // store then refuses, the old owner's entry is put back.
+            let Some(before) = self.table.get(c.token).cloned() else {
+                continue;
+            };
+            let mut after = before.clone();
+            after.owner = w.owner;
+            if let Err(e) = self.guard(&after) {
+                problems.push(problem(
+                    &w.file,
+                    Some(w.line),
+                    "failed",
+                    format!("could not update {} {}: {}", w.protocol, w.block, e.message),
+                ));
+                continue;
+            }
             match self.store.update(
                 w.protocol,
                 w.block,
@@ -142,12 +159,16 @@ impl State {
                         w.line
                     );
                 }
-                Err(e) => problems.push(problem(
-                    &w.file,
-                    Some(w.line),
-                    "failed",
-                    format!("could not update {} {}: {e}", w.protocol, w.block),
-                )),
+                Err(e) => {
+                    // Best effort, as when a reservation ends.
+                    let _ = self.guard(&before);
+                    problems.push(problem(
+                        &w.file,
+                        Some(w.line),
+                        "failed",
+                        format!("could not update {} {}: {e}", w.protocol, w.block),
+                    ));
+                }
             }
         }
 

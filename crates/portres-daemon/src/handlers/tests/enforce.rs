@@ -173,3 +173,49 @@ fn status_says_whether_binds_are_enforced_and_why_not() {
     assert_eq!(on.enforcement, "strict");
     assert_eq!(on.enforcement_reason, None);
 }
+
+#[test]
+fn a_declared_owner_change_moves_the_guard_to_the_new_owner() {
+    let h = Harness::with("", |c| c.daemon_uid = rustix::process::geteuid().as_raw());
+    let e = strict(&h);
+    let dir = h.dir.path().join("etc.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.conf"), format!("tcp 8080 owner={OWNER_UID}\n")).unwrap();
+    crate::declared::reload(&h.state, "test");
+    let user = |uid| AllowedBinders {
+        uid: Some(uid),
+        skip_bind_service_cap: true,
+        ..daemon_only()
+    };
+    assert_eq!(
+        guarded(&e),
+        vec![((Protocol::Tcp, 8080, 1), user(OWNER_UID))]
+    );
+    std::fs::write(
+        dir.join("a.conf"),
+        format!("tcp 8080 owner={}\n", OWNER_UID + 1),
+    )
+    .unwrap();
+    let r = crate::declared::reload(&h.state, "test");
+    assert_eq!(r.updated, 1, "{r:?}");
+    assert_eq!(
+        guarded(&e),
+        vec![((Protocol::Tcp, 8080, 1), user(OWNER_UID + 1))],
+        "the new owner may bind, the old one no longer"
+    );
+    // A guard the map refuses changes nothing: not the owner, not the guard.
+    e.lock().unwrap().fail = true;
+    std::fs::write(dir.join("a.conf"), "tcp 8080\n").unwrap();
+    let r = crate::declared::reload(&h.state, "test");
+    assert_eq!((r.updated, r.problems.len()), (0, 1), "{r:?}");
+    assert_eq!(r.problems[0].kind, "failed");
+    assert_eq!(
+        h.snapshot().store[0].owner,
+        Some(Owner::User(OWNER_UID + 1))
+    );
+    e.lock().unwrap().fail = false;
+    assert_eq!(
+        guarded(&e),
+        vec![((Protocol::Tcp, 8080, 1), user(OWNER_UID + 1))]
+    );
+}
