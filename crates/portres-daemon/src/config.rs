@@ -1,5 +1,6 @@
 //! The daemon's configuration: paths, kernel sync mode, admin group, quota
-//! and connection limits, with the defaults of system and user mode.
+//! and connection limits, the portserver endpoint's addresses, with the
+//! defaults of system and user mode.
 
 use std::path::PathBuf;
 
@@ -35,6 +36,49 @@ impl Mode {
     }
 }
 
+/// An address the portserver endpoint (portpicker's protocol) listens on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortserverAddress {
+    /// A socket file (its directory must exist and be safe, as for
+    /// `--socket`).
+    Path(PathBuf),
+    /// A Linux abstract socket name (given as `@name`; stored without the
+    /// `@`). Abstract names belong to the network namespace.
+    Abstract(Vec<u8>),
+}
+
+impl PortserverAddress {
+    /// `@name` (abstract; portpicker's `PORTSERVER_ADDRESS` form) or a
+    /// path.
+    pub fn parse(s: &str) -> Result<PortserverAddress, String> {
+        // sun_path holds 108 bytes; an abstract name takes one for its NUL,
+        // a path one for its terminator.
+        const MAX: usize = 107;
+        if let Some(name) = s.strip_prefix('@') {
+            if name.is_empty() || name.len() > MAX - 1 {
+                return Err(format!(
+                    "an abstract name (@name) needs 1 to {} bytes",
+                    MAX - 1
+                ));
+            }
+            return Ok(PortserverAddress::Abstract(name.as_bytes().to_vec()));
+        }
+        if s.is_empty() || s.len() > MAX - 1 {
+            return Err(format!("a socket path needs 1 to {} bytes", MAX - 1));
+        }
+        Ok(PortserverAddress::Path(PathBuf::from(s)))
+    }
+}
+
+impl std::fmt::Display for PortserverAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PortserverAddress::Path(p) => write!(f, "{}", p.display()),
+            PortserverAddress::Abstract(name) => write!(f, "@{}", String::from_utf8_lossy(name)),
+        }
+    }
+}
+
 /// Everything the daemon needs to start.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -64,6 +108,9 @@ pub struct Config {
     pub mode: Mode,
     /// The uid the daemon runs as.
     pub daemon_uid: u32,
+    /// Where to serve portpicker's portserver protocol besides the varlink
+    /// socket (none by default).
+    pub portserver: Vec<PortserverAddress>,
 }
 
 impl Config {
@@ -92,6 +139,7 @@ impl Config {
             pin_workers: true,
             mode: if uid == 0 { Mode::System } else { Mode::User },
             daemon_uid: uid,
+            portserver: Vec::new(),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{Config, KernelSync};
+use crate::config::{Config, KernelSync, PortserverAddress};
 use crate::events::EventFd;
 use crate::front::Front;
 use crate::socket::{SocketFile, bind_socket, default_socket, missing_socket_dir};
@@ -47,6 +47,8 @@ pub struct Daemon {
     state: State,
     config: Config,
     listener: UnixListener,
+    /// The portserver endpoint's listeners (`Config::portserver`).
+    portserver: Vec<UnixListener>,
     socket: PathBuf,
     /// Held for the daemon's whole life; released last (see `run`).
     guards: Option<Guards>,
@@ -81,6 +83,8 @@ struct Guards {
     _state_dir: portres_store::StateDirLock,
     _kernel_owner: Option<portres_kernel::owner::KernelOwner>,
     socket_file: SocketFile,
+    /// The portserver endpoint's socket files (abstract names have none).
+    portserver_files: Vec<SocketFile>,
 }
 
 impl Daemon {
@@ -129,6 +133,7 @@ impl Daemon {
         state.set_on_shrink_pending(Box::new(move || hook.signal()));
         let stop = Arc::new(eventfd()?);
         let (listener, socket_file) = bind_socket(&config.socket, config.mode)?;
+        let (portserver, portserver_files) = bind_portserver(&config)?;
         let (_, persistent) = state.counts();
         log::info!(
             "portresd {} ({} mode) listening on {}; store {}{}; kernel sync {}; {} persistent reservation(s) restored",
@@ -144,15 +149,20 @@ impl Daemon {
             if state.kernel_sync() { "on" } else { "off" },
             persistent,
         );
+        for address in &config.portserver {
+            log::info!("portserver endpoint (portpicker's protocol) on {address}");
+        }
         Ok(Daemon {
             state,
             socket: config.socket.clone(),
             config,
             listener,
+            portserver,
             guards: Some(Guards {
                 _state_dir: state_dir_lock,
                 _kernel_owner: kernel_owner,
                 socket_file,
+                portserver_files,
             }),
             stop,
             shrink,
@@ -180,11 +190,12 @@ impl Daemon {
             state,
             config,
             listener,
+            portserver,
             stop,
             shrink,
             ..
         } = self;
-        let (result, shared) = match Front::new(state, config, listener, stop, shrink) {
+        let (result, shared) = match Front::new(state, config, listener, portserver, stop, shrink) {
             Ok(mut front) => {
                 let result = front.run();
                 (result, front.stop_workers())
@@ -193,6 +204,9 @@ impl Daemon {
         };
         if let Some(g) = &guards {
             g.socket_file.remove();
+            for f in &g.portserver_files {
+                f.remove();
+            }
         }
         lock(&shared.state).shutdown();
         log::info!("portresd stopped");
@@ -202,6 +216,41 @@ impl Daemon {
         drop(guards);
         result
     }
+}
+
+/// Binds the portserver endpoint's listeners: a path as safely as the
+/// main socket (`bind_socket`: same directory rules and file mode), an
+/// abstract name as it is (it belongs to the network namespace; nothing to
+/// remove at the end).
+fn bind_portserver(config: &Config) -> Result<(Vec<UnixListener>, Vec<SocketFile>), StartError> {
+    use std::os::linux::net::SocketAddrExt;
+    let mut listeners = Vec::new();
+    let mut files = Vec::new();
+    for address in &config.portserver {
+        match address {
+            PortserverAddress::Path(path) => {
+                let (listener, file) = bind_socket(path, config.mode)?;
+                listeners.push(listener);
+                files.push(file);
+            }
+            PortserverAddress::Abstract(name) => {
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)
+                    .map_err(|e| StartError(format!("--portserver {address}: {e}")))?;
+                let listener = UnixListener::bind_addr(&addr).map_err(|e| {
+                    StartError(format!(
+                        "cannot listen on the abstract socket {address}: {e}{}",
+                        if e.kind() == io::ErrorKind::AddrInUse {
+                            " (another portserver, or another portresd, holds it in this network namespace)"
+                        } else {
+                            ""
+                        }
+                    ))
+                })?;
+                listeners.push(listener);
+            }
+        }
+    }
+    Ok((listeners, files))
 }
 
 type KernelChoice = (

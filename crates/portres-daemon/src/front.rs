@@ -2,7 +2,11 @@
 //! accepts connections, admits them against the connection limits
 //! (`Limits::admit`), opens each one's session and hands it to a worker
 //! (`worker::Workers`), runs the kernel timers (`kernel_timer.rs`) and
-//! sees the stop. It decides nothing about reservations itself.
+//! sees the stop. It also accepts on the portserver endpoint's listeners
+//! (`--portserver`; connections without a session, served by the workers'
+//! `portserver.rs`) and reaps the portserver holders whose processes
+//! exited (their pidfds' epoll set, `State::reap_exited_holders`). It
+//! decides nothing about reservations itself.
 //!
 //! Threads: this loop and the worker loops (by default one per CPU,
 //! pinned), each an epoll loop over its own connections; a connection
@@ -24,7 +28,7 @@ use crate::events::{EventFd, epoll_watching, timeout_until};
 use crate::kernel_timer::KernelTimer;
 use crate::limits::{Charged, Limits};
 use crate::state::{State, lock};
-use crate::worker::{NewConn, Shared, Workers, send_parting_error, usable_cpus};
+use crate::worker::{NewConn, PortserverConn, Shared, Workers, send_parting_error, usable_cpus};
 
 /// How long accepting pauses when the process (EMFILE) or the system
 /// (ENFILE) is out of descriptors: connections wait in the backlog instead
@@ -35,12 +39,24 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const KEY_LISTENER: u64 = 0;
 const KEY_STOP: u64 = 1;
 const KEY_SHRINK: u64 = 2;
+const KEY_HOLDERS: u64 = 3;
+/// Portserver listener `i` has key `KEY_PORTSERVER + i`.
+const KEY_PORTSERVER: u64 = 16;
+
+/// Holders reaped per wakeup (the watch stays readable while more are
+/// left, so a mass exit cannot keep the loop from the rest).
+const REAP_BATCH: usize = 256;
 
 /// The accepting loop and its workers.
 pub(crate) struct Front {
     shared: Arc<Shared>,
     config: Config,
     listener: UnixListener,
+    /// The portserver endpoint's listeners (`--portserver`).
+    portserver: Vec<UnixListener>,
+    /// The epoll set of portserver holders' pidfds (see `KEY_HOLDERS`);
+    /// kept open for as long as we wait on it.
+    _holders: OwnedFd,
     epoll: OwnedFd,
     stop: Arc<EventFd>,
     kernel: KernelTimer,
@@ -61,6 +77,7 @@ impl Front {
         state: State,
         config: Config,
         listener: UnixListener,
+        portserver: Vec<UnixListener>,
         stop: Arc<EventFd>,
         shrink: Arc<EventFd>,
     ) -> Result<Front, (io::Error, Arc<Shared>)> {
@@ -68,13 +85,20 @@ impl Front {
             state: Mutex::new(state),
             limits: Limits::new(&config),
         });
-        let setup = || -> io::Result<(OwnedFd, Workers)> {
+        let setup = || -> io::Result<(OwnedFd, OwnedFd, Workers)> {
             listener.set_nonblocking(true)?;
-            let epoll = epoll_watching(&[
+            let holders = lock(&shared.state).holder_watch()?;
+            let mut watched = vec![
                 (listener.as_fd(), KEY_LISTENER),
                 (stop.as_fd(), KEY_STOP),
                 (shrink.as_fd(), KEY_SHRINK),
-            ])?;
+                (holders.as_fd(), KEY_HOLDERS),
+            ];
+            for (i, l) in portserver.iter().enumerate() {
+                l.set_nonblocking(true)?;
+                watched.push((l.as_fd(), KEY_PORTSERVER + i as u64));
+            }
+            let epoll = epoll_watching(&watched)?;
             let usable = usable_cpus();
             let cpus = if config.pin_workers && usable.len() > 1 {
                 usable.clone()
@@ -88,15 +112,17 @@ impl Front {
                 log::info!("{count} worker thread(s), pinned round-robin to CPUs {cpus:?}");
             }
             let workers = Workers::start(count, &cpus, shared.clone(), stop.clone())?;
-            Ok((epoll, workers))
+            Ok((epoll, holders, workers))
         };
         let kernel_sync = lock(&shared.state).kernel_sync();
         match setup() {
-            Ok((epoll, workers)) => Ok(Front {
+            Ok((epoll, holders, workers)) => Ok(Front {
                 kernel: KernelTimer::new(shrink, kernel_sync),
                 shared,
                 config,
                 listener,
+                portserver,
+                _holders: holders,
                 epoll,
                 stop,
                 workers,
@@ -128,6 +154,10 @@ impl Front {
                 match ev.data.u64() {
                     KEY_LISTENER => self.accept_all(),
                     KEY_SHRINK => self.kernel.shrink_asked(),
+                    KEY_HOLDERS => self.reap_holders(),
+                    key if key >= KEY_PORTSERVER => {
+                        self.accept_portserver((key - KEY_PORTSERVER) as usize)
+                    }
                     _ => {}
                 }
             }
@@ -141,6 +171,9 @@ impl Front {
                 self.accept_resume = None;
                 self.watch_listener(true);
                 self.accept_all();
+                for i in 0..self.portserver.len() {
+                    self.accept_portserver(i);
+                }
             }
             self.kernel.run_due(&self.shared.state);
         }
@@ -198,6 +231,89 @@ impl Front {
             epoll::EventData::new_u64(KEY_LISTENER),
             flags,
         );
+        for (i, l) in self.portserver.iter().enumerate() {
+            let key = epoll::EventData::new_u64(KEY_PORTSERVER + i as u64);
+            let _ = epoll::modify(&self.epoll, l, key, flags);
+        }
+    }
+
+    /// Ends the portserver holders whose processes exited, and gives back
+    /// their pidfds' charge.
+    fn reap_holders(&mut self) {
+        let uids = lock(&self.shared.state).reap_exited_holders(REAP_BATCH);
+        for uid in uids {
+            self.shared.limits.pidfd_released(uid);
+        }
+    }
+
+    /// Accepts what waits on portserver listener `i` (at most
+    /// `ACCEPT_BATCH`, as `accept_all`), each admitted against the
+    /// connection limits like a client connection and handed to a worker;
+    /// refused ones are closed without a byte (the protocol has no error).
+    fn accept_portserver(&mut self, i: usize) {
+        const ACCEPT_BATCH: usize = 256;
+        for _ in 0..ACCEPT_BATCH {
+            if self.workers_gone || self.stop_seen || self.accept_resume.is_some() {
+                return;
+            }
+            let stream = match self.portserver[i].accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.shared.limits.log_limited("accept", || {
+                        format!(
+                            "portserver accept failed: {e}; pausing new connections for {} ms at a time until descriptors free up",
+                            ACCEPT_PAUSE.as_millis()
+                        )
+                    });
+                    self.watch_listener(false);
+                    self.accept_resume = Some(Instant::now() + ACCEPT_PAUSE);
+                    return;
+                }
+            };
+            let Ok(creds) = portres_kernel::creds::peer_creds(stream.as_fd()) else {
+                continue;
+            };
+            let uid = creds.uid;
+            if let Err(refusal) = self.shared.limits.admit(uid) {
+                self.shared.limits.log_limited(refusal.kind, || {
+                    format!(
+                        "{}: refusing a portserver connection from uid {uid} pid {}",
+                        refusal.why, creds.pid
+                    )
+                });
+                continue;
+            }
+            if stream.set_nonblocking(true).is_err() {
+                self.shared
+                    .limits
+                    .connection_closed(uid, Charged::default());
+                continue;
+            }
+            let caller = Caller {
+                admin: State::is_admin(&self.config, uid, creds.gid, &creds.groups),
+                uid,
+                gid: creds.gid,
+                groups: creds.groups,
+                pid: creds.pid,
+            };
+            if self
+                .workers
+                .hand_over_portserver(PortserverConn::new(stream, caller))
+                .is_err()
+            {
+                self.shared
+                    .limits
+                    .connection_closed(uid, Charged::default());
+                if self.stop.is_signalled() {
+                    self.stop_seen = true;
+                } else {
+                    self.workers_gone = true;
+                }
+                return;
+            }
+        }
     }
 
     fn accept(&mut self, stream: UnixStream) {

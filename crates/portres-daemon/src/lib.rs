@@ -35,5 +35,5 @@ mod state;
 mod worker;
 
 pub use baseline::reset as reset_baseline;
-pub use config::{Config, KernelSync, Mode};
+pub use config::{Config, KernelSync, Mode, PortserverAddress};
 pub use daemon::{Daemon, StartError, StopHandle};

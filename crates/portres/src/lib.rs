@@ -27,7 +27,9 @@ mod trust;
 pub use client::{Client, CreateOptions, DaemonWatch};
 pub use portres_core::{Block, Error, ErrorCode, Kind, Owner, Protocol, Token};
 pub use portres_proto::paths::SocketKind;
-pub use portres_proto::{HolderInfo, OwnerInfo, OwnerKind, ReservationInfo, StatusReply};
+pub use portres_proto::{
+    HolderInfo, HolderOrigin, OwnerInfo, OwnerKind, ReservationInfo, StatusReply,
+};
 pub use reservation::Reservation;
 pub use trust::DaemonIdentity;
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use portres_daemon::{Config, Daemon, KernelSync};
+use portres_daemon::{Config, Daemon, KernelSync, PortserverAddress};
 
 // The command line (`Args` and its value types) lives in
 // portresd_args.rs, pasted here by include!, so that the man page and
@@ -61,6 +61,7 @@ fn main() -> ExitCode {
     config.max_connections_per_uid = args.max_connections_per_user.max(1);
     config.workers = args.workers.0;
     config.pin_workers = matches!(args.pin_workers, OnOff::On);
+    config.portserver = args.portserver;
     if let Some(g) = args.admin_group {
         match resolve_group(&g) {
             Ok(gid) => config.admin_gid = Some(gid),

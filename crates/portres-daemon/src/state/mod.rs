@@ -12,10 +12,13 @@
 //! `handlers::runtime`.
 //!
 //! Split: `open` (building the state: baseline, restored reservations),
+//! `holders` (sessions that belong to a process named by pid, for the
+//! portserver endpoint, watched through pidfds),
 //! `checks` (request checks that need no state, tokens), `sync` (the
 //! front's side of the kernel mirror: flush, check, shutdown).
 
 mod checks;
+mod holders;
 mod open;
 mod sync;
 
@@ -28,7 +31,7 @@ use portres_core::{
     Block, Caller, Error, ErrorCode, Kind, PortSet, Reservation, SessionId, Table, Token,
 };
 use portres_kernel::capability::FileId;
-use portres_proto::{HolderInfo, OwnerInfo, ReservationInfo};
+use portres_proto::{HolderInfo, HolderOrigin, OwnerInfo, ReservationInfo};
 use portres_store::Store;
 
 use crate::config::{Config, Mode};
@@ -49,11 +52,33 @@ pub fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// One client connection.
+/// Where a session comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A client connection: the session ends when the connection does.
+    Client,
+    /// The portserver endpoint: the session holds ports for process `pid`
+    /// (of the daemon's pid namespace) and ends when it exits; `uid` is the
+    /// uid of the peer that asked (the process's own uid, or root's). Strict
+    /// mode lets `uid` bind these ports.
+    Portserver {
+        /// The process the ports belong to.
+        pid: i32,
+        /// The uid that asked for them.
+        uid: u32,
+    },
+}
+
+/// One client connection, or one process's portserver ports.
 #[derive(Debug)]
 pub struct Session {
-    /// Who is on the other end, per the kernel.
+    /// Who is on the other end, per the kernel (for a portserver holder:
+    /// the asking peer's credentials with the named process's pid).
     pub caller: Caller,
+    /// Where it comes from.
+    pub origin: Origin,
+    /// A portserver holder's pidfd (registered in `holders`' watch).
+    pub pidfd: Option<OwnedFd>,
     /// The capability handed out for this session, if asked for.
     pub capability: Option<(OwnedFd, FileId)>,
     /// This session's id followed by every session whose capability this
@@ -81,6 +106,8 @@ pub struct State {
     tokens: TokenPool,
     /// ip_local_port_range and when it was read.
     range_cache: Option<(Instant, (u16, u16))>,
+    /// The portserver endpoint's per-process sessions.
+    holders: holders::Holders,
 }
 
 impl std::fmt::Debug for State {
@@ -113,6 +140,8 @@ impl State {
             id,
             Session {
                 caller,
+                origin: Origin::Client,
+                pidfd: None,
                 capability: None,
                 speaks_for: vec![id],
             },
@@ -123,10 +152,13 @@ impl State {
     /// Ends a connection: its runtime reservations go, and the kernel is
     /// told before this returns.
     pub fn close_session(&mut self, id: SessionId) {
-        if let Some(session) = self.sessions.remove(&id)
-            && let Some((_, file_id)) = session.capability
-        {
-            self.capabilities.remove(&file_id);
+        if let Some(session) = self.sessions.remove(&id) {
+            if let Some((_, file_id)) = session.capability {
+                self.capabilities.remove(&file_id);
+            }
+            if let Origin::Portserver { pid, uid } = session.origin {
+                self.holders.forget(pid, uid, id);
+            }
         }
         let gone = self.table.remove_session(id);
         if !gone.is_empty() {
@@ -319,6 +351,10 @@ impl State {
             holder: res.holder.map(|h| HolderInfo {
                 uid: h.uid,
                 pid: h.pid,
+                origin: self.sessions.get(&h.session).and_then(|s| match s.origin {
+                    Origin::Client => None,
+                    Origin::Portserver { .. } => Some(HolderOrigin::Portserver),
+                }),
             }),
             label: res.label.clone(),
             in_use: None,

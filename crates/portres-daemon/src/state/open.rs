@@ -45,6 +45,12 @@ impl State {
             started: Instant::now(),
             tokens: TokenPool::default(),
             range_cache: None,
+            holders: super::holders::Holders::new().map_err(|e| {
+                Error::new(
+                    ErrorCode::Internal,
+                    format!("cannot make the pidfd watch (epoll): {e}"),
+                )
+            })?,
         };
         if state.mirror.is_on() {
             state.load_baseline()?;

@@ -14,6 +14,7 @@ mod capability;
 mod kernel_sync;
 mod matrix;
 mod persistent;
+mod portserver;
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
