@@ -132,8 +132,15 @@ impl Daemon {
         let hook = shrink.clone();
         state.set_on_shrink_pending(Box::new(move || hook.signal()));
         let stop = Arc::new(eventfd()?);
-        let (listener, socket_file) = bind_socket(&config.socket, config.mode)?;
+        // The portserver listeners first: once the main socket accepts
+        // (what "ready" means), they do too.
         let (portserver, portserver_files) = bind_portserver(&config)?;
+        let (listener, socket_file) =
+            bind_socket(&config.socket, config.mode).inspect_err(|_| {
+                for f in &portserver_files {
+                    f.remove();
+                }
+            })?;
         let (_, persistent) = state.counts();
         log::info!(
             "portresd {} ({} mode) listening on {}; store {}{}; kernel sync {}; {} persistent reservation(s) restored",
@@ -225,11 +232,15 @@ impl Daemon {
 fn bind_portserver(config: &Config) -> Result<(Vec<UnixListener>, Vec<SocketFile>), StartError> {
     use std::os::linux::net::SocketAddrExt;
     let mut listeners = Vec::new();
-    let mut files = Vec::new();
+    let mut files: Vec<SocketFile> = Vec::new();
     for address in &config.portserver {
         match address {
             PortserverAddress::Path(path) => {
-                let (listener, file) = bind_socket(path, config.mode)?;
+                let (listener, file) = bind_socket(path, config.mode).inspect_err(|_| {
+                    for f in &files {
+                        f.remove();
+                    }
+                })?;
                 listeners.push(listener);
                 files.push(file);
             }
@@ -237,6 +248,9 @@ fn bind_portserver(config: &Config) -> Result<(Vec<UnixListener>, Vec<SocketFile
                 let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)
                     .map_err(|e| StartError(format!("--portserver {address}: {e}")))?;
                 let listener = UnixListener::bind_addr(&addr).map_err(|e| {
+                    for f in &files {
+                        f.remove();
+                    }
                     StartError(format!(
                         "cannot listen on the abstract socket {address}: {e}{}",
                         if e.kind() == io::ErrorKind::AddrInUse {
