@@ -76,6 +76,27 @@ fn sleeper(cmd: &mut Command) -> Child {
     cmd.stdin(Stdio::null()).spawn().expect("spawn sleep")
 }
 
+/// `sleep 600` as `uid`, once it runs as `uid` (setpriv starts as root
+/// and changes user before it execs).
+fn sleeper_as(uid: u32) -> Child {
+    let child = sleeper(&mut as_user(
+        Command::new("sleep").arg("600"),
+        uid,
+        uid,
+        &[],
+    ));
+    let status = format!("/proc/{}/status", child.id());
+    let runs_as = |uid: u32| {
+        std::fs::read_to_string(&status).is_ok_and(|s| {
+            s.lines().any(|l| {
+                l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some(&uid.to_string())
+            })
+        })
+    };
+    assert!(eventually(|| runs_as(uid)), "sleep never ran as uid {uid}");
+    child
+}
+
 fn kill(mut child: Child) {
     let _ = child.kill();
     let _ = child.wait();
@@ -164,18 +185,8 @@ nstest!(portserver_pid_of_another_user_is_refused, |_| {
         cmd.arg("portserver").arg(format!("@{NAME}")).args(pids);
         as_user(&cmd, USER, USER, &[])
     };
-    let theirs = sleeper(&mut as_user(
-        Command::new("sleep").arg("600"),
-        USER,
-        USER,
-        &[],
-    ));
-    let other = sleeper(&mut as_user(
-        Command::new("sleep").arg("600"),
-        OTHER_USER,
-        OTHER_USER,
-        &[],
-    ));
+    let theirs = sleeper_as(USER);
+    let other = sleeper_as(OTHER_USER);
     let root_pid = std::process::id().to_string();
     let (theirs_pid, other_pid) = (theirs.id().to_string(), other.id().to_string());
     let (out, stdout, stderr) = run(kit(&["self", &theirs_pid, &other_pid, &root_pid]));
