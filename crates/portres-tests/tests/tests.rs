@@ -60,6 +60,7 @@ mod hostile_input;
 mod install;
 mod lifecycle;
 mod permissions;
+mod portpicker;
 mod portserver;
 mod privilege;
 mod python_client;
