@@ -261,10 +261,34 @@ fn bind_portserver(config: &Config) -> Result<(Vec<UnixListener>, Vec<SocketFile
                     ))
                 })?;
                 listeners.push(listener);
+                // Node's net.connect (libuv before uv_pipe_connect2) passes
+                // an abstract name padded with NULs to the whole sun_path:
+                // a different name. Serve that one too, so Node clients
+                // reach `@name` (clients/node); best effort.
+                let padded = padded_abstract_name(name);
+                if padded.len() > name.len() {
+                    match std::os::unix::net::SocketAddr::from_abstract_name(&padded)
+                        .and_then(|a| UnixListener::bind_addr(&a))
+                    {
+                        Ok(l) => listeners.push(l),
+                        Err(e) => log::warn!(
+                            "--portserver {address}: cannot also listen on its NUL-padded form (what Node's net.connect asks for): {e}"
+                        ),
+                    }
+                }
             }
         }
     }
     Ok((listeners, files))
+}
+
+/// `name` padded with NULs to the longest abstract name (sun_path's 108
+/// bytes less the leading NUL), as libuv sends it.
+fn padded_abstract_name(name: &[u8]) -> Vec<u8> {
+    const SUN_PATH: usize = 108;
+    let mut padded = name.to_vec();
+    padded.resize((SUN_PATH - 1).max(name.len()), 0);
+    padded
 }
 
 type KernelChoice = (

@@ -59,6 +59,7 @@ mod hostile;
 mod hostile_input;
 mod install;
 mod lifecycle;
+mod node_client;
 mod permissions;
 mod portpicker;
 mod portserver;
