@@ -23,7 +23,7 @@ _portresd() {
 
     case "${cmd}" in
         portresd)
-            opts="-v -h -V --socket --state-dir --kernel-sync --admin-group --quota --max-connections --max-connections-per-user --workers --pin-workers --reset-baseline --verbose --help --version"
+            opts="-v -h -V --socket --state-dir --kernel-sync --admin-group --quota --max-connections --max-connections-per-user --workers --pin-workers --reset-baseline --verbose --portserver --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -66,6 +66,10 @@ _portresd() {
                     return 0
                     ;;
                 --reset-baseline)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --portserver)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
