@@ -187,16 +187,33 @@ impl Front {
         self.shared
     }
 
-    /// Accepts what is waiting, at most `ACCEPT_BATCH` at a time (the
+    /// Accepts what is waiting on the varlink socket (see `accept_from`).
+    fn accept_all(&mut self) {
+        self.accept_from(None);
+    }
+
+    /// Accepts what is waiting on portserver listener `i` (see
+    /// `accept_from`).
+    fn accept_portserver(&mut self, i: usize) {
+        self.accept_from(Some(i));
+    }
+
+    /// Accepts what is waiting on the varlink listener (`None`) or
+    /// portserver listener `Some(i)`, at most `ACCEPT_BATCH` at a time (the
     /// level-triggered listener brings us back), so a stream of connects
     /// cannot keep the loop from its timers and from seeing a stop.
-    fn accept_all(&mut self) {
+    fn accept_from(&mut self, portserver: Option<usize>) {
         const ACCEPT_BATCH: usize = 256;
         for _ in 0..ACCEPT_BATCH {
-            if self.workers_gone || self.stop_seen {
+            if self.workers_gone || self.stop_seen || self.accept_resume.is_some() {
                 return;
             }
-            match self.listener.accept() {
+            let listener = match portserver {
+                None => &self.listener,
+                Some(i) => &self.portserver[i],
+            };
+            match listener.accept() {
+                Ok((stream, _)) if portserver.is_some() => self.accept_portserver_conn(stream),
                 Ok((stream, _)) => self.accept(stream),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -215,6 +232,68 @@ impl Front {
                     return;
                 }
             }
+        }
+    }
+
+    /// The peer of a new connection, admitted against the connection
+    /// limits (and counted) with the stream made non-blocking; `None`
+    /// (logged) if it is refused or cannot be set up. A refused varlink
+    /// connection is told why; a portserver one gets nothing (its protocol
+    /// has no errors).
+    fn admitted(&self, stream: &UnixStream, portserver: bool) -> Option<Caller> {
+        let creds = match portres_kernel::creds::peer_creds(stream.as_fd()) {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("dropping a connection whose credentials cannot be read: {e}");
+                return None;
+            }
+        };
+        let (uid, pid) = (creds.uid, creds.pid);
+        let what = if portserver {
+            "portserver connection"
+        } else {
+            "connection"
+        };
+        if let Err(refusal) = self.shared.limits.admit(uid) {
+            self.shared.limits.log_limited(refusal.kind, || {
+                format!(
+                    "{}: refusing a {what} from uid {uid} pid {pid}",
+                    refusal.why
+                )
+            });
+            if !portserver {
+                send_parting_error(stream, ErrorCode::DaemonUnavailable, refusal.why);
+            }
+            return None;
+        }
+        if let Err(e) = stream.set_nonblocking(true) {
+            log::warn!("dropping a {what}: {e}");
+            self.shared
+                .limits
+                .connection_closed(uid, Charged::default());
+            return None;
+        }
+        Some(Caller {
+            admin: State::is_admin(&self.config, uid, creds.gid, &creds.groups),
+            uid,
+            gid: creds.gid,
+            groups: creds.groups,
+            pid,
+        })
+    }
+
+    /// Every worker refused a connection: the daemon is stopping (fine) or
+    /// every worker died (stop, for the service manager to restart us).
+    fn no_worker_took(&mut self, uid: u32) {
+        // The workers also end when the daemon is asked to stop, which
+        // this loop may not have seen yet: that is no failure.
+        if self.stop.is_signalled() {
+            self.stop_seen = true;
+        } else {
+            log::error!(
+                "every worker thread died; dropping a connection from uid {uid} and stopping, for the service manager to restart portresd"
+            );
+            self.workers_gone = true;
         }
     }
 
@@ -246,109 +325,29 @@ impl Front {
         }
     }
 
-    /// Accepts what waits on portserver listener `i` (at most
-    /// `ACCEPT_BATCH`, as `accept_all`), each admitted against the
-    /// connection limits like a client connection and handed to a worker;
-    /// refused ones are closed without a byte (the protocol has no error).
-    fn accept_portserver(&mut self, i: usize) {
-        const ACCEPT_BATCH: usize = 256;
-        for _ in 0..ACCEPT_BATCH {
-            if self.workers_gone || self.stop_seen || self.accept_resume.is_some() {
-                return;
-            }
-            let stream = match self.portserver[i].accept() {
-                Ok((stream, _)) => stream,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.shared.limits.log_limited("accept", || {
-                        format!(
-                            "portserver accept failed: {e}; pausing new connections for {} ms at a time until descriptors free up",
-                            ACCEPT_PAUSE.as_millis()
-                        )
-                    });
-                    self.watch_listener(false);
-                    self.accept_resume = Some(Instant::now() + ACCEPT_PAUSE);
-                    return;
-                }
-            };
-            let Ok(creds) = portres_kernel::creds::peer_creds(stream.as_fd()) else {
-                continue;
-            };
-            let uid = creds.uid;
-            if let Err(refusal) = self.shared.limits.admit(uid) {
-                self.shared.limits.log_limited(refusal.kind, || {
-                    format!(
-                        "{}: refusing a portserver connection from uid {uid} pid {}",
-                        refusal.why, creds.pid
-                    )
-                });
-                continue;
-            }
-            if stream.set_nonblocking(true).is_err() {
-                self.shared
-                    .limits
-                    .connection_closed(uid, Charged::default());
-                continue;
-            }
-            let caller = Caller {
-                admin: State::is_admin(&self.config, uid, creds.gid, &creds.groups),
-                uid,
-                gid: creds.gid,
-                groups: creds.groups,
-                pid: creds.pid,
-            };
-            if self
-                .workers
-                .hand_over_portserver(PortserverConn::new(stream, caller))
-                .is_err()
-            {
-                self.shared
-                    .limits
-                    .connection_closed(uid, Charged::default());
-                if self.stop.is_signalled() {
-                    self.stop_seen = true;
-                } else {
-                    self.workers_gone = true;
-                }
-                return;
-            }
+    /// A portserver connection: admitted, handed to a worker.
+    fn accept_portserver_conn(&mut self, stream: UnixStream) {
+        let Some(caller) = self.admitted(&stream, true) else {
+            return;
+        };
+        let uid = caller.uid;
+        if self
+            .workers
+            .hand_over_portserver(PortserverConn::new(stream, caller))
+            .is_err()
+        {
+            self.shared
+                .limits
+                .connection_closed(uid, Charged::default());
+            self.no_worker_took(uid);
         }
     }
 
     fn accept(&mut self, stream: UnixStream) {
-        let creds = match portres_kernel::creds::peer_creds(stream.as_fd()) {
-            Ok(c) => c,
-            Err(e) => {
-                log::warn!("dropping a connection whose credentials cannot be read: {e}");
-                return;
-            }
-        };
-        let (uid, pid) = (creds.uid, creds.pid);
-        if let Err(refusal) = self.shared.limits.admit(uid) {
-            self.shared.limits.log_limited(refusal.kind, || {
-                format!(
-                    "{}: refusing a connection from uid {uid} pid {pid}",
-                    refusal.why
-                )
-            });
-            send_parting_error(&stream, ErrorCode::DaemonUnavailable, refusal.why);
+        let Some(caller) = self.admitted(&stream, false) else {
             return;
-        }
-        if let Err(e) = stream.set_nonblocking(true) {
-            log::warn!("dropping a connection: {e}");
-            self.shared
-                .limits
-                .connection_closed(uid, Charged::default());
-            return;
-        }
-        let caller = Caller {
-            admin: State::is_admin(&self.config, uid, creds.gid, &creds.groups),
-            uid,
-            gid: creds.gid,
-            groups: creds.groups,
-            pid,
         };
+        let uid = caller.uid;
         let session = lock(&self.shared.state).open_session(caller);
         if let Err(lost) = self.workers.hand_over(NewConn {
             stream,
@@ -359,16 +358,7 @@ impl Front {
             self.shared
                 .limits
                 .connection_closed(uid, Charged::default());
-            // The workers also end when the daemon is asked to stop, which
-            // this loop may not have seen yet: that is no failure.
-            if self.stop.is_signalled() {
-                self.stop_seen = true;
-            } else {
-                log::error!(
-                    "every worker thread died; dropping a connection from uid {uid} and stopping, for the service manager to restart portresd"
-                );
-                self.workers_gone = true;
-            }
+            self.no_worker_took(uid);
         }
     }
 }
