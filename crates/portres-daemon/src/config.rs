@@ -143,3 +143,25 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PortserverAddress;
+
+    #[test]
+    fn portserver_addresses() {
+        assert_eq!(
+            PortserverAddress::parse("@unittest-portserver"),
+            Ok(PortserverAddress::Abstract(b"unittest-portserver".to_vec()))
+        );
+        assert_eq!(
+            PortserverAddress::parse("/run/portres/ps.sock"),
+            Ok(PortserverAddress::Path("/run/portres/ps.sock".into()))
+        );
+        for bad in ["", "@", &format!("@{}", "x".repeat(107)), &"/".repeat(108)] {
+            assert!(PortserverAddress::parse(bad).is_err(), "{bad:?}");
+        }
+        let shown = PortserverAddress::parse("@name").unwrap().to_string();
+        assert_eq!(shown, "@name");
+    }
+}
