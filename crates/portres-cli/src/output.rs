@@ -30,7 +30,11 @@ pub fn ports(r: &ReservationInfo) -> String {
 /// Who holds or owns it, for humans.
 pub fn who(r: &ReservationInfo) -> String {
     if let Some(h) = r.holder {
-        return format!("{} (pid {})", names::user_name(h.uid), h.pid);
+        let via = match h.origin {
+            Some(portres::HolderOrigin::Portserver) => ", portserver",
+            None => "",
+        };
+        return format!("{} (pid {}{via})", names::user_name(h.uid), h.pid);
     }
     match r.owner {
         Some(o) if o.kind == OwnerKind::User => format!("owner {}", names::user_name(o.id)),

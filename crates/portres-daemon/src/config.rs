@@ -1,5 +1,6 @@
 //! The daemon's configuration: paths, kernel sync mode, strict mode, admin
-//! group, quota and connection limits, with the defaults of system and user mode.
+//! group, quota and connection limits, the portserver endpoint's addresses,
+//! with the defaults of system and user mode.
 
 use std::path::PathBuf;
 
@@ -51,6 +52,49 @@ impl Mode {
     }
 }
 
+/// An address the portserver endpoint (portpicker's protocol) listens on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortserverAddress {
+    /// A socket file (its directory must exist and be safe, as for
+    /// `--socket`).
+    Path(PathBuf),
+    /// A Linux abstract socket name (given as `@name`; stored without the
+    /// `@`). Abstract names belong to the network namespace.
+    Abstract(Vec<u8>),
+}
+
+impl PortserverAddress {
+    /// `@name` (abstract; portpicker's `PORTSERVER_ADDRESS` form) or a
+    /// path.
+    pub fn parse(s: &str) -> Result<PortserverAddress, String> {
+        // sun_path holds 108 bytes; an abstract name takes one for its NUL,
+        // a path one for its terminator.
+        const MAX: usize = 107;
+        if let Some(name) = s.strip_prefix('@') {
+            if name.is_empty() || name.len() > MAX - 1 {
+                return Err(format!(
+                    "an abstract name (@name) needs 1 to {} bytes",
+                    MAX - 1
+                ));
+            }
+            return Ok(PortserverAddress::Abstract(name.as_bytes().to_vec()));
+        }
+        if s.is_empty() || s.len() > MAX - 1 {
+            return Err(format!("a socket path needs 1 to {} bytes", MAX - 1));
+        }
+        Ok(PortserverAddress::Path(PathBuf::from(s)))
+    }
+}
+
+impl std::fmt::Display for PortserverAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PortserverAddress::Path(p) => write!(f, "{}", p.display()),
+            PortserverAddress::Abstract(name) => write!(f, "@{}", String::from_utf8_lossy(name)),
+        }
+    }
+}
+
 /// Everything the daemon needs to start.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -91,6 +135,9 @@ pub struct Config {
     /// `/run/portres.d`, `/etc/portres.d`; user mode:
     /// `$XDG_CONFIG_HOME/portres.d` (`~/.config/portres.d`). Empty: none.
     pub config_dirs: Vec<PathBuf>,
+    /// Where to serve portpicker's portserver protocol besides the varlink
+    /// socket (none by default).
+    pub portserver: Vec<PortserverAddress>,
 }
 
 impl Config {
@@ -152,6 +199,29 @@ impl Config {
             enforce: Enforce::Auto,
             enforce_cgroup: None,
             config_dirs: Config::default_config_dirs(mode),
+            portserver: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PortserverAddress;
+
+    #[test]
+    fn portserver_addresses() {
+        assert_eq!(
+            PortserverAddress::parse("@unittest-portserver"),
+            Ok(PortserverAddress::Abstract(b"unittest-portserver".to_vec()))
+        );
+        assert_eq!(
+            PortserverAddress::parse("/run/portres/ps.sock"),
+            Ok(PortserverAddress::Path("/run/portres/ps.sock".into()))
+        );
+        for bad in ["", "@", &format!("@{}", "x".repeat(107)), &"/".repeat(108)] {
+            assert!(PortserverAddress::parse(bad).is_err(), "{bad:?}");
+        }
+        let shown = PortserverAddress::parse("@name").unwrap().to_string();
+        assert_eq!(shown, "@name");
     }
 }

@@ -14,12 +14,12 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{Config, Enforce, KernelSync};
+use crate::config::{Config, Enforce, KernelSync, PortserverAddress};
 use crate::events::EventFd;
 use crate::front::Front;
 use crate::socket::{SocketFile, bind_socket, default_socket, missing_socket_dir};
 use crate::state::{State, lock};
-use crate::systemd::{CLIENT_SOCKET_NAME, Notifier, PassedSockets};
+use crate::systemd::{CLIENT_SOCKET_NAME, Notifier, PORTSERVER_SOCKET_NAME, PassedSockets};
 
 /// Why the daemon could not start.
 #[derive(Debug)]
@@ -67,6 +67,8 @@ pub struct Daemon {
     state: State,
     config: Config,
     listener: UnixListener,
+    /// The portserver endpoint's listeners (`Config::portserver`).
+    portserver: Vec<UnixListener>,
     socket: PathBuf,
     /// Held for the daemon's whole life; released last (see `run`).
     guards: Option<Guards>,
@@ -106,6 +108,8 @@ struct Guards {
     _state_dir: portres_store::StateDirLock,
     _kernel_owner: Option<portres_kernel::owner::KernelOwner>,
     socket_file: Option<SocketFile>,
+    /// The portserver endpoint's socket files (abstract names have none).
+    portserver_files: Vec<SocketFile>,
 }
 
 impl Daemon {
@@ -199,10 +203,24 @@ impl Daemon {
         crate::declared::reload_unlocked(&mut state);
         let stop = Arc::new(eventfd()?);
         let reload = Arc::new(eventfd()?);
+        // The portserver listeners first: once the main socket accepts
+        // (what "ready" means), they do too.
+        let (mut portserver, portserver_files) = bind_portserver(&config)?;
+        // A portserver socket the service manager passed
+        // (FileDescriptorName=portserver) is served as well, and never
+        // unlinked.
+        if let Some(passed_portserver) = passed.take_listener(PORTSERVER_SOCKET_NAME)? {
+            portserver.push(passed_portserver);
+        }
         let (listener, socket_file) = match passed_listener {
             Some(listener) => (listener, None),
             None => {
-                let (listener, file) = bind_socket(&config.socket, config.mode)?;
+                let (listener, file) =
+                    bind_socket(&config.socket, config.mode).inspect_err(|_| {
+                        for f in &portserver_files {
+                            f.remove();
+                        }
+                    })?;
                 (listener, Some(file))
             }
         };
@@ -227,15 +245,20 @@ impl Daemon {
             state.enforcement_summary(),
             persistent,
         );
+        for address in &config.portserver {
+            log::info!("portserver endpoint (portpicker's protocol) on {address}");
+        }
         Ok(Daemon {
             state,
             socket: config.socket.clone(),
             config,
             listener,
+            portserver,
             guards: Some(Guards {
                 _state_dir: state_dir_lock,
                 _kernel_owner: kernel_owner,
                 socket_file,
+                portserver_files,
             }),
             stop,
             shrink,
@@ -272,6 +295,7 @@ impl Daemon {
             state,
             config,
             listener,
+            portserver,
             stop,
             shrink,
             notifier,
@@ -282,6 +306,7 @@ impl Daemon {
             state,
             config,
             listener,
+            portserver,
             stop,
             shrink,
             notifier.clone(),
@@ -294,8 +319,13 @@ impl Daemon {
             }
             Err((e, shared)) => (Err(e), shared),
         };
-        if let Some(file) = guards.as_ref().and_then(|g| g.socket_file.as_ref()) {
-            file.remove();
+        if let Some(g) = &guards {
+            if let Some(file) = &g.socket_file {
+                file.remove();
+            }
+            for f in &g.portserver_files {
+                f.remove();
+            }
         }
         lock(&shared.state).shutdown();
         log::info!("portresd stopped");
@@ -329,6 +359,72 @@ fn decide_enforcement(config: &Config) -> Result<Box<dyn crate::kernel::Enforcer
             ))))
         }
     }
+}
+
+/// Binds the portserver endpoint's listeners: a path as safely as the
+/// main socket (`bind_socket`: same directory rules and file mode), an
+/// abstract name as it is (it belongs to the network namespace; nothing to
+/// remove at the end).
+fn bind_portserver(config: &Config) -> Result<(Vec<UnixListener>, Vec<SocketFile>), StartError> {
+    use std::os::linux::net::SocketAddrExt;
+    let mut listeners = Vec::new();
+    let mut files: Vec<SocketFile> = Vec::new();
+    for address in &config.portserver {
+        match address {
+            PortserverAddress::Path(path) => {
+                let (listener, file) = bind_socket(path, config.mode).inspect_err(|_| {
+                    for f in &files {
+                        f.remove();
+                    }
+                })?;
+                listeners.push(listener);
+                files.push(file);
+            }
+            PortserverAddress::Abstract(name) => {
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)
+                    .map_err(|e| StartError(format!("--portserver {address}: {e}")))?;
+                let listener = UnixListener::bind_addr(&addr).map_err(|e| {
+                    for f in &files {
+                        f.remove();
+                    }
+                    StartError(format!(
+                        "cannot listen on the abstract socket {address}: {e}{}",
+                        if e.kind() == io::ErrorKind::AddrInUse {
+                            " (another portserver, or another portresd, holds it in this network namespace)"
+                        } else {
+                            ""
+                        }
+                    ))
+                })?;
+                listeners.push(listener);
+                // Node's net.connect (libuv before uv_pipe_connect2) passes
+                // an abstract name padded with NULs to the whole sun_path:
+                // a different name. Serve that one too, so Node clients
+                // reach `@name` (clients/node); best effort.
+                let padded = padded_abstract_name(name);
+                if padded.len() > name.len() {
+                    match std::os::unix::net::SocketAddr::from_abstract_name(&padded)
+                        .and_then(|a| UnixListener::bind_addr(&a))
+                    {
+                        Ok(l) => listeners.push(l),
+                        Err(e) => log::warn!(
+                            "--portserver {address}: cannot also listen on its NUL-padded form (what Node's net.connect asks for): {e}"
+                        ),
+                    }
+                }
+            }
+        }
+    }
+    Ok((listeners, files))
+}
+
+/// `name` padded with NULs to the longest abstract name (sun_path's 108
+/// bytes less the leading NUL), as libuv sends it.
+fn padded_abstract_name(name: &[u8]) -> Vec<u8> {
+    const SUN_PATH: usize = 108;
+    let mut padded = name.to_vec();
+    padded.resize((SUN_PATH - 1).max(name.len()), 0);
+    padded
 }
 
 type KernelChoice = (

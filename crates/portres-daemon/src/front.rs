@@ -2,7 +2,11 @@
 //! accepts connections, admits them against the connection limits
 //! (`Limits::admit`), opens each one's session and hands it to a worker
 //! (`worker::Workers`), runs the kernel timers (`kernel_timer.rs`) and
-//! sees the stop. It decides nothing about reservations itself.
+//! sees the stop. It also accepts on the portserver endpoint's listeners
+//! (`--portserver`; connections without a session, served by the workers'
+//! `portserver.rs`) and reaps the portserver holders whose processes
+//! exited (their pidfds' epoll set, `State::reap_exited_holders`). It
+//! decides nothing about reservations itself.
 //!
 //! Threads: this loop and the worker loops (by default one per CPU,
 //! pinned), each an epoll loop over its own connections; a connection
@@ -29,7 +33,7 @@ use crate::kernel_timer::KernelTimer;
 use crate::limits::{Charged, Limits};
 use crate::state::{State, lock};
 use crate::systemd::{Notifier, status_summary};
-use crate::worker::{NewConn, Shared, Workers, send_parting_error, usable_cpus};
+use crate::worker::{NewConn, PortserverConn, Shared, Workers, send_parting_error, usable_cpus};
 
 /// How long accepting pauses when the process (EMFILE) or the system
 /// (ENFILE) is out of descriptors: connections wait in the backlog instead
@@ -46,12 +50,24 @@ const KEY_LISTENER: u64 = 0;
 const KEY_STOP: u64 = 1;
 const KEY_SHRINK: u64 = 2;
 const KEY_RELOAD: u64 = 3;
+const KEY_HOLDERS: u64 = 4;
+/// Portserver listener `i` has key `KEY_PORTSERVER + i`.
+const KEY_PORTSERVER: u64 = 16;
+
+/// Holders reaped per wakeup (the watch stays readable while more are
+/// left, so a mass exit cannot keep the loop from the rest).
+const REAP_BATCH: usize = 256;
 
 /// The accepting loop and its workers.
 pub(crate) struct Front {
     shared: Arc<Shared>,
     config: Config,
     listener: UnixListener,
+    /// The portserver endpoint's listeners (`--portserver`).
+    portserver: Vec<UnixListener>,
+    /// The epoll set of portserver holders' pidfds (see `KEY_HOLDERS`);
+    /// kept open for as long as we wait on it.
+    _holders: OwnedFd,
     epoll: OwnedFd,
     stop: Arc<EventFd>,
     /// Signalled to re-read the portres.d files (SIGHUP).
@@ -79,6 +95,7 @@ impl Front {
         state: State,
         config: Config,
         listener: UnixListener,
+        portserver: Vec<UnixListener>,
         stop: Arc<EventFd>,
         shrink: Arc<EventFd>,
         notifier: Notifier,
@@ -88,14 +105,21 @@ impl Front {
             state: Mutex::new(state),
             limits: Limits::new(&config),
         });
-        let setup = || -> io::Result<(OwnedFd, Workers)> {
+        let setup = || -> io::Result<(OwnedFd, OwnedFd, Workers)> {
             listener.set_nonblocking(true)?;
-            let epoll = epoll_watching(&[
+            let holders = lock(&shared.state).holder_watch()?;
+            let mut watched = vec![
                 (listener.as_fd(), KEY_LISTENER),
                 (stop.as_fd(), KEY_STOP),
                 (shrink.as_fd(), KEY_SHRINK),
                 (reload.as_fd(), KEY_RELOAD),
-            ])?;
+                (holders.as_fd(), KEY_HOLDERS),
+            ];
+            for (i, l) in portserver.iter().enumerate() {
+                l.set_nonblocking(true)?;
+                watched.push((l.as_fd(), KEY_PORTSERVER + i as u64));
+            }
+            let epoll = epoll_watching(&watched)?;
             let usable = usable_cpus();
             let cpus = if config.pin_workers && usable.len() > 1 {
                 usable.clone()
@@ -109,15 +133,17 @@ impl Front {
                 log::info!("{count} worker thread(s), pinned round-robin to CPUs {cpus:?}");
             }
             let workers = Workers::start(count, &cpus, shared.clone(), stop.clone())?;
-            Ok((epoll, workers))
+            Ok((epoll, holders, workers))
         };
         let kernel_sync = lock(&shared.state).kernel_sync();
         match setup() {
-            Ok((epoll, workers)) => Ok(Front {
+            Ok((epoll, holders, workers)) => Ok(Front {
                 kernel: KernelTimer::new(shrink, kernel_sync),
                 shared,
                 config,
                 listener,
+                portserver,
+                _holders: holders,
                 epoll,
                 stop,
                 reload,
@@ -169,6 +195,10 @@ impl Front {
                         self.reload.clear();
                         crate::declared::reload(&self.shared.state, "SIGHUP");
                     }
+                    KEY_HOLDERS => self.reap_holders(),
+                    key if key >= KEY_PORTSERVER => {
+                        self.accept_portserver((key - KEY_PORTSERVER) as usize)
+                    }
                     _ => {}
                 }
             }
@@ -182,6 +212,9 @@ impl Front {
                 self.accept_resume = None;
                 self.watch_listener(true);
                 self.accept_all();
+                for i in 0..self.portserver.len() {
+                    self.accept_portserver(i);
+                }
             }
             self.kernel.run_due(&self.shared.state);
             self.refresh_status();
@@ -211,16 +244,33 @@ impl Front {
         self.shared
     }
 
-    /// Accepts what is waiting, at most `ACCEPT_BATCH` at a time (the
+    /// Accepts what is waiting on the varlink socket (see `accept_from`).
+    fn accept_all(&mut self) {
+        self.accept_from(None);
+    }
+
+    /// Accepts what is waiting on portserver listener `i` (see
+    /// `accept_from`).
+    fn accept_portserver(&mut self, i: usize) {
+        self.accept_from(Some(i));
+    }
+
+    /// Accepts what is waiting on the varlink listener (`None`) or
+    /// portserver listener `Some(i)`, at most `ACCEPT_BATCH` at a time (the
     /// level-triggered listener brings us back), so a stream of connects
     /// cannot keep the loop from its timers and from seeing a stop.
-    fn accept_all(&mut self) {
+    fn accept_from(&mut self, portserver: Option<usize>) {
         const ACCEPT_BATCH: usize = 256;
         for _ in 0..ACCEPT_BATCH {
-            if self.workers_gone || self.stop_seen {
+            if self.workers_gone || self.stop_seen || self.accept_resume.is_some() {
                 return;
             }
-            match self.listener.accept() {
+            let listener = match portserver {
+                None => &self.listener,
+                Some(i) => &self.portserver[i],
+            };
+            match listener.accept() {
+                Ok((stream, _)) if portserver.is_some() => self.accept_portserver_conn(stream),
                 Ok((stream, _)) => self.accept(stream),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -242,6 +292,68 @@ impl Front {
         }
     }
 
+    /// The peer of a new connection, admitted against the connection
+    /// limits (and counted) with the stream made non-blocking; `None`
+    /// (logged) if it is refused or cannot be set up. A refused varlink
+    /// connection is told why; a portserver one gets nothing (its protocol
+    /// has no errors).
+    fn admitted(&self, stream: &UnixStream, portserver: bool) -> Option<Caller> {
+        let creds = match portres_kernel::creds::peer_creds(stream.as_fd()) {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("dropping a connection whose credentials cannot be read: {e}");
+                return None;
+            }
+        };
+        let (uid, pid) = (creds.uid, creds.pid);
+        let what = if portserver {
+            "portserver connection"
+        } else {
+            "connection"
+        };
+        if let Err(refusal) = self.shared.limits.admit(uid) {
+            self.shared.limits.log_limited(refusal.kind, || {
+                format!(
+                    "{}: refusing a {what} from uid {uid} pid {pid}",
+                    refusal.why
+                )
+            });
+            if !portserver {
+                send_parting_error(stream, ErrorCode::DaemonUnavailable, refusal.why);
+            }
+            return None;
+        }
+        if let Err(e) = stream.set_nonblocking(true) {
+            log::warn!("dropping a {what}: {e}");
+            self.shared
+                .limits
+                .connection_closed(uid, Charged::default());
+            return None;
+        }
+        Some(Caller {
+            admin: State::is_admin(&self.config, uid, creds.gid, &creds.groups),
+            uid,
+            gid: creds.gid,
+            groups: creds.groups,
+            pid,
+        })
+    }
+
+    /// Every worker refused a connection: the daemon is stopping (fine) or
+    /// every worker died (stop, for the service manager to restart us).
+    fn no_worker_took(&mut self, uid: u32) {
+        // The workers also end when the daemon is asked to stop, which
+        // this loop may not have seen yet: that is no failure.
+        if self.stop.is_signalled() {
+            self.stop_seen = true;
+        } else {
+            log::error!(
+                "every worker thread died; dropping a connection from uid {uid} and stopping, for the service manager to restart portresd"
+            );
+            self.workers_gone = true;
+        }
+    }
+
     /// Starts or stops watching the listener for connections.
     fn watch_listener(&self, on: bool) {
         let flags = if on {
@@ -255,41 +367,44 @@ impl Front {
             epoll::EventData::new_u64(KEY_LISTENER),
             flags,
         );
+        for (i, l) in self.portserver.iter().enumerate() {
+            let key = epoll::EventData::new_u64(KEY_PORTSERVER + i as u64);
+            let _ = epoll::modify(&self.epoll, l, key, flags);
+        }
     }
 
-    fn accept(&mut self, stream: UnixStream) {
-        let creds = match portres_kernel::creds::peer_creds(stream.as_fd()) {
-            Ok(c) => c,
-            Err(e) => {
-                log::warn!("dropping a connection whose credentials cannot be read: {e}");
-                return;
-            }
-        };
-        let (uid, pid) = (creds.uid, creds.pid);
-        if let Err(refusal) = self.shared.limits.admit(uid) {
-            self.shared.limits.log_limited(refusal.kind, || {
-                format!(
-                    "{}: refusing a connection from uid {uid} pid {pid}",
-                    refusal.why
-                )
-            });
-            send_parting_error(&stream, ErrorCode::DaemonUnavailable, refusal.why);
-            return;
+    /// Ends the portserver holders whose processes exited, and gives back
+    /// their pidfds' charge.
+    fn reap_holders(&mut self) {
+        let uids = lock(&self.shared.state).reap_exited_holders(REAP_BATCH);
+        for uid in uids {
+            self.shared.limits.pidfd_released(uid);
         }
-        if let Err(e) = stream.set_nonblocking(true) {
-            log::warn!("dropping a connection: {e}");
+    }
+
+    /// A portserver connection: admitted, handed to a worker.
+    fn accept_portserver_conn(&mut self, stream: UnixStream) {
+        let Some(caller) = self.admitted(&stream, true) else {
+            return;
+        };
+        let uid = caller.uid;
+        if self
+            .workers
+            .hand_over_portserver(PortserverConn::new(stream, caller))
+            .is_err()
+        {
             self.shared
                 .limits
                 .connection_closed(uid, Charged::default());
-            return;
+            self.no_worker_took(uid);
         }
-        let caller = Caller {
-            admin: State::is_admin(&self.config, uid, creds.gid, &creds.groups),
-            uid,
-            gid: creds.gid,
-            groups: creds.groups,
-            pid,
+    }
+
+    fn accept(&mut self, stream: UnixStream) {
+        let Some(caller) = self.admitted(&stream, false) else {
+            return;
         };
+        let uid = caller.uid;
         let session = lock(&self.shared.state).open_session(caller);
         if let Err(lost) = self.workers.hand_over(NewConn {
             stream,
@@ -300,16 +415,7 @@ impl Front {
             self.shared
                 .limits
                 .connection_closed(uid, Charged::default());
-            // The workers also end when the daemon is asked to stop, which
-            // this loop may not have seen yet: that is no failure.
-            if self.stop.is_signalled() {
-                self.stop_seen = true;
-            } else {
-                log::error!(
-                    "every worker thread died; dropping a connection from uid {uid} and stopping, for the service manager to restart portresd"
-                );
-                self.workers_gone = true;
-            }
+            self.no_worker_took(uid);
         }
     }
 }

@@ -38,6 +38,6 @@ mod systemd;
 mod worker;
 
 pub use baseline::reset as reset_baseline;
-pub use config::{Config, Enforce, KernelSync, Mode};
+pub use config::{Config, Enforce, KernelSync, Mode, PortserverAddress};
 pub use daemon::{Daemon, ReloadHandle, StartError, StopHandle};
 pub use systemd::{CLIENT_SOCKET_NAME, Notifier, PassedSockets};

@@ -1,7 +1,8 @@
 //! What one user can make the daemon hold, and the caps on it: connections
 //! (total, per user), descriptors kept out of unprivileged reach, and per
 //! non-root user the bytes of unfinished requests, of unsent replies, the
-//! parked descriptors and the job threads. The front admits connections
+//! parked descriptors, the job threads and the portserver endpoint's
+//! pidfd holders. The front admits connections
 //! here; the workers charge and uncharge what their connections hold.
 //!
 //! Lock rule: the limits lock is private to `Limits` and taken only inside
@@ -38,6 +39,12 @@ pub(crate) const PER_UID_BUFFER_BUDGET: usize = 8 << 20;
 /// calls may run at once; more run on their worker (a user with thousands
 /// of connections cannot make the daemon start thousands of threads).
 pub(crate) const MAX_JOBS_PER_UID: usize = 4;
+
+/// Most portserver holders (a pidfd each: one per process a user asked
+/// ports for, however many ports) one non-root user may make the daemon
+/// keep at once. Past it, requests naming a new process are closed
+/// unanswered; the runtime quota bounds the ports themselves.
+pub(crate) const PER_UID_PIDFD_HOLDERS: usize = 1024;
 
 /// What a connection can hold, charged to its (non-root) user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,6 +137,8 @@ struct Counts {
     parked_fds: HashMap<u32, usize>,
     /// Per uid: job threads running.
     jobs: HashMap<u32, usize>,
+    /// Per non-root uid: portserver holders (pidfds) kept.
+    pidfd_holders: HashMap<u32, usize>,
     /// Descriptors held for all non-root users together: their
     /// connections and parked descriptors, against `fd_budget`.
     fds_unprivileged: usize,
@@ -353,6 +362,53 @@ impl Limits {
         }
         *n += 1;
         true
+    }
+
+    /// Counts a portserver holder's pidfd for non-root `uid` (against
+    /// `PER_UID_PIDFD_HOLDERS` and the unprivileged descriptor budget),
+    /// before the request that may make one; `Err` (why, logged) past
+    /// either, charging nothing.
+    pub(crate) fn hold_pidfd(&self, uid: u32) -> Result<(), String> {
+        if uid == 0 {
+            return Ok(());
+        }
+        let mut c = self.counts();
+        let held = c.pidfd_holders.get(&uid).copied().unwrap_or(0);
+        let why = if held >= PER_UID_PIDFD_HOLDERS {
+            format!("uid {uid} holds portserver ports for {PER_UID_PIDFD_HOLDERS} processes")
+        } else if c.fds_unprivileged >= self.fd_budget {
+            format!(
+                "descriptor limit for unprivileged users reached ({} held, the rest is kept for root)",
+                self.fd_budget
+            )
+        } else {
+            c.fds_unprivileged += 1;
+            adjust(&mut c.pidfd_holders, uid, 1, 0);
+            return Ok(());
+        };
+        c.log_limited("pidfd-holders", || {
+            format!("{why}: closing a portserver request unanswered")
+        });
+        Err(why)
+    }
+
+    /// A portserver holder of `uid` ended (or the request counted by
+    /// `hold_pidfd` made none).
+    pub(crate) fn pidfd_released(&self, uid: u32) {
+        if uid == 0 {
+            return;
+        }
+        let mut c = self.counts();
+        if c.pidfd_holders.contains_key(&uid) {
+            adjust(&mut c.pidfd_holders, uid, 0, 1);
+            c.fds_unprivileged = c.fds_unprivileged.saturating_sub(1);
+        }
+    }
+
+    /// Portserver holders `uid` has the daemon keep now.
+    #[cfg(test)]
+    pub(crate) fn pidfd_holders(&self, uid: u32) -> usize {
+        self.counts().pidfd_holders.get(&uid).copied().unwrap_or(0)
     }
 
     /// A job thread of `uid` is done (or never started).

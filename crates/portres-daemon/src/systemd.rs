@@ -22,6 +22,10 @@ use crate::state::State;
 /// services name theirs.
 pub const CLIENT_SOCKET_NAME: &str = "varlink";
 
+/// The `LISTEN_FDNAMES` name of a passed portserver endpoint socket
+/// (`FileDescriptorName=portserver` in a socket unit).
+pub const PORTSERVER_SOCKET_NAME: &str = "portserver";
+
 /// The names a passed socket has when nobody named it: `LISTEN_FDNAMES`
 /// unset (sd_listen_fds_with_names says "unknown"), or the socket unit's
 /// name, systemd's default `FileDescriptorName=`. Such a socket is taken

@@ -12,6 +12,7 @@
 //! - [`sock`]: checking a socket received from a client and binding it into
 //!   a reserved block, and network-namespace cookies;
 //! - [`capability`]: unforgeable session capabilities (anonymous files);
+//! - [`process`]: pidfds and the uids of a process named by pid;
 //! - [`netns`]: private network namespaces for tests and benchmarks;
 //! - [`owner`]: one kernel-syncing daemon per network namespace;
 //! - [`bindguard`]: strict mode's cgroup bind hooks (eBPF), which refuse
@@ -29,5 +30,6 @@ pub mod diag;
 pub mod netns;
 pub mod owner;
 pub mod probe;
+pub mod process;
 pub mod sock;
 pub mod sysctl;

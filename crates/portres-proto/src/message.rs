@@ -143,8 +143,23 @@ impl From<OwnerInfo> for Owner {
 pub struct HolderInfo {
     /// Its uid.
     pub uid: u32,
-    /// Its pid when it connected.
+    /// Its pid when it connected; for a portserver holder, the process
+    /// the reservation belongs to (it ends when that process exits).
     pub pid: i32,
+    /// Where the session came from, when it is not a client connection
+    /// (absent: a client connection). Added in 0.1 without a version
+    /// change: older clients ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<HolderOrigin>,
+}
+
+/// Where a holding session came from, when it is not a client connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HolderOrigin {
+    /// The portserver endpoint (`portresd --portserver`): held for a
+    /// process named by pid, until it exits.
+    Portserver,
 }
 
 /// A reservation as the daemon describes it.

@@ -23,7 +23,7 @@ mod portresd_args {
     use std::path::PathBuf;
 
     use clap::{Parser, ValueEnum};
-    use portres_daemon::Config;
+    use portres_daemon::{Config, PortserverAddress};
 
     include!("../../portresd/src/portresd_args.rs");
 

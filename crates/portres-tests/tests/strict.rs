@@ -501,3 +501,80 @@ nstest!(
         all(d.run(in_cgroup(cg, &exec)), "ok");
     }
 );
+
+nstest!(strict_a_portserver_port_is_for_the_user_who_asked, |test| {
+    if !guard_or_skip(test) {
+        return;
+    }
+    let cg = TestCgroup::new();
+    let dir = open_tempdir();
+    let name = format!("@portres-strict-{}-{test}", std::process::id());
+    let d = ProcessDaemon::start(
+        dir.path(),
+        &[
+            "--enforce",
+            "strict",
+            "--enforce-cgroup",
+            cg.arg(),
+            "--portserver",
+            &name,
+        ],
+    );
+    // uid 65534 asks for a port for itself, as portpicker does, and
+    // holds it while its process lives.
+    let mut ask = Command::new(testkit());
+    ask.args(["portserver", &name, "self", "--hold"]);
+    let mut holder = in_cgroup(&cg, &as_user(&ask, 65534, 65534, &[]))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the portserver client");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let port: u16 = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no port: {line:?}"));
+    let port_arg = port.to_string();
+    for protocol in ["tcp", "udp"] {
+        // The asking user's processes bind it by number, plainly.
+        all(
+            Ran::of(in_cgroup(
+                &cg,
+                &as_user(
+                    &try_bind_cmd(protocol, &port_arg, "v4,any6"),
+                    65534,
+                    65534,
+                    &[],
+                ),
+            )),
+            "ok",
+        );
+        // Anyone else, root included, gets EACCES.
+        all(
+            Ran::of(in_cgroup(
+                &cg,
+                &as_user(
+                    &try_bind_cmd(protocol, &port_arg, "v4,any6"),
+                    65533,
+                    65533,
+                    &[],
+                ),
+            )),
+            "EACCES",
+        );
+        all(
+            Ran::of(in_cgroup(&cg, &try_bind_cmd(protocol, &port_arg, "v4"))),
+            "EACCES",
+        );
+    }
+    // The asking process exits: the port is nobody's any more.
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    binds_work_again(&cg, "tcp", port);
+    binds_work_again(&cg, "udp", port);
+    drop(d);
+});

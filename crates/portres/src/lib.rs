@@ -36,7 +36,8 @@ pub use client::{Client, CreateOptions, DaemonWatch};
 pub use portres_core::{Block, Error, ErrorCode, Kind, Owner, Protocol, Token};
 pub use portres_proto::paths::SocketKind;
 pub use portres_proto::{
-    DeclaredProblem, HolderInfo, OwnerInfo, OwnerKind, ReloadReply, ReservationInfo, StatusReply,
+    DeclaredProblem, HolderInfo, HolderOrigin, OwnerInfo, OwnerKind, ReloadReply, ReservationInfo,
+    StatusReply,
 };
 pub use reservation::Reservation;
 pub use trust::DaemonIdentity;

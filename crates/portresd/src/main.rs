@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use portres_daemon::{Config, Daemon, Enforce, KernelSync};
+use portres_daemon::{Config, Daemon, Enforce, KernelSync, PortserverAddress};
 
 // The command line (`Args` and its value types) lives in
 // portresd_args.rs, pasted here by include!, so that the man page and
@@ -115,6 +115,7 @@ fn main() -> ExitCode {
     if !args.config_dir.is_empty() {
         config.config_dirs = args.config_dir;
     }
+    config.portserver = args.portserver;
     if let Some(g) = args.admin_group {
         match resolve_group(&g) {
             Ok(gid) => config.admin_gid = Some(gid),

@@ -2,8 +2,8 @@
 // module: include!d by main.rs and by the man page and
 // completion generator (crates/portres-tests/tests/generated_docs.rs), so
 // both build the same clap definition (an included file cannot open with
-// `//!`). The including scope provides `Parser`, `ValueEnum`, `PathBuf` and
-// `Config`.
+// `//!`). The including scope provides `Parser`, `ValueEnum`, `PathBuf`,
+// `Config` and `PortserverAddress`.
 
 /// The portres daemon: port reservations for Linux, in the model of the
 /// Windows port reservation API.
@@ -121,6 +121,22 @@ struct Args {
     /// Log more (-v: debug, -vv: trace); RUST_LOG overrides
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+
+    /// Also serve portpicker's portserver protocol on ADDRESS: a socket
+    /// path (its directory must exist, as for --socket), or @NAME for an
+    /// abstract socket of this network namespace (portpicker's
+    /// PORTSERVER_ADDRESS form, e.g. @unittest-portserver). Repeatable:
+    /// one listener per address. Each request "<pid>\n" is answered
+    /// "<port>\n": a port of the dynamic range reserved on both TCP and
+    /// UDP for process <pid> (the peer itself or a process of its uid;
+    /// root may name any) until that process exits; refusals get no
+    /// answer. See docs/wire.md
+    #[arg(long, value_name = "ADDRESS", value_parser = parse_portserver)]
+    portserver: Vec<PortserverAddress>,
+}
+
+fn parse_portserver(s: &str) -> Result<PortserverAddress, String> {
+    PortserverAddress::parse(s)
 }
 
 /// `--workers`: `None` is "auto".

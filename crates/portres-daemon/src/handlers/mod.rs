@@ -7,6 +7,7 @@
 
 mod info;
 mod persistent;
+pub(crate) mod portserver;
 pub(crate) mod runtime;
 mod session;
 #[cfg(test)]

@@ -169,7 +169,7 @@ fn wrong_namespace() -> Error {
 /// The lowest port of `block` some socket holds right now, if any, using
 /// up one of `probes_left` per port probed; when none are left, the
 /// request is refused with `no_free_block`.
-fn probe_block(
+pub(crate) fn probe_block(
     kernel: &dyn Kernel,
     protocol: Protocol,
     block: Block,

@@ -7,7 +7,8 @@
 //! Descriptors are real, since handlers take and hand out `OwnedFd`s:
 //! a "socket" is any file a test registers with `add_socket`, and a
 //! capability is a real anonymous file (memfd_create needs no privilege);
-//! both are told apart by their file identity.
+//! both are told apart by their file identity. A pidfd is an eventfd,
+//! made readable when the test makes its process `exit`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -20,7 +21,7 @@ use portres_kernel::capability::FileId;
 use portres_kernel::sock::SocketInfo;
 use portres_kernel::sysctl::{FakeReservedPorts, ReservedPorts};
 
-use super::Kernel;
+use super::{Kernel, ProcessIds};
 
 /// A client socket as the fake describes it.
 #[derive(Clone, Copy, Debug)]
@@ -51,6 +52,9 @@ pub(crate) struct FakeKernelState {
     /// When set, every bind fails with this code (as a real bind can fail
     /// on a port the probe found free: another socket took it meanwhile).
     pub bind_refusal: Option<ErrorCode>,
+    /// Processes a pidfd may be opened for, by pid, with the eventfds
+    /// standing for their pidfds (signalled by `exit`).
+    pub processes: HashMap<i32, (ProcessIds, Vec<OwnedFd>)>,
 }
 
 /// See `FakeKernelState::on_probe`.
@@ -80,6 +84,7 @@ impl Default for FakeKernel {
             reserved: FakeReservedPorts::default(),
             on_probe: None,
             bind_refusal: None,
+            processes: HashMap::new(),
         })))
     }
 }
@@ -125,6 +130,26 @@ impl FakeKernel {
         };
         self.state().sockets.insert(id, socket);
         fd
+    }
+
+    /// A process `pid` of `uid` (real and effective) that pidfds may be
+    /// opened for.
+    pub fn spawn(&self, pid: i32, uid: u32) {
+        let ids = ProcessIds {
+            real_uid: uid,
+            effective_uid: uid,
+            ns_pid: pid,
+        };
+        self.state().processes.insert(pid, (ids, Vec::new()));
+    }
+
+    /// Process `pid` exits: its pidfds become readable.
+    pub fn exit(&self, pid: i32) {
+        if let Some((_, fds)) = self.state().processes.remove(&pid) {
+            for fd in fds {
+                let _ = rustix::io::write(&fd, &1u64.to_ne_bytes());
+            }
+        }
     }
 
     fn socket(&self, fd: BorrowedFd<'_>) -> Result<(FileId, FakeSocket), Error> {
@@ -229,6 +254,30 @@ impl Kernel for FakeKernel {
 
     fn file_id(&self, fd: BorrowedFd<'_>) -> io::Result<FileId> {
         portres_kernel::capability::file_id(fd)
+    }
+
+    fn open_pidfd(&self, pid: i32) -> io::Result<OwnedFd> {
+        let mut state = self.state();
+        let (_, fds) = state
+            .processes
+            .get_mut(&pid)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+        let fd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)?;
+        fds.push(fd.try_clone()?);
+        Ok(fd)
+    }
+
+    fn pidfd_exited(&self, pidfd: BorrowedFd<'_>) -> bool {
+        portres_kernel::process::pidfd_exited(pidfd)
+    }
+
+    fn process_ids(&self, pid: i32) -> io::Result<ProcessIds> {
+        let state = self.state();
+        let (ids, _) = state
+            .processes
+            .get(&pid)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+        Ok(*ids)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The daemon's view of the kernel: one `Kernel` interface for every call
 //! a handler makes into Linux (sysctls it reads, the in-use probe, the
 //! socket-table dump, checking and binding a client's socket, network
-//! namespace cookies, session capabilities), `LinuxKernel` delegating to
+//! namespace cookies, session capabilities, pidfds and the uids of a
+//! process the portserver endpoint is asked about), `LinuxKernel` delegating to
 //! `portres-kernel`, and (tests only) `FakeKernel`, in memory. The
 //! reserved-ports list, which the daemon writes, is mirrored by
 //! `KernelMirror` (see `mirror`).
@@ -26,6 +27,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 
 use portres_core::{BindOrder, Error, Protocol};
 use portres_kernel::capability::FileId;
+pub use portres_kernel::process::ProcessIds;
 use portres_kernel::sock::SocketInfo;
 
 pub use enforce::{Enforcement, Enforcer, LinuxEnforcer, NoEnforcer};
@@ -76,6 +78,15 @@ pub trait Kernel: Send + Sync + std::fmt::Debug {
     /// The file identity of a descriptor (equal for every descriptor of
     /// one capability).
     fn file_id(&self, fd: BorrowedFd<'_>) -> io::Result<FileId>;
+
+    /// A pidfd for process `pid`: readable once it has exited.
+    fn open_pidfd(&self, pid: i32) -> io::Result<OwnedFd>;
+
+    /// Whether the process of a pidfd has exited.
+    fn pidfd_exited(&self, pidfd: BorrowedFd<'_>) -> bool;
+
+    /// Who process `pid` is (uids, its pid in its own pid namespace).
+    fn process_ids(&self, pid: i32) -> io::Result<ProcessIds>;
 }
 
 /// The real kernel, through `portres-kernel`.
@@ -128,5 +139,17 @@ impl Kernel for LinuxKernel {
 
     fn file_id(&self, fd: BorrowedFd<'_>) -> io::Result<FileId> {
         portres_kernel::capability::file_id(fd)
+    }
+
+    fn open_pidfd(&self, pid: i32) -> io::Result<OwnedFd> {
+        portres_kernel::process::open_pidfd(pid)
+    }
+
+    fn pidfd_exited(&self, pidfd: BorrowedFd<'_>) -> bool {
+        portres_kernel::process::pidfd_exited(pidfd)
+    }
+
+    fn process_ids(&self, pid: i32) -> io::Result<ProcessIds> {
+        portres_kernel::process::process_ids(pid)
     }
 }

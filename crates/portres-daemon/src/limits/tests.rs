@@ -89,3 +89,24 @@ fn job_threads_are_capped_per_user() {
     l.end_job(USER);
     assert!(l.start_job(USER));
 }
+
+#[test]
+fn pidfd_holders_are_capped_per_user_and_root_is_exempt() {
+    let l = limits(10, 10);
+    for _ in 0..PER_UID_PIDFD_HOLDERS {
+        l.hold_pidfd(USER).unwrap();
+    }
+    let why = l.hold_pidfd(USER).expect_err("one past the cap");
+    assert!(why.contains("processes"), "{why}");
+    assert_eq!(l.pidfd_holders(USER), PER_UID_PIDFD_HOLDERS);
+    l.hold_pidfd(0).unwrap();
+    l.pidfd_released(USER);
+    l.hold_pidfd(USER).unwrap();
+    for _ in 0..PER_UID_PIDFD_HOLDERS + 5 {
+        l.pidfd_released(USER);
+    }
+    assert_eq!(l.pidfd_holders(USER), 0);
+    // Released more often than held: nothing goes below zero.
+    l.hold_pidfd(USER).unwrap();
+    assert_eq!(l.pidfd_holders(USER), 1);
+}

@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use portres_core::{Error, ErrorCode, Kind, Owner, Reservation, SessionId};
 use portres_proto::Empty;
 
-use super::State;
+use super::{Origin, State};
 use crate::kernel::enforce::AllowedBinders;
 use crate::kernel::{Enforcement, Enforcer};
 
@@ -20,7 +20,8 @@ impl State {
     /// - persistent, user owner: that uid; group owner: that primary gid;
     ///   both without CAP_NET_BIND_SERVICE (an owner binds its port 80);
     /// - runtime: the processes of the holding session's exec cgroup, if
-    ///   it has one (`EnterCgroup`).
+    ///   it has one (`EnterCgroup`); for the portserver endpoint's ports,
+    ///   the processes of the uid that asked.
     pub(crate) fn allowed_binders(&self, res: &Reservation) -> AllowedBinders {
         let mut allowed = AllowedBinders {
             tgid: Some(std::process::id()),
@@ -40,8 +41,11 @@ impl State {
                 let holder = res.holder.and_then(|h| self.sessions.get(&h.session));
                 if let Some(session) = holder {
                     allowed.cgroup = session.cgroup;
-                    // Portserver sessions (their origin) add the requesting
-                    // uid here: allowed.uid = Some(session.caller.uid).
+                    // A portserver port is for the requesting user's test
+                    // processes (portpicker hands the number on to them).
+                    if let Origin::Portserver { uid, .. } = session.origin {
+                        allowed.uid = Some(uid);
+                    }
                 }
             }
         }

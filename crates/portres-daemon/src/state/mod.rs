@@ -12,6 +12,8 @@
 //! `handlers::runtime`.
 //!
 //! Split: `open` (building the state: baseline, restored reservations),
+//! `holders` (sessions that belong to a process named by pid, for the
+//! portserver endpoint, watched through pidfds),
 //! `checks` (request checks that need no state, tokens), `sync` (the
 //! front's side of the kernel mirror: flush, check, shutdown), `declared`
 //! (applying the portres.d files).
@@ -19,6 +21,7 @@
 mod checks;
 mod declared;
 mod enforce;
+mod holders;
 mod open;
 mod sync;
 
@@ -31,7 +34,7 @@ use portres_core::{
     Block, Caller, Error, ErrorCode, Kind, PortSet, Reservation, SessionId, Table, Token,
 };
 use portres_kernel::capability::FileId;
-use portres_proto::{HolderInfo, OwnerInfo, ReservationInfo};
+use portres_proto::{HolderInfo, HolderOrigin, OwnerInfo, ReservationInfo};
 use portres_store::Store;
 
 use crate::config::{Config, Mode};
@@ -53,11 +56,33 @@ pub fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// One client connection.
+/// Where a session comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A client connection: the session ends when the connection does.
+    Client,
+    /// The portserver endpoint: the session holds ports for process `pid`
+    /// (of the daemon's pid namespace) and ends when it exits; `uid` is the
+    /// uid of the peer that asked (the process's own uid, or root's). Strict
+    /// mode lets `uid` bind these ports.
+    Portserver {
+        /// The process the ports belong to.
+        pid: i32,
+        /// The uid that asked for them.
+        uid: u32,
+    },
+}
+
+/// One client connection, or one process's portserver ports.
 #[derive(Debug)]
 pub struct Session {
-    /// Who is on the other end, per the kernel.
+    /// Who is on the other end, per the kernel (for a portserver holder:
+    /// the asking peer's credentials with the named process's pid).
     pub caller: Caller,
+    /// Where it comes from.
+    pub origin: Origin,
+    /// A portserver holder's pidfd (registered in `holders`' watch).
+    pub pidfd: Option<OwnedFd>,
     /// The capability handed out for this session, if asked for.
     pub capability: Option<(OwnedFd, FileId)>,
     /// This session's id followed by every session whose capability this
@@ -92,6 +117,8 @@ pub struct State {
     range_cache: Option<(Instant, (u16, u16))>,
     /// What the last reading of the portres.d files could not apply.
     declared_problems: Vec<portres_proto::DeclaredProblem>,
+    /// The portserver endpoint's per-process sessions.
+    holders: holders::Holders,
 }
 
 impl std::fmt::Debug for State {
@@ -124,6 +151,8 @@ impl State {
             id,
             Session {
                 caller,
+                origin: Origin::Client,
+                pidfd: None,
                 capability: None,
                 speaks_for: vec![id],
                 cgroup: None,
@@ -141,6 +170,9 @@ impl State {
             }
             if session.cgroup.is_some() {
                 self.enforcer.remove_session_cgroup(id.0);
+            }
+            if let Origin::Portserver { pid, uid } = session.origin {
+                self.holders.forget(pid, uid, id);
             }
         }
         let gone = self.table.remove_session(id);
@@ -346,6 +378,10 @@ impl State {
             holder: res.holder.map(|h| HolderInfo {
                 uid: h.uid,
                 pid: h.pid,
+                origin: self.sessions.get(&h.session).and_then(|s| match s.origin {
+                    Origin::Client => None,
+                    Origin::Portserver { .. } => Some(HolderOrigin::Portserver),
+                }),
             }),
             label: res.label.clone(),
             in_use: None,

@@ -47,6 +47,12 @@ impl State {
             tokens: TokenPool::default(),
             range_cache: None,
             declared_problems: Vec::new(),
+            holders: super::holders::Holders::new().map_err(|e| {
+                Error::new(
+                    ErrorCode::Internal,
+                    format!("cannot make the pidfd watch (epoll): {e}"),
+                )
+            })?,
         };
         if state.mirror.is_on() {
             state.load_baseline()?;

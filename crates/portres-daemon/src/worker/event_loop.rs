@@ -61,6 +61,8 @@ pub(super) struct Worker {
     /// Bytes released by closed connections since the last `maybe_trim`.
     freed_since_trim: usize,
     last_trim: Option<Instant>,
+    /// Portserver connections (`portserver.rs`).
+    pub(super) portserver: super::portserver::PortserverConns,
 }
 
 /// A worker that unwinds (a bug: requests cannot make it panic) ends its
@@ -109,6 +111,7 @@ impl Worker {
             waiting: HashMap::new(),
             freed_since_trim: 0,
             last_trim: None,
+            portserver: Default::default(),
         };
         std::thread::Builder::new()
             .name(format!("worker-{index}"))
@@ -129,8 +132,13 @@ impl Worker {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
         let mut last_recheck = Instant::now();
         loop {
-            let recheck = (!self.waiting.is_empty()).then(|| timespec(PAUSED_RECHECK));
-            match crate::events::wait(&self.epoll, &mut events, recheck.as_ref()) {
+            let recheck = (!self.waiting.is_empty()).then_some(PAUSED_RECHECK);
+            let expiry = self
+                .portserver
+                .next_deadline()
+                .map(|at| at.saturating_duration_since(Instant::now()));
+            let timeout = [recheck, expiry].into_iter().flatten().min().map(timespec);
+            match crate::events::wait(&self.epoll, &mut events, timeout.as_ref()) {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => {
@@ -149,9 +157,11 @@ impl Worker {
                         return;
                     }
                     KEY_WAKE => self.wake(),
+                    id if self.is_portserver(id) => self.serve_portserver(id),
                     id => self.serve(id, ev.flags),
                 }
             }
+            self.expire_portserver();
             self.maybe_trim();
         }
         self.close_all();
@@ -187,11 +197,16 @@ impl Worker {
         for id in ids {
             self.close(id, "daemon stopping");
         }
+        self.close_all_portserver();
         // Connections handed over but never taken.
         while let Ok(arrival) = self.inbox.try_recv() {
             match arrival {
                 Arrival::New(new) => self.drop_unserved(new.session, new.uid, Default::default()),
                 Arrival::Moved(conn) => self.drop_unserved(conn.session, conn.uid, conn.charged),
+                Arrival::Portserver(conn) => self
+                    .shared
+                    .limits
+                    .connection_closed(conn.caller.uid, Default::default()),
             }
         }
     }
@@ -214,6 +229,10 @@ impl Worker {
             let conn = match arrival {
                 Arrival::New(new) => Box::new(Conn::new(new)),
                 Arrival::Moved(conn) => conn,
+                Arrival::Portserver(conn) => {
+                    self.take_portserver(*conn);
+                    continue;
+                }
             };
             self.take(*conn);
         }
@@ -221,9 +240,15 @@ impl Worker {
     }
 
     /// Starts serving a connection (new, or moved here by another worker).
-    pub(super) fn take(&mut self, mut conn: Conn) {
+    /// A key for a connection taken now.
+    pub(super) fn new_conn_id(&mut self) -> ConnId {
         let id = self.next_id;
         self.next_id += 1;
+        id
+    }
+
+    pub(super) fn take(&mut self, mut conn: Conn) {
+        let id = self.new_conn_id();
         conn.away = 0;
         conn.registered = epoll::EventFlags::IN | epoll::EventFlags::RDHUP;
         if let Err(e) = epoll::add(

@@ -28,6 +28,7 @@ mod conn;
 mod event_loop;
 mod jobs;
 mod placement;
+mod portserver;
 
 use std::io;
 use std::os::unix::net::UnixStream;
@@ -43,6 +44,7 @@ use crate::state::State;
 
 pub(crate) use conn::send_parting_error;
 pub(crate) use placement::usable_cpus;
+pub(crate) use portserver::PortserverConn;
 
 use conn::Conn;
 use event_loop::Worker;
@@ -75,6 +77,8 @@ enum Arrival {
     /// A connection another worker hands over (its client runs on this
     /// worker's CPU now).
     Moved(Box<Conn>),
+    /// A portserver connection the front just accepted.
+    Portserver(Box<PortserverConn>),
 }
 
 /// How the front and the other workers reach one worker.
@@ -169,7 +173,27 @@ impl Workers {
     /// Gives a new connection to the live worker serving the fewest; gives
     /// the connection back if every worker is gone.
     pub(crate) fn hand_over(&self, conn: NewConn) -> Result<(), NewConn> {
-        let mut arrival = Arrival::New(conn);
+        self.deliver_least_busy(Arrival::New(conn))
+            .map_err(|back| match back {
+                Arrival::New(conn) => conn,
+                _ => unreachable!("delivered a new connection"),
+            })
+    }
+
+    /// Gives a portserver connection to the live worker serving the
+    /// fewest; gives it back if every worker is gone.
+    pub(crate) fn hand_over_portserver(
+        &self,
+        conn: PortserverConn,
+    ) -> Result<(), Box<PortserverConn>> {
+        self.deliver_least_busy(Arrival::Portserver(Box::new(conn)))
+            .map_err(|back| match back {
+                Arrival::Portserver(conn) => conn,
+                _ => unreachable!("delivered a portserver connection"),
+            })
+    }
+
+    fn deliver_least_busy(&self, mut arrival: Arrival) -> Result<(), Arrival> {
         loop {
             let Some(least_busy) = self
                 .mailboxes
@@ -177,10 +201,7 @@ impl Workers {
                 .filter(|m| m.alive.load(Ordering::Acquire))
                 .min_by_key(|m| m.load.load(Ordering::Relaxed))
             else {
-                return Err(match arrival {
-                    Arrival::New(conn) => conn,
-                    Arrival::Moved(_) => unreachable!("delivered a new connection"),
-                });
+                return Err(arrival);
             };
             // It may die between the choice and the delivery: choose again.
             match least_busy.deliver(arrival) {

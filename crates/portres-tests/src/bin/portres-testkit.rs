@@ -4,7 +4,8 @@
 //! reservation found by lookup. Connects like any client (`PORTRES_SOCKET`,
 //! `PORTRES_SESSION_FD`). Prints results as one line on stdout; on refusal
 //! prints the error code on stderr and exits 1. `try-bind` makes plain
-//! binds without the daemon (strict mode's tests).
+//! binds without the daemon (strict mode's tests). Also a portserver client
+//! (portpicker's protocol, no varlink): `portserver ADDRESS PID…`.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -124,6 +125,47 @@ fn try_bind(args: &[String]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `portserver ADDRESS PID… [--hold]`: one portpicker request per PID
+/// (`self`: this process) on ADDRESS (a path, or `@name`), as portpicker
+/// makes it (connect, send "<pid>\n", one read); prints per request what
+/// came back, without the newline, or `-` for nothing. With `--hold`, then
+/// waits to be killed (ports asked for `self` live as long).
+fn portserver(args: &[String]) -> ExitCode {
+    use std::io::Read;
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixStream};
+    let address = &args[0];
+    let addr = match address.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract name"),
+        None => SocketAddr::from_pathname(address).expect("path"),
+    };
+    let mut hold = false;
+    for pid in &args[1..] {
+        if pid == "--hold" {
+            hold = true;
+            continue;
+        }
+        let pid = if pid == "self" {
+            std::process::id().to_string()
+        } else {
+            pid.clone()
+        };
+        let mut s = UnixStream::connect_addr(&addr).expect("connect to the portserver");
+        s.write_all(format!("{pid}\n").as_bytes()).expect("send");
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).unwrap_or(0);
+        let reply = String::from_utf8_lossy(&buf[..n]);
+        println!("{}", if n == 0 { "-" } else { reply.trim_end() });
+    }
+    std::io::stdout().flush().ok();
+    if hold {
+        loop {
+            std::thread::park();
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 /// EACCES (13 on every Linux architecture).
 fn libc_eacces() -> i32 {
     13
@@ -133,6 +175,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("try-bind") {
         return try_bind(&args);
+    }
+    if args.first().map(String::as_str) == Some("portserver") {
+        return portserver(&args[1..]);
     }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,6 +17,7 @@ mod enforce;
 mod kernel_sync;
 mod matrix;
 mod persistent;
+mod portserver;
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};

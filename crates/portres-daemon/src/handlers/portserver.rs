@@ -1,0 +1,259 @@
+//! The portserver endpoint's one request (portpicker's protocol, served by
+//! `worker::portserver`): a port free on both TCP and UDP, reserved for a
+//! process named by pid until that process exits.
+//!
+//! Who may name a process: the peer itself, a process whose real or
+//! effective uid is the peer's, or any process when the peer is root
+//! (portserver.py believes any pid; portres does not). A peer in another
+//! pid namespace that names itself by its own namespace's pid is
+//! understood (its `NSpid`); other pids it sends are taken as pids of the
+//! daemon's namespace, and refused unless they pass the check above.
+//!
+//! The ports go on the process's holder session (`state::holders`): both
+//! reservations, TCP and UDP, one port each at the same number, first fit
+//! in the dynamic range like a wildcard Acquire, probed for sockets outside
+//! the lock the same way, in the kernel's reserved list before the answer.
+
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex};
+
+use portres_core::{
+    Block, Caller, Error, ErrorCode, Holder, Protocol, Reservation, SessionId, Token,
+};
+
+use super::runtime::{EXTRA_PROBES_PER_ACQUIRE, probe_block};
+use crate::kernel::Kernel;
+use crate::state::{State, lock};
+
+/// The label of every reservation the endpoint makes (`portres list`
+/// shows it; the holder says `"origin":"portserver"` too).
+pub(crate) const PORTSERVER_LABEL: &str = "portserver";
+
+/// What a portserver request came to.
+pub(crate) struct Served {
+    /// The port, or why none (the client is told nothing either way but
+    /// the port).
+    pub(crate) result: Result<u16, Error>,
+    /// A new holder (a pidfd the daemon keeps) exists because of this
+    /// request: it stays charged to the peer until the front reaps it.
+    pub(crate) new_holder: bool,
+}
+
+/// Serves one request from `peer` naming process `pid`.
+pub(crate) fn serve(shared: &Mutex<State>, peer: &Caller, pid: i32) -> Served {
+    let mut new_holder = false;
+    let result = serve_inner(shared, peer, pid, &mut new_holder);
+    Served { result, new_holder }
+}
+
+fn serve_inner(
+    shared: &Mutex<State>,
+    peer: &Caller,
+    pid: i32,
+    new_holder: &mut bool,
+) -> Result<u16, Error> {
+    // portserver.py's rule: 0 and negative pids name nobody; pid 1 is
+    // what a process reparented to init would send instead of its parent.
+    if pid <= 1 {
+        return Err(Error::new(
+            ErrorCode::InvalidParameter,
+            format!("pid {pid} names no process a port can belong to"),
+        ));
+    }
+    let kernel = lock(shared).kernel();
+    let pid = if pid != peer.pid
+        && peer.pid > 0
+        && kernel
+            .process_ids(peer.pid)
+            .is_ok_and(|ids| ids.ns_pid == pid && ids.ns_pid != peer.pid)
+    {
+        // The peer named itself, in its own pid namespace.
+        peer.pid
+    } else {
+        pid
+    };
+    let gone = || Error::new(ErrorCode::NotFound, format!("no process {pid}"));
+    // pidfd first, identity second, still running third: the identity is
+    // then that of the process the pidfd stands for.
+    let pidfd = kernel.open_pidfd(pid).map_err(|_| gone())?;
+    let ids = kernel.process_ids(pid).map_err(|_| gone())?;
+    if kernel.pidfd_exited(pidfd.as_fd()) {
+        return Err(gone());
+    }
+    let allowed = pid == peer.pid
+        || peer.uid == 0
+        || ids.real_uid == peer.uid
+        || ids.effective_uid == peer.uid;
+    if !allowed {
+        return Err(Error::new(
+            ErrorCode::AccessDenied,
+            format!(
+                "uid {} may not reserve ports for process {pid} (uid {})",
+                peer.uid, ids.real_uid
+            ),
+        ));
+    }
+    let holder_caller = Caller {
+        uid: peer.uid,
+        gid: peer.gid,
+        groups: peer.groups.clone(),
+        pid,
+        admin: peer.admin,
+    };
+    let (session, created) = lock(shared).holder_for(holder_caller, peer.uid, pidfd)?;
+    *new_holder = created;
+    let result = reserve_pair(shared, session);
+    if result.is_err() && created && lock(shared).drop_holder_if_empty(session) {
+        *new_holder = false;
+    }
+    result
+}
+
+/// Reserves one port on both protocols for holder `session`: a candidate
+/// pair goes in the table under the lock, is probed outside it, and is
+/// then covered in the kernel, or given back and the search resumed past
+/// the busy port.
+fn reserve_pair(shared: &Mutex<State>, session: SessionId) -> Result<u16, Error> {
+    let mut probes_left = EXTRA_PROBES_PER_ACQUIRE + 2;
+    let mut from = 0;
+    loop {
+        let (tokens, port, kernel) = lock(shared).reserve_pair_candidate(session, from)?;
+        let block = Block::new(port as u32, 1)?;
+        let mut busy = None;
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            match probe_block(&*kernel, protocol, block, &mut probes_left) {
+                Ok(None) => {}
+                Ok(Some(p)) => {
+                    busy = Some(p);
+                    break;
+                }
+                Err(e) => {
+                    lock(shared).withdraw_pair(tokens);
+                    return Err(e);
+                }
+            }
+        }
+        let mut state = lock(shared);
+        match busy {
+            None => return state.finish_pair(tokens, block).map(|()| port),
+            Some(p) => {
+                state.withdraw_pair(tokens);
+                from = p.checked_add(1).ok_or_else(|| {
+                    Error::new(
+                        ErrorCode::NoFreeBlock,
+                        "no port free on both TCP and UDP: the last port of the range is in use",
+                    )
+                })?;
+            }
+        }
+    }
+}
+
+/// A candidate pair: its TCP and UDP tokens, the port, the kernel to probe
+/// it with.
+type Candidate = ([Token; 2], u16, Arc<dyn Kernel>);
+
+impl State {
+    /// Under the lock: checks the quota (two ports: one TCP, one UDP) and
+    /// puts the lowest port at or above `from` free on both protocols in
+    /// the table for `session`, once per protocol.
+    fn reserve_pair_candidate(
+        &mut self,
+        session: SessionId,
+        from: u16,
+    ) -> Result<Candidate, Error> {
+        let caller = &self.session(session)?.caller;
+        let (uid, pid, quota_applies) = (caller.uid, caller.pid, caller.quota_applies());
+        if quota_applies {
+            let held = self.table().runtime_ports_of(uid);
+            let quota = self.config().quota;
+            if held as u64 + 2 > quota as u64 {
+                return Err(Error::new(
+                    ErrorCode::QuotaExceeded,
+                    format!(
+                        "uid {uid} holds {held} runtime port(s); a portserver port (TCP and UDP) would pass the quota of {quota}"
+                    ),
+                ));
+            }
+        }
+        let range = self.dynamic_range().map_err(|e| {
+            Error::new(
+                ErrorCode::Internal,
+                format!("reading ip_local_port_range: {e}"),
+            )
+        })?;
+        let none = || {
+            Error::new(
+                ErrorCode::NoFreeBlock,
+                format!(
+                    "no port free on both TCP and UDP in the dynamic range {}-{}",
+                    range.0, range.1
+                ),
+            )
+        };
+        // Alternate between the protocols until both agree: each step only
+        // moves up, so this ends.
+        let mut at = from;
+        let port = loop {
+            let tcp = self
+                .find_free_block(Protocol::Tcp, 1, range, at)
+                .ok_or_else(none)?;
+            let udp = self
+                .find_free_block(Protocol::Udp, 1, range, tcp.start())
+                .ok_or_else(none)?;
+            if udp.start() == tcp.start() {
+                break tcp.start();
+            }
+            at = udp.start();
+        };
+        let block = Block::new(port as u32, 1)?;
+        let holder = Holder { session, uid, pid };
+        let tcp = self.reserve_one(Protocol::Tcp, block, holder)?;
+        let udp = match self.reserve_one(Protocol::Udp, block, holder) {
+            Ok(t) => t,
+            Err(e) => {
+                self.withdraw(tcp);
+                return Err(e);
+            }
+        };
+        Ok(([tcp, udp], port, self.kernel()))
+    }
+
+    /// One reservation of the pair, labelled as the endpoint's.
+    fn reserve_one(
+        &mut self,
+        protocol: Protocol,
+        block: Block,
+        holder: Holder,
+    ) -> Result<Token, Error> {
+        let token = self.new_token()?;
+        let mut res = Reservation::runtime(token, protocol, block, holder);
+        res.label = Some(PORTSERVER_LABEL.to_string());
+        self.reserve(res)?;
+        Ok(token)
+    }
+
+    /// Takes a refused candidate pair back.
+    fn withdraw_pair(&mut self, tokens: [Token; 2]) {
+        for t in tokens {
+            self.withdraw(t);
+        }
+    }
+
+    /// Under the lock, after the probe: the pair goes into the kernel's
+    /// list before the answer (unless its holder ended meanwhile).
+    fn finish_pair(&mut self, tokens: [Token; 2], block: Block) -> Result<(), Error> {
+        if !tokens.iter().all(|&t| self.table().contains_token(t)) {
+            self.withdraw_pair(tokens);
+            return Err(Error::new(
+                ErrorCode::Internal,
+                "the process exited during the request",
+            ));
+        }
+        if let Err(e) = self.cover(block) {
+            self.withdraw_pair(tokens);
+            return Err(e);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,173 @@
+//! The portserver request on the fake kernel: a port on both protocols for
+//! a named process, who may name whom, the quota, one holder per process,
+//! first fit around ports taken on either protocol, and the end when the
+//! process exits (not when anything else happens).
+
+use portres_core::{Caller, ErrorCode, Protocol};
+
+use super::super::portserver::{PORTSERVER_LABEL, serve};
+use super::Harness;
+use crate::state::lock;
+
+const ALICE: u32 = 1000;
+const BOB: u32 = 1001;
+
+fn peer(uid: u32, pid: i32) -> Caller {
+    Caller {
+        uid,
+        gid: uid,
+        groups: Vec::new(),
+        pid,
+        admin: uid == 0,
+    }
+}
+
+fn ask(h: &Harness, from: &Caller, pid: i32) -> Result<u16, portres_core::Error> {
+    serve(&h.state, from, pid).result
+}
+
+/// The ports the table holds, per protocol, with their holder's pid.
+fn held(h: &Harness) -> Vec<(Protocol, u16, i32)> {
+    let state = lock(&h.state);
+    state
+        .table()
+        .iter()
+        .map(|r| (r.protocol, r.block.start(), r.holder.unwrap().pid))
+        .collect()
+}
+
+#[test]
+fn a_port_on_both_protocols_for_the_named_process_until_it_exits() {
+    let h = Harness::new();
+    h.kernel.spawn(500, ALICE);
+    h.kernel.spawn(501, ALICE);
+    let alice = peer(ALICE, 500);
+    let first = serve(&h.state, &alice, 500);
+    assert!(first.new_holder);
+    let port = first.result.unwrap();
+    assert_eq!(port, 32768);
+    // Another process of hers, named by her.
+    let other = ask(&h, &alice, 501).unwrap();
+    assert_eq!(other, 32769);
+    // The same process again: a second port on the same holder.
+    let again = serve(&h.state, &alice, 500);
+    assert!(!again.new_holder);
+    assert_eq!(again.result.unwrap(), 32770);
+    assert_eq!(
+        held(&h),
+        vec![
+            (Protocol::Tcp, 32768, 500),
+            (Protocol::Tcp, 32769, 501),
+            (Protocol::Tcp, 32770, 500),
+            (Protocol::Udp, 32768, 500),
+            (Protocol::Udp, 32769, 501),
+            (Protocol::Udp, 32770, 500),
+        ]
+    );
+    assert!(h.kernel.reserved().contains(32768) && h.kernel.reserved().contains(32770));
+    let list = h.list(h.root());
+    assert!(
+        list.iter()
+            .all(|r| r.label.as_deref() == Some(PORTSERVER_LABEL)
+                && r.holder.unwrap().origin == Some(portres_proto::HolderOrigin::Portserver)
+                && r.holder.unwrap().uid == ALICE)
+    );
+
+    // Nothing but the exit ends them.
+    assert!(lock(&h.state).reap_exited_holders(16).is_empty());
+    h.kernel.exit(500);
+    assert_eq!(lock(&h.state).reap_exited_holders(16), vec![ALICE]);
+    assert_eq!(
+        held(&h),
+        vec![(Protocol::Tcp, 32769, 501), (Protocol::Udp, 32769, 501)]
+    );
+    h.settle();
+    assert!(!h.kernel.reserved().contains(32768));
+}
+
+#[test]
+fn a_port_free_on_one_protocol_only_is_passed_over() {
+    let h = Harness::new();
+    h.kernel.spawn(500, ALICE);
+    h.kernel.hold(Protocol::Udp, 32768);
+    h.kernel.hold(Protocol::Tcp, 32769);
+    let udp_elsewhere = h.session(BOB, BOB, &[]);
+    let acquired = super::runtime::acquire(
+        &h.state,
+        udp_elsewhere,
+        portres_proto::AcquireParams {
+            protocol: Protocol::Udp,
+            start: 32770,
+            count: 1,
+            label: None,
+            address: None,
+        },
+        None,
+    );
+    acquired.unwrap();
+    assert_eq!(ask(&h, &peer(ALICE, 500), 500).unwrap(), 32771);
+}
+
+#[test]
+fn who_may_name_whom() {
+    let h = Harness::new();
+    h.kernel.spawn(500, ALICE);
+    h.kernel.spawn(600, BOB);
+    let alice = peer(ALICE, 500);
+    for (pid, code) in [
+        (600, ErrorCode::AccessDenied),
+        (0, ErrorCode::InvalidParameter),
+        (1, ErrorCode::InvalidParameter),
+        (-5, ErrorCode::InvalidParameter),
+        (777, ErrorCode::NotFound),
+    ] {
+        let served = std::cell::Cell::new(true);
+        h.refused(code, || {
+            let s = serve(&h.state, &alice, pid);
+            served.set(s.new_holder);
+            s.result.map(drop)
+        });
+        assert!(!served.get(), "a refusal keeps no holder");
+    }
+    // Root names anyone; the ports are charged to root (the asker).
+    let port = ask(&h, &peer(0, 1), 600).unwrap();
+    let state = lock(&h.state);
+    let r = state
+        .table()
+        .iter()
+        .find(|r| r.block.start() == port)
+        .unwrap();
+    assert_eq!((r.holder.unwrap().uid, r.holder.unwrap().pid), (0, 600));
+}
+
+#[test]
+fn the_quota_counts_both_ports_and_a_refusal_keeps_no_holder() {
+    let h = Harness::with("", |c| c.quota = 3);
+    h.kernel.spawn(500, ALICE);
+    h.kernel.spawn(501, ALICE);
+    let alice = peer(ALICE, 500);
+    ask(&h, &alice, 500).unwrap();
+    let refused = serve(&h.state, &alice, 501);
+    assert_eq!(refused.result.unwrap_err().code, ErrorCode::QuotaExceeded);
+    assert!(!refused.new_holder);
+    h.kernel.exit(501);
+    // 501's holder was dropped with the refusal: nothing to reap.
+    assert!(lock(&h.state).reap_exited_holders(16).is_empty());
+}
+
+#[test]
+fn a_process_that_exited_before_the_request_gets_nothing() {
+    let h = Harness::new();
+    h.kernel.spawn(500, ALICE);
+    let alice = peer(ALICE, 500);
+    ask(&h, &alice, 500).unwrap();
+    h.kernel.exit(500);
+    // Its pid comes back as a new process before the reaping: a new
+    // holder, not the dead one's.
+    h.kernel.spawn(500, ALICE);
+    let served = serve(&h.state, &alice, 500);
+    assert!(served.new_holder);
+    served.result.unwrap();
+    assert_eq!(lock(&h.state).reap_exited_holders(16), vec![ALICE]);
+    assert_eq!(held(&h).len(), 2);
+}

@@ -1,0 +1,271 @@
+//! Portserver connections (portpicker's protocol) on a worker: read one
+//! line `"<pid>\n"` within `READ_DEADLINE`, have `handlers::portserver`
+//! serve it, answer `"<port>\n"` in one write, close. On anything else —
+//! a line that is not a decimal pid, longer than `MAX_LINE`, not finished
+//! before the deadline, a refusal, a failure — the connection is closed
+//! without a byte written, as Google's portserver does (the client then
+//! picks a port by itself). Nothing read here is a varlink call, and a
+//! portserver connection has no session: what it gets belongs to the named
+//! process (`state::holders`), not to the connection.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use portres_core::Caller;
+use rustix::event::epoll;
+
+use super::event_loop::{ConnId, Worker};
+use crate::handlers::portserver;
+use crate::limits::Charged;
+
+/// How long a client has to send its line after connecting. portpicker
+/// sends it at once; a slower client only holds a connection (counted
+/// against its user's connection limit) this long.
+pub(crate) const READ_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Longest request line accepted, newline excluded (portserver.py's
+/// limit: 20 characters).
+pub(crate) const MAX_LINE: usize = 20;
+
+/// A portserver connection the front accepted.
+pub(crate) struct PortserverConn {
+    pub(crate) stream: UnixStream,
+    /// The peer, per the kernel.
+    pub(crate) caller: Caller,
+    /// Closed unanswered at this instant.
+    pub(crate) deadline: Instant,
+    buf: [u8; MAX_LINE + 1],
+    len: usize,
+}
+
+impl PortserverConn {
+    pub(crate) fn new(stream: UnixStream, caller: Caller) -> PortserverConn {
+        PortserverConn {
+            stream,
+            caller,
+            deadline: Instant::now() + READ_DEADLINE,
+            buf: [0; MAX_LINE + 1],
+            len: 0,
+        }
+    }
+
+    /// Reads what is there: `Ok(Some(pid))` once the line is whole,
+    /// `Ok(None)` to wait for more, `Err` to close unanswered.
+    fn receive(&mut self) -> Result<Option<i32>, String> {
+        loop {
+            let free = &mut self.buf[self.len..];
+            if free.is_empty() {
+                return Err(format!("no newline within {MAX_LINE} bytes"));
+            }
+            match rustix::net::recv(&self.stream, free, rustix::net::RecvFlags::DONTWAIT) {
+                Ok((0, _)) => {
+                    // The client finished sending: a line without its
+                    // newline is still a line.
+                    return if self.len == 0 {
+                        Err("closed before sending anything".into())
+                    } else {
+                        parse_pid(&self.buf[..self.len]).map(Some)
+                    };
+                }
+                Ok((n, _)) => {
+                    let at = self.len;
+                    self.len += n;
+                    if let Some(nl) = self.buf[at..self.len].iter().position(|&b| b == b'\n') {
+                        return parse_pid(&self.buf[..at + nl]).map(Some);
+                    }
+                }
+                Err(rustix::io::Errno::AGAIN) => return Ok(None),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(format!("recv: {e}")),
+            }
+        }
+    }
+}
+
+/// A request line: a decimal pid, perhaps with blanks around it (as
+/// Python's `int()` takes it in portserver.py).
+pub(crate) fn parse_pid(line: &[u8]) -> Result<i32, String> {
+    let text = std::str::from_utf8(line)
+        .map_err(|_| "not text".to_string())?
+        .trim_matches(|c: char| c == ' ' || c == '\t' || c == '\r');
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("not a pid: {:?}", text.escape_debug().to_string()));
+    }
+    text.parse::<i32>()
+        .map_err(|_| format!("pid out of range: {text}"))
+}
+
+/// The worker's portserver connections, and their deadlines in order
+/// (every deadline is its arrival plus `READ_DEADLINE`, so arrival order
+/// is deadline order).
+#[derive(Default)]
+pub(crate) struct PortserverConns {
+    pub(crate) conns: std::collections::HashMap<ConnId, PortserverConn>,
+    deadlines: VecDeque<(Instant, ConnId)>,
+}
+
+impl PortserverConns {
+    /// The next deadline of a connection still open.
+    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(&(at, id)) = self.deadlines.front() {
+            if self.conns.contains_key(&id) {
+                return Some(at);
+            }
+            self.deadlines.pop_front();
+        }
+        None
+    }
+}
+
+impl Worker {
+    /// Starts serving a portserver connection.
+    pub(super) fn take_portserver(&mut self, conn: PortserverConn) {
+        let id = self.new_conn_id();
+        if let Err(e) = epoll::add(
+            &self.epoll,
+            &conn.stream,
+            epoll::EventData::new_u64(id),
+            epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
+        ) {
+            log::warn!("dropping a portserver connection: epoll: {e}");
+            self.mailbox().load.fetch_sub(1, Ordering::Relaxed);
+            self.shared
+                .limits
+                .connection_closed(conn.caller.uid, Charged::default());
+            return;
+        }
+        self.portserver.deadlines.push_back((conn.deadline, id));
+        self.portserver.conns.insert(id, conn);
+    }
+
+    /// Whether `id` is a portserver connection of this worker.
+    pub(super) fn is_portserver(&self, id: ConnId) -> bool {
+        self.portserver.conns.contains_key(&id)
+    }
+
+    /// Serves what epoll reported for portserver connection `id`.
+    pub(super) fn serve_portserver(&mut self, id: ConnId) {
+        let Some(conn) = self.portserver.conns.get_mut(&id) else {
+            return;
+        };
+        match conn.receive() {
+            Ok(None) => {}
+            Ok(Some(pid)) => {
+                let answer = self.answer(id, pid);
+                self.close_portserver(id, answer);
+            }
+            Err(why) => self.close_portserver(id, Err(why)),
+        }
+    }
+
+    /// Serves the request for `pid`: the port, or why none.
+    fn answer(&mut self, id: ConnId, pid: i32) -> Result<u16, String> {
+        let caller = &self.portserver.conns[&id].caller;
+        let uid = caller.uid;
+        self.shared.limits.hold_pidfd(uid)?;
+        let run =
+            std::panic::AssertUnwindSafe(|| portserver::serve(&self.shared.state, caller, pid));
+        let served = match std::panic::catch_unwind(run) {
+            Ok(served) => served,
+            Err(_) => {
+                log::error!("a portserver request panicked (a bug); closing it unanswered");
+                self.shared.limits.pidfd_released(uid);
+                return Err("internal error".into());
+            }
+        };
+        if !served.new_holder {
+            self.shared.limits.pidfd_released(uid);
+        }
+        served
+            .result
+            .map_err(|e| format!("{}: {}", e.code, e.message))
+    }
+
+    /// Ends portserver connection `id`, first writing the port if there is
+    /// one (one write; the reply fits any socket buffer).
+    pub(super) fn close_portserver(&mut self, id: ConnId, answer: Result<u16, String>) {
+        let Some(conn) = self.portserver.conns.remove(&id) else {
+            return;
+        };
+        let _ = epoll::delete(&self.epoll, &conn.stream);
+        let (uid, peer) = (conn.caller.uid, conn.caller.pid);
+        match answer {
+            Ok(port) => {
+                let reply = format!("{port}\n");
+                let sent = rustix::net::send(
+                    &conn.stream,
+                    reply.as_bytes(),
+                    rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
+                );
+                match sent {
+                    Ok(n) if n == reply.len() => {}
+                    // The process keeps its port (it may ask again and get
+                    // another); the peer just did not hear of this one.
+                    other => log::debug!(
+                        "portserver: could not send port {port} to uid {uid} pid {peer}: {:?}",
+                        other.map_err(io::Error::from)
+                    ),
+                }
+            }
+            Err(why) => log::debug!(
+                "portserver: closing a request of uid {uid} pid {peer} unanswered: {why}"
+            ),
+        }
+        drop(conn);
+        self.mailbox().load.fetch_sub(1, Ordering::Relaxed);
+        self.shared
+            .limits
+            .connection_closed(uid, Charged::default());
+    }
+
+    /// Closes, unanswered, the portserver connections whose deadline passed.
+    pub(super) fn expire_portserver(&mut self) {
+        let now = Instant::now();
+        while let Some(at) = self.portserver.next_deadline() {
+            if at > now {
+                return;
+            }
+            let (_, id) = self
+                .portserver
+                .deadlines
+                .pop_front()
+                .expect("next_deadline saw it");
+            self.close_portserver(id, Err(format!("no request line within {READ_DEADLINE:?}")));
+        }
+    }
+
+    /// Closes every portserver connection (the daemon stops, or the worker
+    /// dies).
+    pub(super) fn close_all_portserver(&mut self) {
+        let ids: Vec<ConnId> = self.portserver.conns.keys().copied().collect();
+        for id in ids {
+            self.close_portserver(id, Err("daemon stopping".into()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_pid;
+
+    #[test]
+    fn request_lines() {
+        assert_eq!(parse_pid(b"4242"), Ok(4242));
+        assert_eq!(parse_pid(b" 17\r"), Ok(17));
+        assert_eq!(parse_pid(b"0"), Ok(0));
+        for bad in [
+            &b""[..],
+            b"-1",
+            b"+5",
+            b"12x",
+            b"x",
+            b"99999999999",
+            b"\xff",
+        ] {
+            assert!(parse_pid(bad).is_err(), "{bad:?}");
+        }
+    }
+}
