@@ -501,3 +501,59 @@ nstest!(
         all(d.run(in_cgroup(cg, &exec)), "ok");
     }
 );
+
+nstest!(
+    strict_exec_never_enters_a_session_cgroup_someone_made_beforehand,
+    |test| {
+        // Whoever may write the exec's parent cgroup (its user, in a
+        // delegated cgroup; or a previous daemon of the same pid that left
+        // a busy one behind) could make the daemon's next session cgroup
+        // names first, with a process of theirs inside: that process
+        // would then be allowed to bind the exec's block.
+        let Some(setup) = strict_setup(test) else {
+            return;
+        };
+        let (d, cg) = (&setup.d, &setup.cg);
+        let daemon_pid = d.child.id();
+        let mut made = Vec::new();
+        let mut sleepers = Vec::new();
+        for session in 0..64 {
+            let dir = cg.path().join(format!("portres-{daemon_pid}-{session}"));
+            std::fs::create_dir(&dir).unwrap();
+            let sleeper = Command::new("sleep")
+                .arg("60")
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::fs::write(dir.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+            sleepers.push(sleeper);
+            made.push(format!(
+                "0::/{}",
+                dir.strip_prefix(cgroup2_mount().unwrap())
+                    .unwrap()
+                    .display()
+            ));
+        }
+        let mut exec = cli(&d.socket);
+        exec.args([
+            "exec",
+            "tcp",
+            "--start",
+            "44000",
+            "--",
+            "cat",
+            "/proc/self/cgroup",
+        ]);
+        let ran = d.run(in_cgroup(cg, &exec));
+        let out = ran.success();
+        let line = out.stdout.lines().find(|l| l.starts_with("0::")).unwrap();
+        assert!(
+            !made.iter().any(|m| m == line),
+            "the command ran in a cgroup made before its session: {line}"
+        );
+        for mut s in sleepers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+    }
+);

@@ -173,9 +173,7 @@ pub fn run(client: &Client, plan: Plan) -> Result<Outcome, Error> {
             // still bind through the daemon (the session capability), so
             // only warn.
             if let Err(e) = client.enter_cgroup() {
-                errln!(
-                    "portres: the command may not bind its ports itself under strict mode: {e}"
-                );
+                errln!("portres: the command may not bind its ports itself under strict mode: {e}");
             }
             let mut capability = client.capability()?;
             if plan.listen.is_some() {

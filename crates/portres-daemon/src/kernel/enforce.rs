@@ -241,9 +241,23 @@ impl Enforcer for LinuxEnforcer {
         }
         let parent = cgroup_of(peer_pid, &self.mount)?;
         let dir = parent.join(format!("portres-{}-{session}", std::process::id()));
+        // Only a cgroup made here and now: one that exists already was made
+        // by whoever may write the caller's cgroup (its user, in a
+        // delegated one) or left busy by an earlier daemon of the same pid,
+        // and the processes in it would be allowed the session's blocks.
+        // An empty one is replaced; a busy one is refused.
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                std::fs::remove_dir(&dir)
+                    .and_then(|()| std::fs::create_dir(&dir))
+                    .map_err(|e| {
+                        format!(
+                            "the cgroup {} exists already (not made for this session) and cannot be replaced: {e}",
+                            dir.display()
+                        )
+                    })?;
+            }
             Err(e) => return Err(format!("cannot create the cgroup {}: {e}", dir.display())),
         }
         let made = CgroupRef::of_dir(&dir)
