@@ -316,6 +316,8 @@ pub(crate) struct FakeEnforcerState {
     pub(crate) guarded: std::collections::BTreeMap<(Protocol, u16, u16), AllowedBinders>,
     /// Make `guard` fail (a full or broken map).
     pub(crate) fail: bool,
+    /// Make the next this many `guard` calls fail.
+    pub(crate) fail_next: usize,
     /// Sessions with a cgroup.
     pub(crate) cgroups: std::collections::BTreeSet<u64>,
 }
@@ -337,7 +339,12 @@ impl Enforcer for FakeEnforcer {
         allowed: &AllowedBinders,
     ) -> Result<(), String> {
         let mut s = self.state.lock().unwrap();
-        if s.fail {
+        if s.fail || s.fail_next > 0 {
+            s.fail_next = s.fail_next.saturating_sub(1);
+            // As `BindGuard::insert`: what a failed call wrote is deleted
+            // again, so a replaced entry is gone (the worst case: all of
+            // the block written, then a failure).
+            s.guarded.remove(&(protocol, block.start(), block.count()));
             return Err("fake: the map refuses".into());
         }
         s.guarded
