@@ -557,3 +557,57 @@ nstest!(
         }
     }
 );
+
+nstest!(
+    strict_an_exec_commands_leftover_process_goes_back_to_the_parent_cgroup_and_the_session_cgroup_goes,
+    |test| {
+        // A command that leaves a background process behind used to leave
+        // its session cgroup behind too, busy, and past 1024 of them
+        // untracked for good: any user could pile up cgroups in a cgroup
+        // they may not write themselves.
+        let Some(setup) = strict_setup(test) else {
+            return;
+        };
+        let (d, cg) = (&setup.d, &setup.cg);
+        let mut exec = cli(&d.socket);
+        exec.args([
+            "exec",
+            "tcp",
+            "--start",
+            "45000",
+            "--",
+            "sh",
+            "-c",
+            "sleep 60 </dev/null >/dev/null 2>&1 & echo $!",
+        ]);
+        let out = d.run(in_cgroup(cg, &exec)).success();
+        let pid: u32 = out.stdout.trim().parse().unwrap();
+        let session_cgroups = || -> Vec<PathBuf> {
+            std::fs::read_dir(cg.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !session_cgroups().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "session cgroups left: {:?}",
+                session_cgroups()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let rel = cg.path().strip_prefix(cgroup2_mount().unwrap()).unwrap();
+        let now = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let line = now.lines().find(|l| l.starts_with("0::")).unwrap();
+        assert_eq!(line, format!("0::/{}", rel.display()));
+        // Still running: moved, not killed.
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+    }
+);

@@ -16,7 +16,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use portres_core::{Block, Protocol};
 pub use portres_kernel::bindguard::{AllowedBinders, CgroupRef};
@@ -77,8 +78,9 @@ pub trait Enforcer: Send + Sync + fmt::Debug {
         peer: (i32, u32),
     ) -> Result<CgroupRef, String>;
 
-    /// The session's cgroup is no longer needed: removed now if empty,
-    /// else at a later call (when its processes have left).
+    /// The session's cgroup is no longer needed: its leftover processes
+    /// go back to the cgroup it was made in, and it is removed, now or by
+    /// a reaper thread once the exec process has finished exiting.
     fn remove_session_cgroup(&self, session: u64);
 }
 
@@ -131,7 +133,85 @@ pub struct LinuxEnforcer {
     /// The exec sessions' cgroups, by session.
     sessions: Mutex<HashMap<u64, PathBuf>>,
     /// Session cgroups that were still busy when their session ended.
-    lingering: Mutex<Vec<PathBuf>>,
+    lingering: Arc<Lingering>,
+}
+
+/// Ended sessions' cgroups that could not be removed yet, retried by a
+/// reaper thread while there are any: a session ends when its exec
+/// process closes its connection, which it does while exiting, still a
+/// member of the cgroup, so the first removal attempt mostly fails.
+#[derive(Debug, Default)]
+struct Lingering {
+    queue: Mutex<LingerQueue>,
+    wake: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct LingerQueue {
+    dirs: Vec<PathBuf>,
+    /// A reaper thread runs.
+    reaper: bool,
+    /// The enforcer is dropped: the reaper ends.
+    stop: bool,
+}
+
+/// The reaper's first wait; it doubles up to `REAPER_MAX_WAIT` while
+/// cgroups stay busy.
+const REAPER_FIRST_WAIT: Duration = Duration::from_millis(20);
+const REAPER_MAX_WAIT: Duration = Duration::from_secs(10);
+
+impl Lingering {
+    /// Queues `dir` and makes sure a reaper retries it.
+    fn push(self: &Arc<Self>, dir: PathBuf) {
+        let mut q = unpoison(self.queue.lock());
+        // Bounded: only cgroups whose processes could not be moved out
+        // wait here (cgroups below one, which only root can make, keep
+        // theirs); past the bound one is left to whoever ends them.
+        if q.dirs.len() >= MAX_LINGERING {
+            let given_up = q.dirs.remove(0);
+            log::info!(
+                "leaving the busy exec cgroup {} (more than {MAX_LINGERING} wait for removal)",
+                given_up.display()
+            );
+        }
+        q.dirs.push(dir);
+        if !q.reaper && !q.stop {
+            let me = Arc::clone(self);
+            let spawned = std::thread::Builder::new()
+                .name("portres-cgroups".into())
+                .spawn(move || me.reap());
+            // Without a thread: retried at the next session's end.
+            q.reaper = spawned.is_ok();
+        }
+    }
+
+    /// Removes what it can now; keeps the rest.
+    fn retry(&self) {
+        let dirs = std::mem::take(&mut unpoison(self.queue.lock()).dirs);
+        let left: Vec<PathBuf> = dirs
+            .into_iter()
+            .filter(|p| !remove_session_dir(p) && p.exists())
+            .collect();
+        unpoison(self.queue.lock()).dirs.extend(left);
+    }
+
+    /// The reaper thread: retries, waiting longer each round, until the
+    /// queue is empty or the enforcer is dropped.
+    fn reap(&self) {
+        let mut wait = REAPER_FIRST_WAIT;
+        loop {
+            {
+                let q = unpoison(self.queue.lock());
+                let (mut q, _) = unpoison(self.wake.wait_timeout(q, wait));
+                if q.stop || q.dirs.is_empty() {
+                    q.reaper = false;
+                    return;
+                }
+            }
+            self.retry();
+            wait = (wait * 2).min(REAPER_MAX_WAIT);
+        }
+    }
 }
 
 impl LinuxEnforcer {
@@ -147,12 +227,12 @@ impl LinuxEnforcer {
             enforcement: Enforcement::Strict { cgroup: at },
             mount,
             sessions: Mutex::new(HashMap::new()),
-            lingering: Mutex::new(Vec::new()),
+            lingering: Arc::new(Lingering::default()),
         })
     }
 
     fn retry_lingering(&self) {
-        unpoison(self.lingering.lock()).retain(|p| std::fs::remove_dir(p).is_err() && p.exists());
+        self.lingering.retry();
     }
 }
 
@@ -168,9 +248,31 @@ impl Drop for LinuxEnforcer {
             .drain()
             .map(|(_, d)| d)
             .collect();
-        unpoison(self.lingering.lock()).extend(dirs);
+        {
+            let mut q = unpoison(self.lingering.queue.lock());
+            q.stop = true;
+            q.dirs.extend(dirs);
+        }
+        self.lingering.wake.notify_all();
         self.retry_lingering();
     }
+}
+
+/// Removes an ended session's cgroup, its leftover processes (a command's
+/// background processes) moved back to the cgroup exec came from first:
+/// they may bind nothing of the session any more, and an empty cgroup is
+/// left behind by nobody. Whether it is gone.
+fn remove_session_dir(dir: &Path) -> bool {
+    if std::fs::remove_dir(dir).is_ok() {
+        return true;
+    }
+    if let Err(e) = portres_kernel::bindguard::move_out_to_parent(dir) {
+        log::debug!(
+            "moving the processes of {} to its parent: {e}",
+            dir.display()
+        );
+    }
+    std::fs::remove_dir(dir).is_ok()
 }
 
 /// The effective uid of process `pid` (/proc/PID/status).
@@ -281,22 +383,11 @@ impl Enforcer for LinuxEnforcer {
 
     fn remove_session_cgroup(&self, session: u64) {
         if let Some(dir) = unpoison(self.sessions.lock()).remove(&session)
-            && std::fs::remove_dir(&dir).is_err()
+            && !remove_session_dir(&dir)
             && dir.exists()
         {
-            let mut lingering = unpoison(self.lingering.lock());
-            // Bounded: a command may leave a process behind for good; its
-            // cgroup is then left to whoever ends that process.
-            if lingering.len() >= MAX_LINGERING {
-                let given_up = lingering.remove(0);
-                log::info!(
-                    "leaving the busy exec cgroup {} (more than {MAX_LINGERING} wait for removal)",
-                    given_up.display()
-                );
-            }
-            lingering.push(dir);
+            self.lingering.push(dir);
         }
-        self.retry_lingering();
     }
 }
 

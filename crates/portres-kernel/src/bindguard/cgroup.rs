@@ -188,3 +188,51 @@ pub fn move_into_cgroup(
     }
     Ok(())
 }
+
+/// Moves every process of the cgroup v2 directory `dir` into its parent
+/// (an ended exec session's leftovers go back to the cgroup they came
+/// from), so that `dir` can be removed. Each pid is checked, through a
+/// pidfd opened first, to still be a live process of `dir` right before
+/// it is written, so a pid that exited and was reused meanwhile is not
+/// moved. Processes of cgroups below `dir`, and ones forked during the
+/// move beyond a few rounds, stay.
+pub fn move_out_to_parent(dir: &Path) -> io::Result<()> {
+    let parent = dir.parent().ok_or(io::ErrorKind::InvalidInput)?;
+    let mount = cgroup2_mount().map_err(|e| io::Error::other(e.to_string()))?;
+    let rel = dir.strip_prefix(&mount).map_err(io::Error::other)?;
+    let own_line = format!("0::/{}", rel.display());
+    for _ in 0..8 {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs"))?;
+        let pids: Vec<i32> = procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        if pids.is_empty() {
+            return Ok(());
+        }
+        for pid in pids {
+            let Some(p) = rustix::process::Pid::from_raw(pid) else {
+                continue;
+            };
+            let Ok(pidfd) = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+            else {
+                continue; // exited
+            };
+            let here = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|c| c.lines().any(|l| l == own_line));
+            let mut pfd = libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&pidfd),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, borrowed for the call; timeout 0.
+            // A pidfd polls readable once its process has exited.
+            let alive = unsafe { libc::poll(&mut pfd, 1, 0) } == 0;
+            if here && alive {
+                // A process gone since: ESRCH, nothing moved.
+                let _ = std::fs::write(parent.join("cgroup.procs"), pid.to_string());
+            }
+        }
+    }
+    Ok(())
+}
