@@ -611,3 +611,32 @@ nstest!(
         );
     }
 );
+
+nstest!(strict_mptcp_binds_into_a_tcp_block_fail_too, |test| {
+    // MPTCP sockets take TCP's ports: a stranger's MPTCP bind() must not
+    // slip past a TCP block's guard (the program maps IPPROTO_MPTCP to TCP).
+    let Some(setup) = strict_setup(test) else {
+        return;
+    };
+    let (d, cg) = (&setup.d, &setup.cg);
+    let c = d.client();
+    let _runtime = c.acquire(Protocol::Tcp, 46000, 1).unwrap();
+    c.create(Protocol::Tcp, 46010, 1, CreateOptions::default())
+        .unwrap();
+    let got = results(Ran::of(in_cgroup(
+        cg,
+        &try_bind_cmd("mptcp", "46000,46010", ""),
+    )));
+    if got.iter().all(|(_, r)| r == "unsupported") {
+        // Not a privilege the run lacks: nothing to check here.
+        eprintln!("{test}: this kernel has no MPTCP (nothing to bypass the guard with)");
+        return;
+    }
+    let wrong: Vec<_> = got.iter().filter(|(_, r)| r != "EACCES").collect();
+    assert!(wrong.is_empty(), "expected EACCES everywhere: {wrong:?}");
+    // Outside the blocks: untouched.
+    all(
+        Ran::of(in_cgroup(cg, &try_bind_cmd("mptcp", "46001", "v4,any6"))),
+        "ok",
+    );
+});
