@@ -49,6 +49,7 @@ mod concurrency;
 mod crash;
 mod daemon;
 mod exec_listen;
+mod exec_signals;
 mod fuzz_smoke;
 mod generated_docs;
 mod hardening_clients;
