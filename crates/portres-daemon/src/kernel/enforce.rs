@@ -185,12 +185,13 @@ impl Lingering {
         }
     }
 
-    /// Removes what it can now; keeps the rest.
-    fn retry(&self) {
+    /// Removes what it can now (moving leftover processes out first if
+    /// `move_out`); keeps the rest.
+    fn retry(&self, move_out: bool) {
         let dirs = std::mem::take(&mut unpoison(self.queue.lock()).dirs);
         let left: Vec<PathBuf> = dirs
             .into_iter()
-            .filter(|p| !remove_session_dir(p) && p.exists())
+            .filter(|p| !remove_session_dir(p, move_out) && p.exists())
             .collect();
         unpoison(self.queue.lock()).dirs.extend(left);
     }
@@ -208,7 +209,7 @@ impl Lingering {
                     return;
                 }
             }
-            self.retry();
+            self.retry(true);
             wait = (wait * 2).min(REAPER_MAX_WAIT);
         }
     }
@@ -231,8 +232,11 @@ impl LinuxEnforcer {
         })
     }
 
+    /// Under the state lock: removals only (moving a cgroup's processes
+    /// out costs a few system calls per process, which a user with many
+    /// would make everyone wait for; the reaper does that).
     fn retry_lingering(&self) {
-        self.lingering.retry();
+        self.lingering.retry(false);
     }
 }
 
@@ -254,17 +258,21 @@ impl Drop for LinuxEnforcer {
             q.dirs.extend(dirs);
         }
         self.lingering.wake.notify_all();
-        self.retry_lingering();
+        self.lingering.retry(true);
     }
 }
 
 /// Removes an ended session's cgroup, its leftover processes (a command's
 /// background processes) moved back to the cgroup exec came from first:
 /// they may bind nothing of the session any more, and an empty cgroup is
-/// left behind by nobody. Whether it is gone.
-fn remove_session_dir(dir: &Path) -> bool {
+/// left behind by nobody (`move_out`: off the state lock only). Whether it
+/// is gone.
+fn remove_session_dir(dir: &Path, move_out: bool) -> bool {
     if std::fs::remove_dir(dir).is_ok() {
         return true;
+    }
+    if !move_out {
+        return false;
     }
     if let Err(e) = portres_kernel::bindguard::move_out_to_parent(dir) {
         log::debug!(
@@ -383,7 +391,7 @@ impl Enforcer for LinuxEnforcer {
 
     fn remove_session_cgroup(&self, session: u64) {
         if let Some(dir) = unpoison(self.sessions.lock()).remove(&session)
-            && !remove_session_dir(&dir)
+            && !remove_session_dir(&dir, false)
             && dir.exists()
         {
             self.lingering.push(dir);
