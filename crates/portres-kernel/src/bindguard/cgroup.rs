@@ -161,20 +161,7 @@ pub fn move_into_cgroup(
             "the pidfd names pid {pid}, not the caller (pid {expected_pid}): only the caller itself may be moved"
         )));
     }
-    let alive = || -> io::Result<bool> {
-        let mut pfd = libc::pollfd {
-            fd: pidfd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, borrowed for the call; timeout 0. A
-        // pidfd polls readable once its process has exited.
-        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n == 0)
-    };
+    let alive = || pidfd_alive(pidfd);
     if pid <= 0 || !alive()? {
         return Err(refused(format!(
             "the caller (pid {expected_pid}) has exited"
@@ -220,19 +207,28 @@ pub fn move_out_to_parent(dir: &Path) -> io::Result<()> {
             };
             let here = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
                 .is_ok_and(|c| c.lines().any(|l| l == own_line));
-            let mut pfd = libc::pollfd {
-                fd: std::os::fd::AsRawFd::as_raw_fd(&pidfd),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd, borrowed for the call; timeout 0.
-            // A pidfd polls readable once its process has exited.
-            let alive = unsafe { libc::poll(&mut pfd, 1, 0) } == 0;
-            if here && alive {
+            if here && pidfd_alive(pidfd.as_fd()).unwrap_or(false) {
                 // A process gone since: ESRCH, nothing moved.
                 let _ = std::fs::write(parent.join("cgroup.procs"), pid.to_string());
             }
         }
     }
     Ok(())
+}
+
+/// Whether the process `pidfd` names has not exited yet.
+fn pidfd_alive(pidfd: std::os::fd::BorrowedFd<'_>) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, borrowed for the call; timeout 0. A pidfd
+    // polls readable once its process has exited.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n == 0)
 }
