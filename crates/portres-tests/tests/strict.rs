@@ -578,3 +578,142 @@ nstest!(strict_a_portserver_port_is_for_the_user_who_asked, |test| {
     binds_work_again(&cg, "udp", port);
     drop(d);
 });
+
+nstest!(
+    strict_exec_never_enters_a_session_cgroup_someone_made_beforehand,
+    |test| {
+        // Whoever may write the exec's parent cgroup (its user, in a
+        // delegated cgroup; or a previous daemon of the same pid that left
+        // a busy one behind) could make the daemon's next session cgroup
+        // names first, with a process of theirs inside: that process
+        // would then be allowed to bind the exec's block.
+        let Some(setup) = strict_setup(test) else {
+            return;
+        };
+        let (d, cg) = (&setup.d, &setup.cg);
+        let daemon_pid = d.child.id();
+        let mut made = Vec::new();
+        let mut sleepers = Vec::new();
+        for session in 0..64 {
+            let dir = cg.path().join(format!("portres-{daemon_pid}-{session}"));
+            std::fs::create_dir(&dir).unwrap();
+            let sleeper = Command::new("sleep")
+                .arg("60")
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::fs::write(dir.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+            sleepers.push(sleeper);
+            made.push(format!(
+                "0::/{}",
+                dir.strip_prefix(cgroup2_mount().unwrap())
+                    .unwrap()
+                    .display()
+            ));
+        }
+        let mut exec = cli(&d.socket);
+        exec.args([
+            "exec",
+            "tcp",
+            "--start",
+            "44000",
+            "--",
+            "cat",
+            "/proc/self/cgroup",
+        ]);
+        let ran = d.run(in_cgroup(cg, &exec));
+        let out = ran.success();
+        let line = out.stdout.lines().find(|l| l.starts_with("0::")).unwrap();
+        assert!(
+            !made.iter().any(|m| m == line),
+            "the command ran in a cgroup made before its session: {line}"
+        );
+        for mut s in sleepers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+    }
+);
+
+nstest!(
+    strict_an_exec_commands_leftover_process_goes_back_to_the_parent_cgroup_and_the_session_cgroup_goes,
+    |test| {
+        // A command that leaves a background process behind used to leave
+        // its session cgroup behind too, busy, and past 1024 of them
+        // untracked for good: any user could pile up cgroups in a cgroup
+        // they may not write themselves.
+        let Some(setup) = strict_setup(test) else {
+            return;
+        };
+        let (d, cg) = (&setup.d, &setup.cg);
+        let mut exec = cli(&d.socket);
+        exec.args([
+            "exec",
+            "tcp",
+            "--start",
+            "45000",
+            "--",
+            "sh",
+            "-c",
+            "sleep 60 </dev/null >/dev/null 2>&1 & echo $!",
+        ]);
+        let out = d.run(in_cgroup(cg, &exec)).success();
+        let pid: u32 = out.stdout.trim().parse().unwrap();
+        let session_cgroups = || -> Vec<PathBuf> {
+            std::fs::read_dir(cg.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !session_cgroups().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "session cgroups left: {:?}",
+                session_cgroups()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let rel = cg.path().strip_prefix(cgroup2_mount().unwrap()).unwrap();
+        let now = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let line = now.lines().find(|l| l.starts_with("0::")).unwrap();
+        assert_eq!(line, format!("0::/{}", rel.display()));
+        // Still running: moved, not killed.
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+    }
+);
+
+nstest!(strict_mptcp_binds_into_a_tcp_block_fail_too, |test| {
+    // MPTCP sockets take TCP's ports: a stranger's MPTCP bind() must not
+    // slip past a TCP block's guard (the program maps IPPROTO_MPTCP to TCP).
+    let Some(setup) = strict_setup(test) else {
+        return;
+    };
+    let (d, cg) = (&setup.d, &setup.cg);
+    let c = d.client();
+    let _runtime = c.acquire(Protocol::Tcp, 46000, 1).unwrap();
+    c.create(Protocol::Tcp, 46010, 1, CreateOptions::default())
+        .unwrap();
+    let got = results(Ran::of(in_cgroup(
+        cg,
+        &try_bind_cmd("mptcp", "46000,46010", ""),
+    )));
+    if got.iter().all(|(_, r)| r == "unsupported") {
+        // Not a privilege the run lacks: nothing to check here.
+        eprintln!("{test}: this kernel has no MPTCP (nothing to bypass the guard with)");
+        return;
+    }
+    let wrong: Vec<_> = got.iter().filter(|(_, r)| r != "EACCES").collect();
+    assert!(wrong.is_empty(), "expected EACCES everywhere: {wrong:?}");
+    // Outside the blocks: untouched.
+    all(
+        Ran::of(in_cgroup(cg, &try_bind_cmd("mptcp", "46001", "v4,any6"))),
+        "ok",
+    );
+});

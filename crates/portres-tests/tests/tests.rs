@@ -52,6 +52,7 @@ mod crash;
 mod daemon;
 mod declared;
 mod exec_listen;
+mod exec_signals;
 mod fuzz_smoke;
 mod generated_docs;
 mod hardening_clients;

@@ -172,8 +172,6 @@ fn inheritable(fd: &OwnedFd) -> Result<(), Error> {
 }
 
 pub fn run(client: &Client, plan: Plan) -> Result<Outcome, Error> {
-    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])
-        .map_err(|e| internal("signal setup", e))?;
     let held = Held::get(client, &plan.source)?;
     // Runtime: the session capability for the command, and a watch on the
     // session (a persistent reservation outlives the daemon: neither).
@@ -224,7 +222,7 @@ pub fn run(client: &Client, plan: Plan) -> Result<Outcome, Error> {
     ));
     let (program, args) = plan.command.split_first().expect("clap requires CMD");
     let mut command = Command::new(program);
-    let spawned = match plan.listen {
+    let handoff = match plan.listen {
         Some(address) => {
             let first_free = listen::FIRST_FD + i32::from(info.count);
             let sockets =
@@ -232,8 +230,18 @@ pub fn run(client: &Client, plan: Plan) -> Result<Outcome, Error> {
                     .into_iter()
                     .map(|(port, fd)| Ok((port, listen::move_above(fd, first_free)?)))
                     .collect::<Result<Vec<(u16, OwnedFd)>, Error>>()?;
-            Handoff::prepare(sockets, &plan.command, &env)?.spawn(command)?
+            Some(Handoff::prepare(sockets, &plan.command, &env)?)
         }
+        None => None,
+    };
+    // Caught only from here on, to be passed to the command: until now a
+    // signal ends exec the default way (the daemon then releases), so
+    // Ctrl-C while the daemon is slow to answer ends it, and never starts
+    // the command.
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT])
+        .map_err(|e| internal("signal setup", e))?;
+    let spawned = match handoff {
+        Some(handoff) => handoff.spawn(command)?,
         None => {
             command.args(args).envs(env.iter().map(|(k, v)| (k, v)));
             command.spawn()

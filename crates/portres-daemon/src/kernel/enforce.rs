@@ -16,7 +16,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use portres_core::{Block, Protocol};
 pub use portres_kernel::bindguard::{AllowedBinders, CgroupRef};
@@ -77,8 +78,9 @@ pub trait Enforcer: Send + Sync + fmt::Debug {
         peer: (i32, u32),
     ) -> Result<CgroupRef, String>;
 
-    /// The session's cgroup is no longer needed: removed now if empty,
-    /// else at a later call (when its processes have left).
+    /// The session's cgroup is no longer needed: its leftover processes
+    /// go back to the cgroup it was made in, and it is removed, now or by
+    /// a reaper thread once the exec process has finished exiting.
     fn remove_session_cgroup(&self, session: u64);
 }
 
@@ -131,7 +133,86 @@ pub struct LinuxEnforcer {
     /// The exec sessions' cgroups, by session.
     sessions: Mutex<HashMap<u64, PathBuf>>,
     /// Session cgroups that were still busy when their session ended.
-    lingering: Mutex<Vec<PathBuf>>,
+    lingering: Arc<Lingering>,
+}
+
+/// Ended sessions' cgroups that could not be removed yet, retried by a
+/// reaper thread while there are any: a session ends when its exec
+/// process closes its connection, which it does while exiting, still a
+/// member of the cgroup, so the first removal attempt mostly fails.
+#[derive(Debug, Default)]
+struct Lingering {
+    queue: Mutex<LingerQueue>,
+    wake: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct LingerQueue {
+    dirs: Vec<PathBuf>,
+    /// A reaper thread runs.
+    reaper: bool,
+    /// The enforcer is dropped: the reaper ends.
+    stop: bool,
+}
+
+/// The reaper's first wait; it doubles up to `REAPER_MAX_WAIT` while
+/// cgroups stay busy.
+const REAPER_FIRST_WAIT: Duration = Duration::from_millis(20);
+const REAPER_MAX_WAIT: Duration = Duration::from_secs(10);
+
+impl Lingering {
+    /// Queues `dir` and makes sure a reaper retries it.
+    fn push(self: &Arc<Self>, dir: PathBuf) {
+        let mut q = unpoison(self.queue.lock());
+        // Bounded: only cgroups whose processes could not be moved out
+        // wait here (cgroups below one, which only root can make, keep
+        // theirs); past the bound one is left to whoever ends them.
+        if q.dirs.len() >= MAX_LINGERING {
+            let given_up = q.dirs.remove(0);
+            log::info!(
+                "leaving the busy exec cgroup {} (more than {MAX_LINGERING} wait for removal)",
+                given_up.display()
+            );
+        }
+        q.dirs.push(dir);
+        if !q.reaper && !q.stop {
+            let me = Arc::clone(self);
+            let spawned = std::thread::Builder::new()
+                .name("portres-cgroups".into())
+                .spawn(move || me.reap());
+            // Without a thread: retried at the next session's end.
+            q.reaper = spawned.is_ok();
+        }
+    }
+
+    /// Removes what it can now (moving leftover processes out first if
+    /// `move_out`); keeps the rest.
+    fn retry(&self, move_out: bool) {
+        let dirs = std::mem::take(&mut unpoison(self.queue.lock()).dirs);
+        let left: Vec<PathBuf> = dirs
+            .into_iter()
+            .filter(|p| !remove_session_dir(p, move_out) && p.exists())
+            .collect();
+        unpoison(self.queue.lock()).dirs.extend(left);
+    }
+
+    /// The reaper thread: retries, waiting longer each round, until the
+    /// queue is empty or the enforcer is dropped.
+    fn reap(&self) {
+        let mut wait = REAPER_FIRST_WAIT;
+        loop {
+            {
+                let q = unpoison(self.queue.lock());
+                let (mut q, _) = unpoison(self.wake.wait_timeout(q, wait));
+                if q.stop || q.dirs.is_empty() {
+                    q.reaper = false;
+                    return;
+                }
+            }
+            self.retry(true);
+            wait = (wait * 2).min(REAPER_MAX_WAIT);
+        }
+    }
 }
 
 impl LinuxEnforcer {
@@ -147,12 +228,15 @@ impl LinuxEnforcer {
             enforcement: Enforcement::Strict { cgroup: at },
             mount,
             sessions: Mutex::new(HashMap::new()),
-            lingering: Mutex::new(Vec::new()),
+            lingering: Arc::new(Lingering::default()),
         })
     }
 
+    /// Under the state lock: removals only (moving a cgroup's processes
+    /// out costs a few system calls per process, which a user with many
+    /// would make everyone wait for; the reaper does that).
     fn retry_lingering(&self) {
-        unpoison(self.lingering.lock()).retain(|p| std::fs::remove_dir(p).is_err() && p.exists());
+        self.lingering.retry(false);
     }
 }
 
@@ -168,9 +252,35 @@ impl Drop for LinuxEnforcer {
             .drain()
             .map(|(_, d)| d)
             .collect();
-        unpoison(self.lingering.lock()).extend(dirs);
-        self.retry_lingering();
+        {
+            let mut q = unpoison(self.lingering.queue.lock());
+            q.stop = true;
+            q.dirs.extend(dirs);
+        }
+        self.lingering.wake.notify_all();
+        self.lingering.retry(true);
     }
+}
+
+/// Removes an ended session's cgroup, its leftover processes (a command's
+/// background processes) moved back to the cgroup exec came from first:
+/// they may bind nothing of the session any more, and an empty cgroup is
+/// left behind by nobody (`move_out`: off the state lock only). Whether it
+/// is gone.
+fn remove_session_dir(dir: &Path, move_out: bool) -> bool {
+    if std::fs::remove_dir(dir).is_ok() {
+        return true;
+    }
+    if !move_out {
+        return false;
+    }
+    if let Err(e) = portres_kernel::bindguard::move_out_to_parent(dir) {
+        log::debug!(
+            "moving the processes of {} to its parent: {e}",
+            dir.display()
+        );
+    }
+    std::fs::remove_dir(dir).is_ok()
 }
 
 /// The effective uid of process `pid` (/proc/PID/status).
@@ -241,9 +351,23 @@ impl Enforcer for LinuxEnforcer {
         }
         let parent = cgroup_of(peer_pid, &self.mount)?;
         let dir = parent.join(format!("portres-{}-{session}", std::process::id()));
+        // Only a cgroup made here and now: one that exists already was made
+        // by whoever may write the caller's cgroup (its user, in a
+        // delegated one) or left busy by an earlier daemon of the same pid,
+        // and the processes in it would be allowed the session's blocks.
+        // An empty one is replaced; a busy one is refused.
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                std::fs::remove_dir(&dir)
+                    .and_then(|()| std::fs::create_dir(&dir))
+                    .map_err(|e| {
+                        format!(
+                            "the cgroup {} exists already (not made for this session) and cannot be replaced: {e}",
+                            dir.display()
+                        )
+                    })?;
+            }
             Err(e) => return Err(format!("cannot create the cgroup {}: {e}", dir.display())),
         }
         let made = CgroupRef::of_dir(&dir)
@@ -267,22 +391,11 @@ impl Enforcer for LinuxEnforcer {
 
     fn remove_session_cgroup(&self, session: u64) {
         if let Some(dir) = unpoison(self.sessions.lock()).remove(&session)
-            && std::fs::remove_dir(&dir).is_err()
+            && !remove_session_dir(&dir, false)
             && dir.exists()
         {
-            let mut lingering = unpoison(self.lingering.lock());
-            // Bounded: a command may leave a process behind for good; its
-            // cgroup is then left to whoever ends that process.
-            if lingering.len() >= MAX_LINGERING {
-                let given_up = lingering.remove(0);
-                log::info!(
-                    "leaving the busy exec cgroup {} (more than {MAX_LINGERING} wait for removal)",
-                    given_up.display()
-                );
-            }
-            lingering.push(dir);
+            self.lingering.push(dir);
         }
-        self.retry_lingering();
     }
 }
 
@@ -302,6 +415,8 @@ pub(crate) struct FakeEnforcerState {
     pub(crate) guarded: std::collections::BTreeMap<(Protocol, u16, u16), AllowedBinders>,
     /// Make `guard` fail (a full or broken map).
     pub(crate) fail: bool,
+    /// Make the next this many `guard` calls fail.
+    pub(crate) fail_next: usize,
     /// Sessions with a cgroup.
     pub(crate) cgroups: std::collections::BTreeSet<u64>,
 }
@@ -323,7 +438,12 @@ impl Enforcer for FakeEnforcer {
         allowed: &AllowedBinders,
     ) -> Result<(), String> {
         let mut s = self.state.lock().unwrap();
-        if s.fail {
+        if s.fail || s.fail_next > 0 {
+            s.fail_next = s.fail_next.saturating_sub(1);
+            // As `BindGuard::insert`: what a failed call wrote is deleted
+            // again, so a replaced entry is gone (the worst case: all of
+            // the block written, then a failure).
+            s.guarded.remove(&(protocol, block.start(), block.count()));
             return Err("fake: the map refuses".into());
         }
         s.guarded

@@ -121,20 +121,32 @@ impl State {
             .enforcer
             .enter_session_cgroup(session.0, pidfd.as_fd(), peer)
             .map_err(|e| Error::new(ErrorCode::AccessDenied, format!("EnterCgroup: {e}")))?;
-        self.session_mut(session)?.cgroup = Some(cgroup);
-        // The session's blocks now allow its cgroup too.
+        // The session's blocks, with who may bind them until now.
         let held: Vec<_> = self
             .table
             .iter()
             .filter(|r| r.holder.is_some_and(|h| h.session == session))
-            .map(|r| r.token)
+            .map(|r| (r.token, self.allowed_binders(r)))
             .collect();
-        for token in held {
+        self.session_mut(session)?.cgroup = Some(cgroup);
+        // The session's blocks now allow its cgroup too.
+        for (token, before) in held {
             let res = self.table.get(token).expect("listed above");
             if let Err(e) = self.guard(res) {
-                // The old entry (daemon only) stays: fail closed for the
-                // session, nobody else gains anything.
+                // A failed update takes out what it wrote (the map has no
+                // "as before" for an entry it replaced): write the old
+                // allowance back, failing closed for the session only.
                 log::warn!("{}", e.message);
+                if let Err(e) =
+                    self.enforcer
+                        .guard(res.protocol, res.block, self.netns_cookie, &before)
+                {
+                    log::error!(
+                        "strict mode: {} {} may be unguarded (bind guard: {e})",
+                        res.protocol,
+                        res.block
+                    );
+                }
             }
         }
         Ok(Empty {})

@@ -161,20 +161,7 @@ pub fn move_into_cgroup(
             "the pidfd names pid {pid}, not the caller (pid {expected_pid}): only the caller itself may be moved"
         )));
     }
-    let alive = || -> io::Result<bool> {
-        let mut pfd = libc::pollfd {
-            fd: pidfd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, borrowed for the call; timeout 0. A
-        // pidfd polls readable once its process has exited.
-        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n == 0)
-    };
+    let alive = || pidfd_alive(pidfd);
     if pid <= 0 || !alive()? {
         return Err(refused(format!(
             "the caller (pid {expected_pid}) has exited"
@@ -187,4 +174,61 @@ pub fn move_into_cgroup(
         )));
     }
     Ok(())
+}
+
+/// Moves every process of the cgroup v2 directory `dir` into its parent
+/// (an ended exec session's leftovers go back to the cgroup they came
+/// from), so that `dir` can be removed. Each pid is checked, through a
+/// pidfd opened first, to still be a live process of `dir` right before
+/// it is written, so a pid that exited and was reused meanwhile is not
+/// moved. Processes of cgroups below `dir`, and ones forked during the
+/// move beyond a few rounds, stay.
+pub fn move_out_to_parent(dir: &Path) -> io::Result<()> {
+    let parent = dir.parent().ok_or(io::ErrorKind::InvalidInput)?;
+    let mount = cgroup2_mount().map_err(|e| io::Error::other(e.to_string()))?;
+    let rel = dir.strip_prefix(&mount).map_err(io::Error::other)?;
+    let own_line = format!("0::/{}", rel.display());
+    for _ in 0..8 {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs"))?;
+        let pids: Vec<i32> = procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        if pids.is_empty() {
+            return Ok(());
+        }
+        for pid in pids {
+            let Some(p) = rustix::process::Pid::from_raw(pid) else {
+                continue;
+            };
+            let Ok(pidfd) = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+            else {
+                continue; // exited
+            };
+            let here = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|c| c.lines().any(|l| l == own_line));
+            if here && pidfd_alive(pidfd.as_fd()).unwrap_or(false) {
+                // A process gone since: ESRCH, nothing moved.
+                let _ = std::fs::write(parent.join("cgroup.procs"), pid.to_string());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the process `pidfd` names has not exited yet.
+fn pidfd_alive(pidfd: std::os::fd::BorrowedFd<'_>) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, borrowed for the call; timeout 0. A pidfd
+    // polls readable once its process has exited.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n == 0)
 }

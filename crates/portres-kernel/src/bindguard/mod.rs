@@ -32,7 +32,9 @@ use std::path::{Path, PathBuf};
 
 use portres_core::{Block, Protocol};
 
-pub use cgroup::{CgroupRef, attached_bind_programs, cgroup2_mount, move_into_cgroup};
+pub use cgroup::{
+    CgroupRef, attached_bind_programs, cgroup2_mount, move_into_cgroup, move_out_to_parent,
+};
 use load::{check_capabilities, load_program};
 pub use program::DenyErrno;
 use program::{GuardKey, GuardValue};

@@ -68,18 +68,23 @@ fn run(args: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
-/// `try-bind PROTO PORT[,PORT…] [ADDRS]`: plain `bind()` calls, no daemon
+/// `try-bind PROTO PORT[,PORT…] [ADDRS]` (PROTO: tcp, udp, or mptcp, which
+/// binds TCP's ports): plain `bind()` calls, no daemon
 /// (strict mode's tests): for each port, each address of ADDRS (a comma
 /// list of v4, v6, mapped, any6, any4; default all) and each of no option,
 /// SO_REUSEADDR and SO_REUSEPORT, a fresh socket is bound and closed.
-/// Prints one line per attempt, `PORT ADDR OPTION ok|EACCES|errno N`.
+/// Prints one line per attempt, `PORT ADDR OPTION ok|EACCES|errno N`
+/// (`unsupported` where the kernel cannot make the socket).
 fn try_bind(args: &[String]) -> ExitCode {
     use socket2::{Domain, Protocol as SockProto, SockAddr, Socket, Type};
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
-    let tcp = match arg(1) {
-        "tcp" => true,
-        "udp" => false,
+    // MPTCP sockets share TCP's ports (their first subflow binds them).
+    let protocol = arg(1);
+    let (ty, proto) = match protocol {
+        "tcp" => (Type::STREAM, SockProto::TCP),
+        "udp" => (Type::DGRAM, SockProto::UDP),
+        "mptcp" => (Type::STREAM, SockProto::MPTCP),
         other => panic!("try-bind: protocol {other:?}"),
     };
     let ports: Vec<u16> = arg(2)
@@ -102,12 +107,15 @@ fn try_bind(args: &[String]) -> ExitCode {
                 other => panic!("try-bind: address {other:?}"),
             };
             for option in ["plain", "reuseaddr", "reuseport"] {
-                let (ty, proto) = if tcp {
-                    (Type::STREAM, SockProto::TCP)
-                } else {
-                    (Type::DGRAM, SockProto::UDP)
+                let socket = match Socket::new(Domain::for_address(sa), ty, Some(proto)) {
+                    Ok(s) => s,
+                    // A kernel without MPTCP.
+                    Err(e) => {
+                        eprintln!("try-bind: {protocol} socket: {e}");
+                        println!("{port} {addr} {option} unsupported");
+                        continue;
+                    }
                 };
-                let socket = Socket::new(Domain::for_address(sa), ty, Some(proto)).expect("socket");
                 match option {
                     "reuseaddr" => socket.set_reuse_address(true).expect("SO_REUSEADDR"),
                     "reuseport" => socket.set_reuse_port(true).expect("SO_REUSEPORT"),

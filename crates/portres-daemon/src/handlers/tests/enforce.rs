@@ -155,6 +155,22 @@ fn enter_cgroup_allows_the_sessions_cgroup_on_its_blocks_and_closing_removes_it(
 }
 
 #[test]
+fn enter_cgroup_whose_guard_update_fails_leaves_the_block_guarded_as_before() {
+    // A failed map update deletes what it wrote, a replaced entry too:
+    // the held block must not be left open to strangers.
+    let h = Harness::new();
+    let e = strict(&h);
+    let s = h.stranger();
+    h.acquire(s, 40000, 2).unwrap();
+    e.lock().unwrap().fail_next = 1;
+    lock(&h.state).enter_cgroup(s, h.socket()).unwrap();
+    assert_eq!(
+        guarded(&e),
+        vec![((Protocol::Tcp, 40000, 2), daemon_only())]
+    );
+}
+
+#[test]
 fn enter_cgroup_is_a_no_op_success_when_enforcement_is_off() {
     let h = Harness::new();
     let s = h.stranger();
