@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, Enforce, KernelSync, PortserverAddress};
 use crate::events::EventFd;
-use crate::front::Front;
+use crate::front::{Front, Listeners, Signals};
 use crate::socket::{SocketFile, bind_socket, default_socket, missing_socket_dir};
 use crate::state::{State, lock};
 use crate::systemd::{CLIENT_SOCKET_NAME, Notifier, PORTSERVER_SOCKET_NAME, PassedSockets};
@@ -305,12 +305,16 @@ impl Daemon {
         let (result, shared) = match Front::new(
             state,
             config,
-            listener,
-            portserver,
-            stop,
-            shrink,
+            Listeners {
+                varlink: listener,
+                portserver,
+            },
+            Signals {
+                stop,
+                shrink,
+                reload,
+            },
             notifier.clone(),
-            reload,
         ) {
             Ok(mut front) => {
                 let result = front.run();

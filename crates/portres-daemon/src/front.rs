@@ -58,6 +58,21 @@ const KEY_PORTSERVER: u64 = 16;
 /// left, so a mass exit cannot keep the loop from the rest).
 const REAP_BATCH: usize = 256;
 
+/// What the front accepts on: the varlink socket and the portserver
+/// endpoint's listeners.
+pub(crate) struct Listeners {
+    pub(crate) varlink: UnixListener,
+    pub(crate) portserver: Vec<UnixListener>,
+}
+
+/// The eventfds that wake the front: a stop (`StopHandle`), a deferred
+/// shrink of the kernel's list, a reload (`ReloadHandle`, SIGHUP).
+pub(crate) struct Signals {
+    pub(crate) stop: Arc<EventFd>,
+    pub(crate) shrink: Arc<EventFd>,
+    pub(crate) reload: Arc<EventFd>,
+}
+
 /// The accepting loop and its workers.
 pub(crate) struct Front {
     shared: Arc<Shared>,
@@ -94,13 +109,19 @@ impl Front {
     pub(crate) fn new(
         state: State,
         config: Config,
-        listener: UnixListener,
-        portserver: Vec<UnixListener>,
-        stop: Arc<EventFd>,
-        shrink: Arc<EventFd>,
+        listeners: Listeners,
+        signals: Signals,
         notifier: Notifier,
-        reload: Arc<EventFd>,
     ) -> Result<Front, (io::Error, Arc<Shared>)> {
+        let Listeners {
+            varlink: listener,
+            portserver,
+        } = listeners;
+        let Signals {
+            stop,
+            shrink,
+            reload,
+        } = signals;
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             limits: Limits::new(&config),
