@@ -129,6 +129,16 @@ impl State {
             let mut after = before.clone();
             after.owner = w.owner;
             if let Err(e) = self.guard(&after) {
+                // A failed map update also deletes the entries it replaced:
+                // put the old owner's back, so the block stays guarded.
+                if let Err(again) = self.guard(&before) {
+                    log::error!(
+                        "{} {} is not guarded any more (strict mode): {}",
+                        before.protocol,
+                        before.block,
+                        again.message
+                    );
+                }
                 problems.push(problem(
                     &w.file,
                     Some(w.line),

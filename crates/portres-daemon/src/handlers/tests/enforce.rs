@@ -219,8 +219,10 @@ fn a_declared_owner_change_moves_the_guard_to_the_new_owner() {
         vec![((Protocol::Tcp, 8080, 1), user(OWNER_UID + 1))],
         "the new owner may bind, the old one no longer"
     );
-    // A guard the map refuses changes nothing: not the owner, not the guard.
-    e.lock().unwrap().fail = true;
+    // A guard the map refuses changes nothing: not the owner, not the guard
+    // (which the failed update deleted, as the real map does, and which is
+    // written back).
+    e.lock().unwrap().fail_next = 1;
     std::fs::write(dir.join("a.conf"), "tcp 8080\n").unwrap();
     let r = crate::declared::reload(&h.state, "test");
     assert_eq!((r.updated, r.problems.len()), (0, 1), "{r:?}");
@@ -229,7 +231,6 @@ fn a_declared_owner_change_moves_the_guard_to_the_new_owner() {
         h.snapshot().store[0].owner,
         Some(Owner::User(OWNER_UID + 1))
     );
-    e.lock().unwrap().fail = false;
     assert_eq!(
         guarded(&e),
         vec![((Protocol::Tcp, 8080, 1), user(OWNER_UID + 1))]
