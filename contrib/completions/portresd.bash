@@ -23,7 +23,7 @@ _portresd() {
 
     case "${cmd}" in
         portresd)
-            opts="-v -h -V --socket --state-dir --kernel-sync --admin-group --quota --max-connections --max-connections-per-user --workers --pin-workers --reset-baseline --enforce --enforce-cgroup --config-dir --verbose --help --version"
+            opts="-v -h -V --socket --state-dir --kernel-sync --admin-group --quota --max-connections --max-connections-per-user --workers --pin-workers --reset-baseline --enforce --enforce-cgroup --config-dir --verbose --portserver --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -78,6 +78,10 @@ _portresd() {
                     return 0
                     ;;
                 --config-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --portserver)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -16,6 +16,7 @@ strict\t''
 off\t''"
 complete -c portresd -l enforce-cgroup -d 'The cgroup v2 directory strict mode\'s bind hooks attach to: they judge sockets made in it and below [default: the cgroup v2 root, i.e. every process of the machine]. `portres exec` commands run in a cgroup portresd makes below the caller\'s own' -r -F
 complete -c portresd -l config-dir -d 'A portres.d directory of declared reservations (*.conf files, one reservation per line); repeat it, lowest precedence first: a file in a later directory replaces the same name in an earlier one, a symlink to /dev/null masks the name. Replaces the defaults (/usr/lib/portres.d /run/portres.d /etc/portres.d; user mode $XDG_CONFIG_HOME/portres.d). Read at start and at SIGHUP or `portres reload`' -r -F
+complete -c portresd -l portserver -d 'Also serve portpicker\'s portserver protocol on ADDRESS: a socket path (its directory must exist, as for --socket), or @NAME for an abstract socket of this network namespace (portpicker\'s PORTSERVER_ADDRESS form, e.g. @unittest-portserver). Repeatable: one listener per address. Each request "<pid>\\n" is answered "<port>\\n": a port of the dynamic range reserved on both TCP and UDP for process <pid> (the peer itself or a process of its uid; root may name any) until that process exits; refusals get no answer. See docs/wire.md' -r
 complete -c portresd -s v -l verbose -d 'Log more (-v: debug, -vv: trace); RUST_LOG overrides'
 complete -c portresd -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c portresd -s V -l version -d 'Print version'
