@@ -459,3 +459,41 @@ nstest!(
         assert!(passed_path.exists());
     }
 );
+
+nstest!(
+    socket_activation_serves_a_passed_portserver_socket_and_never_unlinks_it,
+    |_| {
+        let dir = open_tempdir();
+        let passed_path = dir.path().join("portserver.sock");
+        let passed = UnixListener::bind(&passed_path).expect("bind the portserver socket");
+        let mut daemon = activated(dir.path(), &passed, Some("portserver"), None, &[]);
+        // No socket named varlink was passed: portresd binds its own.
+        let own = dir.path().join("portres.sock");
+        let client = wait_answered(&mut daemon, &own);
+        // portpicker's request on the passed socket: a port for this process.
+        let mut s = UnixStream::connect(&passed_path).expect("connect to the passed socket");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        std::io::Write::write_all(&mut s, format!("{}\n", std::process::id()).as_bytes()).unwrap();
+        let mut reply = String::new();
+        std::io::Read::read_to_string(&mut s, &mut reply).unwrap();
+        let port: u16 = reply
+            .trim_end()
+            .parse()
+            .unwrap_or_else(|_| panic!("no port in {reply:?}; log:\n{}", daemon.log_tail(20)));
+        let listed = client.list(None).expect("list");
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            assert!(
+                listed.iter().any(|r| r.protocol == protocol
+                    && r.start == port
+                    && r.label.as_deref() == Some("portserver")),
+                "{protocol} {port} not listed: {listed:?}"
+            );
+        }
+        drop(client);
+        daemon.terminate();
+        assert!(
+            passed_path.exists(),
+            "the passed portserver socket was unlinked"
+        );
+    }
+);
