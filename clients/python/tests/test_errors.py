@@ -73,3 +73,22 @@ def test_malformed_replies_are_internal_errors() -> None:
 
 def test_calls_are_nul_framed_json() -> None:
     assert encode_call("io.portres.List", {}) == b'{"method":"io.portres.List","parameters":{}}\0'
+
+
+def test_a_reservation_object_decodes_its_holder_and_source() -> None:
+    """Fields added in later wire versions decode when present and are None
+    when absent (older daemons)."""
+    from portres._types import ReservationInfo
+
+    base = {"protocol": "tcp", "start": 32768, "count": 1, "kind": "runtime"}
+    pserver = ReservationInfo.from_wire(
+        dict(base, holder={"uid": 1000, "pid": 4242, "origin": "portserver"}, label="portserver")
+    )
+    assert pserver.holder is not None
+    assert (pserver.holder.uid, pserver.holder.pid, pserver.holder.origin) == (1000, 4242, "portserver")
+    plain = ReservationInfo.from_wire(dict(base, holder={"uid": 1000, "pid": 1}))
+    assert plain.holder is not None and plain.holder.origin is None
+    declared = ReservationInfo.from_wire(
+        dict(base, kind="persistent", source="/etc/portres.d/50-web.conf")
+    )
+    assert declared.source == "/etc/portres.d/50-web.conf" and declared.holder is None

@@ -25,10 +25,13 @@ class Owner:
 
 @dataclass(frozen=True)
 class Holder:
-    """Who holds a runtime reservation: the session's uid and pid."""
+    """Who holds a runtime reservation: the session's uid and pid, and
+    ``origin`` "portserver" for a port the portserver endpoint handed out
+    (the pid is then the process it is reserved for), else None."""
 
     uid: int
     pid: int
+    origin: Optional[str] = None
 
 
 def _int(d: Dict[str, Any], key: str) -> int:
@@ -93,7 +96,13 @@ class ReservationInfo:
             kind=str(d.get("kind")),
             token=parse_token(d["token"]) if d.get("token") is not None else None,
             owner=Owner(str(owner.get("kind")), _int(owner, "id")) if isinstance(owner, dict) else None,
-            holder=Holder(_int(holder, "uid"), _int(holder, "pid")) if isinstance(holder, dict) else None,
+            holder=Holder(
+                _int(holder, "uid"),
+                _int(holder, "pid"),
+                holder.get("origin") if isinstance(holder.get("origin"), str) else None,
+            )
+            if isinstance(holder, dict)
+            else None,
             label=label if isinstance(label, str) else None,
             in_use=tuple(p for p in in_use if isinstance(p, int)) if isinstance(in_use, list) else None,
             source=source if isinstance(source, str) else None,
