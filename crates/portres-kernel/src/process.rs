@@ -94,11 +94,7 @@ fn read_proc_file(path: &str) -> io::Result<Vec<u8>> {
 /// when it cannot tell (then ask `process_ids`).
 pub fn in_own_pid_namespace(pid: i32) -> bool {
     static OWN: std::sync::OnceLock<Option<(u64, u64)>> = std::sync::OnceLock::new();
-    let ns = |path: &str| {
-        rustix::fs::stat(path)
-            .ok()
-            .map(|st| (st.st_dev as u64, st.st_ino as u64))
-    };
+    let ns = |path: &str| rustix::fs::stat(path).ok().map(|st| (st.st_dev, st.st_ino));
     match OWN.get_or_init(|| ns("/proc/self/ns/pid")) {
         Some(own) => ns(&format!("/proc/{pid}/ns/pid")).as_ref() == Some(own),
         None => false,
