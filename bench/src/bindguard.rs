@@ -202,43 +202,25 @@ pub(crate) fn bindguard_rows(quick: bool) -> Vec<Row> {
     }
 }
 
-/// acquire+bind+release through the daemon, 1 and 8 clients, with
-/// enforcement off and on; each daemon in turn (one keeps the sysctl at
-/// a time). Moves this process into a private cgroup for the duration.
-pub(crate) fn daemon_rows(dir: &Path, dur: std::time::Duration) -> Vec<Row> {
-    match daemon_abr(dir, dur) {
-        Ok([off1, on1, off8, on8]) => {
-            let note = |off: &Samples, on: &Samples| {
-                let added = on.q(0.5).as_secs_f64() * 1e9 - off.q(0.5).as_secs_f64() * 1e9;
-                format!(
-                    "off: {} p50 {}; strict: {:+.0} ns per acquire+bind+release at p50, rate {:+.1}%",
-                    crate::stats::fmt_rate(off.rate()),
-                    crate::stats::fmt_dur(off.q(0.5)),
-                    added,
-                    (on.rate() / off.rate() - 1.0) * 100.0
-                )
-            };
-            vec![
-                row(
-                    "strict mode: acquire+bind+release, 1 client, enforcement on",
-                    &on1,
-                    note(&off1, &on1),
-                ),
-                row(
-                    "strict mode: acquire+bind+release, 8 clients, enforcement on",
-                    &on8,
-                    note(&off8, &on8),
-                ),
-            ]
-        }
-        Err(e) => vec![text_row(
-            "strict mode: acquire+bind+release on vs off",
-            format!("not measured: {e}"),
-        )],
-    }
+/// What the strict-mode daemon rows measured: each scenario against the
+/// daemon with enforcement off and then on.
+pub struct DaemonFigures {
+    /// acquire+bind+release (three round trips), 1 and 8 clients: (off, on).
+    pub abr: [(Samples, Samples); 2],
+    /// The one-round-trip path (listen_tcp + oneway release), 1 and 8
+    /// clients: (off, on).
+    pub one_rtt: [(Samples, Samples); 2],
 }
 
-fn daemon_abr(dir: &Path, dur: std::time::Duration) -> Result<[Samples; 4], String> {
+/// acquire+bind+release and the one-round-trip path through the daemon, 1
+/// and 8 clients, with enforcement off and on; each daemon in turn (one
+/// keeps the sysctl at a time). Moves this process into a private cgroup
+/// for the duration.
+pub(crate) fn daemon_figures(
+    dir: &Path,
+    dur: std::time::Duration,
+) -> Result<DaemonFigures, String> {
+    use crate::onertt::listen_release;
     use crate::portres::{Daemon, acquire_bind_release, run_clients};
     bindguard::probe().map_err(|e| e.to_string())?;
     let mount = bindguard::cgroup2_mount().map_err(|e| e.to_string())?;
@@ -249,19 +231,91 @@ fn daemon_abr(dir: &Path, dur: std::time::Duration) -> Result<[Samples; 4], Stri
     let result = join(&cgroup).map(|()| {
         let measure = |name: &str, extra: &[&str]| {
             let d = Daemon::start_with(&dir.join(name), extra).unwrap_or_else(|e| panic!("{e}"));
-            let one = run_clients(&d, 1, dur, acquire_bind_release);
-            let eight = run_clients(&d, 8, dur, acquire_bind_release);
+            let abr1 = run_clients(&d, 1, dur, acquire_bind_release);
+            let abr8 = run_clients(&d, 8, dur, acquire_bind_release);
+            let one1 = run_clients(&d, 1, dur, listen_release);
+            let one8 = run_clients(&d, 8, dur, listen_release);
             d.stop();
-            (one, eight)
+            [abr1, abr8, one1, one8]
         };
-        let (off1, off8) = measure("strict-off", &["--enforce", "off"]);
-        let (on1, on8) = measure(
+        let [oa1, oa8, oo1, oo8] = measure("strict-off", &["--enforce", "off"]);
+        let [sa1, sa8, so1, so8] = measure(
             "strict-on",
             &["--enforce", "strict", "--enforce-cgroup", &cg],
         );
-        [off1, on1, off8, on8]
+        DaemonFigures {
+            abr: [(oa1, sa1), (oa8, sa8)],
+            one_rtt: [(oo1, so1), (oo8, so8)],
+        }
     });
     let back = join(&original);
     let removed = std::fs::remove_dir(&cgroup).map_err(|e| format!("{}: {e}", cgroup.display()));
     result.and_then(|r| back.and(removed).map(|()| r))
+}
+
+/// The strict-mode daemon rows: the strict daemon's figures, the note the
+/// off daemon's and the difference; the one-round-trip rows also as
+/// ratios to portserver and to the round-trip-with-fd floors (issue 15's
+/// targets) when `y` has them.
+pub(crate) fn daemon_rows(
+    figures: &Result<DaemonFigures, String>,
+    y: Option<&crate::onertt::Yardsticks<'_>>,
+) -> Vec<Row> {
+    let f = match figures {
+        Ok(f) => f,
+        Err(e) => {
+            return vec![text_row(
+                "strict mode: acquire+bind+release on vs off",
+                format!("not measured: {e}"),
+            )];
+        }
+    };
+    let note = |off: &Samples, on: &Samples| {
+        let added = on.q(0.5).as_secs_f64() * 1e9 - off.q(0.5).as_secs_f64() * 1e9;
+        format!(
+            "off: {} p50 {}; strict: {:+.0} ns at p50, rate {:+.1}%",
+            crate::stats::fmt_rate(off.rate()),
+            crate::stats::fmt_dur(off.q(0.5)),
+            added,
+            (on.rate() / off.rate() - 1.0) * 100.0
+        )
+    };
+    let mut rows = Vec::new();
+    for ((off, on), n) in f.abr.iter().zip([1, 8]) {
+        rows.push(row(
+            &format!(
+                "strict mode: acquire+bind+release, {n} client{}, enforcement on",
+                if n == 1 { "" } else { "s" }
+            ),
+            on,
+            note(off, on),
+        ));
+    }
+    for ((off, on), n) in f.one_rtt.iter().zip([1, 8]) {
+        let targets = y.map_or(String::new(), |y| {
+            let ps = if n == 1 { y.ps1 } else { y.ps8 };
+            let ps = ps.map_or(String::new(), |r| format!("{:.1}x portserver, ", on.rate() / r));
+            if n == 1 {
+                let p50x = on.q(0.5).as_secs_f64() / y.fd1.q(0.5).as_secs_f64().max(1e-12);
+                format!("{ps}p50 = {p50x:.1}x one RTT with fd (target <= 2x: {}); ", verdict(p50x <= 2.0))
+            } else {
+                let floor = 100.0 * on.rate() / y.fd8.rate();
+                format!(
+                    "{ps}{floor:.0}% of the 8-client RTT-with-fd floor (targets >= 20x: {}, >= 70%: {}, p99 <= 500 µs: {}); ",
+                    y.ps8.map_or("n/a", |r| verdict(on.rate() >= 20.0 * r)),
+                    verdict(floor >= 70.0),
+                    verdict(on.q(0.99) <= std::time::Duration::from_micros(500))
+                )
+            }
+        });
+        rows.push(row(
+            &format!(
+                "strict mode: one-RTT acquire+bind + oneway release, {n} client{}, enforcement on",
+                if n == 1 { "" } else { "s" }
+            ),
+            on,
+            format!("{targets}{}", note(off, on)),
+        ));
+    }
+    rows
 }

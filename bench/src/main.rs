@@ -8,6 +8,7 @@
 
 mod bindguard;
 mod floors;
+mod node;
 mod onertt;
 mod portres;
 mod portserver;
@@ -18,7 +19,7 @@ mod suites;
 
 use std::time::Duration;
 
-use bindguard::{bindguard_rows, daemon_rows};
+use bindguard::{bindguard_rows, daemon_figures, daemon_rows};
 use report::{print_table, row, text_row, verdict};
 use stats::{Samples, fmt_dur, fmt_rate};
 
@@ -75,9 +76,25 @@ fn main() {
             print_table(&rows, quick);
             return;
         }
+        if let Some(n) = only.strip_prefix("endpoint") {
+            // endpoint1, endpoint8: portres' portserver endpoint alone.
+            let clients = n.parse().unwrap_or(1);
+            let name = format!("@portres-bench-{}", std::process::id());
+            let d = portres::Daemon::start_with(&dir.path().join("ep"), &["--portserver", &name])
+                .unwrap_or_else(|e| panic!("{e}"));
+            eprintln!("portresd pid {}", d.pid());
+            let address = portserver::Address(name);
+            address
+                .wait_ready(Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let r = portserver::measure(&address, clients, Duration::from_secs(5));
+            print_only(&only, &r.samples);
+            d.stop();
+            return;
+        }
         if only == "bindguard" || only == "strict" {
             let rows = if only == "strict" {
-                daemon_rows(dir.path(), Duration::from_secs(3))
+                daemon_rows(&daemon_figures(dir.path(), Duration::from_secs(3)), None)
             } else {
                 bindguard_rows(false)
             };
@@ -228,7 +245,7 @@ fn main() {
     d.stop();
 
     eprintln!("measuring strict mode through the daemon...");
-    let strict_rows = daemon_rows(dir.path(), dur);
+    let strict = daemon_figures(dir.path(), dur);
 
     let mut ps_rows = Vec::new();
     let ps_rates = suites::portserver_stage(&mut ps_rows, ps_venv, dir.path(), dur);
@@ -298,22 +315,19 @@ fn main() {
         &ar8,
         ps_note(&ar8, ps8),
     ));
-    rows.extend(strict_rows);
+    let yardsticks = onertt::Yardsticks {
+        fd1: &fd1,
+        fd8: &fd8,
+        ps1,
+        ps8,
+    };
+    rows.extend(daemon_rows(&strict, Some(&yardsticks)));
     rows.push(row(
         "portres bind into a held block, 1 client",
         &bind,
         String::new(),
     ));
-    rows.extend(onertt::rows(
-        &one_rtt,
-        &held,
-        &onertt::Yardsticks {
-            fd1: &fd1,
-            fd8: &fd8,
-            ps1,
-            ps8,
-        },
-    ));
+    rows.extend(onertt::rows(&one_rtt, &held, &yardsticks));
     rows.push(row(
         "portres create+delete persistent (durable)",
         &cd,

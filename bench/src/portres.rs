@@ -93,6 +93,11 @@ impl Daemon {
         })
     }
 
+    /// Its process id (for profiling: `perf record -p`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// A new session.
     pub fn client(&self) -> Client {
         Client::connect_to(&self.socket).expect("connect")

@@ -62,16 +62,23 @@ pub fn run(
             err.lines().last().unwrap_or("").trim()
         ));
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("python_ports.py {mode}: not JSON: {e}"))?;
+    parse_driver_output(&format!("python_ports.py {mode}"), &out.stdout)
+}
+
+/// A driver's line of JSON (`{"lat_ns": [...], "fallbacks": N}`, the
+/// Python and the Node drivers alike): its calls' latencies, `wall` their
+/// sum.
+pub fn parse_driver_output(what: &str, stdout: &[u8]) -> Result<PyRun, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(stdout).map_err(|e| format!("{what}: not JSON: {e}"))?;
     let lat: Vec<Duration> = v["lat_ns"]
         .as_array()
-        .ok_or("python_ports.py: no lat_ns")?
+        .ok_or_else(|| format!("{what}: no lat_ns"))?
         .iter()
         .filter_map(|n| n.as_u64().map(Duration::from_nanos))
         .collect();
     if lat.is_empty() {
-        return Err(format!("python_ports.py {mode}: no calls measured"));
+        return Err(format!("{what}: no calls measured"));
     }
     let wall = lat.iter().sum();
     Ok(PyRun {

@@ -3,11 +3,15 @@
 //! the same way, and, from Python, the ways a test suite gets a port —
 //! `portpicker.pick_unused_port()` without a server, via portserver.py, via
 //! the portres endpoint, and `portres.Client().acquire()` — as ratios to
+//! portserver.py; and from Node, npm's `get-port` and clients/node's
+//! `getPort()` via the endpoint, as ratios to the same `getPort()` via
 //! portserver.py. `PORTRES_BENCH_ONLY=portserver` runs just this stage.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::node;
 use crate::portres::Daemon;
 use crate::portserver::{self, Address, PortServer, Requests};
 use crate::python::{self, PyRun};
@@ -31,6 +35,7 @@ pub(crate) fn portserver_stage(
 
     eprintln!("measuring portserver {}...", portserver::VERSION);
     let mut py_via_ps = Err("portserver.py is not running".to_string());
+    let mut node_via_ps = Err("portserver.py is not running".to_string());
     let ps = ps_venv.and_then(|venv| {
         PortServer::start(&venv, &dir.join("ps")).map(|server| {
             let one = server.measure(1, dur);
@@ -39,15 +44,17 @@ pub(crate) fn portserver_stage(
                 let address = server.socket.clone().into_os_string();
                 py_via_ps = python::run(venv, "server", dur, &[("PORTSERVER_ADDRESS", &address)]);
             }
+            node_via_ps = node::run_client(server.socket.as_os_str(), dur);
             (one, eight)
         })
     });
     if let Err(e) = &ps {
         py_via_ps = Err(e.clone());
+        node_via_ps = Err(e.clone());
     }
     let rates = ps.as_ref().ok().map(|(o, e)| (o.rate(), e.rate()));
 
-    let (endpoint, py_via_endpoint) = endpoint(&dir.join("ep"), &py_venv, dur);
+    let (endpoint, py_via_endpoint, node_via_endpoint) = endpoint(&dir.join("ep"), &py_venv, dur);
 
     eprintln!("measuring from Python...");
     let py_pick = py_venv
@@ -61,6 +68,8 @@ pub(crate) fn portserver_stage(
         d.stop();
         r
     });
+    eprintln!("measuring from Node...");
+    let node_get_port = node::run_get_port(dur);
 
     match &ps {
         Ok((one, eight)) => {
@@ -102,11 +111,41 @@ pub(crate) fn portserver_stage(
             true,
         ),
     ] {
-        rows.push(python_row(
+        rows.push(driver_row(
             name,
             run,
             what,
             ratio.then_some(reference).flatten(),
+            "portserver.py",
+        ));
+    }
+    let reference = node_via_ps.as_ref().ok().map(|r| r.samples.rate());
+    for (name, run, what, ratio) in [
+        (
+            "node: get-port (npm, 7.x), no server",
+            &node_get_port,
+            "advisory: listen(0), close; remembered in-process 15-30 s, nothing held",
+            true,
+        ),
+        (
+            "node: portres getPort() via portserver.py",
+            &node_via_ps,
+            "the reference (clients/node speaks portpicker's protocol); nothing reserved in the kernel",
+            false,
+        ),
+        (
+            "node: portres getPort() via portresd --portserver",
+            &node_via_endpoint,
+            "reserved in the kernel on TCP and UDP until the pid exits",
+            true,
+        ),
+    ] {
+        rows.push(driver_row(
+            name,
+            run,
+            what,
+            ratio.then_some(reference).flatten(),
+            "getPort() via portserver.py",
         ));
     }
     rates
@@ -118,26 +157,30 @@ fn clients(n: usize) -> String {
 
 /// Starts a portresd with `--portserver @portres-bench-PID` and measures
 /// it: the protocol from Rust at 1 and 8 clients, then portpicker from
-/// Python. A portresd that does not take the flag makes every row "not
-/// available: why".
+/// Python and clients/node from Node. A portresd that does not take the
+/// flag makes every row "not available: why".
 fn endpoint(
     dir: &Path,
     py_venv: &Measured<PathBuf>,
     dur: Duration,
-) -> (Measured<(Requests, Requests)>, Measured<PyRun>) {
+) -> (
+    Measured<(Requests, Requests)>,
+    Measured<PyRun>,
+    Measured<PyRun>,
+) {
     eprintln!("measuring portres' portserver endpoint (portresd --portserver)...");
     let name = format!("@portres-bench-{}", std::process::id());
     let d = match Daemon::start_with(dir, &["--portserver", &name]) {
         Ok(d) => d,
         Err(e) => {
             let why = format!("not available: {e}");
-            return (Err(why.clone()), Err(why));
+            return (Err(why.clone()), Err(why.clone()), Err(why));
         }
     };
     let address = Address(name.clone());
     if let Err(e) = address.wait_ready(Duration::from_secs(10)) {
         let why = format!("not available: {e}");
-        return (Err(why.clone()), Err(why));
+        return (Err(why.clone()), Err(why.clone()), Err(why));
     }
     let one = portserver::measure(&address, 1, dur);
     let eight = portserver::measure(&address, 8, dur);
@@ -150,8 +193,9 @@ fn endpoint(
         ),
         Err(e) => Err(e.clone()),
     };
+    let node = node::run_client(OsStr::new(&name), dur);
     d.stop();
-    (Ok((one, eight)), python)
+    (Ok((one, eight)), python, node)
 }
 
 /// The endpoint's request rows, as ratios to portserver.py's.
@@ -202,16 +246,23 @@ fn endpoint_rows(
     ));
 }
 
-/// One Python row: its figures and `what`, as a ratio to `reference`
-/// (portserver.py's rate from Python) if given.
-fn python_row(name: &str, run: &Measured<PyRun>, what: &str, reference: Option<f64>) -> Row {
+/// One Python or Node row: its figures and `what`, as a ratio to
+/// `reference` (the same language's rate via portserver.py, called
+/// `reference_name`) if given.
+fn driver_row(
+    name: &str,
+    run: &Measured<PyRun>,
+    what: &str,
+    reference: Option<f64>,
+    reference_name: &str,
+) -> Row {
     let r = match run {
         Ok(r) => r,
         Err(e) if e.starts_with("not ") => return text_row(name, e.clone()),
         Err(e) => return text_row(name, format!("not measured: {e}")),
     };
     let ratio = reference.map_or(String::new(), |p| {
-        format!("{:.1}x portserver.py; ", r.samples.rate() / p)
+        format!("{:.1}x {reference_name}; ", r.samples.rate() / p)
     });
     let fallbacks = match r.fallbacks {
         0 => String::new(),

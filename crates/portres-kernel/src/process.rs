@@ -53,13 +53,52 @@ pub struct ProcessIds {
 
 /// Who process `pid` (of our pid namespace) is.
 pub fn process_ids(pid: i32) -> io::Result<ProcessIds> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let status = read_proc_file(&format!("/proc/{pid}/status"))?;
+    let status = String::from_utf8_lossy(&status);
     parse_status(&status, pid).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!("/proc/{pid}/status has no readable Uid: line"),
         )
     })
+}
+
+/// A /proc file whole, in as few reads as it takes: one, plus the one
+/// that sees the end, for a status file under 4 KiB. (`fs::read_to_string`
+/// sees size 0, stats the file and grows its buffer from 32 bytes: eight
+/// reads of `/proc/<pid>/status`, each a system call; the portserver
+/// endpoint reads one per request.)
+fn read_proc_file(path: &str) -> io::Result<Vec<u8>> {
+    let fd = rustix::fs::open(
+        path,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.capacity());
+        }
+        match rustix::io::read(&fd, rustix::buffer::spare_capacity(&mut buf)) {
+            Ok(0) => return Ok(buf),
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Whether process `pid` is in the calling process's pid namespace (its
+/// `/proc/<pid>/ns/pid` is ours). One `stat`, where reading its `NSpid:`
+/// from `/proc/<pid>/status` costs the kernel a whole status report. `false`
+/// when it cannot tell (then ask `process_ids`).
+pub fn in_own_pid_namespace(pid: i32) -> bool {
+    static OWN: std::sync::OnceLock<Option<(u64, u64)>> = std::sync::OnceLock::new();
+    let ns = |path: &str| rustix::fs::stat(path).ok().map(|st| (st.st_dev, st.st_ino));
+    match OWN.get_or_init(|| ns("/proc/self/ns/pid")) {
+        Some(own) => ns(&format!("/proc/{pid}/ns/pid")).as_ref() == Some(own),
+        None => false,
+    }
 }
 
 fn parse_status(status: &str, pid: i32) -> Option<ProcessIds> {
@@ -105,6 +144,8 @@ mod tests {
         assert_eq!(ids.real_uid, rustix::process::getuid().as_raw());
         assert_eq!(ids.effective_uid, rustix::process::geteuid().as_raw());
         assert!(open_pidfd(0).is_err());
+        assert!(in_own_pid_namespace(std::process::id() as i32));
+        assert!(!in_own_pid_namespace(i32::MAX));
     }
 
     #[test]

@@ -109,6 +109,45 @@ nstest!(a_quick_benchmark_run_prints_every_row_and_cleans_up, |_| {
             "no row {row:?} saying why it was not measured:\n{stdout}"
         );
     }
+    // The Node rows (issue 15): measured where Node (and, for get-port,
+    // the npm package bench/run installs) is here, else "not ...: why".
+    // Without portserver.py its reference row says why.
+    for row in [
+        "node: get-port (npm, 7.x), no server",
+        "node: portres getPort() via portserver.py",
+        "node: portres getPort() via portresd --portserver",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("no row {row:?} in:\n{stdout}"));
+        assert!(
+            line.contains("/s") || line.contains("not "),
+            "row neither measured nor saying why not: {line}"
+        );
+    }
+    // Strict mode through the daemon: the three-round-trip and the
+    // one-round-trip rows, or one row saying why not.
+    let strict_daemon_rows = [
+        "strict mode: acquire+bind+release, 1 client, enforcement on",
+        "strict mode: acquire+bind+release, 8 clients, enforcement on",
+        "strict mode: one-RTT acquire+bind + oneway release, 1 client, enforcement on",
+        "strict mode: one-RTT acquire+bind + oneway release, 8 clients, enforcement on",
+    ];
+    let measured = strict_daemon_rows.iter().all(|row| {
+        stdout
+            .lines()
+            .any(|l| l.starts_with(row) && l.contains("/s") && l.contains("off: "))
+    });
+    assert!(
+        measured
+            || (!require
+                && stdout.lines().any(|l| {
+                    l.starts_with("strict mode: acquire+bind+release on vs off")
+                        && l.contains("not measured")
+                })),
+        "no strict-mode daemon rows:\n{stdout}"
+    );
     // Everything it started is gone, and so are its temporary directories.
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");

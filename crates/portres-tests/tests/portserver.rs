@@ -327,6 +327,13 @@ nstest!(portserver_flag_serves_a_path_and_an_abstract_name, |_| {
             &abstract_name,
         ],
     );
+    // The portserver listeners are bound and listening before the varlink
+    // socket: once that accepts (`start` returned), they do too, with no
+    // window where a connect is refused (portpicker would fall back to
+    // its own unreserved pick without a word).
+    let first = ask(std::process::id()).expect("a port at once over the abstract name");
+    let at_once = UnixStream::connect(&path).expect("the path accepts at once");
+    drop(at_once);
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o666, "anyone may ask (the pid check decides)");
     let mut cmd = Command::new(testkit());
@@ -346,6 +353,7 @@ nstest!(portserver_flag_serves_a_path_and_an_abstract_name, |_| {
     assert_held_for(&d.client(), port, kit.id(), USER);
     let other = ask(std::process::id()).expect("a port over the abstract name");
     assert_ne!(other, port);
+    assert_ne!(other, first);
     kill(kit);
     let log = d.terminate();
     assert!(log.contains("portserver endpoint"), "{log}");

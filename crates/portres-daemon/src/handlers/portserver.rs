@@ -61,8 +61,11 @@ fn serve_inner(
         ));
     }
     let kernel = lock(shared).kernel();
+    // (A peer in the daemon's pid namespace is its own ns_pid: one stat
+    // spares reading its status, the common case.)
     let pid = if pid != peer.pid
         && peer.pid > 0
+        && !kernel.in_own_pid_namespace(peer.pid)
         && kernel
             .process_ids(peer.pid)
             .is_ok_and(|ids| ids.ns_pid == pid && ids.ns_pid != peer.pid)

@@ -87,6 +87,13 @@ pub trait Kernel: Send + Sync + std::fmt::Debug {
 
     /// Who process `pid` is (uids, its pid in its own pid namespace).
     fn process_ids(&self, pid: i32) -> io::Result<ProcessIds>;
+
+    /// Whether process `pid` is surely in the daemon's pid namespace (its
+    /// pid there is its `ns_pid`); `false` when it cannot tell. A cheaper
+    /// question than `process_ids` for the kernel.
+    fn in_own_pid_namespace(&self, pid: i32) -> bool {
+        self.process_ids(pid).is_ok_and(|ids| ids.ns_pid == pid)
+    }
 }
 
 /// The real kernel, through `portres-kernel`.
@@ -151,5 +158,9 @@ impl Kernel for LinuxKernel {
 
     fn process_ids(&self, pid: i32) -> io::Result<ProcessIds> {
         portres_kernel::process::process_ids(pid)
+    }
+
+    fn in_own_pid_namespace(&self, pid: i32) -> bool {
+        portres_kernel::process::in_own_pid_namespace(pid)
     }
 }
