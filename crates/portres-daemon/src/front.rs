@@ -108,7 +108,6 @@ impl Front {
     /// back, so the caller can still shut it down cleanly.
     // Each argument is one of the daemon's start-up parts, handed over
     // once; a struct for them would only rename this list.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         state: State,
         config: Config,
