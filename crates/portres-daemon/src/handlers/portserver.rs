@@ -2,8 +2,9 @@
 //! `worker::portserver`): a port free on both TCP and UDP, reserved for a
 //! process named by pid until that process exits.
 //!
-//! Who may name a process: the peer itself, a process whose real or
-//! effective uid is the peer's, or any process when the peer is root
+//! Who may name a process: a process whose real or effective uid is the
+//! peer's (the peer itself, unless its pid now belongs to someone else),
+//! or any process when the peer is root
 //! (portserver.py believes any pid; portres does not). A peer in another
 //! pid namespace that names itself by its own namespace's pid is
 //! understood (its `NSpid`); other pids it sends are taken as pids of the
@@ -80,10 +81,12 @@ fn serve_inner(
     if kernel.pidfd_exited(pidfd.as_fd()) {
         return Err(gone());
     }
-    let allowed = pid == peer.pid
-        || peer.uid == 0
-        || ids.real_uid == peer.uid
-        || ids.effective_uid == peer.uid;
+    // The peer's own pid is checked like any other: `SO_PEERCRED`'s pid
+    // is the connecting process's, and that process may have exited and
+    // its pid gone to another user's process before the line was sent
+    // (the socket lives on in a child). A process still running as the
+    // peer's uid passes anyway.
+    let allowed = peer.uid == 0 || ids.real_uid == peer.uid || ids.effective_uid == peer.uid;
     if !allowed {
         return Err(Error::new(
             ErrorCode::AccessDenied,
