@@ -354,3 +354,54 @@ nstest!(
         assert!(wide.stdout.contains(&file), "{wide}");
     }
 );
+
+nstest!(a_fifo_or_device_behind_a_conf_name_is_never_opened, |_| {
+    // A name in portres.d that leads (through a symlink, perhaps into
+    // a directory someone else may write) to a FIFO or a device: the
+    // daemon, as root, must not open it — opening a device can act (a
+    // watchdog arms, a tape rewinds), and opening a FIFO for reading
+    // releases a writer blocked in open(2), which is what shows it here.
+    let dir = open_tempdir();
+    let conf = conf_dir(dir.path(), "portres.d");
+    let elsewhere = conf_dir(dir.path(), "elsewhere");
+    let fifo = elsewhere.join("x.fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    let link = conf.join("60-x.conf");
+    std::os::unix::fs::symlink(&fifo, &link).unwrap();
+    let d = ProcessDaemon::start(dir.path(), &[]);
+    // Blocks in open(2) until a reader opens the FIFO.
+    let mut writer = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo 'tcp 9999' > '{}'", fifo.display()))
+        .spawn()
+        .unwrap();
+    let r = d.client().reload().unwrap();
+    let shown = link.display().to_string();
+    assert!(
+        r.problems.iter().any(|p| p.file == shown
+            && p.kind == "unreadable"
+            && p.message.contains("not a regular file")),
+        "{:?}",
+        r.problems
+    );
+    assert!(declared(&d).is_empty());
+    // The reload has answered, so any open it made has happened: a
+    // released writer ends at once.
+    for _ in 0..20 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let ended = writer.try_wait().unwrap();
+        assert!(
+            ended.is_none(),
+            "the daemon opened the FIFO (the blocked writer was released: {ended:?})"
+        );
+    }
+    let _ = writer.kill();
+    let _ = writer.wait();
+});
