@@ -80,7 +80,8 @@ static RELOADING: Mutex<()> = Mutex::new(());
 /// Re-reads the portres.d files and applies them: the one reload entry
 /// (`io.portres.Reload`, SIGHUP). The files are read and owner names
 /// resolved without the state lock; the changes are then applied under it,
-/// each durable on its own before the next (see `State::apply_declared`).
+/// in slices (other requests run between them), each durable on its own
+/// before the next (see `state::apply_declared`).
 /// `trigger` says who asked, for the log.
 pub(crate) fn reload(state: &Mutex<State>, trigger: &str) -> ReloadReply {
     let _one_at_a_time = RELOADING
@@ -95,11 +96,10 @@ pub(crate) fn reload(state: &Mutex<State>, trigger: &str) -> ReloadReply {
         (s.config().config_dirs.clone(), s.config().daemon_uid)
     };
     let declared = read(&dirs, daemon_uid);
-    let (reply, summary) = {
-        let mut s = lock(state);
-        let reply = s.apply_declared(declared);
-        (reply, crate::systemd::status_summary(&s))
-    };
+    // Applied in slices of the state lock: other requests are served
+    // between the changes of a long reload.
+    let reply = crate::state::apply_declared(&mut crate::state::Access::sliced(state), declared);
+    let summary = crate::systemd::status_summary(&lock(state));
     log_outcome(trigger, &reply);
     notifier.ready(&summary);
     reply

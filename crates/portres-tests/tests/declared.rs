@@ -172,6 +172,9 @@ nstest!(
         // The holder lets go: the next reload takes it.
         drop(held);
         drop(holder);
+        // The release is oneway and the close is served on a worker: wait
+        // for it, or the reload (another connection) may come first.
+        assert!(eventually(|| d.client().status().unwrap().runtime == 0));
         let r = d.client().reload().unwrap();
         assert_eq!(r.created, 1, "{:?}", r.problems);
         assert_eq!(
@@ -404,4 +407,35 @@ nstest!(a_fifo_or_device_behind_a_conf_name_is_never_opened, |_| {
     }
     let _ = writer.kill();
     let _ = writer.wait();
+});
+
+nstest!(a_long_reload_by_sighup_leaves_the_daemon_answering, |_| {
+    // Thousands of one-port lines: a durable write and a kernel write
+    // each, seconds in all. Meanwhile new connections are accepted and
+    // answered (the SIGHUP's reload does not run on the accepting
+    // loop), and answered between its changes (it does not hold the
+    // state lock throughout): `status` sees it part done.
+    const LINES: usize = 3000;
+    let dir = open_tempdir();
+    let conf = conf_dir(dir.path(), "portres.d");
+    let d = ProcessDaemon::start(dir.path(), &[]);
+    let text: String = (0..LINES).map(|i| format!("tcp {}\n", 2000 + i)).collect();
+    write(&conf.join("50-many.conf"), &text);
+    sighup(&d);
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        // A new connection each time: the accepting loop must be free.
+        let n = d.client().status().unwrap().persistent;
+        seen.push(n);
+        if n == LINES {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{seen:?}");
+    }
+    assert!(
+        seen.iter().any(|&n| n > 0 && n < LINES),
+        "status never answered while the reload ran: {seen:?}"
+    );
+    assert_kernel_settles_to(&format!("2000-{}", 2000 + LINES - 1));
 });
