@@ -439,3 +439,33 @@ nstest!(a_long_reload_by_sighup_leaves_the_daemon_answering, |_| {
     );
     assert_kernel_settles_to(&format!("2000-{}", 2000 + LINES - 1));
 });
+
+nstest!(
+    a_sigkill_in_the_middle_of_a_reload_loses_nothing_and_the_restart_finishes_it,
+    |_| {
+        // Killed between two changes of a long reload: what was applied is
+        // in the store, whole; the restart applies the rest before its
+        // socket accepts, and the kernel's list is baseline + persistent.
+        const LINES: usize = 3000;
+        let dir = open_tempdir();
+        let conf = conf_dir(dir.path(), "portres.d");
+        let d = ProcessDaemon::start(dir.path(), &[]);
+        let text: String = (0..LINES).map(|i| format!("tcp {}\n", 2000 + i)).collect();
+        write(&conf.join("50-many.conf"), &text);
+        sighup(&d);
+        assert!(
+            eventually(|| d.client().status().unwrap().persistent > 0),
+            "the reload never started"
+        );
+        d.kill9();
+        let d = ProcessDaemon::start(dir.path(), &[]);
+        let status = d.client().status().unwrap();
+        assert_eq!(status.persistent, LINES);
+        assert!(
+            status.declared_problems.is_empty(),
+            "{:?}",
+            status.declared_problems
+        );
+        assert_kernel_settles_to(&format!("2000-{}", 2000 + LINES - 1));
+    }
+);

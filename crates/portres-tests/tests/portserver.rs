@@ -355,3 +355,41 @@ nstest!(portserver_flag_serves_a_path_and_an_abstract_name, |_| {
     );
     assert_kernel_settles_to("");
 });
+
+nstest!(
+    portserver_a_mass_exit_ends_every_holder_and_empties_the_kernel_list,
+    |_| {
+        // More holders than the front reaps per wakeup (256), all exiting
+        // at once: every one ends, the kernel's list follows, and the
+        // endpoint still answers afterwards.
+        const PROCESSES: usize = 300;
+        let d = daemon(|_| {});
+        let client = d.client();
+        let mut children: Vec<Child> = (0..PROCESSES)
+            .map(|_| sleeper(Command::new("sleep").arg("600")))
+            .collect();
+        let mut ports: Vec<u16> = children
+            .iter()
+            .map(|c| ask(c.id()).expect("a port"))
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), PROCESSES, "one port each");
+        assert_eq!(client.list(None).unwrap().len(), 2 * PROCESSES);
+        for c in &mut children {
+            let _ = c.kill();
+        }
+        for c in &mut children {
+            let _ = c.wait();
+        }
+        assert!(
+            eventually(|| client.list(None).unwrap().is_empty()),
+            "{} reservation(s) left after the exit",
+            client.list(None).unwrap().len()
+        );
+        assert_kernel_settles_to("");
+        let child = sleeper(Command::new("sleep").arg("600"));
+        assert!(ask(child.id()).is_some());
+        kill(child);
+    }
+);
