@@ -393,3 +393,48 @@ nstest!(
         kill(child);
     }
 );
+
+nstest!(
+    portserver_a_pid_namespaces_first_process_sending_1_gets_a_port_for_itself,
+    |_| {
+        // A test runner that is the first process of its pid namespace
+        // (`docker run image pytest`) sends its own pid: "1".
+        let d = daemon(|_| {});
+        let client = d.client();
+        let script = format!(
+            "import socket, sys\n\
+             s = socket.socket(socket.AF_UNIX)\n\
+             s.connect('\\0{NAME}')\n\
+             s.sendall(b'1\\n')\n\
+             print(s.recv(64).decode().strip(), flush=True)\n\
+             sys.stdin.read()\n"
+        );
+        let mut child = Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child", "python3", "-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("unshare");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port: u16 = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("no port for pid 1 of a pid namespace: {line:?}"));
+        let held = holding(&client, port);
+        assert_eq!(held.len(), 2, "{held:?}");
+        let pid = held[0].holder.unwrap().pid;
+        assert!(pid > 1, "held for the daemon's view of it: {held:?}");
+        // It ends when that process does.
+        drop(child.stdin.take());
+        let _ = child.wait();
+        assert!(
+            eventually(|| holding(&client, port).is_empty()),
+            "{port} outlived its process"
+        );
+    }
+);

@@ -53,24 +53,27 @@ fn serve_inner(
     pid: i32,
     new_holder: &mut bool,
 ) -> Result<u16, Error> {
-    // portserver.py's rule: 0 and negative pids name nobody; pid 1 is
-    // what a process reparented to init would send instead of its parent.
-    if pid <= 1 {
-        return Err(Error::new(
-            ErrorCode::InvalidParameter,
-            format!("pid {pid} names no process a port can belong to"),
-        ));
-    }
     let kernel = lock(shared).kernel();
-    let pid = if pid != peer.pid
+    // First: the peer naming itself in its own pid namespace (a test
+    // runner started as a container's first process sends "1").
+    let pid = if pid > 0
+        && pid != peer.pid
         && peer.pid > 0
         && kernel
             .process_ids(peer.pid)
             .is_ok_and(|ids| ids.ns_pid == pid && ids.ns_pid != peer.pid)
     {
-        // The peer named itself, in its own pid namespace.
         peer.pid
     } else {
+        // portserver.py's rule: 0 and negative pids name nobody; pid 1 is
+        // what a process reparented to init would send instead of its
+        // parent.
+        if pid <= 1 {
+            return Err(Error::new(
+                ErrorCode::InvalidParameter,
+                format!("pid {pid} names no process a port can belong to"),
+            ));
+        }
         pid
     };
     let gone = || Error::new(ErrorCode::NotFound, format!("no process {pid}"));

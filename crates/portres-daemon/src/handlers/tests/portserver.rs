@@ -198,3 +198,26 @@ fn a_peer_whose_pid_went_to_another_users_process_may_not_name_it() {
         "charged to the asker"
     );
 }
+
+#[test]
+fn a_containers_first_process_naming_itself_pid_1_is_understood() {
+    // `docker run image pytest`: pytest is pid 1 of its pid namespace and
+    // portpicker sends its own pid, "1". The daemon sees it as pid 900.
+    let h = Harness::new();
+    let ids = portres_kernel::process::ProcessIds {
+        real_uid: ALICE,
+        effective_uid: ALICE,
+        ns_pid: 1,
+    };
+    h.kernel.state().processes.insert(900, (ids, Vec::new()));
+    let port = ask(&h, &peer(ALICE, 900), 1).unwrap();
+    assert_eq!(
+        held(&h),
+        vec![(Protocol::Tcp, port, 900), (Protocol::Udp, port, 900)]
+    );
+    // Anyone else sending 1 (its own pid is not 1 anywhere) is refused,
+    // as before.
+    h.kernel.spawn(500, ALICE);
+    let other = serve(&h.state, &peer(ALICE, 500), 1);
+    assert_eq!(other.result.unwrap_err().code, ErrorCode::InvalidParameter);
+}
