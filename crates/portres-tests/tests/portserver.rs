@@ -438,3 +438,28 @@ nstest!(
         );
     }
 );
+
+nstest!(
+    portserver_ports_after_a_sigkill_of_the_daemon_are_not_kept_by_the_restart,
+    |_| {
+        // The daemon dies (SIGKILL) holding portserver ports: the kernel
+        // still lists them. The restart knows nothing of them (a restart
+        // forgets holders): it must not take them for the admin's
+        // baseline, and the next request gets the same lowest port.
+        let dir = open_tempdir();
+        let args = ["--portserver", &format!("@{NAME}")];
+        let d = ProcessDaemon::start(dir.path(), &args);
+        let child = sleeper(Command::new("sleep").arg("600"));
+        let port = ask(child.id()).expect("a port");
+        assert!(kernel_reserved().contains(port));
+        d.kill9();
+        assert!(kernel_reserved().contains(port), "the kernel kept it");
+        let d = ProcessDaemon::start(dir.path(), &args);
+        assert_kernel_settles_to("");
+        let status = d.client().status().unwrap();
+        assert_eq!(status.baseline, "", "{status:?}");
+        assert_eq!(status.runtime, 0);
+        assert_eq!(ask(child.id()), Some(port));
+        kill(child);
+    }
+);
