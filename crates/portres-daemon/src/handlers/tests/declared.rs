@@ -411,3 +411,22 @@ fn status_shows_a_problems_quoted_text_to_administrators_only() {
         "{status:?}"
     );
 }
+
+#[test]
+fn a_declared_block_over_the_baseline_never_takes_the_baseline_out_of_the_kernel() {
+    // The admin's own reserved ports (the baseline) are in the kernel's
+    // list whatever portres reserves: a declared block inside them, once
+    // deleted, leaves them there.
+    let h = Harness::with("8080-8090", |c| {
+        c.daemon_uid = rustix::process::geteuid().as_raw()
+    });
+    h.write_conf("etc.d", "a.conf", "tcp 8085-8095\n");
+    let r = h.reload();
+    assert_eq!(r.created, 1, "{r:?}");
+    assert_eq!(h.kernel.reserved().to_string(), "8080-8095");
+    h.write_conf("etc.d", "a.conf", "");
+    let r = h.reload();
+    assert_eq!(r.deleted, 1, "{r:?}");
+    h.settle();
+    assert_eq!(h.kernel.reserved().to_string(), "8080-8090");
+}
