@@ -290,6 +290,11 @@ fn read_file(path: &Path, daemon_uid: u32) -> Result<String, String> {
             "{len} bytes, more than the {MAX_FILE_BYTES} read; ignored"
         ));
     }
+    if crate::fault::fault("slow-declared-read") {
+        // Tests: a window between the check and the read, for the file
+        // to change in.
+        std::thread::sleep(std::time::Duration::from_secs(3));
+    }
     // O_NONBLOCK and O_NOCTTY: harmless on the regular file this is.
     let file = rustix::fs::open(
         format!("/proc/self/fd/{}", reference.as_raw_fd()),
@@ -305,6 +310,29 @@ fn read_file(path: &Path, daemon_uid: u32) -> Result<String, String> {
         .map_err(|e| format!("cannot read: {e}"))?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(format!("more than {MAX_FILE_BYTES} bytes; ignored"));
+    }
+    // Written to while we read it (`cat new > file` empties it first): what
+    // was read may be a moment of an edit, not the file. Taken as
+    // unreadable, so nothing it declared is deleted; the next reload reads
+    // it whole. (An edit that ended before the check is no edit any more.)
+    let after = rustix::fs::fstat(&file)
+        .map_err(|e| format!("cannot stat: {}", std::io::Error::from(e)))?;
+    let identity = |m: &rustix::fs::Stat| {
+        (
+            m.st_dev,
+            m.st_ino,
+            m.st_size,
+            m.st_mtime,
+            m.st_mtime_nsec,
+            m.st_ctime,
+            m.st_ctime_nsec,
+        )
+    };
+    if identity(&after) != identity(&m) || bytes.len() as u64 != len {
+        return Err(
+            "changed while it was read; ignored until the next reload (nothing it declares is deleted meanwhile)"
+                .into(),
+        );
     }
     String::from_utf8(bytes).map_err(|e| format!("not UTF-8 text ({e}); ignored"))
 }

@@ -469,3 +469,49 @@ nstest!(
         assert_kernel_settles_to(&format!("2000-{}", 2000 + LINES - 1));
     }
 );
+
+nstest!(a_file_changed_while_it_is_read_deletes_nothing, |_| {
+    // A reload reading a file while it is rewritten in place (`cat new
+    // > file`: emptied first, filled after) must not take the empty
+    // moment for the truth and delete what the file declares.
+    let dir = open_tempdir();
+    let conf = conf_dir(dir.path(), "portres.d");
+    let file = conf.join("a.conf");
+    write(&file, "tcp 8080\ntcp 8081\n");
+    let mut cmd = portres_tests::daemon_command(dir.path(), &[]);
+    cmd.env("PORTRES_TEST_FAULT", "slow-declared-read");
+    let d = ProcessDaemon::spawn(cmd, dir.path());
+    assert_eq!(declared(&d).len(), 2);
+    let daemon_pid = d.child.id();
+    let socket = d.socket.clone();
+    let reload = std::thread::spawn(move || {
+        portres::Client::connect_to(&socket)
+            .unwrap()
+            .reload()
+            .unwrap()
+    });
+    // The daemon holds its reference to the file (checked, not yet
+    // read): empty it now.
+    let holds_it = || {
+        fs::read_dir(format!("/proc/{daemon_pid}/fd"))
+            .unwrap()
+            .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+            .any(|target| target == file)
+    };
+    assert!(eventually(holds_it), "the daemon never opened the file");
+    fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&file)
+        .unwrap();
+    let r = reload.join().unwrap();
+    assert_eq!(r.deleted, 0, "{r:?}");
+    assert_eq!(declared(&d).len(), 2);
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.kind == "unreadable" && p.message.contains("changed")),
+        "{:?}",
+        r.problems
+    );
+});
