@@ -409,19 +409,28 @@ nstest!(a_fifo_or_device_behind_a_conf_name_is_never_opened, |_| {
     let _ = writer.wait();
 });
 
+/// One-port lines in a long reload's file: tcp 2000 and up.
+const LINES: usize = 3000;
+
+/// A daemon in `dir` that was just sent SIGHUP to read a file of `LINES`
+/// one-port lines (a durable write and a kernel write each: seconds).
+fn long_reload_under_way(dir: &Path) -> ProcessDaemon {
+    let conf = conf_dir(dir, "portres.d");
+    let d = ProcessDaemon::start(dir, &[]);
+    let text: String = (0..LINES).map(|i| format!("tcp {}\n", 2000 + i)).collect();
+    write(&conf.join("50-many.conf"), &text);
+    sighup(&d);
+    d
+}
+
 nstest!(a_long_reload_by_sighup_leaves_the_daemon_answering, |_| {
     // Thousands of one-port lines: a durable write and a kernel write
     // each, seconds in all. Meanwhile new connections are accepted and
     // answered (the SIGHUP's reload does not run on the accepting
     // loop), and answered between its changes (it does not hold the
     // state lock throughout): `status` sees it part done.
-    const LINES: usize = 3000;
     let dir = open_tempdir();
-    let conf = conf_dir(dir.path(), "portres.d");
-    let d = ProcessDaemon::start(dir.path(), &[]);
-    let text: String = (0..LINES).map(|i| format!("tcp {}\n", 2000 + i)).collect();
-    write(&conf.join("50-many.conf"), &text);
-    sighup(&d);
+    let d = long_reload_under_way(dir.path());
     let mut seen = Vec::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     loop {
@@ -446,13 +455,8 @@ nstest!(
         // Killed between two changes of a long reload: what was applied is
         // in the store, whole; the restart applies the rest before its
         // socket accepts, and the kernel's list is baseline + persistent.
-        const LINES: usize = 3000;
         let dir = open_tempdir();
-        let conf = conf_dir(dir.path(), "portres.d");
-        let d = ProcessDaemon::start(dir.path(), &[]);
-        let text: String = (0..LINES).map(|i| format!("tcp {}\n", 2000 + i)).collect();
-        write(&conf.join("50-many.conf"), &text);
-        sighup(&d);
+        let d = long_reload_under_way(dir.path());
         assert!(
             eventually(|| d.client().status().unwrap().persistent > 0),
             "the reload never started"
