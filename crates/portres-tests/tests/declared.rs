@@ -431,22 +431,51 @@ nstest!(a_long_reload_by_sighup_leaves_the_daemon_answering, |_| {
     // state lock throughout): `status` sees it part done.
     let dir = open_tempdir();
     let d = long_reload_under_way(dir.path());
-    let mut seen = Vec::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    loop {
-        // A new connection each time: the accepting loop must be free.
-        let n = d.client().status().unwrap().persistent;
-        seen.push(n);
-        if n == LINES {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{seen:?}");
-    }
+    // A new connection each time: the accepting loop must be free.
+    let seen = persistent_counts_until_done(&d);
     assert!(
         seen.iter().any(|&n| n > 0 && n < LINES),
         "status never answered while the reload ran: {seen:?}"
     );
     assert_kernel_settles_to(&format!("2000-{}", 2000 + LINES - 1));
+});
+
+/// `status` (a new connection each time) until the daemon has `LINES`
+/// persistent reservations: every count it answered on the way.
+fn persistent_counts_until_done(d: &ProcessDaemon) -> Vec<usize> {
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let n = d.client().status().unwrap().persistent;
+        seen.push(n);
+        if n == LINES {
+            return seen;
+        }
+        assert!(std::time::Instant::now() < deadline, "{seen:?}");
+    }
+}
+
+nstest!(a_long_portres_reload_leaves_its_worker_serving, |_| {
+    // One worker: `portres reload` of thousands of lines must not hold it
+    // (its other connections, here every `status`) for the whole reload.
+    let dir = open_tempdir();
+    let conf = conf_dir(dir.path(), "portres.d");
+    let d = ProcessDaemon::start(dir.path(), &["--workers", "1"]);
+    let text: String = (0..LINES).map(|i| format!("tcp {}\n", 2000 + i)).collect();
+    write(&conf.join("50-many.conf"), &text);
+    let socket = d.socket.clone();
+    let reload = std::thread::spawn(move || {
+        portres::Client::connect_to(&socket)
+            .unwrap()
+            .reload()
+            .unwrap()
+    });
+    let seen = persistent_counts_until_done(&d);
+    assert!(
+        seen.iter().any(|&n| n > 0 && n < LINES),
+        "status never answered while the reload ran: {seen:?}"
+    );
+    assert_eq!(reload.join().unwrap().created, LINES);
 });
 
 nstest!(
