@@ -44,8 +44,11 @@ pub(crate) struct Job {
     pub(crate) what: &'static str,
     /// The name of the thread it runs on.
     pub(crate) thread: &'static str,
-    work: Box<dyn FnOnce(&Mutex<State>) -> Vec<u8> + Send>,
+    work: JobWork,
 }
+
+/// A job's work: the encoded reply frame, made with the shared state.
+type JobWork = Box<dyn FnOnce(&Mutex<State>) -> Vec<u8> + Send>;
 
 impl Job {
     /// Does the work: the encoded reply frame.
