@@ -14,7 +14,8 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -79,7 +80,8 @@ static RELOADING: Mutex<()> = Mutex::new(());
 /// Re-reads the portres.d files and applies them: the one reload entry
 /// (`io.portres.Reload`, SIGHUP). The files are read and owner names
 /// resolved without the state lock; the changes are then applied under it,
-/// each durable on its own before the next (see `State::apply_declared`).
+/// in slices (other requests run between them), each durable on its own
+/// before the next (see `state::apply_declared`).
 /// `trigger` says who asked, for the log.
 pub(crate) fn reload(state: &Mutex<State>, trigger: &str) -> ReloadReply {
     let _one_at_a_time = RELOADING
@@ -94,11 +96,10 @@ pub(crate) fn reload(state: &Mutex<State>, trigger: &str) -> ReloadReply {
         (s.config().config_dirs.clone(), s.config().daemon_uid)
     };
     let declared = read(&dirs, daemon_uid);
-    let (reply, summary) = {
-        let mut s = lock(state);
-        let reply = s.apply_declared(declared);
-        (reply, crate::systemd::status_summary(&s))
-    };
+    // Applied in slices of the state lock: other requests are served
+    // between the changes of a long reload.
+    let reply = crate::state::apply_declared(&mut crate::state::Access::sliced(state), declared);
+    let summary = crate::systemd::status_summary(&lock(state));
     log_outcome(trigger, &reply);
     notifier.ready(&summary);
     reply
@@ -257,41 +258,81 @@ fn is_dev_null(path: &Path) -> bool {
 /// symlinks), owned by root or the daemon's user, not writable by others
 /// (whoever could write it could declare reservations), at most
 /// `MAX_FILE_BYTES`, UTF-8.
+///
+/// The name is first opened `O_PATH` (which opens nothing: no device
+/// driver, FIFO or automount sees it), checked there, and only then opened
+/// for reading through that very reference (`/proc/self/fd/N` reopens the
+/// inode it holds, not the name again): a symlink chain through a
+/// directory someone else may write cannot make the daemon open a device
+/// (a watchdog, a tape) or a FIFO, or swap the file between the check and
+/// the read.
 fn read_file(path: &Path, daemon_uid: u32) -> Result<String, String> {
-    // O_NONBLOCK: opening a FIFO named *.conf must not hang the reload
-    // (and the front thread, for SIGHUP) until someone writes to it; on
-    // the regular file it then must be, the flag changes nothing.
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| format!("cannot open: {e}"))?;
-    let m = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
-    if !m.file_type().is_file() {
+    use rustix::fs::{Mode, OFlags};
+    let reference = rustix::fs::open(path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| format!("cannot open: {}", std::io::Error::from(e)))?;
+    let m = rustix::fs::fstat(&reference)
+        .map_err(|e| format!("cannot stat: {}", std::io::Error::from(e)))?;
+    if rustix::fs::FileType::from_raw_mode(m.st_mode) != rustix::fs::FileType::RegularFile {
         return Err("not a regular file; ignored".into());
     }
-    if m.uid() != 0 && m.uid() != daemon_uid {
+    if m.st_uid != 0 && m.st_uid != daemon_uid {
         return Err(format!(
             "owned by uid {}, neither root nor the daemon's uid {daemon_uid}; ignored",
-            m.uid()
+            m.st_uid
         ));
     }
-    if m.mode() & 0o002 != 0 {
+    if m.st_mode & 0o002 != 0 {
         return Err("writable by everyone; ignored (chmod o-w it)".into());
     }
-    if m.len() > MAX_FILE_BYTES {
+    let len = u64::try_from(m.st_size).unwrap_or(0);
+    if len > MAX_FILE_BYTES {
         return Err(format!(
-            "{} bytes, more than the {MAX_FILE_BYTES} read; ignored",
-            m.len()
+            "{len} bytes, more than the {MAX_FILE_BYTES} read; ignored"
         ));
     }
-    let mut bytes = Vec::with_capacity(m.len() as usize);
+    if crate::fault::fault("slow-declared-read") {
+        // Tests: a window between the check and the read, for the file
+        // to change in.
+        std::thread::sleep(std::time::Duration::from_secs(3));
+    }
+    // O_NONBLOCK and O_NOCTTY: harmless on the regular file this is.
+    let file = rustix::fs::open(
+        format!("/proc/self/fd/{}", reference.as_raw_fd()),
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open: {}", std::io::Error::from(e)))?;
+    let mut file = fs::File::from(file);
+    let mut bytes = Vec::with_capacity(len as usize);
     file.by_ref()
         .take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read: {e}"))?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(format!("more than {MAX_FILE_BYTES} bytes; ignored"));
+    }
+    // Written to while we read it (`cat new > file` empties it first): what
+    // was read may be a moment of an edit, not the file. Taken as
+    // unreadable, so nothing it declared is deleted; the next reload reads
+    // it whole. (An edit that ended before the check is no edit any more.)
+    let after = rustix::fs::fstat(&file)
+        .map_err(|e| format!("cannot stat: {}", std::io::Error::from(e)))?;
+    let identity = |m: &rustix::fs::Stat| {
+        (
+            m.st_dev,
+            m.st_ino,
+            m.st_size,
+            m.st_mtime,
+            m.st_mtime_nsec,
+            m.st_ctime,
+            m.st_ctime_nsec,
+        )
+    };
+    if identity(&after) != identity(&m) || bytes.len() as u64 != len {
+        return Err(
+            "changed while it was read; ignored until the next reload (nothing it declares is deleted meanwhile)"
+                .into(),
+        );
     }
     String::from_utf8(bytes).map_err(|e| format!("not UTF-8 text ({e}); ignored"))
 }

@@ -5,8 +5,9 @@
 //! sees the stop. It also accepts on the portserver endpoint's listeners
 //! (`--portserver`; connections without a session, served by the workers'
 //! `portserver.rs`) and reaps the portserver holders whose processes
-//! exited (their pidfds' epoll set, `State::reap_exited_holders`). It
-//! decides nothing about reservations itself.
+//! exited (their pidfds' epoll set, `State::reap_exited_holders`), and
+//! starts SIGHUP's reloads on a thread of their own. It decides nothing
+//! about reservations itself.
 //!
 //! Threads: this loop and the worker loops (by default one per CPU,
 //! pinned), each an epoll loop over its own connections; a connection
@@ -73,6 +74,14 @@ pub(crate) struct Signals {
     pub(crate) reload: Arc<EventFd>,
 }
 
+/// Whether a SIGHUP's reload runs, and whether another SIGHUP came since
+/// it started (it then runs once more).
+#[derive(Default)]
+struct Reloads {
+    running: bool,
+    again: bool,
+}
+
 /// The accepting loop and its workers.
 pub(crate) struct Front {
     shared: Arc<Shared>,
@@ -87,6 +96,9 @@ pub(crate) struct Front {
     stop: Arc<EventFd>,
     /// Signalled to re-read the portres.d files (SIGHUP).
     reload: Arc<EventFd>,
+    /// SIGHUP's reloads, run off this loop (see `reload_in_background`).
+    reloads: Arc<Mutex<Reloads>>,
+    reload_thread: Option<std::thread::JoinHandle<()>>,
     kernel: KernelTimer,
     workers: Workers,
     /// No worker is left to serve (each died of a bug): stop.
@@ -170,6 +182,8 @@ impl Front {
                 epoll,
                 stop,
                 reload,
+                reloads: Arc::default(),
+                reload_thread: None,
                 workers,
                 workers_gone: false,
                 accept_resume: None,
@@ -216,7 +230,7 @@ impl Front {
                     KEY_SHRINK => self.kernel.shrink_asked(),
                     KEY_RELOAD => {
                         self.reload.clear();
-                        crate::declared::reload(&self.shared.state, "SIGHUP");
+                        self.reload_in_background();
                     }
                     KEY_HOLDERS => self.reap_holders(),
                     key if key >= KEY_PORTSERVER => {
@@ -261,10 +275,58 @@ impl Front {
 
     /// Makes every worker stop and waits for them; gives back the shared
     /// part for the final shutdown.
-    pub(crate) fn stop_workers(self) -> Arc<Shared> {
+    pub(crate) fn stop_workers(mut self) -> Arc<Shared> {
         self.stop.signal();
         self.workers.join();
+        // A reload under way finishes its change in hand and the rest (each
+        // durable on its own) before the state is shut down.
+        if let Some(t) = self.reload_thread.take() {
+            let _ = t.join();
+        }
         self.shared
+    }
+
+    /// Runs a SIGHUP's reload on a thread of its own: a reload of many
+    /// lines takes seconds (a durable write each), during which this loop
+    /// must go on accepting, reaping holders, keeping the kernel's list and
+    /// seeing a stop. SIGHUPs arriving while one runs make it run once more
+    /// when it ends (however many came), never a thread each.
+    fn reload_in_background(&mut self) {
+        {
+            let mut q = self.reloads.lock().unwrap_or_else(|p| p.into_inner());
+            if q.running {
+                q.again = true;
+                return;
+            }
+            q.running = true;
+        }
+        if let Some(t) = self.reload_thread.take() {
+            let _ = t.join(); // Ended: it cleared `running`.
+        }
+        let (shared, reloads) = (self.shared.clone(), self.reloads.clone());
+        let spawned = std::thread::Builder::new()
+            .name("reload".into())
+            .spawn(move || {
+                loop {
+                    crate::declared::reload(&shared.state, "SIGHUP");
+                    let mut q = reloads.lock().unwrap_or_else(|p| p.into_inner());
+                    if !std::mem::take(&mut q.again) {
+                        q.running = false;
+                        return;
+                    }
+                }
+            });
+        match spawned {
+            Ok(t) => self.reload_thread = Some(t),
+            Err(e) => {
+                log::warn!("cannot start a thread for the reload ({e}); reloading on the front");
+                self.reloads
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .running = false;
+                crate::declared::reload(&self.shared.state, "SIGHUP");
+            }
+        }
     }
 
     /// Accepts what is waiting on the varlink socket (see `accept_from`).

@@ -172,6 +172,9 @@ nstest!(
         // The holder lets go: the next reload takes it.
         drop(held);
         drop(holder);
+        // The release is oneway and the close is served on a worker: wait
+        // for it, or the reload (another connection) may come first.
+        assert!(eventually(|| d.client().status().unwrap().runtime == 0));
         let r = d.client().reload().unwrap();
         assert_eq!(r.created, 1, "{:?}", r.problems);
         assert_eq!(
@@ -354,3 +357,194 @@ nstest!(
         assert!(wide.stdout.contains(&file), "{wide}");
     }
 );
+
+nstest!(a_fifo_or_device_behind_a_conf_name_is_never_opened, |_| {
+    // A name in portres.d that leads (through a symlink, perhaps into
+    // a directory someone else may write) to a FIFO or a device: the
+    // daemon, as root, must not open it — opening a device can act (a
+    // watchdog arms, a tape rewinds), and opening a FIFO for reading
+    // releases a writer blocked in open(2), which is what shows it here.
+    let dir = open_tempdir();
+    let conf = conf_dir(dir.path(), "portres.d");
+    let elsewhere = conf_dir(dir.path(), "elsewhere");
+    let fifo = elsewhere.join("x.fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    let link = conf.join("60-x.conf");
+    std::os::unix::fs::symlink(&fifo, &link).unwrap();
+    let d = ProcessDaemon::start(dir.path(), &[]);
+    // Blocks in open(2) until a reader opens the FIFO.
+    let mut writer = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo 'tcp 9999' > '{}'", fifo.display()))
+        .spawn()
+        .unwrap();
+    let r = d.client().reload().unwrap();
+    let shown = link.display().to_string();
+    assert!(
+        r.problems.iter().any(|p| p.file == shown
+            && p.kind == "unreadable"
+            && p.message.contains("not a regular file")),
+        "{:?}",
+        r.problems
+    );
+    assert!(declared(&d).is_empty());
+    // The reload has answered, so any open it made has happened: a
+    // released writer ends at once.
+    for _ in 0..20 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let ended = writer.try_wait().unwrap();
+        assert!(
+            ended.is_none(),
+            "the daemon opened the FIFO (the blocked writer was released: {ended:?})"
+        );
+    }
+    let _ = writer.kill();
+    let _ = writer.wait();
+});
+
+/// One-port lines in a long reload's file: tcp 2000 and up.
+const LINES: usize = 3000;
+
+/// A daemon in `dir` that was just sent SIGHUP to read a file of `LINES`
+/// one-port lines (a durable write and a kernel write each: seconds).
+fn long_reload_under_way(dir: &Path) -> ProcessDaemon {
+    let conf = conf_dir(dir, "portres.d");
+    let d = ProcessDaemon::start(dir, &[]);
+    let text: String = (0..LINES).map(|i| format!("tcp {}\n", 2000 + i)).collect();
+    write(&conf.join("50-many.conf"), &text);
+    sighup(&d);
+    d
+}
+
+nstest!(a_long_reload_by_sighup_leaves_the_daemon_answering, |_| {
+    // Thousands of one-port lines: a durable write and a kernel write
+    // each, seconds in all. Meanwhile new connections are accepted and
+    // answered (the SIGHUP's reload does not run on the accepting
+    // loop), and answered between its changes (it does not hold the
+    // state lock throughout): `status` sees it part done.
+    let dir = open_tempdir();
+    let d = long_reload_under_way(dir.path());
+    // A new connection each time: the accepting loop must be free.
+    let seen = persistent_counts_until_done(&d);
+    assert!(
+        seen.iter().any(|&n| n > 0 && n < LINES),
+        "status never answered while the reload ran: {seen:?}"
+    );
+    assert_kernel_settles_to(&format!("2000-{}", 2000 + LINES - 1));
+});
+
+/// `status` (a new connection each time) until the daemon has `LINES`
+/// persistent reservations: every count it answered on the way.
+fn persistent_counts_until_done(d: &ProcessDaemon) -> Vec<usize> {
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let n = d.client().status().unwrap().persistent;
+        seen.push(n);
+        if n == LINES {
+            return seen;
+        }
+        assert!(std::time::Instant::now() < deadline, "{seen:?}");
+    }
+}
+
+nstest!(a_long_portres_reload_leaves_its_worker_serving, |_| {
+    // One worker: `portres reload` of thousands of lines must not hold it
+    // (its other connections, here every `status`) for the whole reload.
+    let dir = open_tempdir();
+    let conf = conf_dir(dir.path(), "portres.d");
+    let d = ProcessDaemon::start(dir.path(), &["--workers", "1"]);
+    let text: String = (0..LINES).map(|i| format!("tcp {}\n", 2000 + i)).collect();
+    write(&conf.join("50-many.conf"), &text);
+    let socket = d.socket.clone();
+    let reload = std::thread::spawn(move || {
+        portres::Client::connect_to(&socket)
+            .unwrap()
+            .reload()
+            .unwrap()
+    });
+    let seen = persistent_counts_until_done(&d);
+    assert!(
+        seen.iter().any(|&n| n > 0 && n < LINES),
+        "status never answered while the reload ran: {seen:?}"
+    );
+    assert_eq!(reload.join().unwrap().created, LINES);
+});
+
+nstest!(
+    a_sigkill_in_the_middle_of_a_reload_loses_nothing_and_the_restart_finishes_it,
+    |_| {
+        // Killed between two changes of a long reload: what was applied is
+        // in the store, whole; the restart applies the rest before its
+        // socket accepts, and the kernel's list is baseline + persistent.
+        let dir = open_tempdir();
+        let d = long_reload_under_way(dir.path());
+        assert!(
+            eventually(|| d.client().status().unwrap().persistent > 0),
+            "the reload never started"
+        );
+        d.kill9();
+        let d = ProcessDaemon::start(dir.path(), &[]);
+        let status = d.client().status().unwrap();
+        assert_eq!(status.persistent, LINES);
+        assert!(
+            status.declared_problems.is_empty(),
+            "{:?}",
+            status.declared_problems
+        );
+        assert_kernel_settles_to(&format!("2000-{}", 2000 + LINES - 1));
+    }
+);
+
+nstest!(a_file_changed_while_it_is_read_deletes_nothing, |_| {
+    // A reload reading a file while it is rewritten in place (`cat new
+    // > file`: emptied first, filled after) must not take the empty
+    // moment for the truth and delete what the file declares.
+    let dir = open_tempdir();
+    let conf = conf_dir(dir.path(), "portres.d");
+    let file = conf.join("a.conf");
+    write(&file, "tcp 8080\ntcp 8081\n");
+    let mut cmd = portres_tests::daemon_command(dir.path(), &[]);
+    cmd.env("PORTRES_TEST_FAULT", "slow-declared-read");
+    let d = ProcessDaemon::spawn(cmd, dir.path());
+    assert_eq!(declared(&d).len(), 2);
+    let daemon_pid = d.child.id();
+    let socket = d.socket.clone();
+    let reload = std::thread::spawn(move || {
+        portres::Client::connect_to(&socket)
+            .unwrap()
+            .reload()
+            .unwrap()
+    });
+    // The daemon holds its reference to the file (checked, not yet
+    // read): empty it now.
+    let holds_it = || {
+        fs::read_dir(format!("/proc/{daemon_pid}/fd"))
+            .unwrap()
+            .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+            .any(|target| target == file)
+    };
+    assert!(eventually(holds_it), "the daemon never opened the file");
+    fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&file)
+        .unwrap();
+    let r = reload.join().unwrap();
+    assert_eq!(r.deleted, 0, "{r:?}");
+    assert_eq!(declared(&d).len(), 2);
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.kind == "unreadable" && p.message.contains("changed")),
+        "{:?}",
+        r.problems
+    );
+});

@@ -363,3 +363,111 @@ nstest!(portserver_flag_serves_a_path_and_an_abstract_name, |_| {
     );
     assert_kernel_settles_to("");
 });
+
+nstest!(
+    portserver_a_mass_exit_ends_every_holder_and_empties_the_kernel_list,
+    |_| {
+        // More holders than the front reaps per wakeup (256), all exiting
+        // at once: every one ends, the kernel's list follows, and the
+        // endpoint still answers afterwards.
+        const PROCESSES: usize = 300;
+        let d = daemon(|_| {});
+        let client = d.client();
+        let mut children: Vec<Child> = (0..PROCESSES)
+            .map(|_| sleeper(Command::new("sleep").arg("600")))
+            .collect();
+        let mut ports: Vec<u16> = children
+            .iter()
+            .map(|c| ask(c.id()).expect("a port"))
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), PROCESSES, "one port each");
+        assert_eq!(client.list(None).unwrap().len(), 2 * PROCESSES);
+        for c in &mut children {
+            let _ = c.kill();
+        }
+        for c in &mut children {
+            let _ = c.wait();
+        }
+        assert!(
+            eventually(|| client.list(None).unwrap().is_empty()),
+            "{} reservation(s) left after the exit",
+            client.list(None).unwrap().len()
+        );
+        assert_kernel_settles_to("");
+        let child = sleeper(Command::new("sleep").arg("600"));
+        assert!(ask(child.id()).is_some());
+        kill(child);
+    }
+);
+
+nstest!(
+    portserver_a_pid_namespaces_first_process_sending_1_gets_a_port_for_itself,
+    |_| {
+        // A test runner that is the first process of its pid namespace
+        // (`docker run image pytest`) sends its own pid: "1".
+        let d = daemon(|_| {});
+        let client = d.client();
+        let script = format!(
+            "import socket, sys\n\
+             s = socket.socket(socket.AF_UNIX)\n\
+             s.connect('\\0{NAME}')\n\
+             s.sendall(b'1\\n')\n\
+             print(s.recv(64).decode().strip(), flush=True)\n\
+             sys.stdin.read()\n"
+        );
+        let mut child = Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child", "python3", "-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("unshare");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port: u16 = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("no port for pid 1 of a pid namespace: {line:?}"));
+        let held = holding(&client, port);
+        assert_eq!(held.len(), 2, "{held:?}");
+        let pid = held[0].holder.unwrap().pid;
+        assert!(pid > 1, "held for the daemon's view of it: {held:?}");
+        // It ends when that process does.
+        drop(child.stdin.take());
+        let _ = child.wait();
+        assert!(
+            eventually(|| holding(&client, port).is_empty()),
+            "{port} outlived its process"
+        );
+    }
+);
+
+nstest!(
+    portserver_ports_after_a_sigkill_of_the_daemon_are_not_kept_by_the_restart,
+    |_| {
+        // The daemon dies (SIGKILL) holding portserver ports: the kernel
+        // still lists them. The restart knows nothing of them (a restart
+        // forgets holders): it must not take them for the admin's
+        // baseline, and the next request gets the same lowest port.
+        let dir = open_tempdir();
+        let args = ["--portserver", &format!("@{NAME}")];
+        let d = ProcessDaemon::start(dir.path(), &args);
+        let child = sleeper(Command::new("sleep").arg("600"));
+        let port = ask(child.id()).expect("a port");
+        assert!(kernel_reserved().contains(port));
+        d.kill9();
+        assert!(kernel_reserved().contains(port), "the kernel kept it");
+        let d = ProcessDaemon::start(dir.path(), &args);
+        assert_kernel_settles_to("");
+        let status = d.client().status().unwrap();
+        assert_eq!(status.baseline, "", "{status:?}");
+        assert_eq!(status.runtime, 0);
+        assert_eq!(ask(child.id()), Some(port));
+        kill(child);
+    }
+);

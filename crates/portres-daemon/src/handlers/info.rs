@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use portres_core::{Error, ErrorCode, Protocol, SessionId};
-use portres_proto::{ListParams, ReservationInfo, StatusReply, VarlinkInfo};
+use portres_proto::{DeclaredProblem, ListParams, ReservationInfo, StatusReply, VarlinkInfo};
 
 use crate::kernel::Kernel;
 use crate::state::State;
@@ -63,8 +63,29 @@ impl State {
                 .iter()
                 .map(|d| d.display().to_string())
                 .collect(),
-            declared_problems: self.declared_problems().to_vec(),
+            declared_problems: self
+                .declared_problems()
+                .iter()
+                .map(|p| shown_to(p, caller.admin))
+                .collect(),
         })
+    }
+}
+
+/// A portres.d problem as `Status` shows it to a caller: whole to an
+/// administrator; to anyone else without its message, which quotes the
+/// file's text (a file reached through a symlink may be one only root may
+/// read, e.g. /etc/shadow behind a link in a directory someone else could
+/// write, and a bad line's message would quote its first word).
+fn shown_to(p: &DeclaredProblem, admin: bool) -> DeclaredProblem {
+    if admin {
+        return p.clone();
+    }
+    DeclaredProblem {
+        message:
+            "details for administrators (portres status or reload as one, or the daemon's log)"
+                .into(),
+        ..p.clone()
     }
 }
 

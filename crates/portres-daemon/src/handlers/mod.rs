@@ -30,26 +30,40 @@ pub(crate) enum Outcome {
     Reply(Vec<u8>),
     /// An encoded reply frame with a descriptor attached.
     ReplyWithFd(Vec<u8>, OwnedFd),
-    /// Work that makes the reply outside the state lock and off the
-    /// worker's loop (it takes milliseconds and needs no state).
+    /// Work that makes the reply off the worker's loop (it takes
+    /// milliseconds or more; what it needs of the state it locks itself).
     Job(Job),
 }
 
-/// Work a handler leaves to finish without the state: the transport runs
-/// it (on a thread of its own when it can) and sends what it returns, in
+/// Work a handler leaves to finish off the worker's loop: the transport
+/// runs it (on a thread of its own when it can) with the shared state,
+/// which the work locks only as it needs, and sends what it returns, in
 /// the connection's order. The transport knows nothing of what it does.
 pub(crate) struct Job {
     /// What it is, for messages ("the socket-table dump").
     pub(crate) what: &'static str,
     /// The name of the thread it runs on.
     pub(crate) thread: &'static str,
-    work: Box<dyn FnOnce() -> Vec<u8> + Send>,
+    work: JobWork,
 }
+
+/// A job's work: the encoded reply frame, made with the shared state.
+type JobWork = Box<dyn FnOnce(&Mutex<State>) -> Vec<u8> + Send>;
 
 impl Job {
     /// Does the work: the encoded reply frame.
-    pub(crate) fn run(self) -> Vec<u8> {
-        (self.work)()
+    pub(crate) fn run(self, state: &Mutex<State>) -> Vec<u8> {
+        (self.work)(state)
+    }
+}
+
+/// `Reload`, once allowed: seconds for thousands of lines (a durable write
+/// each), so off the worker, whose other connections go on being served.
+fn reload_job() -> Job {
+    Job {
+        what: "the reload",
+        thread: "reload",
+        work: Box::new(|state| encode_reply(&crate::declared::reload(state, "portres reload"))),
     }
 }
 
@@ -59,7 +73,7 @@ fn list_job(mut list: Vec<portres_proto::ReservationInfo>, kernel: Arc<dyn Kerne
     Job {
         what: "the socket-table dump",
         thread: "list-dump",
-        work: Box::new(move || {
+        work: Box::new(move |_| {
             if fault("slow-list") {
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -145,7 +159,10 @@ fn dispatch(
         Request::GetInfo => reply(Ok(info::varlink_info())),
         Request::Reload => {
             let allowed = lock(state).check_reload(session);
-            reply(allowed.map(|()| crate::declared::reload(state, "portres reload")))
+            match allowed {
+                Ok(()) => Outcome::Job(reload_job()),
+                Err(e) => Outcome::Reply(encode_error(&e)),
+            }
         }
         Request::GetInterfaceDescription { interface } => {
             match info::interface_description(&interface) {

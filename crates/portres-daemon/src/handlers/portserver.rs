@@ -2,8 +2,9 @@
 //! `worker::portserver`): a port free on both TCP and UDP, reserved for a
 //! process named by pid until that process exits.
 //!
-//! Who may name a process: the peer itself, a process whose real or
-//! effective uid is the peer's, or any process when the peer is root
+//! Who may name a process: a process whose real or effective uid is the
+//! peer's (the peer itself, unless its pid now belongs to someone else),
+//! or any process when the peer is root
 //! (portserver.py believes any pid; portres does not). A peer in another
 //! pid namespace that names itself by its own namespace's pid is
 //! understood (its `NSpid`); other pids it sends are taken as pids of the
@@ -52,27 +53,30 @@ fn serve_inner(
     pid: i32,
     new_holder: &mut bool,
 ) -> Result<u16, Error> {
-    // portserver.py's rule: 0 and negative pids name nobody; pid 1 is
-    // what a process reparented to init would send instead of its parent.
-    if pid <= 1 {
-        return Err(Error::new(
-            ErrorCode::InvalidParameter,
-            format!("pid {pid} names no process a port can belong to"),
-        ));
-    }
     let kernel = lock(shared).kernel();
-    // (A peer in the daemon's pid namespace is its own ns_pid: one stat
-    // spares reading its status, the common case.)
-    let pid = if pid != peer.pid
+    // First: the peer naming itself in its own pid namespace (a test
+    // runner started as a container's first process sends "1"). A peer in
+    // the daemon's pid namespace is its own ns_pid: one stat spares
+    // reading its status, the common case.
+    let pid = if pid > 0
+        && pid != peer.pid
         && peer.pid > 0
         && !kernel.in_own_pid_namespace(peer.pid)
         && kernel
             .process_ids(peer.pid)
             .is_ok_and(|ids| ids.ns_pid == pid && ids.ns_pid != peer.pid)
     {
-        // The peer named itself, in its own pid namespace.
         peer.pid
     } else {
+        // portserver.py's rule: 0 and negative pids name nobody; pid 1 is
+        // what a process reparented to init would send instead of its
+        // parent.
+        if pid <= 1 {
+            return Err(Error::new(
+                ErrorCode::InvalidParameter,
+                format!("pid {pid} names no process a port can belong to"),
+            ));
+        }
         pid
     };
     let gone = || Error::new(ErrorCode::NotFound, format!("no process {pid}"));
@@ -83,10 +87,12 @@ fn serve_inner(
     if kernel.pidfd_exited(pidfd.as_fd()) {
         return Err(gone());
     }
-    let allowed = pid == peer.pid
-        || peer.uid == 0
-        || ids.real_uid == peer.uid
-        || ids.effective_uid == peer.uid;
+    // The peer's own pid is checked like any other: `SO_PEERCRED`'s pid
+    // is the connecting process's, and that process may have exited and
+    // its pid gone to another user's process before the line was sent
+    // (the socket lives on in a child). A process still running as the
+    // peer's uid passes anyway.
+    let allowed = peer.uid == 0 || ids.real_uid == peer.uid || ids.effective_uid == peer.uid;
     if !allowed {
         return Err(Error::new(
             ErrorCode::AccessDenied,

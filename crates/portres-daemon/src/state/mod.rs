@@ -25,6 +25,8 @@ mod holders;
 mod open;
 mod sync;
 
+pub(crate) use declared::{Access, apply_declared};
+
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};

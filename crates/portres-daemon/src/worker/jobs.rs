@@ -18,9 +18,9 @@ use crate::limits::Held;
 pub(super) type JobResult = (ConnId, Vec<u8>);
 
 /// Runs `job`, turning a panic (a bug) into `internal` for its call.
-fn run_guarded(job: Job) -> Vec<u8> {
+fn run_guarded(job: Job, state: &std::sync::Mutex<crate::state::State>) -> Vec<u8> {
     let what = job.what;
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run())).unwrap_or_else(|_| {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run(state))).unwrap_or_else(|_| {
         encode_error(&Error::new(
             ErrorCode::Internal,
             format!("{what} failed unexpectedly (a bug)"),
@@ -38,7 +38,7 @@ impl Worker {
         if !limits.start_job(uid) {
             // The user already has its share of job threads: this one runs
             // here, holding up this worker only.
-            conn.queue(run_guarded(job), None);
+            conn.queue(run_guarded(job, &self.shared.state), None);
             return false;
         }
         let what = job.what;
@@ -52,7 +52,7 @@ impl Worker {
             std::thread::Builder::new()
                 .name(job.thread.into())
                 .spawn(move || {
-                    let bytes = run_guarded(job);
+                    let bytes = run_guarded(job, &shared.state);
                     shared.limits.end_job(uid);
                     let _ = tx.send((id, bytes));
                     mailboxes[index].wake.signal();

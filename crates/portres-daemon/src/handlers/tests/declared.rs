@@ -381,3 +381,52 @@ fn a_fifo_named_conf_is_ignored_without_hanging_the_reload() {
         r.problems
     );
 }
+
+#[test]
+fn status_shows_a_problems_quoted_text_to_administrators_only() {
+    // A name in portres.d that leads (a symlink in a directory someone else
+    // could write) to a file only root may read: it passes the owner check,
+    // and a bad line's message quotes its first word. Anyone may ask for
+    // `Status`; only an administrator may see what the file says.
+    let h = harness();
+    let file = h.write_conf(
+        "etc.d",
+        "50-secret.conf",
+        "root:$6$SECRETSALT$SECRETHASH:19000:0:99999:7:::\n",
+    );
+    let r = h.reload();
+    assert!(r.problems[0].message.contains("SECRETHASH"), "{r:?}");
+    let stranger = h.stranger();
+    let status = lock(&h.state).status(stranger).unwrap();
+    let p = &status.declared_problems[0];
+    assert_eq!(
+        (p.file.as_str(), p.line, p.kind.as_str()),
+        (file.as_str(), Some(1), "bad_line")
+    );
+    assert!(!p.message.contains("SECRET"), "{p:?}");
+    let root = h.root();
+    let status = lock(&h.state).status(root).unwrap();
+    assert!(
+        status.declared_problems[0].message.contains("SECRETHASH"),
+        "{status:?}"
+    );
+}
+
+#[test]
+fn a_declared_block_over_the_baseline_never_takes_the_baseline_out_of_the_kernel() {
+    // The admin's own reserved ports (the baseline) are in the kernel's
+    // list whatever portres reserves: a declared block inside them, once
+    // deleted, leaves them there.
+    let h = Harness::with("8080-8090", |c| {
+        c.daemon_uid = rustix::process::geteuid().as_raw()
+    });
+    h.write_conf("etc.d", "a.conf", "tcp 8085-8095\n");
+    let r = h.reload();
+    assert_eq!(r.created, 1, "{r:?}");
+    assert_eq!(h.kernel.reserved().to_string(), "8080-8095");
+    h.write_conf("etc.d", "a.conf", "");
+    let r = h.reload();
+    assert_eq!(r.deleted, 1, "{r:?}");
+    h.settle();
+    assert_eq!(h.kernel.reserved().to_string(), "8080-8090");
+}

@@ -171,3 +171,53 @@ fn a_process_that_exited_before_the_request_gets_nothing() {
     assert_eq!(lock(&h.state).reap_exited_holders(16), vec![ALICE]);
     assert_eq!(held(&h).len(), 2);
 }
+
+#[test]
+fn a_peer_whose_pid_went_to_another_users_process_may_not_name_it() {
+    // Alice's process 500 connected, handed the socket to a child and
+    // exited; pid 500 is now Bob's when the line "500" arrives. Her
+    // SO_PEERCRED pid is still 500: it proves nothing about process 500.
+    let h = Harness::new();
+    h.kernel.spawn(500, BOB);
+    let stale = serve(&h.state, &peer(ALICE, 500), 500);
+    assert_eq!(stale.result.unwrap_err().code, ErrorCode::AccessDenied);
+    assert!(!stale.new_holder);
+    assert!(held(&h).is_empty());
+    // A setuid-root program she started (real uid hers) is hers to name:
+    // the ports are charged to her, and end when it does.
+    let ids = portres_kernel::process::ProcessIds {
+        real_uid: ALICE,
+        effective_uid: 0,
+        ns_pid: 700,
+    };
+    h.kernel.state().processes.insert(700, (ids, Vec::new()));
+    ask(&h, &peer(ALICE, 600), 700).unwrap();
+    assert_eq!(
+        lock(&h.state).table().runtime_ports_of(ALICE),
+        2,
+        "charged to the asker"
+    );
+}
+
+#[test]
+fn a_containers_first_process_naming_itself_pid_1_is_understood() {
+    // `docker run image pytest`: pytest is pid 1 of its pid namespace and
+    // portpicker sends its own pid, "1". The daemon sees it as pid 900.
+    let h = Harness::new();
+    let ids = portres_kernel::process::ProcessIds {
+        real_uid: ALICE,
+        effective_uid: ALICE,
+        ns_pid: 1,
+    };
+    h.kernel.state().processes.insert(900, (ids, Vec::new()));
+    let port = ask(&h, &peer(ALICE, 900), 1).unwrap();
+    assert_eq!(
+        held(&h),
+        vec![(Protocol::Tcp, port, 900), (Protocol::Udp, port, 900)]
+    );
+    // Anyone else sending 1 (its own pid is not 1 anywhere) is refused,
+    // as before.
+    h.kernel.spawn(500, ALICE);
+    let other = serve(&h.state, &peer(ALICE, 500), 1);
+    assert_eq!(other.result.unwrap_err().code, ErrorCode::InvalidParameter);
+}
