@@ -132,6 +132,13 @@ mod tests {
         // The kept socket answers again, for a busy port and a free one.
         assert!(port_in_use(Protocol::Tcp, busy).unwrap());
         drop(held);
+        // Another test thread that forks a child (process.rs's tests) copies
+        // every descriptor, ours too, until the child's exec closes them:
+        // the listener may outlive `drop` for a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while port_in_use(Protocol::Tcp, busy).unwrap() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         assert!(!port_in_use(Protocol::Tcp, busy).unwrap());
         assert!(
             SPARE_V6.with(|s| s.borrow()[0].is_none()),
