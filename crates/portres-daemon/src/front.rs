@@ -383,7 +383,7 @@ impl Front {
     /// connection is told why; a portserver one gets nothing (its protocol
     /// has no errors).
     fn admitted(&self, stream: &UnixStream, portserver: bool) -> Option<Caller> {
-        let creds = match portres_kernel::creds::peer_creds(stream.as_fd()) {
+        let creds = match portres_proto::peer::peer_creds(stream.as_fd()) {
             Ok(c) => c,
             Err(e) => {
                 log::warn!("dropping a connection whose credentials cannot be read: {e}");

@@ -8,7 +8,6 @@
 //!   dynamic port range;
 //! - [`probe`]: "is this port in use right now?" by binding a probe socket;
 //! - [`diag`]: which sockets hold which ports, from `NETLINK_SOCK_DIAG`;
-//! - [`creds`]: the credentials of the peer of a Unix socket;
 //! - [`sock`]: checking a socket received from a client and binding it into
 //!   a reserved block, and network-namespace cookies;
 //! - [`capability`]: unforgeable session capabilities (anonymous files);
@@ -25,7 +24,6 @@
 
 pub mod bindguard;
 pub mod capability;
-pub mod creds;
 pub mod diag;
 pub mod netns;
 pub mod owner;

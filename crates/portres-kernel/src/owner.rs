@@ -243,7 +243,7 @@ fn ask_owner() -> Option<OtherOwner> {
     .ok()?;
     let addr = rustix::net::SocketAddrUnix::new_abstract_name(OWNER_SOCKET_NAME.as_bytes()).ok()?;
     rustix::net::connect(&fd, &addr).ok()?;
-    let creds = crate::creds::peer_creds(fd.as_fd()).ok();
+    let creds = portres_proto::peer::peer_process(fd.as_fd()).ok();
     let mut other = OtherOwner {
         pid: creds.as_ref().map(|c| c.pid),
         uid: creds.as_ref().map(|c| c.uid),

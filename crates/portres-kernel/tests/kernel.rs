@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use portres_core::{ErrorCode, PortSet, Protocol};
 use portres_kernel::capability::{file_id, new_capability};
-use portres_kernel::creds::peer_creds;
 use portres_kernel::diag::{self, BoundSocket};
 use portres_kernel::netns::enter_private_netns;
 use portres_kernel::probe::port_in_use;
@@ -516,37 +515,6 @@ fn diag_reads_dumps_spanning_many_datagrams() {
     seen.sort_unstable();
     ports.sort_unstable();
     assert_eq!(seen, ports);
-}
-
-// ----------------------------------------------------------------- creds
-
-#[test]
-fn peer_creds_of_a_socket_pair_are_ours() {
-    let (a, _b) = UnixStream::pair().expect("socketpair");
-    let creds = peer_creds(a.as_fd()).expect("peer creds");
-    assert_eq!(creds.uid, uid());
-    assert_eq!(creds.gid, rustix::process::getgid().as_raw());
-    assert_eq!(creds.pid, std::process::id() as i32);
-    let status = std::fs::read_to_string("/proc/self/status").expect("status");
-    let mut ours: Vec<u32> = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .expect("Groups line")
-        .split_whitespace()
-        .map(|g| g.parse().expect("gid"))
-        .collect();
-    let mut theirs = creds.groups.clone();
-    ours.sort_unstable();
-    theirs.sort_unstable();
-    assert_eq!(theirs, ours);
-}
-
-#[test]
-fn peer_creds_of_a_socket_without_a_peer_fail() {
-    // The kernel answers SO_PEERCRED with pid 0 and uid/gid -1 but refuses
-    // SO_PEERGROUPS with ENODATA: no peer, no credentials.
-    let udp = UdpSocket::bind(loopback4(0)).expect("bind");
-    assert!(peer_creds(udp.as_fd()).is_err());
 }
 
 // ------------------------------------------------------------- namespaces

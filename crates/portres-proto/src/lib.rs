@@ -22,6 +22,7 @@ pub mod frame;
 pub mod message;
 pub mod method;
 pub mod paths;
+pub mod peer;
 pub mod reply;
 
 pub use call::*;

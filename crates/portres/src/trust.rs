@@ -21,7 +21,6 @@
 //! nothing on that socket.
 
 use std::io;
-use std::mem;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -192,37 +191,11 @@ fn connect_user_socket(path: &Path, me: u32) -> Result<UnixStream, Error> {
 
 /// SO_PEERCRED of a connected Unix socket.
 fn peer_identity(fd: BorrowedFd<'_>) -> io::Result<DaemonIdentity> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` is a live, writable ucred and `len` its exact size, so
-    // the kernel writes at most that many bytes; `fd` is valid for the call.
-    // (libc rather than rustix: rustix's UCred cannot hold the pid 0 the
-    // kernel reports for a peer in another pid namespace.)
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&raw mut cred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if len as usize != mem::size_of::<libc::ucred>() {
-        return Err(io::Error::other(format!(
-            "SO_PEERCRED returned {len} bytes"
-        )));
-    }
+    let peer = portres_proto::peer::peer_process(fd)?;
     Ok(DaemonIdentity {
-        pid: cred.pid,
-        uid: cred.uid,
-        gid: cred.gid,
+        pid: peer.pid,
+        uid: peer.uid,
+        gid: peer.gid,
     })
 }
 
