@@ -2,9 +2,9 @@
 //! accepts connections, admits them against the connection limits
 //! (`Limits::admit`), opens each one's session and hands it to a worker
 //! (`worker::Workers`), runs the kernel timers (`kernel_timer.rs`) and
-//! sees the stop. It also accepts on the portserver endpoint's listeners
-//! (`--portserver`; connections without a session, served by the workers'
-//! `portserver.rs`) and reaps the portserver holders whose processes
+//! sees the stop. The portserver endpoint's listeners (`--portserver`)
+//! are the workers' own (`worker/portserver.rs`); the front reaps the
+//! portserver holders whose processes
 //! exited (their pidfds' epoll set, `State::reap_exited_holders`), and
 //! starts SIGHUP's reloads on a thread of their own. It decides nothing
 //! about reservations itself.
@@ -25,7 +25,6 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use portres_core::{Caller, ErrorCode};
 use rustix::event::epoll;
 
 use crate::config::Config;
@@ -34,7 +33,7 @@ use crate::kernel_timer::KernelTimer;
 use crate::limits::{Charged, Limits};
 use crate::state::{State, lock};
 use crate::systemd::{Notifier, status_summary};
-use crate::worker::{NewConn, PortserverConn, Shared, Workers, send_parting_error, usable_cpus};
+use crate::worker::{NewConn, Shared, Workers, usable_cpus};
 
 /// How long accepting pauses when the process (EMFILE) or the system
 /// (ENFILE) is out of descriptors: connections wait in the backlog instead
@@ -52,15 +51,14 @@ const KEY_STOP: u64 = 1;
 const KEY_SHRINK: u64 = 2;
 const KEY_RELOAD: u64 = 3;
 const KEY_HOLDERS: u64 = 4;
-/// Portserver listener `i` has key `KEY_PORTSERVER + i`.
-const KEY_PORTSERVER: u64 = 16;
 
 /// Holders reaped per wakeup (the watch stays readable while more are
 /// left, so a mass exit cannot keep the loop from the rest).
 const REAP_BATCH: usize = 256;
 
-/// What the front accepts on: the varlink socket and the portserver
-/// endpoint's listeners.
+/// What the daemon listens on: the varlink socket (the front accepts on
+/// it) and the portserver endpoint's listeners (the workers accept on
+/// them).
 pub(crate) struct Listeners {
     pub(crate) varlink: UnixListener,
     pub(crate) portserver: Vec<UnixListener>,
@@ -85,10 +83,7 @@ struct Reloads {
 /// The accepting loop and its workers.
 pub(crate) struct Front {
     shared: Arc<Shared>,
-    config: Config,
     listener: UnixListener,
-    /// The portserver endpoint's listeners (`--portserver`).
-    portserver: Vec<UnixListener>,
     /// The epoll set of portserver holders' pidfds (see `KEY_HOLDERS`);
     /// kept open for as long as we wait on it.
     _holders: OwnedFd,
@@ -139,21 +134,22 @@ impl Front {
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             limits: Limits::new(&config),
+            config: config.clone(),
+            portserver,
         });
         let setup = || -> io::Result<(OwnedFd, OwnedFd, Workers)> {
             listener.set_nonblocking(true)?;
+            for l in &shared.portserver {
+                l.set_nonblocking(true)?;
+            }
             let holders = lock(&shared.state).holder_watch()?;
-            let mut watched = vec![
+            let watched = [
                 (listener.as_fd(), KEY_LISTENER),
                 (stop.as_fd(), KEY_STOP),
                 (shrink.as_fd(), KEY_SHRINK),
                 (reload.as_fd(), KEY_RELOAD),
                 (holders.as_fd(), KEY_HOLDERS),
             ];
-            for (i, l) in portserver.iter().enumerate() {
-                l.set_nonblocking(true)?;
-                watched.push((l.as_fd(), KEY_PORTSERVER + i as u64));
-            }
             let epoll = epoll_watching(&watched)?;
             let usable = usable_cpus();
             let cpus = if config.pin_workers && usable.len() > 1 {
@@ -175,9 +171,7 @@ impl Front {
             Ok((epoll, holders, workers)) => Ok(Front {
                 kernel: KernelTimer::new(shrink, kernel_sync),
                 shared,
-                config,
                 listener,
-                portserver,
                 _holders: holders,
                 epoll,
                 stop,
@@ -233,9 +227,6 @@ impl Front {
                         self.reload_in_background();
                     }
                     KEY_HOLDERS => self.reap_holders(),
-                    key if key >= KEY_PORTSERVER => {
-                        self.accept_portserver((key - KEY_PORTSERVER) as usize)
-                    }
                     _ => {}
                 }
             }
@@ -249,9 +240,6 @@ impl Front {
                 self.accept_resume = None;
                 self.watch_listener(true);
                 self.accept_all();
-                for i in 0..self.portserver.len() {
-                    self.accept_portserver(i);
-                }
             }
             self.kernel.run_due(&self.shared.state);
             self.refresh_status();
@@ -329,33 +317,17 @@ impl Front {
         }
     }
 
-    /// Accepts what is waiting on the varlink socket (see `accept_from`).
+    /// Accepts what is waiting on the varlink listener, at most
+    /// `ACCEPT_BATCH` at a time (the level-triggered listener brings us
+    /// back), so a stream of connects cannot keep the loop from its timers
+    /// and from seeing a stop.
     fn accept_all(&mut self) {
-        self.accept_from(None);
-    }
-
-    /// Accepts what is waiting on portserver listener `i` (see
-    /// `accept_from`).
-    fn accept_portserver(&mut self, i: usize) {
-        self.accept_from(Some(i));
-    }
-
-    /// Accepts what is waiting on the varlink listener (`None`) or
-    /// portserver listener `Some(i)`, at most `ACCEPT_BATCH` at a time (the
-    /// level-triggered listener brings us back), so a stream of connects
-    /// cannot keep the loop from its timers and from seeing a stop.
-    fn accept_from(&mut self, portserver: Option<usize>) {
         const ACCEPT_BATCH: usize = 256;
         for _ in 0..ACCEPT_BATCH {
             if self.workers_gone || self.stop_seen || self.accept_resume.is_some() {
                 return;
             }
-            let listener = match portserver {
-                None => &self.listener,
-                Some(i) => &self.portserver[i],
-            };
-            match listener.accept() {
-                Ok((stream, _)) if portserver.is_some() => self.accept_portserver_conn(stream),
+            match self.listener.accept() {
                 Ok((stream, _)) => self.accept(stream),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -375,53 +347,6 @@ impl Front {
                 }
             }
         }
-    }
-
-    /// The peer of a new connection, admitted against the connection
-    /// limits (and counted) with the stream made non-blocking; `None`
-    /// (logged) if it is refused or cannot be set up. A refused varlink
-    /// connection is told why; a portserver one gets nothing (its protocol
-    /// has no errors).
-    fn admitted(&self, stream: &UnixStream, portserver: bool) -> Option<Caller> {
-        let creds = match portres_proto::peer::peer_creds(stream.as_fd()) {
-            Ok(c) => c,
-            Err(e) => {
-                log::warn!("dropping a connection whose credentials cannot be read: {e}");
-                return None;
-            }
-        };
-        let (uid, pid) = (creds.uid, creds.pid);
-        let what = if portserver {
-            "portserver connection"
-        } else {
-            "connection"
-        };
-        if let Err(refusal) = self.shared.limits.admit(uid) {
-            self.shared.limits.log_limited(refusal.kind, || {
-                format!(
-                    "{}: refusing a {what} from uid {uid} pid {pid}",
-                    refusal.why
-                )
-            });
-            if !portserver {
-                send_parting_error(stream, ErrorCode::DaemonUnavailable, refusal.why);
-            }
-            return None;
-        }
-        if let Err(e) = stream.set_nonblocking(true) {
-            log::warn!("dropping a {what}: {e}");
-            self.shared
-                .limits
-                .connection_closed(uid, Charged::default());
-            return None;
-        }
-        Some(Caller {
-            admin: State::is_admin(&self.config, uid, creds.gid, &creds.groups),
-            uid,
-            gid: creds.gid,
-            groups: creds.groups,
-            pid,
-        })
     }
 
     /// Every worker refused a connection: the daemon is stopping (fine) or
@@ -452,10 +377,6 @@ impl Front {
             epoll::EventData::new_u64(KEY_LISTENER),
             flags,
         );
-        for (i, l) in self.portserver.iter().enumerate() {
-            let key = epoll::EventData::new_u64(KEY_PORTSERVER + i as u64);
-            let _ = epoll::modify(&self.epoll, l, key, flags);
-        }
     }
 
     /// Ends the portserver holders whose processes exited, and gives back
@@ -467,26 +388,8 @@ impl Front {
         }
     }
 
-    /// A portserver connection: admitted, handed to a worker.
-    fn accept_portserver_conn(&mut self, stream: UnixStream) {
-        let Some(caller) = self.admitted(&stream, true) else {
-            return;
-        };
-        let uid = caller.uid;
-        if self
-            .workers
-            .hand_over_portserver(PortserverConn::new(stream, caller))
-            .is_err()
-        {
-            self.shared
-                .limits
-                .connection_closed(uid, Charged::default());
-            self.no_worker_took(uid);
-        }
-    }
-
     fn accept(&mut self, stream: UnixStream) {
-        let Some(caller) = self.admitted(&stream, false) else {
+        let Some(caller) = self.shared.admit(&stream, false) else {
             return;
         };
         let uid = caller.uid;

@@ -3,10 +3,11 @@
 //! effective uid, its pid in its own pid namespace). For the portserver endpoint, whose requests name
 //! the process a port belongs to.
 //!
-//! Pid reuse: open the pidfd first, read the process's identity from
-//! `/proc/<pid>` second, and check the pidfd still says "running" third;
-//! then what was read belongs to the process the pidfd refers to (a pid is
-//! only reused after its process exited, which the pidfd would show).
+//! Pid reuse: open the pidfd first, read the process's identity second
+//! (from the pidfd itself, `pidfd_uids`, or from `/proc/<pid>`), and check
+//! the pidfd still says "running" third; then what was read belongs to the
+//! process the pidfd refers to (a pid is only reused after its process
+//! exited, which the pidfd would show).
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -37,6 +38,68 @@ pub fn pidfd_exited(pidfd: impl AsFd) -> bool {
         // Cannot tell: say exited, so nothing is granted on it.
         Err(_) => true,
     }
+}
+
+/// `struct pidfd_info` of `<linux/pidfd.h>` (Linux 6.13), its first
+/// version (64 bytes; a later kernel fills no more than the size the
+/// request names). The libc crate has no binding for it yet.
+#[repr(C)]
+#[derive(Default)]
+struct PidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    pid: u32,
+    tgid: u32,
+    ppid: u32,
+    ruid: u32,
+    rgid: u32,
+    euid: u32,
+    egid: u32,
+    suid: u32,
+    sgid: u32,
+    fsuid: u32,
+    fsgid: u32,
+    spare0: [u32; 1],
+}
+
+/// `PIDFD_GET_INFO`: `_IOWR(PIDFS_IOCTL_MAGIC = 0xFF, 11, struct pidfd_info)`.
+const PIDFD_GET_INFO: libc::c_ulong =
+    (3 << 30) | ((std::mem::size_of::<PidfdInfo>() as libc::c_ulong) << 16) | (0xFF << 8) | 11;
+/// `pidfd_info.mask`: the uid/gid fields are filled.
+const PIDFD_INFO_CREDS: u64 = 1 << 1;
+
+/// The real and effective uid of the process of `pidfd`, as the kernel
+/// keeps them (`PIDFD_GET_INFO`, Linux 6.13+; uids as seen from our user
+/// namespace, as in `/proc/<pid>/status`): one `ioctl`, where
+/// `process_ids` opens, reads and closes a status file the kernel first
+/// formats. `Ok(None)` when this kernel has no such request (ask
+/// `process_ids`); ESRCH when the process is gone (reaped).
+pub fn pidfd_uids(pidfd: impl AsFd) -> io::Result<Option<(u32, u32)>> {
+    use std::os::fd::AsRawFd;
+    let mut info = PidfdInfo::default();
+    // SAFETY: PIDFD_GET_INFO reads `mask` from and writes at most
+    // `_IOC_SIZE` (= size_of::<PidfdInfo>()) bytes to the pointer, which
+    // points to a live, writable, properly aligned `PidfdInfo` for the
+    // whole call; the descriptor is borrowed, so it stays open.
+    let rc = unsafe {
+        libc::ioctl(
+            pidfd.as_fd().as_raw_fd(),
+            PIDFD_GET_INFO as _,
+            &mut info as *mut PidfdInfo,
+        )
+    };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            // Before 6.13: no such ioctl on a pidfd (or no pidfs at all).
+            Some(libc::ENOTTY | libc::EINVAL | libc::EOPNOTSUPP) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    if info.mask & PIDFD_INFO_CREDS == 0 {
+        return Ok(None);
+    }
+    Ok(Some((info.ruid, info.euid)))
 }
 
 /// Who a process is, from `/proc/<pid>/status`.
@@ -146,6 +209,28 @@ mod tests {
         assert!(open_pidfd(0).is_err());
         assert!(in_own_pid_namespace(std::process::id() as i32));
         assert!(!in_own_pid_namespace(i32::MAX));
+    }
+
+    #[test]
+    fn uids_from_the_pidfd_agree_with_proc() {
+        let me = std::process::id() as i32;
+        let fd = open_pidfd(me).unwrap();
+        let ids = process_ids(me).unwrap();
+        match pidfd_uids(&fd).unwrap() {
+            Some(uids) => assert_eq!(uids, (ids.real_uid, ids.effective_uid)),
+            // An older kernel than 6.13: nothing to compare.
+            None => eprintln!("PIDFD_GET_INFO not supported by this kernel"),
+        }
+    }
+
+    #[test]
+    fn uids_of_a_reaped_child_are_an_error() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let fd = open_pidfd(child.id() as i32).unwrap();
+        child.wait().unwrap();
+        if let Ok(Some(uids)) = pidfd_uids(&fd) {
+            panic!("a reaped process still has uids {uids:?}");
+        }
     }
 
     #[test]

@@ -83,7 +83,9 @@ fn serve_inner(
     // pidfd first, identity second, still running third: the identity is
     // then that of the process the pidfd stands for.
     let pidfd = kernel.open_pidfd(pid).map_err(|_| gone())?;
-    let ids = kernel.process_ids(pid).map_err(|_| gone())?;
+    let (real_uid, effective_uid) = kernel
+        .process_uids(pid, pidfd.as_fd())
+        .map_err(|_| gone())?;
     if kernel.pidfd_exited(pidfd.as_fd()) {
         return Err(gone());
     }
@@ -92,13 +94,13 @@ fn serve_inner(
     // its pid gone to another user's process before the line was sent
     // (the socket lives on in a child). A process still running as the
     // peer's uid passes anyway.
-    let allowed = peer.uid == 0 || ids.real_uid == peer.uid || ids.effective_uid == peer.uid;
+    let allowed = peer.uid == 0 || real_uid == peer.uid || effective_uid == peer.uid;
     if !allowed {
         return Err(Error::new(
             ErrorCode::AccessDenied,
             format!(
                 "uid {} may not reserve ports for process {pid} (uid {})",
-                peer.uid, ids.real_uid
+                peer.uid, real_uid
             ),
         ));
     }

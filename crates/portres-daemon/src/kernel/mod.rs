@@ -88,6 +88,15 @@ pub trait Kernel: Send + Sync + std::fmt::Debug {
     /// Who process `pid` is (uids, its pid in its own pid namespace).
     fn process_ids(&self, pid: i32) -> io::Result<ProcessIds>;
 
+    /// The real and effective uid of process `pid`, whose pidfd is
+    /// `pidfd`: from the pidfd where the kernel can say (cheaper, and
+    /// surely that process), else as `process_ids` reads them.
+    fn process_uids(&self, pid: i32, pidfd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+        let _ = pidfd;
+        self.process_ids(pid)
+            .map(|ids| (ids.real_uid, ids.effective_uid))
+    }
+
     /// Whether process `pid` is surely in the daemon's pid namespace (its
     /// pid there is its `ns_pid`); `false` when it cannot tell. A cheaper
     /// question than `process_ids` for the kernel.
@@ -158,6 +167,15 @@ impl Kernel for LinuxKernel {
 
     fn process_ids(&self, pid: i32) -> io::Result<ProcessIds> {
         portres_kernel::process::process_ids(pid)
+    }
+
+    fn process_uids(&self, pid: i32, pidfd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+        match portres_kernel::process::pidfd_uids(pidfd)? {
+            Some(uids) => Ok(uids),
+            None => self
+                .process_ids(pid)
+                .map(|ids| (ids.real_uid, ids.effective_uid)),
+        }
     }
 
     fn in_own_pid_namespace(&self, pid: i32) -> bool {

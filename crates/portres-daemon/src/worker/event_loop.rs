@@ -32,6 +32,9 @@ pub(super) type ConnId = u64;
 /// The epoll keys of what is not a connection.
 const KEY_STOP: u64 = 1;
 const KEY_WAKE: u64 = 2;
+/// Portserver listener `i` (`Shared::portserver`) has key
+/// `KEY_PORTSERVER_LISTENER + i`, above every connection id.
+pub(super) const KEY_PORTSERVER_LISTENER: u64 = 1 << 62;
 const FIRST_CONN_ID: ConnId = 16;
 
 /// How often connections paused by their user's unsent budget, with
@@ -97,6 +100,7 @@ impl Worker {
             (stop.as_fd(), KEY_STOP),
             (mailboxes[index].wake.as_fd(), KEY_WAKE),
         ])?;
+        super::portserver::watch_listeners(&epoll, &shared.portserver, true)?;
         let cpu = mailboxes[index].cpu;
         let mut worker = Worker {
             shared: shared.clone(),
@@ -133,11 +137,20 @@ impl Worker {
         let mut last_recheck = Instant::now();
         loop {
             let recheck = (!self.waiting.is_empty()).then_some(PAUSED_RECHECK);
+            let now = Instant::now();
             let expiry = self
                 .portserver
                 .next_deadline()
-                .map(|at| at.saturating_duration_since(Instant::now()));
-            let timeout = [recheck, expiry].into_iter().flatten().min().map(timespec);
+                .map(|at| at.saturating_duration_since(now));
+            let resume = self
+                .portserver
+                .accept_resume
+                .map(|at| at.saturating_duration_since(now));
+            let timeout = [recheck, expiry, resume]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(timespec);
             match crate::events::wait(&self.epoll, &mut events, timeout.as_ref()) {
                 Ok(true) => {}
                 Ok(false) => continue,
@@ -157,11 +170,15 @@ impl Worker {
                         return;
                     }
                     KEY_WAKE => self.wake(),
+                    key if key >= KEY_PORTSERVER_LISTENER => {
+                        self.accept_portserver((key - KEY_PORTSERVER_LISTENER) as usize)
+                    }
                     id if self.is_portserver(id) => self.serve_portserver(id),
                     id => self.serve(id, ev.flags),
                 }
             }
             self.expire_portserver();
+            self.resume_portserver_accepts();
             self.maybe_trim();
         }
         self.close_all();
@@ -203,10 +220,6 @@ impl Worker {
             match arrival {
                 Arrival::New(new) => self.drop_unserved(new.session, new.uid, Default::default()),
                 Arrival::Moved(conn) => self.drop_unserved(conn.session, conn.uid, conn.charged),
-                Arrival::Portserver(conn) => self
-                    .shared
-                    .limits
-                    .connection_closed(conn.caller.uid, Default::default()),
             }
         }
     }
@@ -229,10 +242,6 @@ impl Worker {
             let conn = match arrival {
                 Arrival::New(new) => Box::new(Conn::new(new)),
                 Arrival::Moved(conn) => conn,
-                Arrival::Portserver(conn) => {
-                    self.take_portserver(*conn);
-                    continue;
-                }
             };
             self.take(*conn);
         }

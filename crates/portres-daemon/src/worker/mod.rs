@@ -3,7 +3,8 @@
 //! connection's protocol engine (`conn`: framing, descriptor attribution,
 //! replies in order) and where connections run (`placement`: CPU pinning,
 //! following the client). The
-//! front (`front.rs`) hands it accepted connections; requests go to
+//! front (`front.rs`) hands it accepted varlink connections; portserver
+//! connections (`portserver`) the workers accept themselves. Requests go to
 //! `handlers::handle`, which decides. Nothing here refers to the front.
 //!
 //! A connection is registered for EPOLLIN only (EPOLLOUT just while a reply
@@ -31,20 +32,21 @@ mod placement;
 mod portserver;
 
 use std::io;
-use std::os::unix::net::UnixStream;
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
-use portres_core::SessionId;
+use portres_core::{Caller, ErrorCode, SessionId};
 
+use crate::config::Config;
 use crate::events::EventFd;
-use crate::limits::Limits;
+use crate::limits::{Charged, Limits};
 use crate::state::State;
 
 pub(crate) use conn::send_parting_error;
 pub(crate) use placement::usable_cpus;
-pub(crate) use portserver::PortserverConn;
 
 use conn::Conn;
 use event_loop::Worker;
@@ -61,6 +63,60 @@ use event_loop::Worker;
 pub(crate) struct Shared {
     pub(crate) state: Mutex<State>,
     pub(crate) limits: Limits,
+    /// Who is an administrator (`State::is_admin`) when a connection is
+    /// admitted.
+    pub(crate) config: Config,
+    /// The portserver endpoint's listeners (`--portserver`), non-blocking:
+    /// every worker accepts on them itself (`portserver.rs`), so a request
+    /// is served on the thread that wakes for it.
+    pub(crate) portserver: Vec<UnixListener>,
+}
+
+impl Shared {
+    /// The peer of a new connection, admitted against the connection
+    /// limits (and counted), a varlink one made non-blocking (a portserver
+    /// one is accepted so); `None` (logged) if it is refused or cannot be
+    /// set up. A refused varlink connection is told why; a portserver one
+    /// gets nothing (its protocol has no errors).
+    pub(crate) fn admit(&self, stream: &UnixStream, portserver: bool) -> Option<Caller> {
+        let creds = match portres_proto::peer::peer_creds(stream.as_fd()) {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("dropping a connection whose credentials cannot be read: {e}");
+                return None;
+            }
+        };
+        let (uid, pid) = (creds.uid, creds.pid);
+        let what = if portserver {
+            "portserver connection"
+        } else {
+            "connection"
+        };
+        if let Err(refusal) = self.limits.admit(uid) {
+            self.limits.log_limited(refusal.kind, || {
+                format!(
+                    "{}: refusing a {what} from uid {uid} pid {pid}",
+                    refusal.why
+                )
+            });
+            if !portserver {
+                send_parting_error(stream, ErrorCode::DaemonUnavailable, refusal.why);
+            }
+            return None;
+        }
+        if !portserver && let Err(e) = stream.set_nonblocking(true) {
+            log::warn!("dropping a {what}: {e}");
+            self.limits.connection_closed(uid, Charged::default());
+            return None;
+        }
+        Some(Caller {
+            admin: State::is_admin(&self.config, uid, creds.gid, &creds.groups),
+            uid,
+            gid: creds.gid,
+            groups: creds.groups,
+            pid,
+        })
+    }
 }
 
 /// A connection the front accepted, with its session already open.
@@ -77,8 +133,6 @@ enum Arrival {
     /// A connection another worker hands over (its client runs on this
     /// worker's CPU now).
     Moved(Box<Conn>),
-    /// A portserver connection the front just accepted.
-    Portserver(Box<PortserverConn>),
 }
 
 /// How the front and the other workers reach one worker.
@@ -177,19 +231,6 @@ impl Workers {
             .map_err(|back| match back {
                 Arrival::New(conn) => conn,
                 _ => unreachable!("delivered a new connection"),
-            })
-    }
-
-    /// Gives a portserver connection to the live worker serving the
-    /// fewest; gives it back if every worker is gone.
-    pub(crate) fn hand_over_portserver(
-        &self,
-        conn: PortserverConn,
-    ) -> Result<(), Box<PortserverConn>> {
-        self.deliver_least_busy(Arrival::Portserver(Box::new(conn)))
-            .map_err(|back| match back {
-                Arrival::Portserver(conn) => conn,
-                _ => unreachable!("delivered a portserver connection"),
             })
     }
 

@@ -1,5 +1,10 @@
-//! Portserver connections (portpicker's protocol) on a worker: read one
-//! line `"<pid>\n"` within `READ_DEADLINE`, have `handlers::portserver`
+//! Portserver connections (portpicker's protocol) on a worker: accept
+//! them (every worker watches every portserver listener with
+//! `EPOLLEXCLUSIVE`, so one wakes per connection and serves it on its own
+//! thread: no hand-over from the front, one wakeup fewer per request), read
+//! one line `"<pid>\n"` within `READ_DEADLINE` (usually already there when
+//! the connection is accepted: portpicker writes right after connecting,
+//! and then the connection never enters the epoll set), have `handlers::portserver`
 //! serve it, answer `"<port>\n"` in one write, close. On anything else —
 //! a line that is not a decimal pid, longer than `MAX_LINE`, not finished
 //! before the deadline, a refusal, a failure — the connection is closed
@@ -10,14 +15,15 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::unix::net::UnixStream;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use portres_core::Caller;
 use rustix::event::epoll;
 
-use super::event_loop::{ConnId, Worker};
+use super::event_loop::{ConnId, KEY_PORTSERVER_LISTENER, Worker};
 use crate::handlers::portserver;
 use crate::limits::Charged;
 
@@ -30,7 +36,40 @@ pub(crate) const READ_DEADLINE: Duration = Duration::from_secs(2);
 /// limit: 20 characters).
 pub(crate) const MAX_LINE: usize = 20;
 
-/// A portserver connection the front accepted.
+/// How long a worker stops accepting when the process (EMFILE) or the
+/// system is out of descriptors or memory (the listener stays readable, so
+/// retrying at once would spin).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Connections accepted per wakeup at most: the listener is level-triggered
+/// and brings the worker back, so a stream of connects cannot keep it from
+/// its own connections, deadlines and a stop.
+const ACCEPT_BATCH: usize = 64;
+
+/// Adds the portserver listeners to (`on`) or removes them from a worker's
+/// epoll set. `EPOLLEXCLUSIVE`: a connection wakes one of the waiting
+/// workers, not all (which would then race for one accept).
+pub(super) fn watch_listeners(
+    epoll: &OwnedFd,
+    listeners: &[UnixListener],
+    on: bool,
+) -> io::Result<()> {
+    for (i, l) in listeners.iter().enumerate() {
+        if on {
+            epoll::add(
+                epoll,
+                l,
+                epoll::EventData::new_u64(KEY_PORTSERVER_LISTENER + i as u64),
+                epoll::EventFlags::IN | epoll::EventFlags::EXCLUSIVE,
+            )?;
+        } else {
+            epoll::delete(epoll, l)?;
+        }
+    }
+    Ok(())
+}
+
+/// A portserver connection a worker accepted.
 pub(crate) struct PortserverConn {
     pub(crate) stream: UnixStream,
     /// The peer, per the kernel.
@@ -105,6 +144,9 @@ pub(crate) fn parse_pid(line: &[u8]) -> Result<i32, String> {
 pub(crate) struct PortserverConns {
     pub(crate) conns: std::collections::HashMap<ConnId, PortserverConn>,
     deadlines: VecDeque<(Instant, ConnId)>,
+    /// Accepting paused (out of descriptors or memory; the listeners are
+    /// out of the epoll set) until then.
+    pub(super) accept_resume: Option<Instant>,
 }
 
 impl PortserverConns {
@@ -121,8 +163,85 @@ impl PortserverConns {
 }
 
 impl Worker {
-    /// Starts serving a portserver connection.
-    pub(super) fn take_portserver(&mut self, conn: PortserverConn) {
+    /// Accepts what is waiting on portserver listener `i` (at most
+    /// `ACCEPT_BATCH`), and serves each connection whose line is already
+    /// there at once.
+    pub(super) fn accept_portserver(&mut self, i: usize) {
+        let shared = self.shared.clone();
+        let Some(listener) = shared.portserver.get(i) else {
+            return;
+        };
+        for _ in 0..ACCEPT_BATCH {
+            if self.portserver.accept_resume.is_some() {
+                return;
+            }
+            let flags = rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC;
+            match rustix::net::accept_with(listener, flags) {
+                Ok(fd) => self.start_portserver(UnixStream::from(fd)),
+                // Another worker took it, or the backlog is empty.
+                Err(rustix::io::Errno::AGAIN) => return,
+                Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => continue,
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: leave the rest in
+                    // the backlog and look again shortly.
+                    shared.limits.log_limited("accept", || {
+                        format!(
+                            "portserver accept failed: {e}; pausing this worker's portserver accepts for {} ms at a time until descriptors free up",
+                            ACCEPT_PAUSE.as_millis()
+                        )
+                    });
+                    if let Err(e) = watch_listeners(&self.epoll, &shared.portserver, false) {
+                        log::warn!("portserver listeners: epoll: {e}");
+                    }
+                    self.portserver.accept_resume = Some(Instant::now() + ACCEPT_PAUSE);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Watches the portserver listeners again once a pause has passed.
+    pub(super) fn resume_portserver_accepts(&mut self) {
+        if self
+            .portserver
+            .accept_resume
+            .is_none_or(|at| Instant::now() < at)
+        {
+            return;
+        }
+        match watch_listeners(&self.epoll, &self.shared.portserver, true) {
+            Ok(()) => self.portserver.accept_resume = None,
+            Err(e) => {
+                log::warn!("portserver listeners: epoll: {e}; trying again later");
+                // Whatever was added stays added: start from none again.
+                let _ = watch_listeners(&self.epoll, &self.shared.portserver, false);
+                self.portserver.accept_resume = Some(Instant::now() + ACCEPT_PAUSE);
+            }
+        }
+    }
+
+    /// A connection just accepted: admitted against the limits, served now
+    /// if its line is there, else watched until it is (or its deadline).
+    fn start_portserver(&mut self, stream: UnixStream) {
+        let Some(caller) = self.shared.admit(&stream, true) else {
+            return;
+        };
+        // Counted as one of this worker's connections (the varlink
+        // connections go to the least busy worker) until it ends.
+        self.mailbox().load.fetch_add(1, Ordering::Relaxed);
+        let mut conn = PortserverConn::new(stream, caller);
+        match conn.receive() {
+            Ok(None) => self.take_portserver(conn),
+            Ok(Some(pid)) => {
+                let answer = self.answer(&conn.caller, pid);
+                self.finish_portserver(conn, answer);
+            }
+            Err(why) => self.finish_portserver(conn, Err(why)),
+        }
+    }
+
+    /// Watches a portserver connection whose line is not whole yet.
+    fn take_portserver(&mut self, conn: PortserverConn) {
         let id = self.new_conn_id();
         if let Err(e) = epoll::add(
             &self.epoll,
@@ -130,11 +249,7 @@ impl Worker {
             epoll::EventData::new_u64(id),
             epoll::EventFlags::IN | epoll::EventFlags::RDHUP,
         ) {
-            log::warn!("dropping a portserver connection: epoll: {e}");
-            self.mailbox().load.fetch_sub(1, Ordering::Relaxed);
-            self.shared
-                .limits
-                .connection_closed(conn.caller.uid, Charged::default());
+            self.finish_portserver(conn, Err(format!("epoll: {e}")));
             return;
         }
         self.portserver.deadlines.push_back((conn.deadline, id));
@@ -154,7 +269,8 @@ impl Worker {
         match conn.receive() {
             Ok(None) => {}
             Ok(Some(pid)) => {
-                let answer = self.answer(id, pid);
+                let caller = conn.caller.clone();
+                let answer = self.answer(&caller, pid);
                 self.close_portserver(id, answer);
             }
             Err(why) => self.close_portserver(id, Err(why)),
@@ -162,8 +278,7 @@ impl Worker {
     }
 
     /// Serves the request for `pid`: the port, or why none.
-    fn answer(&mut self, id: ConnId, pid: i32) -> Result<u16, String> {
-        let caller = &self.portserver.conns[&id].caller;
+    fn answer(&self, caller: &Caller, pid: i32) -> Result<u16, String> {
         let uid = caller.uid;
         self.shared.limits.hold_pidfd(uid)?;
         let run =
@@ -184,13 +299,18 @@ impl Worker {
             .map_err(|e| format!("{}: {}", e.code, e.message))
     }
 
-    /// Ends portserver connection `id`, first writing the port if there is
-    /// one (one write; the reply fits any socket buffer).
+    /// Ends watched portserver connection `id` (see `finish_portserver`).
     pub(super) fn close_portserver(&mut self, id: ConnId, answer: Result<u16, String>) {
         let Some(conn) = self.portserver.conns.remove(&id) else {
             return;
         };
         let _ = epoll::delete(&self.epoll, &conn.stream);
+        self.finish_portserver(conn, answer);
+    }
+
+    /// Ends a portserver connection, first writing the port if there is
+    /// one (one write; the reply fits any socket buffer).
+    fn finish_portserver(&mut self, conn: PortserverConn, answer: Result<u16, String>) {
         let (uid, peer) = (conn.caller.uid, conn.caller.pid);
         match answer {
             Ok(port) => {
