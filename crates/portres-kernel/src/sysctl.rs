@@ -149,6 +149,12 @@ const MAX_READ_BUFFER: usize = 4 * 1024 * 1024;
 #[derive(Clone, Debug)]
 pub struct ProcReservedPorts {
     path: PathBuf,
+    /// The file kept open for adding writes, when it is a sysctl (under
+    /// `/proc/sys`, whose entry stays the same for the life of the
+    /// namespace): an open per add cost ~4% of the daemon's time when each
+    /// portserver request adds its port. Any other path (a test's regular
+    /// file, which may be replaced) is opened per write.
+    adder: Option<std::sync::Arc<File>>,
 }
 
 impl ProcReservedPorts {
@@ -162,7 +168,10 @@ impl ProcReservedPorts {
 
     /// The list at another path (tests, or a bind-mounted namespace's file).
     pub fn with_path(path: impl Into<PathBuf>) -> Self {
-        ProcReservedPorts { path: path.into() }
+        ProcReservedPorts {
+            path: path.into(),
+            adder: None,
+        }
     }
 
     /// The file this reads and writes.
@@ -218,7 +227,16 @@ impl ReservedPorts for ProcReservedPorts {
         if ports.is_empty() {
             return Ok(());
         }
-        let file = self.open_for_write(false)?;
+        let file = match &self.adder {
+            Some(file) => file.clone(),
+            None => {
+                let file = std::sync::Arc::new(self.open_for_write(false)?);
+                if self.path.starts_with("/proc/sys") {
+                    self.adder = Some(file.clone());
+                }
+                file
+            }
+        };
         for piece in ports.render_chunks(MAX_WRITE) {
             write_once_at(&file, piece.as_bytes(), ADDING_OFFSET)
                 .map_err(|e| annotate(e, "adding to", &self.path))?;

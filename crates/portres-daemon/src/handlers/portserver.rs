@@ -15,7 +15,8 @@
 //! in the dynamic range like a wildcard Acquire, probed for sockets outside
 //! the lock the same way, in the kernel's reserved list before the answer.
 
-use std::os::fd::AsFd;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use portres_core::{
@@ -40,28 +41,84 @@ pub(crate) struct Served {
     pub(crate) new_holder: bool,
 }
 
+/// How many peers' pid namespaces an `Endpoint` remembers (a pidfd each);
+/// past that it forgets them all and starts again.
+const PEERS_REMEMBERED: usize = 64;
+
+/// What one worker keeps between portserver requests: the kernel, and
+/// whether recent peers are in the daemon's pid namespace. A process never
+/// changes its own pid namespace (`unshare` and `setns` move only its
+/// children), so the answer holds as long as that process lives, which a
+/// pidfd kept with it tells in one `poll`; asking again would walk
+/// `/proc/<pid>/ns/pid` (a `stat` that cost ~9% of the daemon's time per
+/// request, which comes from a new connection each time). At most
+/// `PEERS_REMEMBERED` pidfds per worker, whoever connects.
+pub(crate) struct Endpoint {
+    kernel: Arc<dyn Kernel>,
+    peers: HashMap<i32, (OwnedFd, bool)>,
+}
+
+impl Endpoint {
+    pub(crate) fn new(kernel: Arc<dyn Kernel>) -> Endpoint {
+        Endpoint {
+            kernel,
+            peers: HashMap::new(),
+        }
+    }
+
+    /// Whether peer process `pid` is surely in the daemon's pid namespace.
+    fn peer_in_own_namespace(&mut self, pid: i32) -> bool {
+        let kernel = &*self.kernel;
+        if let Some((pidfd, own)) = self.peers.get(&pid) {
+            if !kernel.pidfd_exited(pidfd.as_fd()) {
+                return *own;
+            }
+            self.peers.remove(&pid);
+        }
+        // pidfd first, namespace second, still running third (as for the
+        // named process): then the answer is that process's.
+        let Ok(pidfd) = kernel.open_pidfd(pid) else {
+            return kernel.in_own_pid_namespace(pid);
+        };
+        let own = kernel.in_own_pid_namespace(pid);
+        if !kernel.pidfd_exited(pidfd.as_fd()) {
+            if self.peers.len() >= PEERS_REMEMBERED {
+                self.peers.clear();
+            }
+            self.peers.insert(pid, (pidfd, own));
+        }
+        own
+    }
+}
+
 /// Serves one request from `peer` naming process `pid`.
-pub(crate) fn serve(shared: &Mutex<State>, peer: &Caller, pid: i32) -> Served {
+pub(crate) fn serve(
+    shared: &Mutex<State>,
+    endpoint: &mut Endpoint,
+    peer: &Caller,
+    pid: i32,
+) -> Served {
     let mut new_holder = false;
-    let result = serve_inner(shared, peer, pid, &mut new_holder);
+    let result = serve_inner(shared, endpoint, peer, pid, &mut new_holder);
     Served { result, new_holder }
 }
 
 fn serve_inner(
     shared: &Mutex<State>,
+    endpoint: &mut Endpoint,
     peer: &Caller,
     pid: i32,
     new_holder: &mut bool,
 ) -> Result<u16, Error> {
-    let kernel = lock(shared).kernel();
+    let kernel = endpoint.kernel.clone();
     // First: the peer naming itself in its own pid namespace (a test
     // runner started as a container's first process sends "1"). A peer in
-    // the daemon's pid namespace is its own ns_pid: one stat spares
-    // reading its status, the common case.
+    // the daemon's pid namespace is its own ns_pid, the common case, known
+    // without reading its status.
     let pid = if pid > 0
         && pid != peer.pid
         && peer.pid > 0
-        && !kernel.in_own_pid_namespace(peer.pid)
+        && !endpoint.peer_in_own_namespace(peer.pid)
         && kernel
             .process_ids(peer.pid)
             .is_ok_and(|ids| ids.ns_pid == pid && ids.ns_pid != peer.pid)
@@ -111,9 +168,15 @@ fn serve_inner(
         pid,
         admin: peer.admin,
     };
-    let (session, created) = lock(shared).holder_for(holder_caller, peer.uid, pidfd)?;
-    *new_holder = created;
-    let result = reserve_pair(shared, session);
+    // The holder and the first candidate pair under one lock.
+    let (session, first) = {
+        let mut state = lock(shared);
+        let (session, created) = state.holder_for(holder_caller, peer.uid, pidfd)?;
+        *new_holder = created;
+        (session, state.reserve_pair_candidate(session, 0))
+    };
+    let created = *new_holder;
+    let result = reserve_pair(shared, session, first);
     if result.is_err() && created && lock(shared).drop_holder_if_empty(session) {
         *new_holder = false;
     }
@@ -123,12 +186,21 @@ fn serve_inner(
 /// Reserves one port on both protocols for holder `session`: a candidate
 /// pair goes in the table under the lock, is probed outside it, and is
 /// then covered in the kernel, or given back and the search resumed past
-/// the busy port.
-fn reserve_pair(shared: &Mutex<State>, session: SessionId) -> Result<u16, Error> {
+/// the busy port. `first`: the first candidate, from port 0 (taken under
+/// the lock that found the holder).
+fn reserve_pair(
+    shared: &Mutex<State>,
+    session: SessionId,
+    first: Result<Candidate, Error>,
+) -> Result<u16, Error> {
     let mut probes_left = EXTRA_PROBES_PER_ACQUIRE + 2;
+    let mut candidate = Some(first);
     let mut from = 0;
     loop {
-        let (tokens, port, kernel) = lock(shared).reserve_pair_candidate(session, from)?;
+        let (tokens, port, kernel) = match candidate.take() {
+            Some(first) => first?,
+            None => lock(shared).reserve_pair_candidate(session, from)?,
+        };
         let block = Block::new(port as u32, 1)?;
         let mut busy = None;
         for protocol in [Protocol::Tcp, Protocol::Udp] {

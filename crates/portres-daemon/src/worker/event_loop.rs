@@ -66,6 +66,8 @@ pub(super) struct Worker {
     last_trim: Option<Instant>,
     /// Portserver connections (`portserver.rs`).
     pub(super) portserver: super::portserver::PortserverConns,
+    /// What its portserver requests share (`handlers::portserver`).
+    pub(super) endpoint: handlers::portserver::Endpoint,
 }
 
 /// A worker that unwinds (a bug: requests cannot make it panic) ends its
@@ -116,6 +118,7 @@ impl Worker {
             freed_since_trim: 0,
             last_trim: None,
             portserver: Default::default(),
+            endpoint: handlers::portserver::Endpoint::new(lock(&shared.state).kernel()),
         };
         std::thread::Builder::new()
             .name(format!("worker-{index}"))

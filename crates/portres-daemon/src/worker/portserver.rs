@@ -278,11 +278,13 @@ impl Worker {
     }
 
     /// Serves the request for `pid`: the port, or why none.
-    fn answer(&self, caller: &Caller, pid: i32) -> Result<u16, String> {
+    fn answer(&mut self, caller: &Caller, pid: i32) -> Result<u16, String> {
         let uid = caller.uid;
         self.shared.limits.hold_pidfd(uid)?;
-        let run =
-            std::panic::AssertUnwindSafe(|| portserver::serve(&self.shared.state, caller, pid));
+        let (shared, endpoint) = (&self.shared, &mut self.endpoint);
+        let run = std::panic::AssertUnwindSafe(|| {
+            portserver::serve(&shared.state, endpoint, caller, pid)
+        });
         let served = match std::panic::catch_unwind(run) {
             Ok(served) => served,
             Err(_) => {

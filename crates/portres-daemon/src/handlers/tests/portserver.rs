@@ -5,9 +5,11 @@
 
 use portres_core::{Caller, ErrorCode, Protocol};
 
-use super::super::portserver::{PORTSERVER_LABEL, serve};
+use std::sync::Mutex;
+
+use super::super::portserver::{Endpoint, PORTSERVER_LABEL, Served};
 use super::Harness;
-use crate::state::lock;
+use crate::state::{State, lock};
 
 const ALICE: u32 = 1000;
 const BOB: u32 = 1001;
@@ -20,6 +22,12 @@ fn peer(uid: u32, pid: i32) -> Caller {
         pid,
         admin: uid == 0,
     }
+}
+
+/// One request, with a worker's `Endpoint` that remembers nothing.
+fn serve(state: &Mutex<State>, from: &Caller, pid: i32) -> Served {
+    let mut endpoint = Endpoint::new(lock(state).kernel());
+    super::super::portserver::serve(state, &mut endpoint, from, pid)
 }
 
 fn ask(h: &Harness, from: &Caller, pid: i32) -> Result<u16, portres_core::Error> {
