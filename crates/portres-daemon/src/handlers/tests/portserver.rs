@@ -229,3 +229,29 @@ fn a_containers_first_process_naming_itself_pid_1_is_understood() {
     let other = serve(&h.state, &peer(ALICE, 500), 1);
     assert_eq!(other.result.unwrap_err().code, ErrorCode::InvalidParameter);
 }
+
+#[test]
+fn a_remembered_peer_namespace_is_forgotten_when_the_peer_exits() {
+    // One worker's endpoint across requests: peer 900 is in the daemon's
+    // pid namespace and says so once; it exits, and pid 900 goes to a
+    // container's first process, which names itself "1". The endpoint must
+    // ask again rather than trust what it knew of the old process.
+    let h = Harness::new();
+    let mut endpoint = Endpoint::new(lock(&h.state).kernel());
+    h.kernel.spawn(900, ALICE);
+    h.kernel.spawn(500, ALICE);
+    let first = super::super::portserver::serve(&h.state, &mut endpoint, &peer(ALICE, 900), 500);
+    first.result.unwrap();
+    h.kernel.exit(900);
+    let ids = portres_kernel::process::ProcessIds {
+        real_uid: ALICE,
+        effective_uid: ALICE,
+        ns_pid: 1,
+    };
+    h.kernel.state().processes.insert(900, (ids, Vec::new()));
+    let again = super::super::portserver::serve(&h.state, &mut endpoint, &peer(ALICE, 900), 1);
+    let port = again
+        .result
+        .expect("the new process 900 naming itself is understood");
+    assert!(held(&h).contains(&(Protocol::Tcp, port, 900)));
+}
