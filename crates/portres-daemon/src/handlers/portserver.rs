@@ -16,7 +16,7 @@
 //! the lock the same way, in the kernel's reserved list before the answer.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use portres_core::{
@@ -41,53 +41,106 @@ pub(crate) struct Served {
     pub(crate) new_holder: bool,
 }
 
-/// How many peers' pid namespaces an `Endpoint` remembers (a pidfd each);
-/// past that it forgets them all and starts again.
-const PEERS_REMEMBERED: usize = 64;
+/// How many processes an `Endpoint` remembers (a pidfd each); past that
+/// it forgets them all and starts again.
+const PROCESSES_REMEMBERED: usize = 64;
 
-/// What one worker keeps between portserver requests: the kernel, and
-/// whether recent peers are in the daemon's pid namespace. A process never
+/// What one worker keeps between portserver requests: the kernel, and a
+/// pidfd of each process recently seen (a peer, or a process named), with
+/// whether it is in the daemon's pid namespace once asked. Each request
+/// comes on a new connection, but mostly from the same few processes
+/// naming the same few: a kept pidfd spares opening (and closing) one per
+/// request, and the namespace answer a walk of `/proc/<pid>/ns/pid` (a
+/// `stat` that was ~9% of the daemon's time per request). A process never
 /// changes its own pid namespace (`unshare` and `setns` move only its
-/// children), so the answer holds as long as that process lives, which a
-/// pidfd kept with it tells in one `poll`; asking again would walk
-/// `/proc/<pid>/ns/pid` (a `stat` that cost ~9% of the daemon's time per
-/// request, which comes from a new connection each time). At most
-/// `PEERS_REMEMBERED` pidfds per worker, whoever connects.
+/// children), so the answer holds as long as that process runs, which its
+/// pidfd tells in one `poll`. At most `PROCESSES_REMEMBERED` pidfds per
+/// worker, whoever connects.
 pub(crate) struct Endpoint {
     kernel: Arc<dyn Kernel>,
-    peers: HashMap<i32, (OwnedFd, bool)>,
+    processes: HashMap<i32, Known>,
+}
+
+/// A process an `Endpoint` remembers.
+struct Known {
+    pidfd: OwnedFd,
+    /// Whether it is in the daemon's pid namespace, once asked.
+    own_namespace: Option<bool>,
 }
 
 impl Endpoint {
     pub(crate) fn new(kernel: Arc<dyn Kernel>) -> Endpoint {
         Endpoint {
             kernel,
-            peers: HashMap::new(),
+            processes: HashMap::new(),
         }
+    }
+
+    /// The remembered pidfd of `pid`, or a new one (remembered): of the
+    /// process that has that pid now, or of one that had it and has
+    /// exited since (its caller checks it runs, after reading what it
+    /// needs).
+    fn pidfd(&mut self, pid: i32) -> std::io::Result<&Known> {
+        if !self.processes.contains_key(&pid) {
+            let pidfd = self.kernel.open_pidfd(pid)?;
+            if self.processes.len() >= PROCESSES_REMEMBERED {
+                self.processes.clear();
+            }
+            self.processes.insert(
+                pid,
+                Known {
+                    pidfd,
+                    own_namespace: None,
+                },
+            );
+        }
+        Ok(&self.processes[&pid])
     }
 
     /// Whether peer process `pid` is surely in the daemon's pid namespace.
     fn peer_in_own_namespace(&mut self, pid: i32) -> bool {
-        let kernel = &*self.kernel;
-        if let Some((pidfd, own)) = self.peers.get(&pid) {
-            if !kernel.pidfd_exited(pidfd.as_fd()) {
-                return *own;
+        let kernel = self.kernel.clone();
+        if let Some(known) = self.processes.get(&pid) {
+            if kernel.pidfd_exited(known.pidfd.as_fd()) {
+                self.processes.remove(&pid);
+            } else if let Some(own) = known.own_namespace {
+                return own;
             }
-            self.peers.remove(&pid);
         }
         // pidfd first, namespace second, still running third (as for the
         // named process): then the answer is that process's.
-        let Ok(pidfd) = kernel.open_pidfd(pid) else {
+        if self.pidfd(pid).is_err() {
             return kernel.in_own_pid_namespace(pid);
-        };
+        }
         let own = kernel.in_own_pid_namespace(pid);
-        if !kernel.pidfd_exited(pidfd.as_fd()) {
-            if self.peers.len() >= PEERS_REMEMBERED {
-                self.peers.clear();
+        if let Some(known) = self.processes.get_mut(&pid) {
+            if kernel.pidfd_exited(known.pidfd.as_fd()) {
+                self.processes.remove(&pid);
+            } else {
+                known.own_namespace = Some(own);
             }
-            self.peers.insert(pid, (pidfd, own));
         }
         own
+    }
+
+    /// A pidfd of process `pid` and its real and effective uid, read from
+    /// it while it ran: pidfd first, identity second, still running third
+    /// (a pid is only reused after its process exited, which the pidfd
+    /// shows). A remembered pidfd whose process has exited is forgotten and
+    /// the pid asked for again, once.
+    fn named(&mut self, pid: i32) -> std::io::Result<(BorrowedFd<'_>, (u32, u32))> {
+        let kernel = self.kernel.clone();
+        for _ in 0..2 {
+            let known = self.pidfd(pid)?;
+            let uids = kernel.process_uids(pid, known.pidfd.as_fd());
+            if let Ok(uids) = uids
+                && !kernel.pidfd_exited(known.pidfd.as_fd())
+            {
+                return Ok((self.processes[&pid].pidfd.as_fd(), uids));
+            }
+            self.processes.remove(&pid);
+        }
+        Err(std::io::Error::from_raw_os_error(libc::ESRCH))
     }
 }
 
@@ -137,15 +190,7 @@ fn serve_inner(
         pid
     };
     let gone = || Error::new(ErrorCode::NotFound, format!("no process {pid}"));
-    // pidfd first, identity second, still running third: the identity is
-    // then that of the process the pidfd stands for.
-    let pidfd = kernel.open_pidfd(pid).map_err(|_| gone())?;
-    let (real_uid, effective_uid) = kernel
-        .process_uids(pid, pidfd.as_fd())
-        .map_err(|_| gone())?;
-    if kernel.pidfd_exited(pidfd.as_fd()) {
-        return Err(gone());
-    }
+    let (pidfd, (real_uid, effective_uid)) = endpoint.named(pid).map_err(|_| gone())?;
     // The peer's own pid is checked like any other: `SO_PEERCRED`'s pid
     // is the connecting process's, and that process may have exited and
     // its pid gone to another user's process before the line was sent

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use portres_core::{Caller, Error, ErrorCode, SessionId};
 use rustix::event::epoll;
@@ -48,14 +48,16 @@ impl State {
     }
 
     /// The live holder of process `caller.pid` for `uid`, or a new one
-    /// holding `pidfd` (a pidfd of that process, checked to be running by
-    /// the caller). `true` with a new one (its pidfd is the daemon's to
+    /// holding a pidfd of its own for that process. `running`: a pidfd of
+    /// that process, checked to be running by the caller (a portserver
+    /// endpoint's, which it keeps: not a duplicate of it, since a holder's
+    /// pidfd leaves the watch only once no descriptor of it is left open). `true` with a new one (its pidfd is the daemon's to
     /// account for until it is reaped or dropped).
     pub(crate) fn holder_for(
         &mut self,
         caller: Caller,
         uid: u32,
-        pidfd: OwnedFd,
+        running: BorrowedFd<'_>,
     ) -> Result<(SessionId, bool), Error> {
         let pid = caller.pid;
         if let Some(&id) = self.holders.by_pid.get(&(pid, uid))
@@ -64,6 +66,13 @@ impl State {
             && !self.kernel.pidfd_exited(old.as_fd())
         {
             return Ok((id, false));
+        }
+        // A new pidfd for pid `pid`, then `running` still running: the
+        // pid was not reused in between, so both stand for one process.
+        let gone = || Error::new(ErrorCode::NotFound, format!("process {pid} exited"));
+        let pidfd = self.kernel.open_pidfd(pid).map_err(|_| gone())?;
+        if self.kernel.pidfd_exited(running) {
+            return Err(gone());
         }
         let id = SessionId(self.next_session);
         epoll::add(

@@ -255,3 +255,35 @@ fn a_remembered_peer_namespace_is_forgotten_when_the_peer_exits() {
         .expect("the new process 900 naming itself is understood");
     assert!(held(&h).contains(&(Protocol::Tcp, port, 900)));
 }
+
+#[test]
+fn a_reaped_holder_leaves_the_watch_while_the_endpoint_remembers_its_process() {
+    // The endpoint keeps a pidfd of process 500 after the holder of its
+    // ports is reaped. The holder's own pidfd must not be a duplicate of
+    // it: an epoll registration lasts while any descriptor of the file is
+    // open, and the exited process's pidfd, readable for good, would wake
+    // the front's loop forever.
+    let h = Harness::new();
+    let mut endpoint = Endpoint::new(lock(&h.state).kernel());
+    h.kernel.spawn(500, ALICE);
+    let alice = peer(ALICE, 500);
+    super::super::portserver::serve(&h.state, &mut endpoint, &alice, 500)
+        .result
+        .unwrap();
+    h.kernel.exit(500);
+    assert_eq!(lock(&h.state).reap_exited_holders(16), vec![ALICE]);
+    let watch = lock(&h.state).holder_watch().unwrap();
+    let mut events = Vec::with_capacity(4);
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let n = rustix::event::epoll::wait(
+        &watch,
+        rustix::buffer::spare_capacity(&mut events),
+        Some(&zero),
+    )
+    .unwrap();
+    assert_eq!(n, 0, "the watch still reports the reaped holder");
+    drop(endpoint);
+}
