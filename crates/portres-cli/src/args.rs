@@ -280,7 +280,7 @@ pub struct CreateArgs {
     pub label: Option<String>,
 }
 
-/// A block given by protocol and START [COUNT] or START-END.
+/// A block given by protocol and `START [COUNT]` or `START-END`.
 #[derive(Args, Debug)]
 pub struct BlockArgs {
     /// tcp or udp

@@ -178,7 +178,7 @@ fn not_a_socket(fd: BorrowedFd<'_>) -> Error {
 ///
 /// Leaves the client's socket options as it set them (IPV6_V6ONLY, etc.
 /// apply to the bind). One exception, undone before returning: the bind
-/// itself is made with SO_REUSEADDR off (see [`bind_in_domain`]).
+/// itself is made with SO_REUSEADDR off (see `bind_in_domain`).
 pub fn bind_into(
     fd: BorrowedFd<'_>,
     addr: IpAddr,

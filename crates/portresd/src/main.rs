@@ -3,6 +3,10 @@
 //! passed (socket activation), and runs the daemon until SIGTERM or SIGINT;
 //! SIGHUP re-reads the portres.d files.
 
+// The doc comments of the clap definition below are `--help` text, printed
+// as written ("<pid>\n", "[COUNT]"), not rustdoc markup.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

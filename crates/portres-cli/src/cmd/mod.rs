@@ -115,7 +115,7 @@ fn port_number(what: &str, s: &str) -> Result<u32, Error> {
     Ok(n as u32)
 }
 
-/// Checks a block given as START [COUNT] or START-END. `wildcard`: start 0
+/// Checks a block given as `START [COUNT]` or `START-END`. `wildcard`: start 0
 /// (or none) means "any free block" (`acquire`, `exec`); otherwise the
 /// block must be a real one.
 pub fn block(

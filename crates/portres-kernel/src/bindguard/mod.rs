@@ -3,9 +3,9 @@
 //! issue 10).
 //!
 //! This module owns the eBPF map of guarded ports, the `cgroup/bind4` and
-//! `cgroup/bind6` programs that read it ([`program`], hand-assembled;
+//! `cgroup/bind6` programs that read it (`program`, hand-assembled;
 //! C equivalent in `bindguard.c`), loading them through raw bpf(2)
-//! ([`sys`]), attaching them to a cgroup v2 directory with `bpf_link`s,
+//! (`sys`), attaching them to a cgroup v2 directory with `bpf_link`s,
 //! and probing whether all that is possible here. Which ports are guarded
 //! and for whom is the daemon's business: it calls [`BindGuard::insert`]
 //! and [`BindGuard::remove`] as reservations come and go.

@@ -135,7 +135,7 @@ fn try_bind(args: &[String]) -> ExitCode {
 
 /// `portserver ADDRESS PID… [--hold]`: one portpicker request per PID
 /// (`self`: this process) on ADDRESS (a path, or `@name`), as portpicker
-/// makes it (connect, send "<pid>\n", one read); prints per request what
+/// makes it (connect, send `"<pid>\n"`, one read); prints per request what
 /// came back, without the newline, or `-` for nothing. With `--hold`, then
 /// waits to be killed (ports asked for `self` live as long).
 fn portserver(args: &[String]) -> ExitCode {
