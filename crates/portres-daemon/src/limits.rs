@@ -366,7 +366,7 @@ impl Limits {
 
     /// Counts a portserver holder's pidfd for non-root `uid` (against
     /// `PER_UID_PIDFD_HOLDERS` and the unprivileged descriptor budget),
-    /// before the request that may make one; `Err` (why, logged) past
+    /// before the request that may make one; `Err` (why; the caller logs it) past
     /// either, charging nothing.
     pub(crate) fn hold_pidfd(&self, uid: u32) -> Result<(), String> {
         if uid == 0 {
@@ -386,9 +386,8 @@ impl Limits {
             adjust(&mut c.pidfd_holders, uid, 1, 0);
             return Ok(());
         };
-        c.log_limited("pidfd-holders", || {
-            format!("{why}: closing a portserver request unanswered")
-        });
+        // Not logged here: a request for a process that already has a
+        // holder needs no new pidfd, and is served anyway.
         Err(why)
     }
 

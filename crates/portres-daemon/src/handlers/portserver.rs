@@ -144,15 +144,18 @@ impl Endpoint {
     }
 }
 
-/// Serves one request from `peer` naming process `pid`.
+/// Serves one request from `peer` naming process `pid`. `may_hold`: a new
+/// holder (a pidfd more) may be made; if not, only a process that has a
+/// live holder is served (QuotaExceeded otherwise).
 pub(crate) fn serve(
     shared: &Mutex<State>,
     endpoint: &mut Endpoint,
     peer: &Caller,
     pid: i32,
+    may_hold: bool,
 ) -> Served {
     let mut new_holder = false;
-    let result = serve_inner(shared, endpoint, peer, pid, &mut new_holder);
+    let result = serve_inner(shared, endpoint, peer, pid, may_hold, &mut new_holder);
     Served { result, new_holder }
 }
 
@@ -161,6 +164,7 @@ fn serve_inner(
     endpoint: &mut Endpoint,
     peer: &Caller,
     pid: i32,
+    may_hold: bool,
     new_holder: &mut bool,
 ) -> Result<u16, Error> {
     let kernel = endpoint.kernel.clone();
@@ -216,7 +220,7 @@ fn serve_inner(
     // The holder and the first candidate pair under one lock.
     let (session, first) = {
         let mut state = lock(shared);
-        let (session, created) = state.holder_for(holder_caller, peer.uid, pidfd)?;
+        let (session, created) = state.holder_for(holder_caller, peer.uid, pidfd, may_hold)?;
         *new_holder = created;
         (session, state.reserve_pair_candidate(session, 0))
     };

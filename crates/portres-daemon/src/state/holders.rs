@@ -51,13 +51,16 @@ impl State {
     /// holding a pidfd of its own for that process. `running`: a pidfd of
     /// that process, checked to be running by the caller (a portserver
     /// endpoint's, which it keeps: not a duplicate of it, since a holder's
-    /// pidfd leaves the watch only once no descriptor of it is left open). `true` with a new one (its pidfd is the daemon's to
+    /// pidfd leaves the watch only once no descriptor of it is left open).
+    /// `may_create`: false when the asker is at its cap of holders
+    /// (QuotaExceeded if a new one would be needed). `true` with a new one (its pidfd is the daemon's to
     /// account for until it is reaped or dropped).
     pub(crate) fn holder_for(
         &mut self,
         caller: Caller,
         uid: u32,
         running: BorrowedFd<'_>,
+        may_create: bool,
     ) -> Result<(SessionId, bool), Error> {
         let pid = caller.pid;
         if let Some(&id) = self.holders.by_pid.get(&(pid, uid))
@@ -66,6 +69,12 @@ impl State {
             && !self.kernel.pidfd_exited(old.as_fd())
         {
             return Ok((id, false));
+        }
+        if !may_create {
+            return Err(Error::new(
+                ErrorCode::QuotaExceeded,
+                format!("uid {uid} may hold portserver ports for no more processes"),
+            ));
         }
         // A new pidfd for pid `pid`, then `running` still running: the
         // pid was not reused in between, so both stand for one process.

@@ -313,25 +313,37 @@ impl Worker {
     /// Serves the request for `pid`: the port, or why none.
     fn answer(&mut self, caller: &Caller, pid: i32) -> Result<u16, String> {
         let uid = caller.uid;
-        self.shared.limits.hold_pidfd(uid)?;
+        // Charged for a new holder's pidfd up front; at the cap, only a
+        // process that already has a live holder is served.
+        let may_hold = self.shared.limits.hold_pidfd(uid);
+        let charged = may_hold.is_ok();
         let (shared, endpoint) = (&self.shared, &mut self.endpoint);
         let run = std::panic::AssertUnwindSafe(|| {
-            portserver::serve(&shared.state, endpoint, caller, pid)
+            portserver::serve(&shared.state, endpoint, caller, pid, charged)
         });
         let served = match std::panic::catch_unwind(run) {
             Ok(served) => served,
             Err(_) => {
                 log::error!("a portserver request panicked (a bug); closing it unanswered");
-                self.shared.limits.pidfd_released(uid);
+                if charged {
+                    self.shared.limits.pidfd_released(uid);
+                }
                 return Err("internal error".into());
             }
         };
-        if !served.new_holder {
+        if charged && !served.new_holder {
             self.shared.limits.pidfd_released(uid);
         }
-        served
-            .result
-            .map_err(|e| format!("{}: {}", e.code, e.message))
+        match (served.result, may_hold) {
+            (Ok(port), _) => Ok(port),
+            (Err(e), Err(why)) if e.code == portres_core::ErrorCode::QuotaExceeded => {
+                self.shared.limits.log_limited("pidfd-holders", || {
+                    format!("{why}: closing a portserver request unanswered")
+                });
+                Err(why)
+            }
+            (Err(e), _) => Err(format!("{}: {}", e.code, e.message)),
+        }
     }
 
     /// Ends watched portserver connection `id` (see `finish_portserver`).

@@ -27,7 +27,7 @@ fn peer(uid: u32, pid: i32) -> Caller {
 /// One request, with a worker's `Endpoint` that remembers nothing.
 fn serve(state: &Mutex<State>, from: &Caller, pid: i32) -> Served {
     let mut endpoint = Endpoint::new(lock(state).kernel());
-    super::super::portserver::serve(state, &mut endpoint, from, pid)
+    super::super::portserver::serve(state, &mut endpoint, from, pid, true)
 }
 
 fn ask(h: &Harness, from: &Caller, pid: i32) -> Result<u16, portres_core::Error> {
@@ -240,7 +240,8 @@ fn a_remembered_peer_namespace_is_forgotten_when_the_peer_exits() {
     let mut endpoint = Endpoint::new(lock(&h.state).kernel());
     h.kernel.spawn(900, ALICE);
     h.kernel.spawn(500, ALICE);
-    let first = super::super::portserver::serve(&h.state, &mut endpoint, &peer(ALICE, 900), 500);
+    let first =
+        super::super::portserver::serve(&h.state, &mut endpoint, &peer(ALICE, 900), 500, true);
     first.result.unwrap();
     h.kernel.exit(900);
     let ids = portres_kernel::process::ProcessIds {
@@ -249,7 +250,8 @@ fn a_remembered_peer_namespace_is_forgotten_when_the_peer_exits() {
         ns_pid: 1,
     };
     h.kernel.state().processes.insert(900, (ids, Vec::new()));
-    let again = super::super::portserver::serve(&h.state, &mut endpoint, &peer(ALICE, 900), 1);
+    let again =
+        super::super::portserver::serve(&h.state, &mut endpoint, &peer(ALICE, 900), 1, true);
     let port = again
         .result
         .expect("the new process 900 naming itself is understood");
@@ -267,7 +269,7 @@ fn a_reaped_holder_leaves_the_watch_while_the_endpoint_remembers_its_process() {
     let mut endpoint = Endpoint::new(lock(&h.state).kernel());
     h.kernel.spawn(500, ALICE);
     let alice = peer(ALICE, 500);
-    super::super::portserver::serve(&h.state, &mut endpoint, &alice, 500)
+    super::super::portserver::serve(&h.state, &mut endpoint, &alice, 500, true)
         .result
         .unwrap();
     h.kernel.exit(500);
@@ -286,4 +288,30 @@ fn a_reaped_holder_leaves_the_watch_while_the_endpoint_remembers_its_process() {
     .unwrap();
     assert_eq!(n, 0, "the watch still reports the reaped holder");
     drop(endpoint);
+}
+
+#[test]
+fn at_the_holder_cap_a_process_already_holding_is_still_served() {
+    // The asker may make no more holders (its pidfd cap is reached): the
+    // process that has one gets another port, a new process none, and
+    // nothing is left behind for it.
+    let h = Harness::new();
+    let mut endpoint = Endpoint::new(lock(&h.state).kernel());
+    h.kernel.spawn(500, ALICE);
+    h.kernel.spawn(501, ALICE);
+    let alice = peer(ALICE, 500);
+    let serve = super::super::portserver::serve;
+    serve(&h.state, &mut endpoint, &alice, 500, true)
+        .result
+        .unwrap();
+    let again = serve(&h.state, &mut endpoint, &alice, 500, false);
+    assert!(!again.new_holder);
+    again
+        .result
+        .expect("a process with a live holder needs no new pidfd");
+    let new = serve(&h.state, &mut endpoint, &alice, 501, false);
+    assert_eq!(new.result.unwrap_err().code, ErrorCode::QuotaExceeded);
+    assert!(!new.new_holder);
+    assert_eq!(held(&h).len(), 4);
+    assert!(held(&h).iter().all(|&(_, _, pid)| pid == 500));
 }
