@@ -551,7 +551,12 @@ nstest!(
 /// `portresd` in `dir` under RLIMIT_NOFILE `nofile` (soft and hard, via
 /// `prlimit`), log in `dir/portresd.log`.
 fn daemon_with_nofile(dir: &std::path::Path, nofile: u32) -> ProcessDaemon {
-    let inner = portres_tests::daemon_command(dir, &[]);
+    daemon_with_nofile_and(dir, nofile, &[])
+}
+
+/// `daemon_with_nofile` with `extra` flags.
+fn daemon_with_nofile_and(dir: &std::path::Path, nofile: u32, extra: &[&str]) -> ProcessDaemon {
+    let inner = portres_tests::daemon_command(dir, extra);
     let mut cmd = std::process::Command::new("prlimit");
     cmd.arg(format!("--nofile={nofile}:{nofile}"))
         .arg("--")
@@ -671,6 +676,74 @@ nstest!(
             "out of descriptors ({line}): {:.0}% of a CPU, {lines} accept log line(s) in {secs:.1} s, {} bytes of log",
             cpu * 100.0,
             log.len()
+        );
+        assert!(
+            accept_lines(&log) >= 1,
+            "EMFILE was never hit: {}",
+            d.log_tail(10)
+        );
+        assert!(
+            lines as f64 <= secs + 1.0,
+            "{lines} accept log lines in {secs:.1} s"
+        );
+        assert!(cpu < 0.2, "the daemon spun at {:.0}% of a CPU", cpu * 100.0);
+    }
+);
+
+nstest!(
+    out_of_descriptors_the_portserver_endpoint_pauses_instead_of_spinning_and_resumes,
+    |_| {
+        // The workers accept the portserver endpoint's connections
+        // themselves: out of descriptors, each pauses its accepts (as the
+        // front does for the varlink socket) instead of spinning on a
+        // listener that stays readable.
+        let dir = open_tempdir();
+        let endpoint = dir.path().join("portserver.sock");
+        let d = daemon_with_nofile_and(
+            dir.path(),
+            128,
+            &["--portserver", endpoint.to_str().unwrap()],
+        );
+        let pid = d.child.id();
+        // 200 silent connections (root's: exempt from the unprivileged
+        // budget) run the daemon out of descriptors; each is closed
+        // unanswered after 2 s, and the backlog refills the room.
+        let (mut flood, line) = stress_as(&endpoint, 0, &["flood", "200", "0"]);
+        let accept_lines = |log: &str| {
+            log.lines()
+                .filter(|l| l.contains("portserver accept failed"))
+                .count()
+        };
+        let log_before = std::fs::read_to_string(&d.log).unwrap();
+        let ticks_before = cpu_ticks(pid);
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs(3));
+        let ticks = cpu_ticks(pid) - ticks_before;
+        let secs = t0.elapsed().as_secs_f64();
+        let log = std::fs::read_to_string(&d.log).unwrap();
+        let lines = accept_lines(&log) - accept_lines(&log_before);
+        let _ = flood.kill();
+        let _ = flood.wait();
+        // Once the flood is gone, a request is answered again.
+        let ask = || -> Option<u16> {
+            use std::io::{Read, Write};
+            let mut s = std::os::unix::net::UnixStream::connect(&endpoint).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            s.write_all(format!("{}\n", std::process::id()).as_bytes())
+                .ok()?;
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).ok()?;
+            answer.trim().parse().ok()
+        };
+        assert!(
+            eventually(|| ask().is_some()),
+            "the endpoint never answered again: {}",
+            d.log_tail(10)
+        );
+        let cpu = ticks as f64 / 100.0 / secs; // USER_HZ on Linux
+        eprintln!(
+            "portserver endpoint out of descriptors ({line}): {:.0}% of a CPU, {lines} accept log line(s) in {secs:.1} s",
+            cpu * 100.0
         );
         assert!(
             accept_lines(&log) >= 1,
