@@ -134,13 +134,48 @@ pub fn unix_rtt_process(clients: usize, pass_fd: bool, dur: Duration) -> Samples
 /// (getsockname, SO_TYPE, SO_PROTOCOL, SO_NETNS_COOKIE, SO_REUSEADDR), the
 /// oneway release and the event loop.
 pub fn one_rtt_sockets(clients: usize, dur: Duration) -> Samples {
+    one_rtt_sockets_placed(clients, false, dur)
+}
+
+/// `one_rtt_sockets` with each client and its peer pinned to one CPU, the
+/// pairs spread over the CPUs this process may use in turn: no round trip
+/// crosses CPUs — as the daemon arranges for its connections (a worker
+/// per CPU, each connection on its client's CPU), with the clients spread
+/// evenly, which the scheduler does not promise the daemon's clients.
+pub fn one_rtt_sockets_pinned(clients: usize, dur: Duration) -> Samples {
+    one_rtt_sockets_placed(clients, true, dur)
+}
+
+fn one_rtt_sockets_placed(clients: usize, pinned: bool, dur: Duration) -> Samples {
+    let cpus: Vec<usize> = rustix::thread::sched_getaffinity(None)
+        .ok()
+        .map(|set| {
+            (0..rustix::thread::CpuSet::MAX_CPU)
+                .filter(|&c| set.is_set(c))
+                .collect()
+        })
+        .unwrap_or_default();
+    let pin = move |cpu: Option<usize>| {
+        if let Some(cpu) = cpu {
+            let mut set = rustix::thread::CpuSet::new();
+            set.set(cpu);
+            let _ = rustix::thread::sched_setaffinity(None, &set);
+        }
+    };
     let start = Instant::now();
     let handles: Vec<_> = (0..clients)
         .map(|i| {
             let (mut a, b) = UnixStream::pair().expect("socketpair");
             let port = OP_FLOOR_PORT + i as u16;
-            std::thread::spawn(move || probe_and_bind_peer(b, port));
-            std::thread::spawn(move || listen_round_trips(&mut a, dur))
+            let cpu = (pinned && !cpus.is_empty()).then(|| cpus[i % cpus.len()]);
+            std::thread::spawn(move || {
+                pin(cpu);
+                probe_and_bind_peer(b, port)
+            });
+            std::thread::spawn(move || {
+                pin(cpu);
+                listen_round_trips(&mut a, dur)
+            })
         })
         .collect();
     Samples::join(handles, start)

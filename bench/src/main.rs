@@ -240,11 +240,12 @@ fn main() {
         &pfd8,
         String::new(),
     ));
-    let (op1, op8) = (
+    let (op1, op8, op8p) = (
         floors::one_rtt_sockets(1, dur),
         floors::one_rtt_sockets(8, dur),
+        floors::one_rtt_sockets_pinned(8, dur),
     );
-    rows.extend(op_floor_rows(&op1, &op8, &fd8));
+    rows.extend(op_floor_rows(&op1, &op8, &op8p, &fd8));
 
     eprintln!("measuring portres...");
     let d = portres::Daemon::start(&dir.path().join("a"));
@@ -333,6 +334,7 @@ fn main() {
         fd8: &fd8,
         op1: &op1,
         op8: &op8,
+        op8_pinned: &op8p,
         ps1,
         ps8,
     };
@@ -404,7 +406,12 @@ const HELD: usize = 100_000;
 /// The rows of the floor with the one-RTT operation's socket work (issue
 /// 15), the note saying what share of the plain round-trip-with-fd floor
 /// that work leaves.
-fn op_floor_rows(op1: &Samples, op8: &Samples, fd8: &Samples) -> Vec<report::Row> {
+fn op_floor_rows(
+    op1: &Samples,
+    op8: &Samples,
+    op8_pinned: &Samples,
+    fd8: &Samples,
+) -> Vec<report::Row> {
     vec![
         row(
             "floor: ... + 1 fd + the one-RTT op's sockets, 1 client",
@@ -419,6 +426,11 @@ fn op_floor_rows(op1: &Samples, op8: &Samples, fd8: &Samples) -> Vec<report::Row
                 "{:.0}% of the 8-client RTT-with-fd floor",
                 100.0 * op8.rate() / fd8.rate()
             ),
+        ),
+        row(
+            "floor: ... + 1 fd + the one-RTT op's sockets, 8 clients, each pair on one CPU",
+            op8_pinned,
+            "each client and its peer pinned to one CPU, pairs spread evenly: no round trip crosses CPUs".into(),
         ),
     ]
 }
@@ -442,7 +454,8 @@ fn one_rtt_only(dir: &std::path::Path, dur: Duration) {
             String::new(),
         ),
     ];
-    rows.extend(op_floor_rows(&op1, &op8, &fd8));
+    let op8p = floors::one_rtt_sockets_pinned(8, dur);
+    rows.extend(op_floor_rows(&op1, &op8, &op8p, &fd8));
     let d = portres::Daemon::start(dir);
     let one = onertt::OneRtt {
         one: portres::run_clients(&d, 1, dur, onertt::listen_release),
@@ -455,6 +468,7 @@ fn one_rtt_only(dir: &std::path::Path, dur: Duration) {
         fd8: &fd8,
         op1: &op1,
         op8: &op8,
+        op8_pinned: &op8p,
         ps1: None,
         ps8: None,
     };

@@ -129,6 +129,9 @@ pub struct Yardsticks<'a> {
     /// acquire+bind can reach at the most.
     pub op1: &'a Samples,
     pub op8: &'a Samples,
+    /// The 8-client one with each client and its peer on one CPU
+    /// (`floors::one_rtt_sockets_pinned`): the best placement.
+    pub op8_pinned: &'a Samples,
     /// portserver request rate, 1 and 8 clients, when measured.
     pub ps1: Option<f64>,
     pub ps8: Option<f64>,
@@ -203,13 +206,14 @@ pub fn one_rtt_rows(o: &OneRtt, y: &Yardsticks<'_>) -> Vec<Row> {
             "portres one-RTT acquire+bind + oneway release, 8 clients",
             &o.eight,
             format!(
-                "{}{:.0}% of the 8-client RTT-with-fd floor (targets >= 20x: {}, >= 70%: {}, p99 <= 500 µs: {}); {:.0}% of the RTT+fd+sockets floor",
+                "{}{:.0}% of the 8-client RTT-with-fd floor (targets >= 20x: {}, >= 70%: {}, p99 <= 500 µs: {}); {:.0}% of the RTT+fd+sockets floor, {:.0}% of it with each pair on one CPU",
                 portserver_ratio(&o.eight, y.ps8),
                 floor8(&o.eight),
                 y.ps8.map_or("n/a", |r| verdict(o.eight.rate() >= 20.0 * r)),
                 verdict(floor8(&o.eight) >= 70.0),
                 verdict(o.eight.q(0.99) <= Duration::from_micros(500)),
-                op8(&o.eight)
+                op8(&o.eight),
+                100.0 * o.eight.rate() / y.op8_pinned.rate()
             ),
         ),
     ]

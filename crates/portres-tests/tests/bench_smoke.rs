@@ -31,6 +31,7 @@ nstest!(a_quick_benchmark_run_prints_every_row_and_cleans_up, |_| {
         "floor: ... + 1 fd, peer in another process, 8 clients",
         "floor: ... + 1 fd + the one-RTT op's sockets, 1 client",
         "floor: ... + 1 fd + the one-RTT op's sockets, 8 clients",
+        "floor: ... + 1 fd + the one-RTT op's sockets, 8 clients, each pair on one CPU",
         "portres acquire+bind+release, 1 client",
         "portres acquire+bind+release, 8 clients",
         "portres acquire+release, 1 client",
