@@ -256,7 +256,7 @@ pub(crate) fn daemon_figures(
 /// The strict-mode daemon rows: the strict daemon's figures, the note the
 /// off daemon's and the difference; the one-round-trip rows also as
 /// ratios to portserver and to the round-trip-with-fd floors (issue 15's
-/// targets) when `y` has them.
+/// targets) and to the RTT+fd+sockets floors when `y` has them.
 pub(crate) fn daemon_rows(
     figures: &Result<DaemonFigures, String>,
     y: Option<&crate::onertt::Yardsticks<'_>>,
@@ -297,14 +297,19 @@ pub(crate) fn daemon_rows(
             let ps = ps.map_or(String::new(), |r| format!("{:.1}x portserver, ", on.rate() / r));
             if n == 1 {
                 let p50x = on.q(0.5).as_secs_f64() / y.fd1.q(0.5).as_secs_f64().max(1e-12);
-                format!("{ps}p50 = {p50x:.1}x one RTT with fd (target <= 2x: {}); ", verdict(p50x <= 2.0))
+                let op_p50x = on.q(0.5).as_secs_f64() / y.op1.q(0.5).as_secs_f64().max(1e-12);
+                format!(
+                    "{ps}p50 = {p50x:.1}x one RTT with fd (target <= 2x: {}), {op_p50x:.1}x the RTT+fd+sockets floor; ",
+                    verdict(p50x <= 2.0)
+                )
             } else {
                 let floor = 100.0 * on.rate() / y.fd8.rate();
                 format!(
-                    "{ps}{floor:.0}% of the 8-client RTT-with-fd floor (targets >= 20x: {}, >= 70%: {}, p99 <= 500 µs: {}); ",
+                    "{ps}{floor:.0}% of the 8-client RTT-with-fd floor (targets >= 20x: {}, >= 70%: {}, p99 <= 500 µs: {}), {:.0}% of the RTT+fd+sockets floor; ",
                     y.ps8.map_or("n/a", |r| verdict(on.rate() >= 20.0 * r)),
                     verdict(floor >= 70.0),
-                    verdict(on.q(0.99) <= std::time::Duration::from_micros(500))
+                    verdict(on.q(0.99) <= std::time::Duration::from_micros(500)),
+                    100.0 * on.rate() / y.op8.rate()
                 )
             }
         });

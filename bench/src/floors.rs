@@ -1,6 +1,7 @@
 //! The floors, measured in the same run: what the kernel itself costs for a
-//! bind(0), and a bare Unix-socket round trip with and without one
-//! descriptor passed — no daemon logic at all.
+//! bind(0), a bare Unix-socket round trip with and without one descriptor
+//! passed, and that round trip plus the socket work a one-round-trip
+//! acquire+bind cannot do without — no daemon logic at all.
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -118,6 +119,128 @@ pub fn unix_rtt_process(clients: usize, pass_fd: bool, dur: Duration) -> Samples
     let _ = child.kill();
     let _ = child.wait();
     samples
+}
+
+/// The one-round-trip acquire+bind's own floor (issue 15): `clients`
+/// threads, each with its own peer thread (as `unix_rtt`), each round trip
+/// doing the socket work `Client::listen_tcp` and the daemon's Acquire with
+/// a socket cannot skip, and nothing else. The client: socket(), the
+/// request with the socket passed, the reply, SO_REUSEADDR, listen(),
+/// close(). The peer: the in-use probe (socket(AF_INET6), IPV6_V6ONLY off,
+/// bind `[::]:P`, close) and the bind of the passed socket to
+/// `127.0.0.1:P`, then close() of its copy and the reply. Each peer has a
+/// port of its own (free again once its client closed the listener); what
+/// it leaves out is the daemon's part: JSON, the table, the socket checks
+/// (getsockname, SO_TYPE, SO_PROTOCOL, SO_NETNS_COOKIE, SO_REUSEADDR), the
+/// oneway release and the event loop.
+pub fn one_rtt_sockets(clients: usize, dur: Duration) -> Samples {
+    one_rtt_sockets_placed(clients, false, dur)
+}
+
+/// `one_rtt_sockets` with each client and its peer pinned to one CPU, the
+/// pairs spread over the CPUs this process may use in turn: no round trip
+/// crosses CPUs — as the daemon arranges for its connections (a worker
+/// per CPU, each connection on its client's CPU), with the clients spread
+/// evenly, which the scheduler does not promise the daemon's clients.
+pub fn one_rtt_sockets_pinned(clients: usize, dur: Duration) -> Samples {
+    one_rtt_sockets_placed(clients, true, dur)
+}
+
+fn one_rtt_sockets_placed(clients: usize, pinned: bool, dur: Duration) -> Samples {
+    let cpus: Vec<usize> = rustix::thread::sched_getaffinity(None)
+        .ok()
+        .map(|set| {
+            (0..rustix::thread::CpuSet::MAX_CPU)
+                .filter(|&c| set.is_set(c))
+                .collect()
+        })
+        .unwrap_or_default();
+    let pin = move |cpu: Option<usize>| {
+        if let Some(cpu) = cpu {
+            let mut set = rustix::thread::CpuSet::new();
+            set.set(cpu);
+            let _ = rustix::thread::sched_setaffinity(None, &set);
+        }
+    };
+    let start = Instant::now();
+    let handles: Vec<_> = (0..clients)
+        .map(|i| {
+            let (mut a, b) = UnixStream::pair().expect("socketpair");
+            let port = OP_FLOOR_PORT + i as u16;
+            let cpu = (pinned && !cpus.is_empty()).then(|| cpus[i % cpus.len()]);
+            std::thread::spawn(move || {
+                pin(cpu);
+                probe_and_bind_peer(b, port)
+            });
+            std::thread::spawn(move || {
+                pin(cpu);
+                listen_round_trips(&mut a, dur)
+            })
+        })
+        .collect();
+    Samples::join(handles, start)
+}
+
+/// The first port of the op floor's peers (one each, in the private
+/// namespace the benchmark runs in; below the dynamic range).
+const OP_FLOOR_PORT: u16 = 20_000;
+
+/// The op floor's client: a fresh TCP socket per round trip, passed, then
+/// listened on and closed (what `listen_tcp` + dropping the listener does).
+fn listen_round_trips(a: &mut UnixStream, dur: Duration) -> Vec<Duration> {
+    let mut buf = [7u8; 16];
+    crate::stats::timed(dur, || {
+        let socket = rustix::net::socket_with(
+            rustix::net::AddressFamily::INET,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            Some(rustix::net::ipproto::TCP),
+        )
+        .expect("socket");
+        portres_proto::fdpass::send_with_fds(a.as_fd(), &buf, &[socket.as_fd()]).expect("send");
+        a.read_exact(&mut buf).expect("read");
+        rustix::net::sockopt::set_socket_reuseaddr(&socket, true).expect("SO_REUSEADDR");
+        rustix::net::listen(&socket, 1024).expect("listen");
+        drop(socket);
+    })
+}
+
+/// The op floor's peer: per request, probe `port` with a dual-stack IPv6
+/// socket, bind the passed socket to 127.0.0.1 on it, close, reply.
+fn probe_and_bind_peer(mut b: UnixStream, port: u16) {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, ipproto, sockopt};
+    let mut buf = [0u8; 16];
+    let mut fds = std::collections::VecDeque::new();
+    let probe_at = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+    let bind_at = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+    loop {
+        let mut got = 0;
+        while got < 16 {
+            match portres_proto::fdpass::recv_with_fds(&b, &mut buf[got..], &mut fds) {
+                Ok(r) if r.bytes > 0 => got += r.bytes,
+                _ => return,
+            }
+        }
+        let Some(passed) = fds.pop_front() else {
+            return;
+        };
+        fds.clear();
+        let probe = rustix::net::socket_with(
+            AddressFamily::INET6,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            Some(ipproto::TCP),
+        )
+        .expect("probe socket");
+        sockopt::set_ipv6_v6only(&probe, false).expect("IPV6_V6ONLY");
+        rustix::net::bind(&probe, &probe_at).expect("probe bind (the port is the peer's own)");
+        drop(probe);
+        rustix::net::bind(&passed, &bind_at).expect("bind the passed socket");
+        drop(passed);
+        if b.write_all(&buf).is_err() {
+            return;
+        }
+    }
 }
 
 fn echo(mut b: UnixStream, pass_fd: bool) {

@@ -162,6 +162,14 @@ fn main() {
             );
             return;
         }
+        if only == "onertt" {
+            // Issue 15's rows with the floors they are compared with, in
+            // one run (no portserver): the fd floors, the RTT+fd+sockets
+            // floor, the one-RTT path at 1 and 8 clients.
+            d.stop();
+            one_rtt_only(&dir.path().join("onertt"), dur);
+            return;
+        }
         if let Some(n) = only.strip_prefix("one") {
             // one1, one8, one64: the one-round-trip path.
             let clients = n.parse().unwrap_or(1);
@@ -232,6 +240,12 @@ fn main() {
         &pfd8,
         String::new(),
     ));
+    let (op1, op8, op8p) = (
+        floors::one_rtt_sockets(1, dur),
+        floors::one_rtt_sockets(8, dur),
+        floors::one_rtt_sockets_pinned(8, dur),
+    );
+    rows.extend(op_floor_rows(&op1, &op8, &op8p, &fd8));
 
     eprintln!("measuring portres...");
     let d = portres::Daemon::start(&dir.path().join("a"));
@@ -318,6 +332,9 @@ fn main() {
     let yardsticks = onertt::Yardsticks {
         fd1: &fd1,
         fd8: &fd8,
+        op1: &op1,
+        op8: &op8,
+        op8_pinned: &op8p,
         ps1,
         ps8,
     };
@@ -385,6 +402,79 @@ const BUSY_PORTS: usize = 8000;
 
 /// Runtime reservations held in the large-table rows (issue 15).
 const HELD: usize = 100_000;
+
+/// The rows of the floor with the one-RTT operation's socket work (issue
+/// 15), the note saying what share of the plain round-trip-with-fd floor
+/// that work leaves.
+fn op_floor_rows(
+    op1: &Samples,
+    op8: &Samples,
+    op8_pinned: &Samples,
+    fd8: &Samples,
+) -> Vec<report::Row> {
+    vec![
+        row(
+            "floor: ... + 1 fd + the one-RTT op's sockets, 1 client",
+            op1,
+            "client socket+listen+close, peer probe socket+bind+close and bind of the passed fd"
+                .into(),
+        ),
+        row(
+            "floor: ... + 1 fd + the one-RTT op's sockets, 8 clients",
+            op8,
+            format!(
+                "{:.0}% of the 8-client RTT-with-fd floor",
+                100.0 * op8.rate() / fd8.rate()
+            ),
+        ),
+        row(
+            "floor: ... + 1 fd + the one-RTT op's sockets, 8 clients, each pair on one CPU",
+            op8_pinned,
+            "each client and its peer pinned to one CPU, pairs spread evenly: no round trip crosses CPUs".into(),
+        ),
+    ]
+}
+
+/// `PORTRES_BENCH_ONLY=onertt`: the fd floors, the RTT+fd+sockets floor
+/// and the one-RTT rows (1, 8 clients) in one run, with their ratios.
+fn one_rtt_only(dir: &std::path::Path, dur: Duration) {
+    let fd1 = floors::unix_rtt(1, true, dur);
+    let fd8 = floors::unix_rtt(8, true, dur);
+    let op1 = floors::one_rtt_sockets(1, dur);
+    let op8 = floors::one_rtt_sockets(8, dur);
+    let mut rows = vec![
+        row(
+            "floor: Unix round trip + 1 fd, 1 client",
+            &fd1,
+            String::new(),
+        ),
+        row(
+            "floor: Unix round trip + 1 fd, 8 clients",
+            &fd8,
+            String::new(),
+        ),
+    ];
+    let op8p = floors::one_rtt_sockets_pinned(8, dur);
+    rows.extend(op_floor_rows(&op1, &op8, &op8p, &fd8));
+    let d = portres::Daemon::start(dir);
+    let one = onertt::OneRtt {
+        one: portres::run_clients(&d, 1, dur, onertt::listen_release),
+        eight: portres::run_clients(&d, 8, dur, onertt::listen_release),
+        sixty_four: Samples::default(),
+    };
+    d.stop();
+    let y = onertt::Yardsticks {
+        fd1: &fd1,
+        fd8: &fd8,
+        op1: &op1,
+        op8: &op8,
+        op8_pinned: &op8p,
+        ps1: None,
+        ps8: None,
+    };
+    rows.extend(onertt::one_rtt_rows(&one, &y));
+    print_table(&rows, false);
+}
 
 /// One scenario's figures, for `PORTRES_BENCH_ONLY`.
 fn print_only(only: &str, s: &Samples) {

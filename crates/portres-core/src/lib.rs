@@ -26,5 +26,5 @@ pub use label::{escape_label, first_refused_in_label, label_refuses};
 pub use policy::{Caller, Owner};
 pub use portset::PortSet;
 pub use protocol::Protocol;
-pub use table::{BindOrder, Holder, Kind, Reservation, SessionId, Table};
+pub use table::{BindOrder, FastMap, Holder, Kind, Reservation, SessionId, Table};
 pub use token::Token;

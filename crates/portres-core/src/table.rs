@@ -11,15 +11,22 @@ mod reservation;
 
 pub use reservation::{BindOrder, Holder, Kind, Reservation, SessionId};
 
+/// The table's hash maps. Their keys are made by the daemon (random
+/// tokens, sequential session ids) or by the kernel (uids), never chosen
+/// by a client, so a fast keyed hash will do (foldhash, seeded per
+/// process) where SipHash cost a few percent of the daemon's user time on
+/// the one-round-trip path, several lookups per call.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Every live reservation.
 #[derive(Debug, Default)]
 pub struct Table {
-    by_token: HashMap<Token, Reservation>,
+    by_token: FastMap<Token, Reservation>,
     /// Per protocol: start port -> (last port, token). The last port is kept
     /// here so the allocator can walk blocks in order without hash lookups.
     by_start: [BTreeMap<u16, (u16, Token)>; 2],
-    by_session: HashMap<SessionId, BTreeSet<Token>>,
-    runtime_ports_by_uid: HashMap<u32, u32>,
+    by_session: FastMap<SessionId, BTreeSet<Token>>,
+    runtime_ports_by_uid: FastMap<u32, u32>,
     /// Per protocol: (range start, port) such that every port from the range
     /// start up to (not including) `port` is reserved — where first-fit
     /// searches may begin. Reservations packed from the bottom of the

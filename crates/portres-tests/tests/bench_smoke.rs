@@ -29,6 +29,9 @@ nstest!(a_quick_benchmark_run_prints_every_row_and_cleans_up, |_| {
         "floor: ... + 1 fd, both ends on one CPU, 1 client",
         "floor: ... + 1 fd, peer in another process, 1 client",
         "floor: ... + 1 fd, peer in another process, 8 clients",
+        "floor: ... + 1 fd + the one-RTT op's sockets, 1 client",
+        "floor: ... + 1 fd + the one-RTT op's sockets, 8 clients",
+        "floor: ... + 1 fd + the one-RTT op's sockets, 8 clients, each pair on one CPU",
         "portres acquire+bind+release, 1 client",
         "portres acquire+bind+release, 8 clients",
         "portres acquire+release, 1 client",
@@ -77,6 +80,8 @@ nstest!(a_quick_benchmark_run_prints_every_row_and_cleans_up, |_| {
         "no strict-mode rows:\n{stdout}"
     );
     assert!(stdout.contains("target <= 4x:"), "{stdout}");
+    // The one-RTT rows' share of the floor with the operation's sockets.
+    assert!(stdout.contains("of the RTT+fd+sockets floor"), "{stdout}");
     assert!(stdout.contains("skipped (--no-portserver)"), "{stdout}");
     // portres' portserver endpoint needs no PyPI: measured, or (with a
     // portresd from before `--portserver`) one clear "not available" each.

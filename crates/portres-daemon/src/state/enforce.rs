@@ -14,6 +14,14 @@ use super::{Origin, State};
 use crate::kernel::enforce::AllowedBinders;
 use crate::kernel::{Enforcement, Enforcer};
 
+/// The daemon's pid, asked of the kernel once: `std::process::id()` is a
+/// getpid() system call each time, and every reservation made asks (the
+/// daemon never forks without exec, so it cannot change).
+fn own_pid() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}
+
 impl State {
     /// Who may `bind()` the ports of `res` explicitly, besides nobody:
     /// - always the daemon itself (its Bind of a client's socket);
@@ -24,7 +32,7 @@ impl State {
     ///   the processes of the uid that asked.
     pub(crate) fn allowed_binders(&self, res: &Reservation) -> AllowedBinders {
         let mut allowed = AllowedBinders {
-            tgid: Some(std::process::id()),
+            tgid: Some(own_pid()),
             ..AllowedBinders::default()
         };
         match (res.kind, res.owner) {

@@ -109,7 +109,7 @@ pub struct State {
     baseline: PortSet,
     /// Where the baseline came from (empty when kernel sync is off).
     baseline_origin: String,
-    sessions: HashMap<SessionId, Session>,
+    sessions: portres_core::FastMap<SessionId, Session>,
     capabilities: HashMap<FileId, SessionId>,
     next_session: u64,
     netns_cookie: u64,

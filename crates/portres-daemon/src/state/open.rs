@@ -39,7 +39,7 @@ impl State {
             enforcer: Box::new(NoEnforcer::new("not configured")),
             baseline: PortSet::new(),
             baseline_origin: String::new(),
-            sessions: HashMap::new(),
+            sessions: Default::default(),
             capabilities: HashMap::new(),
             next_session: 1,
             netns_cookie,
