@@ -5,6 +5,8 @@
 //! connection to its client's CPU in `placement.rs`.
 
 use std::collections::{HashMap, HashSet};
+
+use portres_core::FastMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
@@ -54,7 +56,9 @@ pub(super) struct Worker {
     /// Registered with epoll; kept open for as long as we wait on it.
     _stop: Arc<EventFd>,
     inbox: mpsc::Receiver<Arrival>,
-    pub(super) conns: HashMap<ConnId, Conn>,
+    /// By daemon-made id, so hashed with foldhash, not SipHash (no
+    /// client chooses the keys).
+    pub(super) conns: FastMap<ConnId, Conn>,
     next_id: ConnId,
     pub(super) job_results: (mpsc::Sender<JobResult>, mpsc::Receiver<JobResult>),
     /// Connections paused by their user's unsent budget with nothing of
@@ -111,7 +115,7 @@ impl Worker {
             epoll,
             _stop: stop.clone(),
             inbox,
-            conns: HashMap::new(),
+            conns: FastMap::default(),
             next_id: FIRST_CONN_ID,
             job_results: mpsc::channel(),
             waiting: HashMap::new(),

@@ -167,7 +167,7 @@ pub(crate) fn parse_pid(line: &[u8]) -> Result<i32, String> {
 /// is deadline order).
 #[derive(Default)]
 pub(crate) struct PortserverConns {
-    pub(crate) conns: std::collections::HashMap<ConnId, PortserverConn>,
+    pub(crate) conns: portres_core::FastMap<ConnId, PortserverConn>,
     deadlines: VecDeque<(Instant, ConnId)>,
     /// Accepting paused (out of descriptors or memory; the listeners are
     /// out of the epoll set) until then.
