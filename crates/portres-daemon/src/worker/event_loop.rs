@@ -5,8 +5,6 @@
 //! connection to its client's CPU in `placement.rs`.
 
 use std::collections::{HashMap, HashSet};
-
-use portres_core::FastMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
@@ -14,6 +12,7 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use portres_core::FastMap;
 use portres_proto::{Request, encode_error};
 use rustix::event::epoll;
 
