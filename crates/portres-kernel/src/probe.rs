@@ -144,8 +144,13 @@ mod tests {
             SPARE_V6.with(|s| s.borrow()[0].is_none()),
             "a successful probe consumes its socket"
         );
-        // And the port it probed is free again afterwards.
-        std::net::TcpListener::bind(("127.0.0.1", busy)).unwrap();
+        // And the port it probed is free again afterwards (the probe
+        // socket, too, may live on for a moment in a forked child).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while let Err(e) = std::net::TcpListener::bind(("127.0.0.1", busy)) {
+            assert!(std::time::Instant::now() < deadline, "still in use: {e}");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     #[test]
