@@ -45,6 +45,12 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// request.
 pub(crate) const STATUS_REFRESH: Duration = Duration::from_secs(10);
 
+/// How often the front looks whether every worker has died. A varlink
+/// connection finds out at once (no worker takes it); the portserver
+/// endpoint's connections are the workers' own, so a daemon serving only
+/// those would otherwise never notice.
+const LIVENESS_CHECK: Duration = Duration::from_secs(1);
+
 /// The front's epoll keys.
 const KEY_LISTENER: u64 = 0;
 const KEY_STOP: u64 = 1;
@@ -108,6 +114,8 @@ pub(crate) struct Front {
     notifier: Notifier,
     status_sent: String,
     status_due: Option<Instant>,
+    /// When `LIVENESS_CHECK` is due next.
+    liveness_due: Instant,
 }
 
 impl Front {
@@ -185,6 +193,7 @@ impl Front {
                 notifier,
                 status_sent: String::new(),
                 status_due: None,
+                liveness_due: Instant::now() + LIVENESS_CHECK,
             }),
             Err(e) => Err((e, shared)),
         }
@@ -205,6 +214,7 @@ impl Front {
                 self.kernel.next_deadline(),
                 self.accept_resume,
                 self.status_due,
+                Some(self.liveness_due),
             ]
             .into_iter()
             .flatten()
@@ -228,6 +238,19 @@ impl Front {
                     }
                     KEY_HOLDERS => self.reap_holders(),
                     _ => {}
+                }
+            }
+            if Instant::now() >= self.liveness_due {
+                self.liveness_due = Instant::now() + LIVENESS_CHECK;
+                if self.workers.all_dead() {
+                    if self.stop.is_signalled() {
+                        self.stop_seen = true;
+                    } else {
+                        log::error!(
+                            "every worker thread died; stopping, for the service manager to restart portresd"
+                        );
+                        self.workers_gone = true;
+                    }
                 }
             }
             if self.stop_seen {

@@ -486,6 +486,43 @@ nstest!(
     }
 );
 
+nstest!(
+    with_every_worker_dead_a_portserver_only_daemon_exits_too,
+    |_| {
+        // The portserver endpoint's connections never reach the front, so
+        // "the next connection finds no worker" would never happen for a
+        // daemon used only through it: the front looks every second.
+        let dir = open_tempdir();
+        let endpoint = dir.path().join("portserver.sock");
+        let mut d = faulty_daemon(
+            dir.path(),
+            "worker-panic",
+            &["--workers", "1", "--portserver", endpoint.to_str().unwrap()],
+        );
+        let mut victim = Raw::connect(&d.socket);
+        let r = victim.call("io.portres.Acquire", json!({"protocol": "tcp", "count": 3}));
+        let start = r["parameters"]["reservation"]["start"].as_u64().unwrap();
+        victim.send(&lookup(start), &[]);
+        assert!(victim.reply().is_none());
+        // No new varlink connection: the daemon stops by itself, non-zero.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = d.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "portresd kept running without workers: {}",
+                d.log_tail(10)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(!status.success(), "{status}");
+        let log = std::fs::read_to_string(&d.log).unwrap();
+        assert!(log.contains("every worker thread died; stopping"), "{log}");
+    }
+);
+
 use portres_tests::{cpu_ticks, rss_mib, settled_rss_mib};
 
 /// Starts `portres-stress ARGS…` as uid `uid` (root: as is) against

@@ -249,6 +249,13 @@ impl Workers {
             })
     }
 
+    /// Whether every worker has died (only a bug makes one die).
+    pub(crate) fn all_dead(&self) -> bool {
+        self.mailboxes
+            .iter()
+            .all(|m| !m.alive.load(Ordering::Acquire))
+    }
+
     fn deliver_least_busy(&self, mut arrival: Arrival) -> Result<(), Arrival> {
         loop {
             let Some(least_busy) = self
