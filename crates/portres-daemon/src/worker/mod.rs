@@ -22,7 +22,8 @@
 //! every session it served, so their reservations end, and marks its
 //! mailbox dead so the front and the other workers skip it; once every
 //! worker is dead the front stops the daemon (non-zero exit) at the next
-//! connection, for its service manager to restart it.
+//! varlink connection or within a second (`front.rs`'s liveness check),
+//! for its service manager to restart it.
 
 mod backpressure;
 mod conn;
