@@ -217,9 +217,13 @@ fn serve_inner(
         pid,
         admin: peer.admin,
     };
-    // The holder and the first candidate pair under one lock.
+    // The holder and the first candidate pair under one lock. The quota
+    // first: a user at its quota would otherwise have a holder made (a
+    // pidfd opened and watched) and dropped again, and the table searched
+    // for what it holds, at every request.
     let (session, first) = {
         let mut state = lock(shared);
+        state.check_pair_quota(&holder_caller)?;
         let (session, created) = state.holder_for(holder_caller, peer.uid, pidfd, may_hold)?;
         *new_holder = created;
         (session, state.reserve_pair_candidate(session, 0))
@@ -295,19 +299,8 @@ impl State {
         from: u16,
     ) -> Result<Candidate, Error> {
         let caller = &self.session(session)?.caller;
-        let (uid, pid, quota_applies) = (caller.uid, caller.pid, caller.quota_applies());
-        if quota_applies {
-            let held = self.table().runtime_ports_of(uid);
-            let quota = self.config().quota;
-            if held as u64 + 2 > quota as u64 {
-                return Err(Error::new(
-                    ErrorCode::QuotaExceeded,
-                    format!(
-                        "uid {uid} holds {held} runtime port(s); a portserver port (TCP and UDP) would pass the quota of {quota}"
-                    ),
-                ));
-            }
-        }
+        let (uid, pid) = (caller.uid, caller.pid);
+        self.check_pair_quota(caller)?;
         let range = self.dynamic_range().map_err(|e| {
             Error::new(
                 ErrorCode::Internal,
@@ -349,6 +342,26 @@ impl State {
             }
         };
         Ok(([tcp, udp], port, self.kernel()))
+    }
+
+    /// Whether `caller`'s quota has room for a pair more (one TCP port, one
+    /// UDP port); QuotaExceeded if not.
+    fn check_pair_quota(&self, caller: &Caller) -> Result<(), Error> {
+        if !caller.quota_applies() {
+            return Ok(());
+        }
+        let uid = caller.uid;
+        let held = self.table().runtime_ports_of(uid);
+        let quota = self.config().quota;
+        if held as u64 + 2 > quota as u64 {
+            return Err(Error::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "uid {uid} holds {held} runtime port(s); a portserver port (TCP and UDP) would pass the quota of {quota}"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// One reservation of the pair, labelled as the endpoint's.

@@ -315,3 +315,30 @@ fn at_the_holder_cap_a_process_already_holding_is_still_served() {
     assert_eq!(held(&h).len(), 4);
     assert!(held(&h).iter().all(|&(_, _, pid)| pid == 500));
 }
+
+#[test]
+fn at_its_quota_a_request_makes_no_holder_to_drop() {
+    // A user at its quota asking again and again for a process with no
+    // ports must not make the daemon open, watch, and drop a holder (and
+    // look through the table for what it holds) under the state lock each
+    // time: the quota is checked before a holder is made.
+    let h = Harness::with("", |c| c.quota = 2);
+    let mut endpoint = Endpoint::new(lock(&h.state).kernel());
+    h.kernel.spawn(500, ALICE);
+    h.kernel.spawn(501, ALICE);
+    let alice = peer(ALICE, 500);
+    let serve = super::super::portserver::serve;
+    serve(&h.state, &mut endpoint, &alice, 500, true)
+        .result
+        .unwrap();
+    let sessions = lock(&h.state).session_count();
+    let pidfds_of_501 = || h.kernel.state().processes[&501].1.len();
+    for _ in 0..3 {
+        let refused = serve(&h.state, &mut endpoint, &alice, 501, true);
+        assert_eq!(refused.result.unwrap_err().code, ErrorCode::QuotaExceeded);
+        assert!(!refused.new_holder);
+    }
+    assert_eq!(lock(&h.state).session_count(), sessions);
+    // The endpoint's own (kept) pidfd only: no holder ever opened one.
+    assert_eq!(pidfds_of_501(), 1);
+}
