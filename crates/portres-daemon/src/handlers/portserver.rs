@@ -43,7 +43,7 @@ pub(crate) struct Served {
 
 /// How many processes an `Endpoint` remembers (a pidfd each); past that
 /// it forgets them all and starts again.
-const PROCESSES_REMEMBERED: usize = 64;
+pub(crate) const PROCESSES_REMEMBERED: usize = 64;
 
 /// What one worker keeps between portserver requests: the kernel, and a
 /// pidfd of each process recently seen (a peer, or a process named), with
