@@ -31,7 +31,9 @@ use crate::state::{State, lock};
 /// shows it; the holder says `"origin":"portserver"` too).
 pub(crate) const PORTSERVER_LABEL: &str = "portserver";
 
-/// What a portserver request came to.
+/// What a portserver request came to (`serve`, for tests; the worker
+/// calls `serve_recording`).
+#[cfg(test)]
 pub(crate) struct Served {
     /// The port, or why none (the client is told nothing either way but
     /// the port).
@@ -147,6 +149,7 @@ impl Endpoint {
 /// Serves one request from `peer` naming process `pid`. `may_hold`: a new
 /// holder (a pidfd more) may be made; if not, only a process that has a
 /// live holder is served (QuotaExceeded otherwise).
+#[cfg(test)]
 pub(crate) fn serve(
     shared: &Mutex<State>,
     endpoint: &mut Endpoint,
@@ -155,11 +158,15 @@ pub(crate) fn serve(
     may_hold: bool,
 ) -> Served {
     let mut new_holder = false;
-    let result = serve_inner(shared, endpoint, peer, pid, may_hold, &mut new_holder);
+    let result = serve_recording(shared, endpoint, peer, pid, may_hold, &mut new_holder);
     Served { result, new_holder }
 }
 
-fn serve_inner(
+/// `serve`, telling through `new_holder` whether a new holder exists
+/// because of this request as soon as it does: also when the request
+/// unwinds (a bug) after making one, which then stays until its process
+/// exits and is reaped, and must stay charged until then.
+pub(crate) fn serve_recording(
     shared: &Mutex<State>,
     endpoint: &mut Endpoint,
     peer: &Caller,

@@ -342,3 +342,36 @@ fn at_its_quota_a_request_makes_no_holder_to_drop() {
     // The endpoint's own (kept) pidfd only: no holder ever opened one.
     assert_eq!(pidfds_of_501(), 1);
 }
+
+#[test]
+fn a_request_that_unwinds_after_making_a_holder_says_so() {
+    // A bug that panics between making the holder and answering: the
+    // holder stays (its process runs) and will be reaped, giving its
+    // pidfd's charge back then; so the worker must know it was made and
+    // not give the charge back at once as well (twice in all).
+    let h = Harness::new();
+    let mut endpoint = Endpoint::new(lock(&h.state).kernel());
+    h.kernel.spawn(500, ALICE);
+    h.kernel.state().on_probe = Some(crate::kernel::fake::ProbeHook(std::sync::Arc::new(|_| {
+        panic!("a bug in the probe")
+    })));
+    let mut new_holder = false;
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        super::super::portserver::serve_recording(
+            &h.state,
+            &mut endpoint,
+            &peer(ALICE, 500),
+            500,
+            true,
+            &mut new_holder,
+        )
+    }));
+    assert!(unwound.is_err());
+    assert!(
+        new_holder,
+        "the holder made before the panic was not reported"
+    );
+    h.kernel.state().on_probe = None;
+    h.kernel.exit(500);
+    assert_eq!(lock(&h.state).reap_exited_holders(16), vec![ALICE]);
+}
