@@ -375,3 +375,22 @@ fn a_request_that_unwinds_after_making_a_holder_says_so() {
     h.kernel.exit(500);
     assert_eq!(lock(&h.state).reap_exited_holders(16), vec![ALICE]);
 }
+
+#[test]
+fn a_request_refused_for_want_of_a_free_port_keeps_no_holder() {
+    // The holder is made before the search; when no port is free on both
+    // protocols it holds nothing and is dropped again (found empty by the
+    // table's per-session index).
+    let h = Harness::new();
+    h.kernel.state().port_range = (40000, 40001);
+    h.kernel.hold(Protocol::Tcp, 40000);
+    h.kernel.hold(Protocol::Udp, 40001);
+    h.kernel.spawn(500, ALICE);
+    let sessions = lock(&h.state).session_count();
+    let refused = serve(&h.state, &peer(ALICE, 500), 500);
+    assert_eq!(refused.result.unwrap_err().code, ErrorCode::NoFreeBlock);
+    assert!(!refused.new_holder);
+    assert_eq!(lock(&h.state).session_count(), sessions);
+    h.kernel.exit(500);
+    assert!(lock(&h.state).reap_exited_holders(16).is_empty());
+}
