@@ -170,6 +170,12 @@ impl Table {
             .map(|(_, t)| &self.by_token[t])
     }
 
+    /// Whether `session` holds any reservation (one lookup, where
+    /// `iter` would walk the whole table).
+    pub fn session_holds_any(&self, session: SessionId) -> bool {
+        self.by_session.contains_key(&session)
+    }
+
     /// How many runtime ports `uid` holds, across all its sessions.
     pub fn runtime_ports_of(&self, uid: u32) -> u32 {
         self.runtime_ports_by_uid.get(&uid).copied().unwrap_or(0)

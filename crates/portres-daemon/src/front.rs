@@ -139,9 +139,18 @@ impl Front {
             shrink,
             reload,
         } = signals;
+        let usable = usable_cpus();
+        let count = config.workers.unwrap_or(usable.len()).max(1);
+        // Each worker's portserver endpoint remembers some pidfds, charged
+        // to no user (`handlers::portserver::Endpoint`).
+        let remembered = if portserver.is_empty() {
+            0
+        } else {
+            count * crate::handlers::portserver::PROCESSES_REMEMBERED
+        };
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
-            limits: Limits::new(&config),
+            limits: Limits::new(&config, remembered),
             config: config.clone(),
             portserver,
         });
@@ -159,13 +168,11 @@ impl Front {
                 (holders.as_fd(), KEY_HOLDERS),
             ];
             let epoll = epoll_watching(&watched)?;
-            let usable = usable_cpus();
             let cpus = if config.pin_workers && usable.len() > 1 {
                 usable.clone()
             } else {
                 Vec::new()
             };
-            let count = config.workers.unwrap_or(usable.len()).max(1);
             if cpus.is_empty() {
                 log::info!("{count} worker thread(s), not pinned");
             } else {

@@ -182,13 +182,17 @@ fn adjust(map: &mut HashMap<u32, usize>, uid: u32, add: usize, sub: usize) -> us
 }
 
 impl Limits {
-    pub(crate) fn new(config: &Config) -> Limits {
+    /// `kept_by_daemon`: descriptors the daemon will hold that are charged
+    /// to nobody (the portserver endpoints' remembered pidfds, at most
+    /// `PROCESSES_REMEMBERED` per worker, whoever named the processes):
+    /// taken from the unprivileged budget, not from root's reserve.
+    pub(crate) fn new(config: &Config, kept_by_daemon: usize) -> Limits {
         Limits {
             counts: Mutex::new(Counts::default()),
             unsent_over: AtomicUsize::new(0),
             max_connections: config.max_connections,
             max_connections_per_uid: config.max_connections_per_uid,
-            fd_budget: unprivileged_fd_budget(),
+            fd_budget: unprivileged_fd_budget(kept_by_daemon),
         }
     }
 
@@ -417,19 +421,28 @@ impl Limits {
 }
 
 /// How many descriptors non-root users may make the daemon hold (see
-/// `Limits::fd_budget`): RLIMIT_NOFILE less what is open now and a reserve
-/// of an eighth (at least 64) for root and the daemon's own work.
-fn unprivileged_fd_budget() -> usize {
+/// `Limits::fd_budget`): RLIMIT_NOFILE less what is open now, what the
+/// daemon will keep on nobody's account (`kept`), and a reserve of an
+/// eighth (at least 64) for root and the daemon's own work.
+fn unprivileged_fd_budget(kept: usize) -> usize {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
     let open = std::fs::read_dir("/proc/self/fd").map_or(64, |d| d.count());
-    let reserve = (limit / 8).max(64);
-    let budget = limit.saturating_sub(open).saturating_sub(reserve);
+    let budget = fd_budget_of(limit, open, kept);
     log::info!(
-        "descriptors: limit {limit}, {open} open, {budget} for unprivileged users' connections and parked descriptors, the rest kept for root"
+        "descriptors: limit {limit}, {open} open, {kept} kept for the portserver endpoint, {budget} for unprivileged users' connections, parked descriptors and portserver holders, the rest kept for root"
     );
     budget
+}
+
+/// `unprivileged_fd_budget` without the system calls.
+fn fd_budget_of(limit: usize, open: usize, kept: usize) -> usize {
+    let reserve = (limit / 8).max(64);
+    limit
+        .saturating_sub(open)
+        .saturating_sub(kept)
+        .saturating_sub(reserve)
 }
 
 #[cfg(test)]

@@ -114,17 +114,12 @@ pub fn inspect(fd: BorrowedFd<'_>) -> Result<SocketInfo, Error> {
         SocketAddr::try_from(local).map_err(|_| internal("local address", Errno::AFNOSUPPORT))?;
     let unbound = local.port() == 0 && local.ip().is_unspecified();
     let proto = sockopt::socket_protocol(fd).map_err(|e| internal("protocol", e))?;
-    // The common case in one getsockopt less: an *unbound* IPv4/IPv6
-    // socket whose protocol is TCP can only be SOCK_STREAM, and one whose
-    // protocol is UDP only SOCK_DGRAM — the kernel's only other socket
-    // type that takes these protocol numbers is SOCK_RAW, and a raw socket
-    // has its protocol number as its local port from socket() on (so it
-    // does not look unbound). Anything else asks for SO_TYPE, as before.
-    let kind = match proto {
-        Some(ipproto::TCP) if unbound => SocketType::STREAM,
-        Some(ipproto::UDP) if unbound => SocketType::DGRAM,
-        _ => sockopt::socket_type(fd).map_err(|e| internal("type", e))?,
-    };
+    // SO_TYPE is asked, not inferred from the protocol: a SOCK_RAW socket
+    // of protocol TCP or UDP shows that number as its local port only until
+    // a connect(AF_UNSPEC), which sets it to 0, and then looks unbound like
+    // a fresh TCP or UDP socket (kernel test
+    // `inspect_refuses_a_disconnected_raw_socket_of_protocol_tcp_or_udp`).
+    let kind = sockopt::socket_type(fd).map_err(|e| internal("type", e))?;
     let protocol = match (kind, proto) {
         (SocketType::STREAM, Some(ipproto::TCP)) => Protocol::Tcp,
         (SocketType::DGRAM, Some(ipproto::UDP)) => Protocol::Udp,

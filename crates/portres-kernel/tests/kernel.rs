@@ -584,6 +584,32 @@ fn inspect_refuses_other_kinds_of_socket() {
     }
 }
 
+/// A raw socket of protocol TCP or UDP shows that number as its local port
+/// from socket() on, but a connect(AF_UNSPEC) (a "disconnect") sets it to
+/// 0: it then looks as unbound as a fresh TCP or UDP socket, and only
+/// SO_TYPE tells it apart (it must not be taken for SOCK_STREAM/DGRAM and
+/// bound as one).
+#[test]
+fn inspect_refuses_a_disconnected_raw_socket_of_protocol_tcp_or_udp() {
+    netns_or_skip!("inspect_refuses_a_disconnected_raw_socket_of_protocol_tcp_or_udp");
+    for domain in [Domain::IPV4, Domain::IPV6] {
+        for protocol in [socket2::Protocol::TCP, socket2::Protocol::UDP] {
+            let raw = Socket::new(domain, Type::RAW, Some(protocol)).expect("raw socket (root)");
+            rustix::net::connect_unspec(&raw).expect("connect(AF_UNSPEC)");
+            let local = raw.local_addr().expect("getsockname");
+            assert_eq!(local.as_socket().map(|a| a.port()), Some(0), "{local:?}");
+            let err = sock::inspect(raw.as_fd()).expect_err("a raw socket");
+            assert_eq!(
+                err.code,
+                ErrorCode::NotSupported,
+                "{domain:?} {protocol:?}: {}",
+                err.message
+            );
+            assert!(err.message.contains("SOCK_RAW"), "{}", err.message);
+        }
+    }
+}
+
 #[test]
 fn inspect_refuses_bound_listening_and_connected_sockets() {
     netns_or_skip!("inspect_refuses_bound_listening_and_connected_sockets");

@@ -55,6 +55,10 @@ fn overlap_refused_but_other_protocol_and_touching_allowed() {
     assert_eq!(gone.len(), 2);
     assert_eq!(t.runtime_ports_of(1000), 1);
     assert_eq!(t.len(), 1);
+    assert!(!t.session_holds_any(SessionId(1)));
+    assert!(t.session_holds_any(SessionId(2)));
+    t.remove(tok(4)).unwrap();
+    assert!(!t.session_holds_any(SessionId(2)));
 }
 
 #[test]

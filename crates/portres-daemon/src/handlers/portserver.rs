@@ -31,7 +31,9 @@ use crate::state::{State, lock};
 /// shows it; the holder says `"origin":"portserver"` too).
 pub(crate) const PORTSERVER_LABEL: &str = "portserver";
 
-/// What a portserver request came to.
+/// What a portserver request came to (`serve`, for tests; the worker
+/// calls `serve_recording`).
+#[cfg(test)]
 pub(crate) struct Served {
     /// The port, or why none (the client is told nothing either way but
     /// the port).
@@ -43,7 +45,7 @@ pub(crate) struct Served {
 
 /// How many processes an `Endpoint` remembers (a pidfd each); past that
 /// it forgets them all and starts again.
-const PROCESSES_REMEMBERED: usize = 64;
+pub(crate) const PROCESSES_REMEMBERED: usize = 64;
 
 /// What one worker keeps between portserver requests: the kernel, and a
 /// pidfd of each process recently seen (a peer, or a process named), with
@@ -147,6 +149,7 @@ impl Endpoint {
 /// Serves one request from `peer` naming process `pid`. `may_hold`: a new
 /// holder (a pidfd more) may be made; if not, only a process that has a
 /// live holder is served (QuotaExceeded otherwise).
+#[cfg(test)]
 pub(crate) fn serve(
     shared: &Mutex<State>,
     endpoint: &mut Endpoint,
@@ -155,11 +158,15 @@ pub(crate) fn serve(
     may_hold: bool,
 ) -> Served {
     let mut new_holder = false;
-    let result = serve_inner(shared, endpoint, peer, pid, may_hold, &mut new_holder);
+    let result = serve_recording(shared, endpoint, peer, pid, may_hold, &mut new_holder);
     Served { result, new_holder }
 }
 
-fn serve_inner(
+/// `serve`, telling through `new_holder` whether a new holder exists
+/// because of this request as soon as it does: also when the request
+/// unwinds (a bug) after making one, which then stays until its process
+/// exits and is reaped, and must stay charged until then.
+pub(crate) fn serve_recording(
     shared: &Mutex<State>,
     endpoint: &mut Endpoint,
     peer: &Caller,
@@ -217,9 +224,13 @@ fn serve_inner(
         pid,
         admin: peer.admin,
     };
-    // The holder and the first candidate pair under one lock.
+    // The holder and the first candidate pair under one lock. The quota
+    // first: a user at its quota would otherwise have a holder made (a
+    // pidfd opened and watched) and dropped again, and the table searched
+    // for what it holds, at every request.
     let (session, first) = {
         let mut state = lock(shared);
+        state.check_pair_quota(&holder_caller)?;
         let (session, created) = state.holder_for(holder_caller, peer.uid, pidfd, may_hold)?;
         *new_holder = created;
         (session, state.reserve_pair_candidate(session, 0))
@@ -295,19 +306,8 @@ impl State {
         from: u16,
     ) -> Result<Candidate, Error> {
         let caller = &self.session(session)?.caller;
-        let (uid, pid, quota_applies) = (caller.uid, caller.pid, caller.quota_applies());
-        if quota_applies {
-            let held = self.table().runtime_ports_of(uid);
-            let quota = self.config().quota;
-            if held as u64 + 2 > quota as u64 {
-                return Err(Error::new(
-                    ErrorCode::QuotaExceeded,
-                    format!(
-                        "uid {uid} holds {held} runtime port(s); a portserver port (TCP and UDP) would pass the quota of {quota}"
-                    ),
-                ));
-            }
-        }
+        let (uid, pid) = (caller.uid, caller.pid);
+        self.check_pair_quota(caller)?;
         let range = self.dynamic_range().map_err(|e| {
             Error::new(
                 ErrorCode::Internal,
@@ -349,6 +349,26 @@ impl State {
             }
         };
         Ok(([tcp, udp], port, self.kernel()))
+    }
+
+    /// Whether `caller`'s quota has room for a pair more (one TCP port, one
+    /// UDP port); QuotaExceeded if not.
+    fn check_pair_quota(&self, caller: &Caller) -> Result<(), Error> {
+        if !caller.quota_applies() {
+            return Ok(());
+        }
+        let uid = caller.uid;
+        let held = self.table().runtime_ports_of(uid);
+        let quota = self.config().quota;
+        if held as u64 + 2 > quota as u64 {
+            return Err(Error::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "uid {uid} holds {held} runtime port(s); a portserver port (TCP and UDP) would pass the quota of {quota}"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// One reservation of the pair, labelled as the endpoint's.

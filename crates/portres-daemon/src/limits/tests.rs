@@ -9,7 +9,7 @@ fn limits(max_connections: usize, per_uid: usize) -> Limits {
     let mut config = Config::for_current_user();
     config.max_connections = max_connections;
     config.max_connections_per_uid = per_uid;
-    Limits::new(&config)
+    Limits::new(&config, 0)
 }
 
 #[test]
@@ -109,4 +109,13 @@ fn pidfd_holders_are_capped_per_user_and_root_is_exempt() {
     // Released more often than held: nothing goes below zero.
     l.hold_pidfd(USER).unwrap();
     assert_eq!(l.pidfd_holders(USER), 1);
+}
+
+#[test]
+fn what_the_daemon_keeps_on_nobodys_account_comes_out_of_the_unprivileged_budget() {
+    // 1024 descriptors, 40 open: 128 (an eighth) stay root's whatever the
+    // portserver endpoints of 4 workers remember (64 pidfds each).
+    assert_eq!(fd_budget_of(1024, 40, 0), 1024 - 40 - 128);
+    assert_eq!(fd_budget_of(1024, 40, 4 * 64), 1024 - 40 - 256 - 128);
+    assert_eq!(fd_budget_of(256, 40, 16 * 64), 0);
 }

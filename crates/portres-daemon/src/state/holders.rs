@@ -118,11 +118,7 @@ impl State {
     /// refused, and no other request put a reservation on it meanwhile);
     /// `true` if it was ended.
     pub(crate) fn drop_holder_if_empty(&mut self, id: SessionId) -> bool {
-        let holds_some = self
-            .table
-            .iter()
-            .any(|r| r.holder.is_some_and(|h| h.session == id));
-        if holds_some || !self.sessions.contains_key(&id) {
+        if self.table.session_holds_any(id) || !self.sessions.contains_key(&id) {
             return false;
         }
         self.close_session(id);

@@ -318,23 +318,28 @@ impl Worker {
         let may_hold = self.shared.limits.hold_pidfd(uid);
         let charged = may_hold.is_ok();
         let (shared, endpoint) = (&self.shared, &mut self.endpoint);
+        let mut new_holder = false;
         let run = std::panic::AssertUnwindSafe(|| {
-            portserver::serve(&shared.state, endpoint, caller, pid, charged)
+            portserver::serve_recording(
+                &shared.state,
+                endpoint,
+                caller,
+                pid,
+                charged,
+                &mut new_holder,
+            )
         });
-        let served = match std::panic::catch_unwind(run) {
-            Ok(served) => served,
-            Err(_) => {
-                log::error!("a portserver request panicked (a bug); closing it unanswered");
-                if charged {
-                    self.shared.limits.pidfd_released(uid);
-                }
-                return Err("internal error".into());
-            }
-        };
-        if charged && !served.new_holder {
+        let result = std::panic::catch_unwind(run);
+        // A holder made (even by a request that then panicked) keeps its
+        // charge until the front reaps it, which gives it back.
+        if charged && !new_holder {
             self.shared.limits.pidfd_released(uid);
         }
-        match (served.result, may_hold) {
+        let Ok(result) = result else {
+            log::error!("a portserver request panicked (a bug); closing it unanswered");
+            return Err("internal error".into());
+        };
+        match (result, may_hold) {
             (Ok(port), _) => Ok(port),
             (Err(e), Err(why)) if e.code == portres_core::ErrorCode::QuotaExceeded => {
                 self.shared.limits.log_limited("pidfd-holders", || {

@@ -315,3 +315,82 @@ fn at_the_holder_cap_a_process_already_holding_is_still_served() {
     assert_eq!(held(&h).len(), 4);
     assert!(held(&h).iter().all(|&(_, _, pid)| pid == 500));
 }
+
+#[test]
+fn at_its_quota_a_request_makes_no_holder_to_drop() {
+    // A user at its quota asking again and again for a process with no
+    // ports must not make the daemon open, watch, and drop a holder (and
+    // look through the table for what it holds) under the state lock each
+    // time: the quota is checked before a holder is made.
+    let h = Harness::with("", |c| c.quota = 2);
+    let mut endpoint = Endpoint::new(lock(&h.state).kernel());
+    h.kernel.spawn(500, ALICE);
+    h.kernel.spawn(501, ALICE);
+    let alice = peer(ALICE, 500);
+    let serve = super::super::portserver::serve;
+    serve(&h.state, &mut endpoint, &alice, 500, true)
+        .result
+        .unwrap();
+    let sessions = lock(&h.state).session_count();
+    let pidfds_of_501 = || h.kernel.state().processes[&501].1.len();
+    for _ in 0..3 {
+        let refused = serve(&h.state, &mut endpoint, &alice, 501, true);
+        assert_eq!(refused.result.unwrap_err().code, ErrorCode::QuotaExceeded);
+        assert!(!refused.new_holder);
+    }
+    assert_eq!(lock(&h.state).session_count(), sessions);
+    // The endpoint's own (kept) pidfd only: no holder ever opened one.
+    assert_eq!(pidfds_of_501(), 1);
+}
+
+#[test]
+fn a_request_that_unwinds_after_making_a_holder_says_so() {
+    // A bug that panics between making the holder and answering: the
+    // holder stays (its process runs) and will be reaped, giving its
+    // pidfd's charge back then; so the worker must know it was made and
+    // not give the charge back at once as well (twice in all).
+    let h = Harness::new();
+    let mut endpoint = Endpoint::new(lock(&h.state).kernel());
+    h.kernel.spawn(500, ALICE);
+    h.kernel.state().on_probe = Some(crate::kernel::fake::ProbeHook(std::sync::Arc::new(|_| {
+        panic!("a bug in the probe")
+    })));
+    let mut new_holder = false;
+    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        super::super::portserver::serve_recording(
+            &h.state,
+            &mut endpoint,
+            &peer(ALICE, 500),
+            500,
+            true,
+            &mut new_holder,
+        )
+    }));
+    assert!(unwound.is_err());
+    assert!(
+        new_holder,
+        "the holder made before the panic was not reported"
+    );
+    h.kernel.state().on_probe = None;
+    h.kernel.exit(500);
+    assert_eq!(lock(&h.state).reap_exited_holders(16), vec![ALICE]);
+}
+
+#[test]
+fn a_request_refused_for_want_of_a_free_port_keeps_no_holder() {
+    // The holder is made before the search; when no port is free on both
+    // protocols it holds nothing and is dropped again (found empty by the
+    // table's per-session index).
+    let h = Harness::new();
+    h.kernel.state().port_range = (40000, 40001);
+    h.kernel.hold(Protocol::Tcp, 40000);
+    h.kernel.hold(Protocol::Udp, 40001);
+    h.kernel.spawn(500, ALICE);
+    let sessions = lock(&h.state).session_count();
+    let refused = serve(&h.state, &peer(ALICE, 500), 500);
+    assert_eq!(refused.result.unwrap_err().code, ErrorCode::NoFreeBlock);
+    assert!(!refused.new_holder);
+    assert_eq!(lock(&h.state).session_count(), sessions);
+    h.kernel.exit(500);
+    assert!(lock(&h.state).reap_exited_holders(16).is_empty());
+}
