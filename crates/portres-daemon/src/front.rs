@@ -250,14 +250,7 @@ impl Front {
             if Instant::now() >= self.liveness_due {
                 self.liveness_due = Instant::now() + LIVENESS_CHECK;
                 if self.workers.all_dead() {
-                    if self.stop.is_signalled() {
-                        self.stop_seen = true;
-                    } else {
-                        log::error!(
-                            "every worker thread died; stopping, for the service manager to restart portresd"
-                        );
-                        self.workers_gone = true;
-                    }
+                    self.workers_ended("");
                 }
             }
             if self.stop_seen {
@@ -382,13 +375,20 @@ impl Front {
     /// Every worker refused a connection: the daemon is stopping (fine) or
     /// every worker died (stop, for the service manager to restart us).
     fn no_worker_took(&mut self, uid: u32) {
+        self.workers_ended(&format!("dropping a connection from uid {uid} and "));
+    }
+
+    /// Every worker has ended: the daemon is stopping (fine) or they all
+    /// died (stop, for the service manager to restart us; `doing` says
+    /// what else is done about it, in the log line).
+    fn workers_ended(&mut self, doing: &str) {
         // The workers also end when the daemon is asked to stop, which
         // this loop may not have seen yet: that is no failure.
         if self.stop.is_signalled() {
             self.stop_seen = true;
         } else {
             log::error!(
-                "every worker thread died; dropping a connection from uid {uid} and stopping, for the service manager to restart portresd"
+                "every worker thread died; {doing}stopping, for the service manager to restart portresd"
             );
             self.workers_gone = true;
         }
