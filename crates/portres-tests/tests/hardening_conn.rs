@@ -458,30 +458,43 @@ nstest!(
     }
 );
 
+/// Makes the only worker of daemon `d` (started with the `worker-panic`
+/// fault and `--workers 1`) die, holding a 3-port block; the block's start.
+fn kill_the_only_worker(d: &ProcessDaemon) -> u64 {
+    let mut victim = Raw::connect(&d.socket);
+    let r = victim.call("io.portres.Acquire", json!({"protocol": "tcp", "count": 3}));
+    let start = r["parameters"]["reservation"]["start"].as_u64().unwrap();
+    victim.send(&lookup(start), &[]);
+    assert!(victim.reply().is_none());
+    start
+}
+
+/// Waits (at most 10 s) for daemon `d` to exit, and checks it failed.
+fn exits_failing(d: &mut ProcessDaemon) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = d.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "portresd kept running without workers: {}",
+            d.log_tail(10)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(!status.success(), "{status}");
+}
+
 nstest!(
     with_every_worker_dead_the_daemon_exits_for_its_service_manager,
     |_| {
         let dir = open_tempdir();
         let mut d = faulty_daemon(dir.path(), "worker-panic", &["--workers", "1"]);
-        let mut victim = Raw::connect(&d.socket);
-        let r = victim.call("io.portres.Acquire", json!({"protocol": "tcp", "count": 3}));
-        let start = r["parameters"]["reservation"]["start"].as_u64().unwrap();
-        victim.send(&lookup(start), &[]);
-        assert!(victim.reply().is_none());
+        let start = kill_the_only_worker(&d);
         // The next connection finds no worker: the daemon stops, non-zero.
         let _ = UnixStream::connect(&d.socket);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = d.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "portresd kept running without workers"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        assert!(!status.success(), "{status}");
+        exits_failing(&mut d);
         assert!(!kernel_reserved().contains(start as u16));
     }
 );
@@ -499,25 +512,9 @@ nstest!(
             "worker-panic",
             &["--workers", "1", "--portserver", endpoint.to_str().unwrap()],
         );
-        let mut victim = Raw::connect(&d.socket);
-        let r = victim.call("io.portres.Acquire", json!({"protocol": "tcp", "count": 3}));
-        let start = r["parameters"]["reservation"]["start"].as_u64().unwrap();
-        victim.send(&lookup(start), &[]);
-        assert!(victim.reply().is_none());
+        kill_the_only_worker(&d);
         // No new varlink connection: the daemon stops by itself, non-zero.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = d.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "portresd kept running without workers: {}",
-                d.log_tail(10)
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        assert!(!status.success(), "{status}");
+        exits_failing(&mut d);
         let log = std::fs::read_to_string(&d.log).unwrap();
         assert!(log.contains("every worker thread died; stopping"), "{log}");
     }
