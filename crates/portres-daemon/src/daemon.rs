@@ -349,7 +349,8 @@ fn decide_enforcement(config: &Config) -> Result<Box<dyn crate::kernel::Enforcer
     if config.enforce == Enforce::Off {
         return Ok(Box::new(NoEnforcer::new("--enforce off")));
     }
-    match LinuxEnforcer::attach(config.enforce_cgroup.as_deref()) {
+    let record = config.state_dir.join("session-cgroups");
+    match LinuxEnforcer::attach(config.enforce_cgroup.as_deref(), Some(record)) {
         Ok(enforcer) => Ok(Box::new(enforcer)),
         Err(e) if config.enforce == Enforce::Strict => Err(StartError(format!(
             "--enforce strict, but the bind hooks cannot be attached: {e}"

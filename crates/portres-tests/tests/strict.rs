@@ -717,3 +717,75 @@ nstest!(strict_mptcp_binds_into_a_tcp_block_fail_too, |test| {
         "ok",
     );
 });
+
+nstest!(
+    strict_session_cgroups_a_sigkilled_daemon_left_are_removed_by_the_next,
+    |test| {
+        // A SIGKILLed daemon cannot remove its exec sessions' cgroups, and
+        // they sit below each caller's own cgroup. It lists them in its
+        // state directory; the next daemon moves what still runs in them
+        // back to the parent and removes them.
+        if !guard_or_skip(test) {
+            return;
+        }
+        let cg = TestCgroup::new();
+        let dir = open_tempdir();
+        let d = strict_daemon(dir.path(), &cg);
+        let mut exec = cli(&d.socket);
+        exec.args(["exec", "tcp", "--start", "46000", "--", "sleep", "60"]);
+        let mut running = in_cgroup(&cg, &exec)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let session_cgroups = || -> Vec<PathBuf> {
+            std::fs::read_dir(cg.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while session_cgroups().is_empty() {
+            assert!(Instant::now() < deadline, "exec made no session cgroup");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let left = session_cgroups();
+        d.kill9();
+        // The exec and its command still run, in the session cgroup.
+        assert!(running.try_wait().unwrap().is_none());
+        assert_eq!(session_cgroups(), left);
+        let d = strict_daemon(dir.path(), &cg);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !session_cgroups().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "session cgroups left: {:?}; files: {:?}; log: {}",
+                session_cgroups(),
+                walk(dir.path()),
+                d.log_tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Moved, not killed.
+        assert!(running.try_wait().unwrap().is_none());
+        let _ = running.kill();
+        let _ = running.wait();
+        drop(d);
+    }
+);
+
+/// Every file below `dir`, for a failure message.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -134,6 +134,111 @@ pub struct LinuxEnforcer {
     sessions: Mutex<HashMap<u64, PathBuf>>,
     /// Session cgroups that were still busy when their session ended.
     lingering: Arc<Lingering>,
+    /// Where the session cgroups made are listed, for the next daemon.
+    record: Option<SessionRecord>,
+}
+
+/// The list of session cgroups a daemon made (`<state dir>/session-cgroups`,
+/// one path a line): a SIGKILLed daemon cannot remove its sessions'
+/// cgroups, and they sit below each caller's own cgroup, anywhere in the
+/// hierarchy; the next daemon removes those listed (`LinuxEnforcer::sweep`).
+/// Not fsynced: cgroups do not outlive a reboot, and page-cache writes
+/// outlive a process. Appended to as sessions are made; written anew from
+/// the live and lingering ones when it holds more than twice as many.
+#[derive(Debug)]
+struct SessionRecord {
+    path: PathBuf,
+    /// Lines in the file now.
+    lines: std::sync::atomic::AtomicUsize,
+}
+
+impl SessionRecord {
+    /// Appends `dir` (one write).
+    fn append(&self, dir: &Path) {
+        use std::io::Write;
+        let line = format!("{}\n", dir.display());
+        let written = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode_0600()
+            .open(&self.path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        match written {
+            Ok(()) => {
+                self.lines
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => log::warn!(
+                "cannot list the session cgroup {} in {}: {e} (a daemon after a crash will not remove it)",
+                dir.display(),
+                self.path.display()
+            ),
+        }
+    }
+
+    /// Writes the list anew as `dirs` (a new file renamed over the old).
+    fn rewrite(&self, dirs: &[PathBuf]) {
+        use std::io::Write;
+        let tmp = self.path.with_extension("new");
+        let mut text = String::new();
+        for d in dirs {
+            text.push_str(&format!("{}\n", d.display()));
+        }
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode_0600()
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        match written {
+            Ok(()) => self
+                .lines
+                .store(dirs.len(), std::sync::atomic::Ordering::Relaxed),
+            Err(e) => log::warn!("cannot write {}: {e}", self.path.display()),
+        }
+    }
+}
+
+/// `OpenOptions::mode(0o600)`, by name.
+trait Mode0600 {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+
+impl Mode0600 for std::fs::OpenOptions {
+    fn mode_0600(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.mode(0o600)
+    }
+}
+
+/// Longest session-cgroup list read at start (the file is the daemon's own;
+/// a bound all the same).
+const MAX_RECORD: u64 = 4 << 20;
+
+/// Whether `dir` can be a session cgroup a daemon made: below the cgroup v2
+/// mount, no `..`, named `portres-<pid>-<session>`. Only such a directory
+/// is ever removed, or its processes moved, at a sweep.
+fn is_session_cgroup(dir: &Path, mount: &Path) -> bool {
+    use std::path::Component;
+    let name_ok = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("portres-"))
+        .and_then(|rest| rest.split_once('-'))
+        .is_some_and(|(pid, session)| {
+            !pid.is_empty()
+                && !session.is_empty()
+                && pid.bytes().all(|b| b.is_ascii_digit())
+                && session.bytes().all(|b| b.is_ascii_digit())
+        });
+    name_ok
+        && dir.starts_with(mount)
+        && dir != mount
+        && dir
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
 }
 
 /// Ended sessions' cgroups that could not be removed yet, retried by a
@@ -217,19 +322,94 @@ impl Lingering {
 
 impl LinuxEnforcer {
     /// Loads the guard and attaches it to `cgroup` (the cgroup v2 root
-    /// when `None`).
-    pub fn attach(cgroup: Option<&Path>) -> Result<LinuxEnforcer, GuardError> {
+    /// when `None`). `record`: the file listing the session cgroups made
+    /// (in the daemon's locked state directory); those an earlier daemon
+    /// listed and left are removed (`sweep`).
+    pub fn attach(
+        cgroup: Option<&Path>,
+        record: Option<PathBuf>,
+    ) -> Result<LinuxEnforcer, GuardError> {
         let mut guard = BindGuard::load()?;
         let mount = portres_kernel::bindguard::cgroup2_mount()?;
         let at = cgroup.map_or_else(|| mount.clone(), Path::to_path_buf);
         guard.attach(&at)?;
-        Ok(LinuxEnforcer {
+        let enforcer = LinuxEnforcer {
             guard,
             enforcement: Enforcement::Strict { cgroup: at },
             mount,
             sessions: Mutex::new(HashMap::new()),
             lingering: Arc::new(Lingering::default()),
-        })
+            record: record.map(|path| SessionRecord {
+                path,
+                lines: std::sync::atomic::AtomicUsize::new(0),
+            }),
+        };
+        enforcer.sweep();
+        Ok(enforcer)
+    }
+
+    /// At start, no session is ours yet: every session cgroup listed is an
+    /// earlier daemon's (one SIGKILLed, or whose cgroups were still busy at
+    /// its stop). Those still there are removed now or by the reaper
+    /// (their processes moved back to the parent first), and stay listed
+    /// until they are gone.
+    fn sweep(&self) {
+        let Some(record) = &self.record else { return };
+        let text = match std::fs::File::open(&record.path) {
+            Ok(f) => {
+                use std::io::Read;
+                let mut text = String::new();
+                if let Err(e) = f.take(MAX_RECORD).read_to_string(&mut text) {
+                    log::warn!("cannot read {}: {e}", record.path.display());
+                }
+                text
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                log::warn!("cannot read {}: {e}", record.path.display());
+                String::new()
+            }
+        };
+        let left: Vec<PathBuf> = text
+            .lines()
+            .map(PathBuf::from)
+            .filter(|d| is_session_cgroup(d, &self.mount) && d.is_dir())
+            .collect();
+        if !left.is_empty() {
+            log::info!(
+                "removing {} exec session cgroup(s) an earlier daemon left",
+                left.len()
+            );
+        }
+        let pending: Vec<PathBuf> = left
+            .into_iter()
+            .filter(|d| !remove_session_dir(d, true) && d.exists())
+            .collect();
+        record.rewrite(&pending);
+        for d in pending {
+            self.lingering.push(d);
+        }
+    }
+
+    /// Lists a session cgroup about to be made; writes the list anew when
+    /// it has grown past twice what is live.
+    fn record_made(&self, dir: &Path) {
+        let Some(record) = &self.record else { return };
+        let lines = record.lines.load(std::sync::atomic::Ordering::Relaxed);
+        let live =
+            unpoison(self.sessions.lock()).len() + unpoison(self.lingering.queue.lock()).dirs.len();
+        if lines > 2 * live + 64 {
+            record.rewrite(&self.live_dirs());
+        }
+        record.append(dir);
+    }
+
+    /// The session cgroups that may still exist: the live sessions' and
+    /// the lingering ones.
+    fn live_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = unpoison(self.sessions.lock()).values().cloned().collect();
+        dirs.extend(unpoison(self.lingering.queue.lock()).dirs.iter().cloned());
+        dirs
     }
 
     /// Under the state lock: removals only (moving a cgroup's processes
@@ -259,6 +439,10 @@ impl Drop for LinuxEnforcer {
         }
         self.lingering.wake.notify_all();
         self.lingering.retry(true);
+        // What is still busy stays listed, for the next daemon.
+        if let Some(record) = &self.record {
+            record.rewrite(&unpoison(self.lingering.queue.lock()).dirs);
+        }
     }
 }
 
@@ -356,6 +540,9 @@ impl Enforcer for LinuxEnforcer {
         // delegated one) or left busy by an earlier daemon of the same pid,
         // and the processes in it would be allowed the session's blocks.
         // An empty one is replaced; a busy one is refused.
+        // Listed before it exists: a SIGKILL in between leaves a line
+        // naming nothing (skipped at the sweep), never a cgroup unlisted.
+        self.record_made(&dir);
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -471,5 +658,63 @@ impl Enforcer for FakeEnforcer {
 
     fn remove_session_cgroup(&self, session: u64) {
         self.state.lock().unwrap().cgroups.remove(&session);
+    }
+}
+
+#[cfg(test)]
+mod record_tests {
+    use super::*;
+
+    #[test]
+    fn only_session_cgroups_below_the_mount_are_swept() {
+        let mount = Path::new("/sys/fs/cgroup");
+        for ok in [
+            "/sys/fs/cgroup/user.slice/portres-12-0",
+            "/sys/fs/cgroup/a/b/portres-4242-17",
+        ] {
+            assert!(is_session_cgroup(Path::new(ok), mount), "{ok}");
+        }
+        for bad in [
+            "/sys/fs/cgroup",
+            "/sys/fs/cgroup/user.slice",
+            "/sys/fs/cgroup/portres-12",
+            "/sys/fs/cgroup/portres--1",
+            "/sys/fs/cgroup/portres-x-1",
+            "/sys/fs/cgroup/portres-12-1x",
+            "/sys/fs/cgroup/../cgroup/portres-12-0",
+            "/tmp/portres-12-0",
+            "sys/fs/cgroup/portres-12-0",
+        ] {
+            assert!(!is_session_cgroup(Path::new(bad), mount), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_list_is_appended_to_and_written_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = SessionRecord {
+            path: dir.path().join("session-cgroups"),
+            lines: std::sync::atomic::AtomicUsize::new(0),
+        };
+        record.append(Path::new("/sys/fs/cgroup/portres-1-0"));
+        record.append(Path::new("/sys/fs/cgroup/portres-1-1"));
+        assert_eq!(
+            std::fs::read_to_string(&record.path).unwrap(),
+            "/sys/fs/cgroup/portres-1-0\n/sys/fs/cgroup/portres-1-1\n"
+        );
+        record.rewrite(&[PathBuf::from("/sys/fs/cgroup/portres-1-1")]);
+        assert_eq!(
+            std::fs::read_to_string(&record.path).unwrap(),
+            "/sys/fs/cgroup/portres-1-1\n"
+        );
+        assert_eq!(record.lines.load(std::sync::atomic::Ordering::Relaxed), 1);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&record.path)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        record.rewrite(&[]);
+        assert_eq!(std::fs::read_to_string(&record.path).unwrap(), "");
     }
 }
