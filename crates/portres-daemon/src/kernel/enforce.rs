@@ -150,6 +150,9 @@ struct SessionRecord {
     path: PathBuf,
     /// Lines in the file now.
     lines: std::sync::atomic::AtomicUsize,
+    /// A write failed and was logged (once: a read-only state directory
+    /// would otherwise log at every exec).
+    warned: std::sync::atomic::AtomicBool,
 }
 
 impl SessionRecord {
@@ -168,11 +171,19 @@ impl SessionRecord {
                 self.lines
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            Err(e) => log::warn!(
-                "cannot list the session cgroup {} in {}: {e} (a daemon after a crash will not remove it)",
-                dir.display(),
-                self.path.display()
-            ),
+            Err(e) => self.warn_once(|| {
+                format!(
+                    "cannot list the session cgroup {} in {}: {e} (a daemon after a crash will not remove it)",
+                    dir.display(),
+                    self.path.display()
+                )
+            }),
+        }
+    }
+
+    fn warn_once(&self, what: impl FnOnce() -> String) {
+        if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            log::warn!("{}", what());
         }
     }
 
@@ -196,7 +207,7 @@ impl SessionRecord {
             Ok(()) => self
                 .lines
                 .store(dirs.len(), std::sync::atomic::Ordering::Relaxed),
-            Err(e) => log::warn!("cannot write {}: {e}", self.path.display()),
+            Err(e) => self.warn_once(|| format!("cannot write {}: {e}", self.path.display())),
         }
     }
 }
@@ -342,6 +353,7 @@ impl LinuxEnforcer {
             record: record.map(|path| SessionRecord {
                 path,
                 lines: std::sync::atomic::AtomicUsize::new(0),
+                warned: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         enforcer.sweep();
@@ -695,6 +707,7 @@ mod record_tests {
         let record = SessionRecord {
             path: dir.path().join("session-cgroups"),
             lines: std::sync::atomic::AtomicUsize::new(0),
+            warned: std::sync::atomic::AtomicBool::new(false),
         };
         record.append(Path::new("/sys/fs/cgroup/portres-1-0"));
         record.append(Path::new("/sys/fs/cgroup/portres-1-1"));
