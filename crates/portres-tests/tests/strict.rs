@@ -138,6 +138,16 @@ fn binds_work_again(cg: &TestCgroup, protocol: &str, port: u16) {
     }
 }
 
+/// The directories below `cg` (the session cgroups the daemon made there).
+fn session_cgroups(cg: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(cg)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
 /// A strict daemon in `dir`, its hooks attached to `cg`.
 fn strict_daemon(dir: &Path, cg: &TestCgroup) -> ProcessDaemon {
     ProcessDaemon::start(dir, &["--enforce", "strict", "--enforce-cgroup", cg.arg()])
@@ -659,14 +669,7 @@ nstest!(
         ]);
         let out = d.run(in_cgroup(cg, &exec)).success();
         let pid: u32 = out.stdout.trim().parse().unwrap();
-        let session_cgroups = || -> Vec<PathBuf> {
-            std::fs::read_dir(cg.path())
-                .unwrap()
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-                .collect()
-        };
+        let session_cgroups = || session_cgroups(cg.path());
         let deadline = Instant::now() + Duration::from_secs(20);
         while !session_cgroups().is_empty() {
             assert!(
@@ -738,14 +741,7 @@ nstest!(
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        let session_cgroups = || -> Vec<PathBuf> {
-            std::fs::read_dir(cg.path())
-                .unwrap()
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-                .collect()
-        };
+        let session_cgroups = || session_cgroups(cg.path());
         let deadline = Instant::now() + Duration::from_secs(20);
         while session_cgroups().is_empty() {
             assert!(Instant::now() < deadline, "exec made no session cgroup");

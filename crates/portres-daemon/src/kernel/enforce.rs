@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::BorrowedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -163,7 +164,7 @@ impl SessionRecord {
         let written = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
-            .mode_0600()
+            .mode(0o600)
             .open(&self.path)
             .and_then(|mut f| f.write_all(line.as_bytes()));
         match written {
@@ -199,7 +200,7 @@ impl SessionRecord {
             .write(true)
             .create(true)
             .truncate(true)
-            .mode_0600()
+            .mode(0o600)
             .open(&tmp)
             .and_then(|mut f| f.write_all(text.as_bytes()))
             .and_then(|()| std::fs::rename(&tmp, &self.path));
@@ -209,18 +210,6 @@ impl SessionRecord {
                 .store(dirs.len(), std::sync::atomic::Ordering::Relaxed),
             Err(e) => self.warn_once(|| format!("cannot write {}: {e}", self.path.display())),
         }
-    }
-}
-
-/// `OpenOptions::mode(0o600)`, by name.
-trait Mode0600 {
-    fn mode_0600(&mut self) -> &mut Self;
-}
-
-impl Mode0600 for std::fs::OpenOptions {
-    fn mode_0600(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.mode(0o600)
     }
 }
 

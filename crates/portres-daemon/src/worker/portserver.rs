@@ -255,21 +255,15 @@ impl Worker {
         // connections go to the least busy worker) until it ends.
         self.mailbox().load.fetch_add(1, Ordering::Relaxed);
         let mut conn = PortserverConn::new(stream, caller);
-        if let Some(line) = conn.peek_line() {
-            let answer = match line {
-                Ok(pid) => self.answer(&conn.caller, pid),
-                Err(why) => Err(why),
-            };
-            self.finish_portserver(conn, answer);
-            return;
-        }
-        match conn.receive() {
-            Ok(None) => self.take_portserver(conn),
-            Ok(Some(pid)) => {
+        // Peeked if whole, else read (consumed) as far as it goes.
+        let line = conn.peek_line().or_else(|| conn.receive().transpose());
+        match line {
+            None => self.take_portserver(conn),
+            Some(Ok(pid)) => {
                 let answer = self.answer(&conn.caller, pid);
                 self.finish_portserver(conn, answer);
             }
-            Err(why) => self.finish_portserver(conn, Err(why)),
+            Some(Err(why)) => self.finish_portserver(conn, Err(why)),
         }
     }
 
